@@ -1,0 +1,1 @@
+"""Audience Sync: a CRM's contacts mirrored to email-marketing audiences."""

@@ -1,0 +1,1 @@
+"""Operator endpoints: sync status and retry."""

@@ -1,0 +1,1 @@
+"""Bearer-token authentication: JWT verification, the current owner, admin."""

@@ -1,0 +1,152 @@
+"""The `audience-sync` command: serve, worker, migrate, sandbox, import, token."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.config import get_settings
+
+cli = typer.Typer(
+    help="Audience Sync: a CRM's contacts mirrored to email-marketing audiences.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+sandbox_cli = typer.Typer(help="Local emulators of providers.", no_args_is_help=True)
+cli.add_typer(sandbox_cli, name="sandbox")
+
+DEMO_OWNER = "demo"
+
+
+def _banner(url: str, token: str, owner: str) -> str:
+    return f"""
+  Audience Sync is up on {url}
+    API docs     {url}/docs
+    Demo owner   {owner}
+    Bearer token {token}
+
+  Try it:
+    export TOKEN={token}
+    curl -s -X POST {url}/api/contacts -H "Authorization: Bearer $TOKEN" \\
+         -H 'Content-Type: application/json' \\
+         -d '{{"email": "ada@example.com", "first_name": "Ada", "newsletter_opt_in": true}}'
+"""
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (PORT).")] = None,
+    worker: Annotated[
+        bool | None, typer.Option("--worker/--no-worker", help="Run the worker in-process.")
+    ] = None,
+) -> None:
+    """Serve the API (and, by default, the worker and the Mailchimp sandbox)."""
+    import uvicorn
+
+    from app.auth.tokens import issue_token
+    from app.main import create_app
+
+    if host:
+        os.environ["HOST"] = host
+    if port:
+        os.environ["PORT"] = str(port)
+    if worker is not None:
+        os.environ["WORKER_IN_PROCESS"] = "true" if worker else "false"
+    get_settings.cache_clear()
+    settings = get_settings()
+    app = create_app(settings)
+    owner = settings.MAILCHIMP_OWNER or DEMO_OWNER
+    if settings.AUTH_JWT_SECRET.get_secret_value():
+        token = issue_token(settings, owner)
+        app.state.banner = _banner(f"http://{settings.HOST}:{settings.PORT}", token, owner)
+    uvicorn.run(
+        app,
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations (`alembic upgrade head`)."""
+    from app.db import resolve_database_url
+    from app.logging import configure_logging
+    from app.migrate import upgrade_head
+
+    settings = get_settings()
+    configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
+    upgrade_head(resolve_database_url(settings))
+    typer.echo("database at head")
+
+
+@cli.command()
+def token(
+    owner: Annotated[str, typer.Option("--owner", help="The owner id (JWT sub).")],
+    admin: Annotated[bool, typer.Option("--admin", help="Add role=admin.")] = False,
+    ttl_days: Annotated[int, typer.Option(help="Days until it expires.")] = 30,
+) -> None:
+    """Print a signed development JWT for OWNER."""
+    from app.auth.tokens import issue_token
+
+    typer.echo(issue_token(get_settings(), owner, admin=admin, ttl_seconds=ttl_days * 86400))
+
+
+@cli.command()
+def worker() -> None:
+    """Run the sync worker alone (several may run; they coordinate through Postgres)."""
+    from app.sync.runner import run_worker_process
+
+    run_worker_process(get_settings())
+
+
+@cli.command(name="import")
+def import_csv(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    owner: Annotated[str, typer.Option("--owner", help="The owner id the contacts belong to.")],
+) -> None:
+    """Import contacts from a CSV file, with a progress bar."""
+    from app.contacts.importer import run_cli_import
+
+    run_cli_import(get_settings(), file, owner)
+
+
+@sandbox_cli.command("mailchimp")
+def sandbox_mailchimp(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8025,
+    latency_ms: Annotated[float | None, typer.Option(help="Base latency L0 per request.")] = None,
+    latency_per_member_ms: Annotated[
+        float | None, typer.Option(help="Extra latency c per member in a request.")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Requests in flight per account before 429.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
+) -> None:
+    """Serve the Mailchimp sandbox alone."""
+    from app.sandbox.mailchimp.cli import serve_sandbox
+
+    serve_sandbox(
+        host=host,
+        port=port,
+        latency_ms=latency_ms,
+        latency_per_member_ms=latency_per_member_ms,
+        max_in_flight=max_in_flight,
+        seed=seed,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Process-wide configuration from the environment (DESIGN §11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Values that ship in examples and must never guard a real deployment.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "changethis", "change-me", "secret", "dev", "test"}
+)
+
+
+class Environment(StrEnum):
+    """Where the process runs; only `development` may invent its own secrets."""
+
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class MailchimpMode(StrEnum):
+    """`sandbox` talks to the built-in emulator, `live` to Mailchimp itself."""
+
+    live = "live"
+    sandbox = "sandbox"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; names are the flat ones of DESIGN §11."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    # --- runtime -------------------------------------------------------------------------
+    ENVIRONMENT: Environment = Environment.development
+    DATABASE_URL: str | None = None
+    DATA_DIR: Path = Path(".data")
+    AUTO_MIGRATE: bool | None = None  # default: on in development, off elsewhere
+    PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:5173", "http://127.0.0.1:5173"]
+    )
+    DB_POOL_SIZE: int = 10
+
+    # --- auth ----------------------------------------------------------------------------
+    AUTH_JWT_SECRET: SecretStr = SecretStr("")
+    AUTH_JWKS_URL: str | None = None
+    AUTH_ISSUER: str | None = None
+    AUTH_AUDIENCE: str | None = None
+    ENCRYPTION_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # --- Settings page -------------------------------------------------------------------
+    APP_SETTINGS_URL: str | None = None
+
+    # --- Mailchimp -----------------------------------------------------------------------
+    MAILCHIMP_MODE: MailchimpMode | None = None  # default: sandbox unless credentials are set
+    MAILCHIMP_OAUTH_BASE: str | None = None
+    MAILCHIMP_SANDBOX_URL: str | None = None  # where the worker reaches the sandbox
+    MAILCHIMP_CLIENT_ID: str | None = None
+    MAILCHIMP_CLIENT_SECRET: SecretStr = SecretStr("")
+    MAILCHIMP_REDIRECT_URI: str | None = None
+    MAILCHIMP_API_KEY: SecretStr = SecretStr("")
+    MAILCHIMP_AUDIENCE_ID: str | None = None
+    MAILCHIMP_OWNER: str | None = None
+    MAILCHIMP_MAX_CONCURRENCY: int = Field(default=8, ge=1, le=10)
+    MAILCHIMP_DOUBLE_OPT_IN: bool = False
+    MAILCHIMP_SYNC_ADDRESS: bool = False
+    MAILCHIMP_MERGE_FIELD_MAP: dict[str, str] = Field(default_factory=dict)
+    MAILCHIMP_TIMEOUT_SECONDS: float = 30.0
+
+    # --- sync engine ---------------------------------------------------------------------
+    SYNC_MAX_ATTEMPTS: int = Field(default=5, ge=1)
+    SYNC_BACKOFF_BASE_SECONDS: float = Field(default=1.0, gt=0)
+    SYNC_BACKOFF_MAX_SECONDS: float = Field(default=300.0, gt=0)
+    SYNC_BATCH_SIZE: int = Field(default=500, ge=1, le=500)
+    SYNC_BATCH_THRESHOLD: int = Field(default=50, ge=1)
+    SYNC_CLAIM_SIZE: int = Field(default=500, ge=1)
+    SYNC_LEASE_SECONDS: float = Field(default=60.0, gt=0)
+    SYNC_POLL_INTERVAL_SECONDS: float = Field(default=1.0, gt=0)
+    SYNC_NOW_MIN_INTERVAL_SECONDS: int = Field(default=3600, ge=0)
+    SYNC_PULL_INTERVAL_SECONDS: int = Field(default=900, ge=0)
+    SYNC_PAUSE_AFTER_FAILURES: int = Field(default=10, ge=1)
+    INBOUND_SIGNUPS: bool = True
+    INBOUND_PROFILE_UPDATES: bool = False
+
+    # --- processes and observability -----------------------------------------------------
+    WORKER_IN_PROCESS: bool = True
+    METRICS_PORT: int | None = None
+    LOG_FORMAT: str = "console"
+    LOG_LEVEL: str = "INFO"
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("ENCRYPTION_KEYS", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("MAILCHIMP_MERGE_FIELD_MAP", mode="before")
+    @classmethod
+    def _parse_map(cls, value: Any) -> Any:
+        # "company=COMPANY,plan=PLAN" or a JSON object: custom field name -> merge tag
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("{"):
+                return json.loads(value)
+            pairs = (p.split("=", 1) for p in value.split(",") if "=" in p)
+            return {k.strip(): v.strip().upper() for k, v in pairs}
+        return value
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        if self.MAILCHIMP_MODE is None:
+            has_creds = bool(self.MAILCHIMP_CLIENT_ID) or bool(
+                self.MAILCHIMP_API_KEY.get_secret_value()
+            )
+            self.MAILCHIMP_MODE = MailchimpMode.live if has_creds else MailchimpMode.sandbox
+        if self.AUTO_MIGRATE is None:
+            self.AUTO_MIGRATE = self.ENVIRONMENT is not Environment.production
+        if self.ENVIRONMENT is Environment.development:
+            self._fill_dev_secrets()
+        else:
+            self._refuse_placeholders()
+        return self
+
+    def _refuse_placeholders(self) -> None:
+        problems = []
+        jwt_secret = self.AUTH_JWT_SECRET.get_secret_value()
+        if not self.AUTH_JWKS_URL and (jwt_secret in PLACEHOLDER_SECRETS or len(jwt_secret) < 32):
+            problems.append("AUTH_JWT_SECRET (32+ random characters) or AUTH_JWKS_URL")
+        keys = [k.get_secret_value() for k in self.ENCRYPTION_KEYS]
+        if not keys or any(k in PLACEHOLDER_SECRETS for k in keys):
+            problems.append("ENCRYPTION_KEYS (Fernet keys, newest first)")
+        for key in keys:
+            try:
+                Fernet(key)
+            except ValueError:
+                problems.append("ENCRYPTION_KEYS must be url-safe base64 32-byte Fernet keys")
+                break
+        if problems:
+            raise ValueError(
+                f"{self.ENVIRONMENT.value} refuses placeholder secrets; set " + ", ".join(problems)
+            )
+
+    def _fill_dev_secrets(self) -> None:
+        # In development the service invents its secrets once and keeps them in DATA_DIR,
+        # so tokens printed yesterday still verify today.
+        needs_jwt = not self.AUTH_JWT_SECRET.get_secret_value() and not self.AUTH_JWKS_URL
+        if not needs_jwt and self.ENCRYPTION_KEYS:
+            return
+        stored = load_dev_secrets(self.DATA_DIR)
+        if needs_jwt:
+            self.AUTH_JWT_SECRET = SecretStr(stored["jwt_secret"])
+        if not self.ENCRYPTION_KEYS:
+            self.ENCRYPTION_KEYS = [SecretStr(stored["encryption_key"])]
+
+    @property
+    def sandbox_url(self) -> str:
+        """Base URL of the Mailchimp sandbox as the worker reaches it."""
+        if self.MAILCHIMP_SANDBOX_URL:
+            return self.MAILCHIMP_SANDBOX_URL.rstrip("/")
+        return f"http://{_loopback(self.HOST)}:{self.PORT}/_sandbox/mailchimp"
+
+    @property
+    def oauth_base(self) -> str:
+        """Where the OAuth authorize/token/metadata endpoints live."""
+        if self.MAILCHIMP_OAUTH_BASE:
+            return self.MAILCHIMP_OAUTH_BASE.rstrip("/")
+        if self.MAILCHIMP_MODE is MailchimpMode.sandbox:
+            return self.sandbox_url
+        return "https://login.mailchimp.com"
+
+    @property
+    def is_sandbox(self) -> bool:
+        """True when Mailchimp traffic goes to the built-in emulator."""
+        return self.MAILCHIMP_MODE is MailchimpMode.sandbox
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def load_dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Read, or create once, the development secrets file in DATA_DIR."""
+    path = data_dir / "dev-secrets.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stored = {
+        "jwt_secret": secrets.token_urlsafe(48),
+        "encryption_key": Fernet.generate_key().decode(),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stored))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return stored
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Connections to providers: credentials, OAuth, audiences, status."""

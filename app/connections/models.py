@@ -1,0 +1,59 @@
+"""Tables of the connections domain: one connection per owner per provider."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import DateTime, Index, Integer, Text, UniqueConstraint, func, text
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+CONNECTION_STATUSES = ("needs_audience", "active", "paused", "error")
+
+
+class Connection(Base):
+    """A provider account connected by an owner, with its audience and sync health."""
+
+    __tablename__ = "connections"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "provider"),
+        UniqueConstraint("webhook_token"),
+        Index("ix_connections_account_key", "account_key"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    owner_id: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(Text)
+    auth_kind: Mapped[str] = mapped_column(Text)  # oauth | api_key
+    credentials: Mapped[str] = mapped_column(Text)  # Fernet ciphertext, never plaintext
+    # Identifies the provider account behind the credentials: the concurrency cap is per account.
+    account_key: Mapped[str] = mapped_column(Text)
+    account_name: Mapped[str | None] = mapped_column(Text)
+    dc: Mapped[str | None] = mapped_column(Text)
+    api_endpoint: Mapped[str] = mapped_column(Text)
+    audience_id: Mapped[str | None] = mapped_column(Text)
+    audience_name: Mapped[str | None] = mapped_column(Text)
+    webhook_token: Mapped[str] = mapped_column(Text)
+    webhook_id: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="needs_audience")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    status_since: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Throttling: the connection cools down as a whole, rows keep their attempts.
+    cooldown_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    probe_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_probe_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_full_sync_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_pull_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

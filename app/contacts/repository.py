@@ -1,0 +1,184 @@
+"""Queries of the contacts domain; every one is scoped to an owner."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.connections.models import Connection
+from app.contacts.models import Contact, ContactChange
+from app.sync.models import SyncQueue, SyncState
+
+contacts = cast(Table, Contact.__table__)
+changes = cast(Table, ContactChange.__table__)
+
+Row = RowMapping
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class ContactRepository:
+    """Reads and writes of `contacts` and `contact_changes`."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def insert(self, owner_id: str, values: Mapping[str, Any]) -> Row | None:
+        """Insert a contact; None when the owner already has this email."""
+        stmt = (
+            pg_insert(contacts)
+            .values(owner_id=owner_id, **values)
+            .on_conflict_do_nothing(index_elements=["owner_id", "email_key"])
+            .returning(*contacts.c)
+        )
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def id_by_email_key(
+        self, owner_id: str, key: str, *, exclude: uuid.UUID | None = None
+    ) -> uuid.UUID | None:
+        """The id of the owner's contact with this email key."""
+        stmt = select(contacts.c.id).where(
+            contacts.c.owner_id == owner_id, contacts.c.email_key == key
+        )
+        if exclude is not None:
+            stmt = stmt.where(contacts.c.id != exclude)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def get(
+        self, owner_id: str, contact_id: uuid.UUID, *, for_update: bool = False
+    ) -> Row | None:
+        """One contact of the owner."""
+        stmt = select(contacts).where(contacts.c.owner_id == owner_id, contacts.c.id == contact_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def update(self, owner_id: str, contact_id: uuid.UUID, values: Mapping[str, Any]) -> Row:
+        """Write `values`, bump the version, return the new row."""
+        stmt = (
+            update(contacts)
+            .where(contacts.c.owner_id == owner_id, contacts.c.id == contact_id)
+            .values(**values, version=contacts.c.version + 1, updated_at=func.now())
+            .returning(*contacts.c)
+        )
+        return (await self.session.execute(stmt)).mappings().one()
+
+    async def delete(self, owner_id: str, contact_id: uuid.UUID) -> Row | None:
+        """Delete and return the contact."""
+        stmt = (
+            delete(contacts)
+            .where(contacts.c.owner_id == owner_id, contacts.c.id == contact_id)
+            .returning(*contacts.c)
+        )
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def page(
+        self,
+        owner_id: str,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+        q: str | None,
+        tag: str | None,
+        kind: str | None,
+    ) -> Sequence[Row]:
+        """A page of the owner's contacts in creation order, `limit + 1` rows at most."""
+        stmt = select(contacts).where(contacts.c.owner_id == owner_id)
+        if after is not None:
+            stmt = stmt.where(tuple_(contacts.c.created_at, contacts.c.id) > tuple_(*after))
+        if q:
+            pattern = f"%{_escape_like(q.strip())}%"
+            full_name = func.concat_ws(" ", contacts.c.first_name, contacts.c.last_name)
+            stmt = stmt.where(
+                or_(
+                    contacts.c.email.ilike(pattern),
+                    contacts.c.first_name.ilike(pattern),
+                    contacts.c.last_name.ilike(pattern),
+                    full_name.ilike(pattern),
+                )
+            )
+        if tag:
+            stmt = stmt.where(contacts.c.tags.contains([tag]))
+        if kind:
+            stmt = stmt.where(contacts.c.kind == kind)
+        stmt = stmt.order_by(contacts.c.created_at, contacts.c.id).limit(limit + 1)
+        return (await self.session.execute(stmt)).mappings().all()
+
+    async def add_change(
+        self,
+        *,
+        owner_id: str,
+        contact_id: uuid.UUID,
+        op: str,
+        fields: Mapping[str, Any],
+        source: str,
+        actor: str | None,
+    ) -> None:
+        """Append one audit row."""
+        await self.session.execute(
+            insert(changes).values(
+                owner_id=owner_id,
+                contact_id=contact_id,
+                op=op,
+                fields=dict(fields),
+                source=source,
+                actor=actor,
+            )
+        )
+
+    async def erase_history(self, owner_id: str, contact_id: uuid.UUID) -> None:
+        """GDPR: the audit keeps that changes happened, never what the person's data was."""
+        await self.session.execute(
+            update(changes)
+            .where(changes.c.owner_id == owner_id, changes.c.contact_id == contact_id)
+            .values(fields=text("'{}'::jsonb"))
+        )
+
+    async def sync_rows(
+        self, owner_id: str, keys: Sequence[str]
+    ) -> tuple[list[Row], dict[tuple[uuid.UUID, str], Row], dict[tuple[uuid.UUID, str], Row]]:
+        """The owner's connections, and their queue and mirror rows for `keys`."""
+        conn = cast(Table, Connection.__table__)
+        queue = cast(Table, SyncQueue.__table__)
+        state = cast(Table, SyncState.__table__)
+        connections = list(
+            (
+                await self.session.execute(
+                    select(conn.c.id, conn.c.provider, conn.c.audience_id)
+                    .where(conn.c.owner_id == owner_id)
+                    .order_by(conn.c.provider)
+                )
+            ).mappings()
+        )
+        if not connections or not keys:
+            return connections, {}, {}
+        ids = [c["id"] for c in connections]
+        queued = await self.session.execute(
+            select(
+                queue.c.connection_id, queue.c.email_key, queue.c.state, queue.c.last_error
+            ).where(queue.c.connection_id.in_(ids), queue.c.email_key.in_(keys))
+        )
+        mirrored = await self.session.execute(
+            select(
+                state.c.connection_id,
+                state.c.email_key,
+                state.c.remote_status,
+                state.c.last_synced_at,
+                state.c.error_kind,
+                state.c.error,
+            ).where(state.c.connection_id.in_(ids), state.c.email_key.in_(keys))
+        )
+        return (
+            connections,
+            {(r["connection_id"], r["email_key"]): r for r in queued.mappings()},
+            {(r["connection_id"], r["email_key"]): r for r in mirrored.mappings()},
+        )

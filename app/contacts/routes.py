@@ -1,0 +1,115 @@
+"""HTTP routes of the contacts API: thin, the service holds the logic."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+
+from app.auth.deps import OwnerDep
+from app.contacts.schemas import ContactCreate, ContactOut, ContactPage, ContactUpdate, ForgetResult
+from app.contacts.service import contact_service, etag
+from app.db import SessionDep
+from app.errors import problem_responses
+
+router = APIRouter(prefix="/api/contacts", tags=["contacts"])
+
+
+async def _one(session: SessionDep, owner_id: str, row: dict | object) -> ContactOut:
+    (out,) = await contact_service.render(session, owner_id=owner_id, rows=[row])  # type: ignore[list-item]
+    return out
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ContactOut,
+    responses=problem_responses(401, 409, 422),
+)
+async def create_contact(
+    body: ContactCreate,
+    owner_id: OwnerDep,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+) -> ContactOut:
+    """Create a contact; 409 with `existing_id` when the email is taken (any case)."""
+    row = await contact_service.create(session, owner_id=owner_id, data=body, actor=owner_id)
+    response.headers["ETag"] = etag(row)
+    response.headers["Location"] = str(request.url_for("get_contact", contact_id=row["id"]))
+    return await _one(session, owner_id, row)
+
+
+@router.get("", response_model=ContactPage, responses=problem_responses(401, 422))
+async def list_contacts(
+    owner_id: OwnerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Matches name or email.")] = None,
+    tag: Annotated[str | None, Query(max_length=100)] = None,
+    kind: Annotated[str | None, Query(pattern="^(client|lead|contact)$")] = None,
+) -> ContactPage:
+    """Contacts in creation order, `limit` at a time; pass `next_cursor` for the next page."""
+    return await contact_service.list_page(
+        session, owner_id=owner_id, limit=limit, cursor=cursor, q=q, tag=tag, kind=kind
+    )
+
+
+@router.get("/{contact_id}", response_model=ContactOut, responses=problem_responses(401, 404, 422))
+async def get_contact(
+    contact_id: uuid.UUID, owner_id: OwnerDep, session: SessionDep, response: Response
+) -> ContactOut:
+    """One contact with its sync state per connection; the ETag is its version."""
+    row = await contact_service.get(session, owner_id=owner_id, contact_id=contact_id)
+    response.headers["ETag"] = etag(row)
+    return await _one(session, owner_id, row)
+
+
+@router.patch(
+    "/{contact_id}", response_model=ContactOut, responses=problem_responses(401, 404, 409, 412, 422)
+)
+async def update_contact(
+    contact_id: uuid.UUID,
+    body: ContactUpdate,
+    owner_id: OwnerDep,
+    session: SessionDep,
+    response: Response,
+    if_match: Annotated[str | None, Header(max_length=200)] = None,
+) -> ContactOut:
+    """Change the fields sent (null clears); `If-Match` guards against lost updates (412)."""
+    row = await contact_service.update(
+        session,
+        owner_id=owner_id,
+        contact_id=contact_id,
+        data=body,
+        if_match=if_match,
+        actor=owner_id,
+    )
+    response.headers["ETag"] = etag(row)
+    return await _one(session, owner_id, row)
+
+
+@router.delete(
+    "/{contact_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 404, 422),
+)
+async def delete_contact(contact_id: uuid.UUID, owner_id: OwnerDep, session: SessionDep) -> None:
+    """Delete the contact; its member is archived at each provider (not erased)."""
+    await contact_service.delete(session, owner_id=owner_id, contact_id=contact_id, actor=owner_id)
+
+
+@router.post(
+    "/{contact_id}/forget",
+    response_model=ForgetResult,
+    responses=problem_responses(401, 404, 422),
+)
+async def forget_contact(
+    contact_id: uuid.UUID, owner_id: OwnerDep, session: SessionDep
+) -> ForgetResult:
+    """GDPR erase: removed here, permanently deleted at each provider, never pushed again."""
+    return await contact_service.forget(
+        session, owner_id=owner_id, contact_id=contact_id, actor=owner_id
+    )

@@ -1,0 +1,231 @@
+"""Errors as RFC 9457 problem details: the app's own and the framework's alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://audience-sync.dev/problems/"
+
+log = structlog.get_logger(__name__)
+
+
+class ProblemResponse(JSONResponse):
+    """A JSON response served as application/problem+json."""
+
+    media_type = PROBLEM_JSON
+
+
+class AppError(Exception):
+    """An expected failure; subclasses fix the status, title and problem type."""
+
+    status_code: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad Request"
+    slug: ClassVar[str] = "bad-request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+
+class NotFound(AppError):
+    """The resource does not exist, or belongs to another owner."""
+
+    status_code = 404
+    title = "Not Found"
+    slug = "not-found"
+
+
+class Conflict(AppError):
+    """The request conflicts with the current state (e.g. a duplicate email)."""
+
+    status_code = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
+class PreconditionFailed(AppError):
+    """If-Match did not match the current version."""
+
+    status_code = 412
+    title = "Precondition Failed"
+    slug = "precondition-failed"
+
+
+class Unprocessable(AppError):
+    """The body is well-formed but its content is invalid."""
+
+    status_code = 422
+    title = "Unprocessable Content"
+    slug = "validation"
+
+
+class Unauthorized(AppError):
+    """No valid bearer token."""
+
+    status_code = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(AppError):
+    """Authenticated, but not allowed."""
+
+    status_code = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class TooManyRequests(AppError):
+    """Rate-limited; the Retry-After header says when to come back."""
+
+    status_code = 429
+    title = "Too Many Requests"
+    slug = "too-many-requests"
+
+
+class BadGateway(AppError):
+    """The provider answered in a way we could not use."""
+
+    status_code = 502
+    title = "Bad Gateway"
+    slug = "provider-error"
+
+
+class ServiceUnavailable(AppError):
+    """The provider is unreachable right now."""
+
+    status_code = 503
+    title = "Service Unavailable"
+    slug = "unavailable"
+
+
+def problem(
+    request: Request,
+    status: int,
+    *,
+    title: str | None = None,
+    detail: str | None = None,
+    type_: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> ProblemResponse:
+    """Build a problem+json response for `request`."""
+    body: dict[str, Any] = {
+        "type": type_ or "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail or HTTPStatus(status).description,
+        "instance": request.url.path,
+    }
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update(extra)
+    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+async def _app_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, AppError)
+    return problem(
+        request,
+        exc.status_code,
+        title=exc.title,
+        detail=exc.detail,
+        type_=PROBLEM_BASE + exc.slug,
+        extra=exc.extra,
+        headers=exc.headers,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return problem(request, exc.status_code, detail=detail, headers=exc.headers)
+
+
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or str(loc[0] if loc else "")
+
+
+async def _validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "invalid")}
+        for err in exc.errors()
+    ]
+    return problem(
+        request,
+        422,
+        title="Unprocessable Content",
+        detail="The request is not valid; see 'errors' for each field.",
+        type_=PROBLEM_BASE + "validation",
+        extra={"errors": errors},
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
+    # The traceback goes to the log with the request id; the client learns nothing inside.
+    log.exception("http.unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    return problem(
+        request,
+        500,
+        title="Internal Server Error",
+        detail="Something went wrong on our side. The request id identifies it in our logs.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through problem+json."""
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "content": {
+        PROBLEM_JSON: {
+            "schema": {
+                "type": "object",
+                "required": ["type", "title", "status", "detail", "instance"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "instance": {"type": "string"},
+                    "request_id": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object"}},
+                },
+                "additionalProperties": True,
+            }
+        }
+    }
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting problem+json bodies for `codes`."""
+    return {code: {"description": HTTPStatus(code).phrase, **PROBLEM_SCHEMA} for code in codes}

@@ -1,0 +1,123 @@
+"""Prometheus metrics: families, the HTTP middleware, and gauges read from the database."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from app.main import Runtime
+
+HTTP_REQUESTS = Counter(
+    "audience_sync_http_requests_total",
+    "HTTP requests served, by method, route and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "audience_sync_http_request_seconds",
+    "HTTP request latency by route.",
+    ["method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+QUEUE_DEPTH = Gauge("audience_sync_queue_depth", "Rows in the sync queue by state.", ["state"])
+QUEUE_OLDEST_READY_AGE = Gauge(
+    "audience_sync_queue_oldest_ready_age_seconds",
+    "Age of the oldest ready row in the sync queue.",
+)
+SENDS = Counter(
+    "audience_sync_provider_sends_total",
+    "Members sent to a provider, by operation and outcome.",
+    ["provider", "operation", "outcome"],
+)
+PROVIDER_REQUESTS = Counter(
+    "audience_sync_provider_requests_total",
+    "HTTP requests made to a provider, by operation and outcome.",
+    ["provider", "operation", "outcome"],
+)
+PROVIDER_LATENCY = Histogram(
+    "audience_sync_provider_request_seconds",
+    "Latency of provider requests, by operation.",
+    ["provider", "operation"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+THROTTLE_EVENTS = Counter(
+    "audience_sync_throttle_events_total",
+    "Times a provider throttled us (429, or 403 without a body).",
+    ["provider"],
+)
+WEBHOOK_EVENTS = Counter(
+    "audience_sync_webhook_events_total",
+    "Inbound webhook events by provider, type and outcome.",
+    ["provider", "type", "outcome"],
+)
+CONNECTIONS = Gauge(
+    "audience_sync_connections", "Connections by provider and status.", ["provider", "status"]
+)
+RECONCILE_RUNS = Counter(
+    "audience_sync_reconcile_runs_total",
+    "Reconcile runs (Sync Now, initial, dry runs) by kind and outcome.",
+    ["kind", "outcome"],
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of the default registry."""
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+async def refresh_gauges(rt: Runtime) -> None:
+    """Read queue and connection gauges from the database (cheap aggregate queries)."""
+    from sqlalchemy import text
+
+    async with rt.engine.connect() as conn:
+        depth = await conn.execute(text("SELECT state, count(*) FROM sync_queue GROUP BY state"))
+        seen = {"ready": 0, "parked": 0}
+        seen.update(dict(depth.tuples().all()))
+        for state, n in seen.items():
+            QUEUE_DEPTH.labels(state=state).set(n)
+        oldest = await conn.execute(
+            text(
+                "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at)), 0)"
+                " FROM sync_queue WHERE state = 'ready'"
+            )
+        )
+        QUEUE_OLDEST_READY_AGE.set(float(oldest.scalar() or 0))
+        statuses = await conn.execute(
+            text("SELECT provider, status, count(*) FROM connections GROUP BY provider, status")
+        )
+        CONNECTIONS.clear()
+        for provider, status, n in statuses.all():
+            CONNECTIONS.labels(provider=provider, status=status).set(n)
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI middleware counting requests by route template (not raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status_holder: dict[str, Any] = {"status": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or (
+                "/_sandbox" if scope["path"].startswith("/_sandbox") else "unmatched"
+            )
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, path, str(status_holder["status"])).inc()
+            HTTP_LATENCY.labels(method, path).observe(time.perf_counter() - start)

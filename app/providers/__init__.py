@@ -1,0 +1,1 @@
+"""Email-marketing providers behind one interface."""

@@ -1,0 +1,1 @@
+"""Mailchimp Marketing API client."""

@@ -1,0 +1,1 @@
+"""Local emulators of providers that have no sandbox."""

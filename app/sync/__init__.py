@@ -1,0 +1,1 @@
+"""The sync engine: outbox queue, desired state, the worker loop, reconcile."""

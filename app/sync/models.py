@@ -1,0 +1,170 @@
+"""Tables of the sync engine: the outbox queue, the mirror, tombstones, slots and runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+PRIORITY_LIVE = 0
+PRIORITY_BULK = 1
+REMOTE_STATUSES = (
+    "subscribed",
+    "unsubscribed",
+    "cleaned",
+    "pending",
+    "transactional",
+    "archived",
+    "forgotten",
+    "rejected",
+)
+
+
+class SyncQueue(Base):
+    """The outbox, coalesced: one row per connection and subscriber while work is owed."""
+
+    __tablename__ = "sync_queue"
+    __table_args__ = (
+        # The claim scans only ready rows, in priority then due order.
+        Index(
+            "ix_sync_queue_ready",
+            "priority",
+            "available_at",
+            postgresql_where=text("state = 'ready'"),
+        ),
+        CheckConstraint("state IN ('ready', 'parked')", name="state"),
+        {
+            # Rows are deleted on completion: vacuum this small, hot table often.
+            "postgresql_with": {
+                "autovacuum_vacuum_scale_factor": "0.01",
+                "autovacuum_vacuum_threshold": "1000",
+                "autovacuum_analyze_scale_factor": "0.02",
+            }
+        },
+    )
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    email_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    seq: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    available_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default="ready")
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    leased_by: Mapped[str | None] = mapped_column(Text)
+    forget: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    enqueued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class SyncState(Base):
+    """The mirror: what we last told (or learned from) the provider for one subscriber."""
+
+    __tablename__ = "sync_state"
+    __table_args__ = (
+        Index("ix_sync_state_contact_id", "contact_id"),
+        Index(
+            "ix_sync_state_connection_id_error_kind",
+            "connection_id",
+            "error_kind",
+            postgresql_where=text("error_kind IS NOT NULL"),
+        ),
+    )
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    email_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    remote_id: Mapped[str | None] = mapped_column(Text)  # Mailchimp: the subscriber hash
+    pushed_email: Mapped[str | None] = mapped_column(Text)
+    pushed_digest: Mapped[str | None] = mapped_column(Text)
+    # The tags *we* set: our ownership; tags added at the provider by others are never touched.
+    pushed_tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    remote_status: Mapped[str | None] = mapped_column(Text)
+    remote_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error_kind: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class SyncTombstone(Base):
+    """A forgotten subscriber: only the hash remains, so the address is never pushed again."""
+
+    __tablename__ = "sync_tombstones"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    remote_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    forgotten_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class ProviderSlot(Base):
+    """One of the N request slots of a provider account, leased by a worker process."""
+
+    __tablename__ = "provider_slots"
+
+    account_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SyncRun(Base):
+    """A full reconciliation: Sync Now, the initial sync, or a dry run."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        Index("ix_sync_runs_connection_id_created_at", "connection_id", "created_at"),
+        CheckConstraint(
+            "state IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="state"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    owner_id: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)  # sync_now | initial | audience_change | pull
+    dry_run: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    state: Mapped[str] = mapped_column(Text, server_default="queued")
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    leased_by: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,78 @@
+"""The write side of the outbox: enqueue inside the caller's transaction, then NOTIFY."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.sync.models import PRIORITY_LIVE
+
+NOTIFY_CHANNEL = "sync_queue"
+
+# One statement: upsert a row per (connection with an audience) × key, and NOTIFY when any
+# row was written. NOTIFY is transactional: listeners hear it only if the caller commits.
+# A new change re-arms a parked or backed-off row (attempts reset, due now); `seq` tells the
+# worker that a row it is sending changed meanwhile. `forget` is sticky: an erasure request
+# is never undone by a later write.
+_ENQUEUE = text(
+    """
+    WITH ins AS (
+        INSERT INTO sync_queue AS q
+            (connection_id, email_key, contact_id, priority, forget)
+        SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget
+        FROM connections c
+        CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
+        WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
+        ON CONFLICT (connection_id, email_key) DO UPDATE SET
+            seq = q.seq + 1,
+            contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
+            priority = LEAST(q.priority, EXCLUDED.priority),
+            forget = q.forget OR EXCLUDED.forget,
+            state = 'ready',
+            attempts = 0,
+            last_error = NULL,
+            available_at = now()
+        RETURNING 1
+    )
+    SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END AS notified
+    FROM ins
+    """
+)
+
+
+def email_key(email: str | None) -> str | None:
+    """The queue and mirror key of an address: lower(trim(email))."""
+    if email is None:
+        return None
+    key = email.strip().lower()
+    return key or None
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    owner_id: str,
+    keys: Sequence[str | None],
+    contact_id: uuid.UUID | None,
+    priority: int = PRIORITY_LIVE,
+    forget: bool = False,
+) -> int:
+    """Queue a sync of `keys` for every connection of the owner that has an audience."""
+    unique = sorted({k for k in keys if k})
+    if not unique:
+        return 0
+    result = await session.execute(
+        _ENQUEUE,
+        {
+            "owner_id": owner_id,
+            "keys": unique,
+            "contact_id": str(contact_id) if contact_id else None,
+            "priority": priority,
+            "forget": forget,
+            "channel": NOTIFY_CHANNEL,
+        },
+    )
+    return int(result.scalar_one())

@@ -1,0 +1,1 @@
+"""Inbound provider webhooks: receivers, inbox, handlers."""
