@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet, OctKey
 from joserfc.jwt import JWTClaimsRegistry
 
@@ -16,6 +18,7 @@ from app.config import Settings
 from app.errors import Unauthorized
 
 JWKS_TTL_SECONDS = 600.0
+JWKS_MIN_REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,24 +32,33 @@ class Principal:
 class TokenVerifier:
     """Verifies bearer tokens: HS256 with AUTH_JWT_SECRET, or RS256 from AUTH_JWKS_URL."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
+        self._clock = clock
         self._jwks: KeySet | None = None
         self._jwks_fetched = 0.0
+        self._jwks_lock = asyncio.Lock()
         secret = settings.AUTH_JWT_SECRET.get_secret_value()
         self._hs_key = OctKey.import_key(secret) if secret else None
 
     async def _keyset(self, *, refresh: bool = False) -> KeySet:
         url = self._settings.AUTH_JWKS_URL
         assert url is not None
-        stale = time.monotonic() - self._jwks_fetched > JWKS_TTL_SECONDS
-        if self._jwks is None or stale or refresh:
-            async with httpx.AsyncClient(timeout=10.0) as client:
-                response = await client.get(url)
-                response.raise_for_status()
-            self._jwks = KeySet.import_key_set(response.json())
-            self._jwks_fetched = time.monotonic()
-        return self._jwks
+        async with self._jwks_lock:  # concurrent requests share one fetch
+            age = self._clock() - self._jwks_fetched
+            # A forced refresh (unknown key) is rate-limited, so tokens signed with
+            # made-up keys cannot turn every request into a fetch from the issuer.
+            if (
+                self._jwks is None
+                or age > JWKS_TTL_SECONDS
+                or (refresh and age > JWKS_MIN_REFRESH_SECONDS)
+            ):
+                async with httpx.AsyncClient(timeout=10.0) as client:
+                    response = await client.get(url)
+                    response.raise_for_status()
+                self._jwks = KeySet.import_key_set(response.json())
+                self._jwks_fetched = self._clock()
+            return self._jwks
 
     async def verify(self, token: str) -> Principal:
         """The principal a valid token names, or Unauthorized."""
@@ -54,7 +66,7 @@ class TokenVerifier:
             if self._settings.AUTH_JWKS_URL:
                 try:
                     decoded = jwt.decode(token, await self._keyset(), algorithms=["RS256"])
-                except JoseError:
+                except (InvalidKeyIdError, BadSignatureError):
                     # The issuer may have rotated keys since we fetched them: one refetch.
                     decoded = jwt.decode(
                         token, await self._keyset(refresh=True), algorithms=["RS256"]
@@ -71,7 +83,9 @@ class TokenVerifier:
                 options["aud"] = {"essential": True, "value": self._settings.AUTH_AUDIENCE}
             registry = JWTClaimsRegistry(leeway=30, **options)
             registry.validate(claims)
-        except (JoseError, ValueError, httpx.HTTPError) as exc:
+        # TypeError/KeyError: the JOSE library trips on some malformed input (a header that
+        # is a JSON array, say); an undecodable token is the caller's problem, never a 500.
+        except (JoseError, ValueError, TypeError, KeyError, httpx.HTTPError) as exc:
             raise Unauthorized(f"The bearer token is not valid: {_reason(exc)}") from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.strip():
