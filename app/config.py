@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     MAILCHIMP_MAX_CONCURRENCY: int = Field(default=8, ge=1, le=10)
     MAILCHIMP_DOUBLE_OPT_IN: bool = False
     MAILCHIMP_SYNC_ADDRESS: bool = False
-    MAILCHIMP_MERGE_FIELD_MAP: dict[str, str] = Field(default_factory=dict)
+    MAILCHIMP_MERGE_FIELD_MAP: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     MAILCHIMP_TIMEOUT_SECONDS: float = 30.0
 
     # --- sync engine ---------------------------------------------------------------------
@@ -100,17 +100,13 @@ class Settings(BaseSettings):
     LOG_FORMAT: str = "console"
     LOG_LEVEL: str = "INFO"
 
-    @field_validator("CORS_ORIGINS", mode="before")
+    @field_validator("CORS_ORIGINS", "ENCRYPTION_KEYS", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
+        # "a, b" (the documented form) or a JSON array, which a comma split would mangle.
         if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
-
-    @field_validator("ENCRYPTION_KEYS", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
-        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
@@ -208,10 +204,19 @@ def load_dev_secrets(data_dir: Path) -> dict[str, str]:
         "jwt_secret": secrets.token_urlsafe(48),
         "encryption_key": Fernet.generate_key().decode(),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stored))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    # Written owner-only from the first byte, then linked into place: link() fails when
+    # another process (`serve` and `worker` starting together) won the race, and then
+    # both use the winner's secrets instead of each keeping its own.
+    tmp = data_dir / f".dev-secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(stored, out)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return dict(json.loads(path.read_text()))
+    finally:
+        tmp.unlink()
     return stored
 
 
