@@ -13,6 +13,9 @@ from app.contacts.service import contact_service, etag
 from app.db import SessionDep
 from app.errors import problem_responses
 
+# PostgreSQL text cannot hold \x00; a filter with one is a 422, not a database error.
+NO_NUL = r"^[^\x00]*$"
+
 router = APIRouter(prefix="/api/contacts", tags=["contacts"])
 
 
@@ -25,7 +28,8 @@ async def _one(session: SessionDep, owner_id: str, row: dict | object) -> Contac
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ContactOut,
-    responses=problem_responses(401, 409, 422),
+    # 400: a body that is not UTF-8 cannot be parsed at all (malformed JSON is a 422).
+    responses=problem_responses(400, 401, 409, 422),
 )
 async def create_contact(
     body: ContactCreate,
@@ -47,8 +51,10 @@ async def list_contacts(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-    q: Annotated[str | None, Query(max_length=200, description="Matches name or email.")] = None,
-    tag: Annotated[str | None, Query(max_length=100)] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=NO_NUL, description="Matches name or email.")
+    ] = None,
+    tag: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     kind: Annotated[str | None, Query(pattern="^(client|lead|contact)$")] = None,
 ) -> ContactPage:
     """Contacts in creation order, `limit` at a time; pass `next_cursor` for the next page."""
@@ -68,7 +74,9 @@ async def get_contact(
 
 
 @router.patch(
-    "/{contact_id}", response_model=ContactOut, responses=problem_responses(401, 404, 409, 412, 422)
+    "/{contact_id}",
+    response_model=ContactOut,
+    responses=problem_responses(400, 401, 404, 409, 412, 422),
 )
 async def update_contact(
     contact_id: uuid.UUID,

@@ -34,6 +34,17 @@ def normalise_email(value: str | None) -> str | None:
     return result.normalized
 
 
+def contains_nul(value: Any) -> bool:
+    """True when a string anywhere in `value` (keys included) holds a NUL character."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
 def clean_tags(values: list[str]) -> list[str]:
     """Trimmed, empty ones dropped, deduplicated case-insensitively, first spelling kept."""
     seen: set[str] = set()
@@ -71,6 +82,14 @@ class _ContactFields(BaseModel):
     lead_status: ShortText | None = None
     referral: ShortText | None = None
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL text cannot hold \x00: refuse it here (422), not at INSERT time (500).
+        if contains_nul(value):
+            raise ValueError("text must not contain NUL (\\u0000) characters")
+        return value
+
     @field_validator("email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
@@ -83,8 +102,9 @@ class _ContactFields(BaseModel):
 
     @field_validator("custom_fields")
     @classmethod
-    def _custom(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for item in value.values():
+    def _custom(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # PATCH allows null (clears the fields); the base model never sees None.
+        for item in (value or {}).values():
             if isinstance(item, str) and len(item) > 1000:
                 raise ValueError("custom field values are at most 1000 characters")
         return value

@@ -1,0 +1,63 @@
+"""schemathesis over the service's OpenAPI document, authenticated, against the ASGI app.
+
+The document is the one `/openapi.json` serves (`app.openapi()`), loaded at import so that
+schemathesis can make one test per operation. The requests go in-process to an app on the
+session's real database; schemathesis drives it on its own event-loop thread, so that app
+owns its engine (opened in its lifespan there) instead of sharing the session runtime.
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, settings
+
+from app.auth.tokens import issue_token
+from app.config import Settings
+from app.main import create_app
+from tests.conftest import make_settings
+
+FUZZ_OWNER = "fuzz-owner"
+
+# Building the app touches no database; only its lifespan (run by schemathesis) does.
+schema = schemathesis.openapi.from_dict(
+    create_app(make_settings("postgresql+asyncpg://unused@127.0.0.1/unused")).openapi()
+)
+
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def fuzz_settings(database_url: str) -> Settings:
+    """Settings on the session's database."""
+    return make_settings(database_url)
+
+
+@pytest.fixture(scope="module")
+def service(fuzz_settings: Settings) -> FastAPI:
+    """The app under fuzzing; its lifespan starts on the first request schemathesis sends."""
+    return create_app(fuzz_settings)
+
+
+@pytest.fixture(scope="module")
+def bearer(fuzz_settings: Settings) -> dict[str, str]:
+    """Authorization header of the fuzzing owner."""
+    return {"Authorization": f"Bearer {issue_token(fuzz_settings, FUZZ_OWNER)}"}
+
+
+@schema.parametrize()
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_api_conforms_to_its_schema(
+    case: schemathesis.Case, service: FastAPI, bearer: dict[str, str]
+) -> None:
+    case.call_and_validate(app=service, headers=bearer, checks=CHECKS)
