@@ -8,6 +8,10 @@ owns its engine (opened in its lifespan there) instead of sharing the session ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import httpx
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -15,8 +19,10 @@ from hypothesis import HealthCheck, settings
 
 from app.auth.tokens import issue_token
 from app.config import Settings
-from app.main import create_app
-from tests.conftest import make_settings
+from app.main import Runtime, create_app
+from tests.conftest import fetch, make_settings
+
+Auth = Callable[..., dict[str, str]]
 
 FUZZ_OWNER = "fuzz-owner"
 
@@ -61,3 +67,58 @@ def test_api_conforms_to_its_schema(
     case: schemathesis.Case, service: FastAPI, bearer: dict[str, str]
 ) -> None:
     case.call_and_validate(app=service, headers=bearer, checks=CHECKS)
+
+
+class TestFoundByFuzzing:
+    """Inputs schemathesis once turned into 500s, pinned as plain examples."""
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"email": "nul@example.com", "addr1": "a\x00b"},
+            {"email": "nul@example.com", "custom_fields": {"\x00": None}},
+            {"email": "nul@example.com", "tags": ["ok", "b\x00d"]},
+        ],
+    )
+    async def test_nul_in_body_is_422(
+        self, client: httpx.AsyncClient, auth: Auth, runtime: Runtime, body: dict[str, Any]
+    ) -> None:
+        response = await client.post("/api/contacts", json=body, headers=auth())
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "NUL" in response.text
+        assert await fetch(runtime, "SELECT id FROM contacts") == []
+
+    @pytest.mark.parametrize("param", ["q", "tag"])
+    async def test_nul_in_filters_is_422(
+        self, client: httpx.AsyncClient, auth: Auth, param: str
+    ) -> None:
+        response = await client.get("/api/contacts", params={param: "a\x00"}, headers=auth())
+        assert response.status_code == 422
+
+    async def test_patch_custom_fields_null_clears_them(
+        self, client: httpx.AsyncClient, auth: Auth
+    ) -> None:
+        created = await client.post(
+            "/api/contacts",
+            json={"email": "cf@example.com", "custom_fields": {"plan": "pro"}},
+            headers=auth(),
+        )
+        response = await client.patch(
+            f"/api/contacts/{created.json()['id']}",
+            json={"custom_fields": None},
+            headers=auth(),
+        )
+        assert response.status_code == 200
+        assert response.json()["custom_fields"] == {}
+
+    async def test_body_that_is_not_utf8_is_a_400_problem(
+        self, client: httpx.AsyncClient, auth: Auth
+    ) -> None:
+        response = await client.post(
+            "/api/contacts",
+            content=b'{"email": "\xff"}',
+            headers={**auth(), "Content-Type": "application/json"},
+        )
+        assert response.status_code == 400
+        assert response.headers["content-type"] == "application/problem+json"
