@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://audience-sync.dev/problems/"
@@ -161,7 +162,22 @@ async def _app_error(request: Request, exc: Exception) -> ProblemResponse:
 async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return problem(request, exc.status_code, detail=detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem(request, exc.status_code, detail=detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette's 405 names only the first route matching the path; GET and POST on one
+    # path are two routes, and Allow must list every method the path answers. Asking each
+    # route whether it fully matches per method uses only the public `matches` API.
+    allowed = set()
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.add(method)
+    return ", ".join(sorted(allowed))
 
 
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -187,12 +203,21 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
 
 async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
     # The traceback goes to the log with the request id; the client learns nothing inside.
-    log.exception("http.unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    # This handler runs outside every middleware (Starlette's ServerErrorMiddleware), so the
+    # request id is neither bound to the log context nor added to the headers by them.
+    request_id = getattr(request.state, "request_id", None)
+    log.exception(
+        "http.unhandled_error",
+        path=request.url.path,
+        error_type=type(exc).__name__,
+        request_id=request_id,
+    )
     return problem(
         request,
         500,
         title="Internal Server Error",
         detail="Something went wrong on our side. The request id identifies it in our logs.",
+        headers={"X-Request-ID": request_id} if request_id else None,
     )
 
 
