@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from app.config import get_settings
+from app.config import Environment, get_settings
 
 cli = typer.Typer(
     help="Audience Sync: a CRM's contacts mirrored to email-marketing audiences.",
@@ -60,7 +60,11 @@ def serve(
     settings = get_settings()
     app = create_app(settings)
     owner = settings.MAILCHIMP_OWNER or DEMO_OWNER
-    if settings.AUTH_JWT_SECRET.get_secret_value():
+    # Only development prints a ready-made token: elsewhere it would sit in the logs.
+    if (
+        settings.ENVIRONMENT is Environment.development
+        and settings.AUTH_JWT_SECRET.get_secret_value()
+    ):
         token = issue_token(settings, owner)
         app.state.banner = _banner(f"http://{settings.HOST}:{settings.PORT}", token, owner)
     uvicorn.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -56,3 +57,30 @@ def test_owner_is_required(env: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(cli, ["token"])
     assert result.exit_code != 0
     assert "--owner" in result.output
+
+
+@pytest.mark.parametrize(
+    ("environment", "prints_token"), [("development", True), ("production", False)]
+)
+def test_serve_prints_a_demo_token_only_in_development(
+    env: pytest.MonkeyPatch, tmp_path: Path, environment: str, prints_token: bool
+) -> None:
+    import uvicorn
+
+    served: list[Any] = []
+    # Stand-in for the server loop only: the app is built for real, nothing listens.
+    env.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
+    env.setenv("ENVIRONMENT", environment)
+    env.setenv("DATA_DIR", str(tmp_path / "data"))
+    env.setenv("DATABASE_URL", "postgresql://unused@127.0.0.1/unused")
+    if environment == "production":
+        env.setenv("AUTH_JWT_SECRET", TEST_JWT_SECRET)
+        env.setenv("ENCRYPTION_KEYS", Fernet.generate_key().decode())
+    result = CliRunner().invoke(cli, ["serve", "--port", "8123", "--no-worker"])
+    assert result.exit_code == 0, result.output
+    (app,) = served
+    banner = getattr(app.state, "banner", None)
+    assert (banner is not None) is prints_token
+    if banner:
+        assert "http://127.0.0.1:8123/docs" in banner
+        assert "Bearer token ey" in banner
