@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,3 +224,29 @@ class TestLists:
             "company": "COMPANY",
             "plan": "PLAN",
         }
+
+
+class TestEnvExample:
+    """`.env.example` documents every setting, and copied as is it is safe."""
+
+    EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+
+    def test_documents_every_setting(self) -> None:
+        documented = set(
+            re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", self.EXAMPLE.read_text(), flags=re.M)
+        )
+        missing = sorted(set(Settings.model_fields) - documented)
+        assert not missing, f"add these settings to .env.example, with a comment: {missing}"
+
+    def test_copied_as_is_development_starts(self, tmp_path: Path) -> None:
+        settings = Settings(_env_file=self.EXAMPLE, DATA_DIR=tmp_path)  # type: ignore[call-arg]
+        assert settings.ENVIRONMENT is Environment.development
+        assert settings.MAILCHIMP_MODE is MailchimpMode.sandbox
+        assert settings.DATABASE_URL is None  # the embedded PostgreSQL
+        assert len(settings.AUTH_JWT_SECRET.get_secret_value()) >= 32  # invented
+
+    def test_copied_as_is_production_refuses_to_start(self, tmp_path: Path) -> None:
+        with pytest.raises(ValidationError, match="AUTH_JWT_SECRET"):
+            Settings(  # type: ignore[call-arg]
+                _env_file=self.EXAMPLE, ENVIRONMENT="production", DATA_DIR=tmp_path
+            )
