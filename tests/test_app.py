@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
-from app.contacts.service import ContactService
+from app.contacts import service as contact_service_module
 from app.db import create_engine, make_sessionmaker, to_libpq_url
 from app.main import Runtime, create_app
 from tests.conftest import make_settings
@@ -94,11 +94,11 @@ class TestUnexpectedErrors:
         auth: Auth,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        async def broken_render(*args: object, **kwargs: object) -> None:
+        def broken_view(*args: object, **kwargs: object) -> None:
             raise ValueError(SECRET_DETAIL)
 
-        # The contact is written, then building the response fails: nothing may stay.
-        monkeypatch.setattr(ContactService, "render", broken_render)
+        # The contact is written, then building its API view fails: nothing may stay.
+        monkeypatch.setattr(contact_service_module, "_out", broken_view)
         async with serve(create_app(settings, runtime=runtime)) as c:
             response = await c.post(
                 "/api/contacts", json={"email": "half@example.com"}, headers=auth()

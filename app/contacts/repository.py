@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,9 +16,40 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.connections.models import Connection
 from app.contacts.models import Contact, ContactChange
 from app.sync.models import SyncQueue, SyncState
+from app.sync.outbox import UPSERT_SQL, enqueue_params
 
 contacts = cast(Table, Contact.__table__)
 changes = cast(Table, ContactChange.__table__)
+
+# The tail of every write (DESIGN §4 steps 2-4) as one statement: the audit row, the queue
+# upsert for each connection with an audience, NOTIFY when a queue row was written, and the
+# contact's sync line per connection for the response. A data-modifying CTE always runs to
+# completion, whether or not the final SELECT reads it; `notified` is read (so it runs) only
+# when the owner has connections, which is the only case where anything was queued.
+_RECORD_CHANGE = text(
+    f"""
+    WITH change AS (
+        INSERT INTO contact_changes (contact_id, owner_id, op, fields, source, actor)
+        VALUES (CAST(:change_contact_id AS uuid), :owner_id, :op, :fields, :source, :actor)
+    ),
+    queued AS ({UPSERT_SQL}),
+    notified AS (
+        SELECT pg_notify(:channel, '') FROM (SELECT FROM queued LIMIT 1) AS any_row
+    )
+    SELECT c.id AS connection_id, c.provider, c.audience_id,
+           queued.connection_id IS NOT NULL AS in_queue,
+           queued.state, queued.last_error,
+           s.connection_id IS NOT NULL AS in_mirror,
+           s.remote_status, s.last_synced_at, s.error_kind, s.error,
+           (SELECT count(*) FROM queued) AS queued_rows,
+           (SELECT count(*) FROM notified) AS notified
+    FROM connections c
+    LEFT JOIN queued ON queued.connection_id = c.id AND queued.email_key = :sync_key
+    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = :sync_key
+    WHERE c.owner_id = :owner_id
+    ORDER BY c.provider
+    """
+).bindparams(bindparam("fields", type_=JSONB))
 
 Row = RowMapping
 
@@ -113,7 +145,7 @@ class ContactRepository:
         stmt = stmt.order_by(contacts.c.created_at, contacts.c.id).limit(limit + 1)
         return (await self.session.execute(stmt)).mappings().all()
 
-    async def add_change(
+    async def record_change(
         self,
         *,
         owner_id: str,
@@ -122,18 +154,29 @@ class ContactRepository:
         fields: Mapping[str, Any],
         source: str,
         actor: str | None,
-    ) -> None:
-        """Append one audit row."""
-        await self.session.execute(
-            insert(changes).values(
-                owner_id=owner_id,
-                contact_id=contact_id,
-                op=op,
-                fields=dict(fields),
-                source=source,
-                actor=actor,
-            )
+        queue_keys: Sequence[str | None],
+        queue_contact_id: uuid.UUID | None,
+        forget: bool = False,
+        sync_key: str | None = None,
+    ) -> tuple[list[Row], int]:
+        """The audit row, the outbox rows (then NOTIFY) and the sync lines, in one round trip.
+
+        Returns one row per connection of the owner with its queue and mirror state for
+        `sync_key` (the contact's current email key), and the number of queue rows written.
+        """
+        params = enqueue_params(
+            owner_id=owner_id, keys=queue_keys, contact_id=queue_contact_id, forget=forget
         )
+        params.update(
+            change_contact_id=str(contact_id),
+            op=op,
+            fields=dict(fields),
+            source=source,
+            actor=actor,
+            sync_key=sync_key,
+        )
+        lines = list((await self.session.execute(_RECORD_CHANGE, params)).mappings())
+        return lines, int(lines[0]["queued_rows"]) if lines else 0
 
     async def erase_history(self, owner_id: str, contact_id: uuid.UUID) -> None:
         """GDPR: the audit keeps that changes happened, never what the person's data was."""

@@ -39,10 +39,10 @@ async def create_contact(
     response: Response,
 ) -> ContactOut:
     """Create a contact; 409 with `existing_id` when the email is taken (any case)."""
-    row = await contact_service.create(session, owner_id=owner_id, data=body, actor=owner_id)
-    response.headers["ETag"] = etag(row)
-    response.headers["Location"] = str(request.url_for("get_contact", contact_id=row["id"]))
-    return await _one(session, owner_id, row)
+    written = await contact_service.create(session, owner_id=owner_id, data=body, actor=owner_id)
+    response.headers["ETag"] = etag(written.row)
+    response.headers["Location"] = str(request.url_for("get_contact", contact_id=written.out.id))
+    return written.out
 
 
 @router.get("", response_model=ContactPage, responses=problem_responses(401, 422))
@@ -87,7 +87,7 @@ async def update_contact(
     if_match: Annotated[str | None, Header(max_length=200)] = None,
 ) -> ContactOut:
     """Change the fields sent (null clears); `If-Match` guards against lost updates (412)."""
-    row = await contact_service.update(
+    written = await contact_service.update(
         session,
         owner_id=owner_id,
         contact_id=contact_id,
@@ -95,8 +95,8 @@ async def update_contact(
         if_match=if_match,
         actor=owner_id,
     )
-    response.headers["ETag"] = etag(row)
-    return await _one(session, owner_id, row)
+    response.headers["ETag"] = etag(written.row)
+    return written.out
 
 
 @router.delete(

@@ -6,6 +6,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from app.contacts.schemas import (
     SyncStatus,
 )
 from app.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
-from app.sync.outbox import email_key, enqueue
+from app.sync.outbox import email_key
 
 # Columns the audit and the diff consider; generated and bookkeeping columns are not fields.
 FIELD_NAMES = (
@@ -103,7 +104,7 @@ class ContactService:
         data: ContactCreate,
         actor: str | None,
         source: str = "api",
-    ) -> Row:
+    ) -> Written:
         """Insert a contact with its audit row and outbox rows; 409 on a duplicate email."""
         repo = ContactRepository(session)
         values = data.model_dump()
@@ -116,16 +117,18 @@ class ContactService:
                 f"A contact with the email {data.email} already exists.",
                 extra={"existing_id": str(existing) if existing else None},
             )
-        await repo.add_change(
+        lines, _ = await repo.record_change(
             owner_id=owner_id,
             contact_id=row["id"],
             op="create",
             fields={"after": _jsonable({k: row[k] for k in FIELD_NAMES})},
             source=source,
             actor=actor,
+            queue_keys=[row["email_key"]],
+            queue_contact_id=row["id"],
+            sync_key=row["email_key"],
         )
-        await enqueue(session, owner_id=owner_id, keys=[row["email_key"]], contact_id=row["id"])
-        return row
+        return Written(row, _out(row, lines))
 
     async def get(self, session: AsyncSession, *, owner_id: str, contact_id: uuid.UUID) -> Row:
         """One contact of the owner, or 404."""
@@ -144,7 +147,7 @@ class ContactService:
         if_match: str | None,
         actor: str | None,
         source: str = "api",
-    ) -> Row:
+    ) -> Written:
         """Apply the sent fields; nothing changes (no version, no sync) when nothing differs."""
         repo = ContactRepository(session)
         row = await repo.get(owner_id, contact_id, for_update=True)
@@ -165,7 +168,8 @@ class ContactService:
         }
         diff = {k: v for k, v in sent.items() if row[k] != v}
         if not diff:
-            return row
+            (out,) = await self.render(session, owner_id=owner_id, rows=[row])
+            return Written(row, out)
         return await self._apply(
             session, owner_id=owner_id, row=row, diff=diff, actor=actor, source=source
         )
@@ -179,7 +183,7 @@ class ContactService:
         diff: dict[str, Any],
         actor: str | None,
         source: str,
-    ) -> Row:
+    ) -> Written:
         repo = ContactRepository(session)
         old_key = row["email_key"]
         new_key = email_key(diff["email"]) if "email" in diff else old_key
@@ -196,15 +200,19 @@ class ContactService:
             values["newsletter_changed_at"] = now
             if not diff["newsletter_opt_in"]:
                 values["newsletter_unsubscribed_at"] = now
-        try:
-            async with session.begin_nested():
-                new = await repo.update(owner_id, row["id"], values)
-        except IntegrityError:
-            # A concurrent write took the address between our check and the update.
-            raise Conflict(
-                f"A contact with the email {diff.get('email')} already exists."
-            ) from None
-        await repo.add_change(
+        if new_key != old_key:
+            try:
+                # The email key is the only unique field an update can collide on.
+                async with session.begin_nested():
+                    new = await repo.update(owner_id, row["id"], values)
+            except IntegrityError:
+                # A concurrent write took the address between our check and the update.
+                raise Conflict(
+                    f"A contact with the email {diff.get('email')} already exists."
+                ) from None
+        else:
+            new = await repo.update(owner_id, row["id"], values)
+        lines, _ = await repo.record_change(
             owner_id=owner_id,
             contact_id=row["id"],
             op="update",
@@ -214,9 +222,11 @@ class ContactService:
             },
             source=source,
             actor=actor,
+            queue_keys=[old_key, new_key],
+            queue_contact_id=row["id"],
+            sync_key=new["email_key"],
         )
-        await enqueue(session, owner_id=owner_id, keys=[old_key, new_key], contact_id=row["id"])
-        return new
+        return Written(new, _out(new, lines))
 
     async def delete(
         self, session: AsyncSession, *, owner_id: str, contact_id: uuid.UUID, actor: str | None
@@ -226,15 +236,16 @@ class ContactService:
         row = await repo.delete(owner_id, contact_id)
         if row is None:
             raise NotFound(f"Contact {contact_id} does not exist.")
-        await repo.add_change(
+        await repo.record_change(
             owner_id=owner_id,
             contact_id=contact_id,
             op="delete",
             fields={"before": _jsonable({k: row[k] for k in FIELD_NAMES})},
             source="api",
             actor=actor,
+            queue_keys=[row["email_key"]],
+            queue_contact_id=None,
         )
-        await enqueue(session, owner_id=owner_id, keys=[row["email_key"]], contact_id=None)
 
     async def forget(
         self, session: AsyncSession, *, owner_id: str, contact_id: uuid.UUID, actor: str | None
@@ -245,16 +256,16 @@ class ContactService:
         if row is None:
             raise NotFound(f"Contact {contact_id} does not exist.")
         await repo.erase_history(owner_id, contact_id)
-        await repo.add_change(
+        _, queued = await repo.record_change(
             owner_id=owner_id,
             contact_id=contact_id,
             op="forget",
             fields={},
             source="api",
             actor=actor,
-        )
-        queued = await enqueue(
-            session, owner_id=owner_id, keys=[row["email_key"]], contact_id=None, forget=True
+            queue_keys=[row["email_key"]],
+            queue_contact_id=None,
+            forget=True,
         )
         return ForgetResult(id=contact_id, forgotten=True, queued_connections=queued)
 
@@ -292,26 +303,52 @@ class ContactService:
                 queue, mirror = (
                     (queued.get(k), mirrored.get(k)) if row["email_key"] else (None, None)
                 )
-                status = _sync_status(queue, mirror)
-                error = None
-                if status == "failed" and queue is not None:
-                    error = queue["last_error"]
-                elif mirror is not None:
-                    error = mirror["error"]
-                lines.append(
-                    ContactSync(
-                        connection_id=conn["id"],
-                        provider=conn["provider"],
-                        audience_id=conn["audience_id"],
-                        status=status,
-                        remote_status=mirror["remote_status"] if mirror else None,
-                        last_synced_at=mirror["last_synced_at"] if mirror else None,
-                        error=error,
-                        error_kind=mirror["error_kind"] if mirror else None,
-                    )
-                )
+                lines.append(_sync_line(conn["id"], conn, queue, mirror))
             out.append(ContactOut.model_validate({**row, "sync": lines}))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A contact as just written (`row`, for ETag and Location) and as the API shows it."""
+
+    row: Row
+    out: ContactOut
+
+
+def _sync_line(
+    connection_id: uuid.UUID, conn: Row, queue: Row | None, mirror: Row | None
+) -> ContactSync:
+    status = _sync_status(queue, mirror)
+    error = None
+    if status == "failed" and queue is not None:
+        error = queue["last_error"]
+    elif mirror is not None:
+        error = mirror["error"]
+    return ContactSync(
+        connection_id=connection_id,
+        provider=conn["provider"],
+        audience_id=conn["audience_id"],
+        status=status,
+        remote_status=mirror["remote_status"] if mirror else None,
+        last_synced_at=mirror["last_synced_at"] if mirror else None,
+        error=error,
+        error_kind=mirror["error_kind"] if mirror else None,
+    )
+
+
+def _out(row: Row, lines: Sequence[Row]) -> ContactOut:
+    """The API view of a just-written contact from `record_change`'s sync lines."""
+    sync = [
+        _sync_line(
+            line["connection_id"],
+            line,
+            line if line["in_queue"] else None,
+            line if line["in_mirror"] else None,
+        )
+        for line in lines
+    ]
+    return ContactOut.model_validate({**row, "sync": sync})
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

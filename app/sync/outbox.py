@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,26 +18,32 @@ NOTIFY_CHANNEL = "sync_queue"
 # A new change re-arms a parked or backed-off row (attempts reset, due now); `seq` tells the
 # worker that a row it is sending changed meanwhile. `forget` is sticky: an erasure request
 # is never undone by a later write.
+UPSERT_SQL = """
+    INSERT INTO sync_queue AS q
+        (connection_id, email_key, contact_id, priority, forget)
+    SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget
+    FROM connections c
+    CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
+    WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
+    ON CONFLICT (connection_id, email_key) DO UPDATE SET
+        seq = q.seq + 1,
+        contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
+        priority = LEAST(q.priority, EXCLUDED.priority),
+        forget = q.forget OR EXCLUDED.forget,
+        state = 'ready',
+        attempts = 0,
+        last_error = NULL,
+        available_at = now()
+    RETURNING q.connection_id, q.email_key, q.state, q.last_error
+"""
+"""The queue upsert, for use as a CTE body; its parameters come from `enqueue_params`.
+
+Callers that fold it into a larger statement (the contact write path does, to save round
+trips) must NOTIFY when it returned rows, as `enqueue` does."""
+
 _ENQUEUE = text(
-    """
-    WITH ins AS (
-        INSERT INTO sync_queue AS q
-            (connection_id, email_key, contact_id, priority, forget)
-        SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget
-        FROM connections c
-        CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
-        WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
-        ON CONFLICT (connection_id, email_key) DO UPDATE SET
-            seq = q.seq + 1,
-            contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
-            priority = LEAST(q.priority, EXCLUDED.priority),
-            forget = q.forget OR EXCLUDED.forget,
-            state = 'ready',
-            attempts = 0,
-            last_error = NULL,
-            available_at = now()
-        RETURNING 1
-    )
+    f"""
+    WITH ins AS ({UPSERT_SQL})
     SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END AS notified
     FROM ins
     """
@@ -61,18 +68,29 @@ async def enqueue(
     forget: bool = False,
 ) -> int:
     """Queue a sync of `keys` for every connection of the owner that has an audience."""
-    unique = sorted({k for k in keys if k})
-    if not unique:
-        return 0
-    result = await session.execute(
-        _ENQUEUE,
-        {
-            "owner_id": owner_id,
-            "keys": unique,
-            "contact_id": str(contact_id) if contact_id else None,
-            "priority": priority,
-            "forget": forget,
-            "channel": NOTIFY_CHANNEL,
-        },
+    params = enqueue_params(
+        owner_id=owner_id, keys=keys, contact_id=contact_id, priority=priority, forget=forget
     )
+    if not params["keys"]:
+        return 0
+    result = await session.execute(_ENQUEUE, params)
     return int(result.scalar_one())
+
+
+def enqueue_params(
+    *,
+    owner_id: str,
+    keys: Sequence[str | None],
+    contact_id: uuid.UUID | None,
+    priority: int = PRIORITY_LIVE,
+    forget: bool = False,
+) -> dict[str, Any]:
+    """Bind parameters of UPSERT_SQL (and of the NOTIFY channel) for these keys."""
+    return {
+        "owner_id": owner_id,
+        "keys": sorted({k for k in keys if k}),
+        "contact_id": str(contact_id) if contact_id else None,
+        "priority": priority,
+        "forget": forget,
+        "channel": NOTIFY_CHANNEL,
+    }

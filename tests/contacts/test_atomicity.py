@@ -19,7 +19,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.contacts import service as contact_service_module
 from app.contacts.repository import ContactRepository
 from app.db import to_libpq_url
 from app.main import Runtime
@@ -193,26 +192,8 @@ class TestCommitFails:
 
 
 class TestFailureInPythonAfterTheInsert:
-    async def test_audit_write_raises(
-        self,
-        client500: httpx.AsyncClient,
-        auth: Auth,
-        runtime: Runtime,
-        monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        async def broken(*args: Any, **kwargs: Any) -> None:
-            raise RuntimeError(INJECTED)
-
-        await add_connection(runtime)
-        monkeypatch.setattr(ContactRepository, "add_change", broken)
-        response = await client500.post(
-            "/api/contacts", json={"email": "ada@example.com"}, headers=auth()
-        )
-        assert_server_error(response)
-        assert await snapshot(runtime) == {"contacts": [], "contact_changes": [], "sync_queue": []}
-
     @pytest.mark.parametrize("with_connection", [True, False])
-    async def test_enqueue_raises(
+    async def test_audit_and_outbox_write_raises(
         self,
         client500: httpx.AsyncClient,
         auth: Auth,
@@ -220,15 +201,25 @@ class TestFailureInPythonAfterTheInsert:
         monkeypatch: pytest.MonkeyPatch,
         with_connection: bool,
     ) -> None:
-        async def broken(*args: Any, **kwargs: Any) -> int:
+        async def broken(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError(INJECTED)
 
         if with_connection:
             await add_connection(runtime)
-        monkeypatch.setattr(contact_service_module, "enqueue", broken)
+        monkeypatch.setattr(ContactRepository, "record_change", broken)
         response = await client500.post(
             "/api/contacts", json={"email": "ada@example.com"}, headers=auth()
         )
+        assert_server_error(response)
+        assert await snapshot(runtime) == {"contacts": [], "contact_changes": [], "sync_queue": []}
+
+    async def test_audit_insert_fails_without_any_connection(
+        self, client500: httpx.AsyncClient, auth: Auth, runtime: Runtime
+    ) -> None:
+        async with failing_trigger(runtime, "contact_changes"):
+            response = await client500.post(
+                "/api/contacts", json={"email": "ada@example.com"}, headers=auth()
+            )
         assert_server_error(response)
         assert await snapshot(runtime) == {"contacts": [], "contact_changes": [], "sync_queue": []}
 
