@@ -146,7 +146,7 @@ class TestRequests:
                     {
                         "email_address": "c@x.com",
                         "error_code": "ERROR_GENERIC",
-                        "error": "c@x.com looks fake or invalid, please enter a real email address.",
+                        "error": "c@x.com looks fake or invalid, please enter a real email.",
                     }
                 ],
             },
