@@ -286,7 +286,7 @@ class QueueRepository:
     async def lease_holders(self, prefix: str) -> list[str]:
         """Workers (by id prefix, e.g. this host's) that hold queue leases."""
         result = await self.conn.execute(_LEASE_HOLDERS, {"prefix": prefix + "%"})
-        return [r for (r,) in result.tuples()]
+        return [r for (r,) in result]
 
     async def reap(self, dead: Sequence[str]) -> None:
         """Free the leases of workers known to be dead (same host, process gone)."""
@@ -322,7 +322,7 @@ class QueueRepository:
         tombs = await self.conn.execute(
             _LOAD_TOMBSTONES, {"conn": connection_id, "ids": list(hashes)}
         )
-        data.tombstones = {r for (r,) in tombs.tuples()}
+        data.tombstones = {r for (r,) in tombs}
         return data
 
     async def complete(

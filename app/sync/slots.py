@@ -236,7 +236,7 @@ class SlotManager:
                 start = time.monotonic()
                 for (acct,) in (
                     await conn.execute(_RENEW, {"me": self.me, "ttl": self.ttl})
-                ).tuples():
+                ):
                     renewed[acct] = renewed.get(acct, 0) + 1
                 for g in self.gates.values():
                     if g in idle:
@@ -266,7 +266,7 @@ class SlotManager:
             await g.notify_all()
 
     async def _dead_holders(self, conn: AsyncConnection) -> set[str]:
-        holders = [h for (h,) in (await conn.execute(_HOLDERS)).tuples() if h != self.me]
+        holders = [h for (h,) in (await conn.execute(_HOLDERS)) if h != self.me]
         return {h for h in holders if is_dead_local(h)}
 
     async def release_all(self) -> None:
