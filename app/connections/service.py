@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import Settings
+from app.config import Environment, Settings
 from app.connections.crypto import encrypt_credentials
 from app.connections.notices import notice_for
 from app.connections.repository import ConnectionRepository
@@ -198,14 +198,14 @@ def choose_audience(audiences: list[Audience], audience_id: str | None) -> Audie
 async def ensure_configured_connection(settings: Settings, session: AsyncSession) -> None:
     """Single-tenant seed: MAILCHIMP_API_KEY + MAILCHIMP_AUDIENCE_ID for MAILCHIMP_OWNER.
 
-    In sandbox mode with nothing configured, the demo owner is connected to the sandbox's
-    default account, so a newcomer's first contact syncs. No remote call is made here (the
+    In development, sandbox mode, with nothing configured, the demo owner is connected to the
+    sandbox's default account, so a newcomer's first contact syncs. No remote call is made here (the
     sandbox may be served by this very process, not listening yet); the worker finds out.
     """
     api_key = settings.MAILCHIMP_API_KEY.get_secret_value()
     audience_id = settings.MAILCHIMP_AUDIENCE_ID
     owner = settings.MAILCHIMP_OWNER
-    if not api_key and settings.is_sandbox:
+    if not api_key and settings.is_sandbox and settings.ENVIRONMENT is Environment.development:
         try:
             from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID
         except ImportError:  # pragma: no cover - the sandbox ships with the service

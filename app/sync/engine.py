@@ -106,6 +106,7 @@ class EngineOptions:
     mapping: MappingConfig = field(default_factory=MappingConfig)
     sandbox: bool = True
     probe_max_interval: float = 5.0
+    throttle_cooldown: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -129,6 +130,7 @@ class EngineOptions:
                 custom_map=dict(settings.MAILCHIMP_MERGE_FIELD_MAP),
             ),
             sandbox=settings.is_sandbox,
+            throttle_cooldown=settings.SYNC_THROTTLE_COOLDOWN_SECONDS,
         )
 
 
@@ -173,6 +175,7 @@ class SyncEngine:
             me=self.me,
             cap=self.options.max_concurrency,
             ttl=max(10.0, self.options.timeout + 5.0),
+            cooldown_base=self.options.throttle_cooldown,
         )
         self.contexts: dict[uuid.UUID, ConnectionContext] = {}
         self.periodic: list[tuple[float, Periodic]] = []

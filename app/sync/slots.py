@@ -106,6 +106,7 @@ class AccountGate:
     limit: int = 0  # lowered after a throttle, raised back slowly
     cooldown_until: float = 0.0
     cooldown_step: float = 0.0
+    cooldown_base: float = 1.0
     successes: int = 0
     last_used: float = field(default_factory=time.monotonic)
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -158,7 +159,7 @@ class AccountGate:
 
     def throttled(self, retry_after: float | None) -> float:
         """Cool the account down and halve its concurrency; returns the cool-down seconds."""
-        self.cooldown_step = min(30.0, max(1.0, self.cooldown_step * 2))
+        self.cooldown_step = min(30.0, max(self.cooldown_base, self.cooldown_step * 2))
         pause = max(self.cooldown_step, retry_after or 0.0)
         self.cooldown_until = max(self.cooldown_until, time.monotonic() + pause)
         self.limit = max(1, self.limit // 2)
@@ -184,13 +185,21 @@ class SlotManager:
     """Leases, renews and releases provider slots for the gates of this process."""
 
     def __init__(
-        self, engine: AsyncEngine, *, me: str, cap: int, ttl: float, idle_release: float = 2.0
+        self,
+        engine: AsyncEngine,
+        *,
+        me: str,
+        cap: int,
+        ttl: float,
+        idle_release: float = 2.0,
+        cooldown_base: float = 1.0,
     ) -> None:
         self.engine = engine
         self.me = me
         self.cap = cap
         self.ttl = ttl
         self.idle_release = idle_release
+        self.cooldown_base = cooldown_base
         self.gates: dict[str, AccountGate] = {}
         self.wake = asyncio.Event()
 
@@ -198,7 +207,9 @@ class SlotManager:
         """The gate of an account (created on first use)."""
         gate = self.gates.get(account_key)
         if gate is None:
-            gate = AccountGate(account_key, self.cap, wants_slots=self.wake)
+            gate = AccountGate(
+                account_key, self.cap, wants_slots=self.wake, cooldown_base=self.cooldown_base
+            )
             self.gates[account_key] = gate
         return gate
 
