@@ -58,7 +58,10 @@ class Sandbox:
 
 
 async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, every: float = 0.05
+    predicate: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 30.0,
+    every: float = 0.05,  # noqa: ASYNC109
 ) -> None:
     """Poll `predicate` until true; fail the test with a clear message on timeout."""
     deadline = time.monotonic() + timeout
