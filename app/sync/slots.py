@@ -245,9 +245,7 @@ class SlotManager:
             renewed: dict[str, int] = {}
             if any(g.held for g in self.gates.values() if g not in idle):
                 start = time.monotonic()
-                for (acct,) in (
-                    await conn.execute(_RENEW, {"me": self.me, "ttl": self.ttl})
-                ):
+                for (acct,) in await conn.execute(_RENEW, {"me": self.me, "ttl": self.ttl}):
                     renewed[acct] = renewed.get(acct, 0) + 1
                 for g in self.gates.values():
                     if g in idle:

@@ -61,7 +61,7 @@ async def wait_for(
     predicate: Callable[[], Awaitable[bool]],
     *,
     timeout: float = 30.0,
-    every: float = 0.05,  # noqa: ASYNC109
+    every: float = 0.05,
 ) -> None:
     """Poll `predicate` until true; fail the test with a clear message on timeout."""
     deadline = time.monotonic() + timeout

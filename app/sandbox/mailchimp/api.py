@@ -159,7 +159,8 @@ class MarketingApi:
                 request_id,
                 base,
             )
-        status, payload, headers = result
+        status, payload, shared_headers = result
+        headers = list(shared_headers)  # results may be module constants (NO_CONTENT)
         if payload is None:
             content = b""
         elif isinstance(payload, bytes):
