@@ -230,6 +230,7 @@ class SyncEngine:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         self._stop.set()
+        self.slots.wake.set()  # the slot loop notices the stop now, not at its next tick
         for task in self._bg:
             if task.get_name() != "slots":
                 task.cancel()

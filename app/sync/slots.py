@@ -220,6 +220,8 @@ class SlotManager:
                 await self.tick()
             except Exception as exc:  # the database may be away: keep trying, leases lapse
                 log.warning("sync.slots.tick_failed", error=repr(exc))
+            if stop.is_set():
+                break
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=min(1.0, self.ttl / 4))
