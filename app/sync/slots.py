@@ -167,13 +167,12 @@ class AccountGate:
         return pause
 
     def succeeded(self) -> None:
-        """After a run of successes, give one slot of concurrency back."""
+        """A success ends the cool-down escalation; a run of them gives concurrency back."""
+        self.cooldown_step = 0.0
         self.successes += 1
-        if self.limit < self.cap and self.successes >= 20:
+        if self.limit < self.cap and self.successes >= 5:
             self.limit += 1
             self.successes = 0
-        if self.successes >= 5:
-            self.cooldown_step = 0.0
 
     async def notify_all(self) -> None:
         """Wake waiters after slots or leases changed."""
