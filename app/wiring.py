@@ -46,13 +46,13 @@ def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Await
 
 
 async def on_startup(app: FastAPI, rt: Runtime) -> None:
-    """Shared HTTP client, configured connection, in-process worker; print the banner."""
+    """Shared HTTP transport, configured connection, in-process worker; print the banner."""
     from app.connections.service import ensure_configured_connection
     from app.db import session_scope
-    from app.sync.engine import build_http_client
+    from app.sync.engine import build_transport
     from app.sync.runner import start_in_process
 
-    rt.extras.setdefault("http", build_http_client(rt.settings))
+    rt.extras.setdefault("transport", build_transport())
     async with session_scope(rt.sessionmaker) as session:
         await ensure_configured_connection(rt.settings, session)
     if rt.settings.WORKER_IN_PROCESS:
@@ -63,7 +63,7 @@ async def on_startup(app: FastAPI, rt: Runtime) -> None:
 
 
 async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
-    """Stop the worker (in-flight sends finish), then close the HTTP client."""
+    """Stop the worker (in-flight sends finish), then close the HTTP transport."""
     engine = rt.extras.pop("engine", None)
     if engine is not None:
         engine.stop()
@@ -72,6 +72,6 @@ async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
     for result in results:
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.warning("service.task_failed_on_shutdown", error=repr(result))
-    http = rt.extras.pop("http", None)
-    if http is not None:
-        await http.aclose()
+    transport = rt.extras.pop("transport", None)
+    if transport is not None:
+        await transport.aclose()

@@ -31,7 +31,7 @@ async def connect_api_key(
     await connection_service.connect_api_key(
         session,
         settings=request.state.settings,
-        http=request.state.runtime.extras["http"],
+        transport=request.state.runtime.extras["transport"],
         owner_id=owner_id,
         api_key=body.api_key,
         audience_id=body.audience_id,

@@ -80,7 +80,7 @@ class ConnectionService:
         session: AsyncSession,
         *,
         settings: Settings,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         owner_id: str,
         api_key: str,
         audience_id: str | None,
@@ -88,7 +88,7 @@ class ConnectionService:
         """Check the key against Mailchimp, pick the audience, store the key encrypted."""
         account = api_key_account(settings, api_key)
         client = MailchimpClient(
-            http,
+            transport,
             api_base=account.api_base,
             api_key=api_key,
             timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,

@@ -134,21 +134,19 @@ class EngineOptions:
         )
 
 
-def build_http_client(settings: Settings) -> httpx.AsyncClient:
-    """One keep-alive client per process; aiohttp's transport costs a quarter of the CPU."""
+def build_transport() -> httpx.AsyncBaseTransport:
+    """One keep-alive transport per process: aiohttp's costs a quarter of httpx's own CPU."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30)
     try:
         from httpx_aiohttp import AiohttpTransport
 
-        transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
+        return AiohttpTransport(limits=limits)
     except ImportError:  # pragma: no cover - the dependency is declared; keep httpx's own
-        transport = httpx.AsyncHTTPTransport(limits=limits)
-    return httpx.AsyncClient(
-        transport=transport, timeout=settings.MAILCHIMP_TIMEOUT_SECONDS, follow_redirects=False
-    )
+        return httpx.AsyncHTTPTransport(limits=limits)
 
 
 Periodic = Callable[["SyncEngine"], Awaitable[None]]
+Runner = Callable[["ConnectionContext", list[Plan]], Awaitable[dict[str, Outcome]]]
 
 
 class SyncEngine:
@@ -159,7 +157,7 @@ class SyncEngine:
         db: AsyncEngine,
         settings: Settings,
         *,
-        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         options: EngineOptions | None = None,
         worker_id: str | None = None,
     ) -> None:
@@ -167,8 +165,8 @@ class SyncEngine:
         self.settings = settings
         self.options = options or EngineOptions.from_settings(settings)
         self.me = worker_id or worker_identity()
-        self._own_http = http is None
-        self.http = http or build_http_client(settings)
+        self._own_transport = transport is None
+        self.transport = transport or build_transport()
         # Slot leases outlive the longest request so a live lease never covers a dead one.
         self.slots = SlotManager(
             db,
@@ -179,7 +177,8 @@ class SyncEngine:
         )
         self.contexts: dict[uuid.UUID, ConnectionContext] = {}
         self.periodic: list[tuple[float, Periodic]] = []
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()  # stop claiming
+        self._bg_stop = asyncio.Event()  # stop the background loops (after in-flight work)
         self._wake = asyncio.Event()
         self._groups: set[asyncio.Task[None]] = set()
         self._outstanding: dict[str, int] = defaultdict(int)
@@ -204,7 +203,7 @@ class SyncEngine:
         log.info("sync.worker.started", worker=self.me)
         await self._reap_dead_local()
         self._bg = [
-            asyncio.create_task(self.slots.run(self._stop), name="slots"),
+            asyncio.create_task(self.slots.run(self._bg_stop), name="slots"),
             asyncio.create_task(self._listen(), name="listen"),
             asyncio.create_task(self._lease_keeper(), name="lease-keeper"),
             asyncio.create_task(self._maintenance(), name="maintenance"),
@@ -230,6 +229,7 @@ class SyncEngine:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         self._stop.set()
+        self._bg_stop.set()
         self.slots.wake.set()  # the slot loop notices the stop now, not at its next tick
         for task in self._bg:
             if task.get_name() != "slots":
@@ -240,15 +240,15 @@ class SyncEngine:
                 await QueueRepository(conn).release_all(me=self.me)
 
     async def aclose(self) -> None:
-        """Close the HTTP client when the engine made it."""
-        if self._own_http:
-            await self.http.aclose()
+        """Close the HTTP transport when the engine made it."""
+        if self._own_transport:
+            await self.transport.aclose()
 
     async def run_until_idle(self, *, limit_seconds: float = 60.0) -> None:
         """Drain until nothing is due (tests and the CLI); the background loops run meanwhile."""
         deadline = time.monotonic() + limit_seconds
         self._bg = [
-            asyncio.create_task(self.slots.run(self._stop), name="slots"),
+            asyncio.create_task(self.slots.run(self._bg_stop), name="slots"),
             asyncio.create_task(self._lease_keeper(), name="lease-keeper"),
         ]
         try:
@@ -264,6 +264,7 @@ class SyncEngine:
         finally:
             await self._shutdown(5.0)
             self._stop = asyncio.Event()
+            self._bg_stop = asyncio.Event()
 
     # --- claiming -------------------------------------------------------------------------
 
@@ -371,7 +372,7 @@ class SyncEngine:
             # Never aim the worker at a host we did not derive ourselves (DESIGN §8).
             endpoint = check_live_endpoint(endpoint, row["dc"] or "")
         return MailchimpClient(
-            self.http,
+            self.transport,
             api_base=endpoint,
             api_key=creds.get("api_key"),
             access_token=creds.get("access_token"),
@@ -481,21 +482,27 @@ class SyncEngine:
     async def _execute(
         self, ctx: ConnectionContext, plans: list[Plan], attempts: dict[str, int]
     ) -> dict[str, Outcome]:
-        outcomes: dict[str, Outcome] = {}
         upserts = [p for p in plans if p.action is Action.upsert]
         singles = [p for p in plans if p.action is not Action.upsert]
-        jobs: list[Awaitable[dict[str, Outcome]]] = []
+        jobs: list[tuple[list[Plan], Runner]] = []
         if len(upserts) >= self.options.batch_threshold:
             size = self.options.batch_size
             batch = functools.partial(self._batch, attempts=attempts)
-            for i in range(0, len(upserts), size):
-                jobs.append(self._guard(ctx, upserts[i : i + size], attempts, batch))
+            jobs += [(upserts[i : i + size], batch) for i in range(0, len(upserts), size)]
         else:
             singles = upserts + singles
-        for plan in singles:
-            jobs.append(self._guard(ctx, [plan], attempts, self._single))
-        for result in await asyncio.gather(*jobs):
-            outcomes.update(result)
+        jobs += [([plan], self._single) for plan in singles]
+        jobs.reverse()  # pop() from the end keeps the planned order
+        outcomes: dict[str, Outcome] = {}
+
+        async def lane() -> None:
+            # A few lanes per group, not a task per member: waiters at the gate stay few.
+            while jobs:
+                group, run = jobs.pop()
+                outcomes.update(await self._guard(ctx, group, attempts, run))
+
+        lanes = min(len(jobs), self.options.max_concurrency)
+        await asyncio.gather(*(lane() for _ in range(lanes)))
         return outcomes
 
     async def _guard(
@@ -857,7 +864,7 @@ class SyncEngine:
         """LISTEN sync_queue on a dedicated connection; reconnect when it drops."""
         url = to_libpq_url(self.db.url.render_as_string(hide_password=False))
         delay = 0.5
-        while not self._stop.is_set():
+        while not self._bg_stop.is_set():
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(url)
@@ -866,7 +873,7 @@ class SyncEngine:
                 await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
                 delay = 0.5
                 self._wake.set()  # anything committed while we were away
-                stop_wait = asyncio.create_task(self._stop.wait())
+                stop_wait = asyncio.create_task(self._bg_stop.wait())
                 lost_wait = asyncio.create_task(lost.wait())
                 await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
                 stop_wait.cancel()
@@ -874,7 +881,7 @@ class SyncEngine:
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("sync.listen_failed", error=repr(exc))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                    await asyncio.wait_for(self._bg_stop.wait(), timeout=delay)
                 delay = min(delay * 2, 10.0)
             finally:
                 if conn is not None:
@@ -884,9 +891,9 @@ class SyncEngine:
     async def _lease_keeper(self) -> None:
         """Extend this worker's row leases while it works on them."""
         every = max(1.0, self.options.lease_seconds / 3)
-        while not self._stop.is_set():
+        while not self._bg_stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=every)
+                await asyncio.wait_for(self._bg_stop.wait(), timeout=every)
             if not self._groups:
                 continue
             try:
@@ -906,10 +913,10 @@ class SyncEngine:
     async def _maintenance(self) -> None:
         """Probe paused connections, reap dead local workers, run periodic jobs."""
         last_reap = time.monotonic()
-        while not self._stop.is_set():
+        while not self._bg_stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=0.5)
-            if self._stop.is_set():
+                await asyncio.wait_for(self._bg_stop.wait(), timeout=0.5)
+            if self._bg_stop.is_set():
                 return
             try:
                 await self.probe_paused()

@@ -31,7 +31,7 @@ def configure_engine(engine: SyncEngine, rt: Runtime) -> None:
 
 async def start_in_process(rt: Runtime) -> SyncEngine:
     """Start the worker as a task of the API process (WORKER_IN_PROCESS)."""
-    engine = SyncEngine(rt.engine, rt.settings, http=rt.extras.get("http"))
+    engine = SyncEngine(rt.engine, rt.settings, transport=rt.extras.get("transport"))
     configure_engine(engine, rt)
     rt.extras["engine"] = engine
     rt.tasks.append(asyncio.create_task(engine.run(), name="sync-worker"))

@@ -142,10 +142,20 @@ class AccountGate:
                             self.wants_slots.set()
                         if starve_after is not None and now - began > starve_after:
                             raise SlotsUnavailable(self.key)
-                    # Time-based conditions (cooldown, lease) change without a notify.
-                    wake = max(0.05, min(1.0, self.cooldown_until - now))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.cond.wait(), timeout=wake)
+                    # Slot and lease changes notify; only a cool-down's end and the starvation
+                    # limit pass by themselves, so only they need a timed wait.
+                    deadlines = []
+                    if self.cooldown_until > now:
+                        deadlines.append(self.cooldown_until - now)
+                    if starve_after is not None and self.held == 0:
+                        deadlines.append(began + starve_after - now + 0.01)
+                    if deadlines:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                self.cond.wait(), timeout=max(0.01, min(deadlines))
+                            )
+                    else:
+                        await self.cond.wait()
             finally:
                 self.waiters -= 1
             self.in_flight += 1

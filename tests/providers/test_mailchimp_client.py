@@ -45,8 +45,8 @@ def problem(status: int, title: str, detail: str, **extra: object) -> httpx.Resp
 
 @pytest.fixture
 async def client() -> AsyncIterator[MailchimpClient]:
-    async with httpx.AsyncClient() as http:
-        yield MailchimpClient(http, api_base="https://us1.api.mailchimp.com", api_key=KEY)
+    async with httpx.AsyncHTTPTransport() as transport:
+        yield MailchimpClient(transport, api_base="https://us1.api.mailchimp.com", api_key=KEY)
 
 
 @pytest.fixture

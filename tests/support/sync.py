@@ -60,16 +60,16 @@ class Sandbox:
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]],
     *,
-    timeout: float = 30.0,
+    within: float = 30.0,
     every: float = 0.05,
 ) -> None:
     """Poll `predicate` until true; fail the test with a clear message on timeout."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if await predicate():
             return
         await asyncio.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"condition not met within {within}s")
 
 
 async def queue_empty(runtime: Runtime) -> bool:

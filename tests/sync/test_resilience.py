@@ -133,7 +133,7 @@ async def test_sigkill_mid_drain_loses_nothing(
     remaining = (await fetch(runtime, "SELECT count(*) AS n FROM sync_queue"))[0]["n"]
     assert remaining > 0, "the drain finished before the kills: make it longer"
     async with worker(env):
-        await wait_for(lambda: queue_empty(runtime), timeout=120)
+        await wait_for(lambda: queue_empty(runtime), within=120)
     await assert_mirrors_database(runtime, sandbox, OWNER)
     parked = await fetch(runtime, "SELECT count(*) AS n FROM sync_queue WHERE state = 'parked'")
     assert parked[0]["n"] == 0
@@ -153,7 +153,7 @@ async def test_two_workers_share_one_cap(
     )
     await sandbox.clear_requests()
     async with worker(env), worker(env):
-        await wait_for(lambda: queue_empty(runtime), timeout=120)
+        await wait_for(lambda: queue_empty(runtime), within=120)
     log = (await sandbox.http.get("/_control/requests")).json()
     statuses = {r["status"] for r in log["requests"]}
     assert 429 not in statuses
@@ -168,7 +168,7 @@ async def test_sigterm_finishes_in_flight_and_releases(
     await seed_contacts(runtime, connection["id"], 400)
     env = worker_env(sync_settings, SYNC_BATCH_THRESHOLD=100000, SYNC_CLAIM_SIZE=50)
     async with worker(env) as proc:
-        await wait_for(lambda: _count(runtime, "SELECT count(*) AS n FROM sync_state"), timeout=30)
+        await wait_for(lambda: _count(runtime, "SELECT count(*) AS n FROM sync_state"), within=30)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), timeout=30)
         assert code == 0, (await proc.stderr.read()).decode() if proc.stderr else ""
@@ -221,7 +221,7 @@ async def test_thirty_percent_faults_converge_exactly(
         SYNC_PAUSE_AFTER_FAILURES=50,
     )
     async with running(engine):
-        await wait_for(lambda: queue_empty(runtime), timeout=120)
+        await wait_for(lambda: queue_empty(runtime), within=120)
     await sandbox.configure(fault_rates={"503": 0, "429": 0, "timeout": 0, "403": 0})
     await assert_mirrors_database(runtime, sandbox, OWNER)
     log = (await sandbox.http.get("/_control/requests")).json()["requests"]
@@ -246,10 +246,10 @@ async def test_outage_pauses_with_notice_and_resumes_by_itself(
         return bool(body["status"] == "paused")
 
     async with running(engine):
-        await wait_for(paused, timeout=30)
+        await wait_for(paused, within=30)
         body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
         assert body["notice"] == "Heads up—email sync is paused right now."
-        await wait_for(lambda: queue_empty(runtime), timeout=60)
+        await wait_for(lambda: queue_empty(runtime), within=60)
     body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
     assert body["status"] == "active"
     assert body["notice"] is None
@@ -266,7 +266,7 @@ async def test_permanent_error_for_one_email_leaves_others_synced(
     await sandbox.configure(fail_emails={"c7@example.com": "merge_fields"})
     engine = make_engine()
     async with running(engine):
-        await wait_for(lambda: queue_empty(runtime), timeout=30)
+        await wait_for(lambda: queue_empty(runtime), within=30)
     rows = await fetch(
         runtime, "SELECT email_key, error_kind FROM sync_state WHERE error_kind IS NOT NULL"
     )
