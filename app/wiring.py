@@ -75,3 +75,10 @@ async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
     transport = rt.extras.pop("transport", None)
     if transport is not None:
         await transport.aclose()
+    sandbox = getattr(app.state, "sandbox_app", None)
+    if sandbox is not None:
+        # A mounted app's own lifespan never runs: close its webhook deliveries, keep its data.
+        await sandbox.state.sandbox.hub.aclose()
+        state_file = sandbox.state.state_file
+        if state_file is not None:
+            sandbox.state.sandbox.save(state_file)

@@ -205,12 +205,17 @@ async def ensure_configured_connection(settings: Settings, session: AsyncSession
     api_key = settings.MAILCHIMP_API_KEY.get_secret_value()
     audience_id = settings.MAILCHIMP_AUDIENCE_ID
     owner = settings.MAILCHIMP_OWNER
+    names: tuple[str | None, str | None] = (None, None)
     if not api_key and settings.is_sandbox and settings.ENVIRONMENT is Environment.development:
-        try:
-            from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID
-        except ImportError:  # pragma: no cover - the sandbox ships with the service
-            return
+        from app.sandbox.mailchimp.constants import (
+            DEFAULT_ACCOUNT_NAME,
+            DEFAULT_API_KEY,
+            DEFAULT_LIST_ID,
+            DEFAULT_LIST_NAME,
+        )
+
         api_key, audience_id, owner = DEFAULT_API_KEY, DEFAULT_LIST_ID, owner or "demo"
+        names = (DEFAULT_ACCOUNT_NAME, DEFAULT_LIST_NAME)
     if not api_key or not audience_id or not owner:
         return
     if await ConnectionRepository(session).get(owner, MAILCHIMP) is not None:
@@ -222,8 +227,8 @@ async def ensure_configured_connection(settings: Settings, session: AsyncSession
         owner_id=owner,
         account=account,
         auth_kind="api_key",
-        account_name=None,
-        audience=Audience(id=audience_id, name=audience_id, member_count=0),
+        account_name=names[0],
+        audience=Audience(id=audience_id, name=names[1] or audience_id, member_count=0),
     )
     log.info("connections.configured", owner=owner, audience=audience_id)
 
