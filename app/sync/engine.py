@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import time
 import uuid
@@ -51,6 +52,7 @@ from app.sync.desired import (
     plan_move,
     tag_diff,
 )
+from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 from app.sync.outbox import NOTIFY_CHANNEL
 from app.sync.queue import Claimed, GroupData, Outcome, QueueRepository
 from app.sync.slots import (
@@ -66,6 +68,7 @@ T = TypeVar("T")
 
 PROVIDER = "mailchimp"
 STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
+_priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
 NOTICE_REASON_AUTH = "Mailchimp refused the credentials; reconnect Mailchimp."
 NOTICE_REASON_AUDIENCE = "The Mailchimp audience no longer exists; choose another audience."
 
@@ -276,37 +279,49 @@ class SyncEngine:
         """Claim one batch when there is room; False when nothing was claimed."""
         if self._stop.is_set():
             return False
-        now = time.monotonic()
-        full = [a for a, n in self._outstanding.items() if n >= self._per_account_max()]
-        cooling = [a for a, g in self.slots.gates.items() if g.cooldown_until > now]
-        starved = [a for a, until in self._starved_until.items() if until > now]
-        skip = sorted(set(full) | set(cooling) | set(starved))
         if sum(self._outstanding.values()) >= 4 * self._per_account_max():
             return False
+        now = time.monotonic()
+        full = {a for a, n in self._outstanding.items() if n >= self._per_account_max()}
+        cooling = {a for a, g in self.slots.gates.items() if g.cooldown_until > now}
+        starved = {a for a, until in self._starved_until.items() if until > now}
+        blocked = cooling | starved
+        limit = self.options.claim_size
         async with self.db.begin() as conn:
-            claimed = await QueueRepository(conn).claim(
+            repo = QueueRepository(conn)
+            # Live changes first, even for an account busy with bulk work (DESIGN §6.5).
+            claimed = await repo.claim(
                 me=self.me,
-                limit=self.options.claim_size,
+                limit=limit,
                 lease_seconds=self.options.lease_seconds,
-                skip_accounts=skip,
+                skip_accounts=sorted(blocked),
+                max_priority=PRIORITY_LIVE,
             )
+            if len(claimed) < limit:
+                claimed += await repo.claim(
+                    me=self.me,
+                    limit=limit - len(claimed),
+                    lease_seconds=self.options.lease_seconds,
+                    skip_accounts=sorted(blocked | full),
+                    max_priority=PRIORITY_BULK,
+                )
         if not claimed:
             return False
         self._row_lease_deadline = max(
             self._row_lease_deadline, time.monotonic() + self.options.lease_seconds
         )
-        by_conn: dict[uuid.UUID, list[Claimed]] = defaultdict(list)
+        groups: dict[tuple[uuid.UUID, int], list[Claimed]] = defaultdict(list)
         for row in claimed:
-            by_conn[row.connection_id].append(row)
-        contexts = await self._contexts(list(by_conn))
-        for conn_id, rows in by_conn.items():
+            groups[(row.connection_id, min(row.priority, PRIORITY_BULK))].append(row)
+        contexts = await self._contexts(list({conn_id for conn_id, _ in groups}))
+        for (conn_id, priority), rows in groups.items():
             ctx = contexts.get(conn_id)
             if ctx is None:
                 async with self.db.begin() as conn:
                     await QueueRepository(conn).release(me=self.me, rows=rows)
                 continue
             self._outstanding[ctx.account_key] += len(rows)
-            task = asyncio.create_task(self._process(ctx, rows))
+            task = asyncio.create_task(self._process(ctx, rows, priority))
             self._groups.add(task)
             task.add_done_callback(self._group_done)
         return True
@@ -381,7 +396,8 @@ class SyncEngine:
 
     # --- a group: load, plan, send, complete ------------------------------------------------
 
-    async def _process(self, ctx: ConnectionContext, rows: list[Claimed]) -> None:
+    async def _process(self, ctx: ConnectionContext, rows: list[Claimed], priority: int) -> None:
+        _priority.set(priority)  # the gate lets live groups' requests go first
         try:
             outcomes = await self._sync_group(ctx, rows)
             async with self.db.begin() as conn:
@@ -557,7 +573,9 @@ class SyncEngine:
         gate = self.slots.gate(ctx.account_key)
         margin = self.options.timeout + 2.0
         try:
-            async with gate.slot(margin=margin, starve_after=STARVE_SECONDS):
+            async with gate.slot(
+                margin=margin, starve_after=STARVE_SECONDS, live=_priority.get() == PRIORITY_LIVE
+            ):
                 return await self._send(ctx, gate, fn, margin)
         except SlotsUnavailable:
             self._starved_until[ctx.account_key] = time.monotonic() + STARVE_SECONDS

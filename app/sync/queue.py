@@ -61,6 +61,7 @@ _CLAIM = text(
           AND c.audience_id IS NOT NULL
           AND (c.cooldown_until IS NULL OR c.cooldown_until <= now())
           AND NOT (c.account_key = ANY(CAST(:skip_accounts AS text[])))
+          AND q2.priority <= :max_priority
         ORDER BY q2.priority, q2.available_at
         LIMIT :limit
         FOR UPDATE OF q2 SKIP LOCKED
@@ -248,7 +249,13 @@ class QueueRepository:
         self.conn = conn
 
     async def claim(
-        self, *, me: str, limit: int, lease_seconds: float, skip_accounts: Sequence[str]
+        self,
+        *,
+        me: str,
+        limit: int,
+        lease_seconds: float,
+        skip_accounts: Sequence[str],
+        max_priority: int = 32767,
     ) -> list[Claimed]:
         """Lease up to `limit` due rows of active connections, live work first."""
         result = await self.conn.execute(
@@ -258,6 +265,7 @@ class QueueRepository:
                 "limit": limit,
                 "lease": lease_seconds,
                 "skip_accounts": list(skip_accounts),
+                "max_priority": max_priority,
             },
         )
         return [Claimed(**row) for row in result.mappings()]

@@ -103,6 +103,7 @@ class AccountGate:
     deadline: float = 0.0  # monotonic time until which the held slots are ours
     in_flight: int = 0
     waiters: int = 0
+    live_waiters: int = 0
     limit: int = 0  # lowered after a throttle, raised back slowly
     cooldown_until: float = 0.0
     cooldown_step: float = 0.0
@@ -123,19 +124,23 @@ class AccountGate:
 
     @contextlib.asynccontextmanager
     async def slot(
-        self, *, margin: float, starve_after: float | None = None
+        self, *, margin: float, starve_after: float | None = None, live: bool = True
     ) -> AsyncIterator[None]:
         """Hold one request slot; `margin` is how long the lease must still last.
 
-        SlotsUnavailable when no slot was held at all for `starve_after` seconds.
+        Live requests go before bulk ones. SlotsUnavailable when no slot was held at all for
+        `starve_after` seconds.
         """
         began = time.monotonic()
         async with self.cond:
             self.waiters += 1
+            self.live_waiters += live
             try:
                 while True:
                     now = time.monotonic()
-                    if self.in_flight < self.allowed(now, margin):
+                    if self.in_flight < self.allowed(now, margin) and (
+                        live or not self.live_waiters
+                    ):
                         break
                     if self.held == 0:
                         if self.wants_slots is not None:
@@ -158,6 +163,7 @@ class AccountGate:
                         await self.cond.wait()
             finally:
                 self.waiters -= 1
+                self.live_waiters -= live
             self.in_flight += 1
         try:
             yield
@@ -165,7 +171,11 @@ class AccountGate:
             async with self.cond:
                 self.in_flight -= 1
                 self.last_used = time.monotonic()
-                self.cond.notify(1)
+                # With live waiters, a woken bulk waiter would only go back to sleep: wake all.
+                if self.live_waiters:
+                    self.cond.notify_all()
+                else:
+                    self.cond.notify(1)
 
     def throttled(self, retry_after: float | None) -> float:
         """Cool the account down and halve its concurrency; returns the cool-down seconds."""

@@ -91,3 +91,30 @@ async def test_throttle_halves_concurrency_and_cools_down(runtime: Runtime) -> N
     for _ in range(5):
         gate.succeeded()
     assert gate.limit == 5  # concurrency comes back step by step
+
+
+async def test_live_requests_go_before_bulk(runtime: Runtime) -> None:
+    m = SlotManager(runtime.engine, me="host:5:5", cap=1, ttl=30)
+    gate = m.gate("acct")
+    order: list[str] = []
+    first_done = asyncio.Event()
+
+    async def use(name: str, live: bool, hold: asyncio.Event | None = None) -> None:
+        async with gate.slot(margin=0.0, live=live):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    holder = asyncio.create_task(use("first", True, first_done))
+    await asyncio.sleep(0.01)
+    await m.tick()  # one slot leased; "first" holds it
+    await asyncio.sleep(0.01)
+    bulk = [asyncio.create_task(use(f"bulk{i}", False)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    live = asyncio.create_task(use("live", True))
+    await asyncio.sleep(0.01)
+    first_done.set()
+    await asyncio.gather(holder, live, *bulk)
+    assert order[:2] == ["first", "live"]
+    assert sorted(order[2:]) == ["bulk0", "bulk1", "bulk2"]
+    await m.release_all()
