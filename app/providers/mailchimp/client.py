@@ -32,6 +32,12 @@ from app.providers.base import (
 PROVIDER = "mailchimp"
 DC_PATTERN = re.compile(r"^[a-z]+[0-9]+$")
 API_KEY_PATTERN = re.compile(r"^[0-9a-f]{32}-([a-z]+[0-9]+)$")
+# What the engine reads back from a write: projected, so responses stay small to send and parse.
+WRITE_FIELDS = "id,email_address,status,tags,last_changed"
+BATCH_FIELDS = ",".join(
+    [f"{part}.{f}" for part in ("new_members", "updated_members") for f in WRITE_FIELDS.split(",")]
+    + ["errors", "total_created", "total_updated", "error_count"]
+)
 AUDIENCE_OPS = frozenset({"ping", "audience", "batch", "upsert", "list", "webhook"})
 MEMBER_FIELDS = (
     "members.id,members.email_address,members.status,members.tags,members.last_changed,"
@@ -331,6 +337,7 @@ class MailchimpClient:
             f"/lists/{audience_id}/members/{subscriber_hash(member.email_address)}",
             op="upsert",
             json=self._member_body(member, with_tags=True),
+            params={"fields": WRITE_FIELDS},
         )
         return member_state(self._json(response))
 
@@ -344,6 +351,7 @@ class MailchimpClient:
             f"/lists/{audience_id}/members/{subscriber_hash(member.email_address)}",
             op="update",
             json=body,
+            params={"fields": WRITE_FIELDS},
         )
         return member_state(self._json(response))
 
@@ -361,6 +369,7 @@ class MailchimpClient:
                 "members": [self._member_body(m, with_tags=True) for m in members],
                 "update_existing": True,
             },
+            params={"fields": BATCH_FIELDS},
         )
         body = self._json(response)
         outcomes: dict[str, BatchOutcome] = {}
@@ -420,6 +429,7 @@ class MailchimpClient:
             f"/lists/{audience_id}/members/{subscriber_hash(old_email)}",
             op="move",
             json=body,
+            params={"fields": WRITE_FIELDS},
         )
         return member_state(self._json(response))
 

@@ -166,7 +166,7 @@ class MarketingApi:
         elif isinstance(payload, bytes):
             content = payload
         else:
-            if scope["query_string"]:
+            if scope["query_string"] and status < 400:  # problem documents are never projected
                 query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
                 if "fields" in query or "exclude_fields" in query:
                     payload = render.project(
