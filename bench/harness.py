@@ -219,6 +219,13 @@ async def running_engine(sync_engine: Any) -> AsyncIterator[Any]:
         await sync_engine.aclose()
 
 
+def default_list_id() -> str:
+    """The sandbox's default audience id."""
+    from app.sandbox.mailchimp import DEFAULT_LIST_ID
+
+    return str(DEFAULT_LIST_ID)
+
+
 def median(values: list[float]) -> float:
     """The median."""
     return float(statistics.median(values))

@@ -272,8 +272,9 @@ class SyncEngine:
     # --- claiming -------------------------------------------------------------------------
 
     def _per_account_max(self) -> int:
-        # Enough claimed rows to keep every slot busy with a full batch, plus one in planning.
-        return (self.options.max_concurrency + 1) * self.options.claim_size
+        # Two full batches per slot: one in flight, one planned and waiting, so a freed slot
+        # never waits for a claim-load-plan round trip.
+        return 2 * self.options.max_concurrency * self.options.claim_size
 
     async def _fill(self) -> bool:
         """Claim one batch when there is room; False when nothing was claimed."""
