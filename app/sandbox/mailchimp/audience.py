@@ -25,6 +25,22 @@ ADDRESS_REQUIRED = ("addr1", "city", "state", "zip")
 ADDRESS_KEYS = ("addr1", "addr2", "city", "state", "zip", "country")
 NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 STATUS_CHOICES = "subscribed, unsubscribed, cleaned, pending, transactional"
+STRING_KEYS = frozenset(
+    ("email_address", "language", "ip_signup", "ip_opt", "timestamp_signup", "timestamp_opt")
+)
+SCALAR_KEYS = frozenset(
+    (
+        "email_type",
+        "language",
+        "ip_signup",
+        "ip_opt",
+        "timestamp_signup",
+        "timestamp_opt",
+        "vip",
+        "location",
+    )
+)
+TEXT_TYPES = frozenset(("text", "url", "imageurl", "radio", "dropdown", "date", "birthday", "zip"))
 
 
 def subscriber_hash(email: str) -> str:
@@ -58,11 +74,25 @@ class IdSource:
         self.next_web_id = 100_000_001
 
     def hex(self, length: int) -> str:
+        """A fresh id of `length` hex digits, never handed out before."""
+        spec = f"0{length}x"
         while True:
-            value = f"{self.rng.getrandbits(4 * length):0{length}x}"
+            value = format(self.rng.getrandbits(4 * length), spec)
             if value not in self.used:
                 self.used.add(value)
                 return value
+
+    def uid(self) -> str:
+        """A unique_email_id (10 hex digits)."""
+        while True:
+            value = format(self.rng.getrandbits(40), "010x")
+            if value not in self.used:
+                self.used.add(value)
+                return value
+
+    def contact_id(self) -> str:
+        """32 hex digits: 128 random bits need no collision check."""
+        return format(self.rng.getrandbits(128), "032x")
 
     def web_id(self) -> int:
         self.next_web_id += 1
@@ -179,6 +209,7 @@ class Audience:
         self.forgotten: dict[str, float] = {}  # subscriber hash -> when
         self.merge_fields: dict[str, MergeField] = {}
         self.merge_tags: tuple[str, ...] = ()
+        self.required_tags: tuple[str, ...] = ()
         self.next_merge_id = 1
         self.tag_ids: dict[str, int] = {}
         self.next_tag_id = 1000 + (web_id % 1000) * 100
@@ -242,8 +273,13 @@ class Audience:
         )
         self.next_merge_id += 1
         self.merge_fields[tag] = mf
-        self.merge_tags = tuple(self.merge_fields)
+        self.merge_fields_changed()
         return mf
+
+    def merge_fields_changed(self) -> None:
+        """Recompute what the hot path caches about the merge fields."""
+        self.merge_tags = tuple(self.merge_fields)
+        self.required_tags = tuple(t for t, mf in self.merge_fields.items() if mf.required)
 
     def merge_field_by_id(self, merge_id: str) -> MergeField:
         for mf in self.merge_fields.values():
@@ -253,7 +289,7 @@ class Audience:
 
     def delete_merge_field(self, mf: MergeField) -> None:
         del self.merge_fields[mf.tag]
-        self.merge_tags = tuple(self.merge_fields)
+        self.merge_fields_changed()
         for member in self.members.values():
             member.merge.pop(mf.tag, None)
         self.version += 1
@@ -267,7 +303,7 @@ class Audience:
                 member.merge[new_tag] = member.merge.pop(mf.tag)
         mf.tag = new_tag
         self.merge_fields = fields
-        self.merge_tags = tuple(fields)
+        self.merge_fields_changed()
 
     # -- validation -----------------------------------------------------------------------
 
@@ -284,7 +320,10 @@ class Audience:
         return email, hashlib.md5(lowered.encode()).hexdigest()
 
     def _check_fail_list(self, email: str) -> None:
-        kind = self._config().fail_emails.get(email.lower())
+        fail_emails = self._config().fail_emails
+        if not fail_emails:
+            return
+        kind = fail_emails.get(email.lower())
         if kind is None:
             return
         if kind == "fake":
@@ -296,49 +335,26 @@ class Audience:
 
     @staticmethod
     def _schema_errors(body: Any, *, tags: bool, nullable: bool) -> list[dict[str, str]]:
-        if not isinstance(body, dict):
-            return [
-                {
-                    "field": "",
-                    "message": f"Schema describes object, {type_name(body)} found instead",
-                }
-            ]
+        """JSON-schema checks of a member body, in one pass over the keys it has."""
+        if type(body) is not dict:
+            found = type_name(body)
+            return [{"field": "", "message": f"Schema describes object, {found} found instead"}]
         errs: list[dict[str, str]] = []
-        for key in (
-            "email_address",
-            "language",
-            "ip_signup",
-            "ip_opt",
-            "timestamp_signup",
-            "timestamp_opt",
-        ):
-            if key in body:
-                value = body[key]
-                if value is None and nullable:
-                    continue
-                if not isinstance(value, str):
+        for key, value in body.items():
+            if value is None and nullable:
+                continue
+            if key in STRING_KEYS:
+                if type(value) is not str:
+                    found = type_name(value)
                     errs.append(
-                        {
-                            "field": key,
-                            "message": f"Schema describes string, {type_name(value)} found instead",
-                        }
+                        {"field": key, "message": f"Schema describes string, {found} found instead"}
                     )
-                elif key.startswith("timestamp_") and value.strip():
+                elif key[0] == "t" and value.strip():
                     try:
                         clock.parse(value)
                     except ValueError:
-                        errs.append(
-                            {
-                                "field": key,
-                                "message": "Data did not match any of the schemas described in "
-                                "anyOf.",
-                            }
-                        )
-        for key in ("status", "status_if_new"):
-            if key in body:
-                value = body[key]
-                if value is None and nullable:
-                    continue
+                        errs.append({"field": key, "message": c.ANYOF})
+            elif key == "status" or key == "status_if_new":
                 if value not in c.WRITE_STATUSES:
                     errs.append(
                         {
@@ -346,57 +362,43 @@ class Audience:
                             "message": f"Value must be one of: {STATUS_CHOICES} (not {value!r})",
                         }
                     )
-        if (
-            "email_type" in body
-            and body["email_type"] not in c.EMAIL_TYPES
-            and not (nullable and body["email_type"] is None)
-        ):
-            errs.append({"field": "email_type", "message": "Value must be one of: html, text"})
-        if (
-            "vip" in body
-            and not isinstance(body["vip"], bool)
-            and not (nullable and body["vip"] is None)
-        ):
-            found = type_name(body["vip"])
-            errs.append(
-                {"field": "vip", "message": f"Schema describes boolean, {found} found instead"}
-            )
-        for key in ("merge_fields", "interests", "location"):
-            if key in body and not isinstance(body[key], dict):
-                if nullable and body[key] is None:
-                    continue
-                errs.append(
-                    {
-                        "field": key,
-                        "message": f"Schema describes object, {type_name(body[key])} found instead",
-                    }
-                )
-        merges = body.get("merge_fields")
-        if isinstance(merges, dict):
-            for tag, value in merges.items():
-                if value is None or isinstance(value, bool | list):
-                    errs.append({"field": f"merge_fields.{tag}", "message": c.ANYOF})
-                elif isinstance(value, dict) and not all(k in value for k in ADDRESS_REQUIRED):
-                    # an object must be an address; an incomplete one is caught per field
-                    continue
-        if tags and "tags" in body:
-            value = body["tags"]
-            if not isinstance(value, list):
-                if not (nullable and value is None):
+            elif key == "merge_fields":
+                if type(value) is not dict:
+                    found = type_name(value)
                     errs.append(
-                        {
-                            "field": "tags",
-                            "message": f"Schema describes array, {type_name(value)} found instead",
-                        }
+                        {"field": key, "message": f"Schema describes object, {found} found instead"}
                     )
-            else:
+                    continue
+                for tag, item in value.items():
+                    if item is None or isinstance(item, bool | list):
+                        errs.append({"field": f"merge_fields.{tag}", "message": c.ANYOF})
+            elif key == "interests" or key == "location":
+                if type(value) is not dict:
+                    found = type_name(value)
+                    errs.append(
+                        {"field": key, "message": f"Schema describes object, {found} found instead"}
+                    )
+            elif key == "email_type":
+                if value not in c.EMAIL_TYPES:
+                    errs.append({"field": key, "message": "Value must be one of: html, text"})
+            elif key == "vip":
+                if type(value) is not bool:
+                    message = f"Schema describes boolean, {type_name(value)} found instead"
+                    errs.append({"field": key, "message": message})
+            elif key == "tags" and tags:
+                if type(value) is not list:
+                    found = type_name(value)
+                    errs.append(
+                        {"field": key, "message": f"Schema describes array, {found} found instead"}
+                    )
+                    continue
                 for i, item in enumerate(value):
-                    if not isinstance(item, str):
+                    if type(item) is not str:
+                        found = type_name(item)
                         errs.append(
                             {
                                 "field": f"tags.{i}",
-                                "message": f"Schema describes string, {type_name(item)} found "
-                                "instead",
+                                "message": f"Schema describes string, {found} found instead",
                             }
                         )
         return errs
@@ -411,14 +413,19 @@ class Audience:
         """The member's merge values after applying `given`; raise on invalid merge fields."""
         result = dict(current)
         field_errors: list[dict[str, str]] = []
+        fields = self.merge_fields
         for raw_tag, value in (given or {}).items():
-            tag = str(raw_tag).upper()
-            mf = self.merge_fields.get(tag)
+            mf = fields.get(raw_tag) or fields.get(str(raw_tag).upper())
             if mf is None:
                 continue  # unknown merge tags are ignored
-            if isinstance(value, str) and value == "":
-                result.pop(tag, None)
-                continue
+            tag = mf.tag
+            if type(value) is str:
+                if value == "":
+                    result.pop(tag, None)
+                    continue
+                if mf.type in TEXT_TYPES:  # the common case, no further checks
+                    result[tag] = value
+                    continue
             if mf.type == "address":
                 if isinstance(value, dict):
                     if not all(str(value.get(k) or "").strip() for k in ADDRESS_REQUIRED):
@@ -462,12 +469,8 @@ class Audience:
                     continue
                 result[tag] = value
         if not skip_validation:
-            for tag, mf in self.merge_fields.items():
-                if (
-                    mf.required
-                    and result.get(tag, "") == ""
-                    and not any(e["field"] == tag for e in field_errors)
-                ):
+            for tag in self.required_tags:
+                if result.get(tag, "") == "" and not any(e["field"] == tag for e in field_errors):
                     field_errors.append({"field": tag, "message": "Please enter a value"})
         if field_errors:
             raise errors.merge_fields(field_errors)
@@ -532,9 +535,9 @@ class Audience:
         self._check_interests(body)
         ids = self.ids
         member = Member(
-            uid=ids.hex(10),
+            uid=ids.uid(),
             web_id=ids.web_id(),
-            contact_id=ids.hex(32),
+            contact_id=ids.contact_id(),
             email=email,
             hash=key,
             status=status,
@@ -561,6 +564,8 @@ class Audience:
     @staticmethod
     def _apply_scalars(member: Member, body: dict[str, Any]) -> bool:
         """Copy the plain fields of a write; True when something changed."""
+        if SCALAR_KEYS.isdisjoint(body):
+            return False
         changed = False
         email_type = body.get("email_type")
         if email_type and email_type != member.email_type:
@@ -1033,6 +1038,10 @@ class Audience:
     ) -> Member:
         """What a person does in Mailchimp (a link, a bounce, a form); fires as `source`."""
         now = clock.now() if now is None else now
+        if merge_fields is not None:
+            errs = self._schema_errors({"merge_fields": merge_fields}, tags=False, nullable=False)
+            if errs:
+                raise errors.schema(errs)
         key = subscriber_hash(email)
         member = self.by_hash.get(key)
         if action == "signup":

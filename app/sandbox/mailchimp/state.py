@@ -354,7 +354,7 @@ class SandboxState:
                 )
                 for mf in item["merge_fields"]:
                     aud.merge_fields[mf["tag"]] = MergeField(**mf)
-                aud.merge_tags = tuple(aud.merge_fields)
+                aud.merge_fields_changed()
                 aud.next_merge_id = item["next_merge_id"]
                 aud.next_tag_id = item["next_tag_id"]
                 aud.tag_ids = dict(item["tag_ids"])
