@@ -65,13 +65,46 @@ def type_name(value: Any) -> str:
     return "object"
 
 
+_MASK40 = (1 << 40) - 1
+_MASK128 = (1 << 128) - 1
+_UID_MUL = 0x9E3779B97F  # odd: multiplying by it is a bijection modulo 2**40
+_UID_SALT = 0x5A17C0FFEE
+_CID_MUL = 0x2545F4914F6CDD1D_9E3779B97F4A7C15  # odd, modulo 2**128
+_CID_SALT = 0x0123456789ABCDEF_FEDCBA9876543210
+_CID_INV = pow(_CID_MUL, -1, 1 << 128)
+
+
 class IdSource:
-    """Member ids, deterministic from a seed so that a reset gives the same ids again."""
+    """Ids, deterministic so that a reset gives the same ids again.
+
+    A member's `unique_email_id`, `web_id` and `contact_id` are bijections of one sequence
+    number: unique without a lookup table, random-looking, and a contact_id leads back to its
+    member without an index.
+    """
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
         self.used: set[str] = set()
-        self.next_web_id = 100_000_001
+        self.seq = 0
+
+    @staticmethod
+    def uid_of(seq: int) -> str:
+        return format(((seq * _UID_MUL) & _MASK40) ^ _UID_SALT, "010x")
+
+    @staticmethod
+    def seq_of_contact(contact_id: str) -> int | None:
+        try:
+            value = int(contact_id, 16)
+        except ValueError:
+            return None
+        return ((value - _CID_SALT) * _CID_INV) & _MASK128
+
+    def member_ids(self) -> tuple[str, int, str]:
+        """(unique_email_id, web_id, contact_id) of a new member."""
+        self.seq += 1
+        seq = self.seq
+        contact = format((seq * _CID_MUL + _CID_SALT) & _MASK128, "032x")
+        return self.uid_of(seq), 100_000_001 + seq, contact
 
     def hex(self, length: int) -> str:
         """A fresh id of `length` hex digits, never handed out before."""
@@ -81,22 +114,6 @@ class IdSource:
             if value not in self.used:
                 self.used.add(value)
                 return value
-
-    def uid(self) -> str:
-        """A unique_email_id (10 hex digits)."""
-        while True:
-            value = format(self.rng.getrandbits(40), "010x")
-            if value not in self.used:
-                self.used.add(value)
-                return value
-
-    def contact_id(self) -> str:
-        """32 hex digits: 128 random bits need no collision check."""
-        return format(self.rng.getrandbits(128), "032x")
-
-    def web_id(self) -> int:
-        self.next_web_id += 1
-        return self.next_web_id
 
 
 @dataclass(slots=True)
@@ -205,7 +222,6 @@ class Audience:
         self.sink = sink
         self.members: dict[str, Member] = {}  # by uid, in creation order
         self.by_hash: dict[str, Member] = {}
-        self.by_contact: dict[str, Member] = {}
         self.forgotten: dict[str, float] = {}  # subscriber hash -> when
         self.merge_fields: dict[str, MergeField] = {}
         self.merge_tags: tuple[str, ...] = ()
@@ -230,7 +246,11 @@ class Audience:
         if allow_email:
             if "@" in key:
                 return self.by_hash.get(subscriber_hash(key))
-            return self.by_contact.get(key)
+            seq = self.ids.seq_of_contact(key) if len(key) == 32 else None
+            if seq is not None and 0 < seq <= self.ids.seq:
+                member = self.members.get(self.ids.uid_of(seq))
+                if member is not None and member.contact_id == key:
+                    return member
         return None
 
     def path_hash(self, key: str) -> str:
@@ -533,11 +553,11 @@ class Audience:
             body.get("merge_fields"), {}, skip_validation=skip_merge_validation
         )
         self._check_interests(body)
-        ids = self.ids
+        uid, web_id, contact_id = self.ids.member_ids()
         member = Member(
-            uid=ids.uid(),
-            web_id=ids.web_id(),
-            contact_id=ids.contact_id(),
+            uid=uid,
+            web_id=web_id,
+            contact_id=contact_id,
             email=email,
             hash=key,
             status=status,
@@ -557,7 +577,6 @@ class Audience:
         member.last_changed = now
         self.members[member.uid] = member
         self.by_hash[key] = member
-        self.by_contact[member.contact_id] = member
         self.version += 1
         return member
 
@@ -848,7 +867,6 @@ class Audience:
         self._fire("unsubscribe", member, source, {"action": "delete", "reason": "manual"})
         del self.members[member.uid]
         del self.by_hash[member.hash]
-        del self.by_contact[member.contact_id]
         self.forgotten[member.hash] = now
         self.version += 1
 

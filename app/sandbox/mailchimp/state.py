@@ -320,7 +320,7 @@ class SandboxState:
             "version": SNAPSHOT_VERSION,
             "accounts": accounts,
             "tokens": {t: a.id for t, a in self.tokens.items()},
-            "next_web_id": self.ids.next_web_id,
+            "next_seq": self.ids.seq,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -333,7 +333,7 @@ class SandboxState:
         self.tokens.clear()
         self._auth_cache.clear()
         self.ids = IdSource(int.from_bytes(os.urandom(4), "big"))
-        self.ids.next_web_id = int(snap.get("next_web_id", self.ids.next_web_id))
+        self.ids.seq = int(snap.get("next_seq", 0))
         for data in snap["accounts"]:
             lists = data.pop("lists")
             account = Account(**data)
@@ -363,8 +363,6 @@ class SandboxState:
                     member = Member(**m)
                     aud.members[member.uid] = member
                     aud.by_hash[member.hash] = member
-                    aud.by_contact[member.contact_id] = member
-                    self.ids.used.update((member.uid, member.contact_id))
                 for w in item["webhooks"]:
                     webhook = Webhook(**w)
                     aud.webhooks[webhook.id] = webhook
