@@ -350,6 +350,11 @@ class Audience:
             raise errors.fake_email(email)
         if kind == "compliance":
             raise errors.compliance(email)
+        if kind == "throttled":
+            raise errors.invalid(
+                f"{email} has signed up to a lot of lists very recently; "
+                "we're not allowing more signups for now"
+            )
         tag = self.merge_tags[0] if self.merge_tags else "FNAME"
         raise errors.merge_fields([{"field": tag, "message": "Please enter a value"}])
 

@@ -10,7 +10,7 @@ from typing import Any
 from app.sandbox.mailchimp.constants import DEFAULT_FAKE_EMAIL_DOMAINS
 
 FAULT_KINDS = ("429", "403", "503", "timeout")
-FAIL_KINDS = frozenset({"fake", "compliance", "merge_fields"})
+FAIL_KINDS = frozenset({"fake", "compliance", "merge_fields", "throttled"})
 
 
 @dataclass
@@ -23,7 +23,8 @@ class SandboxConfig:
     - ``fault_rates``: probabilities per API request of ``429``, ``403`` (no body), ``503`` and
       ``timeout`` (held ``timeout_seconds``, then 504; the change is not applied).
     - ``outage_seconds``: from the moment it is set, every API request answers 503 for N s.
-    - ``fail_emails``: ``{email: "fake" | "compliance" | "merge_fields"}`` permanent 400s.
+    - ``fail_emails``: ``{email: "fake" | "compliance" | "merge_fields" | "throttled"}``:
+      every write of that address fails so (throttled = "signed up to a lot of lists").
     - ``fake_email_domains``: domains answered "looks fake or invalid" (plus any ``.invalid``).
     - ``seed``: faults are a pure function of the seed and the order of API requests.
     """
