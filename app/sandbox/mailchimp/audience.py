@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from app.sandbox.mailchimp import clock, errors
@@ -116,6 +117,18 @@ class IdSource:
                 return value
 
 
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _own_tags(member: Member) -> tuple[dict[str, str], dict[str, str]]:
+    """The member's tag maps, made its own (copy-on-write of EMPTY)."""
+    if type(member.tags) is not dict:
+        member.tags = {}
+    if type(member.inactive_tags) is not dict:
+        member.inactive_tags = {}
+    return member.tags, member.inactive_tags
+
+
 @dataclass(slots=True)
 class Member:
     """One contact of an audience."""
@@ -130,14 +143,16 @@ class Member:
     merge: dict[str, Any] = field(default_factory=dict)
     language: str = ""
     vip: bool = False
-    location: dict[str, Any] = field(default_factory=dict)
+    # location and the tag maps start as the shared read-only EMPTY (most members never get
+    # any); writers replace it with a dict of their own before mutating (see `_own_tags`)
+    location: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     ip_signup: str = ""
     timestamp_signup: str = ""
     ip_opt: str = ""
     timestamp_opt: str = ""
     last_changed: float = 0.0
-    tags: dict[str, str] = field(default_factory=dict)  # active: name -> date_added
-    inactive_tags: dict[str, str] = field(default_factory=dict)  # name -> date removed
+    tags: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # active: name -> date_added
+    inactive_tags: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # name -> date removed
     status_before_archive: str | None = None
     source: str = "API - Generic"
     unsubscribe_reason: str = ""
@@ -574,11 +589,12 @@ class Audience:
         tags = body.get("tags") or []
         if tags:
             stamp = clock.iso(now)
+            active, _ = _own_tags(member)
             for name in tags:
                 name = name.strip()
                 if name:
                     self._register_tag(name)
-                    member.tags[name] = stamp
+                    active[name] = stamp
         member.last_changed = now
         self.members[member.uid] = member
         self.by_hash[key] = member
@@ -692,19 +708,20 @@ class Audience:
     def _apply_tags(self, member: Member, updates: list[dict[str, Any]], now: float) -> bool:
         stamp = clock.iso(now)
         changed = False
+        active, inactive = _own_tags(member)
         for item in updates:
             name = item["name"].strip()
             if not name:
                 continue
             if item["status"] == "active":
-                if name not in member.tags:
+                if name not in active:
                     self._register_tag(name)
-                    member.tags[name] = stamp
-                    member.inactive_tags.pop(name, None)
+                    active[name] = stamp
+                    inactive.pop(name, None)
                     changed = True
-            elif name in member.tags:
-                del member.tags[name]
-                member.inactive_tags[name] = stamp
+            elif name in active:
+                del active[name]
+                inactive[name] = stamp
                 changed = True
         return changed
 

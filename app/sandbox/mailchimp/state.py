@@ -11,6 +11,7 @@ import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -387,4 +388,8 @@ class SandboxState:
 
 
 def _slots(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
+    out = {}
+    for name in obj.__slots__:
+        value = getattr(obj, name)
+        out[name] = dict(value) if isinstance(value, MappingProxyType) else value
+    return out
