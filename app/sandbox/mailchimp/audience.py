@@ -11,6 +11,7 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from hashlib import md5
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -344,15 +345,16 @@ class Audience:
 
     def _check_email(self, raw: Any) -> tuple[str, str]:
         """(email as given but trimmed, subscriber hash); raise for syntax, fake or failing."""
-        if not isinstance(raw, str) or not EMAIL_RE.match(raw.strip()):
+        if type(raw) is not str:
             raise errors.bad_email()
         email = raw.strip()
+        if not EMAIL_RE.match(email):
+            raise errors.bad_email()
         lowered = email.lower()
-        domain = lowered.rsplit("@", 1)[1]
-        config = self._config()
-        if domain.endswith(".invalid") or domain in config.fake_email_domains:
+        domain = lowered[lowered.rindex("@") + 1 :]
+        if domain.endswith(".invalid") or domain in self._config().fake_domain_set:
             raise errors.fake_email(email)
-        return email, hashlib.md5(lowered.encode()).hexdigest()
+        return email, md5(lowered.encode()).hexdigest()
 
     def _check_fail_list(self, email: str) -> None:
         fail_emails = self._config().fail_emails

@@ -42,6 +42,18 @@ class SandboxConfig:
     webhook_timeout_seconds: float = 10.0
     oauth_code_ttl_seconds: float = 600.0
     request_log_size: int = 50_000
+    _fake_cache: tuple[list[str], frozenset[str]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def fake_domain_set(self) -> frozenset[str]:
+        """`fake_email_domains` as a set (cached until the list is replaced)."""
+        cached = self._fake_cache
+        if cached is None or cached[0] is not self.fake_email_domains:
+            cached = (self.fake_email_domains, frozenset(self.fake_email_domains))
+            self._fake_cache = cached
+        return cached[1]
 
     def copy(self) -> SandboxConfig:
         """A deep copy (the state keeps the configuration it started with for resets)."""
@@ -49,11 +61,13 @@ class SandboxConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return asdict(self)
+        out = asdict(self)
+        out.pop("_fake_cache", None)
+        return out
 
     def patch(self, changes: dict[str, Any]) -> None:
         """Apply a partial update, validating every value; raise ValueError on a bad one."""
-        known = {f.name for f in fields(self)}
+        known = {f.name for f in fields(self) if not f.name.startswith("_")}
         unknown = set(changes) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")

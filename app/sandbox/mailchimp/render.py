@@ -22,6 +22,23 @@ def link(rel: str, href: str, method: str = "GET", schema: str | None = None) ->
 _HASH = b"@@SUBSCRIBER_HASH@@"
 _link_templates: dict[tuple[str, str], bytes] = {}
 STATS = {"avg_open_rate": 0, "avg_click_rate": 0}
+NO_LOCATION = {
+    "latitude": 0,
+    "longitude": 0,
+    "gmtoff": 0,
+    "dstoff": 0,
+    "country_code": "",
+    "timezone": "",
+    "region": "",
+}
+
+
+def _location(location: Any) -> dict[str, Any]:
+    return {
+        **NO_LOCATION,
+        "latitude": location.get("latitude", 0),
+        "longitude": location.get("longitude", 0),
+    }
 
 
 def member_links(base: str, list_id: str, subscriber_hash: str) -> orjson.Fragment:
@@ -75,15 +92,7 @@ def member(m: Member, aud: Audience, base: str) -> dict[str, Any]:
         "language": m.language,
         "vip": m.vip,
         "email_client": "",
-        "location": {
-            "latitude": location.get("latitude", 0),
-            "longitude": location.get("longitude", 0),
-            "gmtoff": 0,
-            "dstoff": 0,
-            "country_code": "",
-            "timezone": "",
-            "region": "",
-        },
+        "location": _location(location) if location else NO_LOCATION,
         "source": m.source,
         "tags_count": len(m.tags),
         "tags": [{"id": tag_ids[name], "name": name} for name in m.tags],
