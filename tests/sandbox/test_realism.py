@@ -13,7 +13,7 @@ from tests.support.servers import run_server
 
 
 async def test_cap_serves_ten_and_refuses_ten_over_tcp() -> None:
-    app = create_app(SandboxConfig(latency_ms=1000))
+    app = create_app(SandboxConfig(latency_ms=1500))
     async with (
         run_server(app, lifespan="off") as base,
         httpx.AsyncClient(
