@@ -45,6 +45,11 @@ def assert_problem(
     return body
 
 
+@pytest.fixture(autouse=True)
+def clean_db() -> None:
+    """The sandbox needs no database: override the suite's autouse table truncation."""
+
+
 @pytest.fixture
 def sandbox() -> SandboxApp:
     return create_app()

@@ -13,7 +13,7 @@ from tests.support.servers import run_server
 
 
 async def test_cap_serves_ten_and_refuses_ten_over_tcp() -> None:
-    app = create_app(SandboxConfig(latency_ms=1000))
+    app = create_app(SandboxConfig(latency_ms=1500))
     async with (
         run_server(app, lifespan="off") as base,
         httpx.AsyncClient(
@@ -137,6 +137,7 @@ async def test_fail_emails(mc: httpx.AsyncClient, members: Members) -> None:
                 "Fake@example.com": "fake",
                 "comp@example.com": "compliance",
                 "merge@example.com": "merge_fields",
+                "busy@example.com": "throttled",
             }
         },
     )
@@ -158,6 +159,13 @@ async def test_fail_emails(mc: httpx.AsyncClient, members: Members) -> None:
         "Your merge fields were invalid.",
     )
     assert body["errors"]
+    assert_problem(
+        await members.put("busy@example.com", status_if_new="subscribed"),
+        400,
+        "Invalid Resource",
+        "busy@example.com has signed up to a lot of lists very recently; "
+        "we're not allowing more signups for now",
+    )
     batch = (
         await mc.post(
             LIST,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
 import re
 import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -34,6 +35,14 @@ JSON_TYPE = b"application/json; charset=utf-8"
 PROBLEM_TYPE = b"application/problem+json; charset=utf-8"
 TAG_RE = re.compile(r"^[A-Z0-9_]{1,10}$")
 NO_CONTENT: Result = (204, None, [])
+_ids = random.Random(os.urandom(16))
+
+
+def new_request_id() -> str:
+    """A version-4 UUID string (not secret: a fast PRNG will do)."""
+    v = _ids.getrandbits(128)
+    h = "%032x" % ((v & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def base_url(scope: Scope) -> str:
@@ -123,7 +132,7 @@ class MarketingApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         state = self.state
         start = time.time()
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         method: str = scope["method"]
         base = base_url(scope)
         auth = None
@@ -703,6 +712,7 @@ class MarketingApi:
                 setattr(mf, key, data[key])
         if "options" in data:
             mf.options = {**mf.options, **data["options"]}
+        aud.merge_fields_changed()
         aud.version += 1
 
     # -- webhooks -------------------------------------------------------------------------

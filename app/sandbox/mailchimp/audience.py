@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from hashlib import md5
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from app.sandbox.mailchimp import clock, errors
@@ -25,6 +27,22 @@ ADDRESS_REQUIRED = ("addr1", "city", "state", "zip")
 ADDRESS_KEYS = ("addr1", "addr2", "city", "state", "zip", "country")
 NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 STATUS_CHOICES = "subscribed, unsubscribed, cleaned, pending, transactional"
+STRING_KEYS = frozenset(
+    ("email_address", "language", "ip_signup", "ip_opt", "timestamp_signup", "timestamp_opt")
+)
+SCALAR_KEYS = frozenset(
+    (
+        "email_type",
+        "language",
+        "ip_signup",
+        "ip_opt",
+        "timestamp_signup",
+        "timestamp_opt",
+        "vip",
+        "location",
+    )
+)
+TEXT_TYPES = frozenset(("text", "url", "imageurl", "radio", "dropdown", "date", "birthday", "zip"))
 
 
 def subscriber_hash(email: str) -> str:
@@ -49,24 +67,67 @@ def type_name(value: Any) -> str:
     return "object"
 
 
+_MASK40 = (1 << 40) - 1
+_MASK128 = (1 << 128) - 1
+_UID_MUL = 0x9E3779B97F  # odd: multiplying by it is a bijection modulo 2**40
+_UID_SALT = 0x5A17C0FFEE
+_CID_MUL = 0x2545F4914F6CDD1D_9E3779B97F4A7C15  # odd, modulo 2**128
+_CID_SALT = 0x0123456789ABCDEF_FEDCBA9876543210
+_CID_INV = pow(_CID_MUL, -1, 1 << 128)
+
+
 class IdSource:
-    """Member ids, deterministic from a seed so that a reset gives the same ids again."""
+    """Ids, deterministic so that a reset gives the same ids again.
+
+    A member's `unique_email_id`, `web_id` and `contact_id` are bijections of one sequence
+    number: unique without a lookup table, random-looking, and a contact_id leads back to its
+    member without an index.
+    """
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
         self.used: set[str] = set()
-        self.next_web_id = 100_000_001
+        self.seq = 0
+
+    @staticmethod
+    def uid_of(seq: int) -> str:
+        return format(((seq * _UID_MUL) & _MASK40) ^ _UID_SALT, "010x")
+
+    @staticmethod
+    def seq_of_contact(contact_id: str) -> int | None:
+        try:
+            value = int(contact_id, 16)
+        except ValueError:
+            return None
+        return ((value - _CID_SALT) * _CID_INV) & _MASK128
+
+    def member_ids(self) -> tuple[str, int, str]:
+        """(unique_email_id, web_id, contact_id) of a new member."""
+        self.seq += 1
+        seq = self.seq
+        contact = format((seq * _CID_MUL + _CID_SALT) & _MASK128, "032x")
+        return self.uid_of(seq), 100_000_001 + seq, contact
 
     def hex(self, length: int) -> str:
+        """A fresh id of `length` hex digits, never handed out before."""
+        spec = f"0{length}x"
         while True:
-            value = f"{self.rng.getrandbits(4 * length):0{length}x}"
+            value = format(self.rng.getrandbits(4 * length), spec)
             if value not in self.used:
                 self.used.add(value)
                 return value
 
-    def web_id(self) -> int:
-        self.next_web_id += 1
-        return self.next_web_id
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _own_tags(member: Member) -> tuple[dict[str, str], dict[str, str]]:
+    """The member's tag maps, made its own (copy-on-write of EMPTY)."""
+    if type(member.tags) is not dict:
+        member.tags = {}
+    if type(member.inactive_tags) is not dict:
+        member.inactive_tags = {}
+    return member.tags, member.inactive_tags
 
 
 @dataclass(slots=True)
@@ -83,14 +144,16 @@ class Member:
     merge: dict[str, Any] = field(default_factory=dict)
     language: str = ""
     vip: bool = False
-    location: dict[str, Any] = field(default_factory=dict)
+    # location and the tag maps start as the shared read-only EMPTY (most members never get
+    # any); writers replace it with a dict of their own before mutating (see `_own_tags`)
+    location: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     ip_signup: str = ""
     timestamp_signup: str = ""
     ip_opt: str = ""
     timestamp_opt: str = ""
     last_changed: float = 0.0
-    tags: dict[str, str] = field(default_factory=dict)  # active: name -> date_added
-    inactive_tags: dict[str, str] = field(default_factory=dict)  # name -> date removed
+    tags: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # active: name -> date_added
+    inactive_tags: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # name -> date removed
     status_before_archive: str | None = None
     source: str = "API - Generic"
     unsubscribe_reason: str = ""
@@ -175,10 +238,10 @@ class Audience:
         self.sink = sink
         self.members: dict[str, Member] = {}  # by uid, in creation order
         self.by_hash: dict[str, Member] = {}
-        self.by_contact: dict[str, Member] = {}
         self.forgotten: dict[str, float] = {}  # subscriber hash -> when
         self.merge_fields: dict[str, MergeField] = {}
         self.merge_tags: tuple[str, ...] = ()
+        self.required_tags: tuple[str, ...] = ()
         self.next_merge_id = 1
         self.tag_ids: dict[str, int] = {}
         self.next_tag_id = 1000 + (web_id % 1000) * 100
@@ -199,7 +262,11 @@ class Audience:
         if allow_email:
             if "@" in key:
                 return self.by_hash.get(subscriber_hash(key))
-            return self.by_contact.get(key)
+            seq = self.ids.seq_of_contact(key) if len(key) == 32 else None
+            if seq is not None and 0 < seq <= self.ids.seq:
+                member = self.members.get(self.ids.uid_of(seq))
+                if member is not None and member.contact_id == key:
+                    return member
         return None
 
     def path_hash(self, key: str) -> str:
@@ -242,8 +309,13 @@ class Audience:
         )
         self.next_merge_id += 1
         self.merge_fields[tag] = mf
-        self.merge_tags = tuple(self.merge_fields)
+        self.merge_fields_changed()
         return mf
+
+    def merge_fields_changed(self) -> None:
+        """Recompute what the hot path caches about the merge fields."""
+        self.merge_tags = tuple(self.merge_fields)
+        self.required_tags = tuple(t for t, mf in self.merge_fields.items() if mf.required)
 
     def merge_field_by_id(self, merge_id: str) -> MergeField:
         for mf in self.merge_fields.values():
@@ -253,7 +325,7 @@ class Audience:
 
     def delete_merge_field(self, mf: MergeField) -> None:
         del self.merge_fields[mf.tag]
-        self.merge_tags = tuple(self.merge_fields)
+        self.merge_fields_changed()
         for member in self.members.values():
             member.merge.pop(mf.tag, None)
         self.version += 1
@@ -267,78 +339,64 @@ class Audience:
                 member.merge[new_tag] = member.merge.pop(mf.tag)
         mf.tag = new_tag
         self.merge_fields = fields
-        self.merge_tags = tuple(fields)
+        self.merge_fields_changed()
 
     # -- validation -----------------------------------------------------------------------
 
     def _check_email(self, raw: Any) -> tuple[str, str]:
         """(email as given but trimmed, subscriber hash); raise for syntax, fake or failing."""
-        if not isinstance(raw, str) or not EMAIL_RE.match(raw.strip()):
+        if type(raw) is not str:
             raise errors.bad_email()
         email = raw.strip()
+        if not EMAIL_RE.match(email):
+            raise errors.bad_email()
         lowered = email.lower()
-        domain = lowered.rsplit("@", 1)[1]
-        config = self._config()
-        if domain.endswith(".invalid") or domain in config.fake_email_domains:
+        domain = lowered[lowered.rindex("@") + 1 :]
+        if domain.endswith(".invalid") or domain in self._config().fake_domain_set:
             raise errors.fake_email(email)
-        return email, hashlib.md5(lowered.encode()).hexdigest()
+        return email, md5(lowered.encode()).hexdigest()
 
     def _check_fail_list(self, email: str) -> None:
-        kind = self._config().fail_emails.get(email.lower())
+        fail_emails = self._config().fail_emails
+        if not fail_emails:
+            return
+        kind = fail_emails.get(email.lower())
         if kind is None:
             return
         if kind == "fake":
             raise errors.fake_email(email)
         if kind == "compliance":
             raise errors.compliance(email)
+        if kind == "throttled":
+            raise errors.invalid(
+                f"{email} has signed up to a lot of lists very recently; "
+                "we're not allowing more signups for now"
+            )
         tag = self.merge_tags[0] if self.merge_tags else "FNAME"
         raise errors.merge_fields([{"field": tag, "message": "Please enter a value"}])
 
     @staticmethod
     def _schema_errors(body: Any, *, tags: bool, nullable: bool) -> list[dict[str, str]]:
-        if not isinstance(body, dict):
-            return [
-                {
-                    "field": "",
-                    "message": f"Schema describes object, {type_name(body)} found instead",
-                }
-            ]
+        """JSON-schema checks of a member body, in one pass over the keys it has."""
+        if type(body) is not dict:
+            found = type_name(body)
+            return [{"field": "", "message": f"Schema describes object, {found} found instead"}]
         errs: list[dict[str, str]] = []
-        for key in (
-            "email_address",
-            "language",
-            "ip_signup",
-            "ip_opt",
-            "timestamp_signup",
-            "timestamp_opt",
-        ):
-            if key in body:
-                value = body[key]
-                if value is None and nullable:
-                    continue
-                if not isinstance(value, str):
+        for key, value in body.items():
+            if value is None and nullable:
+                continue
+            if key in STRING_KEYS:
+                if type(value) is not str:
+                    found = type_name(value)
                     errs.append(
-                        {
-                            "field": key,
-                            "message": f"Schema describes string, {type_name(value)} found instead",
-                        }
+                        {"field": key, "message": f"Schema describes string, {found} found instead"}
                     )
-                elif key.startswith("timestamp_") and value.strip():
+                elif key[0] == "t" and value.strip():
                     try:
                         clock.parse(value)
                     except ValueError:
-                        errs.append(
-                            {
-                                "field": key,
-                                "message": "Data did not match any of the schemas described in "
-                                "anyOf.",
-                            }
-                        )
-        for key in ("status", "status_if_new"):
-            if key in body:
-                value = body[key]
-                if value is None and nullable:
-                    continue
+                        errs.append({"field": key, "message": c.ANYOF})
+            elif key == "status" or key == "status_if_new":
                 if value not in c.WRITE_STATUSES:
                     errs.append(
                         {
@@ -346,57 +404,43 @@ class Audience:
                             "message": f"Value must be one of: {STATUS_CHOICES} (not {value!r})",
                         }
                     )
-        if (
-            "email_type" in body
-            and body["email_type"] not in c.EMAIL_TYPES
-            and not (nullable and body["email_type"] is None)
-        ):
-            errs.append({"field": "email_type", "message": "Value must be one of: html, text"})
-        if (
-            "vip" in body
-            and not isinstance(body["vip"], bool)
-            and not (nullable and body["vip"] is None)
-        ):
-            found = type_name(body["vip"])
-            errs.append(
-                {"field": "vip", "message": f"Schema describes boolean, {found} found instead"}
-            )
-        for key in ("merge_fields", "interests", "location"):
-            if key in body and not isinstance(body[key], dict):
-                if nullable and body[key] is None:
-                    continue
-                errs.append(
-                    {
-                        "field": key,
-                        "message": f"Schema describes object, {type_name(body[key])} found instead",
-                    }
-                )
-        merges = body.get("merge_fields")
-        if isinstance(merges, dict):
-            for tag, value in merges.items():
-                if value is None or isinstance(value, bool | list):
-                    errs.append({"field": f"merge_fields.{tag}", "message": c.ANYOF})
-                elif isinstance(value, dict) and not all(k in value for k in ADDRESS_REQUIRED):
-                    # an object must be an address; an incomplete one is caught per field
-                    continue
-        if tags and "tags" in body:
-            value = body["tags"]
-            if not isinstance(value, list):
-                if not (nullable and value is None):
+            elif key == "merge_fields":
+                if type(value) is not dict:
+                    found = type_name(value)
                     errs.append(
-                        {
-                            "field": "tags",
-                            "message": f"Schema describes array, {type_name(value)} found instead",
-                        }
+                        {"field": key, "message": f"Schema describes object, {found} found instead"}
                     )
-            else:
+                    continue
+                for tag, item in value.items():
+                    if item is None or isinstance(item, bool | list):
+                        errs.append({"field": f"merge_fields.{tag}", "message": c.ANYOF})
+            elif key == "interests" or key == "location":
+                if type(value) is not dict:
+                    found = type_name(value)
+                    errs.append(
+                        {"field": key, "message": f"Schema describes object, {found} found instead"}
+                    )
+            elif key == "email_type":
+                if value not in c.EMAIL_TYPES:
+                    errs.append({"field": key, "message": "Value must be one of: html, text"})
+            elif key == "vip":
+                if type(value) is not bool:
+                    message = f"Schema describes boolean, {type_name(value)} found instead"
+                    errs.append({"field": key, "message": message})
+            elif key == "tags" and tags:
+                if type(value) is not list:
+                    found = type_name(value)
+                    errs.append(
+                        {"field": key, "message": f"Schema describes array, {found} found instead"}
+                    )
+                    continue
                 for i, item in enumerate(value):
-                    if not isinstance(item, str):
+                    if type(item) is not str:
+                        found = type_name(item)
                         errs.append(
                             {
                                 "field": f"tags.{i}",
-                                "message": f"Schema describes string, {type_name(item)} found "
-                                "instead",
+                                "message": f"Schema describes string, {found} found instead",
                             }
                         )
         return errs
@@ -411,14 +455,19 @@ class Audience:
         """The member's merge values after applying `given`; raise on invalid merge fields."""
         result = dict(current)
         field_errors: list[dict[str, str]] = []
+        fields = self.merge_fields
         for raw_tag, value in (given or {}).items():
-            tag = str(raw_tag).upper()
-            mf = self.merge_fields.get(tag)
+            mf = fields.get(raw_tag) or fields.get(str(raw_tag).upper())
             if mf is None:
                 continue  # unknown merge tags are ignored
-            if isinstance(value, str) and value == "":
-                result.pop(tag, None)
-                continue
+            tag = mf.tag
+            if type(value) is str:
+                if value == "":
+                    result.pop(tag, None)
+                    continue
+                if mf.type in TEXT_TYPES:  # the common case, no further checks
+                    result[tag] = value
+                    continue
             if mf.type == "address":
                 if isinstance(value, dict):
                     if not all(str(value.get(k) or "").strip() for k in ADDRESS_REQUIRED):
@@ -462,12 +511,8 @@ class Audience:
                     continue
                 result[tag] = value
         if not skip_validation:
-            for tag, mf in self.merge_fields.items():
-                if (
-                    mf.required
-                    and result.get(tag, "") == ""
-                    and not any(e["field"] == tag for e in field_errors)
-                ):
+            for tag in self.required_tags:
+                if result.get(tag, "") == "" and not any(e["field"] == tag for e in field_errors):
                     field_errors.append({"field": tag, "message": "Please enter a value"})
         if field_errors:
             raise errors.merge_fields(field_errors)
@@ -530,11 +575,11 @@ class Audience:
             body.get("merge_fields"), {}, skip_validation=skip_merge_validation
         )
         self._check_interests(body)
-        ids = self.ids
+        uid, web_id, contact_id = self.ids.member_ids()
         member = Member(
-            uid=ids.hex(10),
-            web_id=ids.web_id(),
-            contact_id=ids.hex(32),
+            uid=uid,
+            web_id=web_id,
+            contact_id=contact_id,
             email=email,
             hash=key,
             status=status,
@@ -546,21 +591,23 @@ class Audience:
         tags = body.get("tags") or []
         if tags:
             stamp = clock.iso(now)
+            active, _ = _own_tags(member)
             for name in tags:
                 name = name.strip()
                 if name:
                     self._register_tag(name)
-                    member.tags[name] = stamp
+                    active[name] = stamp
         member.last_changed = now
         self.members[member.uid] = member
         self.by_hash[key] = member
-        self.by_contact[member.contact_id] = member
         self.version += 1
         return member
 
     @staticmethod
     def _apply_scalars(member: Member, body: dict[str, Any]) -> bool:
         """Copy the plain fields of a write; True when something changed."""
+        if SCALAR_KEYS.isdisjoint(body):
+            return False
         changed = False
         email_type = body.get("email_type")
         if email_type and email_type != member.email_type:
@@ -663,19 +710,20 @@ class Audience:
     def _apply_tags(self, member: Member, updates: list[dict[str, Any]], now: float) -> bool:
         stamp = clock.iso(now)
         changed = False
+        active, inactive = _own_tags(member)
         for item in updates:
             name = item["name"].strip()
             if not name:
                 continue
             if item["status"] == "active":
-                if name not in member.tags:
+                if name not in active:
                     self._register_tag(name)
-                    member.tags[name] = stamp
-                    member.inactive_tags.pop(name, None)
+                    active[name] = stamp
+                    inactive.pop(name, None)
                     changed = True
-            elif name in member.tags:
-                del member.tags[name]
-                member.inactive_tags[name] = stamp
+            elif name in active:
+                del active[name]
+                inactive[name] = stamp
                 changed = True
         return changed
 
@@ -843,7 +891,6 @@ class Audience:
         self._fire("unsubscribe", member, source, {"action": "delete", "reason": "manual"})
         del self.members[member.uid]
         del self.by_hash[member.hash]
-        del self.by_contact[member.contact_id]
         self.forgotten[member.hash] = now
         self.version += 1
 
@@ -1033,6 +1080,10 @@ class Audience:
     ) -> Member:
         """What a person does in Mailchimp (a link, a bounce, a form); fires as `source`."""
         now = clock.now() if now is None else now
+        if merge_fields is not None:
+            errs = self._schema_errors({"merge_fields": merge_fields}, tags=False, nullable=False)
+            if errs:
+                raise errors.schema(errs)
         key = subscriber_hash(email)
         member = self.by_hash.get(key)
         if action == "signup":

@@ -10,7 +10,7 @@ from typing import Any
 from app.sandbox.mailchimp.constants import DEFAULT_FAKE_EMAIL_DOMAINS
 
 FAULT_KINDS = ("429", "403", "503", "timeout")
-FAIL_KINDS = frozenset({"fake", "compliance", "merge_fields"})
+FAIL_KINDS = frozenset({"fake", "compliance", "merge_fields", "throttled"})
 
 
 @dataclass
@@ -23,7 +23,8 @@ class SandboxConfig:
     - ``fault_rates``: probabilities per API request of ``429``, ``403`` (no body), ``503`` and
       ``timeout`` (held ``timeout_seconds``, then 504; the change is not applied).
     - ``outage_seconds``: from the moment it is set, every API request answers 503 for N s.
-    - ``fail_emails``: ``{email: "fake" | "compliance" | "merge_fields"}`` permanent 400s.
+    - ``fail_emails``: ``{email: "fake" | "compliance" | "merge_fields" | "throttled"}``:
+      every write of that address fails so (throttled = "signed up to a lot of lists").
     - ``fake_email_domains``: domains answered "looks fake or invalid" (plus any ``.invalid``).
     - ``seed``: faults are a pure function of the seed and the order of API requests.
     """
@@ -41,6 +42,18 @@ class SandboxConfig:
     webhook_timeout_seconds: float = 10.0
     oauth_code_ttl_seconds: float = 600.0
     request_log_size: int = 50_000
+    _fake_cache: tuple[list[str], frozenset[str]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def fake_domain_set(self) -> frozenset[str]:
+        """`fake_email_domains` as a set (cached until the list is replaced)."""
+        cached = self._fake_cache
+        if cached is None or cached[0] is not self.fake_email_domains:
+            cached = (self.fake_email_domains, frozenset(self.fake_email_domains))
+            self._fake_cache = cached
+        return cached[1]
 
     def copy(self) -> SandboxConfig:
         """A deep copy (the state keeps the configuration it started with for resets)."""
@@ -48,11 +61,13 @@ class SandboxConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return asdict(self)
+        out = asdict(self)
+        out.pop("_fake_cache", None)
+        return out
 
     def patch(self, changes: dict[str, Any]) -> None:
         """Apply a partial update, validating every value; raise ValueError on a bad one."""
-        known = {f.name for f in fields(self)}
+        known = {f.name for f in fields(self) if not f.name.startswith("_")}
         unknown = set(changes) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from app.sandbox.mailchimp import clock
 from app.sandbox.mailchimp.audience import Audience, Member, MergeField, Webhook
 
@@ -17,14 +19,58 @@ def link(rel: str, href: str, method: str = "GET", schema: str | None = None) ->
     return out
 
 
+_HASH = b"@@SUBSCRIBER_HASH@@"
+_link_templates: dict[tuple[str, str], bytes] = {}
+STATS = {"avg_open_rate": 0, "avg_click_rate": 0}
+NO_LOCATION = {
+    "latitude": 0,
+    "longitude": 0,
+    "gmtoff": 0,
+    "dstoff": 0,
+    "country_code": "",
+    "timezone": "",
+    "region": "",
+}
+
+
+def _location(location: Any) -> dict[str, Any]:
+    return {
+        **NO_LOCATION,
+        "latitude": location.get("latitude", 0),
+        "longitude": location.get("longitude", 0),
+    }
+
+
+def member_links(base: str, list_id: str, subscriber_hash: str) -> orjson.Fragment:
+    """The member's `_links`, pre-serialised from a per-(base, list) template: the hot path."""
+    template = _link_templates.get((base, list_id))
+    if template is None:
+        if len(_link_templates) > 1000:
+            _link_templates.clear()
+        href = f"{base}/3.0/lists/{list_id}/members/{_HASH.decode()}"
+        template = orjson.dumps(
+            [
+                link("self", href, "GET", "Lists/Members/Response.json"),
+                link("parent", f"{base}/3.0/lists/{list_id}/members", "GET"),
+                link("update", href, "PATCH", "Lists/Members/PATCH.json"),
+                link("upsert", href, "PUT", "Lists/Members/PUT.json"),
+                link("delete", href, "DELETE"),
+                link("delete_permanent", f"{href}/actions/delete-permanent", "POST"),
+                link("tags", f"{href}/tags", "GET"),
+            ]
+        )
+        _link_templates[(base, list_id)] = template
+    return orjson.Fragment(template.replace(_HASH, subscriber_hash.encode()))
+
+
 def member(m: Member, aud: Audience, base: str) -> dict[str, Any]:
     """A member as reference §1.7 shows it (empty merge fields as "")."""
     merges = m.merge
     merge_fields = {tag: merges.get(tag, "") for tag in aud.merge_tags}
     first = merges.get("FNAME", "")
     last = merges.get("LNAME", "")
-    href = f"{base}/3.0/lists/{aud.id}/members/{m.hash}"
     tag_ids = aud.tag_ids
+    location = m.location
     return {
         "id": m.hash,
         "email_address": m.email,
@@ -36,7 +82,7 @@ def member(m: Member, aud: Audience, base: str) -> dict[str, Any]:
         "status": m.status,
         "consents_to_one_to_one_messaging": True,
         "merge_fields": merge_fields,
-        "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
+        "stats": STATS,
         "ip_signup": m.ip_signup,
         "timestamp_signup": m.timestamp_signup,
         "ip_opt": m.ip_opt,
@@ -46,28 +92,12 @@ def member(m: Member, aud: Audience, base: str) -> dict[str, Any]:
         "language": m.language,
         "vip": m.vip,
         "email_client": "",
-        "location": {
-            "latitude": m.location.get("latitude", 0),
-            "longitude": m.location.get("longitude", 0),
-            "gmtoff": 0,
-            "dstoff": 0,
-            "country_code": "",
-            "timezone": "",
-            "region": "",
-        },
+        "location": _location(location) if location else NO_LOCATION,
         "source": m.source,
         "tags_count": len(m.tags),
         "tags": [{"id": tag_ids[name], "name": name} for name in m.tags],
         "list_id": aud.id,
-        "_links": [
-            link("self", href, "GET", "Lists/Members/Response.json"),
-            link("parent", f"{base}/3.0/lists/{aud.id}/members", "GET"),
-            link("update", href, "PATCH", "Lists/Members/PATCH.json"),
-            link("upsert", href, "PUT", "Lists/Members/PUT.json"),
-            link("delete", href, "DELETE"),
-            link("delete_permanent", f"{href}/actions/delete-permanent", "POST"),
-            link("tags", f"{href}/tags", "GET"),
-        ],
+        "_links": member_links(base, aud.id, m.hash),
     }
 
 

@@ -11,6 +11,7 @@ import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -320,7 +321,7 @@ class SandboxState:
             "version": SNAPSHOT_VERSION,
             "accounts": accounts,
             "tokens": {t: a.id for t, a in self.tokens.items()},
-            "next_web_id": self.ids.next_web_id,
+            "next_seq": self.ids.seq,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -333,7 +334,7 @@ class SandboxState:
         self.tokens.clear()
         self._auth_cache.clear()
         self.ids = IdSource(int.from_bytes(os.urandom(4), "big"))
-        self.ids.next_web_id = int(snap.get("next_web_id", self.ids.next_web_id))
+        self.ids.seq = int(snap.get("next_seq", 0))
         for data in snap["accounts"]:
             lists = data.pop("lists")
             account = Account(**data)
@@ -354,7 +355,7 @@ class SandboxState:
                 )
                 for mf in item["merge_fields"]:
                     aud.merge_fields[mf["tag"]] = MergeField(**mf)
-                aud.merge_tags = tuple(aud.merge_fields)
+                aud.merge_fields_changed()
                 aud.next_merge_id = item["next_merge_id"]
                 aud.next_tag_id = item["next_tag_id"]
                 aud.tag_ids = dict(item["tag_ids"])
@@ -363,8 +364,6 @@ class SandboxState:
                     member = Member(**m)
                     aud.members[member.uid] = member
                     aud.by_hash[member.hash] = member
-                    aud.by_contact[member.contact_id] = member
-                    self.ids.used.update((member.uid, member.contact_id))
                 for w in item["webhooks"]:
                     webhook = Webhook(**w)
                     aud.webhooks[webhook.id] = webhook
@@ -389,4 +388,8 @@ class SandboxState:
 
 
 def _slots(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
+    out = {}
+    for name in obj.__slots__:
+        value = getattr(obj, name)
+        out[name] = dict(value) if isinstance(value, MappingProxyType) else value
+    return out
