@@ -34,7 +34,9 @@ async def engine_run(db_url: str, sandbox: harness.SandboxProcess, n: int) -> di
     engine = create_engine(db_url, pool_size=20)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE"))
+            await conn.execute(
+                text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE")
+            )
         conn_id = await harness.connect_owner(engine, settings, OWNER)
         async with engine.begin() as conn:
             await conn.execute(text("DELETE FROM sync_queue"))
@@ -60,7 +62,9 @@ def main() -> None:
     parser.add_argument("--peer-contacts", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peer-runs", type=int, default=1)
-    parser.add_argument("--runners", nargs="+", default=["engine", "pgqueuer", "procrastinate", "asyncio"])
+    parser.add_argument(
+        "--runners", nargs="+", default=["engine", "pgqueuer", "procrastinate", "asyncio"]
+    )
     args = parser.parse_args()
     bound = CAP * BATCH / ((L0_MS + C_MS * BATCH) / 1000.0)
     out: dict[str, Any] = {
@@ -71,7 +75,10 @@ def main() -> None:
         "peers": peers.describe(),
         "runners": {},
     }
-    with harness.scratch_database() as db_url, harness.sandbox_process(max_in_flight=CAP) as sandbox:
+    with (
+        harness.scratch_database() as db_url,
+        harness.sandbox_process(max_in_flight=CAP) as sandbox,
+    ):
         sandbox.configure(latency_ms=L0_MS, latency_per_member_ms=C_MS)
         for runner in args.runners:
             results = []
@@ -89,8 +96,15 @@ def main() -> None:
                 assert sandbox.member_count(harness.default_list_id()) == n
             seconds = harness.median([r["seconds"] for r in results])
             rate = n / seconds
-            out["runners"][runner] = {"runs": results, "members_per_s": rate, "ratio_to_bound": rate / bound}
-            print(f"B2 {runner}: {rate:.0f} members/s = {rate / bound:.2f} of the {bound:.0f}/s bound", flush=True)
+            out["runners"][runner] = {
+                "runs": results,
+                "members_per_s": rate,
+                "ratio_to_bound": rate / bound,
+            }
+            print(
+                f"B2 {runner}: {rate:.0f} members/s = {rate / bound:.2f} of the {bound:.0f}/s bound",
+                flush=True,
+            )
     engine_rate = out["runners"].get("engine", {}).get("members_per_s")
     if engine_rate:
         for runner, row in out["runners"].items():
