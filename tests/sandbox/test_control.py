@@ -191,3 +191,14 @@ async def test_mounted_urls_follow_root_path() -> None:
         )
         assert f"action='{root}/oauth2/authorize'" in page.text
         assert (await client.get(f"{root}/_control/config")).status_code == 200
+
+
+async def test_request_log_keeps_write_bodies_when_asked(mc: httpx.AsyncClient) -> None:
+    body = {"email_address": "rec@example.com", "status_if_new": "subscribed"}
+    await mc.put(member_url("rec@example.com"), json=body)
+    assert "body" not in (await mc.get("/_control/requests")).json()["requests"][-1]
+    await mc.patch("/_control/config", json={"record_bodies": True})
+    await mc.put(member_url("rec@example.com"), json={**body, "merge_fields": {"FNAME": "R"}})
+    logged = (await mc.get("/_control/requests")).json()["requests"][-1]
+    assert '"FNAME": "R"' in logged["body"] or '"FNAME":"R"' in logged["body"]
+    assert (await mc.patch("/_control/config", json={"record_bodies": "yes"})).status_code == 400

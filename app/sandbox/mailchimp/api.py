@@ -200,6 +200,7 @@ class MarketingApi:
                 request_id,
                 meta["members"],
                 meta["fault"],
+                body if state.config.record_bodies and method != "GET" else None,
             )
         )
 

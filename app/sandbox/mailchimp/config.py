@@ -27,6 +27,8 @@ class SandboxConfig:
       every write of that address fails so (throttled = "signed up to a lot of lists").
     - ``fake_email_domains``: domains answered "looks fake or invalid" (plus any ``.invalid``).
     - ``seed``: faults are a pure function of the seed and the order of API requests.
+    - ``record_bodies``: keep each write request's JSON body in the request log (benchmarks
+      check what was sent, in which order).
     """
 
     latency_ms: float = 0.0
@@ -42,6 +44,7 @@ class SandboxConfig:
     webhook_timeout_seconds: float = 10.0
     oauth_code_ttl_seconds: float = 600.0
     request_log_size: int = 50_000
+    record_bodies: bool = False
     _fake_cache: tuple[list[str], frozenset[str]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -108,6 +111,10 @@ def _validate(key: str, value: Any, current: SandboxConfig) -> Any:
         return _integer(key, value, minimum=1)
     if key == "request_log_size":
         return _integer(key, value, minimum=1)
+    if key == "record_bodies":
+        if not isinstance(value, bool):
+            raise ValueError("record_bodies must be a boolean")
+        return value
     if key == "seed":
         return _integer(key, value, minimum=-(2**63))
     if key == "fault_rates":

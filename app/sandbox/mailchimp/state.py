@@ -63,7 +63,7 @@ DEFAULT_ACCESS_TOKEN = derive_token(
 
 # One request-log entry: method, path, status, start, end, in_flight, account, request id,
 # members, fault.
-LogEntry = tuple[str, str, int, float, float, int, str | None, str, int, str | None]
+LogEntry = tuple[str, str, int, float, float, int, str | None, str, int, str | None, bytes | None]
 
 
 class SandboxState:
@@ -289,6 +289,7 @@ class SandboxState:
                 "request_id": e[7],
                 "members": e[8],
                 "fault": e[9],
+                **({"body": e[10].decode("utf-8", "replace")} if e[10] is not None else {}),
             }
             for e in self.requests
         ]
