@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics, wiring
+from app.sync import outbox
 from app.auth.tokens import TokenVerifier
 from app.config import Settings, get_settings
 from app.contacts.routes import router as contacts_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     """Build the service. `runtime` lets tests share one database across app instances."""
     settings = settings or get_settings()
     configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
+    outbox.configure(settings.SYNC_COALESCE_SECONDS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:

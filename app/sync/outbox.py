@@ -17,14 +17,19 @@ NOTIFY_CHANNEL = "sync_queue"
 # A new change re-arms a parked or backed-off row (attempts reset, due now); `seq` tells the
 # worker that a row it is sending changed meanwhile. `forget` is sticky: an erasure request
 # is never undone by a later write.
+# Coalescing hold: a key sent less than `hold` seconds ago waits until that much time has
+# passed, so a contact edited over and over is sent once per hold with its latest state
+# (DESIGN §1.4), while a change to a quiet contact goes at once.
 _ENQUEUE = text(
     """
     WITH ins AS (
         INSERT INTO sync_queue AS q
-            (connection_id, email_key, contact_id, priority, forget)
-        SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget
+            (connection_id, email_key, contact_id, priority, forget, available_at)
+        SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
+               GREATEST(now(), s.last_synced_at + make_interval(secs => :hold))
         FROM connections c
         CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
+        LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = k.email_key
         WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
         ON CONFLICT (connection_id, email_key) DO UPDATE SET
             seq = q.seq + 1,
@@ -34,13 +39,23 @@ _ENQUEUE = text(
             state = 'ready',
             attempts = 0,
             last_error = NULL,
-            available_at = now()
+            available_at = EXCLUDED.available_at
         RETURNING 1
     )
     SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END AS notified
     FROM ins
     """
 )
+
+
+# Seconds a just-sent key waits before its next send (SYNC_COALESCE_SECONDS); the service and
+# the worker set it from their settings at start-up.
+_coalesce = {"seconds": 0.0}
+
+
+def configure(coalesce_seconds: float) -> None:
+    """Set the coalescing hold for this process."""
+    _coalesce["seconds"] = max(0.0, float(coalesce_seconds))
 
 
 def email_key(email: str | None) -> str | None:
@@ -72,6 +87,7 @@ async def enqueue(
             "contact_id": str(contact_id) if contact_id else None,
             "priority": priority,
             "forget": forget,
+            "hold": _coalesce["seconds"],
             "channel": NOTIFY_CHANNEL,
         },
     )

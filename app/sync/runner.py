@@ -11,6 +11,7 @@ import structlog
 from app import metrics
 from app.config import Settings
 from app.logging import configure_logging
+from app.sync import outbox
 from app.sync.engine import SyncEngine
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ async def _main(settings: Settings) -> None:
 def run_worker_process(settings: Settings) -> None:
     """`audience-sync worker`: the worker alone until SIGTERM/SIGINT."""
     configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
+    outbox.configure(settings.SYNC_COALESCE_SECONDS)
     try:
         import uvloop
 

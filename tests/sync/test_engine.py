@@ -337,3 +337,33 @@ class TestBatch:
         reqs = await sandbox.requests()
         assert len(reqs) <= 3
         assert (await sandbox.members())["hot@example.com"]["merge_fields"]["FNAME"] == "v100"
+
+
+class TestCoalescingHold:
+    async def test_a_just_sent_key_waits_a_quiet_one_goes_at_once(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        from app.sync import outbox
+
+        c = await crm.create(email="hot2@example.com", first_name="a")
+        await drain(make_engine)
+        outbox.configure(30.0)
+        try:
+            await crm.patch(c["id"], first_name="b")
+            await crm.create(email="quiet2@example.com")
+            rows = await fetch(
+                runtime,
+                "SELECT email_key, available_at > now() AS held FROM sync_queue ORDER BY 1",
+            )
+            assert rows == [
+                {"email_key": "hot2@example.com", "held": True},
+                {"email_key": "quiet2@example.com", "held": False},
+            ]
+            await sandbox.clear_requests()
+            await drain(make_engine)
+            assert [r["path"].rsplit("/", 1)[-1] for r in await sandbox.requests()] == [
+                h("quiet2@example.com")
+            ]
+            assert (await sandbox.members())["hot2@example.com"]["merge_fields"]["FNAME"] == "a"
+        finally:
+            outbox.configure(0.0)
