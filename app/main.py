@@ -16,7 +16,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics, wiring
-from app.sync import outbox
 from app.auth.tokens import TokenVerifier
 from app.config import Settings, get_settings
 from app.contacts.routes import router as contacts_router
@@ -24,6 +23,7 @@ from app.db import create_engine, make_sessionmaker, migrations_at_head, resolve
 from app.errors import install_error_handlers, problem
 from app.logging import RequestIdMiddleware, configure_logging
 from app.migrate import upgrade_head
+from app.sync import outbox
 
 log = structlog.get_logger(__name__)
 
