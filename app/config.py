@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     MAILCHIMP_MAX_CONCURRENCY: int = Field(default=8, ge=1, le=10)
     MAILCHIMP_DOUBLE_OPT_IN: bool = False
     MAILCHIMP_SYNC_ADDRESS: bool = False
-    MAILCHIMP_MERGE_FIELD_MAP: dict[str, str] = Field(default_factory=dict)
+    MAILCHIMP_MERGE_FIELD_MAP: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     MAILCHIMP_TIMEOUT_SECONDS: float = 30.0
 
     # --- sync engine ---------------------------------------------------------------------
