@@ -108,7 +108,7 @@ class EngineOptions:
     backoff: Backoff = field(default_factory=Backoff)
     mapping: MappingConfig = field(default_factory=MappingConfig)
     sandbox: bool = True
-    probe_max_interval: float = 5.0
+    probe_max_interval: float = 2.0
     throttle_cooldown: float = 1.0
 
     @classmethod
