@@ -133,6 +133,16 @@ def sandbox_mailchimp(
         int | None, typer.Option(help="Requests in flight per account before 429.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
+    fault_429: Annotated[float, typer.Option(help="Rate of injected 429s (0-1).")] = 0.0,
+    fault_403: Annotated[float, typer.Option(help="Rate of injected body-less 403s.")] = 0.0,
+    fault_503: Annotated[float, typer.Option(help="Rate of injected 503s.")] = 0.0,
+    fault_timeout: Annotated[float, typer.Option(help="Rate of injected timeouts.")] = 0.0,
+    timeout_seconds: Annotated[
+        float | None, typer.Option(help="How long an injected timeout holds a request.")
+    ] = None,
+    state_file: Annotated[
+        Path | None, typer.Option(help="JSON snapshot: loaded at start, saved at exit.")
+    ] = None,
 ) -> None:
     """Serve the Mailchimp sandbox alone."""
     from app.sandbox.mailchimp.cli import serve_sandbox
@@ -144,6 +154,14 @@ def sandbox_mailchimp(
         latency_per_member_ms=latency_per_member_ms,
         max_in_flight=max_in_flight,
         seed=seed,
+        fault_rates={
+            "429": fault_429,
+            "403": fault_403,
+            "503": fault_503,
+            "timeout": fault_timeout,
+        },
+        timeout_seconds=timeout_seconds,
+        state_file=state_file,
     )
 
 

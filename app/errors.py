@@ -159,9 +159,23 @@ async def _app_error(request: Request, exc: Exception) -> ProblemResponse:
     )
 
 
+# FastAPI's answer to a body it cannot even decode (not UTF-8, say): a 400 that no operation
+# documents. Malformed JSON is already a 422; an undecodable body is the same kind of error.
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
 async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
+    if exc.status_code == 400 and detail == _UNPARSABLE_BODY:
+        return problem(
+            request,
+            422,
+            title="Unprocessable Content",
+            detail="The request body could not be parsed; send UTF-8 JSON.",
+            type_=PROBLEM_BASE + "validation",
+            extra={"errors": [{"field": "body", "message": "not parsable"}]},
+        )
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")

@@ -23,6 +23,7 @@ from app.db import create_engine, make_sessionmaker, migrations_at_head, resolve
 from app.errors import install_error_handlers, problem
 from app.logging import RequestIdMiddleware, configure_logging
 from app.migrate import upgrade_head
+from app.sync import outbox
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     """Build the service. `runtime` lets tests share one database across app instances."""
     settings = settings or get_settings()
     configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
+    outbox.configure(settings.SYNC_COALESCE_SECONDS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:

@@ -75,7 +75,7 @@ async def refresh_gauges(rt: Runtime) -> None:
     async with rt.engine.connect() as conn:
         depth = await conn.execute(text("SELECT state, count(*) FROM sync_queue GROUP BY state"))
         seen = {"ready": 0, "parked": 0}
-        seen.update(dict(depth.tuples().all()))
+        seen.update(dict(depth.all()))
         for state, n in seen.items():
             QUEUE_DEPTH.labels(state=state).set(n)
         oldest = await conn.execute(

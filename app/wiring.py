@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -12,31 +13,72 @@ from app.config import Settings
 
 if TYPE_CHECKING:
     from app.main import Runtime
+    from app.sync.engine import SyncEngine
 
 log = structlog.get_logger(__name__)
+
+SANDBOX_PREFIX = "/_sandbox/mailchimp"
 
 
 def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
-    return []
+    from app.connections.routes import router as connections_router
+
+    return [connections_router]
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    """Sub-applications (the Mailchimp sandbox in sandbox mode)."""
+    """Sub-applications: the Mailchimp sandbox in sandbox mode."""
+    if not settings.is_sandbox:
+        return
+    try:
+        from app.sandbox.mailchimp import create_app as create_sandbox
+    except ImportError:  # pragma: no cover - the sandbox ships with the service
+        return
+    sandbox = create_sandbox(state_file=settings.DATA_DIR / "sandbox-mailchimp.json")
+    app.state.sandbox_app = sandbox
+    app.mount(SANDBOX_PREFIX, sandbox)
+
+
+def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
+    """Jobs every worker runs on a schedule (reconcile runs, scheduled pulls)."""
+    return []
 
 
 async def on_startup(app: FastAPI, rt: Runtime) -> None:
-    """Start background work (the in-process worker)."""
+    """Shared HTTP transport, configured connection, in-process worker; print the banner."""
+    from app.connections.service import ensure_configured_connection
+    from app.db import session_scope
+    from app.sync.engine import build_transport
+    from app.sync.runner import start_in_process
+
+    rt.extras.setdefault("transport", build_transport())
+    async with session_scope(rt.sessionmaker) as session:
+        await ensure_configured_connection(rt.settings, session)
+    if rt.settings.WORKER_IN_PROCESS:
+        await start_in_process(rt)
     banner = getattr(app.state, "banner", None)
     if banner:
         print(banner, flush=True)  # noqa: T201 - the newcomer's first screen, not a log line
 
 
 async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
-    """Stop background work, letting in-flight sends finish."""
-    for task in rt.tasks:
-        task.cancel()
+    """Stop the worker (in-flight sends finish), then close the HTTP transport."""
+    engine = rt.extras.pop("engine", None)
+    if engine is not None:
+        engine.stop()
     results: list[Any] = await asyncio.gather(*rt.tasks, return_exceptions=True)
+    rt.tasks.clear()
     for result in results:
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.warning("service.task_failed_on_shutdown", error=repr(result))
+    transport = rt.extras.pop("transport", None)
+    if transport is not None:
+        await transport.aclose()
+    sandbox = getattr(app.state, "sandbox_app", None)
+    if sandbox is not None:
+        # A mounted app's own lifespan never runs: close its webhook deliveries, keep its data.
+        await sandbox.state.sandbox.hub.aclose()
+        state_file = sandbox.state.state_file
+        if state_file is not None:
+            sandbox.state.sandbox.save(state_file)

@@ -105,6 +105,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "AUTO_MIGRATE": False,
         "MAILCHIMP_MODE": "sandbox",
         "LOG_LEVEL": "WARNING",
+        "SYNC_COALESCE_SECONDS": 0,
         "DATA_DIR": tempfile.mkdtemp(prefix="as-data-"),
     }
     values.update(overrides)

@@ -28,8 +28,7 @@ async def _one(session: SessionDep, owner_id: str, row: dict | object) -> Contac
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ContactOut,
-    # 400: a body that is not UTF-8 cannot be parsed at all (malformed JSON is a 422).
-    responses=problem_responses(400, 401, 409, 422),
+    responses=problem_responses(401, 409, 422),
 )
 async def create_contact(
     body: ContactCreate,
@@ -76,7 +75,7 @@ async def get_contact(
 @router.patch(
     "/{contact_id}",
     response_model=ContactOut,
-    responses=problem_responses(400, 401, 404, 409, 412, 422),
+    responses=problem_responses(401, 404, 409, 412, 422),
 )
 async def update_contact(
     contact_id: uuid.UUID,

@@ -18,12 +18,17 @@ NOTIFY_CHANNEL = "sync_queue"
 # A new change re-arms a parked or backed-off row (attempts reset, due now); `seq` tells the
 # worker that a row it is sending changed meanwhile. `forget` is sticky: an erasure request
 # is never undone by a later write.
+# Coalescing hold: a key sent less than `hold` seconds ago waits until that much time has
+# passed, so a contact edited over and over is sent once per hold with its latest state
+# (DESIGN §1.4), while a change to a quiet contact goes at once.
 UPSERT_SQL = """
     INSERT INTO sync_queue AS q
-        (connection_id, email_key, contact_id, priority, forget)
-    SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget
+        (connection_id, email_key, contact_id, priority, forget, available_at)
+    SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
+           GREATEST(now(), s.last_synced_at + make_interval(secs => :hold))
     FROM connections c
     CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
+    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = k.email_key
     WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
     ON CONFLICT (connection_id, email_key) DO UPDATE SET
         seq = q.seq + 1,
@@ -33,7 +38,7 @@ UPSERT_SQL = """
         state = 'ready',
         attempts = 0,
         last_error = NULL,
-        available_at = now()
+        available_at = EXCLUDED.available_at
     RETURNING q.connection_id, q.email_key, q.state, q.last_error
 """
 """The queue upsert, for use as a CTE body; its parameters come from `enqueue_params`.
@@ -48,6 +53,16 @@ _ENQUEUE = text(
     FROM ins
     """
 )
+
+
+# Seconds a just-sent key waits before its next send (SYNC_COALESCE_SECONDS); the service and
+# the worker set it from their settings at start-up.
+_coalesce = {"seconds": 0.0}
+
+
+def configure(coalesce_seconds: float) -> None:
+    """Set the coalescing hold for this process."""
+    _coalesce["seconds"] = max(0.0, float(coalesce_seconds))
 
 
 def email_key(email: str | None) -> str | None:
@@ -92,5 +107,6 @@ def enqueue_params(
         "contact_id": str(contact_id) if contact_id else None,
         "priority": priority,
         "forget": forget,
+        "hold": _coalesce["seconds"],
         "channel": NOTIFY_CHANNEL,
     }

@@ -1,0 +1,231 @@
+"""`/_control`: reset, configuration, accounts and audiences, members dump, people's
+actions, request and webhook-delivery logs. Never subject to latency, the cap or faults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.sandbox.mailchimp import clock, render
+from app.sandbox.mailchimp.api import base_url
+from app.sandbox.mailchimp.errors import ApiError
+from app.sandbox.mailchimp.state import Account, SandboxState, derive_token
+
+ACTIONS = ("unsubscribe", "clean", "abuse", "signup", "change-email", "profile")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def _error(status: int, detail: str) -> Response:
+    return _json({"detail": detail}, status)
+
+
+def _state(request: Request) -> SandboxState:
+    state: SandboxState = request.app.state.sandbox
+    return state
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    return data
+
+
+def account_view(account: Account, base: str) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "dc": account.dc,
+        "api_key": account.api_key,
+        "client_id": account.client_id,
+        "client_secret": account.client_secret,
+        "oauth": {
+            "client_id": account.client_id,
+            "client_secret": account.client_secret,
+            "authorize_url": f"{base}/oauth2/authorize",
+            "token_url": f"{base}/oauth2/token",
+            "metadata_url": f"{base}/oauth2/metadata",
+            "access_token": derive_token(account.id, account.client_id, account.client_secret),
+        },
+        "login_email": account.login_email,
+        "api_endpoint": base,
+        "lists": [
+            {"id": aud.id, "name": aud.name, "member_count": len(aud.members)}
+            for aud in account.lists.values()
+        ],
+    }
+
+
+async def index(request: Request) -> Response:
+    """What the control API offers."""
+    return _json(
+        {
+            "endpoints": [
+                "POST /_control/reset",
+                "GET, PATCH /_control/config",
+                "GET, POST /_control/accounts",
+                "POST /_control/accounts/{account_id}/lists",
+                "GET /_control/lists/{list_id}/members",
+                "POST /_control/lists/{list_id}/actions/{action}  action in " + ", ".join(ACTIONS),
+                "GET, DELETE /_control/requests",
+                "GET, DELETE /_control/webhook-deliveries",
+            ]
+        }
+    )
+
+
+async def reset(request: Request) -> Response:
+    _state(request).reset()
+    return _json({"status": "reset"})
+
+
+async def config(request: Request) -> Response:
+    state = _state(request)
+    if request.method == "PATCH":
+        try:
+            state.patch_config(await _body(request))
+        except ValueError as exc:
+            return _error(400, str(exc))
+    return _json(state.config_view())
+
+
+async def accounts(request: Request) -> Response:
+    state = _state(request)
+    base = base_url(request.scope)
+    if request.method == "POST":
+        try:
+            data = await _body(request)
+            allowed = {"name", "dc", "api_key", "client_id", "client_secret", "login_email"}
+            unknown = set(data) - allowed - {"with_list", "list_name"}
+            if unknown:
+                raise ValueError(f"unknown fields: {sorted(unknown)}")
+            account = state.create_account(
+                **{k: v for k, v in data.items() if k in allowed},
+                with_list=bool(data.get("with_list", True)),
+                list_name=data.get("list_name"),
+            )
+        except (ValueError, TypeError) as exc:
+            return _error(400, str(exc))
+        return _json(account_view(account, base), 201)
+    return _json({"accounts": [account_view(a, base) for a in state.accounts.values()]})
+
+
+async def create_list(request: Request) -> Response:
+    state = _state(request)
+    account = state.accounts.get(request.path_params["account_id"])
+    if account is None:
+        return _error(404, "unknown account")
+    try:
+        data = await _body(request)
+        aud = state.create_list(account, name=data.get("name"), list_id=data.get("id"))
+    except ValueError as exc:
+        return _error(400, str(exc))
+    base = base_url(request.scope)
+    return _json(render.audience(aud, base, account.name), 201)
+
+
+async def members(request: Request) -> Response:
+    state = _state(request)
+    aud = state.lists.get(request.path_params["list_id"])
+    if aud is None:
+        return _error(404, "unknown list")
+    base = base_url(request.scope)
+    out: list[dict[str, Any]] = []
+    for m in aud.members.values():
+        item = render.member(m, aud, base)
+        item["forgotten"] = False
+        item["tags_all"] = [
+            {"name": n, "status": "active", "date": d} for n, d in m.tags.items()
+        ] + [{"name": n, "status": "inactive", "date": d} for n, d in m.inactive_tags.items()]
+        item["status_before_archive"] = m.status_before_archive
+        item["last_changed_epoch"] = m.last_changed
+        out.append(item)
+    for hashed, when in aud.forgotten.items():
+        out.append(
+            {
+                "id": hashed,
+                "status": "forgotten",
+                "forgotten": True,
+                "forgotten_at": clock.iso(when),
+            }
+        )
+    return _json({"list_id": aud.id, "members": out, "total_items": len(out)})
+
+
+async def action(request: Request) -> Response:
+    state = _state(request)
+    aud = state.lists.get(request.path_params["list_id"])
+    if aud is None:
+        return _error(404, "unknown list")
+    name = request.path_params["action"]
+    if name not in ACTIONS:
+        return _error(404, f"unknown action; one of {', '.join(ACTIONS)}")
+    try:
+        data = await _body(request)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    email = data.get("email")
+    if not isinstance(email, str) or not email.strip():
+        return _error(400, "email is required")
+    source = data.get("source", "user")
+    if source not in ("user", "admin"):
+        return _error(400, "source is user or admin")
+    try:
+        member = aud.person_action(
+            name,
+            email,
+            new_email=data.get("new_email"),
+            merge_fields=data.get("merge_fields"),
+            source=source,
+        )
+    except ApiError as exc:
+        return _json({"title": exc.title, "detail": exc.detail, "errors": exc.errors}, exc.status)
+    return _json(render.member(member, aud, base_url(request.scope)))
+
+
+async def requests_log(request: Request) -> Response:
+    state = _state(request)
+    if request.method == "DELETE":
+        state.requests.clear()
+        return Response(status_code=204)
+    entries = state.requests_view()
+    return _json(
+        {
+            "requests": entries,
+            "total_items": len(entries),
+            "max_in_flight_seen": max((e["in_flight"] for e in entries), default=0),
+        }
+    )
+
+
+async def deliveries(request: Request) -> Response:
+    state = _state(request)
+    if request.method == "DELETE":
+        state.hub.clear()
+        return Response(status_code=204)
+    entries = list(state.hub.log)
+    return _json({"deliveries": entries, "total_items": len(entries), "pending": state.hub.pending})
+
+
+routes = [
+    Route("/_control", index, methods=["GET"]),
+    Route("/_control/reset", reset, methods=["POST"]),
+    Route("/_control/config", config, methods=["GET", "PATCH"]),
+    Route("/_control/accounts", accounts, methods=["GET", "POST"]),
+    Route("/_control/accounts/{account_id}/lists", create_list, methods=["POST"]),
+    Route("/_control/lists/{list_id}/members", members, methods=["GET"]),
+    Route("/_control/lists/{list_id}/actions/{action}", action, methods=["POST"]),
+    Route("/_control/requests", requests_log, methods=["GET", "DELETE"]),
+    Route("/_control/webhook-deliveries", deliveries, methods=["GET", "DELETE"]),
+]

@@ -1,0 +1,252 @@
+"""Desired remote state (DESIGN §5): what to do for one subscriber, from the current rows.
+
+Pure functions: no I/O. The engine loads the contact, the mirror row (`sync_state`) and the
+tombstone flag, and gets back a Plan. Nothing here ever turns an unsubscribed, cleaned or
+forgotten person back into a subscriber: only a local re-opt-in made *after* the provider's
+change becomes `pending` (a double opt-in email), the one path Mailchimp allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from app.providers.base import MemberPayload
+
+# Statuses under which the member exists at the provider and can be updated.
+PRESENT = frozenset({"subscribed", "unsubscribed", "cleaned", "pending", "transactional"})
+CONSENTED = frozenset({"subscribed", "pending"})
+ADDRESS_REQUIRED = ("addr1", "city", "state", "zip")
+
+
+class Action(StrEnum):
+    """What the engine does for a key."""
+
+    noop = "noop"  # nothing to send
+    upsert = "upsert"  # PUT (or batch): create with consent, or update a consented member
+    update = "update"  # PATCH: update an existing member without consent (never creates)
+    tags = "tags"  # only the tags differ
+    move = "move"  # email changed A→B: PUT on A's hash with B
+    archive = "archive"  # the contact is gone: archive what we pushed
+    forget = "forget"  # GDPR erase
+
+
+class MirrorOp(StrEnum):
+    """What a noop does to the mirror row."""
+
+    keep = "keep"
+    delete = "delete"
+    forgotten = "forgotten"  # a tombstoned address: shown as rejected, never pushed
+
+
+@dataclass(slots=True)
+class MappingConfig:
+    """Operator-level field mapping (DESIGN §5 mapped fields)."""
+
+    sync_address: bool = False
+    double_opt_in: bool = False
+    custom_map: Mapping[str, str] = field(default_factory=dict)  # custom field -> MERGE TAG
+
+
+@dataclass(slots=True)
+class Plan:
+    """The decision for one key (for a move: the new key, with `move_from` the old one)."""
+
+    key: str
+    action: Action
+    contact: Mapping[str, Any] | None = None
+    mirror: Mapping[str, Any] | None = None
+    payload: MemberPayload | None = None
+    digest: str | None = None
+    tags: list[str] = field(default_factory=list)
+    target_email: str | None = None  # the address the call addresses (archive/forget/move src)
+    move_from: str | None = None
+    mirror_op: MirrorOp = MirrorOp.keep
+
+
+def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, Any]:
+    """FNAME, LNAME, PHONE always; ADDRESS when enabled and complete; mapped custom fields.
+
+    Empty values are omitted, never sent as null: Mailchimp refuses null merge values.
+    """
+    out: dict[str, Any] = {}
+    for tag, column in (("FNAME", "first_name"), ("LNAME", "last_name"), ("PHONE", "phone")):
+        value = contact.get(column)
+        if value:
+            out[tag] = value
+    if cfg.sync_address and all(contact.get(c) for c in ADDRESS_REQUIRED):
+        address = {
+            "addr1": contact["addr1"],
+            "addr2": contact.get("addr2") or "",
+            "city": contact["city"],
+            "state": contact["state"],
+            "zip": contact["zip"],
+            "country": contact.get("country") or "",
+        }
+        out["ADDRESS"] = address
+    custom = contact.get("custom_fields") or {}
+    for name, tag in cfg.custom_map.items():
+        value = custom.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        out[tag] = value
+    return out
+
+
+def digest_of(email: str, fields: Mapping[str, Any]) -> str:
+    """A stable hash of what we send as data (address and merge fields)."""
+    blob = orjson.dumps({"e": email, "m": fields}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def effective_status(mirror: Mapping[str, Any] | None) -> str | None:
+    """The remote status to reason with; a compliance rejection means `unsubscribed`."""
+    if mirror is None:
+        return None
+    status = mirror.get("remote_status")
+    if status == "rejected":
+        return "unsubscribed" if mirror.get("error_kind") == "compliance" else None
+    return status
+
+
+def _later(local: datetime | None, remote: datetime | None) -> bool:
+    # Unknown provider time: never assume the local change is newer (consent is the person's).
+    return local is not None and remote is not None and local > remote
+
+
+def plan_key(
+    key: str,
+    *,
+    contact: Mapping[str, Any] | None,
+    mirror: Mapping[str, Any] | None,
+    tombstoned: bool,
+    forget: bool,
+    cfg: MappingConfig,
+) -> Plan:
+    """Decide what the provider must be told about `key` (DESIGN §5's table)."""
+    if forget:
+        return Plan(key, Action.forget, contact=contact, mirror=mirror, target_email=key)
+    if contact is None:
+        pushed = mirror is not None and mirror.get("pushed_digest") is not None
+        if pushed and mirror is not None and mirror.get("remote_status") in PRESENT:
+            target = mirror.get("pushed_email") or key
+            return Plan(key, Action.archive, mirror=mirror, target_email=target)
+        op = MirrorOp.delete if mirror is not None and not pushed else MirrorOp.keep
+        return Plan(key, Action.noop, mirror=mirror, mirror_op=op)
+    if tombstoned:
+        return Plan(key, Action.noop, contact=contact, mirror=mirror, mirror_op=MirrorOp.forgotten)
+    return _plan_contact(key, contact, mirror, cfg)
+
+
+def _plan_contact(
+    key: str, contact: Mapping[str, Any], mirror: Mapping[str, Any] | None, cfg: MappingConfig
+) -> Plan:
+    email: str = contact["email"]
+    fields = merge_fields(contact, cfg)
+    digest = digest_of(email, fields)
+    tags = list(contact.get("tags") or [])
+    consent = bool(contact.get("newsletter_opt_in")) and contact.get("email_status") == "ok"
+    new_status = "pending" if cfg.double_opt_in else "subscribed"
+    remote = effective_status(mirror)
+
+    def plan(action: Action, status: str | None = None, status_if_new: str = new_status) -> Plan:
+        payload = MemberPayload(
+            email_address=email,
+            merge_fields=fields,
+            status_if_new=status_if_new,
+            status=status,
+            tags=tags,
+        )
+        return Plan(key, action, contact, mirror, payload, digest, tags, target_email=email)
+
+    if remote is None:
+        if not consent:
+            # Never create a member without consent; a stale mirror row goes.
+            op = MirrorOp.delete if mirror is not None else MirrorOp.keep
+            return Plan(key, Action.noop, contact, mirror, mirror_op=op)
+        return plan(Action.upsert)
+    if remote == "archived":
+        if not consent:
+            return Plan(key, Action.noop, contact, mirror)
+        # `status_if_new` leaves an archived member archived: revive with an explicit status.
+        return plan(Action.upsert, status=new_status)
+
+    status: str | None = None
+    changed_at = contact.get("newsletter_changed_at")
+    remote_at = mirror.get("remote_changed_at") if mirror else None
+    if consent:
+        if remote == "unsubscribed" and _later(changed_at, remote_at):
+            status = "pending"  # the only way back after an unsubscribe: double opt-in
+        elif remote == "transactional" and _later(changed_at, remote_at):
+            status = new_status
+    elif remote in CONSENTED:
+        status = "unsubscribed"
+
+    assert mirror is not None
+    fields_changed = digest != mirror.get("pushed_digest")
+    tags_changed = sorted(tags) != sorted(mirror.get("pushed_tags") or [])
+    if not fields_changed and status is None:
+        if tags_changed:
+            return plan(Action.tags)
+        return Plan(key, Action.noop, contact, mirror, digest=digest, tags=tags)
+    if consent:
+        return plan(Action.upsert, status=status)
+    return plan(Action.update, status=status, status_if_new="unsubscribed")
+
+
+def plan_move(
+    old_key: str,
+    new_key: str,
+    *,
+    contact: Mapping[str, Any],
+    old_mirror: Mapping[str, Any],
+    cfg: MappingConfig,
+) -> Plan:
+    """Email changed A→B: update the member at A to address B, keeping its history."""
+    inner = _plan_contact(new_key, contact, old_mirror, cfg)
+    consent = bool(contact.get("newsletter_opt_in")) and contact.get("email_status") == "ok"
+    payload = inner.payload or MemberPayload(
+        email_address=contact["email"],
+        merge_fields=merge_fields(contact, cfg),
+        status_if_new="subscribed" if consent else "unsubscribed",
+        tags=list(contact.get("tags") or []),
+    )
+    return Plan(
+        new_key,
+        Action.move,
+        contact=contact,
+        mirror=old_mirror,
+        payload=payload,
+        digest=digest_of(contact["email"], payload.merge_fields),
+        tags=list(contact.get("tags") or []),
+        target_email=old_mirror.get("pushed_email") or old_key,
+        move_from=old_key,
+    )
+
+
+def is_movable(mirror: Mapping[str, Any] | None) -> bool:
+    """A mirror row we pushed and that still exists at the provider can be moved."""
+    return (
+        mirror is not None
+        and mirror.get("pushed_digest") is not None
+        and mirror.get("remote_status") in PRESENT
+    )
+
+
+def tag_diff(
+    desired: list[str], pushed: list[str], remote: list[str] | None
+) -> tuple[list[str], list[str]]:
+    """Tags to activate and to deactivate; only tags we pushed are ever deactivated."""
+    have = set(remote) if remote is not None else set(pushed)
+    want = set(desired)
+    add = [t for t in desired if t not in have]
+    remove = [t for t in pushed if t not in want and (remote is None or t in have)]
+    return add, remove

@@ -1,0 +1,1070 @@
+"""The worker: drains the outbox into the provider (DESIGN §6).
+
+Loop: wake on NOTIFY, on the earliest due row, or every poll interval; claim a batch of rows by
+lease in one short transaction; per connection, load the current rows, plan (desired.py), send
+(batch endpoint for a backlog, single calls otherwise) with at most N requests in flight per
+account across all workers (slots.py); complete with compare-and-delete on `seq`. No database
+transaction is open while HTTP is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import metrics
+from app.config import Settings
+from app.connections.crypto import decrypt_credentials
+from app.db import to_libpq_url
+from app.providers.base import (
+    AudienceMissing,
+    AuthError,
+    ErrorKind,
+    MemberState,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
+from app.providers.mailchimp.client import MailchimpClient, check_live_endpoint, subscriber_hash
+from app.sync.backoff import Backoff
+from app.sync.desired import (
+    Action,
+    MappingConfig,
+    MirrorOp,
+    Plan,
+    is_movable,
+    plan_key,
+    plan_move,
+    tag_diff,
+)
+from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
+from app.sync.outbox import NOTIFY_CHANNEL
+from app.sync.queue import Claimed, GroupData, Outcome, QueueRepository
+from app.sync.slots import (
+    AccountGate,
+    SlotManager,
+    SlotsUnavailable,
+    is_dead_local,
+    worker_identity,
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+PROVIDER = "mailchimp"
+STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
+_priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
+NOTICE_REASON_AUTH = "Mailchimp refused the credentials; reconnect Mailchimp."
+NOTICE_REASON_AUDIENCE = "The Mailchimp audience no longer exists; choose another audience."
+
+
+class Halt(Exception):
+    """Stop sending for this connection now (paused, errored, lease at risk, shutdown)."""
+
+
+@dataclass
+class ConnectionContext:
+    """What a worker keeps per connection: its client, gate and failure streak."""
+
+    id: uuid.UUID
+    owner_id: str
+    account_key: str
+    audience_id: str
+    client: MailchimpClient
+    version: datetime
+    failure_streak: int = 0
+    halted: str | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class EngineOptions:
+    """The engine's knobs, from Settings."""
+
+    max_concurrency: int = 8
+    batch_size: int = 500
+    batch_threshold: int = 50
+    claim_size: int = 500
+    lease_seconds: float = 60.0
+    poll_interval: float = 1.0
+    max_attempts: int = 5
+    pause_after_failures: int = 10
+    timeout: float = 30.0
+    backoff: Backoff = field(default_factory=Backoff)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    sandbox: bool = True
+    probe_max_interval: float = 2.0
+    throttle_cooldown: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineOptions:
+        """Options as configured by the environment."""
+        return cls(
+            max_concurrency=min(10, settings.MAILCHIMP_MAX_CONCURRENCY),
+            batch_size=settings.SYNC_BATCH_SIZE,
+            batch_threshold=settings.SYNC_BATCH_THRESHOLD,
+            claim_size=settings.SYNC_CLAIM_SIZE,
+            lease_seconds=settings.SYNC_LEASE_SECONDS,
+            poll_interval=settings.SYNC_POLL_INTERVAL_SECONDS,
+            max_attempts=settings.SYNC_MAX_ATTEMPTS,
+            pause_after_failures=settings.SYNC_PAUSE_AFTER_FAILURES,
+            timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
+            backoff=Backoff(
+                base=settings.SYNC_BACKOFF_BASE_SECONDS, cap=settings.SYNC_BACKOFF_MAX_SECONDS
+            ),
+            mapping=MappingConfig(
+                sync_address=settings.MAILCHIMP_SYNC_ADDRESS,
+                double_opt_in=settings.MAILCHIMP_DOUBLE_OPT_IN,
+                custom_map=dict(settings.MAILCHIMP_MERGE_FIELD_MAP),
+            ),
+            sandbox=settings.is_sandbox,
+            throttle_cooldown=settings.SYNC_THROTTLE_COOLDOWN_SECONDS,
+        )
+
+
+def build_transport() -> httpx.AsyncBaseTransport:
+    """One keep-alive transport per process: aiohttp's costs a quarter of httpx's own CPU."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30)
+    try:
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(limits=limits)
+    except ImportError:  # pragma: no cover - the dependency is declared; keep httpx's own
+        return httpx.AsyncHTTPTransport(limits=limits)
+
+
+Periodic = Callable[["SyncEngine"], Awaitable[None]]
+Runner = Callable[["ConnectionContext", list[Plan]], Awaitable[dict[str, Outcome]]]
+
+
+class SyncEngine:
+    """Drains sync_queue into Mailchimp; several may run against one database."""
+
+    def __init__(
+        self,
+        db: AsyncEngine,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        options: EngineOptions | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.options = options or EngineOptions.from_settings(settings)
+        self.me = worker_id or worker_identity()
+        self._own_transport = transport is None
+        self.transport = transport or build_transport()
+        # Slot leases outlive the longest request so a live lease never covers a dead one.
+        self.slots = SlotManager(
+            db,
+            me=self.me,
+            cap=self.options.max_concurrency,
+            ttl=max(10.0, self.options.timeout + 5.0),
+            cooldown_base=self.options.throttle_cooldown,
+        )
+        self.contexts: dict[uuid.UUID, ConnectionContext] = {}
+        self.periodic: list[tuple[float, Periodic]] = []
+        self._stop = asyncio.Event()  # stop claiming
+        self._bg_stop = asyncio.Event()  # stop the background loops (after in-flight work)
+        self._wake = asyncio.Event()
+        self._groups: set[asyncio.Task[None]] = set()
+        self._outstanding: dict[str, int] = defaultdict(int)
+        self._row_lease_deadline = 0.0
+        self._last_periodic: dict[int, float] = {}
+        self._bg: list[asyncio.Task[Any]] = []
+        self._starved_until: dict[str, float] = {}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish in-flight work and exit."""
+        self._stop.set()
+        self._wake.set()
+
+    def add_periodic(self, every_seconds: float, job: Periodic) -> None:
+        """Run `job(engine)` every `every_seconds` from the maintenance loop."""
+        self.periodic.append((every_seconds, job))
+
+    async def run(self, *, grace_seconds: float = 30.0) -> None:
+        """Run until stop(): claim, send, complete; then finish in-flight groups and let go."""
+        log.info("sync.worker.started", worker=self.me)
+        await self._reap_dead_local()
+        self._bg = [
+            asyncio.create_task(self.slots.run(self._bg_stop), name="slots"),
+            asyncio.create_task(self._listen(), name="listen"),
+            asyncio.create_task(self._lease_keeper(), name="lease-keeper"),
+            asyncio.create_task(self._maintenance(), name="maintenance"),
+        ]
+        try:
+            while not self._stop.is_set():
+                try:
+                    claimed = await self._fill()
+                except Exception as exc:
+                    log.warning("sync.claim_failed", error=repr(exc))
+                    claimed = False
+                if not claimed:
+                    await self._idle_wait()
+        finally:
+            await self._shutdown(grace_seconds)
+            log.info("sync.worker.stopped", worker=self.me)
+
+    async def _shutdown(self, grace: float) -> None:
+        if self._groups:
+            _, pending = await asyncio.wait(self._groups, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._stop.set()
+        self._bg_stop.set()
+        self.slots.wake.set()  # the slot loop notices the stop now, not at its next tick
+        for task in self._bg:
+            if task.get_name() != "slots":
+                task.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            async with self.db.begin() as conn:
+                await QueueRepository(conn).release_all(me=self.me)
+
+    async def aclose(self) -> None:
+        """Close the HTTP transport when the engine made it."""
+        if self._own_transport:
+            await self.transport.aclose()
+
+    async def run_until_idle(self, *, limit_seconds: float = 60.0) -> None:
+        """Drain until nothing is due (tests and the CLI); the background loops run meanwhile."""
+        deadline = time.monotonic() + limit_seconds
+        self._bg = [
+            asyncio.create_task(self.slots.run(self._bg_stop), name="slots"),
+            asyncio.create_task(self._lease_keeper(), name="lease-keeper"),
+        ]
+        try:
+            while time.monotonic() < deadline:
+                claimed = await self._fill()
+                if claimed:
+                    continue
+                if self._groups:
+                    await asyncio.wait(self._groups, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                return
+            raise TimeoutError("the queue did not drain in time")
+        finally:
+            await self._shutdown(5.0)
+            self._stop = asyncio.Event()
+            self._bg_stop = asyncio.Event()
+
+    # --- claiming -------------------------------------------------------------------------
+
+    def _per_account_max(self) -> int:
+        # Two full batches per slot: one in flight, one planned and waiting, so a freed slot
+        # never waits for a claim-load-plan round trip.
+        return 2 * self.options.max_concurrency * self.options.claim_size
+
+    async def _fill(self) -> bool:
+        """Claim one batch when there is room; False when nothing was claimed."""
+        if self._stop.is_set():
+            return False
+        if sum(self._outstanding.values()) >= 4 * self._per_account_max():
+            return False
+        now = time.monotonic()
+        full = {a for a, n in self._outstanding.items() if n >= self._per_account_max()}
+        cooling = {a for a, g in self.slots.gates.items() if g.cooldown_until > now}
+        starved = {a for a, until in self._starved_until.items() if until > now}
+        blocked = cooling | starved
+        limit = self.options.claim_size
+        async with self.db.begin() as conn:
+            repo = QueueRepository(conn)
+            # Live changes first, even for an account busy with bulk work (DESIGN §6.5).
+            claimed = await repo.claim(
+                me=self.me,
+                limit=limit,
+                lease_seconds=self.options.lease_seconds,
+                skip_accounts=sorted(blocked),
+                max_priority=PRIORITY_LIVE,
+            )
+            if len(claimed) < limit:
+                claimed += await repo.claim(
+                    me=self.me,
+                    limit=limit - len(claimed),
+                    lease_seconds=self.options.lease_seconds,
+                    skip_accounts=sorted(blocked | full),
+                    max_priority=PRIORITY_BULK,
+                )
+        if not claimed:
+            return False
+        self._row_lease_deadline = max(
+            self._row_lease_deadline, time.monotonic() + self.options.lease_seconds
+        )
+        groups: dict[tuple[uuid.UUID, int], list[Claimed]] = defaultdict(list)
+        for row in claimed:
+            groups[(row.connection_id, min(row.priority, PRIORITY_BULK))].append(row)
+        contexts = await self._contexts(list({conn_id for conn_id, _ in groups}))
+        for (conn_id, priority), rows in groups.items():
+            ctx = contexts.get(conn_id)
+            if ctx is None:
+                async with self.db.begin() as conn:
+                    await QueueRepository(conn).release(me=self.me, rows=rows)
+                continue
+            self._outstanding[ctx.account_key] += len(rows)
+            task = asyncio.create_task(self._process(ctx, rows, priority))
+            self._groups.add(task)
+            task.add_done_callback(self._group_done)
+        return True
+
+    def _group_done(self, task: asyncio.Task[None]) -> None:
+        self._groups.discard(task)
+        self._wake.set()
+
+    async def _idle_wait(self) -> None:
+        timeout = self.options.poll_interval
+        if not self._groups:
+            with contextlib.suppress(Exception):
+                async with self.db.connect() as conn:
+                    due = await QueueRepository(conn).seconds_until_next_due()
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, timeout))
+
+    async def _contexts(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, ConnectionContext]:
+        async with self.db.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT id, owner_id, account_key, api_endpoint, dc, auth_kind,"
+                        " credentials, audience_id, status, updated_at FROM connections"
+                        " WHERE id = ANY(CAST(:ids AS uuid[]))"
+                    ),
+                    {"ids": [str(i) for i in ids]},
+                )
+            ).mappings()
+            out: dict[uuid.UUID, ConnectionContext] = {}
+            for row in rows:
+                cached = self.contexts.get(row["id"])
+                if cached is not None and cached.version == row["updated_at"]:
+                    if row["status"] == "active":
+                        cached.halted = None
+                    out[row["id"]] = cached
+                    continue
+                try:
+                    client = self._client_for(row)
+                except Exception as exc:
+                    log.error("sync.connection_unusable", connection=str(row["id"]), error=str(exc))
+                    await self._set_status(row["id"], "error", str(exc), str(exc))
+                    continue
+                ctx = ConnectionContext(
+                    id=row["id"],
+                    owner_id=row["owner_id"],
+                    account_key=row["account_key"],
+                    audience_id=row["audience_id"],
+                    client=client,
+                    version=row["updated_at"],
+                )
+                self.contexts[row["id"]] = ctx
+                out[row["id"]] = ctx
+            return out
+
+    def _client_for(self, row: Any) -> MailchimpClient:
+        creds = decrypt_credentials(self.settings, row["credentials"])
+        endpoint = row["api_endpoint"]
+        if not self.options.sandbox:
+            # Never aim the worker at a host we did not derive ourselves (DESIGN §8).
+            endpoint = check_live_endpoint(endpoint, row["dc"] or "")
+        return MailchimpClient(
+            self.transport,
+            api_base=endpoint,
+            api_key=creds.get("api_key"),
+            access_token=creds.get("access_token"),
+            timeout=self.options.timeout,
+        )
+
+    # --- a group: load, plan, send, complete ------------------------------------------------
+
+    async def _process(self, ctx: ConnectionContext, rows: list[Claimed], priority: int) -> None:
+        _priority.set(priority)  # the gate lets live groups' requests go first
+        try:
+            outcomes = await self._sync_group(ctx, rows)
+            async with self.db.begin() as conn:
+                # A lost acknowledgement only means one idempotent resend (DESIGN §13).
+                await conn.execute(text("SET LOCAL synchronous_commit = off"))
+                await QueueRepository(conn).complete(
+                    me=self.me,
+                    connection_id=ctx.id,
+                    owner_id=ctx.owner_id,
+                    claimed=rows,
+                    outcomes=outcomes,
+                    max_attempts=self.options.max_attempts,
+                )
+                if ctx.last_error:
+                    await conn.execute(
+                        text(
+                            "UPDATE connections SET last_error = :e, last_error_at = now()"
+                            " WHERE id = :id"
+                        ),
+                        {"e": ctx.last_error, "id": ctx.id},
+                    )
+                    ctx.last_error = None
+            self._count(outcomes)
+        except Exception as exc:
+            log.exception("sync.group_failed", connection=str(ctx.id), error=repr(exc))
+            with contextlib.suppress(Exception):
+                async with self.db.begin() as conn:
+                    await QueueRepository(conn).release(me=self.me, rows=rows)
+        finally:
+            self._outstanding[ctx.account_key] -= len(rows)
+            if self._outstanding[ctx.account_key] <= 0:
+                del self._outstanding[ctx.account_key]
+
+    @staticmethod
+    def _count(outcomes: dict[str, Outcome]) -> None:
+        for o in outcomes.values():
+            metrics.SENDS.labels(PROVIDER, "sync", o.kind).inc()
+
+    async def _sync_group(self, ctx: ConnectionContext, rows: list[Claimed]) -> dict[str, Outcome]:
+        keys = [r.email_key for r in rows]
+        hints = [r.contact_id for r in rows if r.contact_id]
+        async with self.db.connect() as conn:
+            data = await QueueRepository(conn).load(
+                connection_id=ctx.id,
+                owner_id=ctx.owner_id,
+                keys=keys,
+                contact_ids=hints,
+                hashes=[subscriber_hash(k) for k in keys],
+            )
+        plans = self._plan(rows, data)
+        attempts = {r.email_key: r.attempts for r in rows}
+        return await self._execute(ctx, plans, attempts)
+
+    def _plan(self, rows: list[Claimed], data: GroupData) -> list[Plan]:
+        cfg = self.options.mapping
+        claimed = {r.email_key: r for r in rows}
+        plans: list[Plan] = []
+        handled: set[str] = set()
+        for row in rows:
+            # Email changed A→B, both keys claimed together: move the member, keep its history.
+            if row.forget or row.email_key in data.contacts_by_key or row.contact_id is None:
+                continue
+            contact = data.contacts_by_id.get(row.contact_id)
+            new_key = contact["email_key"] if contact is not None else None
+            if contact is None or not new_key or new_key == row.email_key:
+                continue
+            target = claimed.get(new_key)
+            if target is None or target.forget or new_key in handled:
+                continue
+            old_mirror = data.mirrors.get(row.email_key)
+            if (
+                is_movable(old_mirror)
+                and not is_movable(data.mirrors.get(new_key))
+                and subscriber_hash(new_key) not in data.tombstones
+                and old_mirror is not None
+            ):
+                plans.append(
+                    plan_move(
+                        row.email_key, new_key, contact=contact, old_mirror=old_mirror, cfg=cfg
+                    )
+                )
+                handled |= {row.email_key, new_key}
+        for row in rows:
+            if row.email_key in handled:
+                continue
+            plans.append(
+                plan_key(
+                    row.email_key,
+                    contact=data.contacts_by_key.get(row.email_key),
+                    mirror=data.mirrors.get(row.email_key),
+                    tombstoned=subscriber_hash(row.email_key) in data.tombstones,
+                    forget=row.forget,
+                    cfg=cfg,
+                )
+            )
+        return plans
+
+    async def _execute(
+        self, ctx: ConnectionContext, plans: list[Plan], attempts: dict[str, int]
+    ) -> dict[str, Outcome]:
+        upserts = [p for p in plans if p.action is Action.upsert]
+        singles = [p for p in plans if p.action is not Action.upsert]
+        jobs: list[tuple[list[Plan], Runner]] = []
+        if len(upserts) >= self.options.batch_threshold:
+            size = self.options.batch_size
+            batch = functools.partial(self._batch, attempts=attempts)
+            jobs += [(upserts[i : i + size], batch) for i in range(0, len(upserts), size)]
+        else:
+            singles = upserts + singles
+        jobs += [([plan], self._single) for plan in singles]
+        jobs.reverse()  # pop() from the end keeps the planned order
+        outcomes: dict[str, Outcome] = {}
+
+        async def lane() -> None:
+            # A few lanes per group, not a task per member: waiters at the gate stay few.
+            while jobs:
+                group, run = jobs.pop()
+                outcomes.update(await self._guard(ctx, group, attempts, run))
+
+        lanes = min(len(jobs), self.options.max_concurrency)
+        await asyncio.gather(*(lane() for _ in range(lanes)))
+        return outcomes
+
+    async def _guard(
+        self,
+        ctx: ConnectionContext,
+        plans: list[Plan],
+        attempts: dict[str, int],
+        run: Callable[[ConnectionContext, list[Plan]], Awaitable[dict[str, Outcome]]],
+    ) -> dict[str, Outcome]:
+        """Run a job; turn the provider's failures into outcomes for all of its keys."""
+        try:
+            return await run(ctx, plans)
+        except Halt:
+            return {k: Outcome(k, "release") for p in plans for k in _keys(p)}
+        except ThrottledError as exc:
+            gate = self.slots.gate(ctx.account_key)
+            delay = max(0.5, gate.cooldown_until - time.monotonic())
+            return {
+                k: Outcome(k, "defer", delay=delay, error=exc.message)
+                for p in plans
+                for k in _keys(p)
+            }
+        except (AuthError, AudienceMissing) as exc:
+            return {k: Outcome(k, "release", error=exc.message) for p in plans for k in _keys(p)}
+        except TransientError as exc:
+            return self._retry(ctx, plans, attempts, exc.message)
+        except PermanentError as exc:
+            return {p.key: self._rejected(p, exc) for p in plans} | {
+                p.move_from: Outcome(p.move_from, "done") for p in plans if p.move_from
+            }
+        except Exception as exc:  # a bug must not lose the row: it retries and parks
+            log.exception("sync.send_crashed", connection=str(ctx.id))
+            return self._retry(ctx, plans, attempts, f"internal error: {type(exc).__name__}")
+
+    def _retry(
+        self, ctx: ConnectionContext, plans: list[Plan], attempts: dict[str, int], message: str
+    ) -> dict[str, Outcome]:
+        out = {}
+        for p in plans:
+            for k in _keys(p):
+                delay = self.options.backoff.delay(attempts.get(k, 0) + 1)
+                out[k] = Outcome(k, "retry", delay=delay, error=message[:500])
+        ctx.last_error = message[:500]
+        return out
+
+    # --- calls ------------------------------------------------------------------------------
+
+    async def _call(self, ctx: ConnectionContext, fn: Callable[[], Awaitable[T]]) -> T:
+        """One provider request: within the account's slots, lease-safe, failures counted."""
+        if ctx.halted:
+            raise Halt(ctx.halted)
+        gate = self.slots.gate(ctx.account_key)
+        margin = self.options.timeout + 2.0
+        try:
+            async with gate.slot(
+                margin=margin, starve_after=STARVE_SECONDS, live=_priority.get() == PRIORITY_LIVE
+            ):
+                return await self._send(ctx, gate, fn, margin)
+        except SlotsUnavailable:
+            self._starved_until[ctx.account_key] = time.monotonic() + STARVE_SECONDS
+            raise Halt("another worker holds every slot of this account") from None
+
+    async def _send(
+        self,
+        ctx: ConnectionContext,
+        gate: AccountGate,
+        fn: Callable[[], Awaitable[T]],
+        margin: float,
+    ) -> T:
+        if ctx.halted:
+            raise Halt(ctx.halted)
+        if time.monotonic() + margin > self._row_lease_deadline:
+            # Our row leases might lapse mid-request: another worker could then send a newer
+            # state before ours lands. Give the rows back instead.
+            raise Halt("row lease at risk")
+        try:
+            result = await fn()
+        except ThrottledError as exc:
+            pause = gate.throttled(exc.retry_after)
+            await self._cooldown(ctx, pause)
+            raise
+        except TransientError as exc:
+            ctx.failure_streak += 1
+            if ctx.failure_streak >= self.options.pause_after_failures and not ctx.halted:
+                ctx.halted = "paused"
+                await self._set_status(
+                    ctx.id, "paused", "provider unavailable", exc.message, probe=True
+                )
+            raise
+        except AuthError as exc:
+            ctx.halted = "error"
+            await self._set_status(ctx.id, "error", NOTICE_REASON_AUTH, exc.message)
+            raise
+        except AudienceMissing as exc:
+            ctx.halted = "error"
+            await self._set_status(ctx.id, "error", NOTICE_REASON_AUDIENCE, exc.message)
+            raise
+        ctx.failure_streak = 0
+        gate.succeeded()
+        return result
+
+    async def _single(self, ctx: ConnectionContext, plans: list[Plan]) -> dict[str, Outcome]:
+        (plan,) = plans
+        client, audience = ctx.client, ctx.audience_id
+        match plan.action:
+            case Action.noop:
+                return {plan.key: self._noop(plan)}
+            case Action.upsert:
+                assert plan.payload is not None
+                payload = plan.payload
+                state = await self._call(ctx, lambda: client.upsert_member(audience, payload))
+                return {plan.key: await self._after_write(ctx, plan, state)}
+            case Action.update:
+                assert plan.payload is not None
+                payload = plan.payload
+                try:
+                    state = await self._call(ctx, lambda: client.update_member(audience, payload))
+                except PermanentError as exc:
+                    if exc.kind is ErrorKind.not_found:  # gone at the provider: forget the mirror
+                        return {
+                            plan.key: Outcome(plan.key, "done", mirror_delete=True, synced=True)
+                        }
+                    raise
+                return {plan.key: await self._after_write(ctx, plan, state)}
+            case Action.tags:
+                return {plan.key: await self._tags_only(ctx, plan)}
+            case Action.move:
+                return await self._move(ctx, plan)
+            case Action.archive:
+                return {plan.key: await self._archive(ctx, plan)}
+            case Action.forget:
+                return {plan.key: await self._forget(ctx, plan)}
+        raise AssertionError(plan.action)
+
+    async def _batch(
+        self, ctx: ConnectionContext, plans: list[Plan], *, attempts: dict[str, int]
+    ) -> dict[str, Outcome]:
+        payloads = [p.payload for p in plans if p.payload is not None]
+        results = await self._call(ctx, lambda: ctx.client.batch_upsert(ctx.audience_id, payloads))
+        follow: list[Awaitable[Outcome]] = []
+        out: dict[str, Outcome] = {}
+        for plan, result in zip(plans, results, strict=True):
+            if result.error is not None:
+                out[plan.key] = self._rejected(plan, result.error)
+            elif result.state is not None:
+                follow.append(self._after_write_guarded(ctx, plan, result.state, attempts))
+        for outcome in await asyncio.gather(*follow):
+            out[outcome.key] = outcome
+        return out
+
+    async def _after_write_guarded(
+        self, ctx: ConnectionContext, plan: Plan, state: MemberState, attempts: dict[str, int]
+    ) -> Outcome:
+        # In a batch, one member's failing tag call must not fail its neighbours.
+        result = await self._guard(
+            ctx, [plan], attempts, lambda c, ps: self._one(self._after_write(c, ps[0], state))
+        )
+        return result[plan.key]
+
+    @staticmethod
+    async def _one(coro: Awaitable[Outcome]) -> dict[str, Outcome]:
+        outcome = await coro
+        return {outcome.key: outcome}
+
+    async def _after_write(self, ctx: ConnectionContext, plan: Plan, state: MemberState) -> Outcome:
+        """Tags for members that existed (the body's tags apply on create only), then done."""
+        pushed = _pushed_tags(plan.mirror)
+        add, remove = tag_diff(plan.tags, pushed, state.tags)
+        if (add or remove) and state.status != "archived":
+            email = state.email_address or plan.target_email or plan.key
+            await self._call(
+                ctx,
+                lambda: ctx.client.update_tags(ctx.audience_id, email, add=add, remove=remove),
+            )
+        return Outcome(plan.key, "done", mirror=self._mirror(plan, state), synced=True)
+
+    async def _tags_only(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
+        pushed = _pushed_tags(plan.mirror)
+        add, remove = tag_diff(plan.tags, pushed, None)
+        email = plan.target_email or plan.key
+        try:
+            await self._call(
+                ctx, lambda: ctx.client.update_tags(ctx.audience_id, email, add=add, remove=remove)
+            )
+        except PermanentError as exc:
+            if exc.kind is ErrorKind.not_found:
+                # The member vanished at the provider: drop the mirror and plan afresh now.
+                return Outcome(plan.key, "defer", delay=0.0, mirror_delete=True)
+            raise
+        assert plan.mirror is not None
+        assert plan.contact is not None
+        mirror = {
+            "contact_id": plan.contact["id"],
+            "remote_id": plan.mirror["remote_id"],
+            "pushed_email": plan.contact["email"],
+            "pushed_digest": plan.digest,
+            "pushed_tags": plan.tags,
+            "remote_status": plan.mirror["remote_status"],
+        }
+        return Outcome(plan.key, "done", mirror=mirror, synced=True)
+
+    async def _move(self, ctx: ConnectionContext, plan: Plan) -> dict[str, Outcome]:
+        assert plan.payload is not None
+        assert plan.move_from is not None
+        old_key, old_email, payload = (
+            plan.move_from,
+            plan.target_email or plan.move_from,
+            plan.payload,
+        )
+        client, audience = ctx.client, ctx.audience_id
+        try:
+            state = await self._call(ctx, lambda: client.move_member(audience, old_email, payload))
+        except PermanentError as exc:
+            if exc.kind not in (ErrorKind.member_exists, ErrorKind.not_found):
+                raise
+            # The new address is already a member (or the old one is gone): archive the old
+            # one and upsert the new address as a member of its own.
+            old_outcome = Outcome(old_key, "done", synced=True)
+            if exc.kind is ErrorKind.member_exists:
+                archived = await self._call(ctx, lambda: client.archive_member(audience, old_email))
+                previous = plan.mirror["remote_status"] if plan.mirror else None
+                old_outcome.mirror = {
+                    "contact_id": None,
+                    "remote_status": "archived" if archived else previous,
+                }
+            else:
+                old_outcome.mirror_delete = True
+            fresh = Plan(
+                plan.key,
+                Action.upsert,
+                contact=plan.contact,
+                mirror=None,
+                payload=payload,
+                digest=plan.digest,
+                tags=plan.tags,
+                target_email=payload.email_address,
+            )
+            state = await self._call(ctx, lambda: client.upsert_member(audience, payload))
+            return {old_key: old_outcome, plan.key: await self._after_write(ctx, fresh, state)}
+        new_outcome = await self._after_write(ctx, plan, state)
+        return {
+            old_key: Outcome(old_key, "done", mirror_delete=True, synced=True),
+            plan.key: new_outcome,
+        }
+
+    async def _archive(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
+        email = plan.target_email or plan.key
+        archived = await self._call(ctx, lambda: ctx.client.archive_member(ctx.audience_id, email))
+        status = "archived" if archived else (plan.mirror or {}).get("remote_status")
+        return Outcome(
+            plan.key, "done", mirror={"contact_id": None, "remote_status": status}, synced=True
+        )
+
+    async def _forget(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
+        await self._call(ctx, lambda: ctx.client.forget_member(ctx.audience_id, plan.key))
+        outcome = Outcome(plan.key, "done", tombstone=subscriber_hash(plan.key), synced=True)
+        outcome.mirror_delete = True
+        return outcome
+
+    def _noop(self, plan: Plan) -> Outcome:
+        match plan.mirror_op:
+            case MirrorOp.delete:
+                return Outcome(plan.key, "done", mirror_delete=True)
+            case MirrorOp.forgotten:
+                assert plan.contact is not None
+                return Outcome(
+                    plan.key,
+                    "done",
+                    mirror={
+                        "contact_id": plan.contact["id"],
+                        "remote_status": "forgotten",
+                        "error_kind": "forgotten",
+                        "error": "This address was permanently deleted at Mailchimp; the person"
+                        " must sign up again through a Mailchimp form.",
+                    },
+                )
+        return Outcome(plan.key, "done")
+
+    def _mirror(self, plan: Plan, state: MemberState) -> dict[str, Any]:
+        contact = plan.contact or {}
+        return {
+            "contact_id": contact.get("id"),
+            "remote_id": state.remote_id,
+            "pushed_email": contact.get("email") or state.email_address,
+            "pushed_digest": plan.digest,
+            "pushed_tags": plan.tags,
+            "remote_status": state.status,
+            "remote_changed_at": state.last_changed,
+            "error_kind": None,
+            "error": None,
+        }
+
+    def _rejected(self, plan: Plan, exc: PermanentError) -> Outcome:
+        contact = plan.contact or {}
+        outcome = Outcome(
+            plan.key,
+            "done",
+            mirror={
+                "contact_id": contact.get("id"),
+                "remote_status": "rejected",
+                "error_kind": exc.kind.value,
+                "error": exc.message[:1000],
+            },
+        )
+        if exc.kind in (ErrorKind.compliance, ErrorKind.forgotten) and contact:
+            # The provider's refusal is the person's decision: local consent follows it.
+            outcome.consent_off = exc.kind.value
+            outcome.contact_id = contact.get("id")
+        if exc.kind is ErrorKind.forgotten:
+            outcome.tombstone = subscriber_hash(plan.key)
+        return outcome
+
+    # --- connection status ------------------------------------------------------------------
+
+    async def _set_status(
+        self,
+        connection_id: uuid.UUID,
+        status: str,
+        reason: str,
+        error: str,
+        *,
+        probe: bool = False,
+    ) -> None:
+        log.warning(
+            "sync.connection_status", connection=str(connection_id), status=status, error=error
+        )
+        async with self.db.begin() as conn:
+            await conn.execute(
+                text(
+                    """
+                    UPDATE connections SET status = :status, status_reason = :reason,
+                        status_since = now(), last_error = :error, last_error_at = now(),
+                        probe_attempts = 0,
+                        next_probe_at = CASE WHEN :probe THEN now() + interval '1 second' END
+                    WHERE id = :id AND status = 'active'
+                    """
+                ),
+                {
+                    "status": status,
+                    "reason": reason,
+                    "error": error[:500],
+                    "probe": probe,
+                    "id": connection_id,
+                },
+            )
+
+    async def _cooldown(self, ctx: ConnectionContext, seconds: float) -> None:
+        # Other workers skip the connection while it cools down (claim filters on it).
+        async with self.db.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE connections SET cooldown_until = GREATEST(COALESCE(cooldown_until,"
+                    " now()), now() + make_interval(secs => :s)) WHERE id = :id"
+                ),
+                {"s": seconds, "id": ctx.id},
+            )
+
+    # --- background loops --------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """LISTEN sync_queue on a dedicated connection; reconnect when it drops."""
+        url = to_libpq_url(self.db.url.render_as_string(hide_password=False))
+        delay = 0.5
+        while not self._bg_stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, ev=lost: ev.set())
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                delay = 0.5
+                self._wake.set()  # anything committed while we were away
+                stop_wait = asyncio.create_task(self._bg_stop.wait())
+                lost_wait = asyncio.create_task(lost.wait())
+                await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                lost_wait.cancel()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("sync.listen_failed", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._bg_stop.wait(), timeout=delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+
+    async def _lease_keeper(self) -> None:
+        """Extend this worker's row leases while it works on them."""
+        every = max(1.0, self.options.lease_seconds / 3)
+        while not self._bg_stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bg_stop.wait(), timeout=every)
+            if not self._groups:
+                continue
+            try:
+                start = time.monotonic()
+                async with self.db.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "UPDATE sync_queue SET lease_until = now() + make_interval(secs => :l)"
+                            " WHERE leased_by = :me"
+                        ),
+                        {"l": self.options.lease_seconds, "me": self.me},
+                    )
+                self._row_lease_deadline = start + self.options.lease_seconds
+            except Exception as exc:
+                log.warning("sync.lease_renew_failed", error=repr(exc))
+
+    async def _maintenance(self) -> None:
+        """Probe paused connections, reap dead local workers, run periodic jobs."""
+        last_reap = time.monotonic()
+        while not self._bg_stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bg_stop.wait(), timeout=0.5)
+            if self._bg_stop.is_set():
+                return
+            try:
+                await self.probe_paused()
+                if time.monotonic() - last_reap > 5.0:
+                    await self._reap_dead_local()
+                    last_reap = time.monotonic()
+                for i, (every, job) in enumerate(self.periodic):
+                    if time.monotonic() - self._last_periodic.get(i, 0.0) >= every:
+                        self._last_periodic[i] = time.monotonic()
+                        await job(self)
+            except Exception as exc:
+                log.warning("sync.maintenance_failed", error=repr(exc))
+
+    async def _reap_dead_local(self) -> None:
+        """Free leases of workers that ran on this host and are gone (SIGKILL, OOM)."""
+        host = self.me.rsplit(":", 2)[0]
+        async with self.db.begin() as conn:
+            repo = QueueRepository(conn)
+            holders = await repo.lease_holders(host + ":")
+            dead = [h for h in holders if h != self.me and is_dead_local(h)]
+            if dead:
+                await repo.reap(dead)
+                await conn.execute(
+                    text(
+                        "UPDATE provider_slots SET holder = NULL, lease_until = NULL"
+                        " WHERE holder = ANY(CAST(:dead AS text[]))"
+                    ),
+                    {"dead": dead},
+                )
+                log.info("sync.reaped_dead_workers", workers=dead)
+                self._wake.set()
+
+    async def probe_paused(self) -> None:
+        """Ping paused connections that are due; resume them when Mailchimp answers."""
+        async with self.db.begin() as conn:
+            due = (
+                await conn.execute(
+                    text(
+                        """
+                        UPDATE connections SET next_probe_at = now() + interval '30 seconds',
+                            probe_attempts = probe_attempts + 1
+                        WHERE id IN (
+                            SELECT id FROM connections
+                            WHERE status = 'paused' AND next_probe_at <= now()
+                            ORDER BY next_probe_at LIMIT 10 FOR UPDATE SKIP LOCKED)
+                        RETURNING id, probe_attempts
+                        """
+                    )
+                )
+            ).all()
+        for conn_id, probe_attempts in due:
+            ctx = (await self._contexts([conn_id])).get(conn_id)
+            if ctx is None:
+                continue
+            try:
+                async with self.slots.gate(ctx.account_key).slot(margin=self.options.timeout):
+                    await ctx.client.ping()
+            except (TransientError, ThrottledError) as exc:
+                if isinstance(exc, ThrottledError):
+                    await self._resume(conn_id)  # it answers: it is up, only busy
+                    continue
+                wait = min(self.options.probe_max_interval, 2.0 ** max(0, probe_attempts - 1))
+                async with self.db.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "UPDATE connections SET next_probe_at = now() + make_interval(secs"
+                            " => :w), last_error = :e, last_error_at = now() WHERE id = :id"
+                        ),
+                        {"w": wait, "e": exc.message[:500], "id": conn_id},
+                    )
+            except (AuthError, AudienceMissing) as exc:
+                async with self.db.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "UPDATE connections SET status = 'error', status_reason = :r,"
+                            " status_since = now(), last_error = :e, last_error_at = now(),"
+                            " next_probe_at = NULL WHERE id = :id"
+                        ),
+                        {
+                            "r": NOTICE_REASON_AUTH
+                            if isinstance(exc, AuthError)
+                            else NOTICE_REASON_AUDIENCE,
+                            "e": exc.message[:500],
+                            "id": conn_id,
+                        },
+                    )
+            else:
+                await self._resume(conn_id)
+
+    async def _resume(self, connection_id: uuid.UUID) -> None:
+        """Active again; parked and backed-off rows become due with attempts reset."""
+        async with self.db.begin() as conn:
+            resumed = (
+                await conn.execute(
+                    text(
+                        """
+                        UPDATE connections SET status = 'active', status_reason = NULL,
+                            status_since = now(), consecutive_failures = 0, probe_attempts = 0,
+                            next_probe_at = NULL, cooldown_until = NULL
+                        WHERE id = :id AND status = 'paused' RETURNING id
+                        """
+                    ),
+                    {"id": connection_id},
+                )
+            ).first()
+            if resumed:
+                await conn.execute(
+                    text(
+                        """
+                        UPDATE sync_queue SET state = 'ready', attempts = 0,
+                            available_at = now()
+                        WHERE connection_id = :id AND (state = 'parked' OR attempts > 0)
+                        """
+                    ),
+                    {"id": connection_id},
+                )
+                await conn.execute(text("SELECT pg_notify(:ch, '')"), {"ch": NOTIFY_CHANNEL})
+        if resumed:
+            ctx = self.contexts.get(connection_id)
+            if ctx is not None:
+                ctx.halted, ctx.failure_streak = None, 0
+            log.info("sync.connection_resumed", connection=str(connection_id))
+
+
+def _keys(plan: Plan) -> list[str]:
+    return [plan.key, plan.move_from] if plan.move_from else [plan.key]
+
+
+def _pushed_tags(mirror: Any) -> list[str]:
+    if mirror is None or mirror.get("pushed_digest") is None:
+        return []
+    return list(mirror.get("pushed_tags") or [])

@@ -1,0 +1,406 @@
+"""The worker's side of the outbox: claim by lease, load what a send needs, complete in bulk."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.sync.outbox import NOTIFY_CHANNEL
+
+
+@dataclass(slots=True, frozen=True)
+class Claimed:
+    """A queue row this worker leased, with the `seq` it had when claimed."""
+
+    connection_id: uuid.UUID
+    email_key: str
+    seq: int
+    contact_id: uuid.UUID | None
+    forget: bool
+    attempts: int
+    priority: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one claimed row after the send."""
+
+    key: str
+    kind: str  # done | retry | defer | release
+    delay: float = 0.0
+    error: str | None = None
+    # done: the mirror row to write (None: leave it), or delete it
+    mirror: dict[str, Any] | None = None
+    mirror_delete: bool = False
+    tombstone: str | None = None
+    # the provider refused for a reason that is the person's consent (compliance, forgotten)
+    consent_off: str | None = None
+    contact_id: uuid.UUID | None = None
+    synced: bool = False  # a call reached the provider and succeeded
+
+
+_CLAIM = text(
+    """
+    UPDATE sync_queue q
+    SET lease_until = now() + make_interval(secs => :lease), leased_by = :me
+    FROM (
+        SELECT q2.connection_id, q2.email_key
+        FROM sync_queue q2
+        JOIN connections c ON c.id = q2.connection_id
+        WHERE q2.state = 'ready'
+          AND q2.available_at <= now()
+          AND (q2.lease_until IS NULL OR q2.lease_until < now())
+          AND c.status = 'active'
+          AND c.audience_id IS NOT NULL
+          AND (c.cooldown_until IS NULL OR c.cooldown_until <= now())
+          AND NOT (c.account_key = ANY(CAST(:skip_accounts AS text[])))
+          AND q2.priority <= :max_priority
+        ORDER BY q2.priority, q2.available_at
+        LIMIT :limit
+        FOR UPDATE OF q2 SKIP LOCKED
+    ) pick
+    WHERE q.connection_id = pick.connection_id AND q.email_key = pick.email_key
+    RETURNING q.connection_id, q.email_key, q.seq, q.contact_id, q.forget, q.attempts, q.priority
+    """
+)
+
+_NEXT_DUE = text(
+    """
+    SELECT EXTRACT(EPOCH FROM min(q.available_at) - now())
+    FROM sync_queue q JOIN connections c ON c.id = q.connection_id
+    WHERE q.state = 'ready' AND c.status = 'active'
+    """
+)
+
+_RELEASE = text(
+    """
+    UPDATE sync_queue SET lease_until = NULL, leased_by = NULL
+    WHERE leased_by = :me AND connection_id = ANY(CAST(:conns AS uuid[]))
+      AND email_key = ANY(CAST(:keys AS text[]))
+    """
+)
+
+_RELEASE_ALL = text(
+    "UPDATE sync_queue SET lease_until = NULL, leased_by = NULL WHERE leased_by = :me"
+)
+
+_REAP = text(
+    """
+    UPDATE sync_queue SET lease_until = NULL, leased_by = NULL
+    WHERE leased_by = ANY(CAST(:dead AS text[]))
+    """
+)
+
+_LEASE_HOLDERS = text("SELECT DISTINCT leased_by FROM sync_queue WHERE leased_by LIKE :prefix")
+
+_LOAD_CONTACTS = text(
+    """
+    SELECT * FROM contacts
+    WHERE owner_id = :owner
+      AND (email_key = ANY(CAST(:keys AS text[])) OR id = ANY(CAST(:ids AS uuid[])))
+    """
+)
+
+_LOAD_MIRROR = text(
+    """
+    SELECT * FROM sync_state
+    WHERE connection_id = :conn AND email_key = ANY(CAST(:keys AS text[]))
+    """
+)
+
+_LOAD_TOMBSTONES = text(
+    """
+    SELECT remote_id FROM sync_tombstones
+    WHERE connection_id = :conn AND remote_id = ANY(CAST(:ids AS text[]))
+    """
+)
+
+# Outcomes travel as one JSON document: one statement per table, whatever the batch size.
+_MIRROR_UPSERT = text(
+    """
+    INSERT INTO sync_state AS s (connection_id, email_key, contact_id, remote_id, pushed_email,
+        pushed_digest, pushed_tags, remote_status, remote_changed_at, last_synced_at,
+        error_kind, error)
+    SELECT :conn, r.email_key, r.contact_id, r.remote_id, r.pushed_email, r.pushed_digest,
+        ARRAY(SELECT jsonb_array_elements_text(COALESCE(r.pushed_tags, '[]'::jsonb))),
+        r.remote_status, r.remote_changed_at, now(), r.error_kind, r.error
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(email_key text, contact_id uuid,
+        remote_id text, pushed_email text, pushed_digest text, pushed_tags jsonb,
+        remote_status text, remote_changed_at timestamptz, error_kind text, error text)
+    ON CONFLICT (connection_id, email_key) DO UPDATE SET
+        contact_id = EXCLUDED.contact_id,
+        remote_id = COALESCE(EXCLUDED.remote_id, s.remote_id),
+        pushed_email = COALESCE(EXCLUDED.pushed_email, s.pushed_email),
+        pushed_digest = COALESCE(EXCLUDED.pushed_digest, s.pushed_digest),
+        pushed_tags = CASE WHEN EXCLUDED.pushed_digest IS NULL THEN s.pushed_tags
+                           ELSE EXCLUDED.pushed_tags END,
+        remote_status = EXCLUDED.remote_status,
+        remote_changed_at = CASE WHEN EXCLUDED.remote_status IS DISTINCT FROM s.remote_status
+                                 THEN COALESCE(EXCLUDED.remote_changed_at, now())
+                                 ELSE COALESCE(s.remote_changed_at, EXCLUDED.remote_changed_at)
+                            END,
+        last_synced_at = now(),
+        error_kind = EXCLUDED.error_kind,
+        error = EXCLUDED.error
+    """
+)
+
+_MIRROR_DELETE = text(
+    "DELETE FROM sync_state WHERE connection_id = :conn AND email_key = ANY(CAST(:keys AS text[]))"
+)
+
+_TOMBSTONES = text(
+    """
+    INSERT INTO sync_tombstones (connection_id, remote_id)
+    SELECT :conn, unnest(CAST(:ids AS text[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+
+# The person's decision at the provider becomes the CRM's consent (no sync is queued back).
+_CONSENT_OFF = text(
+    """
+    WITH r AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(contact_id uuid, reason text)
+    ), upd AS (
+        UPDATE contacts c SET newsletter_opt_in = false,
+            newsletter_changed_at = now(), newsletter_unsubscribed_at = now(),
+            version = c.version + 1, updated_at = now()
+        FROM r WHERE c.id = r.contact_id AND c.owner_id = :owner AND c.newsletter_opt_in
+        RETURNING c.id, r.reason
+    )
+    INSERT INTO contact_changes (contact_id, owner_id, op, fields, source, actor)
+    SELECT upd.id, :owner, 'update',
+        jsonb_build_object('before', jsonb_build_object('newsletter_opt_in', true),
+                           'after', jsonb_build_object('newsletter_opt_in', false),
+                           'reason', upd.reason),
+        'provider', :provider
+    FROM upd
+    """
+)
+
+# Compare-and-delete: a row whose seq moved on while we sent stays (released) for the next
+# pass. Retries and deferrals only apply while the seq is unchanged: a newer change already
+# re-armed the row with attempts 0.
+_COMPLETE = text(
+    """
+    WITH o AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+            AS o(email_key text, seq bigint, kind text, delay float8, error text)
+    ), done AS (
+        DELETE FROM sync_queue q USING o
+        WHERE q.connection_id = :conn AND q.email_key = o.email_key
+          AND o.kind = 'done' AND q.seq = o.seq
+        RETURNING q.email_key
+    ), rest AS (
+        UPDATE sync_queue q SET
+            lease_until = NULL,
+            leased_by = NULL,
+            attempts = CASE WHEN o.kind = 'retry' AND q.seq = o.seq
+                            THEN q.attempts + 1 ELSE q.attempts END,
+            state = CASE WHEN o.kind = 'retry' AND q.seq = o.seq AND q.attempts + 1 >= :max
+                         THEN 'parked' ELSE q.state END,
+            available_at = CASE WHEN o.kind IN ('retry', 'defer') AND q.seq = o.seq
+                                THEN now() + make_interval(secs => o.delay)
+                                ELSE q.available_at END,
+            last_error = CASE WHEN o.kind = 'retry' AND q.seq = o.seq
+                              THEN o.error ELSE q.last_error END
+        FROM o
+        WHERE q.connection_id = :conn AND q.email_key = o.email_key
+          AND NOT (o.kind = 'done' AND q.seq = o.seq)
+          AND q.leased_by = :me
+        RETURNING q.state
+    )
+    SELECT (SELECT count(*) FROM done) AS done,
+           (SELECT count(*) FROM rest WHERE state = 'parked') AS parked,
+           (SELECT count(*) FROM rest) AS rest
+    """
+)
+
+_CONNECTION_SYNCED = text(
+    """
+    UPDATE connections SET last_synced_at = now(), consecutive_failures = 0
+    WHERE id = :conn
+    """
+)
+
+
+@dataclass(slots=True)
+class GroupData:
+    """The current rows a group's plans are computed from."""
+
+    contacts_by_key: dict[str, Any] = field(default_factory=dict)
+    contacts_by_id: dict[uuid.UUID, Any] = field(default_factory=dict)
+    mirrors: dict[str, Any] = field(default_factory=dict)
+    tombstones: set[str] = field(default_factory=set)
+
+
+class QueueRepository:
+    """Statements of the worker on sync_queue, sync_state, tombstones and consent."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def claim(
+        self,
+        *,
+        me: str,
+        limit: int,
+        lease_seconds: float,
+        skip_accounts: Sequence[str],
+        max_priority: int = 32767,
+    ) -> list[Claimed]:
+        """Lease up to `limit` due rows of active connections, live work first."""
+        result = await self.conn.execute(
+            _CLAIM,
+            {
+                "me": me,
+                "limit": limit,
+                "lease": lease_seconds,
+                "skip_accounts": list(skip_accounts),
+                "max_priority": max_priority,
+            },
+        )
+        return [Claimed(**row) for row in result.mappings()]
+
+    async def seconds_until_next_due(self) -> float | None:
+        """Seconds until the earliest ready row becomes due (None when the queue is empty)."""
+        value = (await self.conn.execute(_NEXT_DUE)).scalar()
+        return None if value is None else float(value)
+
+    async def release(self, *, me: str, rows: Sequence[Claimed]) -> None:
+        """Give leased rows back untouched."""
+        if rows:
+            await self.conn.execute(
+                _RELEASE,
+                {
+                    "me": me,
+                    "conns": [str(r.connection_id) for r in rows],
+                    "keys": [r.email_key for r in rows],
+                },
+            )
+
+    async def release_all(self, *, me: str) -> None:
+        """Give back every lease this worker holds (shutdown)."""
+        await self.conn.execute(_RELEASE_ALL, {"me": me})
+
+    async def lease_holders(self, prefix: str) -> list[str]:
+        """Workers (by id prefix, e.g. this host's) that hold queue leases."""
+        result = await self.conn.execute(_LEASE_HOLDERS, {"prefix": prefix + "%"})
+        return [r for (r,) in result]
+
+    async def reap(self, dead: Sequence[str]) -> None:
+        """Free the leases of workers known to be dead (same host, process gone)."""
+        if dead:
+            await self.conn.execute(_REAP, {"dead": list(dead)})
+
+    async def load(
+        self,
+        *,
+        connection_id: uuid.UUID,
+        owner_id: str,
+        keys: Sequence[str],
+        contact_ids: Sequence[uuid.UUID],
+        hashes: Sequence[str],
+    ) -> GroupData:
+        """Contacts (by key and by hinted id), mirror rows and tombstones for a group."""
+        data = GroupData()
+        contacts = await self.conn.execute(
+            _LOAD_CONTACTS,
+            {"owner": owner_id, "keys": list(keys), "ids": [str(i) for i in contact_ids]},
+        )
+        for row in contacts.mappings():
+            data.contacts_by_id[row["id"]] = row
+            if row["email_key"]:
+                data.contacts_by_key[row["email_key"]] = row
+        mirror_keys = set(keys) | {
+            c["email_key"] for c in data.contacts_by_id.values() if c["email_key"]
+        }
+        mirrors = await self.conn.execute(
+            _LOAD_MIRROR, {"conn": connection_id, "keys": sorted(mirror_keys)}
+        )
+        data.mirrors = {row["email_key"]: row for row in mirrors.mappings()}
+        tombs = await self.conn.execute(
+            _LOAD_TOMBSTONES, {"conn": connection_id, "ids": list(hashes)}
+        )
+        data.tombstones = {r for (r,) in tombs}
+        return data
+
+    async def complete(
+        self,
+        *,
+        me: str,
+        connection_id: uuid.UUID,
+        owner_id: str,
+        claimed: Sequence[Claimed],
+        outcomes: dict[str, Outcome],
+        max_attempts: int,
+    ) -> dict[str, int]:
+        """Write the mirror, tombstones and consent, then compare-and-delete the queue rows."""
+        upserts = [o.mirror | {"email_key": o.key} for o in outcomes.values() if o.mirror]
+        if upserts:
+            await self.conn.execute(
+                _MIRROR_UPSERT, {"conn": connection_id, "rows": _dumps(upserts)}
+            )
+        deletes = [o.key for o in outcomes.values() if o.mirror_delete]
+        if deletes:
+            await self.conn.execute(_MIRROR_DELETE, {"conn": connection_id, "keys": deletes})
+        tombstones = [o.tombstone for o in outcomes.values() if o.tombstone]
+        if tombstones:
+            await self.conn.execute(_TOMBSTONES, {"conn": connection_id, "ids": tombstones})
+        consent = [
+            {"contact_id": str(o.contact_id), "reason": o.consent_off}
+            for o in outcomes.values()
+            if o.consent_off and o.contact_id
+        ]
+        if consent:
+            await self.conn.execute(
+                _CONSENT_OFF, {"rows": _dumps(consent), "owner": owner_id, "provider": "mailchimp"}
+            )
+        rows = []
+        for c in claimed:
+            o = outcomes.get(c.email_key) or Outcome(c.email_key, "release")
+            rows.append(
+                {
+                    "email_key": c.email_key,
+                    "seq": c.seq,
+                    "kind": o.kind,
+                    "delay": o.delay,
+                    "error": o.error,
+                }
+            )
+        result = (
+            (
+                await self.conn.execute(
+                    _COMPLETE,
+                    {"conn": connection_id, "rows": _dumps(rows), "me": me, "max": max_attempts},
+                )
+            )
+            .mappings()
+            .one()
+        )
+        if any(o.synced for o in outcomes.values()):
+            await self.conn.execute(_CONNECTION_SYNCED, {"conn": connection_id})
+        if result["rest"]:
+            # Rows that stay (changed meanwhile, retried, deferred) may be due now: wake peers.
+            await self.conn.execute(text("SELECT pg_notify(:ch, '')"), {"ch": NOTIFY_CHANNEL})
+        return dict(result)
+
+
+def _dumps(rows: list[dict[str, Any]]) -> str:
+    return orjson.dumps(rows, default=_default).decode()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value))

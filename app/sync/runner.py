@@ -1,0 +1,79 @@
+"""Running the worker: in-process beside the API, or alone (`audience-sync worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+import structlog
+
+from app import metrics
+from app.config import Settings
+from app.logging import configure_logging
+from app.sync import outbox
+from app.sync.engine import SyncEngine
+
+if TYPE_CHECKING:
+    from app.main import Runtime
+
+log = structlog.get_logger(__name__)
+
+GAUGE_REFRESH_SECONDS = 15.0
+
+
+def configure_engine(engine: SyncEngine, rt: Runtime) -> None:
+    """Register the periodic jobs every worker runs (reconcile runs, scheduled pulls)."""
+    from app import wiring
+
+    for every, job in wiring.periodic_jobs(rt):
+        engine.add_periodic(every, job)
+
+
+async def start_in_process(rt: Runtime) -> SyncEngine:
+    """Start the worker as a task of the API process (WORKER_IN_PROCESS)."""
+    engine = SyncEngine(rt.engine, rt.settings, transport=rt.extras.get("transport"))
+    configure_engine(engine, rt)
+    rt.extras["engine"] = engine
+    rt.tasks.append(asyncio.create_task(engine.run(), name="sync-worker"))
+    return engine
+
+
+async def _main(settings: Settings) -> None:
+    from app.main import start_runtime
+
+    rt = await start_runtime(settings)
+    if settings.METRICS_PORT:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.METRICS_PORT)
+        log.info("worker.metrics", port=settings.METRICS_PORT)
+    engine = SyncEngine(rt.engine, settings)
+    configure_engine(engine, rt)
+
+    async def refresh(_: SyncEngine) -> None:
+        await metrics.refresh_gauges(rt)
+
+    engine.add_periodic(GAUGE_REFRESH_SECONDS, refresh)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGTERM finishes in-flight sends, gives back leases and slots, then exits.
+        loop.add_signal_handler(sig, engine.stop)
+    try:
+        await engine.run()
+    finally:
+        await engine.aclose()
+        await rt.engine.dispose()
+
+
+def run_worker_process(settings: Settings) -> None:
+    """`audience-sync worker`: the worker alone until SIGTERM/SIGINT."""
+    configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
+    outbox.configure(settings.SYNC_COALESCE_SECONDS)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop
+        pass
+    asyncio.run(_main(settings))

@@ -1,0 +1,311 @@
+"""The per-account request cap across every worker process (DESIGN §6.4).
+
+Each provider account has N request slots in `provider_slots`. A worker leases slots for an
+account it has work for and runs at most as many requests as it holds; leases are renewed while
+in use and released when idle, and a crashed worker's slots come back when its lease runs out
+(at once, when it ran on this host and its process is gone). So the cap holds across processes
+without a database round trip per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import psutil
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = structlog.get_logger(__name__)
+
+_ENSURE = text(
+    """
+    INSERT INTO provider_slots (account_key, slot)
+    SELECT :acct, g FROM generate_series(0, :cap - 1) AS g
+    ON CONFLICT DO NOTHING
+    """
+)
+_ACQUIRE = text(
+    """
+    UPDATE provider_slots p
+    SET holder = :me, lease_until = now() + make_interval(secs => :ttl)
+    FROM (
+        SELECT account_key, slot FROM provider_slots
+        WHERE account_key = :acct AND slot < :cap
+          AND (holder IS NULL OR holder = :me OR lease_until < now()
+               OR holder = ANY(CAST(:dead AS text[])))
+        ORDER BY slot
+        FOR UPDATE SKIP LOCKED
+    ) f
+    WHERE p.account_key = f.account_key AND p.slot = f.slot
+    RETURNING p.slot
+    """
+)
+_RENEW = text(
+    """
+    UPDATE provider_slots SET lease_until = now() + make_interval(secs => :ttl)
+    WHERE holder = :me AND lease_until > now()
+    RETURNING account_key
+    """
+)
+_RELEASE = text(
+    """
+    UPDATE provider_slots SET holder = NULL, lease_until = NULL
+    WHERE holder = :me AND account_key = ANY(CAST(:accts AS text[]))
+    """
+)
+_HOLDERS = text("SELECT DISTINCT holder FROM provider_slots WHERE holder IS NOT NULL")
+
+
+class SlotsUnavailable(Exception):
+    """No slot of the account came free in time (another worker holds them all)."""
+
+
+def worker_identity() -> str:
+    """host:pid:start — unique per process, and checkable for liveness on the same host."""
+    started = int(psutil.Process().create_time())
+    return f"{socket.gethostname()}:{os.getpid()}:{started}"
+
+
+def is_dead_local(holder: str, *, host: str | None = None) -> bool:
+    """True when `holder` ran on this host and that process is gone (or is another one)."""
+    try:
+        h, pid, started = holder.rsplit(":", 2)
+        pid_n, started_n = int(pid), int(started)
+    except ValueError:
+        return False
+    if h != (host or socket.gethostname()) or pid_n == os.getpid():
+        return False
+    try:
+        proc = psutil.Process(pid_n)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return int(proc.create_time()) != started_n  # the pid was reused
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class AccountGate:
+    """In-process limiter of one account: requests ≤ slots held, lowered while throttled."""
+
+    key: str
+    cap: int
+    held: int = 0
+    deadline: float = 0.0  # monotonic time until which the held slots are ours
+    in_flight: int = 0
+    waiters: int = 0
+    live_waiters: int = 0
+    limit: int = 0  # lowered after a throttle, raised back slowly
+    cooldown_until: float = 0.0
+    cooldown_step: float = 0.0
+    cooldown_base: float = 1.0
+    successes: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
+    wants_slots: asyncio.Event | None = None
+
+    def __post_init__(self) -> None:
+        self.limit = self.cap
+
+    def allowed(self, now: float, margin: float) -> int:
+        """How many requests may be in flight right now."""
+        if now >= self.deadline - margin or now < self.cooldown_until:
+            return 0
+        return min(self.held, self.limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(
+        self, *, margin: float, starve_after: float | None = None, live: bool = True
+    ) -> AsyncIterator[None]:
+        """Hold one request slot; `margin` is how long the lease must still last.
+
+        Live requests go before bulk ones. SlotsUnavailable when no slot was held at all for
+        `starve_after` seconds.
+        """
+        began = time.monotonic()
+        async with self.cond:
+            self.waiters += 1
+            self.live_waiters += live
+            try:
+                while True:
+                    now = time.monotonic()
+                    if self.in_flight < self.allowed(now, margin) and (
+                        live or not self.live_waiters
+                    ):
+                        break
+                    if self.held == 0:
+                        if self.wants_slots is not None:
+                            self.wants_slots.set()
+                        if starve_after is not None and now - began > starve_after:
+                            raise SlotsUnavailable(self.key)
+                    # Slot and lease changes notify; only a cool-down's end and the starvation
+                    # limit pass by themselves, so only they need a timed wait.
+                    deadlines = []
+                    if self.cooldown_until > now:
+                        deadlines.append(self.cooldown_until - now)
+                    if starve_after is not None and self.held == 0:
+                        deadlines.append(began + starve_after - now + 0.01)
+                    if deadlines:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(
+                                self.cond.wait(), timeout=max(0.01, min(deadlines))
+                            )
+                    else:
+                        await self.cond.wait()
+            finally:
+                self.waiters -= 1
+                self.live_waiters -= live
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            async with self.cond:
+                self.in_flight -= 1
+                self.last_used = time.monotonic()
+                # With live waiters, a woken bulk waiter would only go back to sleep: wake all.
+                if self.live_waiters:
+                    self.cond.notify_all()
+                else:
+                    self.cond.notify(1)
+
+    def throttled(self, retry_after: float | None) -> float:
+        """Cool the account down and halve its concurrency; returns the cool-down seconds."""
+        self.cooldown_step = min(30.0, max(self.cooldown_base, self.cooldown_step * 2))
+        pause = max(self.cooldown_step, retry_after or 0.0)
+        self.cooldown_until = max(self.cooldown_until, time.monotonic() + pause)
+        self.limit = max(1, self.limit // 2)
+        self.successes = 0
+        return pause
+
+    def succeeded(self) -> None:
+        """A success ends the cool-down escalation; a run of them gives concurrency back."""
+        self.cooldown_step = 0.0
+        self.successes += 1
+        if self.limit < self.cap and self.successes >= 5:
+            self.limit += 1
+            self.successes = 0
+
+    async def notify_all(self) -> None:
+        """Wake waiters after slots or leases changed."""
+        async with self.cond:
+            self.cond.notify_all()
+
+
+class SlotManager:
+    """Leases, renews and releases provider slots for the gates of this process."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        me: str,
+        cap: int,
+        ttl: float,
+        idle_release: float = 2.0,
+        cooldown_base: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.me = me
+        self.cap = cap
+        self.ttl = ttl
+        self.idle_release = idle_release
+        self.cooldown_base = cooldown_base
+        self.gates: dict[str, AccountGate] = {}
+        self.wake = asyncio.Event()
+
+    def gate(self, account_key: str) -> AccountGate:
+        """The gate of an account (created on first use)."""
+        gate = self.gates.get(account_key)
+        if gate is None:
+            gate = AccountGate(
+                account_key, self.cap, wants_slots=self.wake, cooldown_base=self.cooldown_base
+            )
+            self.gates[account_key] = gate
+        return gate
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep slot leases in step with demand until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:  # the database may be away: keep trying, leases lapse
+                log.warning("sync.slots.tick_failed", error=repr(exc))
+            if stop.is_set():
+                break
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=min(1.0, self.ttl / 4))
+        await self.release_all()
+
+    async def tick(self) -> None:
+        """Acquire for accounts with demand, renew held ones, release idle ones."""
+        now = time.monotonic()
+        wanting = [
+            g for g in self.gates.values() if (g.waiters or g.in_flight) and g.held < self.cap
+        ]
+        idle = [
+            g
+            for g in self.gates.values()
+            if g.held
+            and not g.waiters
+            and not g.in_flight
+            and now - g.last_used > self.idle_release
+        ]
+        async with self.engine.begin() as conn:
+            if idle:
+                await conn.execute(_RELEASE, {"me": self.me, "accts": [g.key for g in idle]})
+            renewed: dict[str, int] = {}
+            if any(g.held for g in self.gates.values() if g not in idle):
+                start = time.monotonic()
+                for (acct,) in await conn.execute(_RENEW, {"me": self.me, "ttl": self.ttl}):
+                    renewed[acct] = renewed.get(acct, 0) + 1
+                for g in self.gates.values():
+                    if g in idle:
+                        continue
+                    g.held = renewed.get(g.key, 0)
+                    g.deadline = start + self.ttl if g.held else 0.0
+            for g in idle:
+                g.held, g.deadline = 0, 0.0
+            if wanting:
+                dead = await self._dead_holders(conn)
+            for g in wanting:
+                await conn.execute(_ENSURE, {"acct": g.key, "cap": self.cap})
+                start = time.monotonic()
+                rows = await conn.execute(
+                    _ACQUIRE,
+                    {
+                        "acct": g.key,
+                        "cap": self.cap,
+                        "me": self.me,
+                        "ttl": self.ttl,
+                        "dead": sorted(dead),
+                    },
+                )
+                g.held = len(rows.all())
+                g.deadline = start + self.ttl if g.held else 0.0
+        for g in self.gates.values():
+            await g.notify_all()
+
+    async def _dead_holders(self, conn: AsyncConnection) -> set[str]:
+        holders = [h for (h,) in (await conn.execute(_HOLDERS)) if h != self.me]
+        return {h for h in holders if is_dead_local(h)}
+
+    async def release_all(self) -> None:
+        """Give every slot back (shutdown)."""
+        keys = [g.key for g in self.gates.values()]
+        for g in self.gates.values():
+            g.held, g.deadline = 0, 0.0
+        if not keys:
+            return
+        with contextlib.suppress(Exception):
+            async with self.engine.begin() as conn:
+                await conn.execute(_RELEASE, {"me": self.me, "accts": keys})

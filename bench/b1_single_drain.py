@@ -1,0 +1,104 @@
+"""B1 — single-member drain: N distinct queued contacts, one PUT each, 10 in flight.
+
+Figure: members/s ÷ (10 / L0), for the engine and, in the same run, for pgqueuer,
+procrastinate and a plain asyncio loop doing the same job against the same sandbox.
+
+    .venv/bin/python -m bench.b1_single_drain --latency-ms 20 100 --contacts 5000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from sqlalchemy import text
+
+from app.db import create_engine
+from app.sync.engine import SyncEngine
+from bench import harness, peers
+
+OWNER = "bench"
+LAST_CPU = [0.0]  # CPU seconds per member of the last engine run (this process only)
+CAP = 10
+
+
+async def engine_run(db_url: str, sandbox: harness.SandboxProcess, n: int) -> float:
+    """Seconds for the engine to drain n queued contacts with single PUTs."""
+    settings = harness.bench_settings(
+        db_url,
+        sandbox.url,
+        MAILCHIMP_MAX_CONCURRENCY=CAP,
+        SYNC_BATCH_THRESHOLD=10**9,  # B1 measures the single-member path
+        SYNC_CLAIM_SIZE=200,
+    )
+    engine = create_engine(db_url, pool_size=10)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE")
+            )
+        conn_id = await harness.connect_owner(engine, settings, OWNER)
+        async with engine.begin() as conn:
+            await conn.execute(text("DELETE FROM sync_queue"))
+        await harness.seed(engine, OWNER, n, connection_id=conn_id)
+        sync = SyncEngine(engine, settings)
+        start = time.perf_counter()
+        cpu = time.process_time()
+        async with harness.running_engine(sync):
+            while await harness.queue_depth(engine) > 0:
+                await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        LAST_CPU[0] = (time.process_time() - cpu) / n
+    finally:
+        await engine.dispose()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[20.0, 100.0])
+    parser.add_argument("--contacts", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--runners", nargs="+", default=["engine", "pgqueuer", "procrastinate", "asyncio"]
+    )
+    args = parser.parse_args()
+    results: dict[str, Any] = {"contacts": args.contacts, "cap": CAP, "by_latency": {}}
+    with (
+        harness.scratch_database() as db_url,
+        harness.sandbox_process(max_in_flight=CAP) as sandbox,
+    ):
+        for l0 in args.latency_ms:
+            sandbox.configure(latency_ms=l0, latency_per_member_ms=0)
+            bound = CAP / (l0 / 1000.0) if l0 else None
+            row: dict[str, Any] = {"bound_per_s": bound}
+            for runner in args.runners:
+                times = []
+                for _ in range(args.runs):
+                    sandbox.reset()
+                    if runner == "engine":
+                        seconds = asyncio.run(engine_run(db_url, sandbox, args.contacts))
+                    else:
+                        seconds = peers.run_peer(
+                            runner, db_url, sandbox.url, args.contacts, cap=CAP
+                        )
+                    times.append(seconds)
+                    log = sandbox.requests()
+                    assert log["max_in_flight_seen"] <= CAP, log["max_in_flight_seen"]
+                rate = args.contacts / harness.median(times)
+                ratio = rate / bound if bound else None
+                row[runner] = {"seconds": times, "members_per_s": rate, "ratio_to_bound": ratio}
+                print(
+                    f"B1 L0={l0:g}ms {runner}: {rate:.0f} members/s"
+                    + (f" = {ratio:.2f} of the {bound:.0f}/s bound" if ratio else ""),
+                    flush=True,
+                )
+            results["by_latency"][str(l0)] = row
+    path = harness.write_result("b1_single_drain", results)
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

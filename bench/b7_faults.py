@@ -1,0 +1,134 @@
+"""B7 — faults: 5 % 429, 2 % 503, 1 % permanent 400, a 30 s outage inside a 20,000 backlog.
+
+The backlog drains through the batch endpoint (L(b) = 200 ms + 2 ms·b, 10 in flight). The
+outage starts a few seconds into the drain. Figures: members lost (must be 0); the rejected set
+against the injected permanent set (must be equal); drain time outside the outage ÷ (backlog /
+bound); requests sent while the outage lasted (a handful: the failures that pause the
+connection, then the probes).
+
+    .venv/bin/python -m bench.b7_faults --contacts 20000 --outage 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from app.db import create_engine
+from app.sync.engine import SyncEngine
+from app.sync.models import PRIORITY_BULK
+from bench import harness
+
+OWNER = "bench"
+CAP = 10
+L0_MS, C_MS, BATCH = 200.0, 2.0, 500
+
+
+async def run(db_url: str, sandbox: harness.SandboxProcess, n: int, outage: float, seed: int) -> dict[str, Any]:
+    settings = harness.bench_settings(
+        db_url, sandbox.url, MAILCHIMP_MAX_CONCURRENCY=CAP, SYNC_CLAIM_SIZE=BATCH,
+        MAILCHIMP_TIMEOUT_SECONDS=10.0,
+    )
+    rng = random.Random(seed)
+    permanent = {f"p{i}@example.com" for i in rng.sample(range(1, n + 1), n // 100)}
+    sandbox.configure(
+        latency_ms=L0_MS,
+        latency_per_member_ms=C_MS,
+        seed=seed,
+        fault_rates={"429": 0.05, "503": 0.02},
+        fail_emails={email: "fake" for email in sorted(permanent)},
+    )
+    engine = create_engine(db_url, pool_size=20)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE"))
+        conn_id = await harness.connect_owner(engine, settings, OWNER)
+        async with engine.begin() as conn:
+            await conn.execute(text("DELETE FROM sync_queue"))
+        await harness.seed(engine, OWNER, n, connection_id=conn_id, priority=PRIORITY_BULK)
+        sync = SyncEngine(engine, settings)
+        start = time.perf_counter()
+        async with harness.running_engine(sync):
+            await asyncio.sleep(3.0)
+            outage_start = time.time()
+            await asyncio.to_thread(sandbox.configure, outage_seconds=outage)
+            outage_end = outage_start + outage
+            paused_seen = False
+            remaining_at_end: int | None = None
+            while (depth := await harness.queue_depth(engine)) > 0:
+                if remaining_at_end is None and time.time() >= outage_end:
+                    remaining_at_end = depth
+                async with engine.connect() as conn:
+                    status = (await conn.execute(text("SELECT status FROM connections"))).scalar()
+                paused_seen |= status == "paused"
+                await asyncio.sleep(0.1)
+            done_at = time.time()
+        elapsed = time.perf_counter() - start
+        async with engine.connect() as conn:
+            rejected = {
+                r for (r,) in await conn.execute(
+                    text("SELECT email_key FROM sync_state WHERE error_kind IS NOT NULL")
+                )
+            }
+            parked = (await conn.execute(text("SELECT count(*) FROM sync_queue"))).scalar_one()
+    finally:
+        await engine.dispose()
+    log = sandbox.requests()["requests"]
+    during = [e for e in log if outage_start <= e["start"] < outage_end]
+    members = httpx.get(f"{sandbox.url}/_control/lists/{harness.default_list_id()}/members", timeout=120).json()["members"]
+    present = {m["email_address"].lower() for m in members if m.get("status") == "subscribed"}
+    expected = {f"p{i}@example.com" for i in range(1, n + 1)} - permanent
+    bound = CAP * BATCH / ((L0_MS + C_MS * BATCH) / 1000.0)
+    return {
+        "contacts": n,
+        "outage_s": outage,
+        "seconds": elapsed,
+        "members_lost": len(expected - present),
+        "rejected_equals_injected": rejected == permanent,
+        "rejected": len(rejected),
+        "injected": len(permanent),
+        "left_in_queue": parked,
+        "paused_seen": paused_seen,
+        "requests_during_outage": len(during),
+        # Time from the outage's end to an empty queue, over what the backlog left at that
+        # moment needs at the bound; and the whole run outside the outage over n / bound.
+        "recovery_ratio": (done_at - outage_end) / ((remaining_at_end or 0) / bound)
+        if remaining_at_end
+        else None,
+        "remaining_at_outage_end": remaining_at_end,
+        "whole_run_ratio": (elapsed - outage) / (n / bound),
+        "statuses": {str(s): sum(1 for e in log if e["status"] == s) for s in sorted({e["status"] for e in log})},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--contacts", type=int, default=20_000)
+    parser.add_argument("--outage", type=float, default=30.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    runs = []
+    with harness.scratch_database() as db_url, harness.sandbox_process(max_in_flight=CAP) as sandbox:
+        for i in range(args.runs):
+            sandbox.reset()
+            result = asyncio.run(run(db_url, sandbox, args.contacts, args.outage, seed=100 + i))
+            runs.append(result)
+            print(
+                f"B7 run {i + 1}: lost {result['members_lost']}, rejected==injected"
+                f" {result['rejected_equals_injected']} ({result['rejected']}/{result['injected']}),"
+                f" recovery ratio {result['recovery_ratio']}, whole-run ratio"
+                f" {result['whole_run_ratio']:.2f}, requests during outage"
+                f" {result['requests_during_outage']}, paused {result['paused_seen']}",
+                flush=True,
+            )
+    print(f"results: {harness.write_result('b7_faults', {'runs': runs})}")
+
+
+if __name__ == "__main__":
+    main()

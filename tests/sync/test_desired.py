@@ -1,0 +1,240 @@
+"""DESIGN §5's table, row by row, on the pure planner (no I/O)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from app.sync.desired import (
+    Action,
+    MappingConfig,
+    MirrorOp,
+    digest_of,
+    merge_fields,
+    plan_key,
+    plan_move,
+    tag_diff,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CFG = MappingConfig()
+
+
+def contact(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "email": "Ada@example.com",
+        "email_key": "ada@example.com",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "phone": None,
+        "tags": ["vip"],
+        "custom_fields": {},
+        "newsletter_opt_in": True,
+        "newsletter_changed_at": T0,
+        "email_status": "ok",
+        "addr1": None,
+        "addr2": None,
+        "city": None,
+        "state": None,
+        "zip": None,
+        "country": None,
+    }
+    base.update(kw)
+    return base
+
+
+def mirror_for(c: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "remote_id": "x",
+        "pushed_email": c["email"],
+        "pushed_digest": digest_of(c["email"], merge_fields(c, CFG)),
+        "pushed_tags": list(c["tags"]),
+        "remote_status": "subscribed",
+        "remote_changed_at": T0,
+        "error_kind": None,
+    }
+    base.update(kw)
+    return base
+
+
+def plan(c: dict[str, Any] | None, m: dict[str, Any] | None, **kw: Any) -> Any:
+    return plan_key(
+        "ada@example.com",
+        contact=c,
+        mirror=m,
+        tombstoned=kw.pop("tombstoned", False),
+        forget=kw.pop("forget", False),
+        cfg=kw.pop("cfg", CFG),
+    )
+
+
+class TestCreate:
+    def test_consenting_contact_absent_remotely_is_created_subscribed(self) -> None:
+        p = plan(contact(), None)
+        assert p.action is Action.upsert
+        assert p.payload is not None
+        assert p.payload.status_if_new == "subscribed"
+        assert p.payload.status is None  # never an explicit status for a maybe-existing member
+        assert p.payload.tags == ["vip"]
+        assert p.payload.merge_fields == {"FNAME": "Ada", "LNAME": "Lovelace"}
+
+    def test_double_opt_in_creates_pending(self) -> None:
+        p = plan(contact(), None, cfg=MappingConfig(double_opt_in=True))
+        assert p.payload is not None
+        assert p.payload.status_if_new == "pending"
+
+    def test_no_consent_absent_remotely_creates_nothing(self) -> None:
+        p = plan(contact(newsletter_opt_in=False), None)
+        assert p.action is Action.noop
+
+    def test_bounced_locally_is_not_created(self) -> None:
+        p = plan(contact(email_status="bounced"), None)
+        assert p.action is Action.noop
+
+
+class TestUpdate:
+    def test_unchanged_means_no_call(self) -> None:
+        c = contact()
+        assert plan(c, mirror_for(c)).action is Action.noop
+
+    def test_changed_fields_update_without_status(self) -> None:
+        c = contact()
+        p = plan(contact(first_name="Augusta"), mirror_for(c))
+        assert p.action is Action.upsert
+        assert p.payload is not None
+        assert p.payload.status is None
+
+    def test_only_tags_changed_uses_tags_endpoint(self) -> None:
+        c = contact()
+        p = plan(contact(tags=["vip", "donor"]), mirror_for(c))
+        assert p.action is Action.tags
+
+    def test_archived_by_us_is_revived_with_explicit_status(self) -> None:
+        c = contact()
+        p = plan(c, mirror_for(c, remote_status="archived"))
+        assert p.action is Action.upsert
+        assert p.payload is not None
+        assert p.payload.status == "subscribed"
+
+    def test_opt_out_unsubscribes_a_subscribed_member(self) -> None:
+        c = contact()
+        p = plan(contact(newsletter_opt_in=False), mirror_for(c))
+        assert p.action is Action.update  # PATCH: never creates
+        assert p.payload is not None
+        assert p.payload.status == "unsubscribed"
+
+
+class TestConsentIsThePersons:
+    @pytest.mark.parametrize("status", ["unsubscribed", "cleaned"])
+    def test_provider_opt_out_is_never_resubscribed(self, status: str) -> None:
+        c = contact(first_name="Changed")
+        m = mirror_for(contact(), remote_status=status, remote_changed_at=T0 + timedelta(days=1))
+        p = plan(c, m)
+        assert p.action is Action.upsert  # data fields still sync
+        assert p.payload is not None
+        assert p.payload.status is None
+
+    def test_local_reopt_in_after_unsubscribe_goes_pending(self) -> None:
+        c = contact(newsletter_changed_at=T0 + timedelta(days=2))
+        m = mirror_for(c, remote_status="unsubscribed", remote_changed_at=T0 + timedelta(days=1))
+        p = plan(c, m)
+        assert p.payload is not None
+        assert p.payload.status == "pending"
+
+    def test_cleaned_is_never_reopted_even_after_local_change(self) -> None:
+        c = contact(newsletter_changed_at=T0 + timedelta(days=2))
+        m = mirror_for(c, remote_status="cleaned", remote_changed_at=T0 + timedelta(days=1))
+        assert plan(c, m).action is Action.noop
+
+    def test_compliance_rejection_counts_as_unsubscribed(self) -> None:
+        c = contact(newsletter_changed_at=T0 + timedelta(days=2))
+        m = mirror_for(
+            c,
+            remote_status="rejected",
+            error_kind="compliance",
+            remote_changed_at=T0 + timedelta(days=1),
+        )
+        p = plan(c, m)
+        assert p.payload is not None
+        assert p.payload.status == "pending"
+
+    def test_unknown_remote_time_never_counts_as_newer(self) -> None:
+        c = contact(newsletter_changed_at=T0 + timedelta(days=2))
+        m = mirror_for(c, remote_status="unsubscribed", remote_changed_at=None)
+        assert plan(c, m).action is Action.noop
+
+
+class TestGone:
+    def test_deleted_contact_pushed_by_us_is_archived(self) -> None:
+        c = contact()
+        p = plan(None, mirror_for(c))
+        assert p.action is Action.archive
+        assert p.target_email == "Ada@example.com"
+
+    def test_deleted_contact_never_pushed_touches_nothing(self) -> None:
+        p = plan(None, None)
+        assert p.action is Action.noop
+        assert p.mirror_op is MirrorOp.keep
+
+    def test_already_archived_is_left_alone(self) -> None:
+        c = contact()
+        assert plan(None, mirror_for(c, remote_status="archived")).action is Action.noop
+
+    def test_rejected_row_of_deleted_contact_is_dropped(self) -> None:
+        m = {"pushed_digest": None, "remote_status": "rejected", "error_kind": "invalid_email"}
+        p = plan(None, m)
+        assert p.mirror_op is MirrorOp.delete
+
+    def test_forget_erases(self) -> None:
+        assert plan(None, None, forget=True).action is Action.forget
+
+    def test_tombstoned_address_is_never_pushed(self) -> None:
+        p = plan(contact(), None, tombstoned=True)
+        assert p.action is Action.noop
+        assert p.mirror_op is MirrorOp.forgotten
+
+
+class TestMapping:
+    def test_empty_values_are_omitted(self) -> None:
+        fields = merge_fields(contact(first_name="", last_name=None, phone="123"), CFG)
+        assert fields == {"PHONE": "123"}
+
+    def test_address_only_when_enabled_and_complete(self) -> None:
+        full = contact(addr1="1 Main", city="X", state="CA", zip="90000", country="US")
+        assert "ADDRESS" not in merge_fields(full, CFG)
+        on = MappingConfig(sync_address=True)
+        assert merge_fields(full, on)["ADDRESS"]["addr1"] == "1 Main"
+        assert "ADDRESS" not in merge_fields(contact(addr1="1 Main", city="X"), on)
+
+    def test_custom_fields_through_the_operator_map(self) -> None:
+        cfg = MappingConfig(custom_map={"company": "COMPANY", "vip": "VIP"})
+        c = contact(custom_fields={"company": "ACME", "vip": True, "secret": "no"})
+        fields = merge_fields(c, cfg)
+        assert fields["COMPANY"] == "ACME"
+        assert fields["VIP"] == "yes"
+        assert "secret" not in str(fields)
+
+
+class TestTags:
+    def test_only_our_tags_are_removed(self) -> None:
+        add, remove = tag_diff(["b", "c"], pushed=["a", "b"], remote=["a", "b", "theirs"])
+        assert add == ["c"]
+        assert remove == ["a"]
+
+    def test_their_tags_survive(self) -> None:
+        _, remove = tag_diff([], pushed=[], remote=["theirs"])
+        assert remove == []
+
+
+def test_move_keeps_old_member() -> None:
+    c = contact(email="new@example.com", email_key="new@example.com")
+    old = mirror_for(contact())
+    p = plan_move("ada@example.com", "new@example.com", contact=c, old_mirror=old, cfg=CFG)
+    assert p.action is Action.move
+    assert p.target_email == "Ada@example.com"
+    assert p.payload is not None
+    assert p.payload.email_address == "new@example.com"

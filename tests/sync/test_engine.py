@@ -1,0 +1,369 @@
+"""The worker against the sandbox over real HTTP: DESIGN §5's table, observed at "Mailchimp"."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import Runtime
+from app.sync.engine import SyncEngine
+from tests.conftest import fetch
+from tests.support.sync import Sandbox, queue_empty
+from tests.sync.conftest import OWNER
+
+pytestmark = pytest.mark.usefixtures("connection")
+
+Engine = Callable[..., SyncEngine]
+
+
+def h(email: str) -> str:
+    return hashlib.md5(email.strip().lower().encode()).hexdigest()
+
+
+class Api:
+    """The contacts API for OWNER."""
+
+    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def create(self, **body: Any) -> dict[str, Any]:
+        body.setdefault("newsletter_opt_in", True)
+        r = await self.client.post("/api/contacts", json=body, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def patch(self, contact_id: str, **body: Any) -> dict[str, Any]:
+        r = await self.client.patch(f"/api/contacts/{contact_id}", json=body, headers=self.headers)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def delete(self, contact_id: str) -> None:
+        r = await self.client.delete(f"/api/contacts/{contact_id}", headers=self.headers)
+        assert r.status_code == 204
+
+    async def forget(self, contact_id: str) -> None:
+        r = await self.client.post(f"/api/contacts/{contact_id}/forget", headers=self.headers)
+        assert r.status_code == 200
+
+    async def get(self, contact_id: str) -> dict[str, Any]:
+        r = await self.client.get(f"/api/contacts/{contact_id}", headers=self.headers)
+        assert r.status_code == 200
+        return dict(r.json())
+
+
+@pytest.fixture
+def crm(api: httpx.AsyncClient, token_for: Callable[..., str]) -> Api:
+    return Api(api, token_for(OWNER))
+
+
+async def drain(make_engine: Engine, **overrides: Any) -> None:
+    engine = make_engine(**overrides)
+    try:
+        await engine.run_until_idle(limit_seconds=30)
+    finally:
+        await engine.aclose()
+
+
+class TestCreateAndUpdate:
+    async def test_consenting_contact_is_created_with_fields_and_tags(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        c = await crm.create(
+            email="Ada@Example.com",
+            first_name="Ada",
+            last_name="Lovelace",
+            phone="555",
+            tags=["vip", "donor"],
+        )
+        await drain(make_engine)
+        m = (await sandbox.members())["ada@example.com"]
+        assert m["status"] == "subscribed"
+        assert m["email_address"] == "Ada@example.com"
+        assert m["merge_fields"]["FNAME"] == "Ada"
+        assert m["merge_fields"]["PHONE"] == "555"
+        assert {t["name"] for t in m["tags"]} == {"vip", "donor"}
+        assert await queue_empty(runtime)
+        sync = (await crm.get(c["id"]))["sync"][0]
+        assert sync["status"] == "synced"
+        assert sync["remote_status"] == "subscribed"
+        assert sync["last_synced_at"] is not None
+
+    async def test_no_consent_creates_no_member(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        await crm.create(email="quiet@example.com", newsletter_opt_in=False)
+        await sandbox.clear_requests()
+        await drain(make_engine)
+        assert "quiet@example.com" not in await sandbox.members()
+        assert await sandbox.requests() == []
+
+    async def test_unchanged_contact_costs_no_call(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        c = await crm.create(email="same@example.com", first_name="S")
+        await drain(make_engine)
+        await sandbox.clear_requests()
+        # A change that maps to nothing Mailchimp holds (notes) re-queues the key...
+        await crm.patch(c["id"], notes="called on Monday")
+        assert not await queue_empty(runtime)
+        await drain(make_engine)
+        # ...and the worker completes it without a request.
+        assert await sandbox.requests() == []
+        assert await queue_empty(runtime)
+
+    async def test_field_change_updates_without_status(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        c = await crm.create(email="ed@example.com", first_name="Ed")
+        await drain(make_engine)
+        await sandbox.clear_requests()
+        await crm.patch(c["id"], first_name="Edward")
+        await drain(make_engine)
+        m = (await sandbox.members())["ed@example.com"]
+        assert m["merge_fields"]["FNAME"] == "Edward"
+        reqs = await sandbox.requests()
+        assert [(r["method"], r["status"]) for r in reqs] == [("PUT", 200)]
+
+    async def test_opt_out_unsubscribes(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        c = await crm.create(email="bye@example.com")
+        await drain(make_engine)
+        await crm.patch(c["id"], newsletter_opt_in=False)
+        await drain(make_engine)
+        assert (await sandbox.members())["bye@example.com"]["status"] == "unsubscribed"
+
+
+class TestTags:
+    async def test_tags_are_additive_and_only_ours_are_removed(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        c = await crm.create(email="tag@example.com", tags=["a", "b"])
+        await drain(make_engine)
+        # Someone adds a tag in Mailchimp.
+        r = await sandbox.api(
+            "POST",
+            f"/lists/{sandbox.list_id}/members/{h('tag@example.com')}/tags",
+            json={"tags": [{"name": "theirs", "status": "active"}]},
+        )
+        assert r.status_code == 204
+        await crm.patch(c["id"], tags=["b", "c"])
+        await drain(make_engine)
+        m = (await sandbox.members())["tag@example.com"]
+        assert {t["name"] for t in m["tags"]} == {"b", "c", "theirs"}
+        inactive = {t["name"] for t in m["tags_all"] if t["status"] == "inactive"}
+        assert inactive == {"a"}
+
+
+class TestGone:
+    async def test_delete_archives_and_recreate_resubscribes(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        c = await crm.create(email="arc@example.com", first_name="Arc")
+        await drain(make_engine)
+        await crm.delete(c["id"])
+        await drain(make_engine)
+        assert (await sandbox.members())["arc@example.com"]["status"] == "archived"
+        await crm.create(email="arc@example.com", first_name="Back")
+        await drain(make_engine)
+        m = (await sandbox.members())["arc@example.com"]
+        assert m["status"] == "subscribed"
+        assert m["merge_fields"]["FNAME"] == "Back"
+
+    async def test_delete_of_never_pushed_contact_touches_nothing(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        # A member that only exists in Mailchimp, with the same address as a local contact
+        # that never consented: deleting the contact must not archive it.
+        r = await sandbox.api(
+            "PUT",
+            f"/lists/{sandbox.list_id}/members/{h('theirs@example.com')}",
+            json={"email_address": "theirs@example.com", "status_if_new": "subscribed"},
+        )
+        assert r.status_code == 200
+        c = await crm.create(email="theirs@example.com", newsletter_opt_in=False)
+        await drain(make_engine)
+        await crm.delete(c["id"])
+        await drain(make_engine)
+        assert (await sandbox.members())["theirs@example.com"]["status"] == "subscribed"
+
+    async def test_forget_erases_and_never_pushes_again(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        c = await crm.create(email="gdpr@example.com", first_name="G")
+        await drain(make_engine)
+        await crm.forget(c["id"])
+        await drain(make_engine)
+        dump = await sandbox.members()
+        assert "gdpr@example.com" not in dump
+        assert dump[h("gdpr@example.com")]["status"] == "forgotten"
+        again = await crm.create(email="gdpr@example.com", first_name="G2")
+        await sandbox.clear_requests()
+        await drain(make_engine)
+        assert await sandbox.requests() == []
+        sync = (await crm.get(again["id"]))["sync"][0]
+        assert sync["status"] == "rejected"
+        assert sync["error_kind"] == "forgotten"
+        tomb = await fetch(runtime, "SELECT remote_id FROM sync_tombstones")
+        assert tomb == [{"remote_id": h("gdpr@example.com")}]
+
+
+class TestEmailChange:
+    async def test_move_keeps_the_member(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        c = await crm.create(email="old@example.com", first_name="O")
+        await drain(make_engine)
+        before = (await sandbox.members())["old@example.com"]
+        await crm.patch(c["id"], email="new@example.com")
+        await drain(make_engine)
+        dump = await sandbox.members()
+        assert "old@example.com" not in dump
+        after = dump["new@example.com"]
+        assert after["unique_email_id"] == before["unique_email_id"]
+        assert after["status"] == "subscribed"
+
+    async def test_move_onto_existing_member_archives_old(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        c = await crm.create(email="a1@example.com", first_name="A")
+        await drain(make_engine)
+        r = await sandbox.api(
+            "PUT",
+            f"/lists/{sandbox.list_id}/members/{h('b1@example.com')}",
+            json={"email_address": "b1@example.com", "status_if_new": "subscribed"},
+        )
+        assert r.status_code == 200
+        await crm.patch(c["id"], email="b1@example.com", first_name="B")
+        await drain(make_engine)
+        dump = await sandbox.members()
+        assert dump["a1@example.com"]["status"] == "archived"
+        assert dump["b1@example.com"]["status"] == "subscribed"
+        assert dump["b1@example.com"]["merge_fields"]["FNAME"] == "B"
+
+
+class TestConsent:
+    @pytest.mark.parametrize("action", ["unsubscribe", "clean"])
+    async def test_provider_opt_out_is_never_resubscribed(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, action: str
+    ) -> None:
+        c = await crm.create(email="person@example.com", first_name="P")
+        await drain(make_engine)
+        assert (await sandbox.act(action, "person@example.com")).status_code == 200
+        await crm.patch(c["id"], first_name="Renamed")
+        await drain(make_engine)
+        m = (await sandbox.members())["person@example.com"]
+        assert m["status"] == ("unsubscribed" if action == "unsubscribe" else "cleaned")
+        assert m["merge_fields"]["FNAME"] == "Renamed"  # data still follows the CRM
+
+    async def test_local_reopt_in_after_unsubscribe_goes_pending(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine
+    ) -> None:
+        c = await crm.create(email="back@example.com")
+        await drain(make_engine)
+        await sandbox.act("unsubscribe", "back@example.com")
+        await crm.patch(c["id"], first_name="Learns")  # the worker learns the status
+        await drain(make_engine)
+        await crm.patch(c["id"], newsletter_opt_in=False)
+        await crm.patch(c["id"], newsletter_opt_in=True)  # a fresh, local re-opt-in
+        await drain(make_engine)
+        assert (await sandbox.members())["back@example.com"]["status"] == "pending"
+
+    async def test_compliance_refusal_turns_local_consent_off(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        await sandbox.configure(fail_emails={"blocked@example.com": "compliance"})
+        c = await crm.create(email="blocked@example.com")
+        ok = await crm.create(email="fine@example.com")
+        await drain(make_engine)
+        got = await crm.get(c["id"])
+        assert got["newsletter_opt_in"] is False
+        assert got["sync"][0]["status"] == "rejected"
+        assert got["sync"][0]["error_kind"] == "compliance"
+        assert (await crm.get(ok["id"]))["sync"][0]["status"] == "synced"
+        changes = await fetch(
+            runtime,
+            "SELECT source FROM contact_changes WHERE contact_id = :c ORDER BY id",
+            c=c["id"],
+        )
+        assert [x["source"] for x in changes] == ["api", "provider"]
+        assert await queue_empty(runtime)  # the consent change queues nothing back
+
+    async def test_fake_email_is_rejected_once(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        c = await crm.create(email="someone@mailinator.com")
+        await drain(make_engine)
+        sync = (await crm.get(c["id"]))["sync"][0]
+        assert sync["status"] == "rejected"
+        assert sync["error_kind"] == "invalid_email"
+        assert "looks fake" in sync["error"]
+        assert await queue_empty(runtime)
+
+
+class TestBatch:
+    async def test_backlog_goes_through_the_batch_endpoint(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        for i in range(60):
+            await crm.create(email=f"bulk{i}@example.com", first_name=f"B{i}", tags=["bulk"])
+        await crm.create(email="bad@mailinator.com")
+        await sandbox.clear_requests()
+        await drain(make_engine, SYNC_BATCH_THRESHOLD=10)
+        reqs = await sandbox.requests()
+        assert [r["method"] for r in reqs] == ["POST"]
+        assert reqs[0]["path"].endswith(f"/lists/{sandbox.list_id}")
+        dump = await sandbox.members()
+        assert all(dump[f"bulk{i}@example.com"]["status"] == "subscribed" for i in range(60))
+        assert "bad@mailinator.com" not in dump
+        rejected = await fetch(
+            runtime, "SELECT error_kind FROM sync_state WHERE error_kind IS NOT NULL"
+        )
+        assert rejected == [{"error_kind": "invalid_email"}]
+
+    async def test_coalescing_sends_the_latest_state_only(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        c = await crm.create(email="hot@example.com", first_name="v0")
+        for i in range(1, 101):
+            await crm.patch(c["id"], first_name=f"v{i}")
+        await sandbox.clear_requests()
+        await drain(make_engine)
+        reqs = await sandbox.requests()
+        assert len(reqs) <= 3
+        assert (await sandbox.members())["hot@example.com"]["merge_fields"]["FNAME"] == "v100"
+
+
+class TestCoalescingHold:
+    async def test_a_just_sent_key_waits_a_quiet_one_goes_at_once(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        from app.sync import outbox
+
+        c = await crm.create(email="hot2@example.com", first_name="a")
+        await drain(make_engine)
+        outbox.configure(30.0)
+        try:
+            await crm.patch(c["id"], first_name="b")
+            await crm.create(email="quiet2@example.com")
+            rows = await fetch(
+                runtime,
+                "SELECT email_key, available_at > now() AS held FROM sync_queue ORDER BY 1",
+            )
+            assert rows == [
+                {"email_key": "hot2@example.com", "held": True},
+                {"email_key": "quiet2@example.com", "held": False},
+            ]
+            await sandbox.clear_requests()
+            await drain(make_engine)
+            assert [r["path"].rsplit("/", 1)[-1] for r in await sandbox.requests()] == [
+                h("quiet2@example.com")
+            ]
+            assert (await sandbox.members())["hot2@example.com"]["merge_fields"]["FNAME"] == "a"
+        finally:
+            outbox.configure(0.0)

@@ -1,0 +1,276 @@
+"""Nothing is lost: crashes (SIGKILL), two workers under one cap, faults, outages, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.main import Runtime
+from app.sync.engine import SyncEngine
+from tests.conftest import fetch
+from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, wait_for
+from tests.sync.conftest import OWNER
+
+pytestmark = pytest.mark.usefixtures("connection")
+
+
+async def seed_contacts(runtime: Runtime, connection_id: Any, n: int, *, prefix: str = "c") -> None:
+    """n consenting contacts and their queue rows, set-based (as an import would)."""
+    await fetch(
+        runtime,
+        """
+        INSERT INTO contacts (owner_id, email, first_name, last_name, tags, newsletter_opt_in,
+                              newsletter_changed_at)
+        SELECT :owner, :prefix || g || '@example.com', 'F' || g, 'L' || g, ARRAY['t' || (g % 3)],
+               true, now()
+        FROM generate_series(1, :n) AS g
+        """,
+        owner=OWNER,
+        prefix=prefix,
+        n=n,
+    )
+    await fetch(
+        runtime,
+        """
+        INSERT INTO sync_queue (connection_id, email_key, contact_id)
+        SELECT :conn, email_key, id FROM contacts WHERE owner_id = :owner
+        ON CONFLICT DO NOTHING
+        """,
+        conn=connection_id,
+        owner=OWNER,
+    )
+
+
+def worker_env(settings: Settings, **extra: Any) -> dict[str, str]:
+    """Environment of an `audience-sync worker` process sharing the test's database."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MAILCHIMP_", "SYNC_", "DATABASE_URL", "ENCRYPTION", "AUTH_"))
+    }
+    env.update(
+        {
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": str(settings.DATABASE_URL),
+            "AUTH_JWT_SECRET": settings.AUTH_JWT_SECRET.get_secret_value(),
+            "ENCRYPTION_KEYS": ",".join(k.get_secret_value() for k in settings.ENCRYPTION_KEYS),
+            "MAILCHIMP_MODE": "sandbox",
+            "MAILCHIMP_SANDBOX_URL": str(settings.MAILCHIMP_SANDBOX_URL),
+            "MAILCHIMP_TIMEOUT_SECONDS": str(settings.MAILCHIMP_TIMEOUT_SECONDS),
+            "AUTO_MIGRATE": "false",
+            "LOG_LEVEL": "WARNING",
+            "DATA_DIR": tempfile.mkdtemp(prefix="as-worker-"),
+            "SYNC_POLL_INTERVAL_SECONDS": "0.2",
+            "SYNC_BACKOFF_BASE_SECONDS": "0.05",
+            "SYNC_BACKOFF_MAX_SECONDS": "0.5",
+        }
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@asynccontextmanager
+async def worker(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "worker",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_sigkill_mid_drain_loses_nothing(
+    runtime: Runtime,
+    sync_settings: Settings,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+) -> None:
+    """SIGKILL the worker 10 times at random moments; the sandbox ends equal to the database."""
+    await sandbox.configure(latency_ms=3)
+    await seed_contacts(runtime, connection["id"], 5000)
+    # Single PUTs keep the drain long enough to be killed many times.
+    env = worker_env(sync_settings, SYNC_BATCH_THRESHOLD=100000, SYNC_CLAIM_SIZE=100)
+    headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
+    ids = [r["id"] for r in await fetch(runtime, "SELECT id FROM contacts ORDER BY email")]
+    rng = random.Random(42)
+    kills = 0
+    while kills < 10:
+        async with worker(env) as proc:
+            await asyncio.sleep(rng.uniform(0.4, 1.2))
+            # Changes keep arriving during the drain: the final state must be the latest one.
+            for contact_id in rng.sample(ids, 5):
+                r = await api.patch(
+                    f"/api/contacts/{contact_id}",
+                    json={"first_name": f"K{kills}-{rng.randrange(1000)}"},
+                    headers=headers,
+                )
+                assert r.status_code == 200
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            kills += 1
+    remaining = (await fetch(runtime, "SELECT count(*) AS n FROM sync_queue"))[0]["n"]
+    assert remaining > 0, "the drain finished before the kills: make it longer"
+    async with worker(env):
+        await wait_for(lambda: queue_empty(runtime), within=120)
+    await assert_mirrors_database(runtime, sandbox, OWNER)
+    parked = await fetch(runtime, "SELECT count(*) AS n FROM sync_queue WHERE state = 'parked'")
+    assert parked[0]["n"] == 0
+
+
+async def test_two_workers_share_one_cap(
+    runtime: Runtime, sync_settings: Settings, sandbox: Sandbox, connection: dict[str, Any]
+) -> None:
+    """Two processes, each allowed 10, against a strict cap of 10: never a 429."""
+    await sandbox.configure(latency_ms=20, max_in_flight=10)
+    await seed_contacts(runtime, connection["id"], 1500)
+    env = worker_env(
+        sync_settings,
+        MAILCHIMP_MAX_CONCURRENCY=10,
+        SYNC_BATCH_THRESHOLD=100000,
+        SYNC_CLAIM_SIZE=100,
+    )
+    await sandbox.clear_requests()
+    async with worker(env), worker(env):
+        await wait_for(lambda: queue_empty(runtime), within=120)
+    log = (await sandbox.http.get("/_control/requests")).json()
+    statuses = {r["status"] for r in log["requests"]}
+    assert 429 not in statuses
+    assert log["max_in_flight_seen"] <= 10
+    await assert_mirrors_database(runtime, sandbox, OWNER)
+
+
+async def test_sigterm_finishes_in_flight_and_releases(
+    runtime: Runtime, sync_settings: Settings, sandbox: Sandbox, connection: dict[str, Any]
+) -> None:
+    await sandbox.configure(latency_ms=50)
+    await seed_contacts(runtime, connection["id"], 400)
+    env = worker_env(sync_settings, SYNC_BATCH_THRESHOLD=100000, SYNC_CLAIM_SIZE=50)
+    async with worker(env) as proc:
+        await wait_for(lambda: _count(runtime, "SELECT count(*) AS n FROM sync_state"), within=30)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), timeout=30)
+        assert code == 0, (await proc.stderr.read()).decode() if proc.stderr else ""
+    leased = await fetch(
+        runtime, "SELECT count(*) AS n FROM sync_queue WHERE leased_by IS NOT NULL"
+    )
+    assert leased[0]["n"] == 0
+    slots = await fetch(
+        runtime, "SELECT count(*) AS n FROM provider_slots WHERE holder IS NOT NULL"
+    )
+    assert slots[0]["n"] == 0
+    # What was sent is recorded; nothing was half-completed.
+    sent = (await fetch(runtime, "SELECT count(*) AS n FROM sync_state"))[0]["n"]
+    queued = (await fetch(runtime, "SELECT count(*) AS n FROM sync_queue"))[0]["n"]
+    assert sent + queued >= 400
+
+
+async def _count(runtime: Runtime, sql: str) -> bool:
+    return bool((await fetch(runtime, sql))[0]["n"] > 0)
+
+
+@asynccontextmanager
+async def running(engine: SyncEngine) -> AsyncIterator[SyncEngine]:
+    task = asyncio.create_task(engine.run(grace_seconds=5))
+    try:
+        yield engine
+    finally:
+        engine.stop()
+        await task
+        await engine.aclose()
+
+
+async def test_thirty_percent_faults_converge_exactly(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    await sandbox.configure(
+        seed=7,
+        timeout_seconds=3,
+        fault_rates={"503": 0.1, "429": 0.1, "timeout": 0.05, "403": 0.05},
+    )
+    await seed_contacts(runtime, connection["id"], 300)
+    engine = make_engine(
+        MAILCHIMP_TIMEOUT_SECONDS=1.0,
+        SYNC_BATCH_THRESHOLD=100000,
+        SYNC_MAX_ATTEMPTS=50,
+        SYNC_THROTTLE_COOLDOWN_SECONDS=0.05,
+        SYNC_PAUSE_AFTER_FAILURES=50,
+    )
+    async with running(engine):
+        await wait_for(lambda: queue_empty(runtime), within=120)
+    await sandbox.configure(fault_rates={"503": 0, "429": 0, "timeout": 0, "403": 0})
+    await assert_mirrors_database(runtime, sandbox, OWNER)
+    log = (await sandbox.http.get("/_control/requests")).json()["requests"]
+    assert {r["status"] for r in log} >= {200, 503, 429}  # the faults really happened
+
+
+async def test_outage_pauses_with_notice_and_resumes_by_itself(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+) -> None:
+    await seed_contacts(runtime, connection["id"], 60)
+    await sandbox.configure(outage_seconds=3)
+    engine = make_engine(SYNC_BATCH_THRESHOLD=100000, SYNC_PAUSE_AFTER_FAILURES=5)
+    headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
+
+    async def paused() -> bool:
+        body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
+        return bool(body["status"] == "paused")
+
+    async with running(engine):
+        await wait_for(paused, within=30)
+        body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
+        assert body["notice"] == "Heads up—email sync is paused right now."
+        await wait_for(lambda: queue_empty(runtime), within=60)
+    body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
+    assert body["status"] == "active"
+    assert body["notice"] is None
+    await assert_mirrors_database(runtime, sandbox, OWNER)
+
+
+async def test_permanent_error_for_one_email_leaves_others_synced(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    await seed_contacts(runtime, connection["id"], 20)
+    await sandbox.configure(fail_emails={"c7@example.com": "merge_fields"})
+    engine = make_engine()
+    async with running(engine):
+        await wait_for(lambda: queue_empty(runtime), within=30)
+    rows = await fetch(
+        runtime, "SELECT email_key, error_kind FROM sync_state WHERE error_kind IS NOT NULL"
+    )
+    assert rows == [{"email_key": "c7@example.com", "error_kind": "merge_fields"}]
+    members = await sandbox.members()
+    assert "c7@example.com" not in members
+    assert sum(1 for k in members if k.startswith("c")) == 19

@@ -1,0 +1,120 @@
+"""The per-account cap across worker processes: slot leases in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from app.main import Runtime
+from app.sync.slots import SlotManager, SlotsUnavailable, is_dead_local, worker_identity
+from tests.conftest import fetch
+
+
+async def hold(manager: SlotManager, n: int, release: asyncio.Event) -> list[asyncio.Task[None]]:
+    gate = manager.gate("acct")
+
+    async def one() -> None:
+        async with gate.slot(margin=0.0):
+            await release.wait()
+
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    await asyncio.sleep(0.05)
+    return tasks
+
+
+async def test_two_workers_never_exceed_the_cap(runtime: Runtime) -> None:
+    a = SlotManager(runtime.engine, me="host:1:1", cap=4, ttl=30, idle_release=0.0)
+    b = SlotManager(runtime.engine, me="host:2:2", cap=4, ttl=30, idle_release=0.0)
+    release = asyncio.Event()
+    a_tasks = await hold(a, 6, release)
+    b_tasks = await hold(b, 6, release)
+    await a.tick()
+    await b.tick()
+    await asyncio.sleep(0.05)
+    assert a.gate("acct").held == 4
+    assert b.gate("acct").held == 0
+    assert a.gate("acct").in_flight == 4  # the other two wait for a slot
+    rows = await fetch(
+        runtime,
+        "SELECT holder, count(*) AS n FROM provider_slots WHERE holder IS NOT NULL GROUP BY holder",
+    )
+    assert rows == [{"holder": "host:1:1", "n": 4}]
+    release.set()
+    await asyncio.gather(*a_tasks)
+    await a.tick()  # idle: A gives its slots back
+    await b.tick()  # B's waiters get them
+    assert b.gate("acct").held == 4
+    await asyncio.gather(*b_tasks)
+    await a.release_all()
+    await b.release_all()
+
+
+async def test_a_dead_local_holders_slots_are_taken_at_once(runtime: Runtime) -> None:
+    host = socket.gethostname()
+    dead = f"{host}:999999:12345"  # no such pid on this host
+    assert is_dead_local(dead)
+    assert not is_dead_local(worker_identity())
+    assert not is_dead_local("other-host:1:1")
+    await fetch(
+        runtime,
+        "INSERT INTO provider_slots (account_key, slot, holder, lease_until)"
+        " SELECT 'acct', g, :h, now() + interval '1 hour' FROM generate_series(0, 3) g",
+        h=dead,
+    )
+    m = SlotManager(runtime.engine, me=worker_identity(), cap=4, ttl=30)
+    release = asyncio.Event()
+    tasks = await hold(m, 1, release)
+    await m.tick()
+    assert m.gate("acct").held == 4
+    release.set()
+    await asyncio.gather(*tasks)
+    await m.release_all()
+
+
+async def test_starved_waiter_gives_up(runtime: Runtime) -> None:
+    m = SlotManager(runtime.engine, me="host:3:3", cap=2, ttl=30)
+    gate = m.gate("acct")
+    with pytest.raises(SlotsUnavailable):
+        async with gate.slot(margin=0.0, starve_after=0.2):
+            pass
+
+
+async def test_throttle_halves_concurrency_and_cools_down(runtime: Runtime) -> None:
+    m = SlotManager(runtime.engine, me="host:4:4", cap=8, ttl=30)
+    gate = m.gate("acct")
+    pause = gate.throttled(retry_after=None)
+    assert gate.limit == 4
+    assert pause >= 1.0
+    assert gate.allowed(gate.cooldown_until - 0.1, margin=0) == 0
+    for _ in range(5):
+        gate.succeeded()
+    assert gate.limit == 5  # concurrency comes back step by step
+
+
+async def test_live_requests_go_before_bulk(runtime: Runtime) -> None:
+    m = SlotManager(runtime.engine, me="host:5:5", cap=1, ttl=30)
+    gate = m.gate("acct")
+    order: list[str] = []
+    first_done = asyncio.Event()
+
+    async def use(name: str, live: bool, hold: asyncio.Event | None = None) -> None:
+        async with gate.slot(margin=0.0, live=live):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    holder = asyncio.create_task(use("first", True, first_done))
+    await asyncio.sleep(0.01)
+    await m.tick()  # one slot leased; "first" holds it
+    await asyncio.sleep(0.01)
+    bulk = [asyncio.create_task(use(f"bulk{i}", False)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    live = asyncio.create_task(use("live", True))
+    await asyncio.sleep(0.01)
+    first_done.set()
+    await asyncio.gather(holder, live, *bulk)
+    assert order[:2] == ["first", "live"]
+    assert sorted(order[2:]) == ["bulk0", "bulk1", "bulk2"]
+    await m.release_all()
