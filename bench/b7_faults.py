@@ -47,7 +47,7 @@ async def run(
         latency_per_member_ms=C_MS,
         seed=seed,
         fault_rates={"429": 0.05, "503": 0.02},
-        fail_emails={email: "fake" for email in sorted(permanent)},
+        fail_emails=dict.fromkeys(sorted(permanent), "fake"),
     )
     engine = create_engine(db_url, pool_size=20)
     try:
