@@ -27,7 +27,9 @@ from bench.b6_latency import service
 WRITERS = 16
 
 
-async def write_changes(base: str, token: str, ids: list[str], changes: int, seed: int) -> tuple[dict[str, int], float]:
+async def write_changes(
+    base: str, token: str, ids: list[str], changes: int, seed: int
+) -> tuple[dict[str, int], float]:
     """`changes` PATCHes over `ids` (Zipf 1.1), each contact's writes in order; final counters."""
     rng = random.Random(seed)
     weights = [1.0 / (k**1.1) for k in range(1, len(ids) + 1)]
@@ -36,13 +38,17 @@ async def write_changes(base: str, token: str, ids: list[str], changes: int, see
     for p in picks:
         lanes[p % WRITERS].append(p)  # one lane per contact: its writes stay ordered
     counters: dict[str, int] = defaultdict(int)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as api:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as api:
 
         async def lane(items: list[int]) -> None:
             for p in items:
                 cid = ids[p]
                 counters[cid] += 1
-                r = await api.patch(f"/api/contacts/{cid}", json={"custom_fields": {"v": counters[cid]}})
+                r = await api.patch(
+                    f"/api/contacts/{cid}", json={"custom_fields": {"v": counters[cid]}}
+                )
                 r.raise_for_status()
 
         start = time.perf_counter()
@@ -59,7 +65,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     with harness.scratch_database() as db_url, harness.sandbox_process() as sandbox:
-        sandbox.configure(latency_ms=args.latency_ms, record_bodies=True, request_log_size=2_000_000)
+        sandbox.configure(
+            latency_ms=args.latency_ms, record_bodies=True, request_log_size=2_000_000
+        )
         auth = ("bench", DEFAULT_API_KEY)
         httpx.post(
             f"{sandbox.url}/3.0/lists/{DEFAULT_LIST_ID}/merge-fields",
@@ -70,23 +78,36 @@ def main() -> None:
         with service(db_url, sandbox.url, MAILCHIMP_MERGE_FIELD_MAP="v=VER") as (base, token):
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=base, headers=headers, timeout=60) as api:
-                api.post("/api/integrations/mailchimp/api-key", json={"api_key": DEFAULT_API_KEY}).raise_for_status()
+                api.post(
+                    "/api/integrations/mailchimp/api-key", json={"api_key": DEFAULT_API_KEY}
+                ).raise_for_status()
                 ids = []
                 for i in range(args.contacts):
-                    r = api.post("/api/contacts", json={"email": f"hot{i}@example.com", "newsletter_opt_in": True, "custom_fields": {"v": 0}})
+                    r = api.post(
+                        "/api/contacts",
+                        json={
+                            "email": f"hot{i}@example.com",
+                            "newsletter_opt_in": True,
+                            "custom_fields": {"v": 0},
+                        },
+                    )
                     r.raise_for_status()
                     ids.append(r.json()["id"])
                 while api.get("/api/integrations/mailchimp").json()["pending"]:
                     time.sleep(0.5)
             httpx.delete(f"{sandbox.url}/_control/requests", timeout=30)
-            counters, write_seconds = asyncio.run(write_changes(base, token, ids, args.changes, args.seed))
+            counters, write_seconds = asyncio.run(
+                write_changes(base, token, ids, args.changes, args.seed)
+            )
             drain_start = time.perf_counter()
             with httpx.Client(base_url=base, headers=headers, timeout=60) as api:
                 while api.get("/api/integrations/mailchimp").json()["pending"]:
                     time.sleep(0.25)
             tail_seconds = time.perf_counter() - drain_start
             log = sandbox.requests()["requests"]
-        members = httpx.get(f"{sandbox.url}/_control/lists/{DEFAULT_LIST_ID}/members", timeout=120).json()["members"]
+        members = httpx.get(
+            f"{sandbox.url}/_control/lists/{DEFAULT_LIST_ID}/members", timeout=120
+        ).json()["members"]
 
     email_of = {cid: f"hot{i}@example.com" for i, cid in enumerate(ids)}
     sends = 0
@@ -111,8 +132,14 @@ def main() -> None:
                 violations += 1
             seen[email] = max(seen.get(email, -1), int(ver))
         calls += got
-    remote = {m["email_address"].lower(): m["merge_fields"].get("VER") for m in members if "email_address" in m}
-    equal = sum(1 for cid, email in email_of.items() if str(remote.get(email)) == str(counters.get(cid, 0)))
+    remote = {
+        m["email_address"].lower(): m["merge_fields"].get("VER")
+        for m in members
+        if "email_address" in m
+    }
+    equal = sum(
+        1 for cid, email in email_of.items() if str(remote.get(email)) == str(counters.get(cid, 0))
+    )
     result: dict[str, Any] = {
         "contacts": args.contacts,
         "changes": args.changes,

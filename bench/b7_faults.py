@@ -30,9 +30,14 @@ CAP = 10
 L0_MS, C_MS, BATCH = 200.0, 2.0, 500
 
 
-async def run(db_url: str, sandbox: harness.SandboxProcess, n: int, outage: float, seed: int) -> dict[str, Any]:
+async def run(
+    db_url: str, sandbox: harness.SandboxProcess, n: int, outage: float, seed: int
+) -> dict[str, Any]:
     settings = harness.bench_settings(
-        db_url, sandbox.url, MAILCHIMP_MAX_CONCURRENCY=CAP, SYNC_CLAIM_SIZE=BATCH,
+        db_url,
+        sandbox.url,
+        MAILCHIMP_MAX_CONCURRENCY=CAP,
+        SYNC_CLAIM_SIZE=BATCH,
         MAILCHIMP_TIMEOUT_SECONDS=10.0,
     )
     rng = random.Random(seed)
@@ -42,12 +47,14 @@ async def run(db_url: str, sandbox: harness.SandboxProcess, n: int, outage: floa
         latency_per_member_ms=C_MS,
         seed=seed,
         fault_rates={"429": 0.05, "503": 0.02},
-        fail_emails={email: "fake" for email in sorted(permanent)},
+        fail_emails=dict.fromkeys(sorted(permanent), "fake"),
     )
     engine = create_engine(db_url, pool_size=20)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE"))
+            await conn.execute(
+                text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE")
+            )
         conn_id = await harness.connect_owner(engine, settings, OWNER)
         async with engine.begin() as conn:
             await conn.execute(text("DELETE FROM sync_queue"))
@@ -72,7 +79,8 @@ async def run(db_url: str, sandbox: harness.SandboxProcess, n: int, outage: floa
         elapsed = time.perf_counter() - start
         async with engine.connect() as conn:
             rejected = {
-                r for (r,) in await conn.execute(
+                r
+                for (r,) in await conn.execute(
                     text("SELECT email_key FROM sync_state WHERE error_kind IS NOT NULL")
                 )
             }
@@ -81,7 +89,9 @@ async def run(db_url: str, sandbox: harness.SandboxProcess, n: int, outage: floa
         await engine.dispose()
     log = sandbox.requests()["requests"]
     during = [e for e in log if outage_start <= e["start"] < outage_end]
-    members = httpx.get(f"{sandbox.url}/_control/lists/{harness.default_list_id()}/members", timeout=120).json()["members"]
+    members = httpx.get(
+        f"{sandbox.url}/_control/lists/{harness.default_list_id()}/members", timeout=120
+    ).json()["members"]
     present = {m["email_address"].lower() for m in members if m.get("status") == "subscribed"}
     expected = {f"p{i}@example.com" for i in range(1, n + 1)} - permanent
     bound = CAP * BATCH / ((L0_MS + C_MS * BATCH) / 1000.0)
@@ -103,7 +113,10 @@ async def run(db_url: str, sandbox: harness.SandboxProcess, n: int, outage: floa
         else None,
         "remaining_at_outage_end": remaining_at_end,
         "whole_run_ratio": (elapsed - outage) / (n / bound),
-        "statuses": {str(s): sum(1 for e in log if e["status"] == s) for s in sorted({e["status"] for e in log})},
+        "statuses": {
+            str(s): sum(1 for e in log if e["status"] == s)
+            for s in sorted({e["status"] for e in log})
+        },
     }
 
 
@@ -114,7 +127,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     runs = []
-    with harness.scratch_database() as db_url, harness.sandbox_process(max_in_flight=CAP) as sandbox:
+    with (
+        harness.scratch_database() as db_url,
+        harness.sandbox_process(max_in_flight=CAP) as sandbox,
+    ):
         for i in range(args.runs):
             sandbox.reset()
             result = asyncio.run(run(db_url, sandbox, args.contacts, args.outage, seed=100 + i))

@@ -274,3 +274,40 @@ async def test_permanent_error_for_one_email_leaves_others_synced(
     members = await sandbox.members()
     assert "c7@example.com" not in members
     assert sum(1 for k in members if k.startswith("c")) == 19
+
+
+async def test_revoked_credentials_put_the_connection_in_error(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    sync_settings: Settings,
+    make_engine: Callable[..., SyncEngine],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+) -> None:
+    """A 401 stops the connection (notice: reconnect) and burns no row's attempts."""
+    from app.connections.crypto import encrypt_credentials
+
+    unknown_key = "f" * 32 + "-us1"
+    await fetch(
+        runtime,
+        "UPDATE connections SET credentials = :c",
+        c=encrypt_credentials(sync_settings, {"api_key": unknown_key}),
+    )
+    conn = (await fetch(runtime, "SELECT id FROM connections"))[0]
+    await seed_contacts(runtime, conn["id"], 5)
+    engine = make_engine()
+    await engine.run_until_idle(limit_seconds=30)
+    await engine.aclose()
+    headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
+    body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
+    assert body["status"] == "error"
+    assert body["notice"].startswith("Reconnect Mailchimp")
+    rows = await fetch(runtime, "SELECT state, attempts, leased_by FROM sync_queue")
+    assert len(rows) == 5
+    assert all(r == {"state": "ready", "attempts": 0, "leased_by": None} for r in rows)
+    statuses = [r["status"] for r in await sandbox.requests()]
+    assert set(statuses) == {401}  # only the requests already on their way
+    again = make_engine()
+    await again.run_until_idle(limit_seconds=30)
+    await again.aclose()
+    assert len(await sandbox.requests()) == len(statuses)  # nothing is retried until reconnect
