@@ -17,13 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.connections.models import Connection
 from app.contacts.models import Contact, ContactChange
 from app.sync.models import SyncQueue, SyncState
-from app.sync.outbox import UPSERT_SQL, enqueue_params
+from app.sync.outbox import ENQUEUE_CTES, enqueue_params
 
 contacts = cast(Table, Contact.__table__)
 changes = cast(Table, ContactChange.__table__)
 
 # The tail of every write (DESIGN §4 steps 2-4) as one statement: the audit row, the queue
-# upsert for each connection with an audience, NOTIFY when a queue row was written, and the
+# upsert for each connection with an audience, its NOTIFY (see app.sync.outbox), and the
 # contact's sync line per connection for the response. A data-modifying CTE always runs to
 # completion, whether or not the final SELECT reads it; `notified` is read (so it runs) only
 # when the owner has connections, which is the only case where anything was queued.
@@ -33,10 +33,7 @@ _RECORD_CHANGE = text(
         INSERT INTO contact_changes (contact_id, owner_id, op, fields, source, actor)
         VALUES (CAST(:change_contact_id AS uuid), :owner_id, :op, :fields, :source, :actor)
     ),
-    queued AS ({UPSERT_SQL}),
-    notified AS (
-        SELECT pg_notify(:channel, '') FROM (SELECT FROM queued LIMIT 1) AS any_row
-    )
+    {ENQUEUE_CTES}
     SELECT c.id AS connection_id, c.provider, c.audience_id,
            queued.connection_id IS NOT NULL AS in_queue,
            queued.state, queued.last_error,

@@ -39,18 +39,46 @@ UPSERT_SQL = """
         attempts = 0,
         last_error = NULL,
         available_at = EXCLUDED.available_at
-    RETURNING q.connection_id, q.email_key, q.state, q.last_error
+    RETURNING q.connection_id, q.email_key, q.state, q.last_error, q.available_at,
+              q.xmax = 0 AS inserted
 """
-"""The queue upsert, for use as a CTE body; its parameters come from `enqueue_params`.
 
-Callers that fold it into a larger statement (the contact write path does, to save round
-trips) must NOTIFY when it returned rows, as `enqueue` does."""
+# The upsert and its NOTIFY as CTEs (`queue_before`, `queued`, `notified`) for a WITH clause;
+# parameters from `enqueue_params`. A statement using them must read `notified` (a plain
+# SELECT CTE runs only when read) whenever `queued` may hold rows.
+#
+# NOTIFY only when a worker has something new to wake for: a row was created, re-armed from
+# `parked`, or made due earlier than it was. A row that was already waiting (ready, or being
+# sent) was announced when it started waiting, and a worker that is sending it looks again
+# when the send completes: a NOTIFY for it would only cost commit time, because PostgreSQL
+# serialises the commits of transactions that NOTIFY (a global lock held through the WAL
+# flush). `queue_before` reads the rows as they were when the statement started (every CTE
+# shares one snapshot); a row deleted or changed by a worker since then shows up as created,
+# or is the worker's own to look at again.
+ENQUEUE_CTES = f"""
+    queue_before AS (
+        SELECT q.connection_id, q.email_key, q.state, q.available_at
+        FROM sync_queue q JOIN connections c ON c.id = q.connection_id
+        WHERE c.owner_id = :owner_id AND q.email_key = ANY(CAST(:keys AS text[]))
+    ),
+    queued AS ({UPSERT_SQL}),
+    notified AS (
+        SELECT pg_notify(:channel, '')
+        WHERE EXISTS (
+            SELECT FROM queued
+            LEFT JOIN queue_before b USING (connection_id, email_key)
+            WHERE queued.inserted
+               OR b.connection_id IS NULL
+               OR b.state <> 'ready'
+               OR queued.available_at < b.available_at
+        )
+    )
+"""
 
 _ENQUEUE = text(
     f"""
-    WITH ins AS ({UPSERT_SQL})
-    SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END AS notified
-    FROM ins
+    WITH {ENQUEUE_CTES}
+    SELECT (SELECT count(*) FROM queued) AS n, (SELECT count(*) FROM notified) AS notified
     """
 )
 

@@ -255,3 +255,47 @@ class TestNotify:
             assert heard == ["sync_queue"]
         finally:
             await listener.close()
+
+    async def test_notify_only_when_a_worker_has_something_new(
+        self,
+        client500: httpx.AsyncClient,
+        auth: Auth,
+        runtime: Runtime,
+        database_url: str,
+    ) -> None:
+        await add_connection(runtime)
+        heard: list[str] = []
+        marker = asyncio.Event()
+
+        def on_notify(connection: Any, pid: int, channel: str, payload: str) -> None:
+            heard.append(payload)
+            if payload == "marker":
+                marker.set()
+
+        listener = await asyncpg.connect(to_libpq_url(database_url))
+        try:
+            await listener.add_listener("sync_queue", on_notify)
+            contact = await create(client500, auth, "hot@example.com")  # new row: wake
+            url = f"/api/contacts/{contact['id']}"
+
+            async def touch(n: int) -> None:
+                response = await client500.patch(url, json={"city": f"c{n}"}, headers=auth())
+                assert response.status_code == 200
+
+            await touch(1)  # the row is already waiting: no NOTIFY
+            await fetch(runtime, "UPDATE sync_queue SET state = 'parked' RETURNING 1")
+            await touch(2)  # re-armed from parked: wake
+            await touch(3)  # waiting again: no NOTIFY
+            await fetch(
+                runtime,
+                "UPDATE sync_queue SET available_at = now() + interval '1 hour' RETURNING 1",
+            )
+            await touch(4)  # a backed-off row made due now: wake
+            # Notifications arrive in commit order: once the marker is here, all are.
+            await fetch(runtime, "SELECT pg_notify('sync_queue', 'marker')")
+            await asyncio.wait_for(marker.wait(), timeout=30)
+            assert heard == ["", "", "", "marker"]
+            rows = await fetch(runtime, "SELECT seq, state FROM sync_queue")
+            assert rows == [{"seq": 5, "state": "ready"}]
+        finally:
+            await listener.close()
