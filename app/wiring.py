@@ -23,8 +23,9 @@ SANDBOX_PREFIX = "/_sandbox/mailchimp"
 def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
     from app.connections.routes import router as connections_router
+    from app.webhooks.routes import router as webhooks_router
 
-    return [connections_router]
+    return [connections_router, webhooks_router]
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
