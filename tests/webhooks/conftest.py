@@ -16,14 +16,16 @@ from app.main import Runtime, create_app
 from app.sync.engine import SyncEngine
 from tests.conftest import fetch
 from tests.support.servers import run_server
-from tests.support.sync import Sandbox, wait_for
-from tests.sync.conftest import (  # noqa: F401 - fixtures shared with the sync tests
-    OWNER,
-    connection,
-    make_engine,
-    sandbox,
-    sync_settings,
-)
+from tests.support.sync import Sandbox, queue_empty, wait_for
+from tests.sync import conftest as sync_fixtures
+from tests.sync.conftest import OWNER
+
+# The sync tests' fixtures: a sandbox on a real port, settings aimed at it, OWNER's connection
+# to its default audience, engines on the test database.
+sandbox = sync_fixtures.sandbox
+sync_settings = sync_fixtures.sync_settings
+connection = sync_fixtures.connection
+make_engine = sync_fixtures.make_engine
 
 EVENTS = {
     "subscribe": True,
@@ -126,7 +128,9 @@ class Hook:
         assert last["delivered"], last
         return last
 
-    async def post(self, body: bytes | str, *, path: str | None = None, **kw: Any) -> httpx.Response:
+    async def post(
+        self, body: bytes | str, *, path: str | None = None, **kw: Any
+    ) -> httpx.Response:
         """POST a form body to our receiver, as Mailchimp would."""
         content = body.encode() if isinstance(body, str) else body
         headers = {"Content-Type": "application/x-www-form-urlencoded", **kw.pop("headers", {})}
@@ -134,24 +138,30 @@ class Hook:
 
 
 @pytest.fixture
-async def hook(
+def receiver(
     service: str, sandbox: Sandbox, connection: dict[str, Any], http: httpx.AsyncClient
 ) -> Hook:
+    """The connection's webhook address on the served service (not registered anywhere)."""
+    path = f"/api/webhooks/mailchimp/{connection['webhook_token']}"
+    return Hook(sandbox=sandbox, http=http, url=service + path, path=path)
+
+
+@pytest.fixture
+async def hook(receiver: Hook, sandbox: Sandbox) -> Hook:
     """The audience's webhook registered at the sandbox (user and admin sources, not api),
     pointing at the served service — what the connect flow's ensure_webhook() sets up."""
     await sandbox.configure(webhook_retry_delays=[0.05, 0.05])
-    path = f"/api/webhooks/mailchimp/{connection['webhook_token']}"
     r = await sandbox.api(
         "POST",
         f"/lists/{sandbox.list_id}/webhooks",
         json={
-            "url": service + path,
+            "url": receiver.url,
             "events": EVENTS,
             "sources": {"user": True, "admin": True, "api": False},
         },
     )
     assert r.status_code == 200, r.text  # the sandbox validated our URL with a GET
-    return Hook(sandbox=sandbox, http=http, url=service + path, path=path)
+    return receiver
 
 
 async def drain(make_engine: Engine) -> None:
@@ -172,3 +182,32 @@ async def one(runtime: Runtime, sql: str, **params: Any) -> dict[str, Any]:
 async def count(runtime: Runtime, table: str, where: str = "true", **params: Any) -> int:
     rows = await fetch(runtime, f"SELECT count(*) AS n FROM {table} WHERE {where}", **params)
     return int(rows[0]["n"])
+
+
+@pytest.fixture
+async def ada(
+    crm: Crm, make_engine: Engine, sandbox: Sandbox, connection: dict[str, Any]
+) -> dict[str, Any]:
+    """A consenting contact, pushed: a subscribed member; the request log starts empty."""
+    contact = await crm.create(
+        email="ada@example.com", first_name="Ada", last_name="Lovelace", tags=["vip"]
+    )
+    await drain(make_engine)
+    assert (await sandbox.members())["ada@example.com"]["status"] == "subscribed"
+    await sandbox.clear_requests()
+    return contact
+
+
+async def contact_row(runtime: Runtime, key: str) -> dict[str, Any]:
+    return await one(runtime, "SELECT * FROM contacts WHERE email_key = :k", k=key)
+
+
+async def mirror_row(runtime: Runtime, key: str) -> dict[str, Any]:
+    return await one(runtime, "SELECT * FROM sync_state WHERE email_key = :k", k=key)
+
+
+async def assert_no_echo(runtime: Runtime, sandbox: Sandbox, make_engine: Engine) -> None:
+    """Nothing queued, and a drained worker makes no request at all."""
+    assert await queue_empty(runtime)
+    await drain(make_engine)
+    assert await sandbox.requests() == []

@@ -36,13 +36,15 @@ async def nothing_stored(runtime: Runtime) -> None:
 
 @pytest.fixture
 async def ada(crm: Crm) -> dict[str, Any]:
+    """A consenting contact, not yet pushed (overrides the pushed one of conftest)."""
     return await crm.create(email="ada@example.com", first_name="Ada")
 
 
 class TestValidation:
     async def test_our_url_answers_get(self, hook: Hook) -> None:
         # The sandbox validated this URL with a GET when the fixture registered it; again:
-        r = await hook.http.get(hook.path, headers={"User-Agent": "MailChimp.com WebHook Validator"})
+        agent = {"User-Agent": "MailChimp.com WebHook Validator"}
+        r = await hook.http.get(hook.path, headers=agent)
         assert r.status_code == 200
 
     async def test_unknown_token_is_404_on_get(self, hook: Hook) -> None:
