@@ -201,6 +201,11 @@ class SyncEngine:
         """Run `job(engine)` every `every_seconds` from the maintenance loop."""
         self.periodic.append((every_seconds, job))
 
+    async def connection_context(self, connection_id: uuid.UUID) -> ConnectionContext | None:
+        """The client and account of a connection, for periodic jobs (requests they make go
+        through `self.slots.gate(ctx.account_key)`); None when its credentials are unusable."""
+        return (await self._contexts([connection_id])).get(connection_id)
+
     async def run(self, *, grace_seconds: float = 30.0) -> None:
         """Run until stop(): claim, send, complete; then finish in-flight groups and let go."""
         log.info("sync.worker.started", worker=self.me)
