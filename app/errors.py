@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+_SECRET_SEGMENT = re.compile(r"(/api/webhooks/[^/]+/)[^/]+")
 PROBLEM_BASE = "https://audience-sync.dev/problems/"
 
 log = structlog.get_logger(__name__)
@@ -185,9 +187,16 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
     )
 
 
+def loggable_path(path: str) -> str:
+    """The path with secrets cut out (webhook URLs carry their token)."""
+    return _SECRET_SEGMENT.sub(r"\1[token]", path)
+
+
 async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
     # The traceback goes to the log with the request id; the client learns nothing inside.
-    log.exception("http.unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    log.exception(
+        "http.unhandled_error", path=loggable_path(request.url.path), error_type=type(exc).__name__
+    )
     return problem(
         request,
         500,
