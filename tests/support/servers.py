@@ -47,4 +47,4 @@ async def run_server(
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, within=10)
+            await asyncio.wait_for(task, timeout=10)
