@@ -23,8 +23,9 @@ SANDBOX_PREFIX = "/_sandbox/mailchimp"
 def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
     from app.connections.routes import router as connections_router
+    from app.webhooks.routes import router as webhooks_router
 
-    return [connections_router]
+    return [connections_router, webhooks_router]
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
@@ -42,7 +43,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
 def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
     """Jobs every worker runs on a schedule (reconcile runs, scheduled pulls)."""
-    return []
+    from app.sync.reconcile import Reconciler
+
+    return [(Reconciler.POLL_SECONDS, Reconciler(rt.settings))]
 
 
 async def on_startup(app: FastAPI, rt: Runtime) -> None:
