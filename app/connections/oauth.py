@@ -229,7 +229,8 @@ async def exchange_code(cfg: OAuthConfig, code: str) -> OAuthGrant:
                     "exchange_failed", "Mailchimp did not issue an access token; start again."
                 )
             # Mailchimp documents `Authorization: OAuth <token>` for the metadata endpoint.
-            response = await client.get(
+            response = await client.request(
+                "GET",
                 cfg.metadata_url,
                 headers={"Authorization": f"OAuth {access_token}", "Accept": "application/json"},
                 withhold_token=True,
