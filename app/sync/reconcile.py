@@ -497,9 +497,11 @@ class Reconciler:
         *,
         page_size: int = PAGE_SIZE,
         max_attempts: int = MAX_RUN_ATTEMPTS,
+        on_page: Callable[[uuid.UUID, int], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.page_size = page_size
+        self.on_page = on_page  # observer after each committed page (progress reporting, tests)
         self.max_attempts = max_attempts
         self.lease_seconds = max(30.0, settings.SYNC_LEASE_SECONDS)
 
@@ -692,6 +694,8 @@ class Reconciler:
             added = await self._stage_page(engine, run, pages_done, records, page.total_items)
             pages_done += 1
             staged += added
+            if self.on_page is not None:
+                await self.on_page(run.id, pages_done)
             if not more:
                 return pages_done
 
