@@ -48,6 +48,7 @@ from app.connections.webhook_registration import ensure_webhook, webhook_url
 from app.providers.base import (
     AudienceMissing,
     AuthError,
+    MemberPage,
     MemberState,
     ProviderError,
     ThrottledError,
@@ -672,32 +673,46 @@ class Reconciler:
                 pages_done, staged = 0, 0
                 run.progress.update(pages_done=0, staged=0)
         cfg = engine.options.mapping
-        while True:
-            if engine.stopping:
-                raise Interrupted(str(run.id))
-            offset = pages_done * self.page_size
-            page = await self._call(
-                engine,
-                ctx,
-                functools.partial(
-                    ctx.client.list_members, ctx.audience_id, offset=offset, count=self.page_size
-                ),
+
+        def fetch(page_no: int) -> asyncio.Task[MemberPage]:
+            call = functools.partial(
+                ctx.client.list_members,
+                ctx.audience_id,
+                offset=page_no * self.page_size,
+                count=self.page_size,
             )
-            keys = sorted({k for m in page.members if (k := email_key(m.email_address))})
-            async with engine.db.connect() as conn:
-                rows = await conn.execute(_CONTACTS, {"owner": ctx.owner_id, "keys": keys})
-                contacts = {r["email_key"]: r for r in rows.mappings()}
-            records = stage_records(run.id, page.members, contacts, cfg)
-            more = len(page.members) >= self.page_size and offset + len(page.members) < int(
-                page.total_items
-            )
-            added = await self._stage_page(engine, run, pages_done, records, page.total_items)
-            pages_done += 1
-            staged += added
-            if self.on_page is not None:
-                await self.on_page(run.id, pages_done)
-            if not more:
-                return pages_done
+            return asyncio.ensure_future(self._call(engine, ctx, call))
+
+        # One page ahead: Mailchimp lists the next page while this one is staged.
+        pending = fetch(pages_done)
+        try:
+            while True:
+                if engine.stopping:
+                    raise Interrupted(str(run.id))
+                page = await pending
+                offset = pages_done * self.page_size
+                more = len(page.members) >= self.page_size and offset + len(page.members) < int(
+                    page.total_items
+                )
+                if more:
+                    pending = fetch(pages_done + 1)
+                keys = sorted({k for m in page.members if (k := email_key(m.email_address))})
+                async with engine.db.connect() as conn:
+                    rows = await conn.execute(_CONTACTS, {"owner": ctx.owner_id, "keys": keys})
+                    contacts = {r["email_key"]: r for r in rows.mappings()}
+                records = stage_records(run.id, page.members, contacts, cfg)
+                added = await self._stage_page(engine, run, pages_done, records, page.total_items)
+                pages_done += 1
+                staged += added
+                if self.on_page is not None:
+                    await self.on_page(run.id, pages_done)
+                if not more:
+                    return pages_done
+        finally:
+            if not pending.done():
+                pending.cancel()
+            # Retrieve its outcome, whatever it is, so nothing is reported as never retrieved.
+            pending.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _stage_page(
         self,
