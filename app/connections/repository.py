@@ -44,6 +44,19 @@ class ConnectionRepository:
         )
         return (await self.session.execute(stmt)).mappings().first()
 
+    async def all_credentials(self) -> list[RowMapping]:
+        """Every connection's id and ciphertext (key rotation)."""
+        stmt = select(connections.c.id, connections.c.credentials).with_for_update()
+        return list((await self.session.execute(stmt)).mappings())
+
+    async def set_credentials(self, connection_id: uuid.UUID, ciphertext: str) -> None:
+        """Store re-encrypted credentials."""
+        await self.session.execute(
+            update(connections)
+            .where(connections.c.id == connection_id)
+            .values(credentials=ciphertext)
+        )
+
     async def by_id(self, connection_id: uuid.UUID) -> RowMapping | None:
         """A connection by id (background work that was handed the id)."""
         stmt = select(connections).where(connections.c.id == connection_id)

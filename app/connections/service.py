@@ -24,7 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Environment, Settings
 from app.connections import oauth
-from app.connections.crypto import CredentialsError, decrypt_credentials, encrypt_credentials
+from app.connections.crypto import (
+    CredentialsError,
+    decrypt_credentials,
+    encrypt_credentials,
+    rotate_credentials,
+)
 from app.connections.notices import notice_for
 from app.connections.oauth import OAuthFailure, OAuthGrant
 from app.connections.repository import ConnectionRepository
@@ -632,6 +637,19 @@ class ConnectionService:
         # A short read-only unit of work: no transaction stays open during the remote calls.
         async with reader() as read:
             return await self.require(read, owner_id=owner_id)
+
+
+async def reencrypt_credentials(settings: Settings, session: AsyncSession) -> int:
+    """Re-encrypt every stored credential under the newest ENCRYPTION_KEYS key.
+
+    Rotation: put a new key first in ENCRYPTION_KEYS (older ones still decrypt), run this,
+    then drop the old key. Returns how many connections were re-encrypted.
+    """
+    repo = ConnectionRepository(session)
+    rows = await repo.all_credentials()
+    for row in rows:
+        await repo.set_credentials(row["id"], rotate_credentials(settings, row["credentials"]))
+    return len(rows)
 
 
 def choose_audience(audiences: list[Audience], audience_id: str | None) -> Audience | None:

@@ -10,11 +10,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from app.config import MailchimpMode
 from app.connections.crypto import decrypt_credentials
 from app.connections.oauth import sign_state
+from app.connections.service import reencrypt_credentials
+from app.db import session_scope
 from app.main import Runtime
 from app.sandbox.mailchimp import (
     DEFAULT_ACCESS_TOKEN,
@@ -345,5 +348,23 @@ class TestSecrets:
         assert "access_token" not in stored
         assert stored.startswith("gAAAA")  # a Fernet token
         assert decrypt_credentials(service.settings, stored) == {
+            "access_token": DEFAULT_ACCESS_TOKEN
+        }
+
+    async def test_key_rotation_reencrypts_under_the_new_key(
+        self, service: Service, runtime: Runtime
+    ) -> None:
+        await service.http.get(await authorize(await service.connect()))
+        (before,) = await connections(runtime)
+        new_key = Fernet.generate_key().decode()
+        rotated = service.settings.model_copy(
+            update={"ENCRYPTION_KEYS": [SecretStr(new_key), *service.settings.ENCRYPTION_KEYS]}
+        )
+        async with session_scope(runtime.sessionmaker) as session:
+            assert await reencrypt_credentials(rotated, session) == 1
+        (after,) = await connections(runtime)
+        assert after["credentials"] != before["credentials"]
+        only_new = service.settings.model_copy(update={"ENCRYPTION_KEYS": [SecretStr(new_key)]})
+        assert decrypt_credentials(only_new, after["credentials"]) == {
             "access_token": DEFAULT_ACCESS_TOKEN
         }
