@@ -365,6 +365,16 @@ _MIRROR = text(
         last_synced_at = now(),
         error_kind = CASE WHEN EXCLUDED.pushed_digest IS NOT NULL THEN NULL ELSE m.error_kind END,
         error = CASE WHEN EXCLUDED.pushed_digest IS NOT NULL THEN NULL ELSE m.error END
+    -- A Sync Now with everything in sync rewrites nothing.
+    WHERE m.contact_id IS DISTINCT FROM EXCLUDED.contact_id
+       OR m.remote_id IS DISTINCT FROM EXCLUDED.remote_id
+       OR m.remote_status IS DISTINCT FROM EXCLUDED.remote_status
+       OR m.remote_changed_at IS DISTINCT FROM EXCLUDED.remote_changed_at
+       OR (EXCLUDED.pushed_digest IS NOT NULL
+           AND (m.pushed_digest IS DISTINCT FROM EXCLUDED.pushed_digest
+                OR m.pushed_email IS DISTINCT FROM EXCLUDED.pushed_email
+                OR m.pushed_tags IS DISTINCT FROM EXCLUDED.pushed_tags
+                OR m.error_kind IS NOT NULL))
     """
 )
 # A consenting contact no member matched, whose mirror still says "present": the member is
