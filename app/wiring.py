@@ -44,8 +44,11 @@ def mount(app: FastAPI, settings: Settings) -> None:
 def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
     """Jobs every worker runs on a schedule (reconcile runs, scheduled pulls)."""
     from app.sync.pull import check_interval, pull_due
+    from app.sync.reconcile import Reconciler
 
-    jobs: list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]] = []
+    jobs: list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]] = [
+        (Reconciler.POLL_SECONDS, Reconciler(rt.settings))
+    ]
     pull_every = check_interval(rt.settings)
     if pull_every is not None:
         jobs.append((pull_every, pull_due))

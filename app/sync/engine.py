@@ -189,6 +189,7 @@ class SyncEngine:
         self._last_periodic: dict[int, float] = {}
         self._bg: list[asyncio.Task[Any]] = []
         self._starved_until: dict[str, float] = {}
+        self._spawned: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -200,6 +201,28 @@ class SyncEngine:
     def add_periodic(self, every_seconds: float, job: Periodic) -> None:
         """Run `job(engine)` every `every_seconds` from the maintenance loop."""
         self.periodic.append((every_seconds, job))
+
+    def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
+        """Run long background work (a reconcile run) beside the loops; stop() cancels it.
+
+        Periodic jobs must return quickly (they share the maintenance loop); they hand longer
+        work to this. The work may use the account gates: the slot loop outlives it.
+        """
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    @property
+    def spawned(self) -> set[asyncio.Task[Any]]:
+        """Background work started with spawn() that is still running."""
+        return set(self._spawned)
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called."""
+        return self._stop.is_set()
 
     async def connection_context(self, connection_id: uuid.UUID) -> ConnectionContext | None:
         """The client and account of a connection, for periodic jobs (requests they make go
@@ -237,6 +260,10 @@ class SyncEngine:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         self._stop.set()
+        for spawned in list(self._spawned):
+            spawned.cancel()  # it gives its lease back; another worker resumes it
+        if self._spawned:
+            await asyncio.gather(*self._spawned, return_exceptions=True)
         self._bg_stop.set()
         self.slots.wake.set()  # the slot loop notices the stop now, not at its next tick
         for task in self._bg:

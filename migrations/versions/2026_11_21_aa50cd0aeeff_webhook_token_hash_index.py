@@ -1,7 +1,7 @@
 """webhook token hash index
 
 Revision ID: aa50cd0aeeff
-Revises: 560a4b45e69e
+Revises: 5805d9bc826b
 Create Date: 2026-11-21 14:03:07.952332
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "aa50cd0aeeff"
-down_revision: str | None = "560a4b45e69e"
+down_revision: str | None = "5805d9bc826b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
