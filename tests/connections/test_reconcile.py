@@ -354,3 +354,34 @@ class TestWorkerWiring:
             await engine.aclose()
         await assert_mirrors_database(runtime, sandbox, "owner-a")
         assert await writes_for(sandbox, "kept@example.com") == []
+
+
+class TestWebhookRepair:
+    async def test_a_webhook_removed_at_mailchimp_comes_back_with_the_next_reconcile(
+        self, service: Service, sandbox: Sandbox, runtime: Runtime
+    ) -> None:
+        await connect_api_key(service)
+        await run_reconcile(runtime, service.settings)
+        first = (await sandbox.api("GET", f"/lists/{LIST}/webhooks")).json()["webhooks"]
+        assert len(first) == 1
+        await lose_webhooks(sandbox)
+        r = await service.http.post("/api/integrations/mailchimp/sync", headers=service.auth())
+        assert r.status_code == 202
+        await run_reconcile(runtime, service.settings)
+        hooks = (await sandbox.api("GET", f"/lists/{LIST}/webhooks")).json()["webhooks"]
+        assert len(hooks) == 1
+        assert hooks[0]["url"] == first[0]["url"]
+        assert hooks[0]["sources"] == {"user": True, "admin": True, "api": False}
+        # ...and it works: a person's unsubscribe reaches the CRM again.
+        await contact(service, "back@example.com", first_name="B")
+        await drain(runtime, service.settings)
+        assert (await sandbox.act("unsubscribe", "back@example.com")).status_code == 200
+
+        async def off() -> bool:
+            rows = await fetch(
+                runtime,
+                "SELECT newsletter_opt_in FROM contacts WHERE email_key = 'back@example.com'",
+            )
+            return rows[0]["newsletter_opt_in"] is False
+
+        await wait_for(off, within=10)
