@@ -22,10 +22,11 @@ SANDBOX_PREFIX = "/_sandbox/mailchimp"
 
 def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
+    from app.admin.routes import router as admin_router
     from app.connections.routes import router as connections_router
     from app.webhooks.routes import router as webhooks_router
 
-    return [connections_router, webhooks_router]
+    return [connections_router, webhooks_router, admin_router]
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
