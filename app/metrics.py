@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.connections.models import CONNECTION_STATUSES
+
 if TYPE_CHECKING:
     from app.main import Runtime
 
@@ -63,6 +65,50 @@ RECONCILE_RUNS = Counter(
 )
 
 
+# Label values known up front. prometheus-client prints a labelled family only once it has a
+# child, so these are created at zero: a dashboard or alert sees `0`, not "no data", before
+# the first send, throttle, webhook or reconcile. Code that records these metrics should use
+# these values; new ones may be added here.
+PROVIDERS = ("mailchimp",)
+SEND_OPERATIONS = ("upsert", "archive", "forget")
+SEND_OUTCOMES = ("ok", "rejected", "failed")
+PROVIDER_OPERATIONS = ("ping", "member", "batch", "tags", "archive", "delete_permanent", "list")
+PROVIDER_OUTCOMES = ("ok", "throttled", "transient", "permanent", "auth")
+WEBHOOK_TYPES = ("subscribe", "unsubscribe", "profile", "upemail", "cleaned", "campaign")
+WEBHOOK_OUTCOMES = ("applied", "duplicate", "ignored")
+RECONCILE_KINDS = ("sync_now", "initial", "audience_change", "pull")
+RECONCILE_OUTCOMES = ("done", "failed", "cancelled")
+
+
+def _initialise_labels() -> None:
+    for provider in PROVIDERS:
+        THROTTLE_EVENTS.labels(provider=provider)
+        for operation in SEND_OPERATIONS:
+            for outcome in SEND_OUTCOMES:
+                SENDS.labels(provider=provider, operation=operation, outcome=outcome)
+        for operation in PROVIDER_OPERATIONS:
+            PROVIDER_LATENCY.labels(provider=provider, operation=operation)
+            for outcome in PROVIDER_OUTCOMES:
+                PROVIDER_REQUESTS.labels(provider=provider, operation=operation, outcome=outcome)
+        for type_ in WEBHOOK_TYPES:
+            for outcome in WEBHOOK_OUTCOMES:
+                WEBHOOK_EVENTS.labels(provider=provider, type=type_, outcome=outcome)
+        for status in CONNECTION_STATUSES:
+            CONNECTIONS.labels(provider=provider, status=status)
+    for kind in RECONCILE_KINDS:
+        for outcome in RECONCILE_OUTCOMES:
+            RECONCILE_RUNS.labels(kind=kind, outcome=outcome)
+    # The scrape itself is counted after its response is sent; start the HTTP families with
+    # the metrics route so they are present from the first scrape on.
+    HTTP_REQUESTS.labels(method="GET", route="/metrics", status="200")
+    HTTP_LATENCY.labels(method="GET", route="/metrics")
+    QUEUE_DEPTH.labels(state="ready")
+    QUEUE_DEPTH.labels(state="parked")
+
+
+_initialise_labels()
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text of the default registry."""
     return generate_latest(), CONTENT_TYPE_LATEST
@@ -89,6 +135,9 @@ async def refresh_gauges(rt: Runtime) -> None:
             text("SELECT provider, status, count(*) FROM connections GROUP BY provider, status")
         )
         CONNECTIONS.clear()
+        for provider in PROVIDERS:
+            for status in CONNECTION_STATUSES:
+                CONNECTIONS.labels(provider=provider, status=status).set(0)
         for provider, status, n in statuses.all():
             CONNECTIONS.labels(provider=provider, status=status).set(n)
 
