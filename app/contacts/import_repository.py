@@ -1,7 +1,7 @@
-"""Set-based SQL of the CSV import: COPY into a staging table, then a few statements a chunk.
+"""Set-based SQL of the CSV import: COPY into a staging table, then one statement a chunk.
 
 Two temporary tables live on the import's one connection for the whole import:
-- `import_stage` holds the current chunk's valid rows (truncated per chunk, COPY-filled);
+- `import_stage` holds the current chunk's rows (truncated per chunk, filled by COPY);
 - `import_seen` holds every email key the import has already taken, with its row number, so
   a duplicate in a later chunk is found by an index probe in PostgreSQL, not by a Python set
   that would grow with the file (a million addresses would cost the importer ~150 MB).
@@ -12,6 +12,7 @@ name them stay valid on a pooled connection.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -105,36 +106,6 @@ _CREATE_TABLES = (
     """,
 )
 
-# Duplicates: within the chunk the first row of a key wins (window); across chunks a key
-# already in import_seen loses (ON CONFLICT DO NOTHING is an index probe per row, whatever
-# the size of import_seen). Losers leave the stage; their row and the winner's come back.
-_DROP_DUPLICATES = text(
-    """
-    WITH ranked AS (
-        SELECT row_no, email_key,
-               min(row_no) OVER (PARTITION BY email_key) AS first_in_chunk
-        FROM import_stage
-    ), fresh AS (
-        INSERT INTO import_seen (email_key, row_no)
-        SELECT email_key, row_no FROM ranked WHERE row_no = first_in_chunk
-        ON CONFLICT (email_key) DO NOTHING
-        RETURNING email_key
-    ), dups AS (
-        SELECT r.row_no,
-               COALESCE(
-                   (SELECT seen.row_no FROM import_seen seen WHERE seen.email_key = r.email_key),
-                   r.first_in_chunk
-               ) AS first_row
-        FROM ranked r
-        WHERE r.row_no <> r.first_in_chunk
-           OR NOT EXISTS (SELECT 1 FROM fresh f WHERE f.email_key = r.email_key)
-    ), gone AS (
-        DELETE FROM import_stage s USING dups d WHERE s.row_no = d.row_no
-    )
-    SELECT row_no, first_row FROM dups ORDER BY row_no
-    """
-)
-
 # The queue upsert of app.sync.outbox._ENQUEUE, set-based and at bulk priority: one row per
 # (connection with an audience) × touched contact. Live work keeps its priority (LEAST); a
 # parked or backed-off row is re-armed, exactly as a change made through the API does.
@@ -159,45 +130,20 @@ _ENQUEUE_FROM = """
 """
 
 
-def _json_of(alias: str, fields: Sequence[str]) -> str:
-    return "jsonb_build_object(" + ", ".join(f"'{f}', {alias}.{f}" for f in fields) + ")"
+def _json_of(alias: str, fields: Sequence[str], prefix: str = "") -> str:
+    pairs = ", ".join(f"'{f}', {alias}.{prefix}{f}" for f in fields)
+    return f"jsonb_build_object({pairs})"
 
-
-# New contacts: values absent from the file take the API's defaults. ON CONFLICT DO NOTHING
-# both skips existing contacts (its pre-check is an index probe) and survives a concurrent
-# create of the same address; the update statement that follows sees and handles those.
-_INSERT_NEW = text(
-    f"""
-    WITH ins AS (
-        INSERT INTO contacts AS c
-            (owner_id, kind, email, first_name, last_name, phone, addr1, addr2, city, state,
-             zip, country, tags, newsletter_opt_in, newsletter_changed_at)
-        SELECT :owner_id, COALESCE(s.kind, 'contact'), s.email, s.first_name, s.last_name,
-               s.phone, s.addr1, s.addr2, s.city, s.state, s.zip, s.country,
-               COALESCE(s.tags, '{{}}'), COALESCE(s.newsletter_opt_in, false),
-               CASE WHEN s.newsletter_opt_in THEN now() END
-        FROM import_stage s
-        ORDER BY s.row_no
-        ON CONFLICT (owner_id, email_key) DO NOTHING
-        RETURNING c.id, c.email_key, {_json_of("c", _CREATE_AUDIT_FIELDS)} AS after
-    ), changes AS (
-        INSERT INTO contact_changes (contact_id, owner_id, op, fields, source, actor)
-        SELECT id, :owner_id, 'create', jsonb_build_object('after', after), 'import', :actor
-        FROM ins
-    ),
-    {_ENQUEUE_FROM.format(source="ins", priority=PRIORITY_BULK)}
-    SELECT (SELECT count(*) FROM ins) AS contacts, (SELECT count(*) FROM queued) AS queued
-    """
-)
 
 # What an existing contact becomes: a value in the file replaces the stored one, an empty
 # cell keeps it, tags from the file are added (never removed). `c` is the row being updated,
-# re-read after any concurrent change (EvalPlanQual), so a concurrent edit is never undone.
+# re-read after any concurrent change (EvalPlanQual), so a concurrent edit is never undone;
+# `f` is the staged row.
 _DESIRED = {
-    **{f: f"COALESCE(s.{f}, c.{f})" for f in IMPORTED_FIELDS if f != "tags"},
+    **{f: f"COALESCE(f.{f}, c.{f})" for f in IMPORTED_FIELDS if f != "tags"},
     "tags": (
-        "CASE WHEN s.tags IS NULL THEN c.tags ELSE c.tags || ARRAY("
-        "SELECT t FROM unnest(s.tags) WITH ORDINALITY AS u(t, i)"
+        "CASE WHEN f.tags IS NULL THEN c.tags ELSE c.tags || ARRAY("
+        "SELECT t FROM unnest(f.tags) WITH ORDINALITY AS u(t, i)"
         " WHERE NOT EXISTS (SELECT 1 FROM unnest(c.tags) AS x WHERE lower(x) = lower(u.t))"
         " ORDER BY u.i) END"
     ),
@@ -205,36 +151,80 @@ _DESIRED = {
 _SET = ",\n".join(f"{f} = {_DESIRED[f]}" for f in IMPORTED_FIELDS)
 _DESIRED_ROW = ", ".join(_DESIRED[f] for f in IMPORTED_FIELDS)
 _CURRENT_ROW = ", ".join(f"c.{f}" for f in IMPORTED_FIELDS)
+_OLD_COLUMNS = ", ".join(f"o.{f} AS old_{f}" for f in IMPORTED_FIELDS)
 
-# Existing contacts whose imported fields differ: update, audit only the fields that changed
-# (before/after, like the API), queue. Unchanged rows are not touched at all: no version
-# bump, no change row, no queue row. Contacts the insert just created match too, and are
-# unchanged by construction. `old` is the row as the statement found it, for the audit.
-_UPDATE_EXISTING = text(
+# One statement per chunk, in one snapshot:
+# - `found`: every staged row with the row that first had its email (an earlier row of this
+#   chunk, or of an earlier chunk via import_seen) and the owner's contact with that email.
+#   The lookups are LATERAL … LIMIT 1, which PostgreSQL never flattens: one index probe per
+#   staged row, whatever the statistics say. (While a large import runs, the planner still
+#   believes the owner has a handful of contacts; a plan starting from the contacts table
+#   would read all of them once per chunk.)
+# - rows whose email came earlier are duplicates: returned, nothing else done with them;
+# - `ins`: new emails become contacts (the API's defaults for empty cells). A concurrent
+#   create of the same address makes this insert fail with a unique violation; the caller
+#   replays the chunk, which then finds the contact and updates it.
+# - `upd`: existing contacts whose imported fields differ; the update reaches each by
+#   primary key. Unchanged rows are not touched: no version bump, no change row, no queue.
+# - `changes`: the audit, like the API's (create: every field; update: before/after of the
+#   fields that changed), source `import`;
+# - `queued`: the sync-queue upsert for created and changed contacts, at bulk priority.
+_APPLY_CHUNK = text(
     f"""
-    WITH upd AS (
+    WITH found AS MATERIALIZED (
+        SELECT r.*, COALESCE(seen.row_no, NULLIF(r.first_in_chunk, r.row_no)) AS first_row,
+               o.id AS contact_id, {_OLD_COLUMNS}
+        FROM (
+            SELECT s.*, min(s.row_no) OVER (PARTITION BY s.email_key) AS first_in_chunk
+            FROM import_stage s
+        ) r
+        LEFT JOIN LATERAL (
+            SELECT row_no FROM import_seen WHERE email_key = r.email_key LIMIT 1
+        ) seen ON true
+        LEFT JOIN LATERAL (
+            SELECT * FROM contacts
+            WHERE owner_id = :owner_id AND email_key = r.email_key
+            LIMIT 1
+        ) o ON true
+    ), remembered AS (
+        INSERT INTO import_seen (email_key, row_no)
+        SELECT email_key, row_no FROM found WHERE first_row IS NULL
+    ), ins AS (
+        INSERT INTO contacts AS c
+            (owner_id, kind, email, first_name, last_name, phone, addr1, addr2, city, state,
+             zip, country, tags, newsletter_opt_in, newsletter_changed_at)
+        SELECT :owner_id, COALESCE(f.kind, 'contact'), f.email, f.first_name, f.last_name,
+               f.phone, f.addr1, f.addr2, f.city, f.state, f.zip, f.country,
+               COALESCE(f.tags, '{{}}'), COALESCE(f.newsletter_opt_in, false),
+               CASE WHEN f.newsletter_opt_in THEN now() END
+        FROM found f
+        WHERE f.first_row IS NULL AND f.contact_id IS NULL
+        ORDER BY f.row_no
+        RETURNING c.id, c.email_key, {_json_of("c", _CREATE_AUDIT_FIELDS)} AS after
+    ), upd AS (
         UPDATE contacts c SET
             {_SET},
             newsletter_changed_at = CASE
-                WHEN s.newsletter_opt_in IS DISTINCT FROM c.newsletter_opt_in
-                     AND s.newsletter_opt_in IS NOT NULL
+                WHEN f.newsletter_opt_in IS DISTINCT FROM c.newsletter_opt_in
+                     AND f.newsletter_opt_in IS NOT NULL
                 THEN now() ELSE c.newsletter_changed_at END,
             newsletter_unsubscribed_at = CASE
-                WHEN s.newsletter_opt_in = false AND c.newsletter_opt_in
+                WHEN f.newsletter_opt_in = false AND c.newsletter_opt_in
                 THEN now() ELSE c.newsletter_unsubscribed_at END,
             version = c.version + 1,
             updated_at = now()
-        FROM import_stage s
-        JOIN contacts old ON old.owner_id = :owner_id AND old.email_key = s.email_key
-        WHERE c.id = old.id
-          AND c.owner_id = :owner_id
-          AND c.email_key = s.email_key
+        FROM found f
+        WHERE f.first_row IS NULL
+          AND c.id = f.contact_id
+          AND c.email_key = f.email_key
           AND ROW({_DESIRED_ROW}) IS DISTINCT FROM ROW({_CURRENT_ROW})
-        RETURNING c.id, c.email_key,
-                  {_json_of("old", IMPORTED_FIELDS)} AS before,
+        RETURNING c.id, c.email_key, {_json_of("f", IMPORTED_FIELDS, "old_")} AS before,
                   {_json_of("c", IMPORTED_FIELDS)} AS after
     ), changes AS (
         INSERT INTO contact_changes (contact_id, owner_id, op, fields, source, actor)
+        SELECT id, :owner_id, 'create', jsonb_build_object('after', after), 'import', :actor
+        FROM ins
+        UNION ALL
         SELECT u.id, :owner_id, 'update',
                jsonb_build_object(
                    'before', (SELECT jsonb_object_agg(b.key, b.value) FROM jsonb_each(u.before) b
@@ -244,11 +234,27 @@ _UPDATE_EXISTING = text(
                ),
                'import', :actor
         FROM upd u
+    ), touched AS (
+        SELECT id, email_key FROM ins UNION ALL SELECT id, email_key FROM upd
     ),
-    {_ENQUEUE_FROM.format(source="upd", priority=PRIORITY_BULK)}
-    SELECT (SELECT count(*) FROM upd) AS contacts, (SELECT count(*) FROM queued) AS queued
+    {_ENQUEUE_FROM.format(source="touched", priority=PRIORITY_BULK)}
+    SELECT (SELECT count(*) FROM ins) AS created,
+           (SELECT count(*) FROM upd) AS updated,
+           (SELECT count(*) FROM queued) AS queued,
+           (SELECT COALESCE(array_agg(ARRAY[row_no, first_row] ORDER BY row_no), '{{}}')
+            FROM found WHERE first_row IS NOT NULL) AS duplicates
     """
 )
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    """What one chunk's statement did."""
+
+    created: int
+    updated: int
+    queued: int
+    duplicates: list[tuple[int, int]]  # (row, the row that first had the email)
 
 
 class ImportRepository:
@@ -276,22 +282,23 @@ class ImportRepository:
             "import_stage", records=records, columns=list(STAGE_COLUMNS)
         )
 
-    async def drop_duplicates(self) -> list[tuple[int, int]]:
-        """Remove rows whose email an earlier row already had: [(row, first row)]."""
-        result = await self.session.execute(_DROP_DUPLICATES)
-        return [(int(r[0]), int(r[1])) for r in result.all()]
-
-    async def upsert(self, *, owner_id: str, actor: str | None) -> tuple[int, int, int]:
-        """Insert new contacts and update changed ones: (created, updated, queue rows)."""
-        # The staged chunk is small and the contacts table may be huge: probe its indexes
-        # row by row. A hash or merge join would read every contact of the owner per chunk
-        # (quadratic over a large file). SET LOCAL ends with the chunk's transaction.
+    async def apply(self, *, owner_id: str, actor: str | None) -> ChunkCounts:
+        """Upsert the staged chunk: contacts, audit and queue rows; duplicates reported."""
+        # Contacts are reached by index probes only: a hash or merge join would read the
+        # whole table once per chunk (quadratic over a large file). The chunk's working set
+        # stays in memory. SET LOCAL ends with the chunk's transaction.
         await self.session.execute(text("SET LOCAL enable_hashjoin = off"))
         await self.session.execute(text("SET LOCAL enable_mergejoin = off"))
-        params = {"owner_id": owner_id, "actor": actor}
-        created, queued_new = (await self.session.execute(_INSERT_NEW, params)).one()
-        updated, queued_changed = (await self.session.execute(_UPDATE_EXISTING, params)).one()
-        return int(created), int(updated), int(queued_new) + int(queued_changed)
+        await self.session.execute(text("SET LOCAL work_mem = '64MB'"))
+        row = (
+            await self.session.execute(_APPLY_CHUNK, {"owner_id": owner_id, "actor": actor})
+        ).one()
+        return ChunkCounts(
+            created=int(row.created),
+            updated=int(row.updated),
+            queued=int(row.queued),
+            duplicates=[(int(r), int(first)) for r, first in row.duplicates],
+        )
 
     async def notify(self) -> None:
         """Wake idle workers once the transaction commits."""

@@ -583,3 +583,45 @@ def test_header_aliases_map_common_exports() -> None:
     assert importer.header_field("ZIP/Postal code") == "zip"
     assert importer.header_field("Address Line 1") == "addr1"
     assert importer.header_field("favourite colour") is None
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "Ada.Lovelace@Example.COM",
+        "  grace+tag@EXAMPLE.org ",
+        "o'brien@example.co.uk",
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        '"quoted local"@example.com',
+        "zoë@example.com",
+        "user@bücher.example",
+        "user@BÜCHER.example",
+        "user@localhost",
+        "user@example",
+        "user@[192.0.2.1]",
+        "user@-bad-.example.com",
+        "user@exa_mple.com",
+        "x" * 250 + "@example.com",
+        "x" * 70 + "@example.com",
+        "no-at-sign",
+        "two@@example.com",
+        "Ada <ada@example.com>",
+        "user@example.com.",
+    ],
+)
+def test_cached_email_normaliser_agrees_with_the_api(email: str) -> None:
+    from app.contacts.schemas import normalise_email
+
+    normaliser = importer.EmailNormaliser()
+    normaliser("warm@example.com")  # the cache holds example.com before the case under test
+
+    def outcome(fn: Callable[[str], str | None]) -> tuple[str, str | None]:
+        try:
+            return "ok", fn(email)
+        except ValueError as exc:
+            return "error", str(exc)
+
+    assert outcome(normaliser) == outcome(normalise_email)
+    assert outcome(normaliser) == outcome(normaliser)  # cached the second time
