@@ -4,10 +4,12 @@ For each size: a deterministic CSV is generated (cached), a scratch database on 
 server is migrated, the owner gets a Mailchimp connection with an audience (so every row
 also writes its sync-queue row, as in production), and the import command runs as a child
 process, once per run, into an empty contacts table. Measured: wall seconds of the command
-(start-up included), rows/s, and the child's peak RSS (getrusage via os.wait4). In the same
-run, the bound: PostgreSQL's own `COPY ... FROM STDIN (FORMAT csv)` of the same file into
-a bare table (no validation, no indexes), as rows/s; the ratio says how close we are.
-After the timed runs, the same file is imported once more (every row unchanged).
+(start-up included), rows/s, the child's CPU seconds and peak RSS (getrusage via
+os.wait4), and the load average (the machine is shared). In the same run, the bound: the
+writes no import can avoid, done raw — the same rows COPYed straight into contacts,
+contact_changes and sync_queue with their indexes, no lookups or checks — as rows/s; the
+ratio says how close the import gets. After the timed runs, the same file is imported once
+more (every row unchanged: nothing written).
 
 The second half of B5 — seconds until the sandbox holds all — needs the sync worker
 (issue 4) and is not measured here yet.
@@ -136,28 +138,76 @@ async def db_counts(db_url: str) -> dict[str, int]:
         await conn.close()
 
 
-async def copy_bound(db_url: str, csv_path: Path) -> float:
-    """rows/s of a bare server-side COPY of the same file (no checks, no indexes)."""
+async def write_bound(db_url: str, csv_path: Path) -> float:
+    """rows/s of the writes an import cannot avoid, done raw: the same parsed rows COPYed
+    straight into contacts, contact_changes (one create row each) and sync_queue, in chunks
+    of 10,000, one transaction each — no lookups, no comparisons, no staging. Only the
+    COPYs are timed (parsing is not)."""
+    from app.contacts.importer import inspect_csv, parse_chunks
+
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute(
-            "CREATE TEMP TABLE copy_bound (email text, first_name text, last_name text,"
-            " phone text, tags text, kind text, newsletter_opt_in text, city text,"
-            " country text)"
-        )
-        started = time.perf_counter()
-        result = await conn.copy_to_table(
-            "copy_bound", source=str(csv_path), format="csv", header=True
-        )
-        seconds = time.perf_counter() - started
-        rows = int(result.split()[-1])
+        await conn.execute("TRUNCATE contacts, contact_changes, sync_queue")
+        connection_id = await conn.fetchval("SELECT id FROM connections LIMIT 1")
+        seconds = 0.0
+        rows = 0
+        with csv_path.open("rb") as binary:
+            layout = inspect_csv(binary)
+            for chunk in parse_chunks(binary, layout):
+                contacts, changes, queue = [], [], []
+                for rec in chunk.records:
+                    ident = uuid.uuid4()
+                    fields = dict(zip(CONTACT_COLUMNS, rec[1:], strict=True))
+                    fields["kind"] = fields["kind"] or "contact"
+                    fields["tags"] = fields["tags"] or []
+                    fields["newsletter_opt_in"] = bool(fields["newsletter_opt_in"])
+                    contacts.append((ident, OWNER, *fields.values()))
+                    changes.append(
+                        (ident, OWNER, "create", json.dumps({"after": fields}), "import", OWNER)
+                    )
+                    queue.append((connection_id, rec[1].lower(), ident, 1))
+                started = time.perf_counter()
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "contacts", records=contacts, columns=["id", "owner_id", *CONTACT_COLUMNS]
+                    )
+                    await conn.copy_records_to_table(
+                        "contact_changes",
+                        records=changes,
+                        columns=["contact_id", "owner_id", "op", "fields", "source", "actor"],
+                    )
+                    await conn.copy_records_to_table(
+                        "sync_queue",
+                        records=queue,
+                        columns=["connection_id", "email_key", "contact_id", "priority"],
+                    )
+                seconds += time.perf_counter() - started
+                rows += len(contacts)
+        await conn.execute("TRUNCATE contacts, contact_changes, sync_queue")
         return rows / seconds
     finally:
         await conn.close()
 
 
+CONTACT_COLUMNS = [
+    "email",
+    "kind",
+    "first_name",
+    "last_name",
+    "phone",
+    "addr1",
+    "addr2",
+    "city",
+    "state",
+    "zip",
+    "country",
+    "tags",
+    "newsletter_opt_in",
+]
+
+
 def run_import(db_url: str, csv_path: Path, data_dir: Path, log: Path) -> dict[str, float]:
-    """The import command as a child process: wall seconds and its peak RSS."""
+    """The import command as a child process: wall seconds, its CPU seconds, its peak RSS."""
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
@@ -175,7 +225,12 @@ def run_import(db_url: str, csv_path: Path, data_dir: Path, log: Path) -> dict[s
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"import failed ({proc.returncode}); see {log}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}  # KiB on Linux
+    return {
+        "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
@@ -231,15 +286,16 @@ def main() -> None:
                 timings.append(timing)
                 print(
                     f"B5 run {i + 1}/{runs} {rows:,} rows: {timing['seconds']:.2f} s,"
-                    f" {timing['rows_per_s']:,.0f} rows/s, peak RSS"
-                    f" {timing['peak_rss_mb']:.0f} MB",
+                    f" {timing['rows_per_s']:,.0f} rows/s, importer CPU"
+                    f" {timing['cpu_seconds']:.1f} s, peak RSS {timing['peak_rss_mb']:.0f} MB,"
+                    f" load average {timing['load_average_1m']:.1f}",
                     flush=True,
                 )
             # The same file again: every row unchanged, nothing written.
             again = run_import(db_url, csv_path, args.data_dir, args.data_dir / "reimport.log")
             after = asyncio.run(db_counts(db_url))
             assert after == {"contacts": rows, "changes": rows, "queued": rows}, after
-            bound = asyncio.run(copy_bound(db_url, csv_path))
+            bound = asyncio.run(write_bound(db_url, csv_path))
             seconds = statistics.median(t["seconds"] for t in timings)
             rate = rows / seconds
             rss = max(t["peak_rss_mb"] for t in timings + [again])
@@ -253,8 +309,8 @@ def main() -> None:
                 "peak_rss_mb": rss,
                 "reimport_seconds": again["seconds"],
                 "reimport_rows_per_s": rows / again["seconds"],
-                "copy_bound_rows_per_s": bound,
-                "ratio_to_copy": rate / bound,
+                "raw_write_bound_rows_per_s": bound,
+                "ratio_to_bound": rate / bound,
                 "bar_seconds": bar,
                 "bar_rss_mb": RSS_BAR_MB,
                 "pass": ok,
@@ -267,8 +323,8 @@ def main() -> None:
                 flush=True,
             )
             print(
-                f"B5 bound {rows:,} rows: bare COPY {bound:,.0f} rows/s;"
-                f" import/COPY = {rate / bound:.3f}",
+                f"B5 bound {rows:,} rows: raw COPY of the same rows, audit and queue rows"
+                f" {bound:,.0f} rows/s; import ÷ bound = {rate / bound:.2f}",
                 flush=True,
             )
             print(
