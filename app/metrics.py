@@ -67,13 +67,35 @@ RECONCILE_RUNS = Counter(
 
 # Label values known up front. prometheus-client prints a labelled family only once it has a
 # child, so these are created at zero: a dashboard or alert sees `0`, not "no data", before
-# the first send, throttle, webhook or reconcile. Code that records these metrics should use
-# these values; new ones may be added here.
+# the first send, throttle, webhook or reconcile. They are the values the code records:
+# sends by outcome (app/sync/engine.py), requests by operation and outcome
+# (app/providers/mailchimp/client.py: "ok", "timeout", "connection_error", or the error class
+# name). Webhook and reconcile values are those their receivers are to use. Add new ones here.
 PROVIDERS = ("mailchimp",)
-SEND_OPERATIONS = ("upsert", "archive", "forget")
-SEND_OUTCOMES = ("ok", "rejected", "failed")
-PROVIDER_OPERATIONS = ("ping", "member", "batch", "tags", "archive", "delete_permanent", "list")
-PROVIDER_OUTCOMES = ("ok", "throttled", "transient", "permanent", "auth")
+SEND_OPERATIONS = ("sync",)
+SEND_OUTCOMES = ("done", "retry", "defer", "release")
+PROVIDER_OPERATIONS = (
+    "ping",
+    "audience",
+    "upsert",
+    "update",
+    "batch",
+    "tags",
+    "move",
+    "archive",
+    "forget",
+    "get",
+)
+PROVIDER_OUTCOMES = (
+    "ok",
+    "timeout",
+    "connection_error",
+    "throttled",
+    "transient",
+    "auth",
+    "audiencemissing",
+    "permanent",
+)
 WEBHOOK_TYPES = ("subscribe", "unsubscribe", "profile", "upemail", "cleaned", "campaign")
 WEBHOOK_OUTCOMES = ("applied", "duplicate", "ignored")
 RECONCILE_KINDS = ("sync_now", "initial", "audience_change", "pull")

@@ -55,7 +55,9 @@ class TestMetrics:
         runs = families["audience_sync_reconcile_runs"]
         assert {s.labels["kind"] for s in runs.samples} >= {"sync_now", "initial"}
         sends = families["audience_sync_provider_sends"]
-        assert {s.labels["outcome"] for s in sends.samples} >= {"ok", "rejected", "failed"}
+        assert {s.labels["outcome"] for s in sends.samples} >= {"done", "retry"}
+        requests = families["audience_sync_provider_requests"]
+        assert {"upsert", "batch", "ping"} <= {s.labels["operation"] for s in requests.samples}
 
     async def test_gauges_match_the_database(
         self, client: httpx.AsyncClient, runtime: Runtime
