@@ -59,6 +59,7 @@ log = structlog.get_logger(__name__)
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # HTTP uploads; the CLI reads files of any size
 CHUNK_ROWS = 10_000  # rows per transaction
+IMPORT_CONNECTIONS = 2  # database connections an import works on in parallel
 MAX_REPORTED_ERRORS = 1_000  # `errors` lists this many rows; `rejected` counts them all
 # A chunk is replayed after a deadlock, a serialization failure, or a unique violation (a
 # concurrent create of an address the chunk was about to create: the replay updates it).
@@ -488,6 +489,7 @@ async def import_csv(
     actor: str | None,
     layout: CsvLayout | None = None,
     chunk_rows: int | None = None,
+    connections: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Import a CSV file for `owner_id`, committing after every chunk.
@@ -497,38 +499,51 @@ async def import_csv(
     transaction: it would hold locks and queue rows invisible to the workers until the very
     end, and a failure at row 999,999 would throw everything away. So the orchestration owns
     the unit of work here, the way a request's session dependency does for the API, and
-    `ImportService.apply_chunk` stays a plain service. Everything runs on one connection
-    because the staging tables are temporary (per connection). A failed chunk rolls back
-    alone; the chunks before it stay, and importing the same file again is safe (rows
-    already imported are unchanged and write nothing).
+    `ImportService.apply_chunk` stays a plain service.
+
+    The database work is split over IMPORT_CONNECTIONS connections by email: each takes the
+    rows whose address hashes to it, in file order, so every copy of an address meets the
+    same connection — its temporary staging tables then find duplicates as if it were alone
+    — and the connections never touch the same contact or queue row. Each chunk is one
+    transaction per connection. A failed chunk rolls back; the chunks before it stay, and
+    importing the same file again is safe (rows already imported are unchanged and write
+    nothing).
     """
     if layout is None:
         layout = await asyncio.to_thread(inspect_csv, binary)
     report = _Report(layout)
     chunks = parse_chunks(binary, layout, chunk_rows=chunk_rows or CHUNK_ROWS)
-    async with engine.connect() as connection:
-        session = sessionmaker(bind=connection)
-        pending: asyncio.Future[ParsedChunk | None] | None = None
+    pending: asyncio.Future[ParsedChunk | None] | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        sessions: list[AsyncSession] = []
+        for _ in range(max(1, connections or IMPORT_CONNECTIONS)):
+            connection = await stack.enter_async_context(engine.connect())
+            session = sessionmaker(bind=connection)
+            stack.push_async_callback(session.close)
+            sessions.append(session)
         try:
-            await ImportRepository(session).prepare()
-            await session.commit()
+            for session in sessions:
+                await ImportRepository(session).prepare()
+                await session.commit()
             pending = _next_in_thread(chunks)
             while (chunk := await pending) is not None:
                 # Parse the next chunk in a thread while the database works on this one.
                 pending = _next_in_thread(chunks)
-                outcome = await _apply_chunk(session, owner_id=owner_id, actor=actor, chunk=chunk)
+                outcome = await _apply_parts(
+                    sessions, _partition(chunk.records, len(sessions)), owner_id, actor
+                )
                 report.add(chunk, outcome)
                 if progress is not None:
                     progress(report.rows)
             pending = None
-            await ImportRepository(session).finish()
-            await session.commit()
+            for session in sessions:
+                await ImportRepository(session).finish()
+                await session.commit()
         finally:
             if pending is not None:
                 with contextlib.suppress(Exception):
                     await pending
             chunks.close()
-            await session.close()
     log.info(
         "contacts.import.done",
         owner_id=owner_id,
@@ -542,17 +557,53 @@ async def import_csv(
     return report.result()
 
 
+def _partition(records: list[tuple[Any, ...]], parts: int) -> list[list[tuple[Any, ...]]]:
+    if parts == 1:
+        return [records]
+    out: list[list[tuple[Any, ...]]] = [[] for _ in range(parts)]
+    for record in records:
+        out[hash(record[1].lower()) % parts].append(record)
+    return out
+
+
+async def _apply_parts(
+    sessions: list[AsyncSession],
+    parts: list[list[tuple[Any, ...]]],
+    owner_id: str,
+    actor: str | None,
+) -> ChunkOutcome:
+    results = await asyncio.gather(
+        *(
+            _apply_chunk(session, owner_id=owner_id, actor=actor, records=part)
+            for session, part in zip(sessions, parts, strict=True)
+        ),
+        return_exceptions=True,  # let every part finish (or roll back) before raising
+    )
+    outcomes: list[ChunkOutcome] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        outcomes.append(result)
+    return ChunkOutcome(
+        created=sum(o.created for o in outcomes),
+        updated=sum(o.updated for o in outcomes),
+        unchanged=sum(o.unchanged for o in outcomes),
+        queued=sum(o.queued for o in outcomes),
+        duplicates=tuple(d for o in outcomes for d in o.duplicates),
+    )
+
+
 def _next_in_thread(chunks: Iterator[ParsedChunk]) -> asyncio.Future[ParsedChunk | None]:
     return asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
 
 
 async def _apply_chunk(
-    session: AsyncSession, *, owner_id: str, actor: str | None, chunk: ParsedChunk
+    session: AsyncSession, *, owner_id: str, actor: str | None, records: list[tuple[Any, ...]]
 ) -> ChunkOutcome:
     for attempt in range(1, MAX_CHUNK_ATTEMPTS + 1):
         try:
             outcome = await import_service.apply_chunk(
-                session, owner_id=owner_id, actor=actor, records=chunk.records
+                session, owner_id=owner_id, actor=actor, records=records
             )
             await session.commit()
             return outcome

@@ -232,8 +232,13 @@ class TestMixedFile:
 
 class TestQueue:
     async def test_creates_and_changes_queue_at_bulk_priority(
-        self, client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+        self,
+        client: httpx.AsyncClient,
+        auth: Auth,
+        runtime: Runtime,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        monkeypatch.setattr(importer, "IMPORT_CONNECTIONS", 1)  # one transaction, one NOTIFY
         await existing_pair(client, auth)
         conn_id = await add_connection(runtime, "owner-a")
         await add_connection(runtime, "owner-b")  # another owner's connection gets nothing
@@ -279,6 +284,7 @@ class TestQueue:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+        monkeypatch.setattr(importer, "IMPORT_CONNECTIONS", 1)
         await add_connection(runtime, "owner-a")
         csv_text = "email\n" + "".join(f"p{i}@example.com\n" for i in range(5)) + "P1@example.com\n"
         heard: list[str] = []
@@ -296,6 +302,31 @@ class TestQueue:
         # Each chunk committed on its own: three distinct transaction timestamps.
         stamps = await fetch(runtime, "SELECT DISTINCT created_at FROM contacts")
         assert len(stamps) == 3
+
+
+class TestParallelConnections:
+    async def test_duplicates_across_chunks_and_connections(
+        self,
+        client: httpx.AsyncClient,
+        auth: Auth,
+        runtime: Runtime,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(importer, "CHUNK_ROWS", 7)
+        monkeypatch.setattr(importer, "IMPORT_CONNECTIONS", 3)
+        await add_connection(runtime, "owner-a")
+        emails = [f"user{i}@example.com" for i in range(40)]
+        # Every address twice, the copy in another case and 40 rows later (another chunk).
+        csv_text = "email\n" + "".join(f"{e}\n" for e in emails)
+        csv_text += "".join(f"{e.upper()}\n" for e in emails)
+        body = (await post_csv(client, auth, csv_text)).json()
+        assert (body["rows"], body["created"], body["rejected"], body["queued"]) == (80, 40, 40, 40)
+        assert body["errors"] == [
+            {"row": i + 42, "reason": f"duplicate email; first seen on row {i + 2}"}
+            for i in range(40)
+        ]
+        rows = await fetch(runtime, "SELECT count(*) AS n FROM contacts")
+        assert rows == [{"n": 40}]
 
 
 class TestChunkRetry:
@@ -322,6 +353,7 @@ class TestChunkRetry:
             return outcome
 
         monkeypatch.setattr(importer.import_service, "apply_chunk", deadlock_once)
+        monkeypatch.setattr(importer, "IMPORT_CONNECTIONS", 1)
         await add_connection(runtime, "owner-a")
         body = (await post_csv(client, auth, "email\na@example.com\nb@example.com\n")).json()
         assert calls == 2
