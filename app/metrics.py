@@ -70,7 +70,9 @@ RECONCILE_RUNS = Counter(
 # the first send, throttle, webhook or reconcile. They are the values the code records:
 # sends by outcome (app/sync/engine.py), requests by operation and outcome
 # (app/providers/mailchimp/client.py: "ok", "timeout", "connection_error", or the error class
-# name). Webhook and reconcile values are those their receivers are to use. Add new ones here.
+# name), webhook events by type and outcome (app/webhooks: handlers.EVENT_TYPES plus "other",
+# inbound.Outcome; refused deliveries count as type "unknown"). tests/test_metrics.py checks
+# these lists against the code. Reconcile values are those the reconcile runs are to use.
 PROVIDERS = ("mailchimp",)
 SEND_OPERATIONS = ("sync",)
 SEND_OUTCOMES = ("done", "retry", "defer", "release")
@@ -85,6 +87,8 @@ PROVIDER_OPERATIONS = (
     "archive",
     "forget",
     "get",
+    "list",
+    "webhook",
 )
 PROVIDER_OUTCOMES = (
     "ok",
@@ -96,8 +100,19 @@ PROVIDER_OUTCOMES = (
     "audiencemissing",
     "permanent",
 )
-WEBHOOK_TYPES = ("subscribe", "unsubscribe", "profile", "upemail", "cleaned", "campaign")
-WEBHOOK_OUTCOMES = ("applied", "duplicate", "ignored")
+WEBHOOK_TYPES = ("subscribe", "unsubscribe", "profile", "cleaned", "upemail", "campaign", "other")
+WEBHOOK_OUTCOMES = (
+    "applied",
+    "created",
+    "unchanged",
+    "stale",
+    "ignored",
+    "unknown_contact",
+    "conflict",
+    "invalid",
+    "duplicate",
+)
+WEBHOOK_REFUSALS = ("not_found", "bad_request")
 RECONCILE_KINDS = ("sync_now", "initial", "audience_change", "pull")
 RECONCILE_OUTCOMES = ("done", "failed", "cancelled")
 
@@ -115,6 +130,8 @@ def _initialise_labels() -> None:
         for type_ in WEBHOOK_TYPES:
             for outcome in WEBHOOK_OUTCOMES:
                 WEBHOOK_EVENTS.labels(provider=provider, type=type_, outcome=outcome)
+        for outcome in WEBHOOK_REFUSALS:
+            WEBHOOK_EVENTS.labels(provider=provider, type="unknown", outcome=outcome)
         for status in CONNECTION_STATUSES:
             CONNECTIONS.labels(provider=provider, status=status)
     for kind in RECONCILE_KINDS:

@@ -109,3 +109,28 @@ class TestMetrics:
         connections = families["audience_sync_connections"]
         assert value(connections, provider="mailchimp", status="active") == 0
         assert value(connections, provider="mailchimp", status="paused") == 1
+
+
+def test_zero_initialised_labels_are_the_ones_the_code_records() -> None:
+    import re
+    from pathlib import Path
+
+    from app.providers.mailchimp import client
+    from app.sync import engine
+    from app.webhooks import service
+    from app.webhooks.handlers import EVENT_TYPES
+    from app.webhooks.inbound import Outcome
+
+    client_source = Path(client.__file__).read_text()
+    assert set(re.findall(r'op="(\w+)"', client_source)) <= set(metrics.PROVIDER_OPERATIONS)
+    assert set(metrics.WEBHOOK_TYPES) == set(EVENT_TYPES) | {"other"}
+    assert set(metrics.WEBHOOK_OUTCOMES) == {o.value for o in Outcome}
+    assert set(re.findall(r'refused\("(\w+)"\)', Path(service.__file__).read_text())) == set(
+        metrics.WEBHOOK_REFUSALS
+    )
+    from app.providers.base import ProviderError
+
+    errors = {c.__name__.removesuffix("Error").lower() for c in ProviderError.__subclasses__()}
+    assert errors | {"ok", "timeout", "connection_error"} == set(metrics.PROVIDER_OUTCOMES)
+    kinds = set(re.findall(r'Outcome\([\w.]+, "(\w+)"', Path(engine.__file__).read_text()))
+    assert kinds == set(metrics.SEND_OUTCOMES)
