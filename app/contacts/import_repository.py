@@ -108,7 +108,11 @@ _CREATE_TABLES = (
 
 # The queue upsert of app.sync.outbox._ENQUEUE, set-based and at bulk priority: one row per
 # (connection with an audience) × touched contact. Live work keeps its priority (LEAST); a
-# parked or backed-off row is re-armed, exactly as a change made through the API does.
+# parked or backed-off row is re-armed, exactly as a change made through the API does. The
+# API's coalescing hold (a key sent moments ago waits SYNC_COALESCE_SECONDS) is left out: an
+# import touches each contact once, so its rows are due at once. Rows are written in a fixed
+# (connection, key) order, which keeps concurrent writers of the same keys out of lock
+# cycles as far as the order can; a deadlock that still happens replays the chunk.
 _ENQUEUE_FROM = """
     queued AS (
         INSERT INTO sync_queue AS q (connection_id, email_key, contact_id, priority)

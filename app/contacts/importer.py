@@ -4,13 +4,14 @@ The flow, for the HTTP route and the CLI alike:
 1. `inspect_csv` reads the whole file once: encoding, delimiter, header, row count. A file
    that cannot be read as CSV, is empty, or has no email column is refused before anything
    is written (422).
-2. `parse_chunks` streams the data rows in chunks, checks each row with the API's own
-   schema (`ContactUpdate`: the same email normalisation, tag cleaning, lengths, kinds and
+2. `parse_chunks` streams the data rows in chunks, checks each row as the API does (its
+   email normalisation, and its `ContactUpdate` schema for tags, lengths, kinds and
    booleans) and turns the valid ones into staging records. Only one chunk is in memory.
-3. `import_csv` applies chunk after chunk, one transaction each, on one connection:
-   COPY into a staging table, drop duplicates, upsert contacts with their audit and queue
-   rows (`ImportService.apply_chunk`), commit, NOTIFY. The next chunk is parsed in a thread
-   while the database works on the current one.
+3. `import_csv` applies chunk after chunk, split by email over IMPORT_CONNECTIONS
+   connections, one transaction per chunk and connection: COPY into a staging table, then
+   one set-based statement upserts contacts with their audit and queue rows and reports
+   duplicates (`ImportService.apply_chunk`), commit, NOTIFY. The next chunk is parsed in a
+   thread while the database works on the current one.
 
 Rules a user of the import can rely on (docs/operations.md repeats them):
 - Rows are matched to contacts by email, case-insensitively, within the owner only.
@@ -166,7 +167,7 @@ def inspect_csv(binary: IO[bytes]) -> CsvLayout:
         binary.seek(0)
         try:
             return _inspect(binary, encoding)
-        except (UnicodeDecodeError, UnicodeError):
+        except UnicodeError:  # not this encoding (UnicodeDecodeError is one)
             continue
     raise ImportFileError("The file's text encoding is not readable: save it as 'CSV UTF-8'.")
 
