@@ -143,7 +143,10 @@ async def write_bound(db_url: str, csv_path: Path) -> float:
     straight into contacts, contact_changes (one create row each) and sync_queue, in chunks
     of 10,000, one transaction each — no lookups, no comparisons, no staging. Only the
     COPYs are timed (parsing is not)."""
+    from app.contacts.import_repository import STAGE_COLUMNS
     from app.contacts.importer import inspect_csv, parse_chunks
+
+    contact_columns = list(STAGE_COLUMNS[1:])  # the staged record without its row number
 
     conn = await asyncpg.connect(db_url)
     try:
@@ -157,7 +160,7 @@ async def write_bound(db_url: str, csv_path: Path) -> float:
                 contacts, changes, queue = [], [], []
                 for rec in chunk.records:
                     ident = uuid.uuid4()
-                    fields = dict(zip(CONTACT_COLUMNS, rec[1:], strict=True))
+                    fields = dict(zip(contact_columns, rec[1:], strict=True))
                     fields["kind"] = fields["kind"] or "contact"
                     fields["tags"] = fields["tags"] or []
                     fields["newsletter_opt_in"] = bool(fields["newsletter_opt_in"])
@@ -169,7 +172,7 @@ async def write_bound(db_url: str, csv_path: Path) -> float:
                 started = time.perf_counter()
                 async with conn.transaction():
                     await conn.copy_records_to_table(
-                        "contacts", records=contacts, columns=["id", "owner_id", *CONTACT_COLUMNS]
+                        "contacts", records=contacts, columns=["id", "owner_id", *contact_columns]
                     )
                     await conn.copy_records_to_table(
                         "contact_changes",
@@ -187,23 +190,6 @@ async def write_bound(db_url: str, csv_path: Path) -> float:
         return rows / seconds
     finally:
         await conn.close()
-
-
-CONTACT_COLUMNS = [
-    "email",
-    "kind",
-    "first_name",
-    "last_name",
-    "phone",
-    "addr1",
-    "addr2",
-    "city",
-    "state",
-    "zip",
-    "country",
-    "tags",
-    "newsletter_opt_in",
-]
 
 
 def run_import(db_url: str, csv_path: Path, data_dir: Path, log: Path) -> dict[str, float]:
@@ -319,7 +305,8 @@ def main() -> None:
             print(
                 f"B5 import {rows:,} rows: {seconds:.2f} s (median of {runs}),"
                 f" {rate:,.0f} rows/s, peak RSS {rss:.0f} MB;"
-                f" bar ≤ {bar} s and ≤ {RSS_BAR_MB:.0f} MB: {'PASS' if ok else 'FAIL'}",
+                f" bar {f'≤ {bar:.0f} s and ' if bar else ''}≤ {RSS_BAR_MB:.0f} MB:"
+                f" {'PASS' if ok else 'FAIL'}",
                 flush=True,
             )
             print(

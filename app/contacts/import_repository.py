@@ -18,26 +18,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.contacts.service import FIELD_NAMES  # what the API's audit records for a create
 from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import NOTIFY_CHANNEL
-
-# The order of a staged record (the tuples the importer builds).
-STAGE_COLUMNS = (
-    "row_no",
-    "email",
-    "kind",
-    "first_name",
-    "last_name",
-    "phone",
-    "addr1",
-    "addr2",
-    "city",
-    "state",
-    "zip",
-    "country",
-    "tags",
-    "newsletter_opt_in",
-)
 
 # Fields an import may write, compared with IS DISTINCT FROM to tell changed from unchanged.
 # The email is not among them: rows are matched on lower(trim(email)), and a difference in
@@ -57,26 +40,8 @@ IMPORTED_FIELDS = (
     "newsletter_opt_in",
 )
 
-# Every field the API's audit records for a create (app.contacts.service.FIELD_NAMES).
-_CREATE_AUDIT_FIELDS = (
-    "kind",
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "addr1",
-    "addr2",
-    "city",
-    "state",
-    "zip",
-    "country",
-    "tags",
-    "custom_fields",
-    "notes",
-    "newsletter_opt_in",
-    "lead_status",
-    "referral",
-)
+# The order of a staged record (the tuples the importer builds).
+STAGE_COLUMNS = ("row_no", "email", *IMPORTED_FIELDS)
 
 _CREATE_TABLES = (
     """
@@ -204,7 +169,7 @@ _APPLY_CHUNK = text(
         FROM found f
         WHERE f.first_row IS NULL AND f.contact_id IS NULL
         ORDER BY f.row_no
-        RETURNING c.id, c.email_key, {_json_of("c", _CREATE_AUDIT_FIELDS)} AS after
+        RETURNING c.id, c.email_key, {_json_of("c", FIELD_NAMES)} AS after
     ), upd AS (
         UPDATE contacts c SET
             {_SET},
