@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.contacts.service import FIELD_NAMES  # what the API's audit records for a create
 from app.sync.models import PRIORITY_BULK
-from app.sync.outbox import NOTIFY_CHANNEL
+from app.sync.outbox import NOTIFY_CHANNEL, queue_upsert
 
 # Fields an import may write, compared with IS DISTINCT FROM to tell changed from unchanged.
 # The email is not among them: rows are matched on lower(trim(email)), and a difference in
@@ -78,25 +78,14 @@ _CREATE_TABLES = (
 # import touches each contact once, so its rows are due at once. Rows are written in a fixed
 # (connection, key) order, which keeps concurrent writers of the same keys out of lock
 # cycles as far as the order can; a deadlock that still happens replays the chunk.
-_ENQUEUE_FROM = """
-    queued AS (
-        INSERT INTO sync_queue AS q (connection_id, email_key, contact_id, priority)
-        SELECT conn.id, x.email_key, x.id, {priority}
-        FROM {source} x
-        CROSS JOIN connections conn
-        WHERE conn.owner_id = :owner_id AND conn.audience_id IS NOT NULL
-        ORDER BY conn.id, x.email_key
-        ON CONFLICT (connection_id, email_key) DO UPDATE SET
-            seq = q.seq + 1,
-            contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
-            priority = LEAST(q.priority, EXCLUDED.priority),
-            state = 'ready',
-            attempts = 0,
-            last_error = NULL,
-            available_at = now()
-        RETURNING 1
-    )
+_IMPORT_ROWS = """
+    SELECT conn.id, x.email_key, x.id, {priority}, false, now()
+    FROM {source} x
+    CROSS JOIN connections conn
+    WHERE conn.owner_id = :owner_id AND conn.audience_id IS NOT NULL
+    ORDER BY conn.id, x.email_key
 """
+_ENQUEUE_FROM = f"queued AS ({queue_upsert(_IMPORT_ROWS)})"
 
 
 def _json_of(alias: str, fields: Sequence[str], prefix: str = "") -> str:

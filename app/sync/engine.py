@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.config import Settings
 from app.connections.crypto import decrypt_credentials
+from app.connections.notices import REASON_AUDIENCE, REASON_CREDENTIALS, REASON_UNAVAILABLE
 from app.db import to_libpq_url
 from app.providers.base import (
     AudienceMissing,
@@ -69,8 +70,6 @@ T = TypeVar("T")
 PROVIDER = "mailchimp"
 STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
-NOTICE_REASON_AUTH = "Mailchimp refused the credentials; reconnect Mailchimp."
-NOTICE_REASON_AUDIENCE = "The Mailchimp audience no longer exists; choose another audience."
 
 
 class Halt(Exception):
@@ -638,16 +637,16 @@ class SyncEngine:
             if ctx.failure_streak >= self.options.pause_after_failures and not ctx.halted:
                 ctx.halted = "paused"
                 await self._set_status(
-                    ctx.id, "paused", "provider unavailable", exc.message, probe=True
+                    ctx.id, "paused", REASON_UNAVAILABLE, exc.message, probe=True
                 )
             raise
         except AuthError as exc:
             ctx.halted = "error"
-            await self._set_status(ctx.id, "error", NOTICE_REASON_AUTH, exc.message)
+            await self._set_status(ctx.id, "error", REASON_CREDENTIALS, exc.message)
             raise
         except AudienceMissing as exc:
             ctx.halted = "error"
-            await self._set_status(ctx.id, "error", NOTICE_REASON_AUDIENCE, exc.message)
+            await self._set_status(ctx.id, "error", REASON_AUDIENCE, exc.message)
             raise
         ctx.failure_streak = 0
         gate.succeeded()
@@ -1047,9 +1046,9 @@ class SyncEngine:
                             " next_probe_at = NULL WHERE id = :id"
                         ),
                         {
-                            "r": NOTICE_REASON_AUTH
+                            "r": REASON_CREDENTIALS
                             if isinstance(exc, AuthError)
-                            else NOTICE_REASON_AUDIENCE,
+                            else REASON_AUDIENCE,
                             "e": exc.message[:500],
                             "id": conn_id,
                         },

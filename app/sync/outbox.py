@@ -12,25 +12,22 @@ from app.sync.models import PRIORITY_LIVE
 
 NOTIFY_CHANNEL = "sync_queue"
 
-# One statement: upsert a row per (connection with an audience) × key, and NOTIFY when any
-# row was written. NOTIFY is transactional: listeners hear it only if the caller commits.
-# A new change re-arms a parked or backed-off row (attempts reset, due now); `seq` tells the
-# worker that a row it is sending changed meanwhile. `forget` is sticky: an erasure request
-# is never undone by a later write.
-# Coalescing hold: a key sent less than `hold` seconds ago waits until that much time has
-# passed, so a contact edited over and over is sent once per hold with its latest state
-# (DESIGN §1.4), while a change to a quiet contact goes at once.
-_ENQUEUE = text(
+
+def queue_upsert(select: str, *, only_parked: bool = False) -> str:
+    """The one queue upsert every writer uses (API, import, reconcile), as SQL text.
+
+    `select` yields (connection_id, email_key, contact_id, priority, forget, available_at).
+    On conflict a new change re-arms the row: `seq` moves on (so the worker knows a row it is
+    sending changed meanwhile), attempts reset, a parked row is ready again, live priority
+    wins, and `forget` is sticky (an erasure request is never undone by a later write).
+    `only_parked`: touch an existing row only when it is parked (Sync Now as a retry leaves a
+    row already on its way as it is).
     """
-    WITH ins AS (
+    condition = "WHERE q.state = 'parked'" if only_parked else ""
+    return f"""
         INSERT INTO sync_queue AS q
             (connection_id, email_key, contact_id, priority, forget, available_at)
-        SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
-               GREATEST(now(), s.last_synced_at + make_interval(secs => :hold))
-        FROM connections c
-        CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
-        LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = k.email_key
-        WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
+        {select}
         ON CONFLICT (connection_id, email_key) DO UPDATE SET
             seq = q.seq + 1,
             contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
@@ -40,8 +37,27 @@ _ENQUEUE = text(
             attempts = 0,
             last_error = NULL,
             available_at = EXCLUDED.available_at
+        {condition}
         RETURNING 1
-    )
+    """
+
+
+# One statement: a row per (connection with an audience) × key, and NOTIFY when any row was
+# written (NOTIFY is transactional: listeners hear it only if the caller commits).
+# Coalescing hold: a key sent less than `hold` seconds ago waits until that much time has
+# passed, so a contact edited over and over is sent once per hold with its latest state
+# (DESIGN §1.4), while a change to a quiet contact goes at once.
+_API_ROWS = """
+    SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
+           GREATEST(now(), s.last_synced_at + make_interval(secs => :hold))
+    FROM connections c
+    CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
+    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = k.email_key
+    WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
+"""
+_ENQUEUE = text(
+    f"""
+    WITH ins AS ({queue_upsert(_API_ROWS)})
     SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END AS notified
     FROM ins
     """

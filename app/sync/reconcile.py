@@ -43,6 +43,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import metrics
 from app.config import Settings
 from app.connections.webhook_registration import ensure_webhook, webhook_url
 from app.providers.base import (
@@ -56,7 +57,7 @@ from app.providers.base import (
 )
 from app.sync.desired import MappingConfig, digest_of, merge_fields
 from app.sync.models import PRIORITY_BULK
-from app.sync.outbox import NOTIFY_CHANNEL, email_key
+from app.sync.outbox import NOTIFY_CHANNEL, email_key, queue_upsert
 from app.sync.slots import is_dead_local
 
 if TYPE_CHECKING:
@@ -390,17 +391,13 @@ _STALE_MIRROR = text(
 )
 # Bulk priority: live changes go first. A row already queued keeps its seq (the worker sends
 # the current state anyway); a parked one is re-armed: Sync Now is a retry.
+_PLANNED_ROWS = """
+    SELECT :conn, p.email_key, p.contact_id, :priority, false, now()
+    FROM reconcile_plan p WHERE p.enqueue
+"""
 _ENQUEUE = text(
-    """
-    WITH ins AS (
-        INSERT INTO sync_queue AS q (connection_id, email_key, contact_id, priority)
-        SELECT :conn, p.email_key, p.contact_id, :priority FROM reconcile_plan p WHERE p.enqueue
-        ON CONFLICT (connection_id, email_key) DO UPDATE SET
-            seq = q.seq + 1, state = 'ready', attempts = 0, last_error = NULL,
-            available_at = now()
-        WHERE q.state = 'parked'
-        RETURNING 1
-    )
+    f"""
+    WITH ins AS ({queue_upsert(_PLANNED_ROWS, only_parked=True)})
     SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END FROM ins
     """
 )
@@ -790,6 +787,7 @@ class Reconciler:
             if not run.dry_run:
                 await conn.execute(_FULL_SYNC_AT, {"id": run.connection_id})
             await conn.execute(_CLEAR_STAGING, {"id": run.id})
+        metrics.RECONCILE_RUNS.labels(kind=run.kind, outcome="done").inc()
         with contextlib.suppress(Exception):
             async with db.begin() as conn:
                 await conn.execute(_SWEEP_STAGING)
@@ -821,6 +819,7 @@ class Reconciler:
         async with engine.db.begin() as conn:
             await conn.execute(_FAIL, {"error": error, "id": run.id, "me": engine.me})
             await conn.execute(_CLEAR_STAGING, {"id": run.id})
+        metrics.RECONCILE_RUNS.labels(kind=run.kind, outcome="failed").inc()
         log.warning("sync.reconcile.failed", run=str(run.id), error=error)
 
     @staticmethod

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from app.main import Runtime
 from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID
@@ -365,9 +366,12 @@ class TestWebhookRepair:
         first = (await sandbox.api("GET", f"/lists/{LIST}/webhooks")).json()["webhooks"]
         assert len(first) == 1
         await lose_webhooks(sandbox)
+        done = {"kind": "sync_now", "outcome": "done"}
+        before = REGISTRY.get_sample_value("audience_sync_reconcile_runs_total", done) or 0
         r = await service.http.post("/api/integrations/mailchimp/sync", headers=service.auth())
         assert r.status_code == 202
         await run_reconcile(runtime, service.settings)
+        assert REGISTRY.get_sample_value("audience_sync_reconcile_runs_total", done) == before + 1
         hooks = (await sandbox.api("GET", f"/lists/{LIST}/webhooks")).json()["webhooks"]
         assert len(hooks) == 1
         assert hooks[0]["url"] == first[0]["url"]
