@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
+_SECRET_SEGMENT = re.compile(r"(/api/webhooks/[^/]+/)[^/]+")
 PROBLEM_BASE = "https://audience-sync.dev/problems/"
 
 log = structlog.get_logger(__name__)
@@ -215,6 +217,11 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
     )
 
 
+def loggable_path(path: str) -> str:
+    """The path with secrets cut out (webhook URLs carry their token)."""
+    return _SECRET_SEGMENT.sub(r"\1[token]", path)
+
+
 async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
     # The traceback goes to the log with the request id; the client learns nothing inside.
     # This handler runs outside every middleware (Starlette's ServerErrorMiddleware), so the
@@ -222,7 +229,7 @@ async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
     request_id = getattr(request.state, "request_id", None)
     log.exception(
         "http.unhandled_error",
-        path=request.url.path,
+        path=loggable_path(request.url.path),
         error_type=type(exc).__name__,
         request_id=request_id,
     )
@@ -236,11 +243,26 @@ async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every error through problem+json."""
+    """Route every error through problem+json, and document the framework's 422 as such."""
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)
+    framework_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI documents the 422 of every operation with parameters as application/json
+        # (its HTTPValidationError) unless the route declares one; we answer problem+json.
+        if app.openapi_schema is None:
+            schema = framework_openapi()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    response = operation.get("responses", {}).get("422")
+                    if response and PROBLEM_JSON not in response.get("content", {}):
+                        response["content"] = PROBLEM_SCHEMA["content"]
+        return app.openapi_schema or framework_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.connections.models import CONNECTION_STATUSES
+
 if TYPE_CHECKING:
     from app.main import Runtime
 
@@ -63,6 +65,89 @@ RECONCILE_RUNS = Counter(
 )
 
 
+# Label values known up front. prometheus-client prints a labelled family only once it has a
+# child, so these are created at zero: a dashboard or alert sees `0`, not "no data", before
+# the first send, throttle, webhook or reconcile. They are the values the code records:
+# sends by outcome (app/sync/engine.py), requests by operation and outcome
+# (app/providers/mailchimp/client.py: "ok", "timeout", "connection_error", or the error class
+# name), webhook events by type and outcome (app/webhooks: handlers.EVENT_TYPES plus "other",
+# inbound.Outcome; refused deliveries count as type "unknown"). tests/test_metrics.py checks
+# these lists against the code. Reconcile values are those the reconcile runs are to use.
+PROVIDERS = ("mailchimp",)
+SEND_OPERATIONS = ("sync",)
+SEND_OUTCOMES = ("done", "retry", "defer", "release")
+PROVIDER_OPERATIONS = (
+    "ping",
+    "audience",
+    "upsert",
+    "update",
+    "batch",
+    "tags",
+    "move",
+    "archive",
+    "forget",
+    "get",
+    "list",
+    "webhook",
+)
+PROVIDER_OUTCOMES = (
+    "ok",
+    "timeout",
+    "connection_error",
+    "throttled",
+    "transient",
+    "auth",
+    "audiencemissing",
+    "permanent",
+)
+WEBHOOK_TYPES = ("subscribe", "unsubscribe", "profile", "cleaned", "upemail", "campaign", "other")
+WEBHOOK_OUTCOMES = (
+    "applied",
+    "created",
+    "unchanged",
+    "stale",
+    "ignored",
+    "unknown_contact",
+    "conflict",
+    "invalid",
+    "duplicate",
+)
+WEBHOOK_REFUSALS = ("not_found", "bad_request")
+RECONCILE_KINDS = ("sync_now", "initial", "audience_change", "pull")
+RECONCILE_OUTCOMES = ("done", "failed", "cancelled")
+
+
+def _initialise_labels() -> None:
+    for provider in PROVIDERS:
+        THROTTLE_EVENTS.labels(provider=provider)
+        for operation in SEND_OPERATIONS:
+            for outcome in SEND_OUTCOMES:
+                SENDS.labels(provider=provider, operation=operation, outcome=outcome)
+        for operation in PROVIDER_OPERATIONS:
+            PROVIDER_LATENCY.labels(provider=provider, operation=operation)
+            for outcome in PROVIDER_OUTCOMES:
+                PROVIDER_REQUESTS.labels(provider=provider, operation=operation, outcome=outcome)
+        for type_ in WEBHOOK_TYPES:
+            for outcome in WEBHOOK_OUTCOMES:
+                WEBHOOK_EVENTS.labels(provider=provider, type=type_, outcome=outcome)
+        for outcome in WEBHOOK_REFUSALS:
+            WEBHOOK_EVENTS.labels(provider=provider, type="unknown", outcome=outcome)
+        for status in CONNECTION_STATUSES:
+            CONNECTIONS.labels(provider=provider, status=status)
+    for kind in RECONCILE_KINDS:
+        for outcome in RECONCILE_OUTCOMES:
+            RECONCILE_RUNS.labels(kind=kind, outcome=outcome)
+    # The scrape itself is counted after its response is sent; start the HTTP families with
+    # the metrics route so they are present from the first scrape on.
+    HTTP_REQUESTS.labels(method="GET", route="/metrics", status="200")
+    HTTP_LATENCY.labels(method="GET", route="/metrics")
+    QUEUE_DEPTH.labels(state="ready")
+    QUEUE_DEPTH.labels(state="parked")
+
+
+_initialise_labels()
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text of the default registry."""
     return generate_latest(), CONTENT_TYPE_LATEST
@@ -89,6 +174,9 @@ async def refresh_gauges(rt: Runtime) -> None:
             text("SELECT provider, status, count(*) FROM connections GROUP BY provider, status")
         )
         CONNECTIONS.clear()
+        for provider in PROVIDERS:
+            for status in CONNECTION_STATUSES:
+                CONNECTIONS.labels(provider=provider, status=status).set(0)
         for provider, status, n in statuses.all():
             CONNECTIONS.labels(provider=provider, status=status).set(n)
 

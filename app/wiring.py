@@ -22,9 +22,11 @@ SANDBOX_PREFIX = "/_sandbox/mailchimp"
 
 def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
+    from app.admin.routes import router as admin_router
     from app.connections.routes import router as connections_router
+    from app.webhooks.routes import router as webhooks_router
 
-    return [connections_router]
+    return [connections_router, webhooks_router, admin_router]
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
@@ -42,7 +44,16 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
 def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
     """Jobs every worker runs on a schedule (reconcile runs, scheduled pulls)."""
-    return []
+    from app.sync.pull import check_interval, pull_due
+    from app.sync.reconcile import Reconciler
+
+    jobs: list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]] = [
+        (Reconciler.POLL_SECONDS, Reconciler(rt.settings))
+    ]
+    pull_every = check_interval(rt.settings)
+    if pull_every is not None:
+        jobs.append((pull_every, pull_due))
+    return jobs
 
 
 async def on_startup(app: FastAPI, rt: Runtime) -> None:

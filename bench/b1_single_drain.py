@@ -13,8 +13,6 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import text
-
 from app.db import create_engine
 from app.sync.engine import SyncEngine
 from bench import harness, peers
@@ -35,14 +33,7 @@ async def engine_run(db_url: str, sandbox: harness.SandboxProcess, n: int) -> fl
     )
     engine = create_engine(db_url, pool_size=10)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE")
-            )
-        conn_id = await harness.connect_owner(engine, settings, OWNER)
-        async with engine.begin() as conn:
-            await conn.execute(text("DELETE FROM sync_queue"))
-        await harness.seed(engine, OWNER, n, connection_id=conn_id)
+        await harness.fresh_backlog(engine, settings, OWNER, n)
         sync = SyncEngine(engine, settings)
         start = time.perf_counter()
         cpu = time.process_time()

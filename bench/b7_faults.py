@@ -51,14 +51,7 @@ async def run(
     )
     engine = create_engine(db_url, pool_size=20)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE")
-            )
-        conn_id = await harness.connect_owner(engine, settings, OWNER)
-        async with engine.begin() as conn:
-            await conn.execute(text("DELETE FROM sync_queue"))
-        await harness.seed(engine, OWNER, n, connection_id=conn_id, priority=PRIORITY_BULK)
+        await harness.fresh_backlog(engine, settings, OWNER, n, priority=PRIORITY_BULK)
         sync = SyncEngine(engine, settings)
         start = time.perf_counter()
         async with harness.running_engine(sync):

@@ -199,6 +199,23 @@ async def seed(
             )
 
 
+async def fresh_backlog(
+    engine: Any, settings: Any, owner: str, n: int, *, priority: int = 0
+) -> uuid.UUID:
+    """Empty tables, `owner` connected to the sandbox, n queued contacts; the connection id."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE"))
+    conn_id = await connect_owner(engine, settings, owner)
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM sync_queue"))  # the connect's own initial queue
+    await seed(engine, owner, n, connection_id=conn_id, priority=priority)
+    async with engine.begin() as conn:
+        await conn.execute(text("ANALYZE"))
+    return conn_id
+
+
 async def queue_depth(engine: Any) -> int:
     """Rows in sync_queue."""
     from sqlalchemy import text

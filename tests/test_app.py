@@ -270,3 +270,22 @@ class TestMetrics:
         )
         assert re.search(line + r" [1-9]", text)
         assert 'audience_sync_queue_depth{state="ready"} 0.0' in text
+
+
+class TestOpenApi:
+    async def test_every_documented_422_is_problem_json(self, client: httpx.AsyncClient) -> None:
+        schema = (await client.get("/openapi.json")).json()
+        documented = [
+            (path, method)
+            for path, operations in schema["paths"].items()
+            for method, operation in operations.items()
+            if "422" in operation.get("responses", {})
+        ]
+        assert documented  # the contacts API has parameters and bodies
+        wrong = [
+            (path, method)
+            for path, method in documented
+            if list(schema["paths"][path][method]["responses"]["422"]["content"])
+            != ["application/problem+json"]
+        ]
+        assert wrong == []

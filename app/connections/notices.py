@@ -4,12 +4,24 @@ from __future__ import annotations
 
 PAUSED_NOTICE = "Heads up—email sync is paused right now."
 
+# Why a connection stopped (connections.status_reason), as the engine records it.
+REASON_CREDENTIALS = "credentials_refused"
+REASON_AUDIENCE = "audience_missing"
+REASON_UNAVAILABLE = "provider_unavailable"
+
+_ERROR_NOTICES = {
+    REASON_CREDENTIALS: "Reconnect Mailchimp: it no longer accepts the saved credentials.",
+    REASON_AUDIENCE: "The Mailchimp audience is gone: choose another audience.",
+}
+
 
 def notice_for(status: str | None, reason: str | None = None) -> str | None:
     """The notice for a connection status; None while healthy (invisible when healthy)."""
     if status == "paused":
         return PAUSED_NOTICE
     if status == "error":
+        if reason in _ERROR_NOTICES:
+            return _ERROR_NOTICES[reason]
         return f"Reconnect Mailchimp: {reason}" if reason else "Reconnect Mailchimp."
     if status == "needs_audience":
         return "Choose the Mailchimp audience to sync to."

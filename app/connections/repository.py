@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import Table, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.connections.models import Connection
-from app.sync.models import PRIORITY_BULK
-from app.sync.outbox import NOTIFY_CHANNEL
+from app.connections.models import Connection, OAuthState
+from app.sync.models import ReconcileMember, SyncRun
 
 connections = cast(Table, Connection.__table__)
+oauth_states = cast(Table, OAuthState.__table__)
+sync_runs = cast(Table, SyncRun.__table__)
+staging = cast(Table, ReconcileMember.__table__)
+ACTIVE_RUN_STATES = ("queued", "running")
 
 _COUNTS = text(
     """
@@ -23,22 +27,6 @@ _COUNTS = text(
       (SELECT count(*) FROM sync_queue WHERE connection_id = :id AND state = 'parked')
       + (SELECT count(*) FROM sync_state WHERE connection_id = :id AND error_kind IS NOT NULL)
         AS failed
-    """
-)
-
-_ENQUEUE_ALL = text(
-    """
-    WITH ins AS (
-        INSERT INTO sync_queue AS q (connection_id, email_key, contact_id, priority)
-        SELECT :conn, c.email_key, c.id, :priority
-        FROM contacts c
-        WHERE c.owner_id = :owner AND c.email_key IS NOT NULL
-        ON CONFLICT (connection_id, email_key) DO UPDATE SET
-            seq = q.seq + 1, state = 'ready', attempts = 0, available_at = now(),
-            contact_id = EXCLUDED.contact_id
-        RETURNING 1
-    )
-    SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END FROM ins
     """
 )
 
@@ -56,14 +44,32 @@ class ConnectionRepository:
         )
         return (await self.session.execute(stmt)).mappings().first()
 
+    async def all_credentials(self) -> list[RowMapping]:
+        """Every connection's id and ciphertext (key rotation)."""
+        stmt = select(connections.c.id, connections.c.credentials).with_for_update()
+        return list((await self.session.execute(stmt)).mappings())
+
+    async def set_credentials(self, connection_id: uuid.UUID, ciphertext: str) -> None:
+        """Store re-encrypted credentials."""
+        await self.session.execute(
+            update(connections)
+            .where(connections.c.id == connection_id)
+            .values(credentials=ciphertext)
+        )
+
+    async def by_id(self, connection_id: uuid.UUID) -> RowMapping | None:
+        """A connection by id (background work that was handed the id)."""
+        stmt = select(connections).where(connections.c.id == connection_id)
+        return (await self.session.execute(stmt)).mappings().first()
+
     async def upsert(self, owner_id: str, provider: str, values: dict[str, Any]) -> RowMapping:
         """Create the connection, or replace its credentials and account (reconnect)."""
-        insert = pg_insert(connections).values(owner_id=owner_id, provider=provider, **values)
+        ins = pg_insert(connections).values(owner_id=owner_id, provider=provider, **values)
         # A reconnect keeps the webhook token: the URL registered at Mailchimp stays valid.
-        update: dict[str, Any] = {k: insert.excluded[k] for k in values if k != "webhook_token"}
-        update["updated_at"] = func.now()
-        stmt = insert.on_conflict_do_update(
-            index_elements=["owner_id", "provider"], set_=update
+        changes: dict[str, Any] = {k: ins.excluded[k] for k in values if k != "webhook_token"}
+        changes["updated_at"] = func.now()
+        stmt = ins.on_conflict_do_update(
+            index_elements=["owner_id", "provider"], set_=changes
         ).returning(*connections.c)
         return (await self.session.execute(stmt)).mappings().one()
 
@@ -78,15 +84,177 @@ class ConnectionRepository:
         """Pending (queued) and failed (parked or rejected) counts."""
         return (await self.session.execute(_COUNTS, {"id": connection_id})).mappings().one()
 
-    async def enqueue_all(self, *, owner_id: str, connection_id: uuid.UUID) -> int:
-        """Queue every contact with an email for the connection, at bulk priority."""
-        result = await self.session.execute(
-            _ENQUEUE_ALL,
-            {
-                "conn": connection_id,
-                "owner": owner_id,
-                "priority": PRIORITY_BULK,
-                "channel": NOTIFY_CHANNEL,
-            },
+    async def lock(self, connection_id: uuid.UUID) -> RowMapping | None:
+        """The connection row, locked until the transaction ends (serialises Sync Now)."""
+        stmt = select(connections).where(connections.c.id == connection_id).with_for_update()
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def set_audience(
+        self, connection_id: uuid.UUID, *, audience_id: str, audience_name: str
+    ) -> RowMapping:
+        """Point the connection at an audience; it is active from now on."""
+        stmt = (
+            update(connections)
+            .where(connections.c.id == connection_id)
+            .values(
+                audience_id=audience_id,
+                audience_name=audience_name,
+                webhook_id=None,
+                status="active",
+                status_reason=None,
+                status_since=func.now(),
+                last_full_sync_at=None,
+                updated_at=func.now(),
+            )
+            .returning(*connections.c)
         )
-        return int(result.scalar_one())
+        return (await self.session.execute(stmt)).mappings().one()
+
+    async def set_webhook(
+        self,
+        connection_id: uuid.UUID,
+        *,
+        audience_id: str,
+        webhook_id: str | None,
+        error: str | None,
+    ) -> None:
+        """Record the registered webhook (or why registering it failed), for that audience."""
+        values: dict[str, Any] = {"webhook_id": webhook_id}
+        if error is not None:
+            values |= {"last_error": error[:500], "last_error_at": func.now()}
+        await self.session.execute(
+            update(connections)
+            .where(connections.c.id == connection_id, connections.c.audience_id == audience_id)
+            .values(**values)
+        )
+
+    async def delete(self, connection_id: uuid.UUID) -> None:
+        """Remove the connection: credentials, queue, mirror, tombstones and runs go with it."""
+        run_ids = select(sync_runs.c.id).where(sync_runs.c.connection_id == connection_id)
+        await self.session.execute(delete(staging).where(staging.c.run_id.in_(run_ids)))
+        await self.session.execute(delete(connections).where(connections.c.id == connection_id))
+
+    # --- OAuth states ----------------------------------------------------------------------
+
+    async def add_state(
+        self, *, nonce: str, owner_id: str, provider: str, expires_at: datetime
+    ) -> None:
+        """Remember a connect attempt's nonce (and forget long-expired ones)."""
+        await self.session.execute(
+            delete(oauth_states).where(oauth_states.c.expires_at < func.now() - timedelta(days=1))
+        )
+        await self.session.execute(
+            insert(oauth_states).values(
+                nonce=nonce, owner_id=owner_id, provider=provider, expires_at=expires_at
+            )
+        )
+
+    async def state(self, nonce: str) -> RowMapping | None:
+        """A nonce's row, with `expired` computed by the database clock."""
+        stmt = select(
+            oauth_states, (oauth_states.c.expires_at <= func.now()).label("expired")
+        ).where(oauth_states.c.nonce == nonce)
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def consume_state(self, *, nonce: str, owner_id: str) -> bool:
+        """Use the nonce once: True only for the first caller, before it expires."""
+        stmt = (
+            update(oauth_states)
+            .where(
+                oauth_states.c.nonce == nonce,
+                oauth_states.c.owner_id == owner_id,
+                oauth_states.c.used_at.is_(None),
+                oauth_states.c.expires_at > func.now(),
+            )
+            .values(used_at=func.now())
+            .returning(oauth_states.c.nonce)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    # --- reconcile runs ----------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        *,
+        connection_id: uuid.UUID,
+        owner_id: str,
+        kind: str,
+        dry_run: bool,
+        audience_id: str,
+    ) -> RowMapping | None:
+        """Queue a run; None when one of that kind (live or dry) is already under way."""
+        stmt = (
+            pg_insert(sync_runs)
+            .values(
+                connection_id=connection_id,
+                owner_id=owner_id,
+                kind=kind,
+                dry_run=dry_run,
+                progress={"audience_id": audience_id, "pages_done": 0, "staged": 0},
+            )
+            .on_conflict_do_nothing(
+                index_elements=["connection_id", "dry_run"],
+                # A literal predicate: the planner must prove it implies the partial index's.
+                index_where=text("state IN ('queued', 'running')"),
+            )
+            .returning(*sync_runs.c)
+        )
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def active_run(self, connection_id: uuid.UUID, *, dry_run: bool) -> RowMapping | None:
+        """The queued or running run of the connection (live or dry)."""
+        stmt = select(sync_runs).where(
+            sync_runs.c.connection_id == connection_id,
+            sync_runs.c.dry_run == dry_run,
+            sync_runs.c.state.in_(ACTIVE_RUN_STATES),
+        )
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def last_requested_run(
+        self, connection_id: uuid.UUID, *, dry_run: bool, kind: str
+    ) -> RowMapping | None:
+        """The newest run of this kind the user asked for, with its age in seconds."""
+        age = func.extract("epoch", func.now() - sync_runs.c.created_at).label("age_seconds")
+        stmt = (
+            select(sync_runs, age)
+            .where(
+                sync_runs.c.connection_id == connection_id,
+                sync_runs.c.dry_run == dry_run,
+                sync_runs.c.kind == kind,
+            )
+            .order_by(sync_runs.c.created_at.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def last_run(self, connection_id: uuid.UUID) -> RowMapping | None:
+        """The newest run of the connection, whatever its kind."""
+        stmt = (
+            select(sync_runs)
+            .where(sync_runs.c.connection_id == connection_id)
+            .order_by(sync_runs.c.created_at.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def run(self, owner_id: str, run_id: uuid.UUID) -> RowMapping | None:
+        """One run of the owner's."""
+        stmt = select(sync_runs).where(sync_runs.c.id == run_id, sync_runs.c.owner_id == owner_id)
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def cancel_runs(self, connection_id: uuid.UUID, reason: str) -> None:
+        """Stop the connection's queued and running runs (a worker notices at its next page)."""
+        await self.session.execute(
+            update(sync_runs)
+            .where(
+                sync_runs.c.connection_id == connection_id,
+                sync_runs.c.state.in_(ACTIVE_RUN_STATES),
+            )
+            .values(
+                state="cancelled",
+                error=reason,
+                finished_at=func.now(),
+                leased_by=None,
+                lease_until=None,
+            )
+        )

@@ -2,15 +2,60 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.deps import OwnerDep
-from app.connections.schemas import ApiKeyConnect, IntegrationStatus
+from app.auth.tokens import TokenVerifier
+from app.connections.oauth import OAuthFailure
+from app.connections.pages import callback_answer, json_answer, wants_json
+from app.connections.schemas import (
+    ApiKeyConnect,
+    AudienceChoice,
+    AudienceOut,
+    AudienceRef,
+    ConnectStart,
+    IntegrationList,
+    IntegrationStatus,
+    OAuthOutcome,
+    RunAccepted,
+    SyncRunOut,
+)
 from app.connections.service import connection_service
 from app.db import SessionDep
 from app.errors import problem_responses
 
 router = APIRouter(prefix="/api/integrations", tags=["integrations"])
+_optional_bearer = HTTPBearer(auto_error=False)
+
+
+def _deps(request: Request) -> dict[str, Any]:
+    return {
+        "settings": request.state.settings,
+        "transport": request.state.runtime.extras["transport"],
+    }
+
+
+def _after_commit_register_webhook(
+    request: Request, background: BackgroundTasks, connection_id: uuid.UUID
+) -> None:
+    # Runs once the response is sent, after the request's commit: Mailchimp's validating GET
+    # of the webhook URL must find the committed connection.
+    background.add_task(
+        connection_service.register_webhook,
+        maker=request.state.sessionmaker,
+        connection_id=connection_id,
+        **_deps(request),
+    )
+
+
+@router.get("", response_model=IntegrationList, responses=problem_responses(401))
+async def list_integrations(owner_id: OwnerDep, session: SessionDep) -> IntegrationList:
+    """Every provider's state for the Settings page (only Mailchimp is available so far)."""
+    return IntegrationList(items=await connection_service.integrations(session, owner_id=owner_id))
 
 
 @router.get("/mailchimp", response_model=IntegrationStatus, responses=problem_responses(401))
@@ -20,20 +65,171 @@ async def mailchimp_status(owner_id: OwnerDep, session: SessionDep) -> Integrati
 
 
 @router.post(
+    "/mailchimp/connect", response_model=ConnectStart, responses=problem_responses(401, 503)
+)
+async def connect(owner_id: OwnerDep, session: SessionDep, request: Request) -> ConnectStart:
+    """Start OAuth: the URL the popup opens (its `state` works once, for 10 minutes)."""
+    return await connection_service.start_oauth(
+        session, settings=request.state.settings, owner_id=owner_id
+    )
+
+
+@router.get(
+    "/mailchimp/callback",
+    response_model=OAuthOutcome,
+    responses={
+        200: {"content": {"text/html": {}}, "description": "A page that tells the opener"},
+        303: {"description": "Back to APP_SETTINGS_URL when it is set"},
+        **problem_responses(400, 403, 422, 502, 503),
+    },
+)
+async def oauth_callback(
+    request: Request,
+    session: SessionDep,
+    background: BackgroundTasks,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_optional_bearer)],
+    state: Annotated[str | None, Query(max_length=4096)] = None,
+    code: Annotated[str | None, Query(max_length=512)] = None,
+    error: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """Mailchimp's redirect target. The popup carries no bearer token: the owner is the one the
+    signed `state` names. An API caller that sends one must be that owner."""
+    settings = request.state.settings
+    caller = None
+    if credentials is not None:
+        verifier: TokenVerifier = request.state.token_verifier
+        caller = (await verifier.verify(credentials.credentials)).owner_id
+    try:
+        done = await connection_service.complete_oauth(
+            session,
+            reader=request.state.sessionmaker,
+            state=state,
+            code=code,
+            error=error,
+            caller=caller,
+            **_deps(request),
+        )
+    except OAuthFailure as exc:
+        await session.rollback()  # nothing of a failed attempt is kept
+        if wants_json(request):
+            raise
+        outcome = OAuthOutcome(ok=False, error=exc.code, detail=exc.detail)
+        return callback_answer(request, settings, outcome, status_code=exc.status_code)
+    row = done.connection
+    if done.audience_changed:
+        _after_commit_register_webhook(request, background, row["id"])
+    outcome = OAuthOutcome(
+        ok=True,
+        status=row["status"],
+        account_name=row["account_name"],
+        audience=AudienceRef(id=row["audience_id"], name=row["audience_name"])
+        if row["audience_id"]
+        else None,
+        audiences=done.audiences,
+    )
+    if wants_json(request):
+        return json_answer(outcome)
+    return callback_answer(request, settings, outcome)
+
+
+@router.post(
     "/mailchimp/api-key",
     response_model=IntegrationStatus,
     responses=problem_responses(401, 422, 502, 503),
 )
 async def connect_api_key(
-    body: ApiKeyConnect, owner_id: OwnerDep, session: SessionDep, request: Request
+    body: ApiKeyConnect,
+    owner_id: OwnerDep,
+    session: SessionDep,
+    request: Request,
+    background: BackgroundTasks,
 ) -> IntegrationStatus:
     """Connect with an API key; the only audience is chosen, or the one named."""
-    await connection_service.connect_api_key(
+    row = await connection_service.connect_api_key(
         session,
-        settings=request.state.settings,
-        transport=request.state.runtime.extras["transport"],
         owner_id=owner_id,
         api_key=body.api_key,
         audience_id=body.audience_id,
+        **_deps(request),
     )
+    if row["audience_id"]:
+        _after_commit_register_webhook(request, background, row["id"])
     return await connection_service.status(session, owner_id=owner_id)
+
+
+@router.get(
+    "/mailchimp/audiences",
+    response_model=list[AudienceOut],
+    responses=problem_responses(401, 404, 409, 502, 503),
+)
+async def list_audiences(owner_id: OwnerDep, request: Request) -> list[AudienceOut]:
+    """The connected account's audiences (id, name, member count)."""
+    audiences = await connection_service.audiences(
+        reader=request.state.sessionmaker, owner_id=owner_id, **_deps(request)
+    )
+    return [AudienceOut(id=a.id, name=a.name, member_count=a.member_count) for a in audiences]
+
+
+@router.put(
+    "/mailchimp/audience",
+    response_model=IntegrationStatus,
+    responses=problem_responses(401, 404, 409, 422, 502, 503),
+)
+async def choose_audience(
+    body: AudienceChoice,
+    owner_id: OwnerDep,
+    session: SessionDep,
+    request: Request,
+    background: BackgroundTasks,
+) -> IntegrationStatus:
+    """Sync to this audience from now on: a new mirror and a full sync (a reconcile run)."""
+    row, changed = await connection_service.choose_audience(
+        session,
+        reader=request.state.sessionmaker,
+        owner_id=owner_id,
+        audience_id=body.audience_id,
+        **_deps(request),
+    )
+    if changed:
+        _after_commit_register_webhook(request, background, row["id"])
+    return await connection_service.status(session, owner_id=owner_id)
+
+
+@router.post(
+    "/mailchimp/sync",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunAccepted,
+    responses=problem_responses(401, 404, 409, 429),
+)
+async def sync_now(
+    owner_id: OwnerDep,
+    session: SessionDep,
+    request: Request,
+    dry_run: Annotated[bool, Query(description="Count only; change nothing.")] = False,
+) -> RunAccepted:
+    """Sync Now: a full reconcile run (at most once an hour; 429 with Retry-After)."""
+    return await connection_service.sync_now(
+        session, settings=request.state.settings, owner_id=owner_id, dry_run=dry_run
+    )
+
+
+@router.get(
+    "/mailchimp/sync/{run_id}",
+    response_model=SyncRunOut,
+    responses=problem_responses(401, 404, 422),
+)
+async def sync_run(run_id: uuid.UUID, owner_id: OwnerDep, session: SessionDep) -> SyncRunOut:
+    """A run's state, counts and progress."""
+    return await connection_service.run_status(session, owner_id=owner_id, run_id=run_id)
+
+
+@router.delete(
+    "/mailchimp",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 404),
+)
+async def disconnect(owner_id: OwnerDep, session: SessionDep, request: Request) -> None:
+    """Disconnect: our webhook and the credentials go; the members stay in Mailchimp."""
+    await connection_service.disconnect(
+        session, reader=request.state.sessionmaker, owner_id=owner_id, **_deps(request)
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +27,21 @@ class AudienceRef(BaseModel):
     name: str | None
 
 
+class SyncRunOut(BaseModel):
+    """A reconcile run: its state, what it found (counts) and how far it got (progress)."""
+
+    id: uuid.UUID
+    kind: str
+    dry_run: bool
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    counts: dict[str, int] = Field(default_factory=dict)
+    progress: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class IntegrationStatus(BaseModel):
     """What the Settings page shows for one provider."""
 
@@ -40,3 +55,63 @@ class IntegrationStatus(BaseModel):
     last_synced_at: datetime | None = None
     pending: int = 0
     failed: int = 0
+    last_full_sync_at: datetime | None = None
+    webhook_registered: bool = False
+    last_run: SyncRunOut | None = None
+
+
+class IntegrationEntry(IntegrationStatus):
+    """One provider on the Settings page's list: whether it can be connected here at all."""
+
+    name: str
+    available: bool
+
+
+class IntegrationList(BaseModel):
+    """Every provider's state (GET /api/integrations)."""
+
+    items: list[IntegrationEntry]
+
+
+class ConnectStart(BaseModel):
+    """Where the popup goes to connect Mailchimp, and until when that link works."""
+
+    authorize_url: str
+    expires_at: datetime
+
+
+class AudienceOut(BaseModel):
+    """An audience of the connected account."""
+
+    id: str
+    name: str
+    member_count: int
+
+
+class AudienceChoice(BaseModel):
+    """Body of PUT /api/integrations/mailchimp/audience."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    audience_id: str = Field(min_length=1, max_length=64)
+
+
+class RunAccepted(BaseModel):
+    """A reconcile run was queued (or one was already under way)."""
+
+    run_id: uuid.UUID
+    state: str
+    dry_run: bool
+
+
+class OAuthOutcome(BaseModel):
+    """The JSON answer of the OAuth callback (the page posts the same object to the opener)."""
+
+    type: Literal["audience-sync:mailchimp"] = "audience-sync:mailchimp"
+    ok: bool
+    status: ConnectionStatus | None = None
+    account_name: str | None = None
+    audience: AudienceRef | None = None
+    audiences: int = 0
+    error: str | None = None
+    detail: str | None = None

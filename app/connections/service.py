@@ -1,35 +1,86 @@
-"""Connection use cases: connect with an API key, status for the Settings page, bootstrap."""
+"""Connection use cases: connect (OAuth or API key), audiences, status, Sync Now, disconnect.
+
+Remote calls come before the request's writes, never inside them: a service reads what it
+needs through a short read-only session (`reader`), calls Mailchimp, then writes in the
+request's session, which the request commits. Work that must follow the commit (registering
+the webhook, whose validating GET must find the committed connection) runs as a background
+task with units of work of its own.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import structlog
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Environment, Settings
-from app.connections.crypto import encrypt_credentials
+from app.connections import oauth
+from app.connections.crypto import (
+    CredentialsError,
+    decrypt_credentials,
+    encrypt_credentials,
+    rotate_credentials,
+)
 from app.connections.notices import notice_for
+from app.connections.oauth import OAuthFailure, OAuthGrant
 from app.connections.repository import ConnectionRepository
-from app.connections.schemas import AudienceRef, IntegrationStatus
-from app.errors import BadGateway, NotFound, ServiceUnavailable, Unprocessable
+from app.connections.schemas import (
+    AudienceRef,
+    ConnectStart,
+    IntegrationEntry,
+    IntegrationStatus,
+    RunAccepted,
+    SyncRunOut,
+)
+from app.connections.webhook_registration import ensure_webhook, remove_webhooks, webhook_url
+from app.db import session_scope
+from app.errors import (
+    BadGateway,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unprocessable,
+)
 from app.providers.base import (
     Audience,
+    AudienceMissing,
     AuthError,
     ProviderError,
     ThrottledError,
     TransientError,
 )
-from app.providers.mailchimp.client import MailchimpClient, dc_from_api_key, live_api_base
+from app.providers.mailchimp.client import (
+    MailchimpClient,
+    check_live_endpoint,
+    dc_from_api_key,
+    live_api_base,
+)
 
 log = structlog.get_logger(__name__)
 
 MAILCHIMP = "mailchimp"
+# Every provider the Settings page lists; only Mailchimp can be connected so far.
+PROVIDERS: tuple[tuple[str, str, bool], ...] = (
+    (MAILCHIMP, "Mailchimp", True),
+    ("constant_contact", "Constant Contact", False),
+    ("activecampaign", "ActiveCampaign", False),
+    ("mautic", "Mautic", False),
+)
+RUN_SYNC_NOW = "sync_now"
+RUN_INITIAL = "initial"
+RUN_AUDIENCE_CHANGE = "audience_change"
+
+Reader = async_sessionmaker[AsyncSession]
 
 
 @dataclass(slots=True)
@@ -40,6 +91,15 @@ class MailchimpAccount:
     dc: str
     account_key: str
     credentials: dict[str, Any]
+
+
+@dataclass(slots=True)
+class OAuthCompleted:
+    """A finished OAuth connect: the connection row and how many audiences the account has."""
+
+    connection: RowMapping
+    audiences: int
+    audience_changed: bool
 
 
 def api_key_account(settings: Settings, api_key: str) -> MailchimpAccount:
@@ -60,6 +120,28 @@ def api_key_account(settings: Settings, api_key: str) -> MailchimpAccount:
     )
 
 
+def oauth_account(settings: Settings, grant: OAuthGrant) -> MailchimpAccount:
+    """The account an OAuth grant reaches; in live mode only at https://<dc>.api.mailchimp.com."""
+    if settings.is_sandbox:
+        base = settings.sandbox_url
+    else:
+        try:
+            base = check_live_endpoint(grant.api_endpoint, grant.dc)
+        except ValueError:
+            raise OAuthFailure(
+                "foreign_host",
+                "Mailchimp's answer pointed the API at an unexpected host, so nothing was"
+                " connected. Try again, or contact support if it persists.",
+                status_code=502,
+            ) from None
+    return MailchimpAccount(
+        api_base=base,
+        dc=grant.dc,
+        account_key=f"mailchimp:{grant.dc}:account:{grant.account_ref}",
+        credentials={"access_token": grant.access_token},
+    )
+
+
 def provider_failure(exc: ProviderError) -> Exception:
     """The API error a provider failure during a user's request becomes."""
     if isinstance(exc, AuthError):
@@ -72,8 +154,37 @@ def provider_failure(exc: ProviderError) -> Exception:
     return BadGateway(f"Mailchimp refused the request: {exc.message}")
 
 
+def client_for(
+    settings: Settings, transport: httpx.AsyncBaseTransport, row: RowMapping
+) -> MailchimpClient:
+    """A client for a stored connection (credentials decrypted in memory only)."""
+    try:
+        creds = decrypt_credentials(settings, row["credentials"])
+    except CredentialsError:
+        raise Conflict(
+            "The stored Mailchimp credentials cannot be read (ENCRYPTION_KEYS changed);"
+            " reconnect Mailchimp."
+        ) from None
+    endpoint = row["api_endpoint"]
+    if not settings.is_sandbox:
+        endpoint = check_live_endpoint(endpoint, row["dc"] or "")
+    return MailchimpClient(
+        transport,
+        api_base=endpoint,
+        api_key=creds.get("api_key"),
+        access_token=creds.get("access_token"),
+        timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
+    )
+
+
+def _run_out(row: RowMapping) -> SyncRunOut:
+    return SyncRunOut.model_validate(dict(row))
+
+
 class ConnectionService:
-    """Create and describe connections to Mailchimp."""
+    """Create, describe, re-point and remove connections to Mailchimp."""
+
+    # --- connect ---------------------------------------------------------------------------
 
     async def connect_api_key(
         self,
@@ -110,6 +221,121 @@ class ConnectionService:
             audience=audience,
         )
 
+    async def start_oauth(
+        self, session: AsyncSession, *, settings: Settings, owner_id: str
+    ) -> ConnectStart:
+        """The authorize URL for the popup, with a signed single-use `state` for this owner."""
+        cfg = oauth.oauth_config(settings)
+        nonce = oauth.new_nonce()
+        state, expires = oauth.sign_state(settings, owner_id=owner_id, nonce=nonce)
+        url = await oauth.authorization_url(cfg, state)
+        expires_at = datetime.fromtimestamp(expires, UTC)
+        await ConnectionRepository(session).add_state(
+            nonce=nonce, owner_id=owner_id, provider=MAILCHIMP, expires_at=expires_at
+        )
+        return ConnectStart(authorize_url=url, expires_at=expires_at)
+
+    async def complete_oauth(
+        self,
+        session: AsyncSession,
+        *,
+        reader: Reader,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        state: str | None,
+        code: str | None,
+        error: str | None,
+        caller: str | None,
+    ) -> OAuthCompleted:
+        """The callback: verify `state`, exchange the code, read the account, store it.
+
+        Every refusal raises OAuthFailure before anything is written; the nonce is spent in
+        the same transaction that stores the connection, so a failure leaves it unused and a
+        success can never be replayed.
+        """
+        if error:
+            if error == "access_denied":
+                raise OAuthFailure(
+                    "access_denied", "Mailchimp was not connected: access was declined."
+                )
+            raise OAuthFailure("provider_error", f"Mailchimp answered with an error ({error}).")
+        claims = oauth.verify_state(settings, state)
+        if caller is not None and caller != claims.owner_id:
+            raise OAuthFailure(
+                "state_owner", "This connection link was started by another user.", status_code=403
+            )
+        async with reader() as read:
+            repo = ConnectionRepository(read)
+            nonce_row = await repo.state(claims.nonce)
+            previous = await repo.get(claims.owner_id, MAILCHIMP)
+        if nonce_row is None:
+            raise OAuthFailure("state_invalid", "This connection link is not valid; start again.")
+        if nonce_row["owner_id"] != claims.owner_id:
+            raise OAuthFailure(
+                "state_owner", "This connection link was started by another user.", status_code=403
+            )
+        if nonce_row["used_at"] is not None:
+            raise OAuthFailure("state_used", "This connection link was already used; start again.")
+        if nonce_row["expired"]:
+            raise OAuthFailure(
+                "state_expired", "This connection link has expired (after 10 minutes); start again."
+            )
+        if not code:
+            raise OAuthFailure("code_missing", "Mailchimp sent no authorization code; start again.")
+
+        grant = await oauth.exchange_code(oauth.oauth_config(settings), code)
+        account = oauth_account(settings, grant)
+        client = MailchimpClient(
+            transport,
+            api_base=account.api_base,
+            access_token=grant.access_token,
+            timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
+        )
+        try:
+            audiences = await client.list_audiences()
+        except ProviderError as exc:
+            raise OAuthFailure(
+                "provider_error",
+                f"Mailchimp did not list the account's audiences ({exc.message}); try again.",
+                status_code=502,
+            ) from None
+        if not audiences:
+            raise OAuthFailure(
+                "no_audience",
+                "This Mailchimp account has no audience yet. Create one in Mailchimp, then"
+                " connect again.",
+                status_code=422,
+            )
+        audience = audiences[0] if len(audiences) == 1 else None
+        keep = previous is not None and any(a.id == previous["audience_id"] for a in audiences)
+        if keep and audience is None and previous is not None:
+            # Reconnecting an account with several audiences keeps the one already chosen.
+            audience = next(a for a in audiences if a.id == previous["audience_id"])
+        if previous is not None and (audience is None or previous["audience_id"] != audience.id):
+            await self._retire_webhook(settings, transport, previous)
+
+        repo = ConnectionRepository(session)
+        if not await repo.consume_state(nonce=claims.nonce, owner_id=claims.owner_id):
+            raise OAuthFailure("state_used", "This connection link was already used; start again.")
+        row = await self.save(
+            session,
+            settings=settings,
+            owner_id=claims.owner_id,
+            account=account,
+            auth_kind="oauth",
+            account_name=grant.account_name,
+            audience=audience,
+        )
+        changed = previous is None or previous["audience_id"] != row["audience_id"]
+        log.info(
+            "connections.oauth_connected",
+            owner=claims.owner_id,
+            connection=str(row["id"]),
+            status=row["status"],
+            audiences=len(audiences),
+        )
+        return OAuthCompleted(row, len(audiences), changed and row["audience_id"] is not None)
+
     async def save(
         self,
         session: AsyncSession,
@@ -141,14 +367,227 @@ class ConnectionService:
             "consecutive_failures": 0,
             "next_probe_at": None,
         }
+        same_audience = previous is not None and previous["audience_id"] == values["audience_id"]
+        if not same_audience:
+            values |= {"webhook_id": None, "last_full_sync_at": None}
         row = await repo.upsert(owner_id, MAILCHIMP, values)
-        same_audience = previous is not None and previous["audience_id"] == row["audience_id"]
         if previous is not None and not same_audience:
+            await repo.cancel_runs(row["id"], "the audience changed")
             await repo.drop_sync_rows(row["id"])
         if audience is not None and not same_audience:
-            queued = await repo.enqueue_all(owner_id=owner_id, connection_id=row["id"])
-            log.info("connections.initial_sync_queued", connection=str(row["id"]), queued=queued)
+            kind = RUN_INITIAL if previous is None or not previous["audience_id"] else None
+            await self._start_full_sync(repo, row, kind or RUN_AUDIENCE_CHANGE)
         return row
+
+    async def _start_full_sync(
+        self, repo: ConnectionRepository, row: RowMapping, kind: str
+    ) -> None:
+        # The first sync into an audience is a reconcile run: members that already match are
+        # adopted without a write, the rest is queued at bulk priority (DESIGN §6.5).
+        run = await repo.create_run(
+            connection_id=row["id"],
+            owner_id=row["owner_id"],
+            kind=kind,
+            dry_run=False,
+            audience_id=row["audience_id"],
+        )
+        log.info(
+            "connections.full_sync_queued",
+            connection=str(row["id"]),
+            kind=kind,
+            run=str(run["id"]) if run else None,
+        )
+
+    # --- audiences -------------------------------------------------------------------------
+
+    async def audiences(
+        self,
+        *,
+        reader: Reader,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        owner_id: str,
+    ) -> list[Audience]:
+        """The connected account's audiences, as Mailchimp lists them now."""
+        row = await self._read(reader, owner_id)
+        try:
+            return await client_for(settings, transport, row).list_audiences()
+        except ProviderError as exc:
+            raise provider_failure(exc) from None
+
+    async def choose_audience(
+        self,
+        session: AsyncSession,
+        *,
+        reader: Reader,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        owner_id: str,
+        audience_id: str,
+    ) -> tuple[RowMapping, bool]:
+        """Sync to `audience_id` from now on: a new mirror and a full reconcile into it.
+
+        Returns the connection and whether the audience changed (choosing the current one
+        again changes nothing).
+        """
+        row = await self._read(reader, owner_id)
+        client = client_for(settings, transport, row)
+        try:
+            audience = await client.get_audience(audience_id)
+        except AudienceMissing:
+            raise Unprocessable(
+                f"The Mailchimp account has no audience {audience_id}.",
+                extra={"errors": [{"field": "audience_id", "message": "unknown audience"}]},
+            ) from None
+        except ProviderError as exc:
+            raise provider_failure(exc) from None
+        if row["audience_id"] == audience.id:
+            return row, False
+        await self._retire_webhook(settings, transport, row)
+        repo = ConnectionRepository(session)
+        current = await repo.lock(row["id"])
+        if current is None:
+            raise NotFound("Mailchimp is not connected.")
+        await repo.cancel_runs(row["id"], "the audience changed")
+        await repo.drop_sync_rows(row["id"])
+        updated = await repo.set_audience(
+            row["id"], audience_id=audience.id, audience_name=audience.name
+        )
+        kind = RUN_INITIAL if not current["audience_id"] else RUN_AUDIENCE_CHANGE
+        await self._start_full_sync(repo, updated, kind)
+        log.info("connections.audience_chosen", connection=str(row["id"]), audience=audience.id)
+        return updated, True
+
+    # --- webhook ---------------------------------------------------------------------------
+
+    async def register_webhook(
+        self,
+        *,
+        maker: Reader,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        connection_id: uuid.UUID,
+    ) -> str | None:
+        """Register the audience webhook after a connect (a background task; best effort).
+
+        Failures are recorded in `last_error`; every reconcile run tries again.
+        """
+        async with maker() as read:
+            row = await ConnectionRepository(read).by_id(connection_id)
+        if row is None or not row["audience_id"]:
+            return None
+        url = webhook_url(settings.PUBLIC_BASE_URL, row["webhook_token"])
+        webhook_id: str | None = None
+        error: str | None = None
+        try:
+            client = client_for(settings, transport, row)
+            result = await ensure_webhook(
+                client, row["audience_id"], url=url, webhook_token=row["webhook_token"]
+            )
+            webhook_id = result.webhook_id
+        except (ProviderError, Conflict, ValueError) as exc:
+            error = f"Webhook not registered: {getattr(exc, 'message', None) or exc}"
+            log.warning("connections.webhook_failed", connection=str(connection_id), error=error)
+        async with session_scope(maker) as write:
+            await ConnectionRepository(write).set_webhook(
+                connection_id, audience_id=row["audience_id"], webhook_id=webhook_id, error=error
+            )
+        return webhook_id
+
+    async def _retire_webhook(
+        self, settings: Settings, transport: httpx.AsyncBaseTransport, row: RowMapping
+    ) -> None:
+        """Delete our webhook from the connection's current audience (best effort)."""
+        if not row["audience_id"]:
+            return
+        try:
+            client = client_for(settings, transport, row)
+            await remove_webhooks(
+                client,
+                row["audience_id"],
+                webhook_token=row["webhook_token"],
+                known_id=row["webhook_id"],
+            )
+        except (ProviderError, Conflict, ValueError) as exc:
+            log.warning(
+                "connections.webhook_not_removed",
+                connection=str(row["id"]),
+                error=getattr(exc, "message", None) or str(exc),
+            )
+
+    # --- Sync Now --------------------------------------------------------------------------
+
+    async def sync_now(
+        self, session: AsyncSession, *, settings: Settings, owner_id: str, dry_run: bool
+    ) -> RunAccepted:
+        """Queue a reconcile run; the one under way when there is one; 429 within the hour."""
+        repo = ConnectionRepository(session)
+        found = await repo.get(owner_id, MAILCHIMP)
+        if found is None:
+            raise NotFound("Mailchimp is not connected.")
+        row = await repo.lock(found["id"])  # one decision at a time per connection
+        if row is None:
+            raise NotFound("Mailchimp is not connected.")
+        if not row["audience_id"]:
+            raise Conflict("Choose the Mailchimp audience to sync to first.")
+        if row["status"] == "error":
+            raise Conflict(
+                notice_for(row["status"], row["status_reason"]) or "Reconnect Mailchimp."
+            )
+        active = await repo.active_run(row["id"], dry_run=dry_run)
+        if active is not None:
+            return RunAccepted(run_id=active["id"], state=active["state"], dry_run=dry_run)
+        interval = settings.SYNC_NOW_MIN_INTERVAL_SECONDS
+        last = await repo.last_requested_run(row["id"], dry_run=dry_run, kind=RUN_SYNC_NOW)
+        if last is not None and last["state"] != "cancelled" and last["age_seconds"] < interval:
+            wait = max(1, math.ceil(interval - float(last["age_seconds"])))
+            what = "A dry run" if dry_run else "Sync Now"
+            raise TooManyRequests(
+                f"{what} runs at most once every {interval // 60} minutes; try again in"
+                f" {math.ceil(wait / 60)} minutes.",
+                headers={"Retry-After": str(wait)},
+                extra={"retry_after": wait, "last_run_id": str(last["id"])},
+            )
+        run = await repo.create_run(
+            connection_id=row["id"],
+            owner_id=owner_id,
+            kind=RUN_SYNC_NOW,
+            dry_run=dry_run,
+            audience_id=row["audience_id"],
+        )
+        if run is None:  # pragma: no cover - the row lock serialises requests
+            raise Conflict("A sync is already under way.")
+        log.info("connections.sync_now", connection=str(row["id"]), run=str(run["id"]), dry=dry_run)
+        return RunAccepted(run_id=run["id"], state=run["state"], dry_run=dry_run)
+
+    async def run_status(
+        self, session: AsyncSession, *, owner_id: str, run_id: uuid.UUID
+    ) -> SyncRunOut:
+        """One run of the owner's, with counts and progress."""
+        row = await ConnectionRepository(session).run(owner_id, run_id)
+        if row is None:
+            raise NotFound("No such sync run.")
+        return _run_out(row)
+
+    # --- disconnect ------------------------------------------------------------------------
+
+    async def disconnect(
+        self,
+        session: AsyncSession,
+        *,
+        reader: Reader,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        owner_id: str,
+    ) -> None:
+        """Delete our webhook (best effort, while we still hold the credentials), then the
+        connection with its credentials, queue, mirror and runs. Members stay in Mailchimp."""
+        row = await self._read(reader, owner_id)
+        await self._retire_webhook(settings, transport, row)
+        await ConnectionRepository(session).delete(row["id"])
+        log.info("connections.disconnected", owner=owner_id, connection=str(row["id"]))
+
+    # --- status ----------------------------------------------------------------------------
 
     async def status(self, session: AsyncSession, *, owner_id: str) -> IntegrationStatus:
         """The Settings page line for Mailchimp."""
@@ -157,6 +596,7 @@ class ConnectionService:
         if row is None:
             return IntegrationStatus(provider=MAILCHIMP, connected=False)
         counts = await repo.counts(row["id"])
+        last = await repo.last_run(row["id"])
         return IntegrationStatus(
             provider=MAILCHIMP,
             connected=True,
@@ -170,7 +610,21 @@ class ConnectionService:
             last_synced_at=row["last_synced_at"],
             pending=counts["pending"],
             failed=counts["failed"],
+            last_full_sync_at=row["last_full_sync_at"],
+            webhook_registered=row["webhook_id"] is not None,
+            last_run=_run_out(last) if last is not None else None,
         )
+
+    async def integrations(self, session: AsyncSession, *, owner_id: str) -> list[IntegrationEntry]:
+        """Every provider's line for the Settings page."""
+        out = []
+        for provider, name, available in PROVIDERS:
+            if provider == MAILCHIMP:
+                status = await self.status(session, owner_id=owner_id)
+            else:
+                status = IntegrationStatus(provider=provider, connected=False)
+            out.append(IntegrationEntry(**status.model_dump(), name=name, available=available))
+        return out
 
     async def require(self, session: AsyncSession, *, owner_id: str) -> RowMapping:
         """The owner's Mailchimp connection, or 404."""
@@ -178,6 +632,24 @@ class ConnectionService:
         if row is None:
             raise NotFound("Mailchimp is not connected.")
         return row
+
+    async def _read(self, reader: Reader, owner_id: str) -> RowMapping:
+        # A short read-only unit of work: no transaction stays open during the remote calls.
+        async with reader() as read:
+            return await self.require(read, owner_id=owner_id)
+
+
+async def reencrypt_credentials(settings: Settings, session: AsyncSession) -> int:
+    """Re-encrypt every stored credential under the newest ENCRYPTION_KEYS key.
+
+    Rotation: put a new key first in ENCRYPTION_KEYS (older ones still decrypt), run this,
+    then drop the old key. Returns how many connections were re-encrypted.
+    """
+    repo = ConnectionRepository(session)
+    rows = await repo.all_credentials()
+    for row in rows:
+        await repo.set_credentials(row["id"], rotate_credentials(settings, row["credentials"]))
+    return len(rows)
 
 
 def choose_audience(audiences: list[Audience], audience_id: str | None) -> Audience | None:

@@ -8,7 +8,18 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
@@ -165,6 +176,28 @@ class ContactRepository:
             stmt = stmt.where(contacts.c.kind == kind)
         stmt = stmt.order_by(contacts.c.created_at, contacts.c.id).limit(limit + 1)
         return (await self.session.execute(stmt)).mappings().all()
+
+    async def add_change(
+        self,
+        *,
+        owner_id: str,
+        contact_id: uuid.UUID,
+        op: str,
+        fields: Mapping[str, Any],
+        source: str,
+        actor: str | None,
+    ) -> None:
+        """Append one audit row (writers that queue sync work their own way use this)."""
+        await self.session.execute(
+            insert(changes).values(
+                owner_id=owner_id,
+                contact_id=contact_id,
+                op=op,
+                fields=dict(fields),
+                source=source,
+                actor=actor,
+            )
+        )
 
     async def record_change(
         self,

@@ -8,7 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.auth.deps import OwnerDep
-from app.contacts.schemas import ContactCreate, ContactOut, ContactPage, ContactUpdate, ForgetResult
+from app.contacts import importer
+from app.contacts.schemas import (
+    ContactCreate,
+    ContactOut,
+    ContactPage,
+    ContactUpdate,
+    ForgetResult,
+    ImportResult,
+)
 from app.contacts.service import contact_service, etag
 from app.db import SessionDep
 from app.errors import problem_responses
@@ -42,6 +50,42 @@ async def create_contact(
     response.headers["ETag"] = etag(written.row)
     response.headers["Location"] = str(request.url_for("get_contact", contact_id=written.out.id))
     return written.out
+
+
+_CSV_SCHEMA = {"type": "string", "format": "binary"}
+
+
+@router.post(
+    "/import",
+    response_model=ImportResult,
+    # 400: a multipart body that cannot be parsed at all.
+    responses=problem_responses(400, 401, 413, 415, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": _CSV_SCHEMA},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": _CSV_SCHEMA},
+                    }
+                },
+            },
+        }
+    },
+)
+async def import_contacts(request: Request, owner_id: OwnerDep) -> ImportResult:
+    """Upsert contacts from a CSV file (header row; matched by email, case-insensitively).
+
+    Columns: email, first_name, last_name, phone, tags (`;`-separated, added), kind,
+    newsletter_opt_in (true/false, yes/no, 1/0, y/n), addr1, addr2, city, state, zip,
+    country; others are ignored and listed. Empty cells leave existing values alone. Rows
+    are numbered as in a spreadsheet (header = row 1). Invalid rows are reported, never fatal;
+    an empty file or one without an email column is a 422. At most 50 MB.
+    """
+    return await importer.import_upload(request, owner_id=owner_id)
 
 
 @router.get("", response_model=ContactPage, responses=problem_responses(401, 422))

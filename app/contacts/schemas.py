@@ -206,3 +206,31 @@ class ForgetResult(BaseModel):
     id: uuid.UUID
     forgotten: bool
     queued_connections: int
+
+
+class ImportRowError(BaseModel):
+    """Why one row of an imported file was rejected."""
+
+    row: int = Field(
+        description="The row number a spreadsheet shows for it: the header is row 1, "
+        "so the first data row is row 2."
+    )
+    reason: str
+
+
+class ImportResult(BaseModel):
+    """The outcome of a CSV import; `rows` = created + updated + unchanged + rejected."""
+
+    rows: int = Field(description="Data rows read (entirely blank rows are skipped).")
+    created: int
+    updated: int
+    unchanged: int = Field(description="Rows matching a contact that already held the values.")
+    rejected: int
+    queued: int = Field(description="Sync-queue rows written (bulk priority).")
+    errors: list[ImportRowError] = Field(description="One entry per rejected row, in file order.")
+    errors_truncated: bool = Field(
+        description="True when there were more rejected rows than `errors` lists."
+    )
+    columns: dict[str, str] = Field(description="Header of the file → contact field it fills.")
+    ignored_columns: list[str] = Field(description="Headers that match no field (not imported).")
+    encoding: str

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.config import Settings
 from app.connections.crypto import decrypt_credentials
+from app.connections.notices import REASON_AUDIENCE, REASON_CREDENTIALS, REASON_UNAVAILABLE
 from app.db import to_libpq_url
 from app.providers.base import (
     AudienceMissing,
@@ -69,8 +70,6 @@ T = TypeVar("T")
 PROVIDER = "mailchimp"
 STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
-NOTICE_REASON_AUTH = "Mailchimp refused the credentials; reconnect Mailchimp."
-NOTICE_REASON_AUDIENCE = "The Mailchimp audience no longer exists; choose another audience."
 
 
 class Halt(Exception):
@@ -189,6 +188,7 @@ class SyncEngine:
         self._last_periodic: dict[int, float] = {}
         self._bg: list[asyncio.Task[Any]] = []
         self._starved_until: dict[str, float] = {}
+        self._spawned: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -200,6 +200,33 @@ class SyncEngine:
     def add_periodic(self, every_seconds: float, job: Periodic) -> None:
         """Run `job(engine)` every `every_seconds` from the maintenance loop."""
         self.periodic.append((every_seconds, job))
+
+    def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
+        """Run long background work (a reconcile run) beside the loops; stop() cancels it.
+
+        Periodic jobs must return quickly (they share the maintenance loop); they hand longer
+        work to this. The work may use the account gates: the slot loop outlives it.
+        """
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    @property
+    def spawned(self) -> set[asyncio.Task[Any]]:
+        """Background work started with spawn() that is still running."""
+        return set(self._spawned)
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called."""
+        return self._stop.is_set()
+
+    async def connection_context(self, connection_id: uuid.UUID) -> ConnectionContext | None:
+        """The client and account of a connection, for periodic jobs (requests they make go
+        through `self.slots.gate(ctx.account_key)`); None when its credentials are unusable."""
+        return (await self._contexts([connection_id])).get(connection_id)
 
     async def run(self, *, grace_seconds: float = 30.0) -> None:
         """Run until stop(): claim, send, complete; then finish in-flight groups and let go."""
@@ -232,6 +259,10 @@ class SyncEngine:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         self._stop.set()
+        for spawned in list(self._spawned):
+            spawned.cancel()  # it gives its lease back; another worker resumes it
+        if self._spawned:
+            await asyncio.gather(*self._spawned, return_exceptions=True)
         self._bg_stop.set()
         self.slots.wake.set()  # the slot loop notices the stop now, not at its next tick
         for task in self._bg:
@@ -606,16 +637,16 @@ class SyncEngine:
             if ctx.failure_streak >= self.options.pause_after_failures and not ctx.halted:
                 ctx.halted = "paused"
                 await self._set_status(
-                    ctx.id, "paused", "provider unavailable", exc.message, probe=True
+                    ctx.id, "paused", REASON_UNAVAILABLE, exc.message, probe=True
                 )
             raise
         except AuthError as exc:
             ctx.halted = "error"
-            await self._set_status(ctx.id, "error", NOTICE_REASON_AUTH, exc.message)
+            await self._set_status(ctx.id, "error", REASON_CREDENTIALS, exc.message)
             raise
         except AudienceMissing as exc:
             ctx.halted = "error"
-            await self._set_status(ctx.id, "error", NOTICE_REASON_AUDIENCE, exc.message)
+            await self._set_status(ctx.id, "error", REASON_AUDIENCE, exc.message)
             raise
         ctx.failure_streak = 0
         gate.succeeded()
@@ -1015,9 +1046,9 @@ class SyncEngine:
                             " next_probe_at = NULL WHERE id = :id"
                         ),
                         {
-                            "r": NOTICE_REASON_AUTH
+                            "r": REASON_CREDENTIALS
                             if isinstance(exc, AuthError)
-                            else NOTICE_REASON_AUDIENCE,
+                            else REASON_AUDIENCE,
                             "e": exc.message[:500],
                             "id": conn_id,
                         },

@@ -144,6 +144,14 @@ class SyncRun(Base):
     __tablename__ = "sync_runs"
     __table_args__ = (
         Index("ix_sync_runs_connection_id_created_at", "connection_id", "created_at"),
+        # At most one live run (and one dry run) per connection, whichever replica asked.
+        Index(
+            "uq_sync_runs_connection_id_dry_run_active",
+            "connection_id",
+            "dry_run",
+            unique=True,
+            postgresql_where=text("state IN ('queued', 'running')"),
+        ),
         CheckConstraint(
             "state IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="state"
         ),
@@ -168,3 +176,27 @@ class SyncRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReconcileMember(Base):
+    """Staging of a reconcile run: the remote members it listed, one row per address.
+
+    UNLOGGED: scratch data a crash may lose (the run then restarts its listing); written with
+    COPY, page by page, in the same transaction as the run's progress.
+    """
+
+    __tablename__ = "reconcile_members"
+    __table_args__ = ({"prefixes": ["UNLOGGED"]},)
+
+    run_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    email_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    email: Mapped[str] = mapped_column(Text)
+    remote_id: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    last_changed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The contact with this address when the page was staged, and whether the member's
+    # merge fields already equal what we would send for it (computed by desired.py).
+    contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    desired_digest: Mapped[str | None] = mapped_column(Text)
+    fields_equal: Mapped[bool] = mapped_column(Boolean)

@@ -13,39 +13,55 @@ from app.sync.models import PRIORITY_LIVE
 
 NOTIFY_CHANNEL = "sync_queue"
 
-# One statement: upsert a row per (connection with an audience) × key, and NOTIFY when any
-# row was written. NOTIFY is transactional: listeners hear it only if the caller commits.
-# A new change re-arms a parked or backed-off row (attempts reset, due now); `seq` tells the
-# worker that a row it is sending changed meanwhile. `forget` is sticky: an erasure request
-# is never undone by a later write.
+
+def queue_upsert(select: str, *, only_parked: bool = False) -> str:
+    """The one queue upsert every writer uses (API, import, reconcile), as SQL text.
+
+    `select` yields (connection_id, email_key, contact_id, priority, forget, available_at).
+    On conflict a new change re-arms the row: `seq` moves on (so the worker knows a row it is
+    sending changed meanwhile), attempts reset, a parked row is ready again, live priority
+    wins, and `forget` is sticky (an erasure request is never undone by a later write).
+    `only_parked`: touch an existing row only when it is parked (Sync Now as a retry leaves a
+    row already on its way as it is). Returns each row written, with `inserted` true for a
+    new one.
+    """
+    condition = "WHERE q.state = 'parked'" if only_parked else ""
+    return f"""
+        INSERT INTO sync_queue AS q
+            (connection_id, email_key, contact_id, priority, forget, available_at)
+        {select}
+        ON CONFLICT (connection_id, email_key) DO UPDATE SET
+            seq = q.seq + 1,
+            contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
+            priority = LEAST(q.priority, EXCLUDED.priority),
+            forget = q.forget OR EXCLUDED.forget,
+            state = 'ready',
+            attempts = 0,
+            last_error = NULL,
+            available_at = EXCLUDED.available_at
+        {condition}
+        RETURNING q.connection_id, q.email_key, q.state, q.last_error, q.available_at,
+                  q.xmax = 0 AS inserted
+    """
+
+
+# A row per (connection with an audience) × key of an API write.
 # Coalescing hold: a key sent less than `hold` seconds ago waits until that much time has
 # passed, so a contact edited over and over is sent once per hold with its latest state
 # (DESIGN §1.4), while a change to a quiet contact goes at once.
-UPSERT_SQL = """
-    INSERT INTO sync_queue AS q
-        (connection_id, email_key, contact_id, priority, forget, available_at)
+_API_ROWS = """
     SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
            GREATEST(now(), s.last_synced_at + make_interval(secs => :hold))
     FROM connections c
     CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
     LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = k.email_key
     WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
-    ON CONFLICT (connection_id, email_key) DO UPDATE SET
-        seq = q.seq + 1,
-        contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
-        priority = LEAST(q.priority, EXCLUDED.priority),
-        forget = q.forget OR EXCLUDED.forget,
-        state = 'ready',
-        attempts = 0,
-        last_error = NULL,
-        available_at = EXCLUDED.available_at
-    RETURNING q.connection_id, q.email_key, q.state, q.last_error, q.available_at,
-              q.xmax = 0 AS inserted
 """
 
-# The upsert and its NOTIFY as CTEs (`queue_before`, `queued`, `notified`) for a WITH clause;
-# parameters from `enqueue_params`. A statement using them must read `notified` (a plain
-# SELECT CTE runs only when read) whenever `queued` may hold rows.
+# The API's upsert and its NOTIFY as CTEs (`queue_before`, `queued`, `notified`) for a WITH
+# clause; parameters from `enqueue_params`. A statement using them must read `notified` (a
+# plain SELECT CTE runs only when read) whenever `queued` may hold rows. NOTIFY is
+# transactional: listeners hear it only if the caller commits.
 #
 # NOTIFY only when a worker has something new to wake for: a row was created, re-armed from
 # `parked`, or made due earlier than it was. A row that was already waiting (ready, or being
@@ -61,7 +77,7 @@ ENQUEUE_CTES = f"""
         FROM sync_queue q JOIN connections c ON c.id = q.connection_id
         WHERE c.owner_id = :owner_id AND q.email_key = ANY(CAST(:keys AS text[]))
     ),
-    queued AS ({UPSERT_SQL}),
+    queued AS ({queue_upsert(_API_ROWS)}),
     notified AS (
         SELECT pg_notify(:channel, '')
         WHERE EXISTS (
@@ -128,7 +144,7 @@ def enqueue_params(
     priority: int = PRIORITY_LIVE,
     forget: bool = False,
 ) -> dict[str, Any]:
-    """Bind parameters of UPSERT_SQL (and of the NOTIFY channel) for these keys."""
+    """Bind parameters of ENQUEUE_CTES for these keys."""
     return {
         "owner_id": owner_id,
         "keys": sorted({k for k in keys if k}),

@@ -301,7 +301,7 @@ async def test_revoked_credentials_put_the_connection_in_error(
     headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
     body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
     assert body["status"] == "error"
-    assert body["notice"].startswith("Reconnect Mailchimp")
+    assert body["notice"] == "Reconnect Mailchimp: it no longer accepts the saved credentials."
     rows = await fetch(runtime, "SELECT state, attempts, leased_by FROM sync_queue")
     assert len(rows) == 5
     assert all(r == {"state": "ready", "attempts": 0, "leased_by": None} for r in rows)

@@ -1,0 +1,94 @@
+"""Admin use cases: the sync status of every connection, and retrying parked rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.admin.repository import AdminRepository
+from app.admin.schemas import (
+    Audience,
+    ConnectionSyncStatus,
+    QueueDepth,
+    RetryResult,
+    SyncStatus,
+    SyncStatusTotals,
+)
+from app.connections.notices import notice_for
+from app.errors import NotFound
+
+
+class AdminService:
+    """What an operator needs to see and do across all owners."""
+
+    async def sync_status(self, session: AsyncSession) -> SyncStatus:
+        """Every connection's status, queue depth, ages and failures, with totals."""
+        repo = AdminRepository(session)
+        generated_at = await repo.now()
+        items = [
+            ConnectionSyncStatus(
+                connection_id=row["id"],
+                owner_id=row["owner_id"],
+                provider=row["provider"],
+                account_name=row["account_name"],
+                audience=(
+                    Audience(id=row["audience_id"], name=row["audience_name"])
+                    if row["audience_id"]
+                    else None
+                ),
+                status=row["status"],
+                status_reason=row["status_reason"],
+                status_since=row["status_since"],
+                notice=notice_for(row["status"], row["status_reason"]),
+                queue=QueueDepth(
+                    ready=row["ready"],
+                    leased=row["leased"],
+                    parked=row["parked"],
+                    total=row["ready"] + row["leased"] + row["parked"],
+                ),
+                oldest_ready_age_seconds=row["oldest_ready_age_seconds"],
+                parked=row["parked"],
+                rejected=row["rejected"],
+                last_synced_at=row["last_synced_at"],
+                last_error=row["last_error"],
+                last_error_at=row["last_error_at"],
+            )
+            for row in await repo.connection_statuses()
+        ]
+        return SyncStatus(generated_at=generated_at, connections=items, totals=_totals(items))
+
+    async def retry_parked(self, session: AsyncSession, *, connection_id: uuid.UUID) -> RetryResult:
+        """Parked rows of the connection → ready (attempts reset, due now); 404 if unknown."""
+        repo = AdminRepository(session)
+        conn = await repo.connection_status(connection_id)
+        if conn is None:
+            raise NotFound(f"Connection {connection_id} does not exist.")
+        requeued = await repo.requeue_parked(connection_id)
+        return RetryResult(
+            connection_id=connection_id,
+            requeued=requeued,
+            status=conn["status"],
+            notice=notice_for(conn["status"], conn["status_reason"]),
+        )
+
+
+def _totals(items: list[ConnectionSyncStatus]) -> SyncStatusTotals:
+    ready = sum(i.queue.ready for i in items)
+    leased = sum(i.queue.leased for i in items)
+    parked = sum(i.queue.parked for i in items)
+    ages = [i.oldest_ready_age_seconds for i in items if i.oldest_ready_age_seconds is not None]
+    synced = [i.last_synced_at for i in items if i.last_synced_at is not None]
+    return SyncStatusTotals(
+        connections=len(items),
+        by_status=dict(Counter(i.status for i in items)),
+        queue=QueueDepth(ready=ready, leased=leased, parked=parked, total=ready + leased + parked),
+        oldest_ready_age_seconds=max(ages, default=None),
+        parked=parked,
+        rejected=sum(i.rejected for i in items),
+        last_synced_at=max(synced, default=None),
+    )
+
+
+admin_service = AdminService()

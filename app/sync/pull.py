@@ -1,0 +1,260 @@
+"""The scheduled pull: webhooks are lossy, so statuses no webhook brought are read back.
+
+Every `SYNC_PULL_INTERVAL_SECONDS` (default 900; 0 turns it off) each active connection lists
+the members Mailchimp changed since its last pull (`since_last_changed`, minus an overlap for
+clock skew and paging races, sorted by `last_changed`), through the account's request gate like
+every other call of the worker, and applies their statuses with the webhook handlers' rules
+(app/webhooks/inbound.py): unsubscribed and cleaned for contacts we know, and subscribed for
+contacts we know when the mirror did not already say so. No leads are created here.
+
+`last_changed` changes with *any* edit of a member, so it is only an upper bound of when the
+status changed: a pull never treats a status the mirror already holds as news (its time stays
+the mirror's), which keeps a field edit at Mailchimp from looking like a re-subscribe.
+
+Several workers may run the job: a per-connection advisory lock (held on a connection, not in a
+transaction, while HTTP is in flight) lets one pull at a time, and `last_pull_at` moves only
+after a complete pull, to the time it started — a failed pull is simply repeated next time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.config import Settings
+from app.db import make_sessionmaker, session_scope
+from app.providers.base import MemberPage, ProviderError, ThrottledError
+from app.sync.outbox import email_key
+from app.sync.slots import AccountGate, SlotsUnavailable
+from app.webhooks.inbound import (
+    CLEANED,
+    SUBSCRIBED,
+    UNSUBSCRIBED,
+    Inbound,
+    InboundApplier,
+    mapping_config,
+)
+
+if TYPE_CHECKING:
+    from app.sync.engine import ConnectionContext, SyncEngine
+
+log = structlog.get_logger(__name__)
+
+PULL_OVERLAP = timedelta(minutes=2)
+PAGE_SIZE = 1000
+CHECK_EVERY_MAX = 60.0  # how often a worker looks for due connections (at most)
+STARVE_SECONDS = 30.0  # give up this round when other workers hold every slot this long
+LOCK_NAMESPACE = 0x5A5C_0002  # pg_advisory_lock(namespace, hashtext(connection id))
+PULLED_STATUSES = frozenset({SUBSCRIBED, UNSUBSCRIBED, CLEANED})
+SOURCE = "provider"
+ACTOR = "mailchimp:pull"
+
+_DUE = text(
+    """
+    SELECT id FROM connections
+    WHERE provider = 'mailchimp' AND status = 'active' AND audience_id IS NOT NULL
+      AND (last_pull_at IS NULL OR last_pull_at <= now() - make_interval(secs => :every))
+    ORDER BY last_pull_at NULLS FIRST
+    LIMIT :limit
+    """
+)
+_CONNECTION = text(
+    """
+    SELECT id, owner_id, status, audience_id, last_pull_at, created_at, now() AS now
+    FROM connections WHERE id = :id
+    """
+)
+_KNOWN = text(
+    """
+    SELECT k.email_key, c.id AS contact_id, c.newsletter_opt_in, c.email_status,
+           s.remote_status, s.remote_changed_at
+    FROM unnest(CAST(:keys AS text[])) AS k(email_key)
+    LEFT JOIN contacts c ON c.owner_id = :owner AND c.email_key = k.email_key
+    LEFT JOIN sync_state s ON s.connection_id = :conn AND s.email_key = k.email_key
+    """
+)
+_PULLED = text(
+    """
+    UPDATE connections SET last_pull_at = :started
+    WHERE id = :id AND (last_pull_at IS NULL OR last_pull_at < :started)
+    """
+)
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(:ns, hashtext(:id))")
+_UNLOCK = text("SELECT pg_advisory_unlock(:ns, hashtext(:id))")
+
+
+@dataclass(slots=True)
+class PullResult:
+    """What one pull of one connection saw and did."""
+
+    connection_id: uuid.UUID
+    members: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+def check_interval(settings: Settings) -> float | None:
+    """How often the periodic job runs (None: pulls are off)."""
+    every = settings.SYNC_PULL_INTERVAL_SECONDS
+    if every <= 0:
+        return None
+    return float(min(every, CHECK_EVERY_MAX))
+
+
+async def pull_due(engine: SyncEngine) -> None:
+    """The periodic job: pull each active connection whose last pull is an interval old."""
+    every = engine.settings.SYNC_PULL_INTERVAL_SECONDS
+    if every <= 0:
+        return
+    async with engine.db.connect() as conn:
+        due = [r for (r,) in await conn.execute(_DUE, {"every": every, "limit": 100})]
+    for connection_id in due:
+        try:
+            await pull_connection(engine, connection_id, every=every)
+        except Exception:  # one connection's failure must not starve the others
+            log.exception("sync.pull.failed", connection=str(connection_id))
+
+
+async def pull_connection(
+    engine: SyncEngine, connection_id: uuid.UUID, *, every: float = 0.0
+) -> PullResult | None:
+    """Pull one connection now (None: skipped — locked elsewhere, not active, not due)."""
+    async with engine.db.connect() as lock:
+        key = {"ns": LOCK_NAMESPACE, "id": str(connection_id)}
+        locked = bool((await lock.execute(_TRY_LOCK, key)).scalar())
+        await lock.commit()  # a session-level lock: no transaction stays open meanwhile
+        if not locked:
+            return None
+        try:
+            return await _pull(engine, connection_id, every)
+        finally:
+            await _unlock(lock, key)
+
+
+async def _unlock(lock: AsyncConnection, key: dict[str, Any]) -> None:
+    try:
+        await lock.execute(_UNLOCK, key)
+        await lock.commit()
+    except Exception:
+        # A pooled connection must never carry the lock on: drop it (the lock goes with it).
+        await lock.invalidate()
+        raise
+
+
+async def _pull(engine: SyncEngine, connection_id: uuid.UUID, every: float) -> PullResult | None:
+    async with engine.db.connect() as conn:
+        row = (await conn.execute(_CONNECTION, {"id": connection_id})).mappings().first()
+    if row is None or row["status"] != "active" or row["audience_id"] is None:
+        return None
+    last = row["last_pull_at"]
+    if every and last is not None and row["now"] - last < timedelta(seconds=every):
+        return None  # another worker pulled it meanwhile
+    ctx = await engine.connection_context(connection_id)
+    if ctx is None:
+        return None
+    started: datetime = row["now"]
+    since = ((last or row["created_at"]) - PULL_OVERLAP).replace(microsecond=0)
+    result = PullResult(connection_id)
+    maker = make_sessionmaker(engine.db)
+    inbound = Inbound(
+        connection_id=connection_id,
+        owner_id=row["owner_id"],
+        mapping=mapping_config(engine.settings),
+        source=SOURCE,
+        actor=ACTOR,
+    )
+    gate = engine.slots.gate(ctx.account_key)
+    offset = 0
+    while True:
+        page = await _fetch(engine, gate, ctx, since=since, offset=offset)
+        if page is None:
+            return None  # retried at the next round; last_pull_at stays
+        async with session_scope(maker) as session:
+            await _apply(session, inbound, page, started, result)
+        offset += len(page.members)
+        result.members += len(page.members)
+        if not page.members or offset >= page.total_items:
+            break
+    async with engine.db.begin() as conn:
+        await conn.execute(_PULLED, {"id": connection_id, "started": started})
+    if result.outcomes:
+        log.info(
+            "sync.pull.done",
+            connection=str(connection_id),
+            members=result.members,
+            **dict(result.outcomes),
+        )
+    return result
+
+
+async def _fetch(
+    engine: SyncEngine,
+    gate: AccountGate,
+    ctx: ConnectionContext,
+    *,
+    since: datetime,
+    offset: int,
+) -> MemberPage | None:
+    """One page, within the account's request slots; None when the provider failed us."""
+    try:
+        async with gate.slot(margin=engine.options.timeout + 2.0, starve_after=STARVE_SECONDS):
+            page = await ctx.client.list_members(
+                ctx.audience_id, offset=offset, count=PAGE_SIZE, since_last_changed=since
+            )
+        gate.succeeded()
+        return page
+    except ThrottledError as exc:
+        gate.throttled(exc.retry_after)
+        log.info("sync.pull.throttled", connection=str(ctx.id))
+    except ProviderError as exc:
+        log.warning("sync.pull.provider_failed", connection=str(ctx.id), error=exc.message)
+    except SlotsUnavailable:
+        log.info("sync.pull.no_slot", connection=str(ctx.id))
+    return None
+
+
+async def _apply(
+    session: AsyncSession,
+    inbound: Inbound,
+    page: MemberPage,
+    started: datetime,
+    result: PullResult,
+) -> None:
+    """Apply the statuses of one page that tell the CRM something it does not know."""
+    members = [m for m in page.members if m.status in PULLED_STATUSES]
+    keys = sorted({k for m in members if (k := email_key(m.email_address))})
+    if not keys:
+        return
+    known = {
+        r["email_key"]: r
+        for r in (
+            await session.execute(
+                _KNOWN,
+                {"keys": keys, "owner": inbound.owner_id, "conn": inbound.connection_id},
+            )
+        ).mappings()
+    }
+    applier = InboundApplier(session, inbound)
+    for member in members:
+        info = known.get(email_key(member.email_address) or "")
+        if info is None or info["contact_id"] is None:
+            continue  # only contacts we know
+        at = member.last_changed or started
+        if info["remote_status"] == member.status:
+            if member.status == SUBSCRIBED:
+                continue  # not news; a later edit's last_changed is no re-subscribe
+            if not info["newsletter_opt_in"] and (
+                member.status != CLEANED or info["email_status"] != "ok"
+            ):
+                continue  # the CRM already agrees
+            at = info["remote_changed_at"] or at
+        outcome = await applier.status(
+            email=member.email_address, status=member.status, at=at, event="pull"
+        )
+        result.outcomes[outcome.value] += 1

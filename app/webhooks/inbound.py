@@ -1,0 +1,417 @@
+"""What the provider says about a subscriber, applied to the CRM (DESIGN §7).
+
+One set of rules for the webhook handlers and for the scheduled pull: "the provider now says
+status S about email E at time T" (`InboundApplier.status`), plus the two data events
+(`profile`, `email_change`). Everything runs inside the caller's transaction; nothing commits.
+
+Consent belongs to the person: an unsubscribe, a bounce or a complaint turns local consent off,
+a signup turns it on — unless the CRM changed consent *after* the provider did, in which case
+the CRM keeps its value and the mirror still records the provider's status and time, so the
+worker's planner sends what the CRM owes (a later local re-opt-in becomes `pending`).
+
+Ordering. Mailchimp stamps events to the second (`fired_at`, `last_changed`); local changes
+carry microseconds. A local change counts as newer only when it happened at least a second
+after the provider's stamp: within that second we cannot tell, and the provider's side wins —
+for consent, that is the person's own action.
+
+No echo. Each change records in `sync_state` what the provider now holds (status, time, the
+address and, where the CRM took the provider's data, the digest of it). Then the planner is
+asked what the CRM still owes for the key; only when it is not a noop is the key queued (a
+later local re-opt-in, local edits not yet sent, tags of a contact the mirror did not know).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.contacts.repository import ContactRepository
+from app.contacts.schemas import normalise_email
+from app.contacts.service import FIELD_NAMES
+from app.providers.mailchimp.client import subscriber_hash
+from app.sync.desired import Action, MappingConfig, digest_of, merge_fields, plan_key
+from app.sync.outbox import email_key, enqueue
+from app.webhooks.repository import InboundRepository
+
+ONE_SECOND = timedelta(seconds=1)
+
+SUBSCRIBED = "subscribed"
+UNSUBSCRIBED = "unsubscribed"
+CLEANED = "cleaned"
+ARCHIVED = "archived"
+CONSENT_OFF = frozenset({UNSUBSCRIBED, CLEANED, ARCHIVED})
+
+# Merge tags an inbound event may bring into the CRM, with the schema's length limits.
+PROFILE_FIELDS = (("FNAME", "first_name", 200), ("LNAME", "last_name", 200), ("PHONE", "phone", 50))
+
+
+class Outcome(StrEnum):
+    """What an inbound event did; stored on the inbox row and counted in metrics."""
+
+    applied = "applied"  # the contact changed
+    created = "created"  # a signup became a lead
+    unchanged = "unchanged"  # the CRM already agreed (the mirror may have learned something)
+    stale = "stale"  # older than a later local change: local data kept, the mirror updated
+    ignored = "ignored"  # by design: campaign, profile updates off, signups off, other audience
+    unknown_contact = "unknown_contact"  # no contact with this address
+    conflict = "conflict"  # email change onto an address another contact has
+    invalid = "invalid"  # the event lacks what it needs (an address)
+    duplicate = "duplicate"  # the same delivery again (not stored twice)
+
+
+@dataclass(slots=True, frozen=True)
+class Inbound:
+    """Where inbound facts are applied and how they are audited."""
+
+    connection_id: uuid.UUID
+    owner_id: str
+    mapping: MappingConfig
+    source: str  # contact_changes.source: webhook:mailchimp | provider
+    actor: str | None = None
+    signups: bool = False  # create leads from signups (webhooks with INBOUND_SIGNUPS only)
+
+
+def mapping_config(settings: Settings) -> MappingConfig:
+    """The field mapping the worker uses, so digests computed here match the planner's."""
+    from app.sync.engine import EngineOptions
+
+    return EngineOptions.from_settings(settings).mapping
+
+
+def newer_than(local: datetime | None, at: datetime) -> bool:
+    """True when a change at `local` surely happened after an event stamped `at` (1 s)."""
+    return local is not None and local >= at + ONE_SECOND
+
+
+def _clip(value: Any, limit: int) -> str | None:
+    text = value.strip() if isinstance(value, str) else ""
+    return text[:limit] or None
+
+
+class InboundApplier:
+    """Applies provider facts for one connection inside the caller's transaction."""
+
+    def __init__(self, session: AsyncSession, inbound: Inbound) -> None:
+        self.session = session
+        self.inbound = inbound
+        self.repo = InboundRepository(session)
+        self.contacts = ContactRepository(session)
+
+    # --- status: unsubscribe, cleaned, subscribe, and the pull ----------------------------
+
+    async def status(
+        self,
+        *,
+        email: str | None,
+        status: str,
+        at: datetime,
+        reason: str | None = None,
+        merges: Mapping[str, Any] | None = None,
+        event: str | None = None,
+    ) -> Outcome:
+        """The provider says `email` has `status` since `at`."""
+        key = email_key(email)
+        if key is None or email is None:
+            return Outcome.invalid
+        conn = self.inbound.connection_id
+        # Lock order mirror → contact, as the worker's completion takes them.
+        mirror = await self.repo.mirror(conn, key)
+        contact = await self.repo.contact_by_key(self.inbound.owner_id, key)
+        created = False
+        if contact is None:
+            if status != SUBSCRIBED or not self.inbound.signups:
+                if mirror is not None:
+                    await self._learn_status(key, mirror, None, status, at)
+                return Outcome.unknown_contact
+            contact, created = await self._create_lead(email, key, merges or {}, at, event)
+            if contact is None:
+                return Outcome.invalid
+        changes = {} if created else self._consent_changes(contact, status, at, reason)
+        if changes:
+            contact = await self._update(
+                contact, changes, at=at, event=event, extra={"reason": reason} if reason else {}
+            )
+        await self._learn_status(key, mirror, contact, status, at, adopt=created)
+        if status == SUBSCRIBED:
+            # A person who signs up again by themselves lifts our "never push again" mark.
+            await self.repo.drop_tombstone(conn, subscriber_hash(key))
+        await self._enqueue_if_owed(key, contact)
+        if created:
+            return Outcome.created
+        if changes:
+            return Outcome.applied
+        if newer_than(contact["newsletter_changed_at"], at):
+            return Outcome.stale
+        return Outcome.unchanged
+
+    @staticmethod
+    def _consent_changes(
+        contact: RowMapping, status: str, at: datetime, reason: str | None
+    ) -> dict[str, Any]:
+        if newer_than(contact["newsletter_changed_at"], at):
+            return {}  # the CRM changed consent after the provider did: its value stands
+        values: dict[str, Any] = {}
+        if status in CONSENT_OFF:
+            if contact["newsletter_opt_in"]:
+                values.update(
+                    newsletter_opt_in=False, newsletter_changed_at=at, newsletter_unsubscribed_at=at
+                )
+            bad = None
+            if reason == "abuse":
+                bad = "complained"
+            elif status == CLEANED:
+                bad = "bounced"
+            # A complaint is never softened into a bounce.
+            if bad and contact["email_status"] != bad and contact["email_status"] != "complained":
+                values["email_status"] = bad
+        elif status == SUBSCRIBED:
+            if not contact["newsletter_opt_in"]:
+                values.update(newsletter_opt_in=True, newsletter_changed_at=at)
+            if contact["email_status"] != "ok":
+                values["email_status"] = "ok"  # subscribed again: the address works
+        return values
+
+    async def _learn_status(
+        self,
+        key: str,
+        mirror: RowMapping | None,
+        contact: RowMapping | None,
+        status: str,
+        at: datetime,
+        *,
+        adopt: bool = False,
+    ) -> None:
+        """Record in the mirror what the provider holds, unless it already knows better."""
+        contact_id = contact["id"] if contact is not None else None
+        if mirror is not None and newer_than(mirror["remote_changed_at"], at):
+            if contact_id is not None and mirror["contact_id"] != contact_id:
+                await self.repo.save_mirror(
+                    self.inbound.connection_id, key, {**mirror, "contact_id": contact_id}
+                )
+            return
+        values: dict[str, Any] = dict(mirror) if mirror is not None else {"pushed_tags": []}
+        same = mirror is not None and mirror["remote_status"] == status
+        values.update(
+            contact_id=contact_id if contact_id is not None else values.get("contact_id"),
+            remote_id=values.get("remote_id") or subscriber_hash(key),
+            remote_status=status,
+            # When the status itself is not news, keep the time it first became so.
+            remote_changed_at=(values.get("remote_changed_at") or at) if same else at,
+            error_kind=None,
+            error=None,
+        )
+        if adopt and contact is not None:
+            # A lead made from the provider's own data: the member holds exactly this.
+            values.update(
+                pushed_email=contact["email"],
+                pushed_digest=self._digest(contact),
+                pushed_tags=list(contact["tags"] or []),
+            )
+        await self.repo.save_mirror(self.inbound.connection_id, key, values)
+
+    async def _create_lead(
+        self, email: str, key: str, merges: Mapping[str, Any], at: datetime, event: str | None
+    ) -> tuple[RowMapping | None, bool]:
+        try:
+            address = normalise_email(email)
+        except ValueError:
+            return None, False
+        if address is None:
+            return None, False
+        values: dict[str, Any] = {
+            "email": address,
+            "kind": "lead",
+            "lead_status": "new",
+            "referral": "mailchimp",
+            "newsletter_opt_in": True,
+            "newsletter_changed_at": at,
+        }
+        for tag, column, limit in PROFILE_FIELDS:
+            values[column] = _clip(merges.get(tag), limit)
+        row = await self.contacts.insert(self.inbound.owner_id, values)
+        if row is None:  # created meanwhile by another transaction: treat it as known
+            return await self.repo.contact_by_key(self.inbound.owner_id, key), False
+        await self.contacts.add_change(
+            owner_id=self.inbound.owner_id,
+            contact_id=row["id"],
+            op="create",
+            fields=self._audit(
+                {"after": {k: row[k] for k in FIELD_NAMES}}, at=at, event=event, extra={}
+            ),
+            source=self.inbound.source,
+            actor=self.inbound.actor,
+        )
+        return row, True
+
+    # --- profile ------------------------------------------------------------------------
+
+    async def profile(
+        self, *, email: str | None, merges: Mapping[str, Any], at: datetime, event: str | None
+    ) -> Outcome:
+        """The person edited names or phone at the provider: the CRM takes them, field by
+        field, unless the CRM wrote that field after the event."""
+        key = email_key(email)
+        if key is None:
+            return Outcome.invalid
+        mirror = await self.repo.mirror(self.inbound.connection_id, key)
+        contact = await self.repo.contact_by_key(self.inbound.owner_id, key)
+        if contact is None:
+            return Outcome.unknown_contact
+        wanted = {
+            column: _clip(merges.get(tag), limit)
+            for tag, column, limit in PROFILE_FIELDS
+            if tag in merges
+        }
+        differing = {c: v for c, v in wanted.items() if contact[c] != v}
+        if not differing:
+            return Outcome.unchanged
+        times = await self.repo.field_times(self.inbound.owner_id, contact["id"], list(differing))
+        diff = {c: v for c, v in differing.items() if not newer_than(times.get(c), at)}
+        if not diff:
+            return Outcome.stale
+        before_digest = self._digest(contact)
+        contact = await self._update(contact, diff, at=at, event=event, extra={})
+        if mirror is not None and mirror["pushed_digest"] == before_digest:
+            # The member held our data and now holds the person's edit, which we took.
+            await self.repo.save_mirror(
+                self.inbound.connection_id,
+                key,
+                {**mirror, "contact_id": contact["id"], "pushed_digest": self._digest(contact)},
+            )
+        await self._enqueue_if_owed(key, contact)
+        return Outcome.applied
+
+    # --- email change -------------------------------------------------------------------
+
+    async def email_change(
+        self, *, old_email: str | None, new_email: str | None, at: datetime, event: str | None
+    ) -> Outcome:
+        """The member's address changed at the provider: the contact's email moves with it and
+        the mirror row is renamed, so the worker sends nothing back.
+
+        No time comparison: the contact is found by its old address, so the CRM has not moved
+        it since; if it has, the event finds no contact (or the new address already taken).
+        """
+        old_key, new_key = email_key(old_email), email_key(new_email)
+        if old_key is None or new_key is None or new_email is None:
+            return Outcome.invalid
+        try:
+            address = normalise_email(new_email)
+        except ValueError:
+            return Outcome.invalid
+        if address is None:
+            return Outcome.invalid
+        conn, owner = self.inbound.connection_id, self.inbound.owner_id
+        old_mirror = await self.repo.mirror(conn, old_key)
+        if new_key != old_key:
+            await self.repo.mirror(conn, new_key)  # lock it: it is about to be replaced
+        contact = await self.repo.contact_by_key(owner, old_key)
+        if contact is None:
+            moved = await self.repo.contact_by_key(owner, new_key)
+            return Outcome.unchanged if moved is not None else Outcome.unknown_contact
+        if new_key != old_key and await self.repo.contact_by_key(
+            owner, new_key, exclude=contact["id"]
+        ):
+            return Outcome.conflict
+        if contact["email"] == address:
+            return Outcome.unchanged
+        before_digest = self._digest(contact)
+        try:
+            async with self.session.begin_nested():
+                contact = await self._update(
+                    contact, {"email": address}, at=at, event=event, extra={}
+                )
+        except IntegrityError:  # another contact took the address meanwhile
+            return Outcome.conflict
+        if old_mirror is not None:
+            renamed = dict(old_mirror)
+            renamed.update(
+                contact_id=contact["id"],
+                remote_id=subscriber_hash(new_key),
+                pushed_email=contact["email"] if old_mirror["pushed_email"] else None,
+                # The digest covers the address: recompute it when the member held our data,
+                # keep the old one (which no longer matches) when local edits are still owed.
+                pushed_digest=self._digest(contact)
+                if old_mirror["pushed_digest"] == before_digest
+                else old_mirror["pushed_digest"],
+            )
+            if new_key != old_key:
+                await self.repo.delete_mirror(conn, old_key)
+            await self.repo.save_mirror(conn, new_key, renamed)
+        await self._enqueue_if_owed(new_key, contact)
+        return Outcome.applied
+
+    # --- shared ---------------------------------------------------------------------------
+
+    def _digest(self, contact: Any) -> str | None:
+        email = contact.get("email")
+        if not email:
+            return None
+        return digest_of(email, merge_fields(contact, self.inbound.mapping))
+
+    def _audit(
+        self, fields: dict[str, Any], *, at: datetime, event: str | None, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        out = dict(to_jsonable_python(fields))
+        # `event_at` orders later inbound changes against this one (field_times()).
+        out["event_at"] = at.isoformat()
+        if event:
+            out["event"] = event
+        out.update(extra)
+        return out
+
+    async def _update(
+        self,
+        contact: RowMapping,
+        values: dict[str, Any],
+        *,
+        at: datetime,
+        event: str | None,
+        extra: dict[str, Any],
+    ) -> RowMapping:
+        new = await self.contacts.update(self.inbound.owner_id, contact["id"], values)
+        shown = [k for k in values if k in FIELD_NAMES or k == "email_status"]
+        await self.contacts.add_change(
+            owner_id=self.inbound.owner_id,
+            contact_id=contact["id"],
+            op="update",
+            fields=self._audit(
+                {
+                    "before": {k: contact[k] for k in shown},
+                    "after": {k: new[k] for k in shown},
+                },
+                at=at,
+                event=event,
+                extra=extra,
+            ),
+            source=self.inbound.source,
+            actor=self.inbound.actor,
+        )
+        return new
+
+    async def _enqueue_if_owed(self, key: str, contact: RowMapping) -> None:
+        """Queue the key only when the planner, given the new rows, would call the provider."""
+        conn = self.inbound.connection_id
+        mirror = await self.repo.mirror(conn, key)
+        plan = plan_key(
+            key,
+            contact=dict(contact),
+            mirror=dict(mirror) if mirror is not None else None,
+            tombstoned=await self.repo.is_tombstoned(conn, subscriber_hash(key)),
+            forget=False,
+            cfg=self.inbound.mapping,
+        )
+        if plan.action is not Action.noop:
+            await enqueue(
+                self.session, owner_id=self.inbound.owner_id, keys=[key], contact_id=contact["id"]
+            )
