@@ -92,8 +92,12 @@ class SandboxProcess:
         return dict(httpx.get(f"{self.url}/_control/requests", timeout=60).json())
 
     def reset(self) -> None:
-        """Empty state, default account and audience back; keep the config."""
+        """Empty state, default account and audience back; the config (latency…) is kept."""
+        config = httpx.get(f"{self.url}/_control/config", timeout=30).json()
         httpx.post(f"{self.url}/_control/reset", timeout=30).raise_for_status()
+        for transient in ("outage_seconds", "outage_remaining_seconds"):
+            config.pop(transient, None)
+        httpx.patch(f"{self.url}/_control/config", json=config, timeout=30).raise_for_status()
         httpx.delete(f"{self.url}/_control/requests", timeout=30)
 
     def member_count(self, list_id: str) -> int:
