@@ -13,6 +13,7 @@ ProviderError
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -118,6 +119,13 @@ class MemberPage:
 
     members: list[MemberState]
     total_items: int
+
+
+class RequestLimiter(Protocol):
+    """Admits one provider request at a time per slot (the per-account concurrency cap)."""
+
+    def slot(self) -> AbstractAsyncContextManager[None]:
+        """Held for exactly the request on the wire: sent, answered, body read."""
 
 
 class AudienceProvider(Protocol):

@@ -72,6 +72,22 @@ STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
 
 
+class GateLimiter:
+    """A connection's client's limiter: the account gate, live groups first."""
+
+    def __init__(self, gate: AccountGate, *, margin: float) -> None:
+        self.gate = gate
+        self.margin = margin
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """One request slot of the account (SlotsUnavailable when starved)."""
+        return self.gate.slot(
+            margin=self.margin,
+            starve_after=STARVE_SECONDS,
+            live=_priority.get() == PRIORITY_LIVE,
+        )
+
+
 class Halt(Exception):
     """Stop sending for this connection now (paused, errored, lease at risk, shutdown)."""
 
@@ -174,7 +190,9 @@ class SyncEngine:
             db,
             me=self.me,
             cap=self.options.max_concurrency,
-            ttl=max(10.0, self.options.timeout + 5.0),
+            # A request starts only while the lease outlasts it (timeout + margin); twice that
+            # leaves room for a slow renewal.
+            ttl=max(10.0, 2 * self.options.timeout + 5.0),
             cooldown_base=self.options.throttle_cooldown,
         )
         self.contexts: dict[uuid.UUID, ConnectionContext] = {}
@@ -420,6 +438,9 @@ class SyncEngine:
             endpoint = check_live_endpoint(endpoint, row["dc"] or "")
         return MailchimpClient(
             self.transport,
+            limiter=GateLimiter(
+                self.slots.gate(row["account_key"]), margin=self.options.timeout + 2.0
+            ),
             api_base=endpoint,
             api_key=creds.get("api_key"),
             access_token=creds.get("access_token"),
@@ -599,16 +620,14 @@ class SyncEngine:
     # --- calls ------------------------------------------------------------------------------
 
     async def _call(self, ctx: ConnectionContext, fn: Callable[[], Awaitable[T]]) -> T:
-        """One provider request: within the account's slots, lease-safe, failures counted."""
+        """One provider request: lease-safe, failures counted (the client's limiter holds the
+        account's slot while the request is on the wire)."""
         if ctx.halted:
             raise Halt(ctx.halted)
         gate = self.slots.gate(ctx.account_key)
         margin = self.options.timeout + 2.0
         try:
-            async with gate.slot(
-                margin=margin, starve_after=STARVE_SECONDS, live=_priority.get() == PRIORITY_LIVE
-            ):
-                return await self._send(ctx, gate, fn, margin)
+            return await self._send(ctx, gate, fn, margin)
         except SlotsUnavailable:
             self._starved_until[ctx.account_key] = time.monotonic() + STARVE_SECONDS
             raise Halt("another worker holds every slot of this account") from None
@@ -1022,8 +1041,7 @@ class SyncEngine:
             if ctx is None:
                 continue
             try:
-                async with self.slots.gate(ctx.account_key).slot(margin=self.options.timeout):
-                    await ctx.client.ping()
+                await ctx.client.ping()
             except (TransientError, ThrottledError) as exc:
                 if isinstance(exc, ThrottledError):
                     await self._resume(conn_id)  # it answers: it is up, only busy

@@ -50,7 +50,6 @@ log = structlog.get_logger(__name__)
 PULL_OVERLAP = timedelta(minutes=2)
 PAGE_SIZE = 1000
 CHECK_EVERY_MAX = 60.0  # how often a worker looks for due connections (at most)
-STARVE_SECONDS = 30.0  # give up this round when other workers hold every slot this long
 LOCK_NAMESPACE = 0x5A5C_0002  # pg_advisory_lock(namespace, hashtext(connection id))
 PULLED_STATUSES = frozenset({SUBSCRIBED, UNSUBSCRIBED, CLEANED})
 SOURCE = "provider"
@@ -203,10 +202,10 @@ async def _fetch(
 ) -> MemberPage | None:
     """One page, within the account's request slots; None when the provider failed us."""
     try:
-        async with gate.slot(margin=engine.options.timeout + 2.0, starve_after=STARVE_SECONDS):
-            page = await ctx.client.list_members(
-                ctx.audience_id, offset=offset, count=PAGE_SIZE, since_last_changed=since
-            )
+        # The client's limiter holds one of the account's slots for the request.
+        page = await ctx.client.list_members(
+            ctx.audience_id, offset=offset, count=PAGE_SIZE, since_last_changed=since
+        )
         gate.succeeded()
         return page
     except ThrottledError as exc:

@@ -608,13 +608,11 @@ class Reconciler:
     async def _call(
         self, engine: SyncEngine, ctx: ConnectionContext, fn: Callable[[], Awaitable[T]]
     ) -> T:
-        """One request through the account's gate (the per-account cap holds across workers)."""
+        """One request (the client's limiter holds the account's slot), retried a few times."""
         gate = engine.slots.gate(ctx.account_key)
-        margin = engine.options.timeout + 2.0
         for attempt in range(1, CALL_ATTEMPTS + 1):
             try:
-                async with gate.slot(margin=margin):
-                    result = await fn()
+                result = await fn()
             except ThrottledError as exc:
                 gate.throttled(exc.retry_after)  # the gate holds requests through the cool-down
                 if attempt == CALL_ATTEMPTS:

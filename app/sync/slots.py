@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -93,28 +94,37 @@ def is_dead_local(holder: str, *, host: str | None = None) -> bool:
         return False
 
 
-@dataclass
+@dataclass(eq=False)
 class AccountGate:
-    """In-process limiter of one account: requests ≤ slots held, lowered while throttled."""
+    """In-process limiter of one account: requests ≤ slots held, lowered while throttled.
+
+    Waiters queue in two FIFO lines, live before bulk; a released slot is handed straight to
+    the next waiter (no thundering herd, no barging), so a freed slot is busy again in one
+    loop iteration.
+    """
 
     key: str
     cap: int
     held: int = 0
     deadline: float = 0.0  # monotonic time until which the held slots are ours
     in_flight: int = 0
-    waiters: int = 0
-    live_waiters: int = 0
     limit: int = 0  # lowered after a throttle, raised back slowly
     cooldown_until: float = 0.0
     cooldown_step: float = 0.0
     cooldown_base: float = 1.0
     successes: int = 0
     last_used: float = field(default_factory=time.monotonic)
-    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     wants_slots: asyncio.Event | None = None
+    _live: deque[_Waiter] = field(default_factory=deque)
+    _bulk: deque[_Waiter] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.limit = self.cap
+
+    @property
+    def waiters(self) -> int:
+        """Requests waiting for a slot."""
+        return len(self._live) + len(self._bulk)
 
     def allowed(self, now: float, margin: float) -> int:
         """How many requests may be in flight right now."""
@@ -131,51 +141,76 @@ class AccountGate:
         Live requests go before bulk ones. SlotsUnavailable when no slot was held at all for
         `starve_after` seconds.
         """
-        began = time.monotonic()
-        async with self.cond:
-            self.waiters += 1
-            self.live_waiters += live
-            try:
-                while True:
-                    now = time.monotonic()
-                    if self.in_flight < self.allowed(now, margin) and (
-                        live or not self.live_waiters
-                    ):
-                        break
-                    if self.held == 0:
-                        if self.wants_slots is not None:
-                            self.wants_slots.set()
-                        if starve_after is not None and now - began > starve_after:
-                            raise SlotsUnavailable(self.key)
-                    # Slot and lease changes notify; only a cool-down's end and the starvation
-                    # limit pass by themselves, so only they need a timed wait.
-                    deadlines = []
-                    if self.cooldown_until > now:
-                        deadlines.append(self.cooldown_until - now)
-                    if starve_after is not None and self.held == 0:
-                        deadlines.append(began + starve_after - now + 0.01)
-                    if deadlines:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(
-                                self.cond.wait(), timeout=max(0.01, min(deadlines))
-                            )
-                    else:
-                        await self.cond.wait()
-            finally:
-                self.waiters -= 1
-                self.live_waiters -= live
-            self.in_flight += 1
+        await self._acquire(margin=margin, starve_after=starve_after, live=live)
         try:
             yield
         finally:
-            async with self.cond:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+            self.refill()
+
+    async def _acquire(self, *, margin: float, starve_after: float | None, live: bool) -> None:
+        now = time.monotonic()
+        ahead = self._live or (not live and self._bulk)
+        if not ahead and self.in_flight < self.allowed(now, margin):
+            self.in_flight += 1
+            return
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), margin)
+        (self._live if live else self._bulk).append(waiter)
+        began = now
+        try:
+            while True:
+                if self.held == 0 and self.wants_slots is not None:
+                    self.wants_slots.set()
+                # Slot and lease changes call refill(); only a cool-down's end and the
+                # starvation limit pass by themselves, so only they need a timed wait.
+                now = time.monotonic()
+                deadlines = []
+                if self.cooldown_until > now:
+                    deadlines.append(self.cooldown_until - now)
+                if starve_after is not None and self.held == 0:
+                    deadlines.append(began + starve_after - now)
+                if not deadlines:
+                    await asyncio.shield(waiter.future)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter.future), max(0.01, min(deadlines)))
+                    return
+                self.refill()
+                if waiter.future.done():
+                    return
+                if (
+                    starve_after is not None
+                    and self.held == 0
+                    and time.monotonic() - began >= starve_after
+                ):
+                    raise SlotsUnavailable(self.key)
+        except BaseException:
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Handed a slot as we gave up (cancelled, starved): give it back.
                 self.in_flight -= 1
-                self.last_used = time.monotonic()
-                # With live waiters, a woken bulk waiter would only go back to sleep: wake all.
-                if self.live_waiters:
-                    self.cond.notify_all()
-                else:
-                    self.cond.notify(1)
+                self.refill()
+            else:
+                waiter.future.cancel()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                (self._live if live else self._bulk).remove(waiter)
+
+    def refill(self) -> None:
+        """Hand free slots to the next waiters, live ones first."""
+        now = time.monotonic()
+        for line in (self._live, self._bulk):
+            while line:
+                waiter = line[0]
+                if waiter.future.done():
+                    line.popleft()
+                    continue
+                if self.in_flight >= self.allowed(now, waiter.margin):
+                    return
+                line.popleft()
+                self.in_flight += 1
+                waiter.future.set_result(None)
 
     def throttled(self, retry_after: float | None) -> float:
         """Cool the account down and halve its concurrency; returns the cool-down seconds."""
@@ -193,11 +228,13 @@ class AccountGate:
         if self.limit < self.cap and self.successes >= 5:
             self.limit += 1
             self.successes = 0
+            self.refill()
 
-    async def notify_all(self) -> None:
-        """Wake waiters after slots or leases changed."""
-        async with self.cond:
-            self.cond.notify_all()
+
+@dataclass(slots=True, eq=False)  # identity: removing a waiter must not compare the rest
+class _Waiter:
+    future: asyncio.Future[None]
+    margin: float
 
 
 class SlotManager:
@@ -293,7 +330,7 @@ class SlotManager:
                 g.held = len(rows.all())
                 g.deadline = start + self.ttl if g.held else 0.0
         for g in self.gates.values():
-            await g.notify_all()
+            g.refill()
 
     async def _dead_holders(self, conn: AsyncConnection) -> set[str]:
         holders = [h for (h,) in (await conn.execute(_HOLDERS)) if h != self.me]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import time
@@ -25,6 +26,7 @@ from app.providers.base import (
     MemberState,
     PermanentError,
     ProviderError,
+    RequestLimiter,
     ThrottledError,
     TransientError,
 )
@@ -184,8 +186,12 @@ class MailchimpClient:
         api_key: str | None = None,
         access_token: str | None = None,
         timeout: float = 30.0,
+        limiter: RequestLimiter | None = None,
     ) -> None:
         self._transport = transport
+        # The cap covers the request on the wire only: building it and reading the JSON
+        # happen outside the slot, so a freed slot is busy again at once.
+        self._limiter = limiter
         self._base = api_base.rstrip("/") + "/3.0"
         if access_token:
             auth = f"Bearer {access_token}"
@@ -226,13 +232,15 @@ class MailchimpClient:
             content=content,
             extensions=self._extensions,
         )
+        slot = self._limiter.slot() if self._limiter is not None else contextlib.nullcontext()
         start = time.perf_counter()
         try:
-            response = await self._transport.handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            async with slot:
+                response = await self._transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
         except httpx.TimeoutException as exc:
             metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
             raise TransientError(
