@@ -124,7 +124,7 @@ class EngineOptions:
     mapping: MappingConfig = field(default_factory=MappingConfig)
     sandbox: bool = True
     probe_max_interval: float = 2.0
-    throttle_cooldown: float = 1.0
+    throttle_cooldown: float = 0.5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:

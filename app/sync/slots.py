@@ -64,6 +64,9 @@ _RELEASE = text(
 _HOLDERS = text("SELECT DISTINCT holder FROM provider_slots WHERE holder IS NOT NULL")
 
 
+RESTORE_AFTER = 3  # successes that give one request of concurrency back after a throttle
+
+
 class SlotsUnavailable(Exception):
     """No slot of the account came free in time (another worker holds them all)."""
 
@@ -111,7 +114,7 @@ class AccountGate:
     limit: int = 0  # lowered after a throttle, raised back slowly
     cooldown_until: float = 0.0
     cooldown_step: float = 0.0
-    cooldown_base: float = 1.0
+    cooldown_base: float = 0.5
     successes: int = 0
     last_used: float = field(default_factory=time.monotonic)
     wants_slots: asyncio.Event | None = None
@@ -213,11 +216,16 @@ class AccountGate:
                 waiter.future.set_result(None)
 
     def throttled(self, retry_after: float | None) -> float:
-        """Cool the account down and halve its concurrency; returns the cool-down seconds."""
+        """Cool the account down and cut its concurrency by a quarter; returns the pause.
+
+        One 429 in a busy drain is usually a neighbour's burst, not a signal to crawl: the
+        pause starts short and doubles only while throttles come back to back, and the
+        limit drops by a quarter (AIMD) so a scattering of 429s costs little throughput.
+        """
         self.cooldown_step = min(30.0, max(self.cooldown_base, self.cooldown_step * 2))
         pause = max(self.cooldown_step, retry_after or 0.0)
         self.cooldown_until = max(self.cooldown_until, time.monotonic() + pause)
-        self.limit = max(1, self.limit // 2)
+        self.limit = max(1, self.limit - max(1, self.limit // 4))
         self.successes = 0
         return pause
 
@@ -225,7 +233,7 @@ class AccountGate:
         """A success ends the cool-down escalation; a run of them gives concurrency back."""
         self.cooldown_step = 0.0
         self.successes += 1
-        if self.limit < self.cap and self.successes >= 5:
+        if self.limit < self.cap and self.successes >= RESTORE_AFTER:
             self.limit += 1
             self.successes = 0
             self.refill()
@@ -248,7 +256,7 @@ class SlotManager:
         cap: int,
         ttl: float,
         idle_release: float = 2.0,
-        cooldown_base: float = 1.0,
+        cooldown_base: float = 0.5,
     ) -> None:
         self.engine = engine
         self.me = me

@@ -8,7 +8,13 @@ import socket
 import pytest
 
 from app.main import Runtime
-from app.sync.slots import SlotManager, SlotsUnavailable, is_dead_local, worker_identity
+from app.sync.slots import (
+    RESTORE_AFTER,
+    SlotManager,
+    SlotsUnavailable,
+    is_dead_local,
+    worker_identity,
+)
 from tests.conftest import fetch
 
 
@@ -81,16 +87,24 @@ async def test_starved_waiter_gives_up(runtime: Runtime) -> None:
             pass
 
 
-async def test_throttle_halves_concurrency_and_cools_down(runtime: Runtime) -> None:
+async def test_throttle_cuts_concurrency_and_cools_down(runtime: Runtime) -> None:
     m = SlotManager(runtime.engine, me="host:4:4", cap=8, ttl=30)
     gate = m.gate("acct")
     pause = gate.throttled(retry_after=None)
-    assert gate.limit == 4
-    assert pause >= 1.0
+    assert gate.limit == 6  # a quarter off, not half: one 429 is not a reason to crawl
+    assert pause == gate.cooldown_base
     assert gate.allowed(gate.cooldown_until - 0.1, margin=0) == 0
-    for _ in range(5):
+    assert gate.throttled(retry_after=None) == 2 * gate.cooldown_base  # back to back: doubles
+    assert gate.limit == 5
+    for _ in range(RESTORE_AFTER):
         gate.succeeded()
-    assert gate.limit == 5  # concurrency comes back step by step
+    assert gate.limit == 6  # concurrency comes back step by step
+    assert gate.throttled(retry_after=7.0) == 7.0  # a Retry-After is honoured
+    gate.succeeded()
+    assert gate.throttled(retry_after=None) == gate.cooldown_base  # a success reset the doubling
+    for _ in range(20):
+        gate.throttled(retry_after=None)
+    assert gate.limit == 1
 
 
 async def test_live_requests_go_before_bulk(runtime: Runtime) -> None:
