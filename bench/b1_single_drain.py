@@ -66,11 +66,12 @@ def main() -> None:
             bound = CAP / (l0 / 1000.0) if l0 else None
             row: dict[str, Any] = {"bound_per_s": bound}
             for runner in args.runners:
-                times = []
+                times, cpu = [], []
                 for _ in range(args.runs):
                     sandbox.reset()
                     if runner == "engine":
                         seconds = asyncio.run(engine_run(db_url, sandbox, args.contacts))
+                        cpu.append(LAST_CPU[0] * 1000)
                     else:
                         seconds = peers.run_peer(
                             runner, db_url, sandbox.url, args.contacts, cap=CAP
@@ -81,9 +82,12 @@ def main() -> None:
                 rate = args.contacts / harness.median(times)
                 ratio = rate / bound if bound else None
                 row[runner] = {"seconds": times, "members_per_s": rate, "ratio_to_bound": ratio}
+                if cpu:
+                    row[runner]["cpu_ms_per_member"] = harness.median(cpu)
                 print(
                     f"B1 L0={l0:g}ms {runner}: {rate:.0f} members/s"
-                    + (f" = {ratio:.2f} of the {bound:.0f}/s bound" if ratio else ""),
+                    + (f" = {ratio:.2f} of the {bound:.0f}/s bound" if ratio else "")
+                    + (f", worker CPU {harness.median(cpu):.2f} ms/member" if cpu else ""),
                     flush=True,
                 )
             results["by_latency"][str(l0)] = row
