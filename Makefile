@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test worker sandbox migrate lint format typecheck check bench clean
+.PHONY: run test worker sandbox migrate lint format typecheck check bench stop-db clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ check: lint typecheck  ## static checks CI runs besides the tests
 
 bench: $(VENV)/.stamp-bench
 	@echo "see docs/benchmarks.md for the commands of each benchmark"
+
+stop-db: $(VENV)/.stamp-base  ## stop the embedded PostgreSQL that `make run` left running
+	$(BIN)/python -c "from pathlib import Path; from app.db import stop_embedded_postgres; stop_embedded_postgres(Path('.data'))"
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

