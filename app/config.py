@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     SYNC_NOW_MIN_INTERVAL_SECONDS: int = Field(default=3600, ge=0)
     SYNC_PULL_INTERVAL_SECONDS: int = Field(default=900, ge=0)
     SYNC_PAUSE_AFTER_FAILURES: int = Field(default=10, ge=1)
+    SYNC_PROBE_MAX_INTERVAL_SECONDS: float = Field(default=2.0, gt=0)
     SYNC_THROTTLE_COOLDOWN_SECONDS: float = Field(default=0.5, gt=0)
     SYNC_COALESCE_SECONDS: float = Field(default=5.0, ge=0)
     INBOUND_SIGNUPS: bool = True

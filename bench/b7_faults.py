@@ -31,7 +31,12 @@ L0_MS, C_MS, BATCH = 200.0, 2.0, 500
 
 
 async def run(
-    db_url: str, sandbox: harness.SandboxProcess, n: int, outage: float, seed: int
+    db_url: str,
+    sandbox: harness.SandboxProcess,
+    n: int,
+    outage: float,
+    seed: int,
+    probe_max_interval: float = 2.0,
 ) -> dict[str, Any]:
     settings = harness.bench_settings(
         db_url,
@@ -39,6 +44,7 @@ async def run(
         MAILCHIMP_MAX_CONCURRENCY=CAP,
         SYNC_CLAIM_SIZE=BATCH,
         MAILCHIMP_TIMEOUT_SECONDS=10.0,
+        SYNC_PROBE_MAX_INTERVAL_SECONDS=probe_max_interval,
     )
     rng = random.Random(seed)
     permanent = {f"p{i}@example.com" for i in rng.sample(range(1, n + 1), n // 100)}
@@ -99,6 +105,11 @@ async def run(
         "left_in_queue": parked,
         "paused_seen": paused_seen,
         "requests_during_outage": len(during),
+        # Which calls they were: failed sends (before the pause) and /ping probes.
+        "during_outage_by_kind": {
+            kind: sum(1 for e in during if ("/ping" in e["path"]) == (kind == "probe"))
+            for kind in ("probe", "send")
+        },
         # Time from the outage's end to an empty queue, over what the backlog left at that
         # moment needs at the bound; and the whole run outside the outage over n / bound.
         "recovery_ratio": (done_at - outage_end) / ((remaining_at_end or 0) / bound)
@@ -106,6 +117,26 @@ async def run(
         else None,
         "remaining_at_outage_end": remaining_at_end,
         "whole_run_ratio": (elapsed - outage) / (n / bound),
+        # Where recovery time goes: the first answered probe, the first member write after it.
+        "first_ok_probe_after_outage_s": min(
+            (
+                e["start"] - outage_end
+                for e in log
+                if e["start"] >= outage_end and "/ping" in e["path"] and e["status"] == 200
+            ),
+            default=None,
+        ),
+        "first_ok_write_after_outage_s": min(
+            (
+                e["start"] - outage_end
+                for e in log
+                if e["start"] >= outage_end and "/ping" not in e["path"] and e["status"] == 200
+            ),
+            default=None,
+        ),
+        "writes_after_outage": sum(
+            1 for e in log if e["start"] >= outage_end and "/ping" not in e["path"]
+        ),
         "statuses": {
             str(s): sum(1 for e in log if e["status"] == s)
             for s in sorted({e["status"] for e in log})
@@ -118,6 +149,12 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=20_000)
     parser.add_argument("--outage", type=float, default=30.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--probe-max-interval",
+        type=float,
+        default=2.0,
+        help="SYNC_PROBE_MAX_INTERVAL_SECONDS: fewer probes into an outage vs. a faster resume",
+    )
     args = parser.parse_args()
     runs = []
     with (
@@ -126,17 +163,30 @@ def main() -> None:
     ):
         for i in range(args.runs):
             sandbox.reset()
-            result = asyncio.run(run(db_url, sandbox, args.contacts, args.outage, seed=100 + i))
+            result = asyncio.run(
+                run(
+                    db_url,
+                    sandbox,
+                    args.contacts,
+                    args.outage,
+                    seed=100 + i,
+                    probe_max_interval=args.probe_max_interval,
+                )
+            )
             runs.append(result)
             print(
                 f"B7 run {i + 1}: lost {result['members_lost']}, rejected==injected"
                 f" {result['rejected_equals_injected']} ({result['rejected']}/{result['injected']}),"
-                f" recovery ratio {result['recovery_ratio']}, whole-run ratio"
+                f" recovery ratio {result['recovery_ratio'] or 0:.2f}, whole-run ratio"
                 f" {result['whole_run_ratio']:.2f}, requests during outage"
-                f" {result['requests_during_outage']}, paused {result['paused_seen']}",
+                f" {result['requests_during_outage']} {result['during_outage_by_kind']},"
+                f" first answered probe {result['first_ok_probe_after_outage_s']} s after the"
+                f" outage, paused {result['paused_seen']}",
                 flush=True,
             )
-    print(f"results: {harness.write_result('b7_faults', {'runs': runs})}")
+    print(
+        f"results: {harness.write_result('b7_faults', {'probe_max_interval': args.probe_max_interval, 'runs': runs})}"
+    )
 
 
 if __name__ == "__main__":

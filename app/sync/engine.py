@@ -149,6 +149,7 @@ class EngineOptions:
             ),
             sandbox=settings.is_sandbox,
             throttle_cooldown=settings.SYNC_THROTTLE_COOLDOWN_SECONDS,
+            probe_max_interval=settings.SYNC_PROBE_MAX_INTERVAL_SECONDS,
         )
 
 
