@@ -19,6 +19,7 @@ from bench import harness, peers
 
 OWNER = "bench"
 LAST_CPU = [0.0]  # CPU seconds per member of the last engine run (this process only)
+LAST_SHUTDOWN = [0.0]  # seconds from the empty queue to the engine's exit (included in the time)
 CAP = 10
 
 
@@ -40,8 +41,10 @@ async def engine_run(db_url: str, sandbox: harness.SandboxProcess, n: int) -> fl
         async with harness.running_engine(sync):
             while await harness.queue_depth(engine) > 0:
                 await asyncio.sleep(0.05)
+            drained = time.perf_counter() - start
         elapsed = time.perf_counter() - start
         LAST_CPU[0] = (time.process_time() - cpu) / n
+        LAST_SHUTDOWN[0] = elapsed - drained
     finally:
         await engine.dispose()
     return elapsed
@@ -66,12 +69,13 @@ def main() -> None:
             bound = CAP / (l0 / 1000.0) if l0 else None
             row: dict[str, Any] = {"bound_per_s": bound}
             for runner in args.runners:
-                times, cpu = [], []
+                times, cpu, wire, shutdown = [], [], [], []
                 for _ in range(args.runs):
                     sandbox.reset()
                     if runner == "engine":
                         seconds = asyncio.run(engine_run(db_url, sandbox, args.contacts))
                         cpu.append(LAST_CPU[0] * 1000)
+                        shutdown.append(LAST_SHUTDOWN[0])
                     else:
                         seconds = peers.run_peer(
                             runner, db_url, sandbox.url, args.contacts, cap=CAP
@@ -79,15 +83,22 @@ def main() -> None:
                     times.append(seconds)
                     log = sandbox.requests()
                     assert log["max_in_flight_seen"] <= CAP, log["max_in_flight_seen"]
+                    wire.append(harness.wire_figures(log["requests"]))
                 rate = args.contacts / harness.median(times)
                 ratio = rate / bound if bound else None
                 row[runner] = {"seconds": times, "members_per_s": rate, "ratio_to_bound": ratio}
                 if cpu:
                     row[runner]["cpu_ms_per_member"] = harness.median(cpu)
+                    row[runner]["shutdown_s"] = harness.median(shutdown)
+                occupancy = harness.median([w["occupancy"] for w in wire])
+                server_ms = harness.median([w["server_ms"] for w in wire])
+                row[runner] |= {"wire_occupancy": occupancy, "server_ms": server_ms}
                 print(
                     f"B1 L0={l0:g}ms {runner}: {rate:.0f} members/s"
                     + (f" = {ratio:.2f} of the {bound:.0f}/s bound" if ratio else "")
-                    + (f", worker CPU {harness.median(cpu):.2f} ms/member" if cpu else ""),
+                    + (f", worker CPU {harness.median(cpu):.2f} ms/member" if cpu else "")
+                    + f"; at the sandbox {occupancy:.1f} requests in flight on average,"
+                    f" {server_ms:.1f} ms each",
                     flush=True,
                 )
             results["by_latency"][str(l0)] = row

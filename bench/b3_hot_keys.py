@@ -152,6 +152,8 @@ def main() -> None:
         "sends_per_change": sends / args.changes,
         "ordering_violations": violations,
         "final_equal_pct": 100.0 * equal / len(email_of),
+        # Requests in flight at the sandbox on average while it was busy, and their duration.
+        "wire": harness.wire_figures([e for e in log if e["method"] != "GET"]),
     }
     print(
         f"B3 {args.changes} changes over {args.contacts} contacts at {result['changes_per_s']:.0f}/s:"

@@ -247,6 +247,19 @@ def default_list_id() -> str:
     return str(DEFAULT_LIST_ID)
 
 
+def wire_figures(requests: list[dict[str, Any]]) -> dict[str, float]:
+    """From the sandbox's log: mean requests in flight while the drain ran, mean time each took.
+
+    Occupancy below the cap means the client left slots idle; a server time above L0 means
+    the time went to the sandbox (and the machine), not to the client.
+    """
+    if not requests:
+        return {"occupancy": 0.0, "server_ms": 0.0}
+    busy = sum(r["end"] - r["start"] for r in requests)
+    span = max(r["end"] for r in requests) - min(r["start"] for r in requests)
+    return {"occupancy": busy / span if span else 0.0, "server_ms": 1000 * busy / len(requests)}
+
+
 def median(values: list[float]) -> float:
     """The median."""
     return float(statistics.median(values))

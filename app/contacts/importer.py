@@ -52,6 +52,7 @@ from starlette.types import Message, Receive
 from app.contacts.import_repository import ImportRepository
 from app.contacts.schemas import ContactUpdate, ImportResult, ImportRowError, normalise_email
 from app.errors import AppError, Unprocessable
+from app.sync.outbox import STATS_REFRESH_ROWS, refresh_statistics, statistics_due
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -527,6 +528,7 @@ async def import_csv(
                 await ImportRepository(session).prepare()
                 await session.commit()
             pending = _next_in_thread(chunks)
+            refreshed = 0  # rows queued when the queue's statistics were last refreshed
             while (chunk := await pending) is not None:
                 # Parse the next chunk in a thread while the database works on this one.
                 pending = _next_in_thread(chunks)
@@ -534,12 +536,20 @@ async def import_csv(
                     sessions, _partition(chunk.records, len(sessions)), owner_id, actor
                 )
                 report.add(chunk, outcome)
+                if statistics_due(report.queued, refreshed):
+                    # Workers drain while the import runs: their claim plan needs to know.
+                    await refresh_statistics(sessions[0], "sync_queue")
+                    await sessions[0].commit()
+                    refreshed = report.queued
                 if progress is not None:
                     progress(report.rows)
             pending = None
             for session in sessions:
                 await ImportRepository(session).finish()
                 await session.commit()
+            if report.created + report.updated >= STATS_REFRESH_ROWS:
+                await refresh_statistics(sessions[0], "contacts", "contact_changes", "sync_queue")
+                await sessions[0].commit()
         finally:
             if pending is not None:
                 with contextlib.suppress(Exception):

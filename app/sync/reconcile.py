@@ -57,7 +57,13 @@ from app.providers.base import (
 )
 from app.sync.desired import MappingConfig, digest_of, merge_fields
 from app.sync.models import PRIORITY_BULK
-from app.sync.outbox import NOTIFY_CHANNEL, email_key, queue_upsert
+from app.sync.outbox import (
+    NOTIFY_CHANNEL,
+    email_key,
+    queue_upsert,
+    refresh_statistics,
+    statistics_due,
+)
 from app.sync.slots import is_dead_local
 
 if TYPE_CHECKING:
@@ -789,6 +795,9 @@ class Reconciler:
         with contextlib.suppress(Exception):
             async with db.begin() as conn:
                 await conn.execute(_SWEEP_STAGING)
+                written = counts.get("to_push", 0) + counts.get("matched", 0)
+                if not run.dry_run and statistics_due(written, 0):
+                    await refresh_statistics(conn, "sync_queue", "sync_state")
         return counts
 
     @staticmethod

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.contacts import importer
 from app.db import to_libpq_url
 from app.main import Runtime
+from app.sync import outbox
 from tests.conftest import TEST_JWT_SECRET, fetch
 from tests.contacts.test_routes import add_connection
 
@@ -302,6 +303,46 @@ class TestQueue:
         # Each chunk committed on its own: three distinct transaction timestamps.
         stamps = await fetch(runtime, "SELECT DISTINCT created_at FROM contacts")
         assert len(stamps) == 3
+
+    async def test_a_large_import_refreshes_the_queue_statistics(
+        self,
+        client: httpx.AsyncClient,
+        auth: Auth,
+        runtime: Runtime,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Thresholds scaled down from 10k: refreshes after the chunks that reach 2 and 4
+        # queued rows, then the tables of the import once at the end.
+        monkeypatch.setattr(outbox, "STATS_REFRESH_ROWS", 2)
+        monkeypatch.setattr(importer, "STATS_REFRESH_ROWS", 2)
+        monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+        monkeypatch.setattr(importer, "IMPORT_CONNECTIONS", 1)
+        await add_connection(runtime, "owner-a")
+        sql = (
+            "SELECT relname, analyze_count FROM pg_stat_user_tables"
+            " WHERE relname IN ('sync_queue', 'contacts')"
+        )
+        before = {r["relname"]: r["analyze_count"] for r in await fetch(runtime, sql)}
+        csv_text = "email\n" + "".join(f"p{i}@example.com\n" for i in range(5))
+        assert (await post_csv(client, auth, csv_text)).json()["queued"] == 5
+        after: dict[str, int] = {}
+        for _ in range(40):  # statistics reach the view within a moment
+            after = {r["relname"]: r["analyze_count"] for r in await fetch(runtime, sql)}
+            if after["sync_queue"] - before["sync_queue"] >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert after["sync_queue"] - before["sync_queue"] == 3  # at 2, at 4, at the end
+        assert after["contacts"] - before["contacts"] == 1
+
+    async def test_a_small_import_leaves_statistics_to_autovacuum(
+        self, client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+    ) -> None:
+        await add_connection(runtime, "owner-a")
+        sql = "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'sync_queue'"
+        before = (await fetch(runtime, sql))[0]["analyze_count"]
+        assert (await post_csv(client, auth, MIXED_CSV)).json()["queued"] == 4
+        await asyncio.sleep(0.2)
+        assert (await fetch(runtime, sql))[0]["analyze_count"] == before
 
 
 class TestParallelConnections:
