@@ -219,15 +219,20 @@ class AccountGate:
         """Cool the account down and cut its concurrency by a quarter; returns the pause.
 
         One 429 in a busy drain is usually a neighbour's burst, not a signal to crawl: the
-        pause starts short and doubles only while throttles come back to back, and the
-        limit drops by a quarter (AIMD) so a scattering of 429s costs little throughput.
+        pause starts short and doubles only when throttling resumes right after a cool-down
+        with no success between, and the limit drops by a quarter (AIMD). Throttles answered
+        while a cool-down runs come from requests sent before it began: the same burst, so
+        they neither lengthen it nor cut concurrency again.
         """
-        self.cooldown_step = min(30.0, max(self.cooldown_base, self.cooldown_step * 2))
-        pause = max(self.cooldown_step, retry_after or 0.0)
-        self.cooldown_until = max(self.cooldown_until, time.monotonic() + pause)
-        self.limit = max(1, self.limit - max(1, self.limit // 4))
-        self.successes = 0
-        return pause
+        now = time.monotonic()
+        if now >= self.cooldown_until:
+            self.cooldown_step = min(30.0, max(self.cooldown_base, self.cooldown_step * 2))
+            self.cooldown_until = now + self.cooldown_step
+            self.limit = max(1, self.limit - max(1, self.limit // 4))
+            self.successes = 0
+        if retry_after:
+            self.cooldown_until = max(self.cooldown_until, now + retry_after)
+        return self.cooldown_until - now
 
     def succeeded(self) -> None:
         """A success ends the cool-down escalation; a run of them gives concurrency back."""
