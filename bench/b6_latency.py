@@ -42,16 +42,19 @@ def service(db_url: str, sandbox_url: str, **env: str) -> Iterator[tuple[str, st
         "MAILCHIMP_MODE": "sandbox",
         "MAILCHIMP_SANDBOX_URL": sandbox_url,
         "AUTO_MIGRATE": "false",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "DATA_DIR": tempfile.mkdtemp(prefix="bench-data-"),
         **env,
     }
+    # BENCH_SERVICE_LOG=path keeps the service's log (LOG_LEVEL applies) for a post-mortem.
+    log_path = os.environ.get("BENCH_SERVICE_LOG")
+    sink = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         cwd=harness.ROOT,
         env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=sink,
+        stderr=sink,
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -386,6 +386,16 @@ class QueueRepository:
             .mappings()
             .one()
         )
+        if result["done"] + result["rest"] < len(rows):
+            # A row that a writer changed while this statement waited for its lock escapes
+            # both CTEs: `done` re-checks the new version (seq moved on: not deleted) but
+            # `rest` chose its rows from the statement's snapshot (seq unchanged: not
+            # released). Left leased, the lease keeper would hold it until the worker goes
+            # idle. Release what is still ours; the writer already re-armed it.
+            await self.conn.execute(
+                _RELEASE,
+                {"me": me, "conns": [str(connection_id)], "keys": [r["email_key"] for r in rows]},
+            )
         if any(o.synced for o in outcomes.values()):
             await self.conn.execute(_CONNECTION_SYNCED, {"conn": connection_id})
         if result["rest"]:
