@@ -1209,4 +1209,4 @@ class _ContactExists(Exception):
 
 
 class _Skip(Exception):
-    pass
+    """A repeat of an earlier member of the same batch, skipped (`skip_duplicate_check`)."""
