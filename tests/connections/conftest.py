@@ -13,24 +13,20 @@ import pytest
 
 from app.config import Settings
 from app.main import Runtime, create_app
-from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID, SandboxConfig
-from app.sandbox.mailchimp import create_app as create_sandbox
+from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from app.sync.engine import SyncEngine
 from app.sync.reconcile import Reconciler
 from tests.support.servers import free_port, run_server
 from tests.support.sync import Sandbox, wait_for
+from tests.sync import conftest as sync_fixtures
 
 OWNER = "owner-a"
 OTHER = "owner-b"
 SPA_ORIGIN = "http://localhost:5173"
 
 
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    """A fresh Mailchimp sandbox on a real port."""
-    app = create_sandbox(SandboxConfig())
-    async with run_server(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-        yield Sandbox(url=url, http=http, app=app, list_id=DEFAULT_LIST_ID, api_key=DEFAULT_API_KEY)
+# A fresh Mailchimp sandbox on a real port: the sync tests' fixture.
+sandbox = sync_fixtures.sandbox
 
 
 @pytest.fixture
