@@ -29,6 +29,7 @@ IMPORTED_FIELDS = (
     "kind",
     "first_name",
     "last_name",
+    "company",
     "phone",
     "addr1",
     "addr2",
@@ -52,6 +53,7 @@ _CREATE_TABLES = (
         kind text,
         first_name text,
         last_name text,
+        company text,
         phone text,
         addr1 text,
         addr2 text,
@@ -149,10 +151,10 @@ _APPLY_CHUNK = text(
         SELECT email_key, row_no FROM found WHERE first_row IS NULL
     ), ins AS (
         INSERT INTO contacts AS c
-            (owner_id, kind, email, first_name, last_name, phone, addr1, addr2, city, state,
-             zip, country, tags, newsletter_opt_in, newsletter_changed_at)
+            (owner_id, kind, email, first_name, last_name, company, phone, addr1, addr2, city,
+             state, zip, country, tags, newsletter_opt_in, newsletter_changed_at)
         SELECT :owner_id, COALESCE(f.kind, 'contact'), f.email, f.first_name, f.last_name,
-               f.phone, f.addr1, f.addr2, f.city, f.state, f.zip, f.country,
+               f.company, f.phone, f.addr1, f.addr2, f.city, f.state, f.zip, f.country,
                COALESCE(f.tags, '{{}}'), COALESCE(f.newsletter_opt_in, false),
                CASE WHEN f.newsletter_opt_in THEN now() END
         FROM found f

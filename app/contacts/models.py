@@ -52,6 +52,7 @@ class Contact(Base):
     )
     first_name: Mapped[str | None] = mapped_column(Text)
     last_name: Mapped[str | None] = mapped_column(Text)
+    company: Mapped[str | None] = mapped_column(Text)
     phone: Mapped[str | None] = mapped_column(Text)
     addr1: Mapped[str | None] = mapped_column(Text)
     addr2: Mapped[str | None] = mapped_column(Text)

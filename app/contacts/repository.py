@@ -154,6 +154,7 @@ class ContactRepository:
         q: str | None,
         tag: str | None,
         kind: str | None,
+        company: str | None = None,
     ) -> Sequence[Row]:
         """A page of the owner's contacts in creation order, `limit + 1` rows at most."""
         stmt = select(contacts).where(contacts.c.owner_id == owner_id)
@@ -168,12 +169,15 @@ class ContactRepository:
                     contacts.c.first_name.ilike(pattern),
                     contacts.c.last_name.ilike(pattern),
                     full_name.ilike(pattern),
+                    contacts.c.company.ilike(pattern),
                 )
             )
         if tag:
             stmt = stmt.where(contacts.c.tags.contains([tag]))
         if kind:
             stmt = stmt.where(contacts.c.kind == kind)
+        if company and company.strip():
+            stmt = stmt.where(func.lower(contacts.c.company) == company.strip().lower())
         stmt = stmt.order_by(contacts.c.created_at, contacts.c.id).limit(limit + 1)
         return (await self.session.execute(stmt)).mappings().all()
 

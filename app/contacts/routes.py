@@ -79,7 +79,7 @@ _CSV_SCHEMA = {"type": "string", "format": "binary"}
 async def import_contacts(request: Request, owner_id: OwnerDep) -> ImportResult:
     """Upsert contacts from a CSV file (header row; matched by email, case-insensitively).
 
-    Columns: email, first_name, last_name, phone, tags (`;`-separated, added), kind,
+    Columns: email, first_name, last_name, company, phone, tags (`;`-separated, added), kind,
     newsletter_opt_in (true/false, yes/no, 1/0, y/n), addr1, addr2, city, state, zip,
     country; others are ignored and listed. Empty cells leave existing values alone. Rows
     are numbered as in a spreadsheet (header = row 1). Invalid rows are reported, never fatal;
@@ -95,14 +95,26 @@ async def list_contacts(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     q: Annotated[
-        str | None, Query(max_length=200, pattern=NO_NUL, description="Matches name or email.")
+        str | None,
+        Query(max_length=200, pattern=NO_NUL, description="Matches name, email or company."),
     ] = None,
     tag: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     kind: Annotated[str | None, Query(pattern="^(client|lead|contact)$")] = None,
+    company: Annotated[
+        str | None,
+        Query(max_length=200, pattern=NO_NUL, description="The company, ignoring case."),
+    ] = None,
 ) -> ContactPage:
     """Contacts in creation order, `limit` at a time; pass `next_cursor` for the next page."""
     return await contact_service.list_page(
-        session, owner_id=owner_id, limit=limit, cursor=cursor, q=q, tag=tag, kind=kind
+        session,
+        owner_id=owner_id,
+        limit=limit,
+        cursor=cursor,
+        q=q,
+        tag=tag,
+        kind=kind,
+        company=company,
     )
 
 

@@ -65,6 +65,7 @@ class _ContactFields(BaseModel):
     email: Annotated[str, StringConstraints(max_length=254)] | None = None
     first_name: ShortText | None = None
     last_name: ShortText | None = None
+    company: ShortText | None = None
     phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
     addr1: ShortText | None = None
     addr2: ShortText | None = None
@@ -112,6 +113,7 @@ class _ContactFields(BaseModel):
     @field_validator(
         "first_name",
         "last_name",
+        "company",
         "phone",
         "addr1",
         "addr2",
@@ -171,6 +173,7 @@ class ContactOut(BaseModel):
     email: str | None
     first_name: str | None
     last_name: str | None
+    company: str | None
     phone: str | None
     addr1: str | None
     addr2: str | None

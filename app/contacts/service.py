@@ -33,6 +33,7 @@ FIELD_NAMES = (
     "email",
     "first_name",
     "last_name",
+    "company",
     "phone",
     "addr1",
     "addr2",
@@ -279,11 +280,16 @@ class ContactService:
         q: str | None,
         tag: str | None,
         kind: str | None,
+        company: str | None = None,
     ) -> ContactPage:
         """A page of contacts with their sync lines."""
         repo = ContactRepository(session)
         after = decode_cursor(cursor) if cursor else None
-        rows = list(await repo.page(owner_id, limit=limit, after=after, q=q, tag=tag, kind=kind))
+        rows = list(
+            await repo.page(
+                owner_id, limit=limit, after=after, q=q, tag=tag, kind=kind, company=company
+            )
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         items = await self.render(session, owner_id=owner_id, rows=rows)

@@ -451,6 +451,38 @@ class TestUpdateRules:
         assert olly["newsletter_unsubscribed_at"] is not None
         assert olly["newsletter_changed_at"] > before["newsletter_changed_at"]
 
+    async def test_company_is_imported_audited_and_queued(
+        self, client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+    ) -> None:
+        await add_connection(runtime, "owner-a")
+        await create_contact(client, auth, email="ann@example.com", company="Old Co")
+        csv_text = "Email,Company Name\nann@example.com,New Co\nbo@example.com,Bo Ltd\n"
+        csv_text += "cy@example.com,\n" + "dee@example.com," + "x" * 201 + "\n"
+        body = (await post_csv(client, auth, csv_text)).json()
+        assert body["columns"] == {"Email": "email", "Company Name": "company"}
+        assert (body["created"], body["updated"], body["rejected"]) == (2, 1, 1)
+        assert body["errors"][0]["row"] == 5 and "company" in body["errors"][0]["reason"]
+        assert (await contact(runtime, "owner-a", "ann@example.com"))["company"] == "New Co"
+        assert (await contact(runtime, "owner-a", "bo@example.com"))["company"] == "Bo Ltd"
+        assert (await contact(runtime, "owner-a", "cy@example.com"))["company"] is None
+        changes = await fetch(
+            runtime,
+            "SELECT op, fields FROM contact_changes WHERE source = 'import' ORDER BY id",
+        )
+        by_op = {c["op"]: c["fields"] for c in changes if c["op"] == "update"}
+        assert by_op["update"] == {"before": {"company": "Old Co"}, "after": {"company": "New Co"}}
+        created = [c["fields"]["after"]["company"] for c in changes if c["op"] == "create"]
+        assert sorted(created, key=str) == ["Bo Ltd", None]
+        queued = await fetch(runtime, "SELECT email_key FROM sync_queue ORDER BY email_key")
+        assert [q["email_key"] for q in queued] == [
+            "ann@example.com",
+            "bo@example.com",
+            "cy@example.com",
+        ]
+        # The same file again changes nothing.
+        again = (await post_csv(client, auth, csv_text)).json()
+        assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3)
+
 
 class TestTenantIsolation:
     async def test_import_for_a_never_touches_b(
@@ -655,6 +687,8 @@ def test_header_aliases_map_common_exports() -> None:
     assert importer.header_field("  Email Address ") == "email"
     assert importer.header_field("ZIP/Postal code") == "zip"
     assert importer.header_field("Address Line 1") == "addr1"
+    assert importer.header_field("Company Name") == "company"
+    assert importer.header_field("Organization") == "company"
     assert importer.header_field("favourite colour") is None
 
 

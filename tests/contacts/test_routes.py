@@ -375,3 +375,63 @@ class TestTenantIsolation:
         assert page["items"] == []
         rows = await fetch(runtime, "SELECT city, version FROM contacts")
         assert rows == [{"city": None, "version": 1}]
+
+
+class TestCompany:
+    """`company` is a core field: written, validated, audited, listed, queued."""
+
+    async def test_create_get_patch_and_audit(
+        self, client: httpx.AsyncClient, auth: Auth, runtime: Runtime
+    ) -> None:
+        await add_connection(runtime, "owner-a")
+        created = (await create(client, auth, company="  Analytical Engines Ltd ")).json()
+        assert created["company"] == "Analytical Engines Ltd"
+        url = f"/api/contacts/{created['id']}"
+        assert (await client.get(url, headers=auth())).json()["company"] == (
+            "Analytical Engines Ltd"
+        )
+        response = await client.patch(url, json={"company": "Babbage & Co"}, headers=auth())
+        assert response.status_code == 200
+        assert response.json()["company"] == "Babbage & Co"
+        assert response.json()["version"] == 2
+        cleared = await client.patch(url, json={"company": "  "}, headers=auth())
+        assert cleared.json()["company"] is None
+        changes = await fetch(runtime, "SELECT op, fields FROM contact_changes ORDER BY id")
+        assert changes[0]["fields"]["after"]["company"] == "Analytical Engines Ltd"
+        assert [c["fields"] for c in changes[1:]] == [
+            {"before": {"company": "Analytical Engines Ltd"}, "after": {"company": "Babbage & Co"}},
+            {"before": {"company": "Babbage & Co"}, "after": {"company": None}},
+        ]
+        # Every company change is sync work: the worker decides from the digest what to send.
+        queue = await fetch(runtime, "SELECT seq FROM sync_queue")
+        assert [q["seq"] for q in queue] == [3]
+
+    @pytest.mark.parametrize("company", ["x" * 201, 42, ["Acme"], "nul\x00"])
+    async def test_invalid_company_is_422_and_writes_nothing(
+        self, client: httpx.AsyncClient, auth: Auth, runtime: Runtime, company: Any
+    ) -> None:
+        response = await client.post(
+            "/api/contacts", json={"email": "c@example.com", "company": company}, headers=auth()
+        )
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        assert any(e["field"].startswith("company") for e in response.json()["errors"])
+        assert await fetch(runtime, "SELECT * FROM contacts") == []
+
+    async def test_list_filters_by_company_and_searches_it(
+        self, client: httpx.AsyncClient, auth: Auth
+    ) -> None:
+        await create(client, auth, email="ada@example.com", company="Analytical Engines")
+        await create(client, auth, email="bob@example.com", company="analytical engines")
+        await create(client, auth, email="cy@example.com", company="Difference Ltd")
+        await create(client, auth, "owner-b", email="dee@example.com", company="Analytical Engines")
+
+        async def emails(**params: Any) -> list[str]:
+            page = (await client.get("/api/contacts", params=params, headers=auth())).json()
+            return sorted(c["email"] for c in page["items"])
+
+        assert await emails(company="ANALYTICAL ENGINES") == ["ada@example.com", "bob@example.com"]
+        assert await emails(company="Analytical") == []  # exact, not a prefix
+        assert await emails(q="difference") == ["cy@example.com"]
+        response = await client.get("/api/contacts", params={"company": "a\x00"}, headers=auth())
+        assert response.status_code == 422
