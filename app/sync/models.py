@@ -1,15 +1,16 @@
-"""Tables of the sync engine: the outbox queue, the mirror, tombstones, slots and runs."""
+"""Tables of the sync engine: the outbox queue, the mirror, tombstones, limits and runs."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -136,6 +137,33 @@ class ProviderSlot(Base):
     slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     holder: Mapped[str | None] = mapped_column(Text)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LimitBucket(Base):
+    """A rate or quota scope (DESIGN §14.3): the next free token time and the day's count."""
+
+    __tablename__ = "limit_buckets"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    quota_day: Mapped[date | None] = mapped_column(Date)
+    quota_used: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class LimitClaim(Base):
+    """A worker's demand for a bucket's tokens on behalf of a tenant: fairness between them."""
+
+    __tablename__ = "limit_claims"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant: Mapped[str] = mapped_column(Text, primary_key=True)
+    priority: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    worker: Mapped[str] = mapped_column(Text, primary_key=True)
+    wanted: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    served_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class SyncRun(Base):

@@ -1,0 +1,557 @@
+"""Provider request limits (DESIGN §14.3), held across every process through PostgreSQL.
+
+A provider declares its limits in its spec as neutral data (`LimitSpec`): concurrency per
+account, rates per account or per application, rates of one endpoint, a daily quota. The
+concurrency cap is kept by the slot leases of `slots.py`; rates and quotas by a bucket row per
+scope in `limit_buckets`, which schedules tokens like GCRA: each grant hands out a few tokens,
+each with the time it may be spent, and moves the bucket's next free time past them, so every
+process together stays at or under the rate without a database round trip per request.
+
+Where a bucket is shared by several tenants (one application, many connections), claims in
+`limit_claims` make grants fair: a live claim of any tenant goes before bulk work of every
+tenant, and within a priority the tenant served longest ago goes next (round-robin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.providers.base import ThrottledError
+from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
+
+log = structlog.get_logger(__name__)
+
+# The priority of the work a request belongs to; the engine sets it per group of rows.
+request_priority: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "request_priority", default=PRIORITY_LIVE
+)
+
+
+# --- what a provider declares ---------------------------------------------------------------
+
+
+class Scope(StrEnum):
+    """Who shares a limit: one provider account, or every tenant of our application."""
+
+    account = "account"
+    application = "application"
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `requests` every `per_seconds` in `scope`; only requests to `endpoint` if set."""
+
+    requests: int
+    per_seconds: float = 1.0
+    scope: Scope = Scope.account
+    endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.per_seconds <= 0:
+            raise ValueError(f"a rate needs requests ≥ 1 and a positive period: {self!r}")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two requests at exactly this rate."""
+        return self.per_seconds / self.requests
+
+
+@dataclass(frozen=True, slots=True)
+class DailyQuota:
+    """At most `requests` a UTC day in `scope`; bulk work may spend only `bulk_share` of it."""
+
+    requests: int
+    scope: Scope = Scope.application
+    bulk_share: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or not 0.0 < self.bulk_share <= 1.0:
+            raise ValueError(f"a quota needs requests ≥ 1 and 0 < bulk_share ≤ 1: {self!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """Every limit of a provider; the engine reads only this, never a provider's name."""
+
+    concurrency: int | None = None  # requests in flight per account
+    rates: tuple[Rate, ...] = ()
+    daily_quota: DailyQuota | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+    @property
+    def metered(self) -> bool:
+        """True when requests need tokens (a rate or a quota), not only a slot."""
+        return bool(self.rates) or self.daily_quota is not None
+
+
+class LimitPaused(ThrottledError):
+    """A scope takes no requests until `until` (a quota spent, or a provider's pause)."""
+
+    def __init__(self, message: str, *, until: datetime, scope: str) -> None:
+        wait = max(0.0, (until - datetime.now(UTC)).total_seconds())
+        super().__init__(message, retry_after=wait)
+        self.until = until
+        self.scope = scope
+
+
+class QuotaExhausted(ThrottledError):
+    """The provider says the daily quota is spent (raised by a provider's client)."""
+
+
+def next_utc_midnight(now: datetime | None = None) -> datetime:
+    """00:00 UTC of the next day, when daily quotas reset."""
+    now = now or datetime.now(UTC)
+    return datetime.combine(
+        now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
+    )
+
+
+def quota_notice(display_name: str) -> str:
+    """The calm notice shown while an application's daily quota is spent."""
+    return f"{display_name}'s daily limit is reached; sync resumes at midnight UTC"
+
+
+# --- the buckets a request draws from ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One row of `limit_buckets` as one request sees it."""
+
+    key: str
+    interval: float  # seconds between two tokens, headroom included
+    quota: int | None = None
+    bulk_share: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A connection's limits resolved to bucket keys: what each kind of request draws from."""
+
+    tenant: str
+    general: tuple[Bucket, ...]
+    endpoints: dict[str, tuple[Bucket, ...]] = field(default_factory=dict)
+    quota_keys: tuple[str, ...] = ()
+
+    def buckets(self, endpoint: str | None) -> tuple[Bucket, ...]:
+        """The buckets of one request: the general ones plus its endpoint's own."""
+        extra = self.endpoints.get(endpoint, ()) if endpoint else ()
+        return tuple(sorted(self.general + extra, key=lambda b: b.key))
+
+
+def bind(
+    spec: LimitSpec,
+    *,
+    provider: str,
+    account: str,
+    application: str,
+    tenant: str,
+    headroom: float = 0.9,
+) -> Binding:
+    """Resolve a spec for one connection: `account` and `application` name the scopes.
+
+    `headroom` (≤ 1) keeps the rates a little under the provider's, because a request's
+    arrival jitters by the network and the event loop.
+    """
+    idents = {Scope.account: account, Scope.application: application}
+
+    def key(scope: Scope, suffix: str = "") -> str:
+        return f"{provider}:{scope.value}:{idents[scope]}{suffix}"
+
+    general: dict[str, Bucket] = {}
+    endpoints: dict[str, dict[str, Bucket]] = {}
+    for rate in spec.rates:
+        suffix = f":{rate.endpoint}" if rate.endpoint else ""
+        k = key(rate.scope, suffix)
+        bucket = Bucket(k, rate.interval / headroom)
+        target = endpoints.setdefault(rate.endpoint, {}) if rate.endpoint else general
+        if k in target:  # two rates on one key: the stricter wins
+            bucket = Bucket(k, max(bucket.interval, target[k].interval))
+        target[k] = bucket
+    quota_keys: tuple[str, ...] = ()
+    if spec.daily_quota is not None:
+        q = spec.daily_quota
+        k = key(q.scope)
+        prev = general.get(k)
+        general[k] = Bucket(k, prev.interval if prev else 0.0, q.requests, q.bulk_share)
+        quota_keys = (k,)
+    return Binding(
+        tenant=tenant,
+        general=tuple(general.values()),
+        endpoints={e: tuple(b.values()) for e, b in endpoints.items()},
+        quota_keys=quota_keys,
+    )
+
+
+# --- the grant, in one transaction -------------------------------------------------------------
+
+_ENSURE = text(
+    "INSERT INTO limit_buckets (key) SELECT unnest(CAST(:keys AS text[])) ON CONFLICT DO NOTHING"
+)
+_LOCK = text(
+    """
+    SELECT key, next_at, quota_day, quota_used, paused_until, pause_reason
+    FROM limit_buckets WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key FOR UPDATE
+    """
+)
+_CLAIM = text(
+    """
+    INSERT INTO limit_claims (key, tenant, priority, worker, wanted, seen_at)
+    SELECT k, :tenant, :prio, :me, :wanted, clock_timestamp()
+    FROM unnest(CAST(:keys AS text[])) AS k
+    ON CONFLICT (key, tenant, priority, worker)
+    DO UPDATE SET wanted = excluded.wanted, seen_at = excluded.seen_at
+    """
+)
+# Is a fresh claim ahead of ours on any bucket? A better priority of anyone (our own tenant's
+# live work included), or the same priority of a tenant served longer ago than ours.
+_AHEAD = text(
+    """
+    WITH served AS (
+        SELECT key, tenant, max(served_at) AS at FROM limit_claims
+        WHERE key = ANY(CAST(:keys AS text[])) GROUP BY key, tenant
+    )
+    SELECT clock_timestamp() AS now, EXISTS (
+        SELECT 1 FROM limit_claims c
+        JOIN served s ON s.key = c.key AND s.tenant = c.tenant
+        LEFT JOIN served mine ON mine.key = c.key AND mine.tenant = :tenant
+        WHERE c.key = ANY(CAST(:keys AS text[]))
+          AND c.wanted > 0
+          AND c.seen_at > clock_timestamp() - make_interval(secs => :fresh)
+          AND (c.priority < :prio
+               OR (c.priority = :prio AND c.tenant <> :tenant
+                   AND COALESCE(s.at, '-infinity') < COALESCE(mine.at, '-infinity')))
+    ) AS ahead
+    """
+)
+_TAKE = text(
+    """
+    UPDATE limit_buckets b SET next_at = u.next_at, quota_day = u.day, quota_used = u.used
+    FROM unnest(CAST(:keys AS text[]), CAST(:next_ats AS timestamptz[]),
+                CAST(:days AS date[]), CAST(:useds AS int[])) AS u(key, next_at, day, used)
+    WHERE b.key = u.key
+    """
+)
+_SERVED = text(
+    """
+    UPDATE limit_claims SET wanted = GREATEST(0, wanted - :n), served_at = clock_timestamp()
+    WHERE key = ANY(CAST(:keys AS text[])) AND tenant = :tenant AND priority = :prio
+      AND worker = :me
+    """
+)
+_PAUSE = text(
+    """
+    INSERT INTO limit_buckets (key, paused_until, pause_reason)
+    SELECT unnest(CAST(:keys AS text[])), :until, :reason
+    ON CONFLICT (key) DO UPDATE SET
+        paused_until = GREATEST(limit_buckets.paused_until, excluded.paused_until),
+        pause_reason = excluded.pause_reason
+    """
+)
+_FORGET_CLAIMS = text("UPDATE limit_claims SET wanted = 0 WHERE worker = :me AND wanted > 0")
+_PRUNE_CLAIMS = text(
+    "DELETE FROM limit_claims WHERE seen_at < clock_timestamp() - interval '10 minutes'"
+)
+
+
+@dataclass(slots=True)
+class Grant:
+    """Tokens granted: their times as offsets in seconds from the database's clock now."""
+
+    offsets: list[float]
+    ahead: bool = False  # nothing granted: another claim goes first
+
+
+class Paused(Exception):
+    """Raised inside the grant: a bucket is paused (its quota spent) until `until`."""
+
+    def __init__(self, until: datetime, reason: str, key: str) -> None:
+        super().__init__(reason)
+        self.until, self.reason, self.key = until, reason, key
+
+
+async def grant(
+    engine: AsyncEngine,
+    buckets: tuple[Bucket, ...],
+    *,
+    tenant: str,
+    priority: int,
+    me: str,
+    wanted: int,
+    horizon: float,
+    fresh: float,
+) -> Grant:
+    """Take up to `wanted` tokens from every bucket at once, spaced by the strictest interval.
+
+    At most `horizon` seconds of tokens are handed out per grant (at least one), so a grant to
+    one tenant never holds the others back by more than that.
+    """
+    keys = [b.key for b in buckets]
+    async with engine.begin() as conn:
+        await conn.execute(_ENSURE, {"keys": keys})
+        rows = {r["key"]: r for r in (await conn.execute(_LOCK, {"keys": keys})).mappings()}
+        params = {"keys": keys, "tenant": tenant, "prio": priority, "me": me}
+        await conn.execute(_CLAIM, {**params, "wanted": wanted})
+        head = (await conn.execute(_AHEAD, {**params, "fresh": fresh})).mappings().one()
+        now: datetime = head["now"]
+        for b in buckets:
+            until = rows[b.key]["paused_until"]
+            if until is not None and until > now:
+                raise Paused(until, rows[b.key]["pause_reason"] or "paused", b.key)
+        if head["ahead"]:
+            return Grant([], ahead=True)
+        today = now.astimezone(UTC).date()
+        n = wanted
+        spacing = max(b.interval for b in buckets)
+        if spacing > 0:
+            n = min(n, max(1, math.floor(horizon / spacing)))
+        used: dict[str, int] = {}
+        for b in buckets:
+            if b.quota is None:
+                continue
+            row = rows[b.key]
+            used[b.key] = row["quota_used"] if row["quota_day"] == today else 0
+            cap = b.quota if priority <= PRIORITY_LIVE else math.floor(b.quota * b.bulk_share)
+            n = min(n, cap - used[b.key])
+            if n <= 0:
+                reason = "daily quota spent" if cap == b.quota else "bulk share of the quota spent"
+                raise Paused(next_utc_midnight(now), reason, b.key)
+        start = max([now] + [rows[b.key]["next_at"] or now for b in buckets])
+        times = [start + timedelta(seconds=i * spacing) for i in range(n)]
+        last = times[-1]
+        await conn.execute(
+            _TAKE,
+            {
+                "keys": keys,
+                "next_ats": [last + timedelta(seconds=b.interval) for b in buckets],
+                "days": [
+                    today if b.quota is not None else rows[b.key]["quota_day"] for b in buckets
+                ],
+                "useds": [
+                    used[b.key] + n if b.quota is not None else rows[b.key]["quota_used"]
+                    for b in buckets
+                ],
+            },
+        )
+        await conn.execute(_SERVED, {**params, "n": n})
+        return Grant([(t - now).total_seconds() for t in times])
+
+
+# --- this process's side ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Pool:
+    """Tokens of one set of buckets for one tenant and priority, and who waits for them."""
+
+    buckets: tuple[Bucket, ...]
+    tenant: str
+    priority: int
+    tokens: deque[float] = field(default_factory=deque)  # monotonic times they may be spent
+    waiters: deque[asyncio.Future[float]] = field(default_factory=deque)
+    asker: asyncio.Task[None] | None = None
+    paused: Paused | None = None
+    recheck_at: float = 0.0  # a pause is believed until then, then asked about again
+    last_granted: int = 0
+
+    @property
+    def slack(self) -> float:
+        """How late a token may still be spent: later ones would bunch up with the next."""
+        return max(0.005, max(b.interval for b in self.buckets) / 2)
+
+
+class Limiter:
+    """This process's view of the shared limits: asks for tokens, spends them on time."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        me: str,
+        horizon: float = 0.5,
+        max_chunk: int = 8,
+        fresh: float = 1.0,
+        poll: float = 0.05,
+        pause_recheck: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.me = me
+        self.horizon = horizon
+        self.max_chunk = max_chunk
+        self.fresh = fresh
+        self.poll = poll
+        self.pause_recheck = pause_recheck
+        self._pools: dict[tuple[tuple[str, ...], str, int], _Pool] = {}
+        self.grants = 0  # database grants made (for metrics and tests)
+
+    async def take(self, binding: Binding, *, endpoint: str | None = None) -> None:
+        """Wait until one request to `endpoint` may go; LimitPaused while a bucket is paused."""
+        buckets = binding.buckets(endpoint)
+        if not buckets:
+            return
+        priority = PRIORITY_LIVE if request_priority.get() <= PRIORITY_LIVE else PRIORITY_BULK
+        pool = self._pool(buckets, binding.tenant, priority)
+        while True:
+            self._raise_if_paused(pool)
+            at = self._local_token(pool)
+            if at is None:
+                fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+                pool.waiters.append(fut)
+                self._ensure_asker(pool)
+                try:
+                    at = await fut
+                finally:
+                    with contextlib.suppress(ValueError):
+                        pool.waiters.remove(fut)
+            now = time.monotonic()
+            if now > at + pool.slack:
+                continue  # handed over too late (a busy loop): it would bunch; take another
+            if at > now:
+                await asyncio.sleep(at - now)
+            return
+
+    async def pause(self, binding: Binding, *, until: datetime, reason: str) -> None:
+        """Pause every quota bucket of the binding until `until` (the provider said so)."""
+        keys = list(binding.quota_keys) or [b.key for b in binding.general]
+        if not keys:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(_PAUSE, {"keys": keys, "until": until, "reason": reason})
+        for pool in self._pools.values():
+            if any(b.key in keys for b in pool.buckets):
+                pool.tokens.clear()
+                self._fail(pool, Paused(until, reason, keys[0]), recheck=self.pause_recheck)
+
+    async def release(self) -> None:
+        """Withdraw this process's claims (shutdown), so no one waits for them to go stale."""
+        for pool in self._pools.values():
+            if pool.asker is not None:
+                pool.asker.cancel()
+        with contextlib.suppress(Exception):
+            async with self.engine.begin() as conn:
+                await conn.execute(_FORGET_CLAIMS, {"me": self.me})
+                await conn.execute(_PRUNE_CLAIMS)
+
+    def _pool(self, buckets: tuple[Bucket, ...], tenant: str, priority: int) -> _Pool:
+        key = (tuple(b.key for b in buckets), tenant, priority)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool(buckets, tenant, priority)
+        return pool
+
+    @staticmethod
+    def _raise_if_paused(pool: _Pool) -> None:
+        p = pool.paused
+        if p is None:
+            return
+        # Believed without asking until the recheck (an operator may lift a pause early).
+        if p.until > datetime.now(UTC) and time.monotonic() < pool.recheck_at:
+            raise LimitPaused(p.reason, until=p.until, scope=p.key)
+        pool.paused = None
+
+    @staticmethod
+    def _local_token(pool: _Pool) -> float | None:
+        now = time.monotonic()
+        while pool.tokens:
+            at = pool.tokens.popleft()
+            if now <= at + pool.slack:
+                return at
+        return None
+
+    def _ensure_asker(self, pool: _Pool) -> None:
+        if pool.asker is None or pool.asker.done():
+            pool.asker = asyncio.create_task(self._ask(pool), name="limits-ask")
+
+    async def _ask(self, pool: _Pool) -> None:
+        """Ask the database for tokens while anyone in this process waits for them."""
+        delay = self.poll
+        while True:
+            live = [w for w in pool.waiters if not w.done()]
+            if not live:
+                return
+            # Lanes that just spent a token come back for the next one right after this ask:
+            # asking for as many as last time keeps a steady tenant's share steady.
+            wanted = min(self.max_chunk, max(len(live) - len(pool.tokens), pool.last_granted))
+            try:
+                result = await grant(
+                    self.engine,
+                    pool.buckets,
+                    tenant=pool.tenant,
+                    priority=pool.priority,
+                    me=self.me,
+                    wanted=wanted,
+                    horizon=self.horizon,
+                    fresh=self.fresh,
+                )
+            except Paused as exc:
+                self._fail(pool, exc, recheck=self.pause_recheck)
+                return
+            except Exception as exc:  # the database may be away: keep the waiters waiting
+                log.warning("sync.limits.grant_failed", error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            delay = self.poll
+            if result.ahead:
+                await asyncio.sleep(self.poll)
+                continue
+            self.grants += 1
+            pool.last_granted = len(result.offsets)
+            received = time.monotonic()  # later than the database's now: never early
+            for offset in result.offsets:
+                at = received + offset
+                while pool.waiters and pool.waiters[0].done():
+                    pool.waiters.popleft()
+                if pool.waiters:
+                    pool.waiters.popleft().set_result(at)
+                else:
+                    pool.tokens.append(at)
+            if result.offsets:
+                # Ask again when the last token is nearly due: earlier only books further ahead,
+                # later leaves the bucket idle for a round trip.
+                lead = min(0.05, max(b.interval for b in pool.buckets) / 2)
+                due = received + result.offsets[-1] - lead
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    @staticmethod
+    def _fail(pool: _Pool, exc: Paused, *, recheck: float) -> None:
+        pool.paused = exc
+        pool.recheck_at = time.monotonic() + recheck
+        while pool.waiters:
+            w = pool.waiters.popleft()
+            if not w.done():
+                w.set_exception(LimitPaused(exc.reason, until=exc.until, scope=exc.key))
+
+
+@dataclass(eq=False)
+class ConnectionLimits:
+    """A connection's limiter for its client: the account's slot, then the tokens."""
+
+    limiter: Limiter | None
+    binding: Binding | None
+    gate: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self, endpoint: str | None = None) -> AsyncIterator[None]:
+        """Held for one request on the wire; the token is taken with the slot already held,
+        so it is spent the moment it is due."""
+        async with self.gate() if self.gate is not None else contextlib.nullcontext():
+            if self.limiter is not None and self.binding is not None:
+                await self.limiter.take(self.binding, endpoint=endpoint)
+            yield

@@ -1,0 +1,43 @@
+"""A worker process for the limits test: sends N requests through the shared rate limit.
+
+Run as `python -m tests.support.limits_worker DATABASE_URL BASE_URL N RATE NAME`; prints the
+status codes it got, one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import httpx
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.sync.limits import Limiter, LimitSpec, Rate, Scope, bind
+
+
+async def main(database_url: str, base_url: str, n: int, rate: int, name: str) -> None:
+    """Send `n` requests from 4 lanes, each after taking a token of the application scope."""
+    engine = create_async_engine(database_url, pool_size=2)
+    limiter = Limiter(engine, me=name)
+    spec = LimitSpec(rates=(Rate(rate, scope=Scope.application),))
+    binding = bind(spec, provider="test", account=name, application="app", tenant=name)
+    statuses: list[int] = []
+    todo = list(range(n))
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+
+        async def lane() -> None:
+            while todo:
+                todo.pop()
+                await limiter.take(binding)
+                statuses.append((await http.get("/hit", params={"by": name})).status_code)
+
+        await asyncio.gather(*(lane() for _ in range(4)))
+    await limiter.release()
+    await engine.dispose()
+    sys.stdout.write(json.dumps({"statuses": statuses, "grants": limiter.grants}) + "\n")
+
+
+if __name__ == "__main__":
+    url, base, count, r, who = sys.argv[1:6]
+    asyncio.run(main(url, base, int(count), int(r), who))

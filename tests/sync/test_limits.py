@@ -1,0 +1,288 @@
+"""Shared rates, quotas and fairness (DESIGN §14.3), in PostgreSQL across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app.config import Settings
+from app.main import Runtime
+from app.sync.limits import (
+    DailyQuota,
+    Limiter,
+    LimitPaused,
+    LimitSpec,
+    Rate,
+    Scope,
+    bind,
+    next_utc_midnight,
+    quota_notice,
+    request_priority,
+)
+from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
+from tests.conftest import fetch
+from tests.support.servers import run_server
+
+CC_LIKE = LimitSpec(
+    rates=(Rate(4, scope=Scope.application),), daily_quota=DailyQuota(10_000, bulk_share=0.8)
+)
+AC_LIKE = LimitSpec(
+    rates=(
+        Rate(5),
+        Rate(100, per_seconds=60, endpoint="bulk_import"),
+        Rate(20, per_seconds=60, endpoint="bulk_import_one"),
+    )
+)
+
+
+def test_bind_names_one_bucket_per_scope_and_endpoint() -> None:
+    ac = bind(AC_LIKE, provider="ac", account="acct1", application="app", tenant="t1")
+    assert [b.key for b in ac.buckets(None)] == ["ac:account:acct1"]
+    bulk = ac.buckets("bulk_import")
+    assert [b.key for b in bulk] == ["ac:account:acct1", "ac:account:acct1:bulk_import"]
+    assert bulk[1].interval == pytest.approx(0.6 / 0.9)  # 100/min with 10 % headroom
+    assert [b.key for b in ac.buckets("unknown")] == ["ac:account:acct1"]
+    cc = bind(CC_LIKE, provider="cc", account="acct1", application="client-x", tenant="t1")
+    (only,) = cc.buckets(None)
+    # Rate and quota of one scope are one bucket, shared by every tenant of the application.
+    assert (only.key, only.quota, only.bulk_share) == ("cc:application:client-x", 10_000, 0.8)
+    assert only.interval == pytest.approx(0.25 / 0.9)
+    assert cc.quota_keys == ("cc:application:client-x",)
+    assert not LimitSpec(concurrency=10).metered
+    with pytest.raises(ValueError):
+        Rate(0)
+    with pytest.raises(ValueError):
+        DailyQuota(100, bulk_share=1.5)
+
+
+def test_quota_resets_at_midnight_utc_and_says_so() -> None:
+    assert next_utc_midnight(datetime(2026, 12, 1, 23, 59, tzinfo=UTC)) == datetime(
+        2026, 12, 2, tzinfo=UTC
+    )
+    assert (
+        quota_notice("Constant Contact")
+        == "Constant Contact's daily limit is reached; sync resumes at midnight UTC"
+    )
+
+
+class Order(list[str]):
+    """The order in which requests got their tokens; `reached(n)` waits for n of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grew = asyncio.Event()
+
+    def append(self, tenant: str) -> None:
+        super().append(tenant)
+        self._grew.set()
+
+    async def reached(self, n: int) -> None:
+        while len(self) < n:
+            self._grew.clear()
+            await self._grew.wait()
+
+
+async def _take_all(limiter: Limiter, binding: Any, n: int, *, live: bool = True) -> list[float]:
+    request_priority.set(PRIORITY_LIVE if live else PRIORITY_BULK)
+    times: list[float] = []
+
+    async def one() -> None:
+        await limiter.take(binding)
+        times.append(time.monotonic())
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return sorted(times)
+
+
+async def test_two_limiters_share_one_bucket_and_ask_a_few_tokens_at_a_time(
+    runtime: Runtime,
+) -> None:
+    spec = LimitSpec(rates=(Rate(20, scope=Scope.application),))
+    a = Limiter(runtime.engine, me="w1")
+    b = Limiter(runtime.engine, me="w2")
+    ba = bind(spec, provider="p", account="x", application="app", tenant="t1")
+    bb = bind(spec, provider="p", account="y", application="app", tenant="t1")
+    times = sorted(sum(await asyncio.gather(_take_all(a, ba, 20), _take_all(b, bb, 20)), []))
+    assert len(times) == 40
+    # Far fewer database grants than requests: tokens come a few at a time.
+    assert a.grants + b.grants <= 40 // 2
+    rows = await fetch(runtime, "SELECT key, next_at FROM limit_buckets")
+    assert [r["key"] for r in rows] == ["p:application:app"]
+    # Never faster than the rate (20/s less 10 % headroom) for both together: 40 requests
+    # span at least 39 intervals (less the few ms a grant's answer takes to arrive).
+    assert times[-1] - times[0] >= 39 / 18 - 0.1
+
+
+async def test_daily_quota_keeps_a_reserve_for_live_work(runtime: Runtime) -> None:
+    spec = LimitSpec(daily_quota=DailyQuota(10, bulk_share=0.8))
+    limiter = Limiter(runtime.engine, me="w1")
+    binding = bind(spec, provider="cc", account="a", application="app", tenant="t1")
+    await _take_all(limiter, binding, 8, live=False)
+    request_priority.set(PRIORITY_BULK)
+    with pytest.raises(LimitPaused) as bulk_stop:
+        await limiter.take(binding)
+    assert bulk_stop.value.until == next_utc_midnight()
+    # Live work still has the 20 % kept back, then nothing.
+    other = Limiter(runtime.engine, me="w2")
+    await _take_all(other, binding, 2, live=True)
+    request_priority.set(PRIORITY_LIVE)
+    with pytest.raises(LimitPaused):
+        await other.take(binding)
+    rows = await fetch(runtime, "SELECT quota_day, quota_used FROM limit_buckets")
+    assert rows == [{"quota_day": datetime.now(UTC).date(), "quota_used": 10}]
+    # A new UTC day starts the count afresh.
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    await fetch(runtime, "UPDATE limit_buckets SET quota_day = :d", d=yesterday)
+    fresh = Limiter(runtime.engine, me="w3")
+    await _take_all(fresh, binding, 3, live=False)
+    rows = await fetch(runtime, "SELECT quota_day, quota_used FROM limit_buckets")
+    assert rows == [{"quota_day": datetime.now(UTC).date(), "quota_used": 3}]
+
+
+async def test_quota_exceeded_pauses_the_whole_application_scope(runtime: Runtime) -> None:
+    limiter = Limiter(runtime.engine, me="w1")
+    one = bind(CC_LIKE, provider="cc", account="a1", application="app", tenant="t1")
+    other = bind(CC_LIKE, provider="cc", account="a2", application="app", tenant="t2")
+    await limiter.take(one)
+    midnight = next_utc_midnight()
+    await limiter.pause(one, until=midnight, reason=quota_notice("Constant Contact"))
+    # Another tenant of the same application, in another process, is paused as well.
+    elsewhere = Limiter(runtime.engine, me="w2", pause_recheck=0.0)
+    with pytest.raises(LimitPaused) as stopped:
+        await elsewhere.take(other)
+    assert stopped.value.until == midnight
+    assert str(stopped.value) == quota_notice("Constant Contact")
+    assert 0 < (stopped.value.retry_after or 0) <= 86_400
+    with pytest.raises(LimitPaused):
+        await limiter.take(one)  # this process knows without asking the database again
+    await fetch(runtime, "UPDATE limit_buckets SET paused_until = now() - interval '1 second'")
+    await elsewhere.take(other)  # the pause over, requests go again
+    rows = await fetch(runtime, "SELECT quota_used FROM limit_buckets")
+    assert rows == [{"quota_used": 2}]
+
+
+async def test_a_bulk_backlog_does_not_hold_back_another_tenants_live_change(
+    runtime: Runtime,
+) -> None:
+    # One application scope at 50/s shared by two tenants in two processes: tenant A drains a
+    # backlog (its lanes always want tokens), tenant B sends one live change meanwhile.
+    spec = LimitSpec(rates=(Rate(50, scope=Scope.application),))
+    a = Limiter(runtime.engine, me="proc-a", max_chunk=4)
+    b = Limiter(runtime.engine, me="proc-b", max_chunk=4)
+    ba = bind(spec, provider="p", account="acct-a", application="app", tenant="A")
+    bb = bind(spec, provider="p", account="acct-b", application="app", tenant="B")
+    order = Order()
+    stop = asyncio.Event()
+
+    async def backlog_lane() -> None:
+        request_priority.set(PRIORITY_BULK)
+        while not stop.is_set():
+            await a.take(ba)
+            order.append("A")
+
+    lanes = [asyncio.create_task(backlog_lane()) for _ in range(16)]
+    await order.reached(30)
+    request_priority.set(PRIORITY_LIVE)
+    asked_at = len(order)
+    await b.take(bb)
+    order.append("B")
+    granted_at = len(order) - 1
+    await order.reached(granted_at + 20)
+    stop.set()
+    for lane in lanes:
+        lane.cancel()
+    await asyncio.gather(*lanes, return_exceptions=True)
+    # Only the tokens A already held (one grant of at most 4) may go before B's change.
+    assert granted_at - asked_at <= 2 * 4, order
+    assert order.count("B") == 1
+
+
+async def test_round_robin_between_tenants_of_one_priority(runtime: Runtime) -> None:
+    spec = LimitSpec(rates=(Rate(60, scope=Scope.application),))
+    order = Order()
+    stop = asyncio.Event()
+    tasks = []
+    for tenant in ("A", "B", "C"):
+        limiter = Limiter(runtime.engine, me=f"proc-{tenant}", max_chunk=3)
+        binding = bind(spec, provider="p", account=tenant, application="app", tenant=tenant)
+        # A has far more lanes (a bigger backlog); it still gets no more than its turn.
+        lanes = 12 if tenant == "A" else 2
+
+        async def lane(limiter: Limiter = limiter, binding: Any = binding, t: str = tenant) -> None:
+            request_priority.set(PRIORITY_BULK)
+            while not stop.is_set():
+                await limiter.take(binding)
+                order.append(t)
+
+        tasks += [asyncio.create_task(lane()) for _ in range(lanes)]
+    await order.reached(90)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    window = order[15:90]  # past the start, when every tenant has asked once
+    counts = {t: window.count(t) for t in "ABC"}
+    assert min(counts.values()) >= 15, (counts, window)
+    assert max(counts.values()) <= 35, (counts, window)
+    # Between two turns of a small tenant, the big one gets at most its own turn (a grant of
+    # at most 3), twice when a small tenant's ask arrives late.
+    for light in "BC":
+        turns = [i for i, t in enumerate(window) if t == light]
+        for i, j in zip(turns, turns[1:], strict=False):
+            assert window[i:j].count("A") <= 2 * 3, window
+
+
+def _hit_app(log: list[tuple[float, str]], limit: int) -> Starlette:
+    """An endpoint limited to `limit` requests in any sliding second; 429 beyond."""
+
+    async def hit(request: Request) -> JSONResponse:
+        now = time.monotonic()
+        recent = sum(1 for t, _ in log if t > now - 1.0)
+        log.append((now, request.query_params.get("by", "")))
+        if recent >= limit:
+            return JSONResponse({"message": "Too Many Requests"}, status_code=429)
+        return JSONResponse({})
+
+    return Starlette(routes=[Route("/hit", hit)])
+
+
+async def test_two_worker_processes_never_exceed_the_rate_in_any_second(
+    settings: Settings,
+) -> None:
+    rate, each = 10, 30
+    log: list[tuple[float, str]] = []
+    async with run_server(_hit_app(log, rate), lifespan="off") as url:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.support.limits_worker",
+                str(settings.DATABASE_URL),
+                url,
+                str(each),
+                str(rate),
+                name,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for name in ("worker-1", "worker-2")
+        ]
+        outs = [json.loads((await p.communicate())[0].decode().strip()) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    statuses = [s for out in outs for s in out["statuses"]]
+    assert sorted(set(statuses)) == [200] and len(statuses) == 2 * each
+    assert {by for _, by in log} == {"worker-1", "worker-2"}
+    times = sorted(t for t, _ in log)
+    busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    assert busiest <= rate
+    # Tokens came a few at a time, not one database round trip per request.
+    assert sum(out["grants"] for out in outs) < 2 * each
