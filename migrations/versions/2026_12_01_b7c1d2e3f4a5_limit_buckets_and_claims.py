@@ -1,7 +1,7 @@
 """limit buckets and claims: shared rates, quotas and fairness (DESIGN §14.3)
 
 Revision ID: b7c1d2e3f4a5
-Revises: aa50cd0aeeff
+Revises: c0a1b2c3d4e5
 Create Date: 2026-12-01 23:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "b7c1d2e3f4a5"
-down_revision: str | None = "aa50cd0aeeff"
+down_revision: str | None = "c0a1b2c3d4e5"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
