@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_JSON = "application/problem+json"
 _SECRET_SEGMENT = re.compile(r"(/api/webhooks/[^/]+/)[^/]+")
 PROBLEM_BASE = "https://audience-sync.dev/problems/"
+# Seconds a client is asked to wait while the database is unreachable: a restart or a failover
+# takes a few seconds, and the pool reconnects by itself on the next request.
+DATABASE_RETRY_AFTER = 5
 
 log = structlog.get_logger(__name__)
 
@@ -222,6 +229,106 @@ def loggable_path(path: str) -> str:
     return _SECRET_SEGMENT.sub(r"\1[token]", path)
 
 
+# Failures that mean "the database cannot be reached right now", not "this request is wrong":
+# a refused or reset connection, a backend terminated by a shutdown or restart, a pool that
+# has no connection to give within its timeout.
+_DB_DOWN = (
+    asyncpg.PostgresConnectionError,  # class 08, incl. the connection being gone
+    asyncpg.CannotConnectNowError,  # the server is starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    sqlalchemy.exc.TimeoutError,  # the pool's checkout timeout
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    socket.gaierror,  # the database host does not resolve
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) says the database is unreachable right now."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _DB_DOWN):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and "closed" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _database_unavailable(request: Request, exc: BaseException) -> ProblemResponse:
+    # One line, no traceback: during an outage every request fails the same known way.
+    log.warning(
+        "http.database_unavailable",
+        path=loggable_path(request.url.path),
+        error_type=type(exc).__name__,
+    )
+    return problem(
+        request,
+        503,
+        title="Service Unavailable",
+        detail="The database is unreachable right now; retry shortly.",
+        type_=PROBLEM_BASE + "database-unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
+
+
+def _internal_error(request: Request, exc: BaseException) -> ProblemResponse:
+    log.error(
+        "http.unhandled_error",
+        path=loggable_path(request.url.path),
+        error_type=type(exc).__name__,
+        exc_info=exc,
+    )
+    return problem(
+        request,
+        500,
+        title="Internal Server Error",
+        detail="Something went wrong on our side. The request id identifies it in our logs.",
+    )
+
+
+class UnhandledErrorMiddleware:
+    """Answer an exception that escaped the routes, and do not re-raise it.
+
+    Starlette's own last resort (ServerErrorMiddleware) re-raises after it has answered, so
+    uvicorn closes the keep-alive connection and a client's next request on it gets nothing.
+    Here a 500 is an ordinary response, and an unreachable database a 503 with Retry-After.
+    It sits inside the request-id middleware, which adds X-Request-ID to the answer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise  # half a response is out: only closing the connection says it failed
+            request = Request(scope, receive)
+            if database_unavailable(exc):
+                response = _database_unavailable(request, exc)
+            else:
+                response = _internal_error(request, exc)
+            await response(scope, receive, send)
+
+
 async def _unhandled(request: Request, exc: Exception) -> ProblemResponse:
     # The traceback goes to the log with the request id; the client learns nothing inside.
     # This handler runs outside every middleware (Starlette's ServerErrorMiddleware), so the
@@ -247,7 +354,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    # The last resort for errors raised outside the routes (in a middleware); the routes' own
+    # go through UnhandledErrorMiddleware, added first so it is the innermost middleware.
     app.add_exception_handler(Exception, _unhandled)
+    app.add_middleware(UnhandledErrorMiddleware)
     framework_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
