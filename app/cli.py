@@ -166,8 +166,18 @@ def sandbox_mailchimp(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point; a configuration the service cannot run with exits 2."""
+    from pydantic import ValidationError
+
+    from app.fieldmap import FieldMapError
+
+    try:
+        cli()
+    except (ValidationError, FieldMapError) as exc:
+        typer.echo(
+            f"audience-sync: refusing to start, the configuration is invalid:\n{exc}", err=True
+        )
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

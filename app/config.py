@@ -14,6 +14,8 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.fieldmap import FieldMap, load_field_map
+
 # Values that ship in examples and must never guard a real deployment.
 PLACEHOLDER_SECRETS = frozenset(
     {"", "changeme", "changethis", "change-me", "secret", "dev", "test"}
@@ -33,6 +35,14 @@ class MailchimpMode(StrEnum):
 
     live = "live"
     sandbox = "sandbox"
+
+
+class ContactKind(StrEnum):
+    """The kinds of contact the CRM holds (SYNC_KINDS chooses which are pushed)."""
+
+    client = "client"
+    lead = "lead"
+    contact = "contact"
 
 
 class Settings(BaseSettings):
@@ -79,6 +89,12 @@ class Settings(BaseSettings):
     MAILCHIMP_MERGE_FIELD_MAP: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     MAILCHIMP_TIMEOUT_SECONDS: float = 30.0
 
+    # --- what syncs ----------------------------------------------------------------------
+    FIELD_MAP: Annotated[FieldMap, NoDecode] = Field(default_factory=FieldMap)
+    SYNC_KINDS: Annotated[frozenset[ContactKind], NoDecode] = Field(
+        default_factory=lambda: frozenset(ContactKind)
+    )
+
     # --- sync engine ---------------------------------------------------------------------
     SYNC_MAX_ATTEMPTS: int = Field(default=5, ge=1)
     SYNC_BACKOFF_BASE_SECONDS: float = Field(default=1.0, gt=0)
@@ -124,6 +140,29 @@ class Settings(BaseSettings):
             pairs = (p.split("=", 1) for p in value.split(",") if "=" in p)
             return {k.strip(): v.strip().upper() for k, v in pairs}
         return value
+
+    @field_validator("FIELD_MAP", mode="before")
+    @classmethod
+    def _parse_field_map(cls, value: Any) -> Any:
+        # JSON inline or a file path; the error names the entry (FieldMapError is a ValueError).
+        return load_field_map(value)
+
+    @field_validator("SYNC_KINDS", mode="before")
+    @classmethod
+    def _parse_kinds(cls, value: Any) -> Any:
+        # "client,lead" or a JSON array; an empty selection would silently sync nothing.
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        kinds = [str(v).strip().lower() for v in value if str(v).strip()]
+        if not kinds:
+            raise ValueError("SYNC_KINDS needs at least one of client, lead, contact")
+        unknown = sorted(set(kinds) - {k.value for k in ContactKind})
+        if unknown:
+            raise ValueError(
+                f"SYNC_KINDS: unknown kind {', '.join(unknown)}; use client, lead, contact"
+            )
+        return frozenset(kinds)
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

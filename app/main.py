@@ -57,6 +57,7 @@ async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> R
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
     """Build the service. `runtime` lets tests share one database across app instances."""
     settings = settings or get_settings()
+    wiring.check_config(settings)
     configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
     outbox.configure(settings.SYNC_COALESCE_SECONDS)
 

@@ -20,6 +20,28 @@ log = structlog.get_logger(__name__)
 SANDBOX_PREFIX = "/_sandbox/mailchimp"
 
 
+# The providers FIELD_MAP may name until each one's package declares its own field rules.
+FIELD_MAP_PROVIDERS = frozenset({"mailchimp", "constantcontact", "activecampaign", "mautic"})
+
+
+def check_config(settings: Settings) -> None:
+    """Refuse to start on a FIELD_MAP a provider cannot use; the message names every entry.
+
+    Settings already checked what holds for every provider (sources, types, shape); this adds
+    each provider's own rules (for Mailchimp: merge-tag syntax, reserved tags).
+    """
+    from app.fieldmap import FieldMapError
+    from app.providers.mailchimp.fields import check_rules, rules_from
+
+    problems = [
+        f"FIELD_MAP: {name!r} is not a provider this service offers"
+        for name in sorted(set(settings.FIELD_MAP.providers) - FIELD_MAP_PROVIDERS)
+    ]
+    problems += check_rules(rules_from(settings.FIELD_MAP, settings.MAILCHIMP_MERGE_FIELD_MAP))
+    if problems:
+        raise FieldMapError("; ".join(problems))
+
+
 def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
     from app.admin.routes import router as admin_router

@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 
+from app.fieldmap import FieldRule
 from app.providers.base import MemberPayload
+from app.providers.mailchimp.fields import DEFAULT_RULES, merge_value
 
 # Statuses under which the member exists at the provider and can be updated.
 PRESENT = frozenset({"subscribed", "unsubscribed", "cleaned", "pending", "transactional"})
@@ -47,11 +49,17 @@ class MirrorOp(StrEnum):
 
 @dataclass(slots=True)
 class MappingConfig:
-    """Operator-level field mapping (DESIGN §5 mapped fields)."""
+    """Operator-level field mapping (DESIGN §5 mapped fields, §14.7) and what syncs at all."""
 
     sync_address: bool = False
     double_opt_in: bool = False
-    custom_map: Mapping[str, str] = field(default_factory=dict)  # custom field -> MERGE TAG
+    fields: tuple[FieldRule, ...] = DEFAULT_RULES  # FIELD_MAP's effective rules, in order
+    # SYNC_KINDS: contacts of other kinds are treated as absent (archived if we pushed them).
+    kinds: frozenset[str] | None = None  # None: every kind
+
+    def syncs(self, contact: Mapping[str, Any]) -> bool:
+        """True when the contact's kind is one that is pushed."""
+        return self.kinds is None or contact.get("kind", "contact") in self.kinds
 
 
 @dataclass(slots=True)
@@ -71,15 +79,16 @@ class Plan:
 
 
 def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, Any]:
-    """FNAME, LNAME, PHONE always; ADDRESS when enabled and complete; mapped custom fields.
+    """The field map's merge tags (FNAME, LNAME, PHONE, COMPANY by default); ADDRESS when
+    enabled and complete.
 
     Empty values are omitted, never sent as null: Mailchimp refuses null merge values.
     """
     out: dict[str, Any] = {}
-    for tag, column in (("FNAME", "first_name"), ("LNAME", "last_name"), ("PHONE", "phone")):
-        value = contact.get(column)
-        if value:
-            out[tag] = value
+    for rule in cfg.fields:
+        value = merge_value(rule, contact)
+        if value is not None:
+            out[rule.field] = value
     if cfg.sync_address and all(contact.get(c) for c in ADDRESS_REQUIRED):
         address = {
             "addr1": contact["addr1"],
@@ -90,14 +99,6 @@ def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, An
             "country": contact.get("country") or "",
         }
         out["ADDRESS"] = address
-    custom = contact.get("custom_fields") or {}
-    for name, tag in cfg.custom_map.items():
-        value = custom.get(name)
-        if value is None or value == "":
-            continue
-        if isinstance(value, bool):
-            value = "yes" if value else "no"
-        out[tag] = value
     return out
 
 
@@ -134,6 +135,9 @@ def plan_key(
     """Decide what the provider must be told about `key` (DESIGN §5's table)."""
     if forget:
         return Plan(key, Action.forget, contact=contact, mirror=mirror, target_email=key)
+    if contact is not None and not cfg.syncs(contact):
+        # A kind SYNC_KINDS leaves out: what we pushed goes as after a local delete.
+        contact = None
     if contact is None:
         pushed = mirror is not None and mirror.get("pushed_digest") is not None
         if pushed and mirror is not None and mirror.get("remote_status") in PRESENT:

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.config import Settings
+from app.config import ContactKind, Settings
 from app.connections.crypto import decrypt_credentials
 from app.connections.notices import REASON_AUDIENCE, REASON_CREDENTIALS, REASON_UNAVAILABLE
 from app.db import to_libpq_url
@@ -42,6 +42,7 @@ from app.providers.base import (
     TransientError,
 )
 from app.providers.mailchimp.client import MailchimpClient, check_live_endpoint, subscriber_hash
+from app.providers.mailchimp.fields import rules_from as mailchimp_rules
 from app.sync.backoff import Backoff
 from app.sync.desired import (
     Action,
@@ -145,7 +146,10 @@ class EngineOptions:
             mapping=MappingConfig(
                 sync_address=settings.MAILCHIMP_SYNC_ADDRESS,
                 double_opt_in=settings.MAILCHIMP_DOUBLE_OPT_IN,
-                custom_map=dict(settings.MAILCHIMP_MERGE_FIELD_MAP),
+                fields=mailchimp_rules(settings.FIELD_MAP, settings.MAILCHIMP_MERGE_FIELD_MAP),
+                kinds=None
+                if set(ContactKind) <= settings.SYNC_KINDS
+                else frozenset(k.value for k in settings.SYNC_KINDS),
             ),
             sandbox=settings.is_sandbox,
             throttle_cooldown=settings.SYNC_THROTTLE_COOLDOWN_SECONDS,
@@ -518,6 +522,8 @@ class SyncEngine:
             new_key = contact["email_key"] if contact is not None else None
             if contact is None or not new_key or new_key == row.email_key:
                 continue
+            if not cfg.syncs(contact):
+                continue  # a kind SYNC_KINDS leaves out: the old key is archived, not moved
             target = claimed.get(new_key)
             if target is None or target.forget or new_key in handled:
                 continue

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app import metrics
 from app.config import Settings
 from app.connections.webhook_registration import ensure_webhook, webhook_url
+from app.contacts.models import CONTACT_KINDS
 from app.providers.base import (
     AudienceMissing,
     AuthError,
@@ -199,8 +200,8 @@ _WEBHOOK = text(
 )
 _CONTACTS = text(
     """
-    SELECT id, email, email_key, first_name, last_name, phone, addr1, addr2, city, state, zip,
-        country, custom_fields
+    SELECT id, kind, email, email_key, first_name, last_name, company, phone, addr1, addr2,
+        city, state, zip, country, referral, custom_fields
     FROM contacts WHERE owner_id = :owner AND email_key = ANY(CAST(:keys AS text[]))
     """
 )
@@ -243,8 +244,9 @@ _PLAN = text(
             c.newsletter_opt_in AS opt_in, c.email_status,
             (c.newsletter_opt_in AND c.email_status = 'ok') AS consent,
             c.newsletter_changed_at AS consent_at, c.newsletter_unsubscribed_at AS opted_out_at,
+            c.kind = ANY(CAST(:kinds AS text[])) AS in_scope,
             m.remote_status AS mirror_status, m.remote_changed_at AS mirror_changed_at,
-            m.last_synced_at AS mirror_synced_at
+            m.last_synced_at AS mirror_synced_at, m.pushed_digest IS NOT NULL AS ours
         FROM reconcile_members s
         LEFT JOIN contacts c ON c.owner_id = :owner AND c.email_key = s.email_key
         LEFT JOIN sync_state m ON m.connection_id = :conn AND m.email_key = s.email_key
@@ -254,6 +256,12 @@ _PLAN = text(
             CASE
                 WHEN contact_id IS NULL THEN 'remote_only'
                 WHEN mirror_synced_at > :started OR consent_at > :started THEN 'skipped'
+                -- A kind SYNC_KINDS leaves out: the member we pushed is queued (the worker
+                -- archives it, as after a local delete); the person's own unsubscribe or
+                -- bounce still becomes the CRM's consent, below.
+                WHEN NOT in_scope AND status NOT IN ('unsubscribed', 'cleaned') THEN
+                    CASE WHEN ours AND status IN ('subscribed', 'pending', 'transactional')
+                         THEN 'kind_removed' ELSE 'kind_excluded' END
                 WHEN status IN ('unsubscribed', 'cleaned') THEN
                     CASE WHEN status = 'unsubscribed' AND consent
                               AND mirror_status = 'unsubscribed'
@@ -277,7 +285,7 @@ _PLAN = text(
         category IN ('consenting', 'subscribe_import', 'unsubscribe_push', 'unsubscribed',
                      'cleaned') AS mirror_write,
         (category IN ('consenting', 'subscribe_import', 'unsubscribed') AND NOT matches)
-            OR category IN ('unsubscribe_push', 'reoptin') AS enqueue,
+            OR category IN ('unsubscribe_push', 'reoptin', 'kind_removed') AS enqueue,
         CASE category
             WHEN 'unsubscribed' THEN opt_in
             WHEN 'cleaned' THEN opt_in OR email_status = 'ok'
@@ -291,6 +299,7 @@ _PLAN = text(
     FROM contacts c
     WHERE c.owner_id = :owner AND c.email_key IS NOT NULL
       AND c.newsletter_opt_in AND c.email_status = 'ok'
+      AND c.kind = ANY(CAST(:kinds AS text[]))
       AND NOT EXISTS (SELECT 1 FROM reconcile_members s
                       WHERE s.run_id = :run AND s.email_key = c.email_key)
     """
@@ -311,6 +320,8 @@ _COUNTS = text(
         count(*) FILTER (WHERE category = 'unsubscribe_push') AS unsubscribes_pushed,
         count(*) FILTER (WHERE category = 'reoptin') AS reoptins_pushed,
         count(*) FILTER (WHERE category = 'conflict') AS consent_conflicts,
+        count(*) FILTER (WHERE category = 'kind_removed') AS kind_removed,
+        count(*) FILTER (WHERE category = 'kind_excluded') AS kind_excluded,
         count(*) FILTER (WHERE category = 'skipped') AS skipped_changed_meanwhile,
         count(*) FILTER (WHERE category IN ('unsubscribed', 'cleaned')) AS remote_opted_out
     FROM reconcile_plan
@@ -451,10 +462,9 @@ def comparable(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 def mapped_tags(cfg: MappingConfig) -> list[str]:
     """Every merge tag the service writes."""
-    tags = ["FNAME", "LNAME", "PHONE"]
-    if cfg.sync_address:
+    tags = [r.field for r in cfg.fields]
+    if cfg.sync_address and "ADDRESS" not in tags:
         tags.append("ADDRESS")
-    tags += [t for t in cfg.custom_map.values() if t not in tags]
     return tags
 
 
@@ -476,7 +486,7 @@ def stage_records(
         contact = contacts.get(key)
         digest: str | None = None
         equal = False
-        if contact is not None:
+        if contact is not None and cfg.syncs(contact):
             fields = merge_fields(contact, cfg)
             digest = digest_of(contact["email"], fields)
             remote = remote_fields(m.merge_fields, tags)
@@ -575,7 +585,7 @@ class Reconciler:
             if not run.dry_run:
                 await self._ensure_webhook(engine, ctx, run)
             pages = await self._stage_all(engine, ctx, run)
-            counts = await self._apply(engine.db, engine.me, run, ctx)
+            counts = await self._apply(engine.db, engine.me, run, ctx, engine.options.mapping)
             log.info(
                 "sync.reconcile.done",
                 run=str(run.id),
@@ -767,7 +777,7 @@ class Reconciler:
         return added
 
     async def _apply(
-        self, db: AsyncEngine, me: str, run: Run, ctx: ConnectionContext
+        self, db: AsyncEngine, me: str, run: Run, ctx: ConnectionContext, cfg: MappingConfig
     ) -> dict[str, int]:
         """Diff staging against contacts and the mirror; write (unless dry); finish the run."""
         params = {
@@ -775,6 +785,7 @@ class Reconciler:
             "conn": run.connection_id,
             "owner": ctx.owner_id,
             "started": run.started_at,
+            "kinds": sorted(cfg.kinds if cfg.kinds is not None else CONTACT_KINDS),
         }
         async with db.begin() as conn:
             if (await conn.execute(_LOCK_RUN, {"id": run.id, "me": me})).first() is None:

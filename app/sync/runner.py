@@ -13,6 +13,7 @@ from app.config import Settings
 from app.logging import configure_logging
 from app.sync import outbox
 from app.sync.engine import SyncEngine
+from app.wiring import check_config
 
 if TYPE_CHECKING:
     from app.main import Runtime
@@ -68,6 +69,7 @@ async def _main(settings: Settings) -> None:
 
 def run_worker_process(settings: Settings) -> None:
     """`audience-sync worker`: the worker alone until SIGTERM/SIGINT."""
+    check_config(settings)
     configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
     outbox.configure(settings.SYNC_COALESCE_SECONDS)
     try:

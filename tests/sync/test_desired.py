@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from app.fieldmap import load_field_map
+from app.providers.mailchimp.fields import rules_from as mailchimp_rules
 from app.sync.desired import (
     Action,
     MappingConfig,
@@ -211,12 +213,92 @@ class TestMapping:
         assert "ADDRESS" not in merge_fields(contact(addr1="1 Main", city="X"), on)
 
     def test_custom_fields_through_the_operator_map(self) -> None:
-        cfg = MappingConfig(custom_map={"company": "COMPANY", "vip": "VIP"})
-        c = contact(custom_fields={"company": "ACME", "vip": True, "secret": "no"})
-        fields = merge_fields(c, cfg)
-        assert fields["COMPANY"] == "ACME"
-        assert fields["VIP"] == "yes"
-        assert "secret" not in str(fields)
+        field_map = load_field_map(
+            {
+                "mailchimp": {
+                    "custom_fields.vip": "vip",
+                    "custom_fields.score": {"field": "SCORE", "type": "number"},
+                    "custom_fields.renews": {"field": "RENEWS", "type": "date"},
+                    "custom_fields.langs": {"field": "LANGS", "type": "list"},
+                    "phone": None,
+                }
+            }
+        )
+        cfg = MappingConfig(fields=mailchimp_rules(field_map))
+        c = contact(
+            phone="123",
+            company="ACME",
+            custom_fields={
+                "vip": True,
+                "score": "42",
+                "renews": "2027-01-31T10:00:00Z",
+                "langs": "en; fr;",
+                "secret": "no",
+            },
+        )
+        assert merge_fields(c, cfg) == {
+            "FNAME": "Ada",
+            "LNAME": "Lovelace",
+            "COMPANY": "ACME",
+            "VIP": "yes",
+            "SCORE": 42,
+            "RENEWS": "2027-01-31",
+            "LANGS": "en, fr",
+        }
+        # A value that is not of the field's type is left out, not sent to be refused.
+        bad = contact(custom_fields={"score": "lots", "renews": "soon"})
+        assert merge_fields(bad, cfg) == {"FNAME": "Ada", "LNAME": "Lovelace"}
+
+    def test_company_is_mapped_by_default_and_changes_the_digest(self) -> None:
+        before = contact(company="ACME")
+        after = contact(company="ACME Holdings")
+        assert merge_fields(before, CFG)["COMPANY"] == "ACME"
+        assert digest_of(before["email"], merge_fields(before, CFG)) != digest_of(
+            after["email"], merge_fields(after, CFG)
+        )
+        # No company, no COMPANY: contacts pushed before the field existed keep their digest.
+        assert "COMPANY" not in merge_fields(contact(), CFG)
+
+    def test_legacy_merge_field_map_still_applies(self) -> None:
+        rules = mailchimp_rules(load_field_map(None), {"plan": "plan"})
+        assert (
+            merge_fields(contact(custom_fields={"plan": "pro"}), MappingConfig(fields=rules))[
+                "PLAN"
+            ]
+            == "pro"
+        )
+
+
+class TestSyncKinds:
+    """A kind SYNC_KINDS leaves out is planned as if the contact were gone."""
+
+    LEADS_ONLY = MappingConfig(kinds=frozenset({"lead"}))
+
+    def test_pushed_member_of_a_dropped_kind_is_archived(self) -> None:
+        c = contact(kind="client")
+        p = plan(c, mirror_for(c), cfg=self.LEADS_ONLY)
+        assert p.action is Action.archive
+        assert p.target_email == c["email"]
+
+    def test_never_pushed_contact_of_a_dropped_kind_is_not_created(self) -> None:
+        p = plan(contact(kind="client"), None, cfg=self.LEADS_ONLY)
+        assert p.action is Action.noop
+
+    def test_a_kind_still_synced_is_planned_as_usual(self) -> None:
+        assert plan(contact(kind="lead"), None, cfg=self.LEADS_ONLY).action is Action.upsert
+        assert plan(contact(kind="client"), None).action is Action.upsert  # default: all kinds
+
+    def test_forget_still_erases_whatever_the_kind(self) -> None:
+        c = contact(kind="client")
+        p = plan_key(
+            c["email"],
+            contact=c,
+            mirror=mirror_for(c),
+            tombstoned=False,
+            forget=True,
+            cfg=self.LEADS_ONLY,
+        )
+        assert p.action is Action.forget
 
 
 class TestTags:
