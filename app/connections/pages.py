@@ -31,8 +31,13 @@ def _origin(url: str) -> str | None:
 
 
 def app_origins(settings: Settings) -> list[str]:
-    """The SPA's origins: the only windows the outcome is posted to (never "*")."""
+    """The SPA's origins: the only windows the outcome is posted to (never "*").
+
+    The service's own origin is one of them: its console at `/` opens the popup too."""
     origins = [o for o in (_origin(u) for u in settings.CORS_ORIGINS) if o]
+    own_console = _origin(settings.PUBLIC_BASE_URL)
+    if own_console and own_console not in origins:
+        origins.append(own_console)
     if settings.APP_SETTINGS_URL:
         own = _origin(settings.APP_SETTINGS_URL)
         if own and own not in origins:

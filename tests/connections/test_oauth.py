@@ -69,8 +69,8 @@ class TestConnectFlow:
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
         assert "Connected to Sandbox Audience" in page.text
-        # The outcome goes to the SPA's origin only, never to "*".
-        assert f'["{SPA_ORIGIN}"]' in page.text
+        # The outcome goes to the SPA's origin and the service's own console, never to "*".
+        assert f'["{SPA_ORIGIN}","{service.url}"]' in page.text
         assert "postMessage(outcome, origins[i])" in page.text
         assert '"*"' not in page.text
         assert page.headers["cache-control"] == "no-store"
