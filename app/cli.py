@@ -23,7 +23,9 @@ DEMO_OWNER = "demo"
 
 def _banner(url: str, token: str, owner: str) -> str:
     return f"""
-  Audience Sync is up on {url}
+  Audience Sync is up: open the console at {url}/
+    (in a browser on this machine it offers the demo owner's token; or paste the one below)
+
     API docs     {url}/docs
     Demo owner   {owner}
     Bearer token {token}

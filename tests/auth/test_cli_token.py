@@ -82,5 +82,8 @@ def test_serve_prints_a_demo_token_only_in_development(
     banner = getattr(app.state, "banner", None)
     assert (banner is not None) is prints_token
     if banner:
+        # The console comes first: it is where a newcomer starts.
+        first = next(line for line in banner.splitlines() if line.strip())
+        assert first.strip() == "Audience Sync is up: open the console at http://127.0.0.1:8123/"
         assert "http://127.0.0.1:8123/docs" in banner
         assert "Bearer token ey" in banner
