@@ -46,13 +46,17 @@ def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
     from app.admin.routes import router as admin_router
     from app.connections.routes import router as connections_router
+    from app.console.routes import router as console_router
     from app.webhooks.routes import router as webhooks_router
 
-    return [connections_router, webhooks_router, admin_router]
+    return [connections_router, webhooks_router, admin_router, console_router]
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    """Sub-applications: the Mailchimp sandbox in sandbox mode."""
+    """Sub-applications: the console's files; the Mailchimp sandbox in sandbox mode."""
+    from app.console.routes import mount as mount_console
+
+    mount_console(app)
     if not settings.is_sandbox:
         return
     try:

@@ -1,0 +1,1 @@
+"""The web console: serving, and browser tests in Chromium."""
