@@ -102,6 +102,12 @@ color:#222}}</style></head>
   var outcome = {payload};
   var origins = {origins};
   if (window.opener && !window.opener.closed) {{
+    // A same-origin opener (the console at /) can be named: post to it alone, not to every
+    // allowed origin (each mismatch is a warning in the popup's console).
+    try {{
+      var own = window.opener.location.origin;
+      if (origins.indexOf(own) >= 0) {{ origins = [own]; }}
+    }} catch (e) {{}}
     for (var i = 0; i < origins.length; i++) {{
       try {{ window.opener.postMessage(outcome, origins[i]); }} catch (e) {{}}
     }}
