@@ -442,6 +442,7 @@ const FORM_FIELDS = [
   { name: "email", label: "Email", type: "email", autocomplete: "email" },
   { name: "first_name", label: "First name", autocomplete: "given-name" },
   { name: "last_name", label: "Last name", autocomplete: "family-name" },
+  { name: "company", label: "Company", autocomplete: "organization" },
   { name: "phone", label: "Phone", type: "tel", autocomplete: "tel" },
   { name: "kind", label: "Kind", options: KINDS },
   { name: "tags", label: "Tags (separated by commas)" },
