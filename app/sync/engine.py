@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import random
 import time
 import uuid
 from collections import defaultdict
@@ -54,6 +55,7 @@ from app.sync.desired import (
     plan_move,
     tag_diff,
 )
+from app.sync.limits import LimitPaused
 from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 from app.sync.outbox import NOTIFY_CHANNEL
 from app.sync.queue import Claimed, GroupData, Outcome, QueueRepository
@@ -70,6 +72,8 @@ T = TypeVar("T")
 
 PROVIDER = "mailchimp"
 STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
+LONE_THROTTLE_RETRIES = 2  # in-place retries of a request after a lone throttle
+LONE_THROTTLE_DEFER = 0.25  # seconds a row waits when its request stayed throttled
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
 
 
@@ -593,9 +597,17 @@ class SyncEngine:
             return await run(ctx, plans)
         except Halt:
             return {k: Outcome(k, "release") for p in plans for k in _keys(p)}
+        except LimitPaused as exc:  # a spent quota: the rows wait for its reset, unburnt
+            delay = exc.retry_after or 60.0
+            ctx.last_error = exc.message[:500]
+            return {
+                k: Outcome(k, "defer", delay=delay, error=exc.message)
+                for p in plans
+                for k in _keys(p)
+            }
         except ThrottledError as exc:
             gate = self.slots.gate(ctx.account_key)
-            delay = max(0.5, gate.cooldown_until - time.monotonic())
+            delay = max(LONE_THROTTLE_DEFER, gate.cooldown_until - time.monotonic())
             return {
                 k: Outcome(k, "defer", delay=delay, error=exc.message)
                 for p in plans
@@ -652,28 +664,44 @@ class SyncEngine:
             # Our row leases might lapse mid-request: another worker could then send a newer
             # state before ours lands. Give the rows back instead.
             raise Halt("row lease at risk")
-        try:
-            result = await fn()
-        except ThrottledError as exc:
-            pause = gate.throttled(exc.retry_after)
-            await self._cooldown(ctx, pause)
-            raise
-        except TransientError as exc:
-            ctx.failure_streak += 1
-            if ctx.failure_streak >= self.options.pause_after_failures and not ctx.halted:
-                ctx.halted = "paused"
-                await self._set_status(
-                    ctx.id, "paused", REASON_UNAVAILABLE, exc.message, probe=True
-                )
-            raise
-        except AuthError as exc:
-            ctx.halted = "error"
-            await self._set_status(ctx.id, "error", REASON_CREDENTIALS, exc.message)
-            raise
-        except AudienceMissing as exc:
-            ctx.halted = "error"
-            await self._set_status(ctx.id, "error", REASON_AUDIENCE, exc.message)
-            raise
+        lone = 0
+        while True:
+            try:
+                result = await fn()
+                break
+            except LimitPaused:
+                raise  # our own limiter's pause (a quota): the account is not over its limit
+            except ThrottledError as exc:
+                pause = gate.throttled(exc.retry_after)
+                if pause > 0:
+                    await self._cooldown(ctx, pause)
+                    raise
+                lone += 1
+                if lone > LONE_THROTTLE_RETRIES:
+                    raise
+            except TransientError as exc:
+                ctx.failure_streak += 1
+                if ctx.failure_streak >= self.options.pause_after_failures and not ctx.halted:
+                    ctx.halted = "paused"
+                    await self._set_status(
+                        ctx.id, "paused", REASON_UNAVAILABLE, exc.message, probe=True
+                    )
+                raise
+            except AuthError as exc:
+                ctx.halted = "error"
+                await self._set_status(ctx.id, "error", REASON_CREDENTIALS, exc.message)
+                raise
+            except AudienceMissing as exc:
+                ctx.halted = "error"
+                await self._set_status(ctx.id, "error", REASON_AUDIENCE, exc.message)
+                raise
+            # A lone throttle (no burst, no Retry-After) costs this request a short, jittered
+            # wait and a retry; nobody else waits.
+            await asyncio.sleep(random.uniform(0.05, 0.25))
+            if ctx.halted:
+                raise Halt(ctx.halted)
+            if time.monotonic() + margin > self._row_lease_deadline:
+                raise Halt("row lease at risk")
         ctx.failure_streak = 0
         gate.succeeded()
         return result

@@ -65,6 +65,8 @@ _HOLDERS = text("SELECT DISTINCT holder FROM provider_slots WHERE holder IS NOT 
 
 
 RESTORE_AFTER = 3  # successes that give one request of concurrency back after a throttle
+BURST_WINDOW = 1.0  # seconds of answers a throttle is judged against
+BURST_MIN = 3  # throttles in the window, and at least as many as successes, make a burst
 
 
 class SlotsUnavailable(Exception):
@@ -117,6 +119,9 @@ class AccountGate:
     cooldown_base: float = 0.5
     successes: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    # Recent answers (time, throttled?): a burst of throttles is told from a lone one by them.
+    _answers: deque[tuple[float, bool]] = field(default_factory=deque)
+    _throttles: int = 0
     wants_slots: asyncio.Event | None = None
     _live: deque[_Waiter] = field(default_factory=deque)
     _bulk: deque[_Waiter] = field(default_factory=deque)
@@ -215,16 +220,33 @@ class AccountGate:
                 self.in_flight += 1
                 waiter.future.set_result(None)
 
-    def throttled(self, retry_after: float | None) -> float:
-        """Cool the account down and cut its concurrency by a quarter; returns the pause.
+    def _answer(self, now: float, throttled: bool) -> None:
+        self._answers.append((now, throttled))
+        self._throttles += throttled
+        while self._answers and self._answers[0][0] < now - BURST_WINDOW:
+            _, old = self._answers.popleft()
+            self._throttles -= old
 
-        One 429 in a busy drain is usually a neighbour's burst, not a signal to crawl: the
+    def in_burst(self) -> bool:
+        """True when the last second's answers say the account is over its limit: at least
+        BURST_MIN throttles, and no fewer than the successes."""
+        t = self._throttles
+        return t >= BURST_MIN and 2 * t >= len(self._answers)
+
+    def throttled(self, retry_after: float | None) -> float:
+        """Judge a throttle; returns the account's pause (0: a lone one, retry the request).
+
+        A lone 429 among successes is noise (a neighbour's burst, a provider blip): it costs
+        that request a retry, not the account a pause. A burst, or a Retry-After, means the
+        account is over its limit: cool it down and cut concurrency by a quarter (AIMD). The
         pause starts short and doubles only when throttling resumes right after a cool-down
-        with no success between, and the limit drops by a quarter (AIMD). Throttles answered
-        while a cool-down runs come from requests sent before it began: the same burst, so
-        they neither lengthen it nor cut concurrency again.
+        with no success between. Throttles answered while a cool-down runs come from requests
+        sent before it began: the same burst, so they neither lengthen it nor cut again.
         """
         now = time.monotonic()
+        self._answer(now, True)
+        if now >= self.cooldown_until and not retry_after and not self.in_burst():
+            return 0.0
         if now >= self.cooldown_until:
             self.cooldown_step = min(30.0, max(self.cooldown_base, self.cooldown_step * 2))
             self.cooldown_until = now + self.cooldown_step
@@ -236,6 +258,7 @@ class AccountGate:
 
     def succeeded(self) -> None:
         """A success ends the cool-down escalation; a run of them gives concurrency back."""
+        self._answer(time.monotonic(), False)
         self.cooldown_step = 0.0
         self.successes += 1
         if self.limit < self.cap and self.successes >= RESTORE_AFTER:

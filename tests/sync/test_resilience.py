@@ -228,6 +228,33 @@ async def test_thirty_percent_faults_converge_exactly(
     assert {r["status"] for r in log} >= {200, 503, 429}  # the faults really happened
 
 
+async def test_lone_throttles_cost_a_retry_not_an_account_pause(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    # Scattered 429s among successes (the account is not over its limit): each costs its own
+    # request a retry; the account is never cooled down and its concurrency never cut.
+    await sandbox.configure(seed=11, fault_rates={"429": 0.15})
+    await seed_contacts(runtime, connection["id"], 200)
+    engine = make_engine(SYNC_BATCH_THRESHOLD=100000)
+    async with running(engine):
+        await wait_for(lambda: queue_empty(runtime), within=120)
+    await sandbox.configure(fault_rates={"429": 0})
+    await assert_mirrors_database(runtime, sandbox, OWNER)
+    log = (await sandbox.http.get("/_control/requests")).json()["requests"]
+    writes = [r for r in log if "/members/" in r["path"]]
+    throttled = sum(1 for r in writes if r["status"] == 429)
+    assert throttled >= 10  # the faults really happened
+    # One retry per 429 and nothing more: every member written once plus the retries.
+    assert len(writes) == 200 + throttled
+    rows = await fetch(runtime, "SELECT cooldown_until FROM connections")
+    assert rows == [{"cooldown_until": None}]
+    gate = engine.slots.gate(connection["account_key"])
+    assert gate.limit == engine.options.max_concurrency
+
+
 async def test_outage_pauses_with_notice_and_resumes_by_itself(
     runtime: Runtime,
     sandbox: Sandbox,

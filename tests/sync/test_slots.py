@@ -9,6 +9,7 @@ import pytest
 
 from app.main import Runtime
 from app.sync.slots import (
+    BURST_MIN,
     RESTORE_AFTER,
     SlotManager,
     SlotsUnavailable,
@@ -95,8 +96,22 @@ async def test_throttle_cuts_concurrency_and_cools_down(runtime: Runtime) -> Non
     def cooled_down() -> None:  # as if the cool-down's time had passed
         gate.cooldown_until = 0.0
 
+    # Lone 429s among successes cost the account nothing: no pause, no cut.
+    for _ in range(3):
+        for _ in range(4):
+            gate.succeeded()
+        assert gate.throttled(retry_after=None) == 0.0
+    assert (gate.limit, gate.cooldown_until) == (8, 0.0)
+    assert not gate.in_burst()
+    gate._answers.clear()  # a second later: the successes are out of the window
+    gate._throttles = 0
+    # A burst (BURST_MIN throttles, at least as many as successes) is the account over its
+    # limit: the third in a row starts the cool-down.
+    for _ in range(BURST_MIN - 1):
+        assert gate.throttled(retry_after=None) == 0.0
     assert gate.throttled(retry_after=None) == pytest.approx(base, abs=0.01)
-    assert gate.limit == 6  # a quarter off, not half: one 429 is not a reason to crawl
+    assert gate.in_burst()
+    assert gate.limit == 6  # a quarter off, not half: one burst is not a reason to crawl
     assert gate.allowed(gate.cooldown_until - 0.1, margin=0) == 0
     # More 429s of the same burst (sent before the cool-down began) change nothing.
     assert gate.throttled(retry_after=None) <= base
