@@ -216,6 +216,12 @@ class SyncEngine:
         self._bg: list[asyncio.Task[Any]] = []
         self._starved_until: dict[str, float] = {}
         self._spawned: set[asyncio.Task[Any]] = set()
+        # Rows a group of this worker is still working on: the only ones the lease keeper
+        # renews. Rows whose completion (and its release) failed, say while the database was
+        # down, are orphans: given back as soon as the database answers, never renewed.
+        self._held: set[tuple[uuid.UUID, str]] = set()
+        self._orphans: dict[tuple[uuid.UUID, str], Claimed] = {}
+        self._orphaned = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -366,18 +372,22 @@ class SyncEngine:
                 )
         if not claimed:
             return False
+        self._held.update((row.connection_id, row.email_key) for row in claimed)
         self._row_lease_deadline = max(
             self._row_lease_deadline, time.monotonic() + self.options.lease_seconds
         )
         groups: dict[tuple[uuid.UUID, int], list[Claimed]] = defaultdict(list)
         for row in claimed:
             groups[(row.connection_id, min(row.priority, PRIORITY_BULK))].append(row)
-        contexts = await self._contexts(list({conn_id for conn_id, _ in groups}))
+        try:
+            contexts = await self._contexts(list({conn_id for conn_id, _ in groups}))
+        except Exception:
+            await self._let_go(claimed)  # the database went away between claim and start
+            raise
         for (conn_id, priority), rows in groups.items():
             ctx = contexts.get(conn_id)
             if ctx is None:
-                async with self.db.begin() as conn:
-                    await QueueRepository(conn).release(me=self.me, rows=rows)
+                await self._let_go(rows)
                 continue
             self._outstanding[ctx.account_key] += len(rows)
             task = asyncio.create_task(self._process(ctx, rows, priority))
@@ -485,13 +495,32 @@ class SyncEngine:
             self._count(outcomes)
         except Exception as exc:
             log.exception("sync.group_failed", connection=str(ctx.id), error=repr(exc))
-            with contextlib.suppress(Exception):
-                async with self.db.begin() as conn:
-                    await QueueRepository(conn).release(me=self.me, rows=rows)
+            await self._let_go(rows)
         finally:
+            self._held.difference_update((r.connection_id, r.email_key) for r in rows)
             self._outstanding[ctx.account_key] -= len(rows)
             if self._outstanding[ctx.account_key] <= 0:
                 del self._outstanding[ctx.account_key]
+
+    async def _let_go(self, rows: Sequence[Claimed]) -> None:
+        """Release rows untouched; when that fails too, the lease keeper retries it soon."""
+        self._held.difference_update((r.connection_id, r.email_key) for r in rows)
+        try:
+            async with self.db.begin() as conn:
+                await QueueRepository(conn).release(me=self.me, rows=rows)
+        except Exception as exc:
+            log.warning("sync.release_failed", rows=len(rows), error=repr(exc))
+            self._orphans.update(((r.connection_id, r.email_key), r) for r in rows)
+            self._orphaned.set()
+
+    async def _release_orphans(self) -> None:
+        orphans = [r for k, r in self._orphans.items() if k not in self._held]
+        async with self.db.begin() as conn:
+            await QueueRepository(conn).release(me=self.me, rows=orphans)
+        for r in orphans:
+            self._orphans.pop((r.connection_id, r.email_key), None)
+        log.info("sync.orphans_released", rows=len(orphans))
+        self._wake.set()  # claim them again now
 
     @staticmethod
     def _count(outcomes: dict[str, Outcome]) -> None:
@@ -993,22 +1022,38 @@ class SyncEngine:
                         await conn.close(timeout=2)
 
     async def _lease_keeper(self) -> None:
-        """Extend this worker's row leases while it works on them."""
+        """Extend the leases of the rows this worker's groups still work on; give orphans back.
+
+        Renewing every row leased by this worker would keep an orphan (a row whose completion
+        failed) leased for as long as the worker stays busy: nobody sends it meanwhile.
+        """
         every = max(1.0, self.options.lease_seconds / 3)
+        last_renewal = time.monotonic()
         while not self._bg_stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._bg_stop.wait(), timeout=every)
-            if not self._groups:
+            # Orphans are retried every second: sending resumes as soon as the database is back.
+            wait = 1.0 if self._orphans else max(0.0, last_renewal + every - time.monotonic())
+            self._orphaned.clear()
+            stop = asyncio.ensure_future(self._bg_stop.wait())
+            orphaned = asyncio.ensure_future(self._orphaned.wait())
+            await asyncio.wait({stop, orphaned}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            orphaned.cancel()
+            if self._orphans:
+                try:
+                    await self._release_orphans()
+                except Exception as exc:
+                    log.warning("sync.release_failed", rows=len(self._orphans), error=repr(exc))
+            if time.monotonic() - last_renewal < every:
+                continue
+            last_renewal = time.monotonic()
+            held = list(self._held)
+            if not held:
                 continue
             try:
                 start = time.monotonic()
                 async with self.db.begin() as conn:
-                    await conn.execute(
-                        text(
-                            "UPDATE sync_queue SET lease_until = now() + make_interval(secs => :l)"
-                            " WHERE leased_by = :me"
-                        ),
-                        {"l": self.options.lease_seconds, "me": self.me},
+                    await QueueRepository(conn).renew(
+                        me=self.me, held=held, lease_seconds=self.options.lease_seconds
                     )
                 self._row_lease_deadline = start + self.options.lease_seconds
             except Exception as exc:

@@ -79,11 +79,22 @@ _NEXT_DUE = text(
     """
 )
 
+# Pairs, not two ANY lists: a cross product could release another group's row.
 _RELEASE = text(
     """
-    UPDATE sync_queue SET lease_until = NULL, leased_by = NULL
-    WHERE leased_by = :me AND connection_id = ANY(CAST(:conns AS uuid[]))
-      AND email_key = ANY(CAST(:keys AS text[]))
+    UPDATE sync_queue q SET lease_until = NULL, leased_by = NULL
+    FROM unnest(CAST(:conns AS uuid[]), CAST(:keys AS text[])) AS r(connection_id, email_key)
+    WHERE q.leased_by = :me AND q.connection_id = r.connection_id
+      AND q.email_key = r.email_key
+    """
+)
+
+_RENEW = text(
+    """
+    UPDATE sync_queue q SET lease_until = now() + make_interval(secs => :lease)
+    FROM unnest(CAST(:conns AS uuid[]), CAST(:keys AS text[])) AS h(connection_id, email_key)
+    WHERE q.leased_by = :me AND q.connection_id = h.connection_id
+      AND q.email_key = h.email_key
     """
 )
 
@@ -287,6 +298,20 @@ class QueueRepository:
                 },
             )
 
+    async def renew(
+        self, *, me: str, held: Sequence[tuple[uuid.UUID, str]], lease_seconds: float
+    ) -> None:
+        """Extend the leases of these (connection, key) rows, and only these."""
+        await self.conn.execute(
+            _RENEW,
+            {
+                "me": me,
+                "lease": lease_seconds,
+                "conns": [str(c) for c, _ in held],
+                "keys": [k for _, k in held],
+            },
+        )
+
     async def release_all(self, *, me: str) -> None:
         """Give back every lease this worker holds (shutdown)."""
         await self.conn.execute(_RELEASE_ALL, {"me": me})
@@ -394,7 +419,11 @@ class QueueRepository:
             # idle. Release what is still ours; the writer already re-armed it.
             await self.conn.execute(
                 _RELEASE,
-                {"me": me, "conns": [str(connection_id)], "keys": [r["email_key"] for r in rows]},
+                {
+                    "me": me,
+                    "conns": [str(connection_id)] * len(rows),
+                    "keys": [r["email_key"] for r in rows],
+                },
             )
         if any(o.synced for o in outcomes.values()):
             await self.conn.execute(_CONNECTION_SYNCED, {"conn": connection_id})
