@@ -167,6 +167,32 @@ def sandbox_mailchimp(
     )
 
 
+@sandbox_cli.command("mautic")
+def sandbox_mautic(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8026,
+    basic_auth: Annotated[
+        bool, typer.Option(help="Enable HTTP Basic auth (Mautic's api_enable_basic_auth).")
+    ] = False,
+    queue_mode: Annotated[
+        bool, typer.Option(help="Queue webhooks (command_process) instead of sending at once.")
+    ] = False,
+    token_lifetime: Annotated[
+        float | None, typer.Option(help="Access-token lifetime in seconds (default 3600).")
+    ] = None,
+) -> None:
+    """Serve the Mautic sandbox alone."""
+    from app.sandbox.mautic.cli import serve_sandbox
+
+    serve_sandbox(
+        host=host,
+        port=port,
+        basic_auth=basic_auth,
+        queue_mode=queue_mode,
+        token_lifetime=token_lifetime,
+    )
+
+
 def main() -> None:
     """Console-script entry point; a configuration the service cannot run with exits 2."""
     from pydantic import ValidationError

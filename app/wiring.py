@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 SANDBOX_PREFIX = "/_sandbox/mailchimp"
+MAUTIC_SANDBOX_PREFIX = "/_sandbox/mautic"
 
 
 # The providers FIELD_MAP may name until each one's package declares its own field rules.
@@ -53,12 +54,17 @@ def routers(settings: Settings) -> list[APIRouter]:
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    """Sub-applications: the console's files; the Mailchimp sandbox in sandbox mode."""
+    """Sub-applications: the console's files; the Mailchimp and Mautic sandboxes in sandbox mode."""
     from app.console.routes import mount as mount_console
 
     mount_console(app)
     if not settings.is_sandbox:
         return
+    from app.sandbox.mautic import create_app as create_mautic_sandbox
+
+    mautic = create_mautic_sandbox()
+    app.state.mautic_sandbox_app = mautic
+    app.mount(MAUTIC_SANDBOX_PREFIX, mautic)
     try:
         from app.sandbox.mailchimp import create_app as create_sandbox
     except ImportError:  # pragma: no cover - the sandbox ships with the service
@@ -112,6 +118,9 @@ async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
     transport = rt.extras.pop("transport", None)
     if transport is not None:
         await transport.aclose()
+    mautic = getattr(app.state, "mautic_sandbox_app", None)
+    if mautic is not None:
+        await mautic.sandbox.hub.aclose()
     sandbox = getattr(app.state, "sandbox_app", None)
     if sandbox is not None:
         # A mounted app's own lifespan never runs: close its webhook deliveries, keep its data.

@@ -1,0 +1,132 @@
+"""The sandbox's knobs: Mautic's own parameters, the unverified points, webhook behaviour."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "locale": ("en", "es"),
+    "unique_identifiers_operator": ("OR", "AND"),
+    "queue_mode": ("immediate_process", "command_process"),
+    "events_orderby_dir": ("ASC", "DESC"),
+    "webhook_policy": ("5.x", "7.x"),
+    "ip_address_key": ("ipAddress", "ip"),
+    "token_scope": (None, ""),
+}
+WEBHOOK_FAULTS = ("drop", "duplicate", "empty_fields")
+
+
+@dataclass
+class MauticConfig:
+    """Everything `/_control/config` shows and changes; README.md explains each knob."""
+
+    # Mautic's configuration parameters (ApiBundle, LeadBundle, WebhookBundle).
+    api_enabled: bool = True
+    api_enable_basic_auth: bool = False
+    access_token_lifetime_seconds: float = 3600.0
+    refresh_token_lifetime_seconds: float = 1_209_600.0
+    auth_code_lifetime_seconds: float = 30.0
+    api_batch_max_limit: int = 200
+    api_rate_limiter_limit: int = 0
+    default_page_limit: int = 30
+    contact_api_count_cache_ttl: float = 5.0
+    unique_identifiers_operator: str = "OR"
+    create_custom_field_in_background: bool = False
+    mautic_version: str = "5.1.0"
+    site_url: str = ""  # empty: the URL the sandbox is reached at
+    locale: str = "en"
+    # Points the reference marks [unverified]: each is a knob with the emulator's choice.
+    token_scope: str | None = None
+    token_accepts_json_body: bool = True
+    no_credentials_message: str = "API authorization denied."
+    ip_address_key: str = "ipAddress"
+    email_match_case_insensitive: bool = True
+    contact_not_found_message: str = "Contact not found."
+    campaign_contacts_string_ids: bool = True
+    rate_limit_html_content_type: bool = True
+    webhook_user_agent: str = "GuzzleHttp/7"
+    webhook_policy: str = "5.x"
+    block_private_webhook_urls: bool = False
+    dnc_comments: dict[str, str] = field(
+        default_factory=lambda: {
+            "unsubscribe": "User unsubscribed.",
+            "bounce": "550 5.1.1 The email account that you tried to reach does not exist.",
+            "complaint": "abuse",
+        }
+    )
+    # Webhook processing.
+    queue_mode: str = "immediate_process"
+    webhook_limit: int = 10
+    events_orderby_dir: str = "ASC"
+    webhook_disable_limit: int = 100
+    webhook_timeout_seconds: float = 15.0
+    webhook_cron_seconds: float = 5.0
+    webhook_retry_delay: float = 3600.0
+    webhook_health_check_time: float = 300.0
+    disable_auto_unpublish: bool = False
+    webhook_fault_rates: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(WEBHOOK_FAULTS, 0.0)
+    )
+    webhook_delay_ms: float = 0.0
+
+    def copy(self) -> MauticConfig:
+        """A deep copy (the state keeps the configuration it started with for resets)."""
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return asdict(self)
+
+    def patch(self, changes: dict[str, Any]) -> None:
+        """Apply a partial update, validating every value; raise ValueError on a bad one."""
+        known = {f.name: f for f in fields(self)}
+        unknown = set(changes) - set(known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        staged = self.copy()
+        for key, value in changes.items():
+            setattr(staged, key, _validate(key, value, getattr(self, key)))
+        for f in fields(self):
+            setattr(self, f.name, getattr(staged, f.name))
+
+
+def _validate(key: str, value: Any, current: Any) -> Any:
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            raise ValueError(f"{key} is one of {list(CHOICES[key])}")
+        return value
+    if key == "webhook_fault_rates":
+        if not isinstance(value, dict) or set(value) - set(WEBHOOK_FAULTS):
+            raise ValueError(f"webhook_fault_rates keys are {', '.join(WEBHOOK_FAULTS)}")
+        rates = dict(current)
+        for kind, rate in value.items():
+            rates[kind] = _validate(f"webhook_fault_rates.{kind}", rate, 0.0)
+            if rates[kind] > 1:
+                raise ValueError(f"webhook_fault_rates.{kind} must be <= 1")
+        return rates
+    if key == "dnc_comments":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError("dnc_comments must be an object of strings")
+        return {**current, **value}
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be a boolean")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be a non-negative integer")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise ValueError(f"{key} must be a number")
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0")
+        return float(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string")
+        return value
+    raise ValueError(f"{key} cannot be set")  # pragma: no cover - every field has a type
