@@ -54,6 +54,7 @@ async def index(request: Request) -> Response:
                 "GET /_control/contacts",
                 "POST /_control/actions/{action}  action in " + ", ".join(ACTIONS),
                 "POST /_control/webhooks/process",
+                "POST /_control/webhooks/{id}/test",
                 "GET, DELETE /_control/webhook-deliveries",
                 "GET, DELETE /_control/requests",
             ]
@@ -237,6 +238,16 @@ async def process(request: Request) -> Response:
     return _json({"posts": posts, "queued": len(state.instance.queue)})
 
 
+async def test_payload(request: Request) -> Response:
+    """The "Send test payload" button: shipped samples, plus a top-level `timestamp`."""
+    state = _state(request)
+    hook = state.instance.hooks.get(int(request.path_params["hook_id"]))
+    if hook is None:
+        return _error(404, "unknown webhook")
+    status = await state.hub.send_test(hook)
+    return _json({"status": status})
+
+
 async def deliveries(request: Request) -> Response:
     state = _state(request)
     if request.method == "DELETE":
@@ -275,6 +286,7 @@ routes = [
     Route("/_control/contacts", contacts, methods=["GET"]),
     Route("/_control/actions/{action}", action, methods=["POST"]),
     Route("/_control/webhooks/process", process, methods=["POST"]),
+    Route("/_control/webhooks/{hook_id:int}/test", test_payload, methods=["POST"]),
     Route("/_control/webhook-deliveries", deliveries, methods=["GET", "DELETE"]),
     Route("/_control/requests", requests_log, methods=["GET", "DELETE"]),
 ]

@@ -86,6 +86,50 @@ def private_url(url: str) -> bool:
     return False
 
 
+_SAMPLE_CONTACT: dict[str, Any] = {
+    "id": 52,
+    "points": 5,
+    "color": None,
+    "fields": {
+        "core": {
+            "email": {
+                "id": "6",
+                "label": "Email",
+                "alias": "email",
+                "type": "email",
+                "group": "core",
+                "object": "lead",
+                "is_fixed": "1",
+                "value": "john@doe.name",
+            }
+        },
+        "social": [],
+        "personal": [],
+        "professional": [],
+    },
+}
+
+
+def _sample(trigger: str) -> dict[str, Any]:
+    """A shipped `Assets/WebhookPayload/*.json` sample (trimmed), as the test button sends."""
+    contact = dict(_SAMPLE_CONTACT)
+    if trigger == "mautic.lead_post_delete":
+        return {
+            "id": 52,
+            "contact": {**contact, "id": None},
+            "timestamp": "2017-06-19T09:34:55+00:00",
+        }
+    if trigger == "mautic.lead_channel_subscription_changed":
+        return {
+            "contact": contact,
+            "channel": "email",
+            "old_status": "contactable",
+            "new_status": "manual",
+            "timestamp": "2017-12-01T00:05:18-06:00",
+        }
+    return {"contact": contact, "timestamp": "2017-06-19T09:31:18+00:00"}
+
+
 class WebhookHub:
     """Queues, sends and logs webhook deliveries for one instance."""
 
@@ -147,6 +191,33 @@ class WebhookHub:
             hook, trigger, item = self.immediate.pop(0)
             if hook.is_published:
                 await self._send(hook, {trigger: [item]}, rows=[])
+
+    async def send_test(self, hook: Hook) -> int | None:
+        """`sendHookTestAction`: 2017-era samples per trigger and a top-level `timestamp`."""
+        now = iso(self._now())
+        body: dict[str, Any] = {t: [_sample(t)] for t in hook.triggers}
+        body["timestamp"] = now
+        raw = php_json(body)
+        headers = self._headers(raw, hook.secret)
+        try:
+            response = await self.client.post(
+                hook.url,
+                content=raw,
+                headers=headers,
+                timeout=self._config().webhook_timeout_seconds,
+            )
+        except httpx.HTTPError:
+            return None
+        return response.status_code
+
+    def _headers(self, raw: bytes, secret: str) -> dict[str, str]:
+        config = self._config()
+        return {
+            "Content-Type": "application/json",
+            "X-Origin-Base-URL": config.site_url or self.site_url,
+            "Webhook-Signature": sign(raw, secret),
+            "User-Agent": config.webhook_user_agent,
+        }
 
     # -- queue processing -------------------------------------------------------------------
 
@@ -224,12 +295,7 @@ class WebhookHub:
         config = self._config()
         drop, duplicate = self._faulty(body)
         raw = php_json(body)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Origin-Base-URL": config.site_url or self.site_url,
-            "Webhook-Signature": sign(raw, hook.secret),
-            "User-Agent": config.webhook_user_agent,
-        }
+        headers = self._headers(raw, hook.secret)
         entry: dict[str, Any] = {
             "hook_id": hook.id,
             "url": hook.url,
