@@ -172,6 +172,14 @@ class FieldMapError(ValueError):
     """A FIELD_MAP that cannot be used; the message names the entry."""
 
 
+class FieldsRefused(Exception):
+    """The provider refuses the field map for this audience (on connect); names each entry."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def load_field_map(raw: Any) -> FieldMap:
     """Parse FIELD_MAP (a FieldMap, a dict, inline JSON or a file path); FieldMapError names why."""
     if isinstance(raw, FieldMap):

@@ -89,6 +89,7 @@ PROVIDER_OPERATIONS = (
     "get",
     "list",
     "webhook",
+    "merge_fields",
 )
 PROVIDER_OUTCOMES = (
     "ok",

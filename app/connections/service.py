@@ -51,6 +51,7 @@ from app.errors import (
     TooManyRequests,
     Unprocessable,
 )
+from app.fieldmap import FieldsRefused
 from app.providers.base import (
     Audience,
     AudienceMissing,
@@ -65,6 +66,7 @@ from app.providers.mailchimp.client import (
     dc_from_api_key,
     live_api_base,
 )
+from app.providers.mailchimp.fields import ensure_merge_fields, rules_from
 
 log = structlog.get_logger(__name__)
 
@@ -154,6 +156,20 @@ def provider_failure(exc: ProviderError) -> Exception:
     return BadGateway(f"Mailchimp refused the request: {exc.message}")
 
 
+def fields_refused(exc: FieldsRefused) -> Unprocessable:
+    """The API error a field map the audience cannot hold becomes (nothing is saved)."""
+    return Unprocessable(
+        "Mailchimp cannot hold the configured field map (FIELD_MAP) in this audience: " + str(exc),
+        extra={"errors": [{"field": "FIELD_MAP", "message": p} for p in exc.problems]},
+    )
+
+
+async def prepare_audience(settings: Settings, client: MailchimpClient, audience_id: str) -> None:
+    """Create the merge fields FIELD_MAP needs in the audience (FieldsRefused names entries)."""
+    rules = rules_from(settings.FIELD_MAP, settings.MAILCHIMP_MERGE_FIELD_MAP)
+    await ensure_merge_fields(client, audience_id, rules)
+
+
 def client_for(
     settings: Settings, transport: httpx.AsyncBaseTransport, row: RowMapping
 ) -> MailchimpClient:
@@ -208,9 +224,13 @@ class ConnectionService:
             # Remote calls first: no database transaction is open while they run.
             await client.ping()
             audiences = await client.list_audiences()
+            audience = choose_audience(audiences, audience_id)
+            if audience is not None:
+                await prepare_audience(settings, client, audience.id)
         except ProviderError as exc:
             raise provider_failure(exc) from None
-        audience = choose_audience(audiences, audience_id)
+        except FieldsRefused as exc:
+            raise fields_refused(exc) from None
         return await self.save(
             session,
             settings=settings,
@@ -311,6 +331,23 @@ class ConnectionService:
         if keep and audience is None and previous is not None:
             # Reconnecting an account with several audiences keeps the one already chosen.
             audience = next(a for a in audiences if a.id == previous["audience_id"])
+        if audience is not None:
+            try:
+                await prepare_audience(settings, client, audience.id)
+            except FieldsRefused as exc:
+                raise OAuthFailure(
+                    "fields_refused",
+                    "Mailchimp cannot hold the configured field map (FIELD_MAP) in this"
+                    f" audience: {exc}",
+                    status_code=422,
+                ) from None
+            except ProviderError as exc:
+                raise OAuthFailure(
+                    "provider_error",
+                    f"Mailchimp did not accept the audience's merge fields ({exc.message});"
+                    " try again.",
+                    status_code=502,
+                ) from None
         if previous is not None and (audience is None or previous["audience_id"] != audience.id):
             await self._retire_webhook(settings, transport, previous)
 
@@ -443,6 +480,12 @@ class ConnectionService:
             raise provider_failure(exc) from None
         if row["audience_id"] == audience.id:
             return row, False
+        try:
+            await prepare_audience(settings, client, audience.id)
+        except ProviderError as exc:
+            raise provider_failure(exc) from None
+        except FieldsRefused as exc:
+            raise fields_refused(exc) from None
         await self._retire_webhook(settings, transport, row)
         repo = ConnectionRepository(session)
         current = await repo.lock(row["id"])

@@ -19,7 +19,6 @@ import orjson
 
 from app.fieldmap import FieldRule
 from app.providers.base import MemberPayload
-from app.providers.mailchimp.fields import DEFAULT_RULES, merge_value
 
 # Statuses under which the member exists at the provider and can be updated.
 PRESENT = frozenset({"subscribed", "unsubscribed", "cleaned", "pending", "transactional"})
@@ -53,7 +52,8 @@ class MappingConfig:
 
     sync_address: bool = False
     double_opt_in: bool = False
-    fields: tuple[FieldRule, ...] = DEFAULT_RULES  # FIELD_MAP's effective rules, in order
+    # The provider's effective FIELD_MAP rules (its defaults included), in order.
+    fields: tuple[FieldRule, ...] = ()
     # SYNC_KINDS: contacts of other kinds are treated as absent (archived if we pushed them).
     kinds: frozenset[str] | None = None  # None: every kind
 
@@ -79,14 +79,14 @@ class Plan:
 
 
 def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, Any]:
-    """The field map's merge tags (FNAME, LNAME, PHONE, COMPANY by default); ADDRESS when
-    enabled and complete.
+    """The mapped fields (provider field → typed value); ADDRESS when enabled and complete.
 
-    Empty values are omitted, never sent as null: Mailchimp refuses null merge values.
+    Empty values are omitted, never sent as null: Mailchimp refuses null merge values. The
+    provider's client renders the typed values (e.g. a list) its own way.
     """
     out: dict[str, Any] = {}
     for rule in cfg.fields:
-        value = merge_value(rule, contact)
+        value = rule.value(contact)
         if value is not None:
             out[rule.field] = value
     if cfg.sync_address and all(contact.get(c) for c in ADDRESS_REQUIRED):

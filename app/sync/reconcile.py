@@ -47,6 +47,7 @@ from app import metrics
 from app.config import Settings
 from app.connections.webhook_registration import ensure_webhook, webhook_url
 from app.contacts.models import CONTACT_KINDS
+from app.fieldmap import FieldsRefused
 from app.providers.base import (
     AudienceMissing,
     AuthError,
@@ -56,6 +57,8 @@ from app.providers.base import (
     ThrottledError,
     TransientError,
 )
+from app.providers.mailchimp.client import merge_values
+from app.providers.mailchimp.fields import ensure_merge_fields
 from app.sync.desired import MappingConfig, digest_of, merge_fields
 from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import (
@@ -166,6 +169,9 @@ _CONNECTION_ERROR = text(
         last_error = :error, last_error_at = now()
     WHERE id = :id AND status IN ('active', 'paused')
     """
+)
+_FIELDS_ERROR = text(
+    "UPDATE connections SET last_error = :error, last_error_at = now() WHERE id = :id"
 )
 _STAGED_COUNT = text("SELECT count(*) FROM reconcile_members WHERE run_id = :id")
 _RESTART = text(
@@ -452,7 +458,7 @@ def remote_fields(merge: Mapping[str, Any], tags: Sequence[str]) -> dict[str, An
 def comparable(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Our merge fields in the same shape as remote_fields (strings, sorted address keys)."""
     out: dict[str, Any] = {}
-    for tag, value in fields.items():
+    for tag, value in merge_values(dict(fields)).items():
         if isinstance(value, dict):
             out[tag] = {k: _scalar(value.get(k) or "") for k in sorted(value)}
         else:
@@ -584,6 +590,7 @@ class Reconciler:
                 return
             if not run.dry_run:
                 await self._ensure_webhook(engine, ctx, run)
+                await self._ensure_fields(engine, ctx, run)
             pages = await self._stage_all(engine, ctx, run)
             counts = await self._apply(engine.db, engine.me, run, ctx, engine.options.mapping)
             log.info(
@@ -679,6 +686,32 @@ class Reconciler:
                     "id": run.connection_id,
                     "audience": ctx.audience_id,
                 },
+            )
+
+    async def _ensure_fields(self, engine: SyncEngine, ctx: ConnectionContext, run: Run) -> None:
+        """Create merge fields the field map needs and the audience lacks (deleted since, or a
+        connection configured without a connect); a refusal is shown, the sync goes on."""
+        rules = engine.options.mapping.fields
+        try:
+            created = await self._call(
+                engine, ctx, lambda: ensure_merge_fields(ctx.client, ctx.audience_id, rules)
+            )
+        except (AuthError, AudienceMissing):
+            raise
+        except (FieldsRefused, ProviderError) as exc:
+            reason = str(exc) if isinstance(exc, FieldsRefused) else exc.message[:300]
+            log.warning(
+                "sync.reconcile.fields_refused", connection=str(run.connection_id), reason=reason
+            )
+            async with engine.db.begin() as conn:
+                await conn.execute(
+                    _FIELDS_ERROR,
+                    {"error": f"Merge fields: {reason}"[:500], "id": run.connection_id},
+                )
+            return
+        if created:
+            log.info(
+                "sync.reconcile.fields_created", connection=str(run.connection_id), tags=created
             )
 
     async def _stage_all(self, engine: SyncEngine, ctx: ConnectionContext, run: Run) -> int:

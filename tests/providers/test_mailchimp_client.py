@@ -264,3 +264,51 @@ class TestErrorMapping:
         with pytest.raises(ThrottledError) as caught:
             await client.ping()
         assert caught.value.retry_after == 7.0
+
+
+class TestMergeFields:
+    async def test_lists_every_page_and_creates_optional_fields(
+        self, client: MailchimpClient, api: respx.MockRouter
+    ) -> None:
+        pages = [
+            {"merge_fields": [{"tag": "FNAME", "type": "text"}], "total_items": 2},
+            {"merge_fields": [{"tag": "SCORE", "type": "number"}], "total_items": 2},
+        ]
+        listed = api.get("/lists/L1/merge-fields").mock(
+            side_effect=[httpx.Response(200, json=p) for p in pages]
+        )
+        assert [f["tag"] for f in await client.list_merge_fields("L1")] == ["FNAME", "SCORE"]
+        assert [c.request.url.params["offset"] for c in listed.calls] == ["0", "1"]
+        created = api.post("/lists/L1/merge-fields").mock(
+            return_value=httpx.Response(200, json={"tag": "COMPANY", "merge_id": 6})
+        )
+        await client.create_merge_field("L1", tag="COMPANY", name="Company", type="text")
+        assert created.calls.last.request.read() == (
+            b'{"tag":"COMPANY","name":"Company","type":"text","required":false}'
+        )
+
+    async def test_a_missing_audience_and_a_refusal(
+        self, client: MailchimpClient, api: respx.MockRouter
+    ) -> None:
+        api.get("/lists/gone/merge-fields").mock(
+            return_value=problem(404, "Resource Not Found", "The requested resource could not")
+        )
+        with pytest.raises(AudienceMissing):
+            await client.list_merge_fields("gone")
+        api.post("/lists/L1/merge-fields").mock(
+            return_value=problem(400, "Invalid Resource", "This list has reached its limit")
+        )
+        with pytest.raises(PermanentError, match="limit"):
+            await client.create_merge_field("L1", tag="X", name="X", type="text")
+
+    async def test_list_values_are_sent_joined(
+        self, client: MailchimpClient, api: respx.MockRouter
+    ) -> None:
+        put = api.put(f"/lists/L1/members/{H}").mock(
+            return_value=httpx.Response(
+                200, json={"id": H, "email_address": "ada@example.com", "status": "subscribed"}
+            )
+        )
+        await client.upsert_member("L1", payload(merge_fields={"LANGS": ["en", "fr"], "N": 4}))
+        sent = put.calls.last.request.read()
+        assert b'"LANGS":"en, fr"' in sent and b'"N":4' in sent

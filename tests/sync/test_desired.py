@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.fieldmap import load_field_map
+from app.providers.mailchimp.fields import DEFAULT_RULES
 from app.providers.mailchimp.fields import rules_from as mailchimp_rules
 from app.sync.desired import (
     Action,
@@ -22,7 +23,7 @@ from app.sync.desired import (
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-CFG = MappingConfig()
+CFG = MappingConfig(fields=DEFAULT_RULES)
 
 
 def contact(**kw: Any) -> dict[str, Any]:
@@ -85,7 +86,7 @@ class TestCreate:
         assert p.payload.merge_fields == {"FNAME": "Ada", "LNAME": "Lovelace"}
 
     def test_double_opt_in_creates_pending(self) -> None:
-        p = plan(contact(), None, cfg=MappingConfig(double_opt_in=True))
+        p = plan(contact(), None, cfg=MappingConfig(fields=DEFAULT_RULES, double_opt_in=True))
         assert p.payload is not None
         assert p.payload.status_if_new == "pending"
 
@@ -208,7 +209,7 @@ class TestMapping:
     def test_address_only_when_enabled_and_complete(self) -> None:
         full = contact(addr1="1 Main", city="X", state="CA", zip="90000", country="US")
         assert "ADDRESS" not in merge_fields(full, CFG)
-        on = MappingConfig(sync_address=True)
+        on = MappingConfig(fields=DEFAULT_RULES, sync_address=True)
         assert merge_fields(full, on)["ADDRESS"]["addr1"] == "1 Main"
         assert "ADDRESS" not in merge_fields(contact(addr1="1 Main", city="X"), on)
 
@@ -243,7 +244,7 @@ class TestMapping:
             "VIP": "yes",
             "SCORE": 42,
             "RENEWS": "2027-01-31",
-            "LANGS": "en, fr",
+            "LANGS": ["en", "fr"],  # typed; the Mailchimp client sends "en, fr"
         }
         # A value that is not of the field's type is left out, not sent to be refused.
         bad = contact(custom_fields={"score": "lots", "renews": "soon"})
@@ -272,7 +273,7 @@ class TestMapping:
 class TestSyncKinds:
     """A kind SYNC_KINDS leaves out is planned as if the contact were gone."""
 
-    LEADS_ONLY = MappingConfig(kinds=frozenset({"lead"}))
+    LEADS_ONLY = MappingConfig(fields=DEFAULT_RULES, kinds=frozenset({"lead"}))
 
     def test_pushed_member_of_a_dropped_kind_is_archived(self) -> None:
         c = contact(kind="client")

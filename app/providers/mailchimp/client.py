@@ -40,11 +40,18 @@ BATCH_FIELDS = ",".join(
     [f"{part}.{f}" for part in ("new_members", "updated_members") for f in WRITE_FIELDS.split(",")]
     + ["errors", "total_created", "total_updated", "error_count"]
 )
-AUDIENCE_OPS = frozenset({"ping", "audience", "batch", "upsert", "list", "webhook"})
+AUDIENCE_OPS = frozenset({"ping", "audience", "batch", "upsert", "list", "webhook", "merge_fields"})
 MEMBER_FIELDS = (
     "members.id,members.email_address,members.status,members.tags,members.last_changed,"
     "members.merge_fields,total_items"
 )
+
+
+def merge_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """Neutral field values as merge values: a list (FIELD_MAP type list) becomes "a, b"."""
+    if not any(isinstance(v, list) for v in fields.values()):
+        return fields
+    return {k: ", ".join(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def subscriber_hash(email: str) -> str:
@@ -330,7 +337,7 @@ class MailchimpClient:
         body: dict[str, Any] = {
             "email_address": member.email_address,
             "status_if_new": member.status_if_new,
-            "merge_fields": member.merge_fields,
+            "merge_fields": merge_values(member.merge_fields),
         }
         if member.status:
             body["status"] = member.status
@@ -351,7 +358,7 @@ class MailchimpClient:
 
     async def update_member(self, audience_id: str, member: MemberPayload) -> MemberState:
         """PATCH /lists/{id}/members/{hash}: update only, never create."""
-        body: dict[str, Any] = {"merge_fields": member.merge_fields}
+        body: dict[str, Any] = {"merge_fields": merge_values(member.merge_fields)}
         if member.status:
             body["status"] = member.status
         response = await self._request(
@@ -495,6 +502,43 @@ class MailchimpClient:
         return MemberPage(
             members=[member_state(m) for m in body.get("members") or []],
             total_items=int(body.get("total_items") or 0),
+        )
+
+    # --- merge fields -------------------------------------------------------------------
+
+    async def list_merge_fields(self, audience_id: str) -> list[dict[str, Any]]:
+        """GET /lists/{id}/merge-fields, every page: tag, name, type of each."""
+        out: list[dict[str, Any]] = []
+        while True:
+            body = self._json(
+                await self._request(
+                    "GET",
+                    f"/lists/{audience_id}/merge-fields",
+                    op="merge_fields",
+                    params={
+                        "count": 1000,
+                        "offset": len(out),
+                        "fields": "merge_fields.tag,merge_fields.name,merge_fields.type,"
+                        "total_items",
+                    },
+                )
+            )
+            page = list(body.get("merge_fields") or [])
+            out += page
+            if not page or len(out) >= int(body.get("total_items") or 0):
+                return out
+
+    async def create_merge_field(
+        self, audience_id: str, *, tag: str, name: str, type: str
+    ) -> dict[str, Any]:
+        """POST /lists/{id}/merge-fields (not required, public: what the UI creates)."""
+        return self._json(
+            await self._request(
+                "POST",
+                f"/lists/{audience_id}/merge-fields",
+                op="merge_fields",
+                json={"tag": tag, "name": name, "type": type, "required": False},
+            )
         )
 
     # --- webhooks -----------------------------------------------------------------------

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-from app.fieldmap import FieldMap, FieldRule, FieldType
+import structlog
+
+from app.fieldmap import FieldMap, FieldRule, FieldsRefused, FieldType
+from app.providers.base import PermanentError
+
+if TYPE_CHECKING:
+    from app.providers.mailchimp.client import MailchimpClient
+
+log = structlog.get_logger(__name__)
 
 PROVIDER = "mailchimp"
 # Mailchimp's own rule for a merge tag (it upper-cases what it is given).
@@ -80,11 +88,48 @@ def check_rules(rules: Iterable[FieldRule]) -> list[str]:
     return problems
 
 
-def merge_value(rule: FieldRule, contact: Mapping[str, Any]) -> Any:
-    """The merge value for one rule, or None (empty values are omitted, never sent as null)."""
-    value = rule.value(contact)
-    if value is None:
-        return None
-    if rule.type is FieldType.list:
-        return ", ".join(value)
-    return value
+async def ensure_merge_fields(
+    client: MailchimpClient, audience_id: str, rules: Iterable[FieldRule]
+) -> list[str]:
+    """Create the merge fields the map needs and the audience lacks; returns the tags created.
+
+    Nothing is created when an existing field cannot hold its entry's type; every refusal
+    (wrong type, Mailchimp declining a creation) names its entry in FieldsRefused. Transient
+    and credential failures propagate as the client raised them.
+    """
+    rules = list(rules)
+    existing = {
+        str(f.get("tag") or "").upper(): f for f in await client.list_merge_fields(audience_id)
+    }
+    problems = []
+    missing = []
+    for rule in rules:
+        entry = f"FIELD_MAP entry {PROVIDER}.{rule.source}"
+        have = existing.get(rule.field)
+        if have is None:
+            missing.append(rule)
+        elif have.get("type") not in ACCEPTS[rule.type]:
+            problems.append(
+                f"{entry}: the audience's merge field {rule.field} is of type "
+                f"{have.get('type')}, which cannot hold a {rule.type.value} value"
+            )
+    if problems:
+        raise FieldsRefused(problems)
+    created = []
+    for rule in missing:
+        try:
+            await client.create_merge_field(
+                audience_id, tag=rule.field, name=rule.display_name, type=CREATE_AS[rule.type]
+            )
+        except PermanentError as exc:
+            problems.append(
+                f"FIELD_MAP entry {PROVIDER}.{rule.source}: Mailchimp refused to create the "
+                f"merge field {rule.field} ({exc.message})"
+            )
+        else:
+            created.append(rule.field)
+    if created:
+        log.info("mailchimp.merge_fields_created", audience=audience_id, tags=created)
+    if problems:
+        raise FieldsRefused(problems)
+    return created
