@@ -9,7 +9,7 @@ change becomes `pending` (a double opt-in email), the one path Mailchimp allows.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -76,6 +76,26 @@ class Plan:
     target_email: str | None = None  # the address the call addresses (archive/forget/move src)
     move_from: str | None = None
     mirror_op: MirrorOp = MirrorOp.keep
+    # Tags that are ours to remove: what the mirror says we pushed, plus what a send that was
+    # cut short was about to push (see `owned_tags`).
+    owned_tags: list[str] = field(default_factory=list)
+
+
+def owned_tags(mirror: Mapping[str, Any] | None, intent: Sequence[str] = ()) -> list[str]:
+    """The tags we own on a member: pushed ones (recorded at completion) and intended ones.
+
+    Ownership is recorded twice on purpose. sync_state.pushed_tags is written when a send
+    completes; the queue row's tag_intent is written *before* the call. A worker killed after
+    the provider applied the tags but before the completion leaves the intent, so the resend
+    still treats those tags as ours and removes them once the contact no longer has them.
+    The intent may name a tag the call never applied: deactivating it is a no-op at the
+    provider. Treating every tag of the contact's past versions as ours was the alternative;
+    it needs the audit trail at plan time and would claim tags never pushed to this account.
+    """
+    pushed: list[str] = []
+    if mirror is not None and mirror.get("pushed_digest") is not None:
+        pushed = list(mirror.get("pushed_tags") or [])
+    return pushed + sorted(set(intent) - set(pushed))
 
 
 def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, Any]:
@@ -131,8 +151,32 @@ def plan_key(
     tombstoned: bool,
     forget: bool,
     cfg: MappingConfig,
+    intent: Sequence[str] = (),
 ) -> Plan:
     """Decide what the provider must be told about `key` (DESIGN §5's table)."""
+    plan = _plan_key(
+        key,
+        contact=contact,
+        mirror=mirror,
+        tombstoned=tombstoned,
+        forget=forget,
+        cfg=cfg,
+        intent=intent,
+    )
+    plan.owned_tags = owned_tags(mirror, intent)
+    return plan
+
+
+def _plan_key(
+    key: str,
+    *,
+    contact: Mapping[str, Any] | None,
+    mirror: Mapping[str, Any] | None,
+    tombstoned: bool,
+    forget: bool,
+    cfg: MappingConfig,
+    intent: Sequence[str],
+) -> Plan:
     if forget:
         return Plan(key, Action.forget, contact=contact, mirror=mirror, target_email=key)
     if contact is not None and not cfg.syncs(contact):
@@ -147,11 +191,15 @@ def plan_key(
         return Plan(key, Action.noop, mirror=mirror, mirror_op=op)
     if tombstoned:
         return Plan(key, Action.noop, contact=contact, mirror=mirror, mirror_op=MirrorOp.forgotten)
-    return _plan_contact(key, contact, mirror, cfg)
+    return _plan_contact(key, contact, mirror, cfg, intent)
 
 
 def _plan_contact(
-    key: str, contact: Mapping[str, Any], mirror: Mapping[str, Any] | None, cfg: MappingConfig
+    key: str,
+    contact: Mapping[str, Any],
+    mirror: Mapping[str, Any] | None,
+    cfg: MappingConfig,
+    intent: Sequence[str] = (),
 ) -> Plan:
     email: str = contact["email"]
     fields = merge_fields(contact, cfg)
@@ -196,7 +244,11 @@ def _plan_contact(
 
     assert mirror is not None
     fields_changed = digest != mirror.get("pushed_digest")
-    tags_changed = sorted(tags) != sorted(mirror.get("pushed_tags") or [])
+    # A tag we were about to push when a send was cut short may be at the provider although
+    # the contact no longer has it: that is a change to send too.
+    tags_changed = sorted(tags) != sorted(mirror.get("pushed_tags") or []) or bool(
+        set(intent) - set(tags)
+    )
     if not fields_changed and status is None:
         if tags_changed:
             return plan(Action.tags)
@@ -213,6 +265,7 @@ def plan_move(
     contact: Mapping[str, Any],
     old_mirror: Mapping[str, Any],
     cfg: MappingConfig,
+    intent: Sequence[str] = (),
 ) -> Plan:
     """Email changed A→B: update the member at A to address B, keeping its history."""
     inner = _plan_contact(new_key, contact, old_mirror, cfg)
@@ -233,6 +286,7 @@ def plan_move(
         tags=list(contact.get("tags") or []),
         target_email=old_mirror.get("pushed_email") or old_key,
         move_from=old_key,
+        owned_tags=owned_tags(old_mirror, intent),
     )
 
 

@@ -539,12 +539,29 @@ class SyncEngine:
                 hashes=[subscriber_hash(k) for k in keys],
             )
         plans = self._plan(rows, data)
+        await self._record_tag_intent(ctx, plans)
         attempts = {r.email_key: r.attempts for r in rows}
         return await self._execute(ctx, plans, attempts)
+
+    async def _record_tag_intent(self, ctx: ConnectionContext, plans: list[Plan]) -> None:
+        """Before any call, record the tags the sends are about to push that are not yet
+        known to be ours: a crash after the provider applied them must not orphan them."""
+        intents = {
+            plan.key: plan.tags
+            for plan in plans
+            if plan.action in (Action.upsert, Action.update, Action.tags, Action.move)
+            and set(plan.tags) - set(plan.owned_tags)
+        }
+        if intents:
+            async with self.db.begin() as conn:
+                await QueueRepository(conn).record_tag_intent(
+                    me=self.me, connection_id=ctx.id, intents=intents
+                )
 
     def _plan(self, rows: list[Claimed], data: GroupData) -> list[Plan]:
         cfg = self.options.mapping
         claimed = {r.email_key: r for r in rows}
+        intent = {r.email_key: r.tag_intent for r in rows}
         plans: list[Plan] = []
         handled: set[str] = set()
         for row in rows:
@@ -569,7 +586,12 @@ class SyncEngine:
             ):
                 plans.append(
                     plan_move(
-                        row.email_key, new_key, contact=contact, old_mirror=old_mirror, cfg=cfg
+                        row.email_key,
+                        new_key,
+                        contact=contact,
+                        old_mirror=old_mirror,
+                        cfg=cfg,
+                        intent=(*row.tag_intent, *target.tag_intent),
                     )
                 )
                 handled |= {row.email_key, new_key}
@@ -584,6 +606,7 @@ class SyncEngine:
                     tombstoned=subscriber_hash(row.email_key) in data.tombstones,
                     forget=row.forget,
                     cfg=cfg,
+                    intent=intent[row.email_key],
                 )
             )
         return plans
@@ -800,8 +823,7 @@ class SyncEngine:
 
     async def _after_write(self, ctx: ConnectionContext, plan: Plan, state: MemberState) -> Outcome:
         """Tags for members that existed (the body's tags apply on create only), then done."""
-        pushed = _pushed_tags(plan.mirror)
-        add, remove = tag_diff(plan.tags, pushed, state.tags)
+        add, remove = tag_diff(plan.tags, plan.owned_tags, state.tags)
         if (add or remove) and state.status != "archived":
             email = state.email_address or plan.target_email or plan.key
             await self._call(
@@ -811,8 +833,7 @@ class SyncEngine:
         return Outcome(plan.key, "done", mirror=self._mirror(plan, state), synced=True)
 
     async def _tags_only(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
-        pushed = _pushed_tags(plan.mirror)
-        add, remove = tag_diff(plan.tags, pushed, None)
+        add, remove = tag_diff(plan.tags, plan.owned_tags, None)
         email = plan.target_email or plan.key
         try:
             await self._call(
@@ -1191,9 +1212,3 @@ class SyncEngine:
 
 def _keys(plan: Plan) -> list[str]:
     return [plan.key, plan.move_from] if plan.move_from else [plan.key]
-
-
-def _pushed_tags(mirror: Any) -> list[str]:
-    if mirror is None or mirror.get("pushed_digest") is None:
-        return []
-    return list(mirror.get("pushed_tags") or [])

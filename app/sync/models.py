@@ -78,6 +78,10 @@ class SyncQueue(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     leased_by: Mapped[str | None] = mapped_column(Text)
     forget: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Tags a send was about to push, written before the call: if the worker dies after the
+    # provider applied them but before the completion recorded them in sync_state, they are
+    # still known to be ours, and a later removal removes them (issue 11, item 1).
+    tag_intent: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     enqueued_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

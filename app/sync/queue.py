@@ -26,6 +26,7 @@ class Claimed:
     forget: bool
     attempts: int
     priority: int
+    tag_intent: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -67,7 +68,8 @@ _CLAIM = text(
         FOR UPDATE OF q2 SKIP LOCKED
     ) pick
     WHERE q.connection_id = pick.connection_id AND q.email_key = pick.email_key
-    RETURNING q.connection_id, q.email_key, q.seq, q.contact_id, q.forget, q.attempts, q.priority
+    RETURNING q.connection_id, q.email_key, q.seq, q.contact_id, q.forget, q.attempts, q.priority,
+              q.tag_intent
     """
 )
 
@@ -95,6 +97,20 @@ _RENEW = text(
     FROM unnest(CAST(:conns AS uuid[]), CAST(:keys AS text[])) AS h(connection_id, email_key)
     WHERE q.leased_by = :me AND q.connection_id = h.connection_id
       AND q.email_key = h.email_key
+    """
+)
+
+# Tags about to be pushed, added to what the row already records (a resend after a crash may
+# push yet other tags; every one of them may now be at the provider).
+_TAG_INTENT = text(
+    """
+    UPDATE sync_queue q
+    SET tag_intent = ARRAY(SELECT DISTINCT unnest(q.tag_intent || i.tags) ORDER BY 1)
+    FROM (
+        SELECT r.email_key, ARRAY(SELECT jsonb_array_elements_text(r.tags)) AS tags
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(email_key text, tags jsonb)
+    ) i
+    WHERE q.connection_id = :conn AND q.email_key = i.email_key AND q.leased_by = :me
     """
 )
 
@@ -222,7 +238,9 @@ _COMPLETE = text(
                                 THEN now() + make_interval(secs => o.delay)
                                 ELSE q.available_at END,
             last_error = CASE WHEN o.kind = 'retry' AND q.seq = o.seq
-                              THEN o.error ELSE q.last_error END
+                              THEN o.error ELSE q.last_error END,
+            -- done (the row changed meanwhile): sync_state now records what we pushed
+            tag_intent = CASE WHEN o.kind = 'done' THEN '{}'::text[] ELSE q.tag_intent END
         FROM o
         WHERE q.connection_id = :conn AND q.email_key = o.email_key
           AND NOT (o.kind = 'done' AND q.seq = o.seq)
@@ -279,7 +297,10 @@ class QueueRepository:
                 "max_priority": max_priority,
             },
         )
-        return [Claimed(**row) for row in result.mappings()]
+        return [
+            Claimed(**{**row, "tag_intent": tuple(row["tag_intent"] or ())})
+            for row in result.mappings()
+        ]
 
     async def seconds_until_next_due(self) -> float | None:
         """Seconds until the earliest ready row becomes due (None when the queue is empty)."""
@@ -311,6 +332,16 @@ class QueueRepository:
                 "keys": [k for _, k in held],
             },
         )
+
+    async def record_tag_intent(
+        self, *, me: str, connection_id: uuid.UUID, intents: dict[str, list[str]]
+    ) -> None:
+        """Record, before the call, the tags each key's send is about to push."""
+        if intents:
+            rows = [{"email_key": k, "tags": tags} for k, tags in intents.items()]
+            await self.conn.execute(
+                _TAG_INTENT, {"me": me, "conn": connection_id, "rows": _dumps(rows)}
+            )
 
     async def release_all(self, *, me: str) -> None:
         """Give back every lease this worker holds (shutdown)."""

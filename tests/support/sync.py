@@ -78,8 +78,13 @@ async def queue_empty(runtime: Runtime) -> bool:
     return bool(rows[0]["n"] == 0)
 
 
-async def assert_mirrors_database(runtime: Runtime, sandbox: Sandbox, owner: str) -> None:
-    """The sandbox holds exactly what the database says, for every contact of the owner."""
+async def assert_mirrors_database(
+    runtime: Runtime, sandbox: Sandbox, owner: str, *, exact_tags: bool = False
+) -> None:
+    """The sandbox holds exactly what the database says, for every contact of the owner.
+
+    `exact_tags`: the member has the contact's tags and no other (nobody else tags members).
+    """
     members = await sandbox.members()
     contacts = await fetch(
         runtime,
@@ -107,4 +112,6 @@ async def assert_mirrors_database(runtime: Runtime, sandbox: Sandbox, owner: str
         tags = {t["name"] for t in m.get("tags", [])}
         if not set(c["tags"]) <= tags:
             problems.append(f"{c['email']}: tags {tags} lack {c['tags']}")
+        elif exact_tags and tags != set(c["tags"]):
+            problems.append(f"{c['email']}: stale tags {sorted(tags - set(c['tags']))}")
     assert not problems, f"{len(problems)} differences, e.g. {problems[:5]}"

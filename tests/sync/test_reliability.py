@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 from app.config import Settings
@@ -14,7 +15,7 @@ from app.db import create_engine
 from app.main import Runtime
 from app.sync.engine import SyncEngine
 from tests.conftest import fetch
-from tests.support.dbproxy import database_proxy
+from tests.support.dbproxy import DatabaseProxy, database_proxy
 from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, wait_for
 from tests.sync.conftest import OWNER
 from tests.sync.test_resilience import seed_contacts
@@ -90,3 +91,90 @@ async def _no_groups(engine: SyncEngine) -> bool:
 
 async def _has_groups(engine: SyncEngine) -> bool:
     return bool(engine._groups)
+
+
+class CrashAfterAnswer(httpx.AsyncBaseTransport):
+    """Forwards requests; after the first answer to `method`, the database "dies" before the
+    worker can record the completion (what a SIGKILL at that moment leaves behind)."""
+
+    def __init__(self, proxy: DatabaseProxy, method: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.proxy, self.method = proxy, method
+        self.crashed = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        mine = request.method == self.method and "/members/" in request.url.path
+        if mine and not self.crashed.is_set():
+            await response.aread()
+            self.crashed.set()
+            await self.proxy.stop()
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(
+    ("before", "first_tags", "then_tags"),
+    [
+        # A new member created with tag a; the crash loses the record that a is ours.
+        (None, ["a"], ["b"]),
+        # An existing member (pushed [old]) gets a by the tag call, then the crash.
+        (["old"], ["old", "a"], ["old"]),
+    ],
+)
+async def test_tags_pushed_before_a_crash_stay_ours(
+    runtime: Runtime,
+    settings: Settings,
+    sync_settings: Settings,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+    make_engine: Callable[..., SyncEngine],
+    before: list[str] | None,
+    first_tags: list[str],
+    then_tags: list[str],
+) -> None:
+    """The provider applied our tags but the completion never happened; the contact then
+    loses a tag. The resend must remove it: tag ownership survives the crash."""
+    headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
+    body = {"email": "crash@example.com", "newsletter_opt_in": True}
+    created = await api.post(
+        "/api/contacts", json=body | {"tags": before or first_tags}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    contact_id = created.json()["id"]
+    if before is not None:
+        await make_engine().run_until_idle(limit_seconds=30)
+        r = await api.patch(
+            f"/api/contacts/{contact_id}", json={"tags": first_tags}, headers=headers
+        )
+        assert r.status_code == 200
+    assert settings.DATABASE_URL
+    method = "PUT" if before is None else "POST"  # the create, or the tag call
+    async with database_proxy(settings.DATABASE_URL) as proxy:
+        db = create_engine(proxy.url_for(settings.DATABASE_URL), pool_size=2, pool_timeout=2)
+        transport = CrashAfterAnswer(proxy, method)
+        engine = SyncEngine(
+            db,
+            sync_settings.model_copy(update={"SYNC_LEASE_SECONDS": 6}),
+            transport=transport,
+        )
+        try:
+            async with running(engine):
+                await asyncio.wait_for(transport.crashed.wait(), timeout=30)
+                await wait_for(lambda: _no_groups(engine), within=30)
+                member = (await sandbox.members())["crash@example.com"]
+                assert {t["name"] for t in member["tags"]} >= set(first_tags)
+                r = await api.patch(
+                    f"/api/contacts/{contact_id}", json={"tags": then_tags}, headers=headers
+                )
+                assert r.status_code == 200
+                await proxy.start()
+                await wait_for(lambda: queue_empty(runtime), within=60)
+        finally:
+            await db.dispose()
+    member = (await sandbox.members())["crash@example.com"]
+    assert sorted(t["name"] for t in member["tags"]) == sorted(then_tags)

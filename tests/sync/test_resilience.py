@@ -107,7 +107,8 @@ async def test_sigkill_mid_drain_loses_nothing(
     api: httpx.AsyncClient,
     token_for: Callable[..., str],
 ) -> None:
-    """SIGKILL the worker 10 times at random moments; the sandbox ends equal to the database."""
+    """SIGKILL the worker 10 times at random moments; the sandbox ends equal to the database,
+    tags included: tags the contacts lose meanwhile are gone at the provider too."""
     await sandbox.configure(latency_ms=3)
     await seed_contacts(runtime, connection["id"], 5000)
     # Single PUTs keep the drain long enough to be killed many times.
@@ -120,10 +121,19 @@ async def test_sigkill_mid_drain_loses_nothing(
         async with worker(env) as proc:
             await asyncio.sleep(rng.uniform(0.4, 1.2))
             # Changes keep arriving during the drain: the final state must be the latest one.
+            # Tag changes too: a tag the contact loses must be removed at the provider even
+            # when the worker that pushed it died before recording it.
             for contact_id in rng.sample(ids, 5):
                 r = await api.patch(
                     f"/api/contacts/{contact_id}",
                     json={"first_name": f"K{kills}-{rng.randrange(1000)}"},
+                    headers=headers,
+                )
+                assert r.status_code == 200
+            for contact_id in rng.sample(ids, 40):
+                r = await api.patch(
+                    f"/api/contacts/{contact_id}",
+                    json={"tags": [f"k{kills}-{rng.randrange(3)}"]},
                     headers=headers,
                 )
                 assert r.status_code == 200
@@ -134,7 +144,7 @@ async def test_sigkill_mid_drain_loses_nothing(
     assert remaining > 0, "the drain finished before the kills: make it longer"
     async with worker(env):
         await wait_for(lambda: queue_empty(runtime), within=120)
-    await assert_mirrors_database(runtime, sandbox, OWNER)
+    await assert_mirrors_database(runtime, sandbox, OWNER, exact_tags=True)
     parked = await fetch(runtime, "SELECT count(*) AS n FROM sync_queue WHERE state = 'parked'")
     assert parked[0]["n"] == 0
 
