@@ -235,3 +235,72 @@ async def test_unknown_route_and_pre_26_urls_are_404(api: httpx.AsyncClient) -> 
         == f'No route found for "POST /api/contacts/{c["id"]}/dnc/add/email"'
     )
     assert b"\\/api\\/contacts" in old.content
+
+
+async def test_batch_delete_and_form_encoded_batches(api: httpx.AsyncClient) -> None:
+    form = "0[email]=f0@x.com&1[email]=f1@x.com&1[firstname]=One&1[firstname]=Last"
+    created = await api.post(
+        "/contacts/batch/new",
+        content=form,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert body["statusCodes"] == [201, 201]
+    assert body["contacts"][1]["fields"]["all"]["firstname"] == "Last"  # PHP keeps the last
+    ids = [c["id"] for c in body["contacts"]]
+    deleted = await api.delete("/contacts/batch/delete", params={"ids": f"{ids[0]},{ids[1]},999"})
+    assert deleted.status_code == 200
+    out = deleted.json()
+    assert [c["id"] for c in out["contacts"]] == [None, None]
+    assert out["errors"]["2"]["code"] == 404
+
+
+async def test_where_or_in_and_date_filters(api: httpx.AsyncClient) -> None:
+    a = await new_contact(api, email="w1@x.com", city="Oslo")
+    b = await new_contact(api, email="w2@x.com", city="Rome")
+    await new_contact(api, email="w3@x.com", city="Paris")
+    either = (
+        await api.get(
+            "/contacts",
+            params={
+                "where[0][expr]": "orX",
+                "where[0][val][0][col]": "city",
+                "where[0][val][0][expr]": "eq",
+                "where[0][val][0][val]": "Oslo",
+                "where[0][val][1][col]": "email",
+                "where[0][val][1][expr]": "eq",
+                "where[0][val][1][val]": "w2@x.com",
+                "orderBy": "id",
+            },
+        )
+    ).json()
+    assert list(either["contacts"]) == [str(a["id"]), str(b["id"])]
+    listed = (
+        await api.get(
+            "/contacts",
+            params={
+                "where[0][col]": "id",
+                "where[0][expr]": "in",
+                "where[0][val]": f"{a['id']},{b['id']}",
+            },
+        )
+    ).json()
+    assert set(listed["contacts"]) == {str(a["id"]), str(b["id"])}
+    since = (
+        await api.get(
+            "/contacts",
+            params={
+                "where[0][col]": "date_added",
+                "where[0][expr]": "gte",
+                "where[0][val]": "2000-01-01 00:00:00",
+            },
+        )
+    ).json()
+    assert since["total"] == "3"
+    never_modified = (
+        await api.get(
+            "/contacts", params={"where[0][col]": "date_modified", "where[0][expr]": "isNull"}
+        )
+    ).json()
+    assert never_modified["total"] == "3"
