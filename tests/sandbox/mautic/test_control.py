@@ -95,3 +95,41 @@ async def test_mounted_under_a_prefix_urls_and_the_api_switch_still_work() -> No
         assert created.headers["location"] == f"{url}/_sandbox/mautic/api/contacts/1"
         await http.patch("/_control/config", json={"api_enabled": False})
         assert (await http.get("/api/contacts", headers=headers)).status_code == 403
+
+
+async def test_the_cli_serves_the_sandbox_alone() -> None:
+    """`audience-sync sandbox mautic --port P`, as a developer runs it."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    from tests.support.servers import free_port
+
+    port = free_port()
+    exe = str(Path(sys.executable).parent / "audience-sync")
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "sandbox",
+        "mautic",
+        "--port",
+        str(port),
+        "--basic-auth",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(200):
+                try:
+                    response = await http.get("/api/contacts", auth=("admin", "mautic"))
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the sandbox did not start")
+            assert response.status_code == 200
+            assert response.json() == {"total": "0", "contacts": {}}
+    finally:
+        proc.terminate()
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=20)
+    assert b"Mautic sandbox on" in out
