@@ -295,12 +295,16 @@ class SlotManager:
         self.gates: dict[str, AccountGate] = {}
         self.wake = asyncio.Event()
 
-    def gate(self, account_key: str) -> AccountGate:
-        """The gate of an account (created on first use)."""
+    def gate(self, account_key: str, *, cap: int | None = None) -> AccountGate:
+        """The gate of an account (created on first use); `cap` overrides the default cap
+        for this account (a provider's declared concurrency), the first time only."""
         gate = self.gates.get(account_key)
         if gate is None:
             gate = AccountGate(
-                account_key, self.cap, wants_slots=self.wake, cooldown_base=self.cooldown_base
+                account_key,
+                cap or self.cap,
+                wants_slots=self.wake,
+                cooldown_base=self.cooldown_base,
             )
             self.gates[account_key] = gate
         return gate
@@ -323,7 +327,7 @@ class SlotManager:
         """Acquire for accounts with demand, renew held ones, release idle ones."""
         now = time.monotonic()
         wanting = [
-            g for g in self.gates.values() if (g.waiters or g.in_flight) and g.held < self.cap
+            g for g in self.gates.values() if (g.waiters or g.in_flight) and g.held < g.cap
         ]
         idle = [
             g
@@ -351,13 +355,13 @@ class SlotManager:
             if wanting:
                 dead = await self._dead_holders(conn)
             for g in wanting:
-                await conn.execute(_ENSURE, {"acct": g.key, "cap": self.cap})
+                await conn.execute(_ENSURE, {"acct": g.key, "cap": g.cap})
                 start = time.monotonic()
                 rows = await conn.execute(
                     _ACQUIRE,
                     {
                         "acct": g.key,
-                        "cap": self.cap,
+                        "cap": g.cap,
                         "me": self.me,
                         "ttl": self.ttl,
                         "dead": sorted(dead),

@@ -159,3 +159,27 @@ async def test_live_requests_go_before_bulk(runtime: Runtime) -> None:
     assert order[:2] == ["first", "live"]
     assert sorted(order[2:]) == ["bulk0", "bulk1", "bulk2"]
     await m.release_all()
+
+
+async def test_an_account_can_have_its_own_cap(runtime: Runtime) -> None:
+    # A provider's declared concurrency (e.g. 2) holds for its accounts beside the default.
+    m = SlotManager(runtime.engine, me="host:9:9", cap=8, ttl=30, idle_release=0.0)
+    release = asyncio.Event()
+    small = m.gate("small", cap=2)
+    assert m.gate("small", cap=5) is small  # the first declaration stays
+
+    async def one() -> None:
+        async with small.slot(margin=0.0):
+            await release.wait()
+
+    tasks = [asyncio.create_task(one()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    await m.tick()
+    await asyncio.sleep(0.05)
+    assert (small.held, small.in_flight) == (2, 2)
+    rows = await fetch(
+        runtime, "SELECT count(*) AS n FROM provider_slots WHERE account_key = 'small'"
+    )
+    assert rows == [{"n": 2}]
+    release.set()
+    await asyncio.gather(*tasks)
