@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import structlog
 from sqlalchemy import text
@@ -93,6 +94,31 @@ class LimitSpec:
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+
+    @classmethod
+    def from_limits(cls, limits: Any) -> LimitSpec:
+        """The spec of a provider's flat `Limits` declaration (app/providers/base.py)."""
+        if isinstance(limits, LimitSpec):
+            return limits
+        rates: list[Rate] = []
+        for value, scope in (
+            (limits.rate_per_account, Scope.account),
+            (limits.rate_per_application, Scope.application),
+        ):
+            if value:
+                # A fractional rate (0.5/s) becomes one request every 1/value seconds.
+                n = max(1, round(value)) if value >= 1 else 1
+                rates.append(Rate(n, per_seconds=n / value, scope=scope))
+        for ep in limits.endpoint_rates:
+            rates.append(Rate(ep.requests, per_seconds=ep.per_seconds, endpoint=ep.op))
+        quota = None
+        if limits.daily_quota_per_application:
+            quota = DailyQuota(
+                limits.daily_quota_per_application, bulk_share=limits.bulk_quota_share
+            )
+        return cls(
+            concurrency=limits.concurrency_per_account, rates=tuple(rates), daily_quota=quota
+        )
 
     @property
     def metered(self) -> bool:

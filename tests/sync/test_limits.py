@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -63,6 +64,34 @@ def test_bind_names_one_bucket_per_scope_and_endpoint() -> None:
         Rate(0)
     with pytest.raises(ValueError):
         DailyQuota(100, bulk_share=1.5)
+
+
+def test_a_flat_limits_declaration_becomes_a_spec() -> None:
+    # The shape of a provider spec's `Limits` (concurrency, rates, quota, endpoint rates).
+    flat = SimpleNamespace(
+        concurrency_per_account=None,
+        rate_per_account=5.0,
+        rate_per_application=None,
+        daily_quota_per_application=None,
+        bulk_quota_share=1.0,
+        endpoint_rates=(SimpleNamespace(op="bulk_import", requests=100, per_seconds=60.0),),
+    )
+    assert LimitSpec.from_limits(flat) == LimitSpec(
+        rates=(Rate(5), Rate(100, per_seconds=60, endpoint="bulk_import"))
+    )
+    cc = SimpleNamespace(
+        concurrency_per_account=None,
+        rate_per_account=None,
+        rate_per_application=4.0,
+        daily_quota_per_application=10_000,
+        bulk_quota_share=0.8,
+        endpoint_rates=(),
+    )
+    assert LimitSpec.from_limits(cc) == CC_LIKE
+    half = SimpleNamespace(**(vars(cc) | {"rate_per_application": 0.5, "bulk_quota_share": 1.0}))
+    (rate,) = LimitSpec.from_limits(half).rates
+    assert rate.interval == 2.0
+    assert LimitSpec.from_limits(CC_LIKE) is CC_LIKE
 
 
 def test_quota_resets_at_midnight_utc_and_says_so() -> None:
