@@ -7,12 +7,17 @@ bound); requests sent while the outage lasted (a handful: the failures that paus
 connection, then the probes).
 
     .venv/bin/python -m bench.b7_faults --contacts 20000 --outage 30
+    .venv/bin/python -m bench.b7_faults --single --contacts 5000 --runs 3
+
+`--single`: the single-`PUT` path (L0 = 20 ms), 10 % each of 429, 503 and timeouts, against a
+fault-free run in the same run: drain time ÷ fault-free, members lost, rows left or parked.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import time
 from typing import Any
@@ -144,6 +149,127 @@ async def run(
     }
 
 
+SINGLE_L0_MS = 20.0
+SINGLE_FAULTS = {"429": 0.1, "503": 0.1, "timeout": 0.1}  # 30 % of requests fail
+# Ten requests' latency: held longer, the timeouts alone take more than 3x the fault-free time
+# (10 % of requests × the hold ÷ 10 slots), whatever the engine does about 429s.
+TIMEOUT_HOLD_S = 0.2
+
+
+async def run_single(
+    db_url: str,
+    sandbox: harness.SandboxProcess,
+    n: int,
+    seed: int,
+    *,
+    faults: bool,
+    rates: dict[str, float] = SINGLE_FAULTS,
+) -> dict[str, Any]:
+    """The single-`PUT` path (no batches) with or without 30 % faults; no outage."""
+    overrides: dict[str, Any] = {
+        "MAILCHIMP_MAX_CONCURRENCY": CAP,
+        "SYNC_BATCH_THRESHOLD": 10**9,
+        "MAILCHIMP_TIMEOUT_SECONDS": 10.0,
+    }
+    settings = harness.bench_settings(db_url, sandbox.url, **overrides)
+    rearms = "SYNC_PARKED_RETRY_SECONDS" in type(settings).model_fields
+    if rearms:
+        # Parked rows come back by themselves; a short schedule keeps the run short.
+        settings = settings.model_copy(update={"SYNC_PARKED_RETRY_SECONDS": 5})
+    sandbox.configure(
+        latency_ms=SINGLE_L0_MS,
+        latency_per_member_ms=0,
+        seed=seed,
+        # A timeout is held TIMEOUT_HOLD_S, then 504: its slot is busy all that time.
+        timeout_seconds=TIMEOUT_HOLD_S,
+        fault_rates=rates if faults else dict.fromkeys(rates, 0.0),
+        fail_emails={},
+    )
+    engine = create_engine(db_url, pool_size=20)
+    try:
+        await harness.fresh_backlog(engine, settings, OWNER, n, priority=PRIORITY_BULK)
+        sync = SyncEngine(engine, settings)
+        start = time.perf_counter()
+        parked_peak = 0
+        async with harness.running_engine(sync):
+            deadline = start + 900
+            while time.perf_counter() < deadline:
+                async with engine.connect() as conn:
+                    ready, parked = (
+                        await conn.execute(
+                            text(
+                                "SELECT count(*) FILTER (WHERE state = 'ready'),"
+                                " count(*) FILTER (WHERE state = 'parked') FROM sync_queue"
+                            )
+                        )
+                    ).one()
+                parked_peak = max(parked_peak, parked)
+                if not ready and (not parked or not rearms):
+                    break  # drained; or only parked rows left and nothing re-arms them
+                await asyncio.sleep(0.1)
+            cooldowns = sum(1 for g in sync.slots.gates.values() if g.cooldown_step)
+        elapsed = time.perf_counter() - start
+        left = await harness.queue_depth(engine)
+    finally:
+        await engine.dispose()
+    sandbox.configure(fault_rates=dict.fromkeys(rates, 0.0))
+    log = sandbox.requests()["requests"]
+    members = httpx.get(
+        f"{sandbox.url}/_control/lists/{harness.default_list_id()}/members", timeout=120
+    ).json()["members"]
+    present = {m["email_address"].lower() for m in members if m.get("status") == "subscribed"}
+    expected = {f"p{i}@example.com" for i in range(1, n + 1)}
+    return {
+        "contacts": n,
+        "faults": rates if faults else {},
+        "seconds": elapsed,
+        "members_lost": len(expected - present),
+        "left_in_queue": left,
+        "parked_peak": parked_peak,
+        "cooling_at_end": cooldowns,
+        "requests": len(log),
+        "statuses": {
+            str(st): sum(1 for e in log if e["status"] == st)
+            for st in sorted({e["status"] for e in log})
+        },
+    }
+
+
+def main_single(args: argparse.Namespace) -> None:
+    """Fault-free and 30 % faults on the single path, in the same run, `--runs` times."""
+    runs = []
+    with (
+        harness.scratch_database() as db_url,
+        harness.sandbox_process(max_in_flight=CAP) as sandbox,
+    ):
+        for i in range(args.runs):
+            pair = {}
+            for faults in (False, True):
+                sandbox.reset()
+                pair["faults" if faults else "clean"] = asyncio.run(
+                    run_single(
+                        db_url,
+                        sandbox,
+                        args.contacts,
+                        seed=200 + i,
+                        faults=faults,
+                        rates=json.loads(args.fault_rates),
+                    )
+                )
+            pair["ratio"] = pair["faults"]["seconds"] / pair["clean"]["seconds"]
+            runs.append(pair)
+            f = pair["faults"]
+            print(
+                f"B7 single run {i + 1} ({args.fault_rates}): fault-free"
+                f" {pair['clean']['seconds']:.1f} s, with faults {f['seconds']:.1f} s, ratio {pair['ratio']:.2f}, lost {f['members_lost']},"
+                f" left {f['left_in_queue']}, parked peak {f['parked_peak']}, statuses"
+                f" {f['statuses']}",
+                flush=True,
+            )
+    payload = {"fault_rates": json.loads(args.fault_rates), "timeout_hold_s": TIMEOUT_HOLD_S}
+    print(f"results: {harness.write_result('b7_single_faults', payload | {'runs': runs})}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--contacts", type=int, default=20_000)
@@ -155,7 +281,21 @@ def main() -> None:
         default=2.0,
         help="SYNC_PROBE_MAX_INTERVAL_SECONDS: fewer probes into an outage vs. a faster resume",
     )
+    parser.add_argument(
+        "--single",
+        action="store_true",
+        help="the single-PUT path with 30 %% faults against a fault-free run (no outage)",
+    )
+    parser.add_argument(
+        "--fault-rates",
+        default=json.dumps(SINGLE_FAULTS),
+        help="with --single: the sandbox's fault_rates as JSON (default 10 %% each of 429,"
+        " 503 and timeout)",
+    )
     args = parser.parse_args()
+    if args.single:
+        main_single(args)
+        return
     runs = []
     with (
         harness.scratch_database() as db_url,
