@@ -169,6 +169,8 @@ class MauticSandbox(Starlette):
             query_token = query.pop("access_token", None) if isinstance(query, dict) else None
             principal = state.authenticate(authorization, query_token, body_token)
             rate_headers = state.rate_check(principal)
+            if config.api_role == "read_only" and method != "GET":
+                raise errors.forbidden()
             call = api.Call(state, method, path, args, query, body, principal.user, base)
             try:
                 status, payload, headers = await handler(call)

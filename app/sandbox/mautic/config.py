@@ -15,6 +15,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "webhook_policy": ("5.x", "7.x"),
     "ip_address_key": ("ipAddress", "ip"),
     "token_scope": (None, ""),
+    "api_role": ("admin", "read_only"),
 }
 WEBHOOK_FAULTS = ("drop", "duplicate", "empty_fields")
 
@@ -38,6 +39,8 @@ class MauticConfig:
     mautic_version: str = "5.1.0"
     site_url: str = ""  # empty: the URL the sandbox is reached at
     locale: str = "en"
+    # The API user's role: `read_only` answers the permission 403 to every write.
+    api_role: str = "admin"
     # Points the reference marks [unverified]: each is a knob with the emulator's choice.
     token_scope: str | None = None
     token_accepts_json_body: bool = True

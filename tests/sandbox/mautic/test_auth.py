@@ -342,3 +342,17 @@ async def test_rate_limiter_knob_body_headers_and_per_token_buckets(sandbox: San
     assert (
         await sandbox.http.get("/api/contacts", headers={"Authorization": f"Bearer {fresh}"})
     ).status_code == 200
+
+
+async def test_read_only_role_answers_the_permission_403_to_writes(sandbox: Sandbox) -> None:
+    await sandbox.configure(api_role="read_only")
+    headers = {"Authorization": f"Bearer {await sandbox.token()}"}
+    assert (await sandbox.http.get("/api/contacts", headers=headers)).status_code == 200
+    response = await sandbox.http.post(
+        "/api/contacts/new", json={"email": "a@x.com"}, headers=headers
+    )
+    assert response.status_code == 403
+    assert response.content == (
+        b'{"errors":[{"code":403,"message":"You do not have access to the requested '
+        b'area\\/action.","details":[]}]}'
+    )
