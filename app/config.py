@@ -97,6 +97,8 @@ class Settings(BaseSettings):
 
     # --- sync engine ---------------------------------------------------------------------
     SYNC_MAX_ATTEMPTS: int = Field(default=5, ge=1)
+    SYNC_PARKED_RETRY_SECONDS: float = Field(default=900.0, gt=0)
+    SYNC_PARKED_RETRY_MAX_SECONDS: float = Field(default=3600.0, gt=0)
     SYNC_BACKOFF_BASE_SECONDS: float = Field(default=1.0, gt=0)
     SYNC_BACKOFF_MAX_SECONDS: float = Field(default=300.0, gt=0)
     SYNC_BATCH_SIZE: int = Field(default=500, ge=1, le=500)

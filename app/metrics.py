@@ -29,6 +29,10 @@ QUEUE_OLDEST_READY_AGE = Gauge(
     "audience_sync_queue_oldest_ready_age_seconds",
     "Age of the oldest ready row in the sync queue.",
 )
+PARKED_REARMED = Counter(
+    "audience_sync_parked_rearmed",
+    "Parked queue rows re-armed by the slow retry schedule (SYNC_PARKED_RETRY_SECONDS).",
+)
 SENDS = Counter(
     "audience_sync_provider_sends_total",
     "Members sent to a provider, by operation and outcome.",

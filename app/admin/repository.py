@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.connections.notices import PARKED_NOTICE_AFTER_SECONDS
 from app.sync.outbox import NOTIFY_CHANNEL
 
 # One statement, whatever the number of connections: the queue and the mirror are each
@@ -24,7 +25,11 @@ _STATUS = text(
                                   AND (lease_until IS NULL OR lease_until <= now())) AS ready,
                count(*) FILTER (WHERE state = 'ready' AND lease_until > now()) AS leased,
                count(*) FILTER (WHERE state = 'parked') AS parked,
-               min(enqueued_at) FILTER (WHERE state = 'ready') AS oldest_ready_at
+               min(enqueued_at) FILTER (WHERE state = 'ready') AS oldest_ready_at,
+               min(parked_at) FILTER (WHERE state = 'parked') AS parked_since,
+               min(available_at) FILTER (WHERE state = 'parked') AS next_parked_retry_at,
+               bool_or(parked_at < now() - make_interval(secs => :stuck_after))
+                   AS stuck
         FROM sync_queue
         GROUP BY connection_id
     ), r AS (
@@ -40,7 +45,8 @@ _STATUS = text(
            COALESCE(q.leased, 0) AS leased,
            COALESCE(q.parked, 0) AS parked,
            EXTRACT(EPOCH FROM now() - q.oldest_ready_at)::float8 AS oldest_ready_age_seconds,
-           COALESCE(r.rejected, 0) AS rejected
+           COALESCE(r.rejected, 0) AS rejected,
+           q.parked_since, q.next_parked_retry_at, COALESCE(q.stuck, false) AS stuck
     FROM connections c
     LEFT JOIN q ON q.connection_id = c.id
     LEFT JOIN r ON r.connection_id = c.id
@@ -56,7 +62,7 @@ _RETRY = text(
     """
     WITH moved AS (
         UPDATE sync_queue
-        SET state = 'ready', attempts = 0, available_at = now(),
+        SET state = 'ready', attempts = 0, available_at = now(), parks = 0,
             lease_until = NULL, leased_by = NULL
         WHERE connection_id = :connection_id AND state = 'parked'
         RETURNING 1
@@ -79,7 +85,11 @@ class AdminRepository:
 
     async def connection_statuses(self) -> Sequence[RowMapping]:
         """Every connection with its queue and mirror aggregates."""
-        return (await self.session.execute(_STATUS)).mappings().all()
+        return (
+            (await self.session.execute(_STATUS, {"stuck_after": PARKED_NOTICE_AFTER_SECONDS}))
+            .mappings()
+            .all()
+        )
 
     async def connection_status(self, connection_id: uuid.UUID) -> RowMapping | None:
         """The status columns of one connection; None when it does not exist."""

@@ -20,7 +20,10 @@ class QueueDepth(BaseModel):
 
     ready: int = Field(description="Waiting to be sent (state ready, not leased by a worker).")
     leased: int = Field(description="In flight: state ready and leased by a worker right now.")
-    parked: int = Field(description="Gave up after SYNC_MAX_ATTEMPTS; waits for a retry.")
+    parked: int = Field(
+        description="Gave up after SYNC_MAX_ATTEMPTS; retried by itself on a slow schedule"
+        " (SYNC_PARKED_RETRY_SECONDS, backing off to SYNC_PARKED_RETRY_MAX_SECONDS)."
+    )
     total: int
 
 
@@ -41,6 +44,12 @@ class ConnectionSyncStatus(BaseModel):
         description="Seconds since the oldest not-yet-sent row (ready or leased) was enqueued."
     )
     parked: int
+    parked_since: datetime | None = Field(
+        None, description="When the longest-parked row first parked (it is retried by itself)."
+    )
+    next_parked_retry_at: datetime | None = Field(
+        None, description="When the next parked rows are re-armed (SYNC_PARKED_RETRY_SECONDS)."
+    )
     rejected: int = Field(description="Subscribers the provider refused (sync_state.error_kind).")
     last_synced_at: datetime | None
     last_error: str | None

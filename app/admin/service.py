@@ -41,7 +41,7 @@ class AdminService:
                 status=row["status"],
                 status_reason=row["status_reason"],
                 status_since=row["status_since"],
-                notice=notice_for(row["status"], row["status_reason"]),
+                notice=notice_for(row["status"], row["status_reason"], stuck=row["stuck"]),
                 queue=QueueDepth(
                     ready=row["ready"],
                     leased=row["leased"],
@@ -50,6 +50,8 @@ class AdminService:
                 ),
                 oldest_ready_age_seconds=row["oldest_ready_age_seconds"],
                 parked=row["parked"],
+                parked_since=row["parked_since"],
+                next_parked_retry_at=row["next_parked_retry_at"],
                 rejected=row["rejected"],
                 last_synced_at=row["last_synced_at"],
                 last_error=row["last_error"],

@@ -12,6 +12,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connections.models import Connection, OAuthState
+from app.connections.notices import PARKED_NOTICE_AFTER_SECONDS
 from app.sync.models import ReconcileMember, SyncRun
 
 connections = cast(Table, Connection.__table__)
@@ -26,7 +27,9 @@ _COUNTS = text(
       (SELECT count(*) FROM sync_queue WHERE connection_id = :id AND state = 'ready') AS pending,
       (SELECT count(*) FROM sync_queue WHERE connection_id = :id AND state = 'parked')
       + (SELECT count(*) FROM sync_state WHERE connection_id = :id AND error_kind IS NOT NULL)
-        AS failed
+        AS failed,
+      EXISTS (SELECT FROM sync_queue WHERE connection_id = :id AND state = 'parked'
+              AND parked_at < now() - make_interval(secs => :stuck_after)) AS stuck
     """
 )
 
@@ -82,7 +85,8 @@ class ConnectionRepository:
 
     async def counts(self, connection_id: uuid.UUID) -> RowMapping:
         """Pending (queued) and failed (parked or rejected) counts."""
-        return (await self.session.execute(_COUNTS, {"id": connection_id})).mappings().one()
+        params = {"id": connection_id, "stuck_after": PARKED_NOTICE_AFTER_SECONDS}
+        return (await self.session.execute(_COUNTS, params)).mappings().one()
 
     async def lock(self, connection_id: uuid.UUID) -> RowMapping | None:
         """The connection row, locked until the transaction ends (serialises Sync Now)."""

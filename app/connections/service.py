@@ -649,7 +649,7 @@ class ConnectionService:
             if row["audience_id"]
             else None,
             status=row["status"],
-            notice=notice_for(row["status"], row["status_reason"]),
+            notice=notice_for(row["status"], row["status_reason"], stuck=counts["stuck"]),
             last_synced_at=row["last_synced_at"],
             pending=counts["pending"],
             failed=counts["failed"],

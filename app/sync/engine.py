@@ -123,6 +123,8 @@ class EngineOptions:
     lease_seconds: float = 60.0
     poll_interval: float = 1.0
     max_attempts: int = 5
+    parked_retry: float = 900.0
+    parked_retry_max: float = 3600.0
     pause_after_failures: int = 10
     timeout: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
@@ -142,6 +144,10 @@ class EngineOptions:
             lease_seconds=settings.SYNC_LEASE_SECONDS,
             poll_interval=settings.SYNC_POLL_INTERVAL_SECONDS,
             max_attempts=settings.SYNC_MAX_ATTEMPTS,
+            parked_retry=settings.SYNC_PARKED_RETRY_SECONDS,
+            parked_retry_max=max(
+                settings.SYNC_PARKED_RETRY_SECONDS, settings.SYNC_PARKED_RETRY_MAX_SECONDS
+            ),
             pause_after_failures=settings.SYNC_PAUSE_AFTER_FAILURES,
             timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
             backoff=Backoff(
@@ -482,6 +488,8 @@ class SyncEngine:
                     claimed=rows,
                     outcomes=outcomes,
                     max_attempts=self.options.max_attempts,
+                    park_base=self.options.parked_retry,
+                    park_max=self.options.parked_retry_max,
                 )
                 if ctx.last_error:
                     await conn.execute(
@@ -1082,7 +1090,7 @@ class SyncEngine:
 
     async def _maintenance(self) -> None:
         """Probe paused connections, reap dead local workers, run periodic jobs."""
-        last_reap = time.monotonic()
+        last_reap = last_rearm = time.monotonic()
         while not self._bg_stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._bg_stop.wait(), timeout=0.5)
@@ -1093,12 +1101,24 @@ class SyncEngine:
                 if time.monotonic() - last_reap > 5.0:
                     await self._reap_dead_local()
                     last_reap = time.monotonic()
+                if time.monotonic() - last_rearm > min(5.0, self.options.parked_retry / 2):
+                    await self.rearm_parked()
+                    last_rearm = time.monotonic()
                 for i, (every, job) in enumerate(self.periodic):
                     if time.monotonic() - self._last_periodic.get(i, 0.0) >= every:
                         self._last_periodic[i] = time.monotonic()
                         await job(self)
             except Exception as exc:
                 log.warning("sync.maintenance_failed", error=repr(exc))
+
+    async def rearm_parked(self) -> int:
+        """Re-arm parked rows whose slow-schedule time has come (no operator needed)."""
+        async with self.db.begin() as conn:
+            n = await QueueRepository(conn).rearm_parked()
+        if n:
+            metrics.PARKED_REARMED.inc(n)
+            log.info("sync.parked_rearmed", rows=n)
+        return n
 
     async def _reap_dead_local(self) -> None:
         """Free leases of workers that ran on this host and are gone (SIGKILL, OOM)."""

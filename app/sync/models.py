@@ -51,6 +51,8 @@ class SyncQueue(Base):
             "available_at",
             postgresql_where=text("state = 'ready'"),
         ),
+        # The re-arm of parked rows finds the due ones without scanning the queue.
+        Index("ix_sync_queue_parked", "available_at", postgresql_where=text("state = 'parked'")),
         CheckConstraint("state IN ('ready', 'parked')", name="state"),
         {
             # Rows are deleted on completion: vacuum this small, hot table often.
@@ -81,6 +83,10 @@ class SyncQueue(Base):
     # Tags a send was about to push, written before the call: if the worker dies after the
     # provider applied them but before the completion recorded them in sync_state, they are
     # still known to be ours, and a later removal removes them (issue 11, item 1).
+    # Times the row parked since its last change, and when it first did: parked rows are
+    # re-armed on a slow schedule (available_at), and the notice shows rows stuck for long.
+    parks: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     tag_intent: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     enqueued_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()

@@ -32,6 +32,8 @@ def queue_upsert(select: str, *, only_parked: bool = False) -> str:
         {select}
         ON CONFLICT (connection_id, email_key) DO UPDATE SET
             seq = q.seq + 1,
+            parks = 0,
+            parked_at = NULL,
             contact_id = COALESCE(EXCLUDED.contact_id, q.contact_id),
             priority = LEAST(q.priority, EXCLUDED.priority),
             forget = q.forget OR EXCLUDED.forget,

@@ -114,6 +114,28 @@ _TAG_INTENT = text(
     """
 )
 
+# Parked rows whose slow-schedule time has come get a fresh attempt budget (a batch per
+# tick; SKIP LOCKED leaves rows another worker re-arms alone). `parks` and `parked_at` stay:
+# the next park waits longer, and the notice still knows how long the row has been stuck.
+_REARM_PARKED = text(
+    """
+    WITH due AS (
+        SELECT q.connection_id, q.email_key FROM sync_queue q
+        JOIN connections c ON c.id = q.connection_id
+        WHERE q.state = 'parked' AND q.available_at <= now() AND c.status = 'active'
+        ORDER BY q.available_at
+        LIMIT :limit
+        FOR UPDATE OF q SKIP LOCKED
+    ), moved AS (
+        UPDATE sync_queue q SET state = 'ready', attempts = 0, available_at = now()
+        FROM due WHERE q.connection_id = due.connection_id AND q.email_key = due.email_key
+        RETURNING 1
+    )
+    SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END AS notified
+    FROM moved
+    """
+)
+
 _RELEASE_ALL = text(
     "UPDATE sync_queue SET lease_until = NULL, leased_by = NULL WHERE leased_by = :me"
 )
@@ -234,9 +256,18 @@ _COMPLETE = text(
                             THEN q.attempts + 1 ELSE q.attempts END,
             state = CASE WHEN o.kind = 'retry' AND q.seq = o.seq AND q.attempts + 1 >= :max
                          THEN 'parked' ELSE q.state END,
-            available_at = CASE WHEN o.kind IN ('retry', 'defer') AND q.seq = o.seq
+            -- a parked row's available_at is when it is re-armed: the slow schedule, doubling
+            -- with each park (SYNC_PARKED_RETRY_SECONDS up to SYNC_PARKED_RETRY_MAX_SECONDS)
+            available_at = CASE WHEN o.kind = 'retry' AND q.seq = o.seq AND q.attempts + 1 >= :max
+                                THEN now() + make_interval(secs => LEAST(
+                                    :park_base * power(2, LEAST(q.parks, 20)), :park_max))
+                                WHEN o.kind IN ('retry', 'defer') AND q.seq = o.seq
                                 THEN now() + make_interval(secs => o.delay)
                                 ELSE q.available_at END,
+            parks = CASE WHEN o.kind = 'retry' AND q.seq = o.seq AND q.attempts + 1 >= :max
+                         THEN q.parks + 1 ELSE q.parks END,
+            parked_at = CASE WHEN o.kind = 'retry' AND q.seq = o.seq AND q.attempts + 1 >= :max
+                             THEN COALESCE(q.parked_at, now()) ELSE q.parked_at END,
             last_error = CASE WHEN o.kind = 'retry' AND q.seq = o.seq
                               THEN o.error ELSE q.last_error END,
             -- done (the row changed meanwhile): sync_state now records what we pushed
@@ -343,6 +374,11 @@ class QueueRepository:
                 _TAG_INTENT, {"me": me, "conn": connection_id, "rows": _dumps(rows)}
             )
 
+    async def rearm_parked(self, *, limit: int = 1000) -> int:
+        """Make parked rows whose retry time has come ready again; NOTIFY when any moved."""
+        result = await self.conn.execute(_REARM_PARKED, {"limit": limit, "channel": NOTIFY_CHANNEL})
+        return int(result.mappings().one()["n"])
+
     async def release_all(self, *, me: str) -> None:
         """Give back every lease this worker holds (shutdown)."""
         await self.conn.execute(_RELEASE_ALL, {"me": me})
@@ -398,6 +434,8 @@ class QueueRepository:
         claimed: Sequence[Claimed],
         outcomes: dict[str, Outcome],
         max_attempts: int,
+        park_base: float = 900.0,
+        park_max: float = 3600.0,
     ) -> dict[str, int]:
         """Write the mirror, tombstones and consent, then compare-and-delete the queue rows."""
         upserts = [o.mirror | {"email_key": o.key} for o in outcomes.values() if o.mirror]
@@ -436,7 +474,14 @@ class QueueRepository:
             (
                 await self.conn.execute(
                     _COMPLETE,
-                    {"conn": connection_id, "rows": _dumps(rows), "me": me, "max": max_attempts},
+                    {
+                        "conn": connection_id,
+                        "rows": _dumps(rows),
+                        "me": me,
+                        "max": max_attempts,
+                        "park_base": park_base,
+                        "park_max": park_max,
+                    },
                 )
             )
             .mappings()

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.connections.notices import PARKED_NOTICE
 from app.db import create_engine
 from app.main import Runtime
 from app.sync.engine import SyncEngine
@@ -178,3 +179,68 @@ async def test_tags_pushed_before_a_crash_stay_ours(
             await db.dispose()
     member = (await sandbox.members())["crash@example.com"]
     assert sorted(t["name"] for t in member["tags"]) == sorted(then_tags)
+
+
+async def test_parked_rows_are_retried_by_themselves_on_a_slow_schedule(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+) -> None:
+    """Every call fails (fixed seed) until the rows park; the faults stop; with no operator,
+    no contact change and no resume, the parked rows are re-armed and sent."""
+    await seed_contacts(runtime, connection["id"], 30)
+    await sandbox.configure(seed=11, fault_rates={"503": 1.0})
+    engine = make_engine(
+        SYNC_BATCH_THRESHOLD=100000,
+        SYNC_MAX_ATTEMPTS=2,
+        SYNC_PAUSE_AFTER_FAILURES=100000,  # a resume from `paused` would re-arm them too
+        SYNC_PARKED_RETRY_SECONDS=2,
+        SYNC_PARKED_RETRY_MAX_SECONDS=4,
+    )
+    parked = "SELECT count(*) AS n FROM sync_queue WHERE state = 'parked'"
+    async with running(engine):
+        await wait_for(lambda: _at_least(runtime, parked, 30), within=60)
+        admin = {"Authorization": f"Bearer {token_for('ops', admin=True)}"}
+        status = (await api.get("/api/admin/sync-status", headers=admin)).json()
+        item = status["connections"][0]
+        assert item["parked"] == 30
+        assert item["next_parked_retry_at"] is not None
+        assert item["parked_since"] is not None
+        await sandbox.configure(fault_rates={"503": 0})
+        await wait_for(lambda: queue_empty(runtime), within=60)
+    await assert_mirrors_database(runtime, sandbox, OWNER)
+    metrics = (await api.get("/metrics")).text
+    assert "audience_sync_parked_rearmed_total" in metrics
+    rearmed = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("audience_sync_parked_rearmed_total")
+    ]
+    assert float(rearmed[0].split()[-1]) >= 30
+
+
+async def test_parked_rows_that_persist_raise_the_calm_notice(
+    runtime: Runtime,
+    connection: dict[str, Any],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+) -> None:
+    """Rows parked for over an hour (the bar: 99 % within an hour) show a calm notice."""
+    headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
+    await seed_contacts(runtime, connection["id"], 3)
+    body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
+    assert body["notice"] is None
+    await fetch(
+        runtime,
+        "UPDATE sync_queue SET state = 'parked', parked_at = now() - interval '2 hours',"
+        " available_at = now() + interval '1 hour'",
+    )
+    body = (await api.get("/api/integrations/mailchimp", headers=headers)).json()
+    assert body["status"] == "active"
+    assert body["notice"] == PARKED_NOTICE
+    admin = {"Authorization": f"Bearer {token_for('ops', admin=True)}"}
+    status = (await api.get("/api/admin/sync-status", headers=admin)).json()
+    assert status["connections"][0]["notice"] == PARKED_NOTICE
