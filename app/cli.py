@@ -193,6 +193,38 @@ def sandbox_mautic(
     )
 
 
+@sandbox_cli.command("constantcontact")
+def sandbox_constantcontact(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8027,
+    latency_ms: Annotated[float | None, typer.Option(help="Base latency per request.")] = None,
+    rate_per_second: Annotated[
+        float | None, typer.Option(help="Requests a second per application before 429.")
+    ] = None,
+    daily_quota: Annotated[
+        int | None, typer.Option(help="Requests a UTC day per application before 429.")
+    ] = None,
+    access_token_ttl_seconds: Annotated[
+        float | None, typer.Option(help="Lifetime of an access token.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
+) -> None:
+    """Serve the Constant Contact sandbox alone."""
+    from app.sandbox.constantcontact.cli import serve_sandbox
+
+    serve_sandbox(
+        host=host,
+        port=port,
+        changes={
+            "latency_ms": latency_ms,
+            "rate_per_second": rate_per_second,
+            "daily_quota": daily_quota,
+            "access_token_ttl_seconds": access_token_ttl_seconds,
+            "seed": seed,
+        },
+    )
+
+
 def main() -> None:
     """Console-script entry point; a configuration the service cannot run with exits 2."""
     from pydantic import ValidationError

@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 
 SANDBOX_PREFIX = "/_sandbox/mailchimp"
 MAUTIC_SANDBOX_PREFIX = "/_sandbox/mautic"
+CONSTANTCONTACT_SANDBOX_PREFIX = "/_sandbox/constantcontact"
 
 
 # The providers FIELD_MAP may name until each one's package declares its own field rules.
@@ -54,7 +55,7 @@ def routers(settings: Settings) -> list[APIRouter]:
 
 
 def mount(app: FastAPI, settings: Settings) -> None:
-    """Sub-applications: the console's files; the Mailchimp and Mautic sandboxes in sandbox mode."""
+    """Sub-applications: the console's files; the provider sandboxes in sandbox mode."""
     from app.console.routes import mount as mount_console
 
     mount_console(app)
@@ -66,12 +67,16 @@ def mount(app: FastAPI, settings: Settings) -> None:
     app.state.mautic_sandbox_app = mautic
     app.mount(MAUTIC_SANDBOX_PREFIX, mautic)
     try:
+        from app.sandbox.constantcontact import create_app as create_cc_sandbox
         from app.sandbox.mailchimp import create_app as create_sandbox
-    except ImportError:  # pragma: no cover - the sandbox ships with the service
+    except ImportError:  # pragma: no cover - the sandboxes ship with the service
         return
     sandbox = create_sandbox(state_file=settings.DATA_DIR / "sandbox-mailchimp.json")
     app.state.sandbox_app = sandbox
     app.mount(SANDBOX_PREFIX, sandbox)
+    cc_sandbox = create_cc_sandbox()
+    app.state.constantcontact_sandbox_app = cc_sandbox
+    app.mount(CONSTANTCONTACT_SANDBOX_PREFIX, cc_sandbox)
 
 
 def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
