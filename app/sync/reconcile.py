@@ -252,7 +252,11 @@ _PLAN = text(
             c.newsletter_changed_at AS consent_at, c.newsletter_unsubscribed_at AS opted_out_at,
             c.kind = ANY(CAST(:kinds AS text[])) AS in_scope,
             m.remote_status AS mirror_status, m.remote_changed_at AS mirror_changed_at,
-            m.last_synced_at AS mirror_synced_at, m.pushed_digest IS NOT NULL AS ours
+            m.last_synced_at AS mirror_synced_at,
+            -- Ours: pushed by us and not archived by us since (a member we archived that is
+            -- listed again was brought back by the person).
+            (m.pushed_digest IS NOT NULL AND m.remote_status IS DISTINCT FROM 'archived')
+                AS ours
         FROM reconcile_members s
         LEFT JOIN contacts c ON c.owner_id = :owner AND c.email_key = s.email_key
         LEFT JOIN sync_state m ON m.connection_id = :conn AND m.email_key = s.email_key

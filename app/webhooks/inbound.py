@@ -210,8 +210,18 @@ class InboundApplier:
             error_kind=None,
             error=None,
         )
-        if adopt and contact is not None:
-            # A lead made from the provider's own data: the member holds exactly this.
+        if (
+            mirror is not None
+            and mirror["remote_status"] == ARCHIVED
+            and status == SUBSCRIBED
+            and not adopt
+        ):
+            # A member we archived (its contact deleted, or of a kind SYNC_KINDS leaves out)
+            # that the person brought back is theirs now: never ours to archive again.
+            values["pushed_digest"] = None
+        if adopt and contact is not None and self.inbound.mapping.syncs(dict(contact)):
+            # A lead made from the provider's own data: the member holds exactly this. (Not
+            # when leads are not synced: it is then the person's member, not ours.)
             values.update(
                 pushed_email=contact["email"],
                 pushed_digest=self._digest(contact),

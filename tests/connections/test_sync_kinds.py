@@ -19,7 +19,7 @@ from tests.connections.test_reconcile import (
     run_row,
     writes_for,
 )
-from tests.support.sync import Sandbox
+from tests.support.sync import Sandbox, wait_for
 
 CLIENTS_AND_LEADS = frozenset({ContactKind.client, ContactKind.lead})
 
@@ -115,19 +115,35 @@ async def test_dropping_a_kind_archives_what_we_pushed_and_adding_it_back_restor
     }
     assert mirror["plain@example.com"] == "archived"
 
-    # A second Sync Now with nothing changed costs no write.
+    # The person brings an archived member back by themselves while no webhook reaches us
+    # (the last one registered points at a service that is gone): the member is theirs now,
+    # and Sync Now leaves it alone.
+    assert (await sandbox.act("signup", "plain@example.com")).status_code == 200
     async with serve(SYNC_KINDS=CLIENTS_AND_LEADS, **fast) as svc:
         await sandbox.clear_requests()
         again = await sync_now(svc, runtime)
+        # ...and the same through the webhook, which this Sync Now registered to us.
+        assert (await sandbox.act("signup", "adopted@example.com")).status_code == 200
+
+        async def learnt() -> bool:
+            rows = await fetch(
+                runtime,
+                "SELECT remote_status FROM sync_state WHERE email_key = 'adopted@example.com'",
+            )
+            return not rows or rows[0]["remote_status"] == "subscribed"
+
+        await wait_for(learnt, within=10)
+        await drain(runtime, svc.settings)
     assert again["counts"]["kind_removed"] == 0
+    assert again["counts"]["kind_excluded"] == 2  # theirs@, and plain@ now
     # (Each serve() listens on a new port, so the webhook is re-registered; members are not
     # written.)
     member_writes = [
-        r
-        for r in await sandbox.requests()
-        if r["method"] in WRITES and "/webhooks" not in r["path"]
+        r for r in await sandbox.requests() if r["method"] in WRITES and "/members" in r["path"]
     ]
     assert member_writes == []
+    now = await statuses(sandbox)
+    assert now["plain@example.com"] == now["adopted@example.com"] == "subscribed"
 
     # Every kind again: the archived members come back, the new contact is created; the
     # person who unsubscribed stays out.

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from app.config import ContactKind
 from app.main import Runtime
 from tests.support.sync import Sandbox
 from tests.webhooks.conftest import (
@@ -142,6 +143,35 @@ class TestSubscribe:
         await assert_no_echo(runtime, sandbox, make_engine)
         event = await one(runtime, "SELECT outcome FROM webhook_events")
         assert event["outcome"] == "created"
+
+    @pytest.mark.parametrize(
+        "service_overrides", [{"SYNC_KINDS": frozenset({ContactKind.client, ContactKind.contact})}]
+    )
+    async def test_a_signup_when_leads_are_not_synced_is_never_ours_to_archive(
+        self,
+        hook: Hook,
+        crm: Crm,
+        runtime: Runtime,
+        sandbox: Sandbox,
+        make_engine: Engine,
+        service_overrides: dict[str, Any],
+    ) -> None:
+        await hook.act("signup", "walkin@example.com", merge_fields={"FNAME": "Walk"})
+        lead = await contact_row(runtime, "walkin@example.com")
+        assert lead["kind"] == "lead"
+        mirror = await mirror_row(runtime, "walkin@example.com")
+        assert mirror["remote_status"] == "subscribed"
+        assert mirror["pushed_digest"] is None  # the person's member, not one we pushed
+        # Edited in the CRM: leads are not synced, so nothing is sent — least of all an archive.
+        await crm.patch(str(lead["id"]), first_name="Walter")
+        await sandbox.clear_requests()
+        engine = make_engine(**service_overrides)
+        try:
+            await engine.run_until_idle(limit_seconds=30)
+        finally:
+            await engine.aclose()
+        assert await sandbox.requests() == []
+        assert (await sandbox.members())["walkin@example.com"]["status"] == "subscribed"
 
     @pytest.mark.parametrize("service_overrides", [{"INBOUND_SIGNUPS": False}])
     async def test_signups_off_creates_nothing(self, hook: Hook, runtime: Runtime) -> None:
