@@ -8,18 +8,17 @@ Every request: authenticate (Basic or Bearer), take a slot of the account's in-f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import re
-import time
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from app.sandbox.kit import LogEntry, Refusal, base_url, read_body, respond
 from app.sandbox.mailchimp import clock, errors, render
 from app.sandbox.mailchimp import constants as c
 from app.sandbox.mailchimp.audience import Audience, Member, Webhook
@@ -43,49 +42,6 @@ def new_request_id() -> str:
     v = _ids.getrandbits(128)
     h = "%032x" % ((v & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def base_url(scope: Scope) -> str:
-    """scheme://host[:port] + root_path: where this sandbox is reached (mounted or not)."""
-    host = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    if host is None:
-        server = scope.get("server") or ("127.0.0.1", 80)
-        host = f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
-
-
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _hold(seconds: float, receive: Receive) -> None:
-    """Hold the request `seconds`, or until the client gives up and disconnects."""
-
-    async def disconnected() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, watcher):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 def _flag(query: dict[str, str], name: str) -> bool:
@@ -123,6 +79,17 @@ def _time_param(query: dict[str, str], name: str) -> float | None:
         ) from None
 
 
+def refused(refusal: Refusal, cap: int) -> ApiError:
+    """The kit's refusals as Mailchimp answers them."""
+    if refusal.kind in ("cap", "429"):
+        return errors.too_many(cap)
+    if refusal.kind == "403":
+        return ApiError(403, "Forbidden", "", body=False)
+    if refusal.kind == "timeout":
+        return ApiError(504, "Gateway Timeout", "The request timed out.")
+    return ApiError(503, "Service Unavailable", "The server is temporarily unable to answer.")
+
+
 class MarketingApi:
     """`/3.0/...` over raw ASGI."""
 
@@ -131,7 +98,7 @@ class MarketingApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         state = self.state
-        start = time.time()
+        start = state.clock.now()
         request_id = new_request_id()
         method: str = scope["method"]
         base = base_url(scope)
@@ -147,18 +114,18 @@ class MarketingApi:
         try:
             try:
                 account = state.authenticate(auth)
-                current = state.in_flight.get(account.id, 0)
-                in_flight = current + 1
-                if current >= state.config.max_in_flight:
-                    meta["fault"] = "cap"
-                    raise errors.too_many(state.config.max_in_flight)
-                state.in_flight[account.id] = in_flight
+                in_flight = state.in_flight.enter(account.id, state.config.max_in_flight)
                 try:
                     result = await self._admitted(
                         scope, receive, method, path, body, account, base, meta
                     )
                 finally:
-                    state.in_flight[account.id] -= 1
+                    state.in_flight.leave(account.id)
+            except Refusal as refusal:
+                meta["fault"] = refusal.kind
+                in_flight = in_flight or refusal.in_flight
+                error = refused(refusal, state.config.max_in_flight)
+                result = self._problem(error, request_id, base)
             except ApiError as exc:
                 result = self._problem(exc, request_id, base)
         except Exception:  # a bug in the sandbox: answer like Mailchimp's 500
@@ -185,21 +152,18 @@ class MarketingApi:
             if not any(h[0] == b"content-type" for h in headers):
                 headers.append((b"content-type", JSON_TYPE))
         headers.append((b"x-request-id", request_id.encode()))
-        headers.append((b"content-length", str(len(content)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        await respond(send, status, headers, content)
         state.requests.append(
-            (
+            LogEntry(
                 method,
                 path,
                 status,
                 start,
-                time.time(),
+                state.clock.now(),
                 in_flight,
                 account.id if account else None,
-                request_id,
-                meta["members"],
                 meta["fault"],
+                {"request_id": request_id, "members": meta["members"]},
                 body if state.config.record_bodies and method != "GET" else None,
             )
         )
@@ -225,27 +189,7 @@ class MarketingApi:
     ) -> Result:
         state = self.state
         config = state.config
-        if time.time() < state.outage_until:
-            meta["fault"] = "outage"
-            raise ApiError(
-                503, "Service Unavailable", "The server is temporarily unable to answer."
-            )
-        roll = state.fault_rng.random()
-        threshold = 0.0
-        for kind in FAULT_KINDS:
-            threshold += config.fault_rates.get(kind, 0.0)
-            if roll < threshold:
-                meta["fault"] = kind
-                if kind == "429":
-                    raise errors.too_many(config.max_in_flight)
-                if kind == "403":
-                    raise ApiError(403, "Forbidden", "", body=False)
-                if kind == "503":
-                    raise ApiError(
-                        503, "Service Unavailable", "The server is temporarily unable to answer."
-                    )
-                await _hold(config.timeout_seconds, receive)
-                raise ApiError(504, "Gateway Timeout", "The request timed out.")
+        await state.gate.inject(config.fault_rates, FAULT_KINDS, config.timeout_seconds, receive)
         data: Any = None
         if body and method in ("POST", "PUT", "PATCH"):
             try:

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
+from app.sandbox.kit import local_path, on_unmount
 from app.sandbox.mailchimp import control, oauth
 from app.sandbox.mailchimp.api import MarketingApi
 from app.sandbox.mailchimp.config import SandboxConfig
@@ -26,10 +27,7 @@ class SandboxApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            root: str = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
+            path = local_path(scope)
             if path.startswith("/3.0/") or path == "/3.0":
                 await self.api(scope, receive, send, path)
                 return
@@ -48,18 +46,23 @@ def create_app(
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("mailchimp sandbox: ignoring unreadable state file %s: %s", state_file, exc)
 
+    async def close() -> None:
+        """Finish webhook deliveries, keep the data."""
+        await state.hub.aclose()
+        if state_file is not None:
+            state.save(state_file)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await state.hub.aclose()
-            if state_file is not None:
-                state.save(state_file)
+            await close()
 
     app = SandboxApp(routes=[*oauth.routes, *control.routes], lifespan=lifespan)
     app.state.sandbox = state
     app.state.state_file = state_file
+    on_unmount(app, close)
     app.api = MarketingApi(state)
     return app
 

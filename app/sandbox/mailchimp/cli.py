@@ -52,8 +52,7 @@ def serve_sandbox(
     """Run the sandbox under uvicorn until interrupted."""
     import gc
 
-    import uvicorn
-
+    from app.sandbox.kit import run
     from app.sandbox.mailchimp.app import create_app
 
     # A long-lived heap of members and bursts of short-lived JSON: collect young objects
@@ -70,8 +69,7 @@ def serve_sandbox(
     )
     app = create_app(config, state_file=state_file)
     url = f"http://{host}:{port}"
-    print(  # noqa: T201 - the developer's first screen
-        f"""
+    banner = f"""
   Mailchimp sandbox on {url}
     API          {url}/3.0   (HTTP Basic, any user name, password = API key)
     API key      {DEFAULT_API_KEY}
@@ -85,14 +83,5 @@ def serve_sandbox(
 
   Try it:
     curl -s -u any:{DEFAULT_API_KEY} {url}/3.0/ping
-""",
-        flush=True,
-    )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
+"""
+    run(app, host=host, port=port, banner=banner, log_level=log_level)

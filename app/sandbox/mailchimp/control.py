@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.sandbox.kit import control_routes, error, json_response, read_object
 from app.sandbox.mailchimp import clock, render
 from app.sandbox.mailchimp.api import base_url
 from app.sandbox.mailchimp.errors import ApiError
@@ -19,12 +19,8 @@ from app.sandbox.mailchimp.state import Account, SandboxState, derive_token
 ACTIONS = ("unsubscribe", "clean", "abuse", "signup", "change-email", "profile")
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
-
-
-def _error(status: int, detail: str) -> Response:
-    return _json({"detail": detail}, status)
+_json = json_response
+_error = error
 
 
 def _state(request: Request) -> SandboxState:
@@ -32,14 +28,7 @@ def _state(request: Request) -> SandboxState:
     return state
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    data = orjson.loads(raw)
-    if not isinstance(data, dict):
-        raise ValueError("the body must be a JSON object")
-    return data
+_body = read_object
 
 
 def account_view(account: Account, base: str) -> dict[str, Any]:
@@ -83,21 +72,6 @@ async def index(request: Request) -> Response:
             ]
         }
     )
-
-
-async def reset(request: Request) -> Response:
-    _state(request).reset()
-    return _json({"status": "reset"})
-
-
-async def config(request: Request) -> Response:
-    state = _state(request)
-    if request.method == "PATCH":
-        try:
-            state.patch_config(await _body(request))
-        except ValueError as exc:
-            return _error(400, str(exc))
-    return _json(state.config_view())
 
 
 async def accounts(request: Request) -> Response:
@@ -194,21 +168,6 @@ async def action(request: Request) -> Response:
     return _json(render.member(member, aud, base_url(request.scope)))
 
 
-async def requests_log(request: Request) -> Response:
-    state = _state(request)
-    if request.method == "DELETE":
-        state.requests.clear()
-        return Response(status_code=204)
-    entries = state.requests_view()
-    return _json(
-        {
-            "requests": entries,
-            "total_items": len(entries),
-            "max_in_flight_seen": max((e["in_flight"] for e in entries), default=0),
-        }
-    )
-
-
 async def deliveries(request: Request) -> Response:
     state = _state(request)
     if request.method == "DELETE":
@@ -220,12 +179,10 @@ async def deliveries(request: Request) -> Response:
 
 routes = [
     Route("/_control", index, methods=["GET"]),
-    Route("/_control/reset", reset, methods=["POST"]),
-    Route("/_control/config", config, methods=["GET", "PATCH"]),
+    *control_routes(with_clock=False),
     Route("/_control/accounts", accounts, methods=["GET", "POST"]),
     Route("/_control/accounts/{account_id}/lists", create_list, methods=["POST"]),
     Route("/_control/lists/{list_id}/members", members, methods=["GET"]),
     Route("/_control/lists/{list_id}/actions/{action}", action, methods=["POST"]),
-    Route("/_control/requests", requests_log, methods=["GET", "DELETE"]),
     Route("/_control/webhook-deliveries", deliveries, methods=["GET", "DELETE"]),
 ]

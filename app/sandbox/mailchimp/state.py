@@ -6,9 +6,7 @@ import base64
 import binascii
 import hashlib
 import os
-import random
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -16,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from app.sandbox.kit import Clock, Gate, InFlight, RequestLog
 from app.sandbox.mailchimp import clock, errors
 from app.sandbox.mailchimp import constants as c
 from app.sandbox.mailchimp.audience import Audience, IdSource, Member, MergeField, Webhook
@@ -61,10 +60,6 @@ DEFAULT_ACCESS_TOKEN = derive_token(
     c.DEFAULT_ACCOUNT_ID, c.DEFAULT_CLIENT_ID, c.DEFAULT_CLIENT_SECRET
 )
 
-# One request-log entry: method, path, status, start, end, in_flight, account, request id,
-# members, fault.
-LogEntry = tuple[str, str, int, float, float, int, str | None, str, int, str | None, bytes | None]
-
 
 class SandboxState:
     """Everything the sandbox holds; `app.state.sandbox` is one of these."""
@@ -73,8 +68,9 @@ class SandboxState:
         self.initial_config = (config or SandboxConfig()).copy()
         self.config = self.initial_config.copy()
         self.hub = WebhookHub(lambda: self.config)
-        self.requests: deque[LogEntry] = deque(maxlen=self.config.request_log_size)
-        self.in_flight: dict[str, int] = {}
+        self.clock = Clock()
+        self.gate = Gate(self.clock, self.config.seed)
+        self.requests = RequestLog(self.config.request_log_size)
         self._reset_data()
         self._apply_runtime_config(outage=True)
 
@@ -104,28 +100,33 @@ class SandboxState:
         """The default account and audience, nothing else; the configuration of startup."""
         self.config = self.initial_config.copy()
         self._reset_data()
-        self.requests = deque(maxlen=self.config.request_log_size)
+        self.requests = RequestLog(self.config.request_log_size)
         self.hub.clear()
         self._apply_runtime_config(outage=True)
 
+    @property
+    def in_flight(self) -> InFlight:
+        """Requests being served, per account."""
+        return self.gate.in_flight
+
     def _apply_runtime_config(self, *, outage: bool) -> None:
-        self.fault_rng = random.Random(self.config.seed)
+        self.gate.reseed(self.config.seed)
         if outage:
-            self.outage_until = clock.now() + self.config.outage_seconds
+            self.gate.start_outage(self.config.outage_seconds)
 
     def patch_config(self, changes: dict[str, Any]) -> None:
         """PATCH /_control/config; raise ValueError on a bad value."""
         self.config.patch(changes)
         if "seed" in changes:
-            self.fault_rng = random.Random(self.config.seed)
+            self.gate.reseed(self.config.seed)
         if "outage_seconds" in changes:
-            self.outage_until = clock.now() + self.config.outage_seconds
+            self.gate.start_outage(self.config.outage_seconds)
         if "request_log_size" in changes:
-            self.requests = deque(self.requests, maxlen=self.config.request_log_size)
+            self.requests.resize(self.config.request_log_size)
 
     def config_view(self) -> dict[str, Any]:
         view = self.config.to_dict()
-        view["outage_remaining_seconds"] = round(max(0.0, self.outage_until - clock.now()), 3)
+        view["outage_remaining_seconds"] = self.gate.outage_remaining()
         return view
 
     # -- accounts and audiences -----------------------------------------------------------
@@ -273,26 +274,6 @@ class SandboxState:
         token = derive_token(account.id, client.client_id, client.client_secret)
         self.tokens[token] = account
         return token
-
-    # -- logs -----------------------------------------------------------------------------
-
-    def requests_view(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "method": e[0],
-                "path": e[1],
-                "status": e[2],
-                "start": e[3],
-                "end": e[4],
-                "in_flight": e[5],
-                "account_id": e[6],
-                "request_id": e[7],
-                "members": e[8],
-                "fault": e[9],
-                **({"body": e[10].decode("utf-8", "replace")} if e[10] is not None else {}),
-            }
-            for e in self.requests
-        ]
 
     # -- snapshots ------------------------------------------------------------------------
 
