@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+# Every sandbox of app.sandbox.kit.SANDBOXES is mounted at /_sandbox/<name>.
 SANDBOX_PREFIX = "/_sandbox/mailchimp"
 MAUTIC_SANDBOX_PREFIX = "/_sandbox/mautic"
 CONSTANTCONTACT_SANDBOX_PREFIX = "/_sandbox/constantcontact"
@@ -61,22 +62,17 @@ def mount(app: FastAPI, settings: Settings) -> None:
     mount_console(app)
     if not settings.is_sandbox:
         return
-    from app.sandbox.mautic import create_app as create_mautic_sandbox
+    from app.sandbox.kit import SANDBOXES, build
 
-    mautic = create_mautic_sandbox()
-    app.state.mautic_sandbox_app = mautic
-    app.mount(MAUTIC_SANDBOX_PREFIX, mautic)
-    try:
-        from app.sandbox.constantcontact import create_app as create_cc_sandbox
-        from app.sandbox.mailchimp import create_app as create_sandbox
-    except ImportError:  # pragma: no cover - the sandboxes ship with the service
-        return
-    sandbox = create_sandbox(state_file=settings.DATA_DIR / "sandbox-mailchimp.json")
-    app.state.sandbox_app = sandbox
-    app.mount(SANDBOX_PREFIX, sandbox)
-    cc_sandbox = create_cc_sandbox()
-    app.state.constantcontact_sandbox_app = cc_sandbox
-    app.mount(CONSTANTCONTACT_SANDBOX_PREFIX, cc_sandbox)
+    mounted: dict[str, Any] = {}
+    for name in SANDBOXES:
+        sandbox = build(name, state_file=settings.DATA_DIR / f"sandbox-{name}.json")
+        mounted[name] = sandbox
+        app.mount(f"/_sandbox/{name}", sandbox)
+    app.state.sandbox_apps = mounted
+    app.state.sandbox_app = mounted.get("mailchimp")
+    app.state.mautic_sandbox_app = mounted.get("mautic")
+    app.state.constantcontact_sandbox_app = mounted.get("constantcontact")
 
 
 def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
@@ -126,10 +122,8 @@ async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
     mautic = getattr(app.state, "mautic_sandbox_app", None)
     if mautic is not None:
         await mautic.sandbox.hub.aclose()
-    sandbox = getattr(app.state, "sandbox_app", None)
-    if sandbox is not None:
-        # A mounted app's own lifespan never runs: close its webhook deliveries, keep its data.
-        await sandbox.state.sandbox.hub.aclose()
-        state_file = sandbox.state.state_file
-        if state_file is not None:
-            sandbox.state.sandbox.save(state_file)
+    from app.sandbox.kit import unmount
+
+    # A mounted app's own lifespan never runs: close its background work, keep its data.
+    for sandbox in getattr(app.state, "sandbox_apps", {}).values():
+        await unmount(sandbox)

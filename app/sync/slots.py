@@ -326,9 +326,7 @@ class SlotManager:
     async def tick(self) -> None:
         """Acquire for accounts with demand, renew held ones, release idle ones."""
         now = time.monotonic()
-        wanting = [
-            g for g in self.gates.values() if (g.waiters or g.in_flight) and g.held < g.cap
-        ]
+        wanting = [g for g in self.gates.values() if (g.waiters or g.in_flight) and g.held < g.cap]
         idle = [
             g
             for g in self.gates.values()

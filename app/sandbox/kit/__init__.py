@@ -9,7 +9,7 @@ from app.sandbox.kit.control import Controlled, control_routes, error, json_resp
 from app.sandbox.kit.gate import Gate, InFlight, Refusal, WindowLimiter, hold
 from app.sandbox.kit.knobs import FAULT_KINDS, Knobs, boolean, choice, integer, number
 from app.sandbox.kit.log import LogEntry, RequestLog
-from app.sandbox.kit.serve import SANDBOXES, factory, on_unmount, run, unmount
+from app.sandbox.kit.serve import SANDBOXES, build, on_unmount, run, unmount
 
 __all__ = [
     "FAULT_KINDS",
@@ -25,10 +25,10 @@ __all__ = [
     "WindowLimiter",
     "base_url",
     "boolean",
+    "build",
     "choice",
     "control_routes",
     "error",
-    "factory",
     "header",
     "hold",
     "integer",

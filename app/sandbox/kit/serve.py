@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 # The sandboxes `serve` mounts at `/_sandbox/<name>` in sandbox mode; each is a package
-# `app.sandbox.<package>` whose `create_app(state_file=...)` returns its ASGI app.
+# `app.sandbox.<package>` whose `create_app()` returns its ASGI app (taking `state_file=` if
+# it keeps a snapshot across restarts).
 SANDBOXES: dict[str, str] = {
     "mailchimp": "mailchimp",
+    "mautic": "mautic",
+    "constantcontact": "constantcontact",
 }
 
 
-class SandboxFactory(Protocol):
-    def __call__(self, *, state_file: Path | None = None) -> Any: ...
-
-
-def factory(name: str) -> SandboxFactory:
-    """The `create_app` of a registered sandbox."""
+def build(name: str, *, state_file: Path | None = None) -> Any:
+    """A registered sandbox's app; `state_file` is passed when its `create_app` takes one."""
     module = importlib.import_module(f"app.sandbox.{SANDBOXES[name]}")
-    create: SandboxFactory = module.create_app
-    return create
+    create: Callable[..., Any] = module.create_app
+    if "state_file" in inspect.signature(create).parameters:
+        return create(state_file=state_file)
+    return create()
 
 
 def on_unmount(app: Any, close: Callable[[], Awaitable[None]]) -> None:
