@@ -151,8 +151,9 @@ async def _patch_targets(url: str, owner: str, clients: int) -> list[list[str]]:
     try:
         rows = await conn.fetch(
             """
-            INSERT INTO contacts (owner_id, email, first_name, tags)
-            SELECT $1, 'patch-' || g || '@example.com', 'Start', ARRAY['bench']
+            INSERT INTO contacts (owner_id, email, email_key, first_name, tags)
+            SELECT $1, 'patch-' || g || '@example.com', 'patch-' || g || '@example.com', 'Start',
+                   ARRAY['bench']
             FROM generate_series(1, $2) AS g
             RETURNING id
             """,

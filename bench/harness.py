@@ -182,9 +182,10 @@ async def seed(
         await conn.execute(
             text(
                 """
-                INSERT INTO contacts (owner_id, email, first_name, last_name, tags,
+                INSERT INTO contacts (owner_id, email, email_key, first_name, last_name, tags,
                                       newsletter_opt_in, newsletter_changed_at)
-                SELECT :owner, 'p' || g || '@example.com', 'First' || g, 'Last' || g,
+                SELECT :owner, 'p' || g || '@example.com', 'p' || g || '@example.com',
+                       'First' || g, 'Last' || g,
                        ARRAY['t' || (g % 5)], true, now()
                 FROM generate_series(1, :n) AS g
                 """

@@ -34,8 +34,10 @@ async def _seed(pool: asyncpg.Pool, n: int) -> list[str]:
         await conn.execute("TRUNCATE contacts, sync_queue, sync_state, connections CASCADE")
         await conn.execute(
             """
-            INSERT INTO contacts (owner_id, email, first_name, last_name, newsletter_opt_in)
-            SELECT $1, 'p' || g || '@example.com', 'First' || g, 'Last' || g, true
+            INSERT INTO contacts (owner_id, email, email_key, first_name, last_name,
+                                  newsletter_opt_in)
+            SELECT $1, 'p' || g || '@example.com', 'p' || g || '@example.com', 'First' || g,
+                   'Last' || g, true
             FROM generate_series(1, $2) AS g
             """,
             OWNER,

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.contacts.service import FIELD_NAMES  # what the API's audit records for a create
+from app.emailkey import email_key
 from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import NOTIFY_CHANNEL, queue_upsert
 
@@ -49,7 +50,7 @@ _CREATE_TABLES = (
     CREATE TEMP TABLE IF NOT EXISTS import_stage (
         row_no integer NOT NULL,
         email text NOT NULL,
-        email_key text GENERATED ALWAYS AS (lower(btrim(email))) STORED,
+        email_key text NOT NULL,
         kind text,
         first_name text,
         last_name text,
@@ -151,9 +152,10 @@ _APPLY_CHUNK = text(
         SELECT email_key, row_no FROM found WHERE first_row IS NULL
     ), ins AS (
         INSERT INTO contacts AS c
-            (owner_id, kind, email, first_name, last_name, company, phone, addr1, addr2, city,
-             state, zip, country, tags, newsletter_opt_in, newsletter_changed_at)
-        SELECT :owner_id, COALESCE(f.kind, 'contact'), f.email, f.first_name, f.last_name,
+            (owner_id, kind, email, email_key, first_name, last_name, company, phone, addr1,
+             addr2, city, state, zip, country, tags, newsletter_opt_in, newsletter_changed_at)
+        SELECT :owner_id, COALESCE(f.kind, 'contact'), f.email, f.email_key, f.first_name,
+               f.last_name,
                f.company, f.phone, f.addr1, f.addr2, f.city, f.state, f.zip, f.country,
                COALESCE(f.tags, '{{}}'), COALESCE(f.newsletter_opt_in, false),
                CASE WHEN f.newsletter_opt_in THEN now() END
@@ -238,8 +240,12 @@ class ImportRepository:
         raw = await connection.get_raw_connection()
         driver = raw.driver_connection
         assert driver is not None
+        # The key comes from the one normalisation (app.emailkey), never from SQL's lower().
+        keyed = [(r[0], r[1], email_key(r[1]), *r[2:]) for r in records]
         await driver.copy_records_to_table(
-            "import_stage", records=records, columns=list(STAGE_COLUMNS)
+            "import_stage",
+            records=keyed,
+            columns=[*STAGE_COLUMNS[:2], "email_key", *STAGE_COLUMNS[2:]],
         )
 
     async def apply(self, *, owner_id: str, actor: str | None) -> ChunkCounts:

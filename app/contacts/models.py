@@ -10,7 +10,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    Computed,
     DateTime,
     Identity,
     Index,
@@ -33,8 +32,10 @@ class Contact(Base):
 
     __tablename__ = "contacts"
     __table_args__ = (
-        # email_key is lower(btrim(email)): unique per owner, NULLs (no email) allowed.
+        # email_key is app.emailkey.email_key(email), written with the email: unique per
+        # owner, NULLs (no email) allowed.
         Index("uq_contacts_owner_id_email_key", "owner_id", "email_key", unique=True),
+        CheckConstraint("(email IS NULL) = (email_key IS NULL)", name="email_key"),
         Index("ix_contacts_owner_id_created_at_id", "owner_id", "created_at", "id"),
         Index("ix_contacts_tags", "tags", postgresql_using="gin"),
         CheckConstraint(f"kind IN {CONTACT_KINDS}", name="kind"),
@@ -47,9 +48,7 @@ class Contact(Base):
     owner_id: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(Text, server_default="contact")
     email: Mapped[str | None] = mapped_column(Text)
-    email_key: Mapped[str | None] = mapped_column(
-        Text, Computed("lower(btrim(email))", persisted=True)
-    )
+    email_key: Mapped[str | None] = mapped_column(Text)
     first_name: Mapped[str | None] = mapped_column(Text)
     last_name: Mapped[str | None] = mapped_column(Text)
     company: Mapped[str | None] = mapped_column(Text)

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connections.models import Connection
 from app.contacts.models import Contact, ContactChange
+from app.emailkey import email_key
 from app.sync.models import SyncQueue, SyncState
 from app.sync.outbox import ENQUEUE_CTES, enqueue_params
 
@@ -98,6 +99,13 @@ def _update_stmt(columns: tuple[str, ...]) -> Any:
     )
 
 
+def _with_key(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    # The key is written with the email, always: the one normalisation (app.emailkey).
+    if "email" in values:
+        return {**values, "email_key": email_key(values["email"])}
+    return values
+
+
 def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -110,6 +118,7 @@ class ContactRepository:
 
     async def insert(self, owner_id: str, values: Mapping[str, Any]) -> Row | None:
         """Insert a contact; None when the owner already has this email."""
+        values = _with_key(values)
         stmt = _insert_stmt(tuple(sorted(values)))
         return (
             (await self.session.execute(stmt, {**values, "owner_id": owner_id})).mappings().first()
@@ -136,6 +145,7 @@ class ContactRepository:
 
     async def update(self, owner_id: str, contact_id: uuid.UUID, values: Mapping[str, Any]) -> Row:
         """Write `values`, bump the version, return the new row."""
+        values = _with_key(values)
         stmt = _update_stmt(tuple(sorted(values)))
         params = {**values, "key_owner_id": owner_id, "key_id": contact_id}
         return (await self.session.execute(stmt, params)).mappings().one()

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.emailkey import email_key as email_key  # the queue and mirror key (re-exported)
 from app.sync.models import PRIORITY_LIVE
 
 NOTIFY_CHANNEL = "sync_queue"
@@ -127,14 +128,6 @@ _coalesce = {"seconds": 0.0}
 def configure(coalesce_seconds: float) -> None:
     """Set the coalescing hold for this process."""
     _coalesce["seconds"] = max(0.0, float(coalesce_seconds))
-
-
-def email_key(email: str | None) -> str | None:
-    """The queue and mirror key of an address: lower(trim(email))."""
-    if email is None:
-        return None
-    key = email.strip().lower()
-    return key or None
 
 
 async def enqueue(

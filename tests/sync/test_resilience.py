@@ -30,10 +30,10 @@ async def seed_contacts(runtime: Runtime, connection_id: Any, n: int, *, prefix:
     await fetch(
         runtime,
         """
-        INSERT INTO contacts (owner_id, email, first_name, last_name, tags, newsletter_opt_in,
-                              newsletter_changed_at)
-        SELECT :owner, :prefix || g || '@example.com', 'F' || g, 'L' || g, ARRAY['t' || (g % 3)],
-               true, now()
+        INSERT INTO contacts (owner_id, email, email_key, first_name, last_name, tags,
+                              newsletter_opt_in, newsletter_changed_at)
+        SELECT :owner, :prefix || g || '@example.com', :prefix || g || '@example.com',
+               'F' || g, 'L' || g, ARRAY['t' || (g % 3)], true, now()
         FROM generate_series(1, :n) AS g
         """,
         owner=OWNER,

@@ -15,6 +15,7 @@ import httpx
 import orjson
 
 from app import metrics
+from app.emailkey import email_key
 from app.providers.base import (
     Audience,
     AudienceMissing,
@@ -55,8 +56,9 @@ def merge_values(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def subscriber_hash(email: str) -> str:
-    """Mailchimp's member id: MD5 of the lower-cased, trimmed address."""
-    return hashlib.md5(email.strip().lower().encode(), usedforsecurity=False).hexdigest()
+    """Mailchimp's member id: MD5 of the address as Mailchimp lower-cases it (its key)."""
+    key = email_key(email) or ""
+    return hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()
 
 
 def dc_from_api_key(api_key: str) -> str:
@@ -390,16 +392,16 @@ class MailchimpClient:
         outcomes: dict[str, BatchOutcome] = {}
         for item in body.get("new_members") or []:
             state = member_state(item, created=True)
-            outcomes[state.email_address.strip().lower()] = BatchOutcome(
-                email_key=state.email_address.strip().lower(), state=state
+            outcomes[(email_key(state.email_address) or "")] = BatchOutcome(
+                email_key=(email_key(state.email_address) or ""), state=state
             )
         for item in body.get("updated_members") or []:
             state = member_state(item)
-            outcomes[state.email_address.strip().lower()] = BatchOutcome(
-                email_key=state.email_address.strip().lower(), state=state
+            outcomes[(email_key(state.email_address) or "")] = BatchOutcome(
+                email_key=(email_key(state.email_address) or ""), state=state
             )
         for err in body.get("errors") or []:
-            key = str(err.get("email_address", "")).strip().lower()
+            key = email_key(str(err.get("email_address", ""))) or ""
             text = str(err.get("error") or "")
             if err.get("field"):
                 text = f"{text} ({err.get('field')}: {err.get('field_message')})"
@@ -411,7 +413,7 @@ class MailchimpClient:
             )
         result = []
         for member in members:
-            key = member.email_address.strip().lower()
+            key = email_key(member.email_address) or ""
             outcome = outcomes.get(key)
             if outcome is None:
                 # Mailchimp answered 200 without naming this member: treat as a passing fault.
