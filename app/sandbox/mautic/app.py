@@ -7,10 +7,12 @@ controller, the webhooks fired in immediate mode, the response.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -18,6 +20,17 @@ import orjson
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
+from app.sandbox.kit import (
+    LogEntry,
+    Refusal,
+    base_url,
+    control_routes,
+    header,
+    local_path,
+    on_unmount,
+    read_body,
+    respond,
+)
 from app.sandbox.mautic import api, control, errors, oauth
 from app.sandbox.mautic.config import MauticConfig
 from app.sandbox.mautic.constants import VERSION_HEADER
@@ -25,38 +38,6 @@ from app.sandbox.mautic.encoding import listify, php_form, php_json, symfony_jso
 from app.sandbox.mautic.state import MauticState
 
 log = logging.getLogger(__name__)
-
-
-def base_url(scope: Scope) -> str:
-    """scheme://host[:port] + root_path: where this sandbox is reached (mounted or not)."""
-    host = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    if host is None:
-        server = scope.get("server") or ("127.0.0.1", 80)
-        host = f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
-
-
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def parse_body(raw: bytes, content_type: str | None, *, json_ok: bool = True) -> Any:
@@ -78,16 +59,15 @@ class MauticSandbox(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
-            root: str = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :]
+            path = local_path(scope)
             if not path.startswith("/_control"):
                 await self.mautic(scope, receive, send, path)
                 return
         await super().__call__(scope, receive, send)
 
     async def mautic(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """One request: the kit's gate (in front of PHP: cap, outage, faults, latency), then
+        Mautic's own pipeline; always logged."""
         state = self.sandbox
         state.hub.start_cron()
         start = time.time()
@@ -96,27 +76,81 @@ class MauticSandbox(Starlette):
         base = base_url(scope)
         state.hub.site_url = state.config.site_url or base
         query_text = scope["query_string"].decode("latin-1")
+        gate = state.gate
+        fault: str | None = None
+        in_flight = 0
+        meta: dict[str, Any] = {}
+        entered = False
         try:
-            status, content, headers = await self._handle(
-                state, method, path, query_text, raw, scope, base
-            )
+            try:
+                in_flight = gate.in_flight.enter("instance", state.config.max_in_flight)
+                entered = True
+                await gate.inject(
+                    state.config.fault_rates,
+                    state.config.fault_kinds,
+                    state.config.timeout_seconds,
+                    receive,
+                )
+                await self._latency(state, raw)
+                status, content, headers = await self._handle(
+                    state, method, path, query_text, raw, scope, base, meta
+                )
+            except Refusal as refusal:
+                fault = refusal.kind
+                in_flight = max(in_flight, refusal.in_flight)
+                status, content, headers = self._refused(refusal, state)
+            finally:
+                if entered:
+                    gate.in_flight.leave("instance")
         except Exception:  # a bug in the sandbox: answer like Mautic's production 500
             log.exception("mautic sandbox: unhandled error on %s %s", method, path)
             status, content, headers = self._error(
                 errors.listener(500, errors.GENERIC_500, None), state
             )
-        headers.setdefault("Content-Length", str(len(content)))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-            }
+        await respond(
+            send, status, [(k.lower().encode(), v.encode()) for k, v in headers.items()], content
         )
-        await send({"type": "http.response.body", "body": content})
+        record = state.config.record_bodies and method != "GET"
         state.requests.append(
-            {"method": method, "path": path, "status": status, "start": start, "end": time.time()}
+            LogEntry(
+                method,
+                path,
+                status,
+                start,
+                time.time(),
+                in_flight,
+                scope=meta.get("client_id"),
+                fault=fault,
+                body=raw if record else None,
+            )
         )
+
+    async def _latency(self, state: MauticState, raw: bytes) -> None:
+        """`latency_ms`, plus `latency_per_item_ms` per item of a batch body."""
+        config = state.config
+        ms = config.latency_ms
+        if config.latency_per_item_ms and raw[:1] == b"[":
+            try:
+                items = len(orjson.loads(raw))
+            except orjson.JSONDecodeError:
+                items = 1
+            ms += config.latency_per_item_ms * items
+        if ms > 0:
+            await asyncio.sleep(ms / 1000)
+
+    def _refused(self, refusal: Refusal, state: MauticState) -> tuple[int, bytes, dict[str, str]]:
+        """The kit's refusals as a Mautic behind a web server answers them."""
+        if refusal.kind == "429":
+            limit = state.config.api_rate_limiter_limit or 1000
+            return self._error(
+                errors.rate_limited(limit, state.config.rate_limit_html_content_type), state
+            )
+        if refusal.kind == "500":
+            return self._error(errors.listener(500, errors.GENERIC_500, None), state)
+        if refusal.kind == "timeout":
+            return 504, _html(504, "Gateway Time-out"), {"Content-Type": "text/html"}
+        # cap, outage, 503: the web server in front of PHP answers, not Mautic.
+        return 503, _html(503, "Service Temporarily Unavailable"), {"Content-Type": "text/html"}
 
     def _error(self, exc: errors.ApiError, state: MauticState) -> tuple[int, bytes, dict[str, str]]:
         headers = dict(exc.headers)
@@ -138,9 +172,10 @@ class MauticSandbox(Starlette):
         raw: bytes,
         scope: Scope,
         base: str,
+        meta: dict[str, Any],
     ) -> tuple[int, bytes, dict[str, str]]:
         config = state.config
-        authorization = _header(scope, b"authorization")
+        authorization = header(scope, b"authorization")
         uri = unquote(path) + ("?" + query_text if query_text else "")
         try:
             # ApiSubscriber::onKernelRequest: a substring test on the URI, before routing.
@@ -153,7 +188,7 @@ class MauticSandbox(Starlette):
                     and not config.api_enable_basic_auth
                 ):
                     raise errors.listener(403, errors.BASIC_DISABLED, "access_denied")
-            content_type = _header(scope, b"content-type")
+            content_type = header(scope, b"content-type")
             query = listify(php_form(query_text))
             if path.rstrip("/") in ("/oauth/v2/token", "/oauth/v2/authorize"):
                 body = parse_body(raw, content_type, json_ok=config.token_accepts_json_body)
@@ -168,6 +203,7 @@ class MauticSandbox(Starlette):
             body_token = body.pop("access_token", None) if isinstance(body, dict) else None
             query_token = query.pop("access_token", None) if isinstance(query, dict) else None
             principal = state.authenticate(authorization, query_token, body_token)
+            meta["client_id"] = principal.client_id
             rate_headers = state.rate_check(principal)
             if config.api_role == "read_only" and method != "GET":
                 raise errors.forbidden()
@@ -184,8 +220,22 @@ class MauticSandbox(Starlette):
             return self._error(exc, state)
 
 
-def create_app(config: MauticConfig | None = None) -> MauticSandbox:
-    """Build the sandbox (a fresh in-memory Mautic 5 with one admin and two API clients)."""
+def _html(status: int, title: str) -> bytes:
+    return (
+        f"<html>\r\n<head><title>{status} {title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
+
+
+def create_app(
+    config: MauticConfig | None = None, *, state_file: Path | None = None
+) -> MauticSandbox:
+    """Build the sandbox: a fresh in-memory Mautic 5 with one admin and two API clients.
+
+    `state_file` is accepted for the kit's factory; this sandbox keeps no snapshot (a restart
+    is a fresh instance, as after `/_control/reset`).
+    """
     state = MauticState(config or MauticConfig())
 
     @asynccontextmanager
@@ -196,7 +246,8 @@ def create_app(config: MauticConfig | None = None) -> MauticSandbox:
         finally:
             await state.hub.aclose()
 
-    app = MauticSandbox(routes=control.routes, lifespan=lifespan)
+    app = MauticSandbox(routes=[*control_routes(), *control.routes], lifespan=lifespan)
     app.state.sandbox = state
     app.sandbox = state
+    on_unmount(app, state.hub.aclose)
     return app

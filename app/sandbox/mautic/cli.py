@@ -35,8 +35,7 @@ def serve_sandbox(
     log_level: str = "warning",
 ) -> None:
     """Run the sandbox under uvicorn until interrupted."""
-    import uvicorn
-
+    from app.sandbox.kit import run
     from app.sandbox.mautic.app import create_app
 
     config = build_config(
@@ -45,8 +44,7 @@ def serve_sandbox(
     app = create_app(config)
     url = f"http://{host}:{port}"
     basic = "on" if config.api_enable_basic_auth else "off"
-    print(  # noqa: T201 - the developer's first screen
-        f"""
+    banner = f"""
   Mautic sandbox on {url}  (Mautic {config.mautic_version})
     API            {url}/api
     Token          {url}/oauth/v2/token   grant_type=client_credentials
@@ -59,14 +57,5 @@ def serve_sandbox(
   Try it:
     curl -s -d grant_type=client_credentials -d client_id={DEFAULT_CLIENT_ID} \\
          -d client_secret={DEFAULT_CLIENT_SECRET} {url}/oauth/v2/token
-""",
-        flush=True,
-    )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
+"""
+    run(app, host=host, port=port, banner=banner, log_level=log_level)

@@ -1,11 +1,13 @@
-"""The sandbox's knobs: Mautic's own parameters, the unverified points, webhook behaviour."""
+"""The sandbox's knobs: the kit's realism knobs, Mautic's own parameters, the unverified
+points of the reference, webhook behaviour."""
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from app.sandbox.kit.knobs import Knobs
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "locale": ("en", "es"),
@@ -18,12 +20,24 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "api_role": ("admin", "read_only"),
 }
 WEBHOOK_FAULTS = ("drop", "duplicate", "empty_fields")
+# What goes wrong in front of or inside a Mautic: the rate limiter's 429, PHP's generic 500,
+# the web server's 503, a request that hangs until the proxy gives up (504).
+MAUTIC_FAULTS = ("429", "500", "503", "timeout")
 
 
 @dataclass
-class MauticConfig:
-    """Everything `/_control/config` shows and changes; README.md explains each knob."""
+class MauticConfig(Knobs):
+    """Everything `/_control/config` shows and changes; README.md explains each knob.
 
+    The kit's knobs (latency, in-flight cap, fault rates, outage, seed, request log) apply to
+    every `/api` and `/oauth` request; ``latency_per_item_ms`` adds per item of a batch.
+    """
+
+    fault_kinds: ClassVar[tuple[str, ...]] = MAUTIC_FAULTS
+
+    fault_rates: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MAUTIC_FAULTS, 0.0))
+    max_in_flight: int = 20
+    latency_per_item_ms: float = 0.0
     # Mautic's configuration parameters (ApiBundle, LeadBundle, WebhookBundle).
     api_enabled: bool = True
     api_enable_basic_auth: bool = False
@@ -75,25 +89,25 @@ class MauticConfig:
     )
     webhook_delay_ms: float = 0.0
 
-    def copy(self) -> MauticConfig:
-        """A deep copy (the state keeps the configuration it started with for resets)."""
-        return copy.deepcopy(self)
+    def validate(self, key: str, value: Any) -> Any:
+        """Mautic's keys here; the kit's keys (latency, faults, …) in `Knobs.validate`."""
+        if key in _KIT_KEYS:
+            return super().validate(key, value)
+        return _validate(key, value, getattr(self, key))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return asdict(self)
 
-    def patch(self, changes: dict[str, Any]) -> None:
-        """Apply a partial update, validating every value; raise ValueError on a bad one."""
-        known = {f.name: f for f in fields(self)}
-        unknown = set(changes) - set(known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        staged = self.copy()
-        for key, value in changes.items():
-            setattr(staged, key, _validate(key, value, getattr(self, key)))
-        for f in fields(self):
-            setattr(self, f.name, getattr(staged, f.name))
+_KIT_KEYS = frozenset(
+    {
+        "latency_ms",
+        "max_in_flight",
+        "fault_rates",
+        "timeout_seconds",
+        "outage_seconds",
+        "seed",
+        "request_log_size",
+        "record_bodies",
+    }
+)
 
 
 def _validate(key: str, value: Any, current: Any) -> Any:

@@ -48,7 +48,7 @@ async def index(request: Request) -> Response:
             "endpoints": [
                 "POST /_control/reset",
                 "GET, PATCH /_control/config",
-                "POST /_control/clock  {advance_seconds}",
+                "GET, POST /_control/clock  {advance_seconds}",
                 "GET, POST /_control/clients",
                 "POST /_control/tokens/expire",
                 "GET /_control/contacts",
@@ -60,34 +60,6 @@ async def index(request: Request) -> Response:
             ]
         }
     )
-
-
-async def reset(request: Request) -> Response:
-    _state(request).reset()
-    return _json({"status": "reset"})
-
-
-async def config(request: Request) -> Response:
-    state = _state(request)
-    if request.method == "PATCH":
-        try:
-            state.patch_config(await _body(request))
-        except ValueError as exc:
-            return _error(400, str(exc))
-    return _json(state.config.to_dict())
-
-
-async def clock(request: Request) -> Response:
-    state = _state(request)
-    try:
-        data = await _body(request)
-        seconds = float(data.get("advance_seconds", 0))
-    except (ValueError, TypeError) as exc:
-        return _error(400, str(exc))
-    if seconds < 0:
-        return _error(400, "advance_seconds must be >= 0")
-    state.clock_offset += seconds
-    return _json({"now": state.now(), "offset_seconds": state.clock_offset})
 
 
 def _client_view(state: MauticState, client: Any, base: str) -> dict[str, Any]:
@@ -267,20 +239,8 @@ async def deliveries(request: Request) -> Response:
     return _json({"deliveries": entries, "total": len(entries), "hooks": hooks})
 
 
-async def requests_log(request: Request) -> Response:
-    state = _state(request)
-    if request.method == "DELETE":
-        state.requests.clear()
-        return Response(status_code=204)
-    entries = list(state.requests)
-    return _json({"requests": entries, "total": len(entries)})
-
-
 routes = [
     Route("/_control", index, methods=["GET"]),
-    Route("/_control/reset", reset, methods=["POST"]),
-    Route("/_control/config", config, methods=["GET", "PATCH"]),
-    Route("/_control/clock", clock, methods=["POST"]),
     Route("/_control/clients", clients, methods=["GET", "POST"]),
     Route("/_control/tokens/expire", expire_tokens, methods=["POST"]),
     Route("/_control/contacts", contacts, methods=["GET"]),
@@ -288,5 +248,4 @@ routes = [
     Route("/_control/webhooks/process", process, methods=["POST"]),
     Route("/_control/webhooks/{hook_id:int}/test", test_payload, methods=["POST"]),
     Route("/_control/webhook-deliveries", deliveries, methods=["GET", "DELETE"]),
-    Route("/_control/requests", requests_log, methods=["GET", "DELETE"]),
 ]

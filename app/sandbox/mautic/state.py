@@ -6,11 +6,10 @@ import base64
 import binascii
 import hashlib
 import secrets
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.sandbox.kit import Clock, Gate, RequestLog
 from app.sandbox.mautic import constants as c
 from app.sandbox.mautic import errors, render
 from app.sandbox.mautic.config import MauticConfig
@@ -77,6 +76,7 @@ class Principal:
 
     user: User | None
     bucket: str  # rate-limit bucket: the token, or one shared key for Basic
+    client_id: str | None = None
 
 
 @dataclass
@@ -91,19 +91,21 @@ class MauticState:
 
     initial_config: MauticConfig
     config: MauticConfig = field(init=False)
-    clock_offset: float = 0.0
 
     def __post_init__(self) -> None:
         self.config = self.initial_config.copy()
+        self.clock = Clock()
+        self.gate = Gate(self.clock, self.config.seed)
+        self.gate.start_outage(self.config.outage_seconds)
+        self.requests = RequestLog(self.config.request_log_size, scope_key="client_id")
         self.hub = WebhookHub(lambda: self.instance, lambda: self.config, self.now)
-        self.requests: deque[dict[str, Any]] = deque(maxlen=50_000)
         self._reset_data()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def now(self) -> float:
-        """Wall time plus whatever tests advanced the clock by."""
-        return time.time() + self.clock_offset
+        """The sandbox's clock (`/_control/clock` moves it)."""
+        return self.clock.now()
 
     def _reset_data(self) -> None:
         self.instance = Instance(self.config, self.now, self._emit)
@@ -131,16 +133,32 @@ class MauticState:
     def reset(self) -> None:
         """A fresh instance with the configuration of startup; the clock back to now."""
         self.config = self.initial_config.copy()
-        self.clock_offset = 0.0
+        self.clock.reset()
+        self.gate.reseed(self.config.seed)
+        self.gate.start_outage(self.config.outage_seconds)
+        self.gate.in_flight.clear()
         self.hub.clear()
-        self.requests.clear()
+        self.requests = RequestLog(self.config.request_log_size, scope_key="client_id")
         self._reset_data()
 
     def patch_config(self, changes: dict[str, Any]) -> None:
+        """PATCH /_control/config; raise ValueError on a bad value (nothing changed then)."""
         self.config.patch(changes)
         self.instance.config = self.config
+        if "seed" in changes:
+            self.gate.reseed(self.config.seed)
+            self.hub.rng.seed(self.config.seed)
         if "webhook_fault_rates" in changes:
-            self.hub.rng.seed(0)
+            self.hub.rng.seed(self.config.seed)
+        if "outage_seconds" in changes:
+            self.gate.start_outage(self.config.outage_seconds)
+        if "request_log_size" in changes:
+            self.requests.resize(self.config.request_log_size)
+
+    def config_view(self) -> dict[str, Any]:
+        view = self.config.to_dict()
+        view["outage_remaining_seconds"] = self.gate.outage_remaining()
+        return view
 
     # -- events -----------------------------------------------------------------------------
 
@@ -251,7 +269,7 @@ class MauticState:
                 errors.translate("The access token provided has expired.", locale),
                 "invalid_grant",
             )
-        return Principal(token.user, token.token)
+        return Principal(token.user, token.token, token.client_id)
 
     def _basic_user(self, encoded: str) -> User | None:
         try:
