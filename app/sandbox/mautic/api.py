@@ -80,7 +80,9 @@ async def list_contacts(call: Call) -> Result:
     inst, q = call.instance, call.query
     search = str(q.get("search") or "")
     preds = query.search_predicates(inst, search) + query.where_predicates(inst, q.get("where"))
-    matched = [c for c in inst.contacts.values() if all(p(c) for p in preds)]
+    pool = query.indexed_candidates(inst, q.get("where"))
+    candidates = inst.contacts.values() if pool is None else pool
+    matched = [c for c in candidates if all(p(c) for p in preds)]
     columns: list[tuple[str, str]] = []
     order = q.get("order")
     if isinstance(order, dict | list):

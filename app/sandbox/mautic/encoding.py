@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
+
 _SEG = re.compile(r"\[([^\]]*)\]")
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _u_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # astral: a surrogate pair, as json_encode writes it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def php_json(value: Any) -> bytes:
     """`json_encode($value)` with default flags: `/` as `\\/`, non-ASCII as `\\uXXXX`."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
-    # A '/' can only occur inside a JSON string, so a plain replace is exact.
-    return text.replace("/", "\\/").encode()
+    raw = orjson.dumps(value)
+    # '/' and non-ASCII can only occur inside JSON strings, so plain replaces are exact.
+    raw = raw.replace(b"/", b"\\/")
+    if raw.isascii():
+        return raw
+    return _NON_ASCII.sub(_u_escape, raw.decode()).encode()
 
 
 def symfony_json(value: Any) -> bytes:

@@ -215,6 +215,9 @@ class Instance:
         self.hooks: dict[int, Hook] = {}
         self.queue: dict[int, QueueRow] = {}
         self._count_cache: dict[str, tuple[float, int]] = {}
+        # Bumped on every field change; the renderer caches the field layout per version.
+        self.fields_version = 0
+        self.layout_cache: tuple[int, list[Any]] | None = None
 
     def next_id(self, kind: str) -> int:
         self._ids[kind] = self._ids.get(kind, 0) + 1
@@ -714,6 +717,7 @@ class Instance:
         raise errors.not_found()
 
     def save_field(self, f: F.Field | None, params: dict[str, Any]) -> F.Field:
+        self.fields_version += 1
         label = params.get("label", f.label if f else None)
         if F.is_blank(label):
             raise errors.validation({"label": ["A label is required."]})
@@ -768,6 +772,7 @@ class Instance:
     def delete_field(self, f: F.Field) -> None:
         if f.is_fixed:
             raise errors.forbidden()
+        self.fields_version += 1
         del self.fields[f.alias]
         for contact in self.contacts.values():
             contact.values.pop(f.alias, None)

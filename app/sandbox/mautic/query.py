@@ -198,6 +198,27 @@ def where_predicates(instance: Instance, where: Any) -> list[Predicate]:
     return [_where(instance, clause) for key, clause in items if key != "internal"]
 
 
+def indexed_candidates(instance: Instance, where: Any) -> list[Contact] | None:
+    """A top-level `email eq` or `id eq|in` narrows the scan (the predicates still apply)."""
+    if not where:
+        return None
+    items = list(where.values()) if isinstance(where, dict) else where
+    if not isinstance(items, list):
+        return None
+    for clause in items:
+        if not isinstance(clause, dict):
+            continue
+        col = str(clause.get("col") or "").removeprefix("l.")
+        expr, val = clause.get("expr"), clause.get("val")
+        if col == "email" and expr == "eq" and isinstance(val, str):
+            return sorted(instance.with_email(val), key=lambda c: c.id)
+        if col == "id" and expr in ("eq", "in") and val is not None:
+            raw = val if isinstance(val, list) else str(val).split(",")
+            ids = {int(v) for v in (str(x).strip() for x in raw) if v.isdigit()}
+            return [instance.contacts[i] for i in sorted(ids) if i in instance.contacts]
+    return None
+
+
 def _search_term(instance: Instance, token: str) -> Predicate:
     negate = token.startswith("!")
     if negate:

@@ -57,8 +57,7 @@ def field_value(f: F.Field, value: Any) -> Any:
     return value
 
 
-def _field_entry(f: F.Field, value: Any) -> dict[str, Any]:
-    value = field_value(f, value)
+def _field_head(f: F.Field) -> dict[str, Any]:
     return {
         "id": str(f.id),
         "label": f.label,
@@ -69,21 +68,35 @@ def _field_entry(f: F.Field, value: Any) -> dict[str, Any]:
         "is_fixed": "1" if f.is_fixed else "0",
         "properties": php_serialize(f.properties) if f.properties else "a:0:{}",
         "default_value": f.default_value,
-        "value": value,
-        "normalizedValue": value if value is not None else "",
     }
+
+
+def _field_entry(f: F.Field, value: Any, head: dict[str, Any]) -> dict[str, Any]:
+    value = field_value(f, value)
+    entry = dict(head)
+    entry["value"] = value
+    entry["normalizedValue"] = value if value is not None else ""
+    return entry
+
+
+def _layout(instance: Instance) -> list[tuple[F.Field, dict[str, Any]]]:
+    """Published fields in order with their fixed entry keys, cached until a field changes."""
+    cached = instance.layout_cache
+    if cached is None or cached[0] != instance.fields_version:
+        fields = sorted(instance.fields.values(), key=lambda x: (x.order, x.id))
+        cached = (instance.fields_version, [(f, _field_head(f)) for f in fields if f.is_published])
+        instance.layout_cache = cached
+    return cached[1]
 
 
 def contact_fields(instance: Instance, contact: Contact, *, with_all: bool) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {g: {} for g in F.GROUPS}
     flat: dict[str, Any] = {"id": contact.id}
-    for f in sorted(instance.fields.values(), key=lambda x: (x.order, x.id)):
-        if not f.is_published:
-            continue
+    for f, head in _layout(instance):
         value = contact.values.get(f.alias)
         if f.alias == "points":
             value = contact.points
-        groups.setdefault(f.group, {})[f.alias] = _field_entry(f, value)
+        groups.setdefault(f.group, {})[f.alias] = _field_entry(f, value, head)
         flat[f.alias] = field_value(f, value)
     out: dict[str, Any] = {g: (entries or []) for g, entries in groups.items()}
     if with_all:

@@ -165,6 +165,8 @@ class MauticState:
     def _emit(self, trigger: str, payload: dict[str, Any]) -> None:
         """Render the event now (a snapshot, as Mautic serializes at dispatch) and queue it."""
         instance = self.instance
+        if not any(h.is_published and trigger in h.triggers for h in instance.hooks.values()):
+            return  # nobody listens: skip rendering (bulk writes stay cheap)
         item: dict[str, Any] = {}
         for key, value in payload.items():
             if isinstance(value, Contact):
