@@ -212,12 +212,29 @@ class MauticSandbox(Starlette):
                 status, payload, headers = await handler(call)
             finally:
                 await state.hub.flush_immediate()
+            if config.empty_contact_rate > 0 and path.startswith("/api/contacts"):
+                payload = _empty_contacts(payload, state, config.empty_contact_rate)
             headers = {**rate_headers, **headers, "Content-Type": "application/json"}
             headers[VERSION_HEADER] = config.mautic_version
             return status, php_json(payload), headers
         except errors.ApiError as exc:
             state.hub.immediate.clear()
             return self._error(exc, state)
+
+
+def _empty_contacts(payload: Any, state: MauticState, rate: float) -> Any:
+    """The 5.0 empty-object bug: `{"contact": []}` / `{"contacts": {"3": []}}`."""
+    if not isinstance(payload, dict) or state.bug_rng.random() >= rate:
+        return payload
+    out = dict(payload)
+    if "contact" in out:
+        out["contact"] = []
+    contacts = out.get("contacts")
+    if isinstance(contacts, dict):
+        out["contacts"] = dict.fromkeys(contacts, [])
+    elif isinstance(contacts, list):
+        out["contacts"] = [[] for _ in contacts]
+    return out
 
 
 def _html(status: int, title: str) -> bytes:

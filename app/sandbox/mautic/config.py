@@ -88,6 +88,8 @@ class MauticConfig(Knobs):
         default_factory=lambda: dict.fromkeys(WEBHOOK_FAULTS, 0.0)
     )
     webhook_delay_ms: float = 0.0
+    # Mautic 5.0's bug (#13298): contact bodies serialized as `[]`; the write still happened.
+    empty_contact_rate: float = 0.0
 
     def validate(self, key: str, value: Any) -> Any:
         """Mautic's keys here; the kit's keys (latency, faults, …) in `Knobs.validate`."""

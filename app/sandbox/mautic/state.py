@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import random
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,7 @@ class MauticState:
         self.config = self.initial_config.copy()
         self.clock = Clock()
         self.gate = Gate(self.clock, self.config.seed)
+        self.bug_rng = random.Random(self.config.seed)
         self.gate.start_outage(self.config.outage_seconds)
         self.requests = RequestLog(self.config.request_log_size, scope_key="client_id")
         self.hub = WebhookHub(lambda: self.instance, lambda: self.config, self.now)
@@ -147,6 +149,7 @@ class MauticState:
         self.instance.config = self.config
         if "seed" in changes:
             self.gate.reseed(self.config.seed)
+            self.bug_rng.seed(self.config.seed)
             self.hub.rng.seed(self.config.seed)
         if "webhook_fault_rates" in changes:
             self.hub.rng.seed(self.config.seed)

@@ -86,3 +86,12 @@ async def test_faults_are_a_function_of_the_seed(sandbox: Sandbox) -> None:
     first = await run()
     assert set(first) == {401, 503}
     assert await run() == first
+
+
+async def test_the_50_empty_object_bug_knob(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    await sandbox.configure(empty_contact_rate=1.0)
+    created = await api.post("/contacts/new", json={"email": "e@x.com"})
+    assert created.status_code == 201
+    assert created.json()["contact"] == []
+    listed = (await api.get("/contacts")).json()
+    assert list(listed["contacts"].values()) == [[]]  # the write happened
