@@ -38,6 +38,7 @@ from app.config import Settings
 from app.contacts.repository import ContactRepository
 from app.contacts.schemas import normalise_email
 from app.contacts.service import FIELD_NAMES
+from app.fieldmap import FieldType
 from app.providers.mailchimp.client import subscriber_hash
 from app.sync.desired import Action, MappingConfig, digest_of, merge_fields, plan_key
 from app.sync.outbox import email_key, enqueue
@@ -51,8 +52,18 @@ CLEANED = "cleaned"
 ARCHIVED = "archived"
 CONSENT_OFF = frozenset({UNSUBSCRIBED, CLEANED, ARCHIVED})
 
-# Merge tags an inbound event may bring into the CRM, with the schema's length limits.
-PROFILE_FIELDS = (("FNAME", "first_name", 200), ("LNAME", "last_name", 200), ("PHONE", "phone", 50))
+# Contact columns a person's own profile edit may bring back, with the schema's limits: the
+# field map decides which provider field each comes from (FNAME, LNAME, PHONE, COMPANY...).
+PROFILE_COLUMNS = {"first_name": 200, "last_name": 200, "company": 200, "phone": 50}
+
+
+def profile_fields(cfg: MappingConfig) -> tuple[tuple[str, str, int], ...]:
+    """(provider field, contact column, length limit) of the mapped columns a person edits."""
+    return tuple(
+        (rule.field, rule.source, PROFILE_COLUMNS[rule.source])
+        for rule in cfg.fields
+        if rule.source in PROFILE_COLUMNS and rule.type is FieldType.text
+    )
 
 
 class Outcome(StrEnum):
@@ -246,7 +257,7 @@ class InboundApplier:
             "newsletter_opt_in": True,
             "newsletter_changed_at": at,
         }
-        for tag, column, limit in PROFILE_FIELDS:
+        for tag, column, limit in profile_fields(self.inbound.mapping):
             values[column] = _clip(merges.get(tag), limit)
         row = await self.contacts.insert(self.inbound.owner_id, values)
         if row is None:  # created meanwhile by another transaction: treat it as known
@@ -268,8 +279,8 @@ class InboundApplier:
     async def profile(
         self, *, email: str | None, merges: Mapping[str, Any], at: datetime, event: str | None
     ) -> Outcome:
-        """The person edited names or phone at the provider: the CRM takes them, field by
-        field, unless the CRM wrote that field after the event."""
+        """The person edited names, company or phone at the provider: the CRM takes them,
+        field by field, unless the CRM wrote that field after the event."""
         key = email_key(email)
         if key is None:
             return Outcome.invalid
@@ -279,7 +290,7 @@ class InboundApplier:
             return Outcome.unknown_contact
         wanted = {
             column: _clip(merges.get(tag), limit)
-            for tag, column, limit in PROFILE_FIELDS
+            for tag, column, limit in profile_fields(self.inbound.mapping)
             if tag in merges
         }
         differing = {c: v for c, v in wanted.items() if contact[c] != v}

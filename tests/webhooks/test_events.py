@@ -250,6 +250,30 @@ class TestProfile:
         assert change["fields"]["after"] == {"first_name": "Countess", "phone": "42"}
         await assert_no_echo(runtime, sandbox, make_engine)
 
+    @pytest.mark.parametrize("service_overrides", [{"INBOUND_PROFILE_UPDATES": True}])
+    async def test_company_through_the_field_map(
+        self,
+        hook: Hook,
+        ada: dict[str, Any],
+        runtime: Runtime,
+        sandbox: Sandbox,
+        make_engine: Engine,
+    ) -> None:
+        # The audience has the COMPANY merge field (connecting creates it).
+        r = await sandbox.api(
+            "POST",
+            f"/lists/{sandbox.list_id}/merge-fields",
+            json={"tag": "COMPANY", "name": "Company", "type": "text"},
+        )
+        assert r.status_code == 200, r.text
+        await sandbox.clear_requests()
+        await hook.act("profile", "ada@example.com", merge_fields={"COMPANY": "Babbage & Co"})
+        contact = await contact_row(runtime, "ada@example.com")
+        assert (contact["company"], contact["first_name"]) == ("Babbage & Co", "Ada")
+        (change,) = await webhook_changes(runtime)
+        assert change["fields"]["after"] == {"company": "Babbage & Co"}
+        await assert_no_echo(runtime, sandbox, make_engine)
+
 
 class TestEmailChange:
     async def test_email_moves_and_the_next_edit_goes_to_the_new_address(
