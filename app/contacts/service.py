@@ -76,8 +76,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, ident = raw.split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("a cursor we wrote carries an offset")
+        # The driver sends timestamptz in UTC: a date at the edge of datetime's range
+        # (year 1 or 9999 with an offset) would overflow there, as a 500.
+        return when.astimezone(UTC), uuid.UUID(ident)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise Unprocessable(
             "The cursor is not valid; use next_cursor from a previous page."
         ) from None
