@@ -113,6 +113,14 @@ class TooManyRequests(AppError):
     slug = "too-many-requests"
 
 
+class UnsupportedMediaType(AppError):
+    """The body's Content-Type is not one this operation reads."""
+
+    status_code = 415
+    title = "Unsupported Media Type"
+    slug = "unsupported-media-type"
+
+
 class BadGateway(AppError):
     """The provider answered in a way we could not use."""
 

@@ -11,10 +11,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.db import SessionDep
-from app.errors import NotFound
+from app.errors import NotFound, UnsupportedMediaType
 from app.webhooks.service import MAILCHIMP, BadWebhook, refused, webhook_service
 
 MAX_BODY_BYTES = 64 * 1024
+# Mailchimp posts its deliveries form-encoded, always; anything else is not one of them.
+FORM = "application/x-www-form-urlencoded"
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], include_in_schema=False)
 
@@ -51,6 +53,10 @@ async def mailchimp_validate(token: str, session: SessionDep) -> dict[str, Any]:
 async def mailchimp_receive(token: str, request: Request, session: SessionDep) -> dict[str, Any]:
     """A Mailchimp delivery: stored once, applied in the same transaction, answered 200."""
     connection = await webhook_service.connection_for(session, provider=MAILCHIMP, token=token)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != FORM:
+        refused("unsupported_media_type")
+        raise UnsupportedMediaType(f"A Mailchimp delivery is {FORM}, not {media_type or 'empty'}.")
     body = await read_body(request)
     received = await webhook_service.receive_mailchimp(
         session, connection=connection, body=body, settings=request.state.settings

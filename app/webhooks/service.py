@@ -4,9 +4,11 @@ inbox, apply it in the same transaction (the request's session commits; nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import structlog
@@ -60,6 +62,19 @@ def refused(outcome: str) -> None:
     metrics.WEBHOOK_EVENTS.labels(MAILCHIMP, "unknown", outcome).inc()
 
 
+# How far ahead of our clock a delivery's `fired_at` may be (clock skew) before it counts as
+# stamped on arrival: a time in the future would win every later ordering decision.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _clamped(event: MailchimpEvent) -> MailchimpEvent:
+    now = datetime.now(UTC)
+    if event.fired_at > now + MAX_CLOCK_SKEW:
+        log.warning("webhooks.fired_at_in_future", fired_at=event.fired_at.isoformat())
+        return dataclasses.replace(event, fired_at=now)
+    return event
+
+
 class WebhookService:
     """Receive provider webhooks."""
 
@@ -91,6 +106,8 @@ class WebhookService:
         except MalformedPayload as exc:
             refused("bad_request")
             raise BadWebhook(f"Not a Mailchimp webhook delivery: {exc}") from None
+        key = dedupe_key(MAILCHIMP, str(connection["id"]), event)  # as sent, for redeliveries
+        event = _clamped(event)
         repo = InboundRepository(session)
         event_id = await repo.insert_event(
             {
@@ -99,7 +116,7 @@ class WebhookService:
                 "event_type": event.type[:64],
                 "fired_at": event.fired_at,
                 "payload": event.payload,
-                "dedupe_key": dedupe_key(MAILCHIMP, str(connection["id"]), event),
+                "dedupe_key": key,
             }
         )
         label = event.type if event.type in EVENT_TYPES else "other"
