@@ -276,7 +276,9 @@ _TAKE = text(
 )
 _SERVED = text(
     """
-    UPDATE limit_claims SET wanted = GREATEST(0, wanted - :n), served_at = clock_timestamp()
+    UPDATE limit_claims
+    SET wanted = GREATEST(0, CAST(:pending AS int) - CAST(:n AS int)),
+        served_at = clock_timestamp()
     WHERE key = ANY(CAST(:keys AS text[])) AND tenant = :tenant AND priority = :prio
       AND worker = :me
     """
@@ -322,11 +324,14 @@ async def grant(
     wanted: int,
     horizon: float,
     fresh: float,
+    pending: int | None = None,
 ) -> Grant:
     """Take up to `wanted` tokens from every bucket at once, spaced by the strictest interval.
 
     At most `horizon` seconds of tokens are handed out per grant (at least one), so a grant to
-    one tenant never holds the others back by more than that.
+    one tenant never holds the others back by more than that. `pending` (default `wanted`)
+    is how many requests wait: what the grant leaves unserved stays claimed, so work of a
+    lower priority keeps waiting while ours does.
     """
     keys = [b.key for b in buckets]
     async with engine.begin() as conn:
@@ -375,7 +380,9 @@ async def grant(
                 ],
             },
         )
-        await conn.execute(_SERVED, {**params, "n": n})
+        await conn.execute(
+            _SERVED, {**params, "n": n, "pending": wanted if pending is None else pending}
+        )
         return Grant([(t - now).total_seconds() for t in times])
 
 
@@ -513,7 +520,8 @@ class Limiter:
                 return
             # Lanes that just spent a token come back for the next one right after this ask:
             # asking for as many as last time keeps a steady tenant's share steady.
-            wanted = min(self.max_chunk, max(len(live) - len(pool.tokens), pool.last_granted))
+            pending = max(0, len(live) - len(pool.tokens))
+            wanted = min(self.max_chunk, max(pending, pool.last_granted))
             try:
                 result = await grant(
                     self.engine,
@@ -524,6 +532,7 @@ class Limiter:
                     wanted=wanted,
                     horizon=self.horizon,
                     fresh=self.fresh,
+                    pending=pending,
                 )
             except Paused as exc:
                 self._fail(pool, exc, recheck=self.pause_recheck)
