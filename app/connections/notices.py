@@ -12,10 +12,12 @@ PARKED_NOTICE_AFTER_SECONDS = 3600
 REASON_CREDENTIALS = "credentials_refused"
 REASON_AUDIENCE = "audience_missing"
 REASON_UNAVAILABLE = "provider_unavailable"
+REASON_ENDPOINT = "endpoint_refused"
 
 _ERROR_NOTICES = {
     REASON_CREDENTIALS: "Reconnect Mailchimp: it no longer accepts the saved credentials.",
     REASON_AUDIENCE: "The Mailchimp audience is gone: choose another audience.",
+    REASON_ENDPOINT: "Reconnect Mailchimp: the saved connection does not point at Mailchimp.",
 }
 
 

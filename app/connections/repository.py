@@ -114,6 +114,22 @@ class ConnectionRepository:
         )
         return (await self.session.execute(stmt)).mappings().one()
 
+    async def set_error(self, connection_id: uuid.UUID, *, reason: str, error: str) -> None:
+        """The connection cannot be used until it is reconnected (`error`, with why)."""
+        stmt = (
+            update(connections)
+            .where(connections.c.id == connection_id)
+            .values(
+                status="error",
+                status_reason=reason,
+                status_since=func.now(),
+                last_error=error[:500],
+                last_error_at=func.now(),
+                next_probe_at=None,
+            )
+        )
+        await self.session.execute(stmt)
+
     async def set_webhook(
         self,
         connection_id: uuid.UUID,

@@ -30,7 +30,7 @@ from app.connections.crypto import (
     encrypt_credentials,
     rotate_credentials,
 )
-from app.connections.notices import notice_for
+from app.connections.notices import REASON_ENDPOINT, notice_for
 from app.connections.oauth import OAuthFailure, OAuthGrant
 from app.connections.repository import ConnectionRepository
 from app.connections.schemas import (
@@ -183,7 +183,14 @@ def client_for(
         ) from None
     endpoint = row["api_endpoint"]
     if not settings.is_sandbox:
-        endpoint = check_live_endpoint(endpoint, row["dc"] or "")
+        try:
+            endpoint = check_live_endpoint(endpoint, row["dc"] or "")
+        except ValueError as exc:
+            raise EndpointRefused(
+                "Reconnect Mailchimp: the saved connection does not point at Mailchimp's API,"
+                " so nothing is sent to it.",
+                reason=str(exc),
+            ) from None
     return MailchimpClient(
         transport,
         api_base=endpoint,
@@ -191,6 +198,23 @@ def client_for(
         access_token=creds.get("access_token"),
         timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
     )
+
+
+class EndpointRefused(Conflict):
+    """Live mode: the stored API endpoint is not https://<dc>.api.mailchimp.com (DESIGN §8)."""
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+async def _mark_endpoint_refused(reader: Reader, row: RowMapping, exc: EndpointRefused) -> None:
+    # Its own unit of work: the request's session rolls back with the 409 it answers.
+    log.error("connections.endpoint_refused", connection=str(row["id"]), error=exc.reason)
+    async with session_scope(reader) as write:
+        await ConnectionRepository(write).set_error(
+            row["id"], reason=REASON_ENDPOINT, error=exc.reason
+        )
 
 
 def _run_out(row: RowMapping) -> SyncRunOut:
@@ -449,6 +473,9 @@ class ConnectionService:
         row = await self._read(reader, owner_id)
         try:
             return await client_for(settings, transport, row).list_audiences()
+        except EndpointRefused as exc:
+            await _mark_endpoint_refused(reader, row, exc)
+            raise
         except ProviderError as exc:
             raise provider_failure(exc) from None
 
@@ -468,7 +495,11 @@ class ConnectionService:
         again changes nothing).
         """
         row = await self._read(reader, owner_id)
-        client = client_for(settings, transport, row)
+        try:
+            client = client_for(settings, transport, row)
+        except EndpointRefused as exc:
+            await _mark_endpoint_refused(reader, row, exc)
+            raise
         try:
             audience = await client.get_audience(audience_id)
         except AudienceMissing:

@@ -31,7 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.config import ContactKind, Settings
 from app.connections.crypto import decrypt_credentials
-from app.connections.notices import REASON_AUDIENCE, REASON_CREDENTIALS, REASON_UNAVAILABLE
+from app.connections.notices import (
+    REASON_AUDIENCE,
+    REASON_CREDENTIALS,
+    REASON_ENDPOINT,
+    REASON_UNAVAILABLE,
+)
 from app.db import to_libpq_url
 from app.providers.base import (
     AudienceMissing,
@@ -441,7 +446,10 @@ class SyncEngine:
                     client = self._client_for(row)
                 except Exception as exc:
                     log.error("sync.connection_unusable", connection=str(row["id"]), error=str(exc))
-                    await self._set_status(row["id"], "error", str(exc), str(exc))
+                    # A stored endpoint that fails the host check (ValueError) asks for a
+                    # reconnect, like refused credentials; anything else says what it was.
+                    reason = REASON_ENDPOINT if isinstance(exc, ValueError) else str(exc)
+                    await self._set_status(row["id"], "error", reason, str(exc))
                     continue
                 ctx = ConnectionContext(
                     id=row["id"],
