@@ -180,6 +180,18 @@ def sandbox_mautic(
     token_lifetime: Annotated[
         float | None, typer.Option(help="Access-token lifetime in seconds (default 3600).")
     ] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Base latency per request.")] = None,
+    latency_per_item_ms: Annotated[
+        float | None, typer.Option(help="Extra latency per item of a batch.")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Requests served at once before 503.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
+    fault_429: Annotated[float, typer.Option(help="Rate of injected 429s (0-1).")] = 0.0,
+    fault_500: Annotated[float, typer.Option(help="Rate of injected 500s.")] = 0.0,
+    fault_503: Annotated[float, typer.Option(help="Rate of injected 503s.")] = 0.0,
+    fault_timeout: Annotated[float, typer.Option(help="Rate of injected timeouts.")] = 0.0,
 ) -> None:
     """Serve the Mautic sandbox alone."""
     from app.sandbox.mautic.cli import serve_sandbox
@@ -190,6 +202,23 @@ def sandbox_mautic(
         basic_auth=basic_auth,
         queue_mode=queue_mode,
         token_lifetime=token_lifetime,
+        knobs={
+            "latency_ms": latency_ms,
+            "latency_per_item_ms": latency_per_item_ms,
+            "max_in_flight": max_in_flight,
+            "seed": seed,
+            "fault_rates": {
+                k: v
+                for k, v in {
+                    "429": fault_429,
+                    "500": fault_500,
+                    "503": fault_503,
+                    "timeout": fault_timeout,
+                }.items()
+                if v
+            }
+            or None,
+        },
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.sandbox.mautic.config import MauticConfig
 from app.sandbox.mautic.constants import (
     ADMIN_PASSWORD,
@@ -12,11 +14,16 @@ from app.sandbox.mautic.constants import (
 
 
 def build_config(
-    *, basic_auth: bool = False, queue_mode: bool = False, token_lifetime: float | None = None
+    *,
+    basic_auth: bool = False,
+    queue_mode: bool = False,
+    token_lifetime: float | None = None,
+    knobs: dict[str, Any] | None = None,
 ) -> MauticConfig:
     """A configuration from the flags that were given (the rest keep their defaults)."""
     config = MauticConfig()
-    changes: dict[str, object] = {"api_enable_basic_auth": basic_auth}
+    changes: dict[str, object] = {k: v for k, v in (knobs or {}).items() if v is not None}
+    changes["api_enable_basic_auth"] = basic_auth
     if queue_mode:
         changes["queue_mode"] = "command_process"
     if token_lifetime is not None:
@@ -32,6 +39,7 @@ def serve_sandbox(
     basic_auth: bool = False,
     queue_mode: bool = False,
     token_lifetime: float | None = None,
+    knobs: dict[str, Any] | None = None,
     log_level: str = "warning",
 ) -> None:
     """Run the sandbox under uvicorn until interrupted."""
@@ -39,7 +47,7 @@ def serve_sandbox(
     from app.sandbox.mautic.app import create_app
 
     config = build_config(
-        basic_auth=basic_auth, queue_mode=queue_mode, token_lifetime=token_lifetime
+        basic_auth=basic_auth, queue_mode=queue_mode, token_lifetime=token_lifetime, knobs=knobs
     )
     app = create_app(config)
     url = f"http://{host}:{port}"
@@ -52,6 +60,9 @@ def serve_sandbox(
     client_secret  {DEFAULT_CLIENT_SECRET}
     Basic auth     {basic} ({ADMIN_USERNAME} / {ADMIN_PASSWORD})
     Webhooks       {config.queue_mode}
+    Realism        latency {config.latency_ms:g} ms + {config.latency_per_item_ms:g} ms/item,
+                   max {config.max_in_flight} in flight, seed {config.seed},
+                   faults {config.fault_rates}
     Control        {url}/_control   (reset, config, clock, clients, actions, requests)
 
   Try it:

@@ -114,6 +114,10 @@ async def test_the_cli_serves_the_sandbox_alone() -> None:
         "--port",
         str(port),
         "--basic-auth",
+        "--latency-ms",
+        "1",
+        "--fault-500",
+        "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -133,3 +137,4 @@ async def test_the_cli_serves_the_sandbox_alone() -> None:
         proc.terminate()
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=20)
     assert b"Mautic sandbox on" in out
+    assert b"latency 1 ms" in out
