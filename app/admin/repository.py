@@ -73,6 +73,28 @@ _RETRY = text(
 )
 
 
+# The rows an operator looks at: oldest first, a page at a time (a broken connection can park
+# a million rows; the counts come from the status query).
+_PARKED = text(
+    """
+    SELECT email_key, contact_id, attempts, last_error, enqueued_at, available_at
+    FROM sync_queue
+    WHERE connection_id = :connection_id AND state = 'parked'
+    ORDER BY enqueued_at, email_key
+    LIMIT :limit
+    """
+)
+_REJECTED = text(
+    """
+    SELECT email_key, contact_id, error_kind, error, remote_status, last_synced_at
+    FROM sync_state
+    WHERE connection_id = :connection_id AND error_kind IS NOT NULL
+    ORDER BY email_key
+    LIMIT :limit
+    """
+)
+
+
 class AdminRepository:
     """Cross-owner reads and operator writes; only the admin API uses these."""
 
@@ -105,3 +127,17 @@ class AdminRepository:
             _RETRY, {"connection_id": connection_id, "channel": NOTIFY_CHANNEL}
         )
         return int(result.scalar_one())
+
+    async def parked_rows(self, connection_id: uuid.UUID, limit: int) -> Sequence[RowMapping]:
+        """The connection's parked queue rows, oldest first."""
+        result = await self.session.execute(
+            _PARKED, {"connection_id": connection_id, "limit": limit}
+        )
+        return result.mappings().all()
+
+    async def rejected_rows(self, connection_id: uuid.UUID, limit: int) -> Sequence[RowMapping]:
+        """The connection's subscribers the provider refused, by email."""
+        result = await self.session.execute(
+            _REJECTED, {"connection_id": connection_id, "limit": limit}
+        )
+        return result.mappings().all()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
-from app.admin.schemas import RetryResult, SyncStatus
+from app.admin.schemas import ConnectionFailures, RetryResult, SyncStatus
 from app.admin.service import admin_service
 from app.auth.deps import AdminDep
 from app.db import SessionDep
@@ -20,6 +21,21 @@ async def sync_status(_: AdminDep, session: SessionDep) -> SyncStatus:
     """Every connection: status and notice, queue depth, oldest ready age, parked, rejected,
     last sync and last error; totals across connections."""
     return await admin_service.sync_status(session)
+
+
+@router.get(
+    "/connections/{connection_id}/failures",
+    response_model=ConnectionFailures,
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def connection_failures(
+    connection_id: uuid.UUID,
+    _: AdminDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> ConnectionFailures:
+    """The parked rows (oldest first) and the rejected subscribers, with their errors."""
+    return await admin_service.failures(session, connection_id=connection_id, limit=limit)
 
 
 @router.post(

@@ -83,3 +83,33 @@ class RetryResult(BaseModel):
     requeued: int = Field(description="Parked rows made ready again.")
     status: str = Field(description="The connection's status; rows only move while active.")
     notice: str | None
+
+
+class ParkedRow(BaseModel):
+    """A queue row that gave up after SYNC_MAX_ATTEMPTS (Retry makes it ready again)."""
+
+    email_key: str
+    contact_id: uuid.UUID | None
+    attempts: int
+    last_error: str | None
+    enqueued_at: datetime
+
+
+class RejectedRow(BaseModel):
+    """A subscriber the provider refused; editing the contact (or the provider) fixes it."""
+
+    email_key: str
+    contact_id: uuid.UUID | None
+    error_kind: str
+    error: str | None
+    remote_status: str | None
+    last_synced_at: datetime | None
+
+
+class ConnectionFailures(BaseModel):
+    """GET /api/admin/connections/{id}/failures: the rows behind `parked` and `rejected`."""
+
+    connection_id: uuid.UUID
+    parked: list[ParkedRow]
+    rejected: list[RejectedRow]
+    limit: int = Field(description="At most this many of each are listed (oldest parked first).")

@@ -10,8 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.admin.repository import AdminRepository
 from app.admin.schemas import (
     Audience,
+    ConnectionFailures,
     ConnectionSyncStatus,
+    ParkedRow,
     QueueDepth,
+    RejectedRow,
     RetryResult,
     SyncStatus,
     SyncStatusTotals,
@@ -60,6 +63,22 @@ class AdminService:
             for row in await repo.connection_statuses()
         ]
         return SyncStatus(generated_at=generated_at, connections=items, totals=_totals(items))
+
+    async def failures(
+        self, session: AsyncSession, *, connection_id: uuid.UUID, limit: int
+    ) -> ConnectionFailures:
+        """The connection's parked and rejected rows with their errors; 404 if unknown."""
+        repo = AdminRepository(session)
+        if await repo.connection_status(connection_id) is None:
+            raise NotFound(f"Connection {connection_id} does not exist.")
+        parked = await repo.parked_rows(connection_id, limit)
+        rejected = await repo.rejected_rows(connection_id, limit)
+        return ConnectionFailures(
+            connection_id=connection_id,
+            parked=[ParkedRow.model_validate(dict(r)) for r in parked],
+            rejected=[RejectedRow.model_validate(dict(r)) for r in rejected],
+            limit=limit,
+        )
 
     async def retry_parked(self, session: AsyncSession, *, connection_id: uuid.UUID) -> RetryResult:
         """Parked rows of the connection → ready (attempts reset, due now); 404 if unknown."""

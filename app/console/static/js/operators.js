@@ -140,7 +140,7 @@ export function mount(root, ctx) {
 
   async function loadRows(c, cell) {
     try {
-      const { data } = await api(`/api/admin/connections/${c.connection_id}/problems`, { token: "admin" });
+      const { data } = await api(`/api/admin/connections/${c.connection_id}/failures`, { token: "admin" });
       const table = (title, id, headers, items, cells) =>
         h(
           "div",
