@@ -40,7 +40,8 @@ DEFAULT_RULES: tuple[FieldRule, ...] = (
 ACCEPTS: dict[FieldType, frozenset[str]] = {
     FieldType.text: frozenset({"text", "phone", "url", "imageurl", "radio", "dropdown", "zip"}),
     FieldType.number: frozenset({"number", "text"}),
-    FieldType.date: frozenset({"date", "birthday", "text"}),
+    # Dates go out as YYYY-MM-DD; a BIRTHDAY field takes "MM/DD" only, so it is refused.
+    FieldType.date: frozenset({"date", "text"}),
     FieldType.list: frozenset({"text"}),
 }
 CREATE_AS: dict[FieldType, str] = {
