@@ -31,7 +31,7 @@ from app.sandbox.kit import (
     read_body,
     respond,
 )
-from app.sandbox.mautic import api, control, errors, oauth
+from app.sandbox.mautic import api, control, errors, oauth, snapshot
 from app.sandbox.mautic.config import MauticConfig
 from app.sandbox.mautic.constants import VERSION_HEADER
 from app.sandbox.mautic.encoding import listify, php_form, php_json, symfony_json
@@ -250,10 +250,23 @@ def create_app(
 ) -> MauticSandbox:
     """Build the sandbox: a fresh in-memory Mautic 5 with one admin and two API clients.
 
-    `state_file` is accepted for the kit's factory; this sandbox keeps no snapshot (a restart
-    is a fresh instance, as after `/_control/reset`).
+    `state_file`: a JSON snapshot of the data (contacts, segments, hooks, clients, tokens),
+    loaded now and saved when the app stops, so `serve` keeps its Mautic across restarts.
     """
     state = MauticState(config or MauticConfig())
+    if state_file is not None:
+        try:
+            if snapshot.load(state, state_file):
+                log.info("mautic sandbox: state loaded from %s", state_file)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("mautic sandbox: ignoring unreadable state file %s: %s", state_file, exc)
+            state.reset()
+
+    async def close() -> None:
+        """Stop webhook work; keep the data."""
+        await state.hub.aclose()
+        if state_file is not None:
+            snapshot.save(state, state_file)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -261,10 +274,10 @@ def create_app(
         try:
             yield
         finally:
-            await state.hub.aclose()
+            await close()
 
     app = MauticSandbox(routes=[*control_routes(), *control.routes], lifespan=lifespan)
     app.state.sandbox = state
     app.sandbox = state
-    on_unmount(app, state.hub.aclose)
+    on_unmount(app, close)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -138,3 +139,52 @@ async def test_the_cli_serves_the_sandbox_alone() -> None:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=20)
     assert b"Mautic sandbox on" in out
     assert b"latency 1 ms" in out
+
+
+async def test_state_file_keeps_the_instance_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "sandbox-mautic.json"
+    first = create_app(state_file=path)
+    async with run_server(first) as url, httpx.AsyncClient(base_url=url) as http:
+        token = (
+            await http.post(
+                "/oauth/v2/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": DEFAULT_CLIENT_ID,
+                    "client_secret": DEFAULT_CLIENT_SECRET,
+                },
+            )
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        contact = (
+            await http.post(
+                "/api/contacts/new", json={"email": "keep@x.com", "tags": ["t"]}, headers=headers
+            )
+        ).json()["contact"]
+        segment = (await http.post("/api/segments/new", json={"name": "S"}, headers=headers)).json()
+        await http.post(
+            f"/api/segments/{segment['list']['id']}/contact/{contact['id']}/add", headers=headers
+        )
+        await http.post(f"/api/contacts/{contact['id']}/dnc/email/add", headers=headers)
+    assert path.exists()
+    second = create_app(state_file=path)
+    async with run_server(second) as url, httpx.AsyncClient(base_url=url) as http:
+        headers = {"Authorization": f"Bearer {token}"}  # the cached token still works
+        got = (await http.get(f"/api/contacts/{contact['id']}", headers=headers)).json()["contact"]
+        assert got["doNotContact"][0]["reason"] == 3
+        assert [t["tag"] for t in got["tags"]] == ["t"]
+        found = (
+            await http.get("/api/contacts", params={"search": "segment:s"}, headers=headers)
+        ).json()
+        assert list(found["contacts"]) == [str(contact["id"])]
+        again = await http.post("/api/contacts/new", json={"email": "KEEP@x.com"}, headers=headers)
+        assert again.status_code == 200  # the email index was rebuilt
+        new = await http.post("/api/contacts/new", json={"email": "n@x.com"}, headers=headers)
+        assert new.json()["contact"]["id"] == contact["id"] + 1
+
+
+async def test_an_unreadable_state_file_starts_fresh(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{"version": 99}')
+    app = create_app(state_file=path)
+    assert app.sandbox.instance.contacts == {}
