@@ -266,7 +266,7 @@ async def points(call: Call) -> Result:
     contact = inst.contact(call.args[0])
     delta = int(call.args[2]) * (1 if call.args[1] == "plus" else -1)
     plan = {"values": {"points": contact.points + delta}}
-    inst._apply(contact, plan, call.user)
+    inst.save_plan(contact, plan, call.user)
     return ok({"success": 1})
 
 
@@ -321,9 +321,8 @@ async def users_self(call: Call) -> Result:
 # -- segments -------------------------------------------------------------------------------
 
 
-def _named_list(
-    items: list[Any], q: dict[str, Any], default: int, name: Callable[[Any], str]
-) -> list[Any]:
+def _named_list(items: list[Any], q: dict[str, Any], name: Callable[[Any], str]) -> list[Any]:
+    """Other entities' lists: `search` is a substring of the name; `published=1` filters."""
     search = str(q.get("search") or "").lower()
     if search:
         items = [i for i in items if search in name(i).lower()]
@@ -333,7 +332,7 @@ def _named_list(
 
 
 async def list_segments(call: Call) -> Result:
-    items = _named_list(list(call.instance.segments.values()), call.query, 30, lambda s: s.name)
+    items = _named_list(list(call.instance.segments.values()), call.query, lambda s: s.name)
     page = _paginate(items, call.query, call.state.config.default_page_limit)
     return ok({"total": len(items), "lists": render.keyed([render.segment(s) for s in page]) or []})
 
@@ -401,7 +400,7 @@ async def segment_contacts_add(call: Call) -> Result:
 
 
 async def list_tags(call: Call) -> Result:
-    items = _named_list(list(call.instance.tags.values()), call.query, 30, lambda t: t.tag)
+    items = _named_list(list(call.instance.tags.values()), call.query, lambda t: t.tag)
     page = _paginate(items, call.query, call.state.config.default_page_limit)
     return ok({"total": len(items), "tags": [render.tag(t) for t in page]})
 
@@ -460,7 +459,7 @@ async def delete_tag(call: Call) -> Result:
 
 async def list_fields(call: Call) -> Result:
     fields = sorted(call.instance.fields.values(), key=lambda f: (f.order, f.id))
-    items = _named_list(fields, call.query, 30, lambda f: f.label + " " + f.alias)
+    items = _named_list(fields, call.query, lambda f: f.label + " " + f.alias)
     page = _paginate(items, call.query, call.state.config.default_page_limit)
     return ok({"total": len(items), "fields": [render.field(f) for f in page]})
 
@@ -495,7 +494,7 @@ async def delete_field(call: Call) -> Result:
 
 
 async def list_campaigns(call: Call) -> Result:
-    items = _named_list(list(call.instance.campaigns.values()), call.query, 30, lambda c: c.name)
+    items = _named_list(list(call.instance.campaigns.values()), call.query, lambda c: c.name)
     page = _paginate(items, call.query, call.state.config.default_page_limit)
     body = render.keyed([render.campaign(c) for c in page])
     return ok({"total": len(items), "campaigns": body or []})
@@ -624,7 +623,7 @@ def _hook_values(call: Call, hook: Hook | None) -> dict[str, Any]:
 
 
 async def list_hooks(call: Call) -> Result:
-    items = _named_list(list(call.instance.hooks.values()), call.query, 30, lambda h: h.name)
+    items = _named_list(list(call.instance.hooks.values()), call.query, lambda h: h.name)
     page = _paginate(items, call.query, call.state.config.default_page_limit)
     return ok({"total": len(items), "hooks": render.keyed([render.hook(h) for h in page]) or []})
 
@@ -705,9 +704,10 @@ EDIT = (PUT, PATCH)
 
 
 def _standard(
-    base: str, key: tuple[Handler, Handler, Handler, Handler, Handler, Handler]
+    base: str, handlers: tuple[Handler, Handler, Handler, Handler, Handler]
 ) -> list[tuple[tuple[str, ...], str, Handler]]:
-    lst, get, new, edit, delete, _ = key
+    """The five standard entity routes (CoreSubscriber::onBuildRoute) of `/api/{base}`."""
+    lst, get, new, edit, delete = handlers
     return [
         ((GET,), rf"/api/{base}", lst),
         ((POST,), rf"/api/{base}/new", new),
@@ -715,10 +715,6 @@ def _standard(
         (EDIT, rf"/api/{base}/{ID}/edit", edit),
         ((DELETE,), rf"/api/{base}/{ID}/delete", delete),
     ]
-
-
-async def _unused(call: Call) -> Result:  # pragma: no cover - placeholder slot
-    raise errors.not_found()
 
 
 ROUTES: list[tuple[tuple[str, ...], str, Handler]] = [
@@ -736,23 +732,19 @@ ROUTES: list[tuple[tuple[str, ...], str, Handler]] = [
     ((GET,), rf"/api/contacts/{ID}/segments", contact_segments),
     ((GET,), rf"/api/contacts/{ID}/campaigns", contact_campaigns),
     ((GET,), r"/api/users/self", users_self),
-    *_standard(
-        "segments", (list_segments, get_segment, new_segment, edit_segment, delete_segment, _unused)
-    ),
+    *_standard("segments", (list_segments, get_segment, new_segment, edit_segment, delete_segment)),
     ((POST,), rf"/api/segments/{ID}/contact/{ID}/(add|remove)", segment_contact),
     ((POST,), rf"/api/segments/{ID}/contacts/add", segment_contacts_add),
-    *_standard("tags", (list_tags, get_tag, new_tag, edit_tag, delete_tag, _unused)),
-    *_standard(
-        "fields/contact", (list_fields, get_field, new_field, edit_field, delete_field, _unused)
-    ),
+    *_standard("tags", (list_tags, get_tag, new_tag, edit_tag, delete_tag)),
+    *_standard("fields/contact", (list_fields, get_field, new_field, edit_field, delete_field)),
     *_standard(
         "campaigns",
-        (list_campaigns, get_campaign, new_campaign, edit_campaign, delete_campaign, _unused),
+        (list_campaigns, get_campaign, new_campaign, edit_campaign, delete_campaign),
     ),
     ((POST,), rf"/api/campaigns/{ID}/contact/{ID}/(add|remove)", campaign_contact),
     ((GET,), rf"/api/campaigns/{ID}/contacts", campaign_contacts),
     ((GET,), r"/api/hooks/triggers", hook_triggers),
-    *_standard("hooks", (list_hooks, get_hook, new_hook, edit_hook, delete_hook, _unused)),
+    *_standard("hooks", (list_hooks, get_hook, new_hook, edit_hook, delete_hook)),
 ]
 _COMPILED = [
     (methods, re.compile(pattern + r"/?$"), handler) for methods, pattern, handler in ROUTES

@@ -152,7 +152,7 @@ async def action(request: Request) -> Response:
             segment_id = data.get("segment_id")
             if segment_id is not None:
                 inst.segment_member(inst.segment(segment_id), contact, add=True)
-            state._emit(
+            state.emit(
                 "mautic.form_on_submit",
                 {
                     "submission": {

@@ -7,7 +7,6 @@ Every write goes through `Instance`; it validates the whole request before chang
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -459,6 +458,10 @@ class Instance:
             )
         return changed
 
+    def save_plan(self, contact: Contact, plan: dict[str, Any], actor: User | None) -> bool:
+        """Write an already-valid change (points adjustments) through the contact model."""
+        return self._apply(contact, plan, actor)
+
     def _new_contact(self, actor: User | None) -> Contact:
         contact = Contact(id=self.next_id("contact"), date_added=self.now(), created_by=actor)
         self.contacts[contact.id] = contact
@@ -790,7 +793,3 @@ class Instance:
         if ttl > 0:
             self._count_cache[key] = (now + ttl, total)
         return total
-
-
-def wall() -> float:
-    return time.time()

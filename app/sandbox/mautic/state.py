@@ -110,7 +110,7 @@ class MauticState:
         return self.clock.now()
 
     def _reset_data(self) -> None:
-        self.instance = Instance(self.config, self.now, self._emit)
+        self.instance = Instance(self.config, self.now, self.emit)
         self.admin = self.instance.add_user(c.ADMIN_USERNAME, c.ADMIN_PASSWORD, "admin", "admin")
         self.clients: dict[str, Client] = {}
         self.tokens: dict[str, Token] = {}
@@ -165,7 +165,7 @@ class MauticState:
 
     # -- events -----------------------------------------------------------------------------
 
-    def _emit(self, trigger: str, payload: dict[str, Any]) -> None:
+    def emit(self, trigger: str, payload: dict[str, Any]) -> None:
         """Render the event now (a snapshot, as Mautic serializes at dispatch) and queue it."""
         instance = self.instance
         if not any(h.is_published and trigger in h.triggers for h in instance.hooks.values()):
