@@ -62,6 +62,32 @@ WEBHOOK_EVENTS = Counter(
 CONNECTIONS = Gauge(
     "audience_sync_connections", "Connections by provider and status.", ["provider", "status"]
 )
+CONNECTION_STATUS_AGE = Gauge(
+    "audience_sync_connection_status_age_seconds",
+    "Longest time any connection has been in this status (0 when none is in it).",
+    ["provider", "status"],
+)
+REJECTED = Gauge(
+    "audience_sync_rejected_subscribers",
+    "Subscribers a provider refused (fixed by editing the contact), by provider.",
+    ["provider"],
+)
+WEBHOOK_SILENCE = Gauge(
+    "audience_sync_webhook_silence_seconds",
+    "Seconds since the newest inbound webhook event of any active connection with a"
+    " registered webhook (since it was connected when none came yet; 0 without any).",
+    ["provider"],
+)
+QUOTA_USED = Gauge(
+    "audience_sync_quota_used",
+    "Requests spent today (UTC) from the provider's daily quota (its busiest quota scope).",
+    ["provider"],
+)
+QUOTA_LIMIT = Gauge(
+    "audience_sync_quota_limit",
+    "The provider's daily quota as the process that binds it knows it (0: no quota).",
+    ["provider"],
+)
 RECONCILE_RUNS = Counter(
     "audience_sync_reconcile_runs_total",
     "Reconcile runs (Sync Now, initial, dry runs) by kind and outcome.",
@@ -139,6 +165,9 @@ def _initialise_labels() -> None:
             WEBHOOK_EVENTS.labels(provider=provider, type="unknown", outcome=outcome)
         for status in CONNECTION_STATUSES:
             CONNECTIONS.labels(provider=provider, status=status)
+            CONNECTION_STATUS_AGE.labels(provider=provider, status=status)
+        for family in (REJECTED, WEBHOOK_SILENCE, QUOTA_USED, QUOTA_LIMIT):
+            family.labels(provider=provider)
     for kind in RECONCILE_KINDS:
         for outcome in RECONCILE_OUTCOMES:
             RECONCILE_RUNS.labels(kind=kind, outcome=outcome)
@@ -176,14 +205,71 @@ async def refresh_gauges(rt: Runtime) -> None:
         )
         QUEUE_OLDEST_READY_AGE.set(float(oldest.scalar() or 0))
         statuses = await conn.execute(
-            text("SELECT provider, status, count(*) FROM connections GROUP BY provider, status")
+            text(
+                "SELECT provider, status, count(*),"
+                " max(EXTRACT(EPOCH FROM now() - status_since))::float8"
+                " FROM connections GROUP BY provider, status"
+            )
         )
         CONNECTIONS.clear()
+        CONNECTION_STATUS_AGE.clear()
         for provider in PROVIDERS:
             for status in CONNECTION_STATUSES:
                 CONNECTIONS.labels(provider=provider, status=status).set(0)
-        for provider, status, n in statuses.all():
+                CONNECTION_STATUS_AGE.labels(provider=provider, status=status).set(0)
+        for provider, status, n, age in statuses.all():
             CONNECTIONS.labels(provider=provider, status=status).set(n)
+            CONNECTION_STATUS_AGE.labels(provider=provider, status=status).set(age or 0)
+        by_provider = await conn.execute(text(_PER_PROVIDER_SQL))
+        for family in (REJECTED, WEBHOOK_SILENCE, QUOTA_USED):
+            family.clear()
+            for provider in PROVIDERS:
+                family.labels(provider=provider).set(0)
+        for provider, rejected, silence, quota_used in by_provider.all():
+            REJECTED.labels(provider=provider).set(rejected)
+            WEBHOOK_SILENCE.labels(provider=provider).set(silence)
+            QUOTA_USED.labels(provider=provider).set(quota_used)
+
+
+def record_quota_limit(provider: str, requests: int) -> None:
+    """Remember a provider's daily quota (called where a connection's limits are bound)."""
+    QUOTA_LIMIT.labels(provider=provider).set(requests)
+
+
+# Per provider: rejected subscribers; how long no webhook event has come for any of its
+# active connections (deliveries stopped: our URL, ingress or the provider; the newest event
+# per connection comes from the (connection_id, received_at) index); today's use of its
+# daily quota (bucket keys are "<provider>:<scope>:<id>").
+_PER_PROVIDER_SQL = """
+WITH hooked AS (
+    SELECT c.provider, COALESCE(
+               (SELECT max(w.received_at) FROM webhook_events w WHERE w.connection_id = c.id),
+               c.created_at) AS last_heard
+    FROM connections c
+    WHERE c.webhook_id IS NOT NULL AND c.status = 'active'
+), rejected AS (
+    SELECT c.provider, count(*) AS n
+    FROM sync_state s JOIN connections c ON c.id = s.connection_id
+    WHERE s.error_kind IS NOT NULL
+    GROUP BY c.provider
+), quota AS (
+    SELECT split_part(key, ':', 1) AS provider, max(quota_used) AS used
+    FROM limit_buckets
+    WHERE quota_day = CAST(timezone('UTC', now()) AS date)
+    GROUP BY 1
+), providers AS (
+    SELECT provider FROM hooked UNION SELECT provider FROM rejected
+    UNION SELECT provider FROM quota
+)
+SELECT p.provider,
+       COALESCE(r.n, 0),
+       COALESCE((SELECT EXTRACT(EPOCH FROM now() - max(h.last_heard))::float8
+                 FROM hooked h WHERE h.provider = p.provider), 0),
+       COALESCE(q.used, 0)
+FROM providers p
+LEFT JOIN rejected r ON r.provider = p.provider
+LEFT JOIN quota q ON q.provider = p.provider
+"""
 
 
 class HttpMetricsMiddleware:

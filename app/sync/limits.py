@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.metrics import record_quota_limit
 from app.providers.base import ThrottledError
 from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 
@@ -217,6 +218,7 @@ def bind(
         prev = general.get(k)
         general[k] = Bucket(k, prev.interval if prev else 0.0, q.requests, q.bulk_share)
         quota_keys = (k,)
+        record_quota_limit(provider, q.requests)  # the quota alert's denominator
     return Binding(
         tenant=tenant,
         general=tuple(general.values()),
