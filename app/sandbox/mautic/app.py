@@ -76,6 +76,7 @@ class MauticSandbox(Starlette):
         base = base_url(scope)
         state.hub.site_url = state.config.site_url or base
         query_text = scope["query_string"].decode("latin-1")
+        items = _items(raw, query_text)
         gate = state.gate
         fault: str | None = None
         in_flight = 0
@@ -91,7 +92,7 @@ class MauticSandbox(Starlette):
                     state.config.timeout_seconds,
                     receive,
                 )
-                await self._latency(state, raw)
+                await self._latency(state, items)
                 status, content, headers = await self._handle(
                     state, method, path, query_text, raw, scope, base, meta
                 )
@@ -121,20 +122,15 @@ class MauticSandbox(Starlette):
                 in_flight,
                 scope=meta.get("client_id"),
                 fault=fault,
+                extra={"items": items},
                 body=raw if record else None,
             )
         )
 
-    async def _latency(self, state: MauticState, raw: bytes) -> None:
-        """`latency_ms`, plus `latency_per_item_ms` per item of a batch body."""
+    async def _latency(self, state: MauticState, items: int) -> None:
+        """`latency_ms`, plus `latency_per_item_ms` per item of the request."""
         config = state.config
-        ms = config.latency_ms
-        if config.latency_per_item_ms and raw[:1] == b"[":
-            try:
-                items = len(orjson.loads(raw))
-            except orjson.JSONDecodeError:
-                items = 1
-            ms += config.latency_per_item_ms * items
+        ms = config.latency_ms + config.latency_per_item_ms * items
         if ms > 0:
             await asyncio.sleep(ms / 1000)
 
@@ -220,6 +216,20 @@ class MauticSandbox(Starlette):
         except errors.ApiError as exc:
             state.hub.immediate.clear()
             return self._error(exc, state)
+
+
+def _items(raw: bytes, query_text: str) -> int:
+    """Contacts a request carries: a batch body's length, a batch delete's ids, else 1."""
+    if raw[:1] == b"[":
+        try:
+            return max(1, len(orjson.loads(raw)))
+        except orjson.JSONDecodeError:
+            return 1
+    if "ids=" in query_text:
+        ids = php_form(query_text).get("ids")
+        if isinstance(ids, str):
+            return max(1, len(ids.split(",")))
+    return 1
 
 
 def _empty_contacts(payload: Any, state: MauticState, rate: float) -> Any:

@@ -95,3 +95,16 @@ async def test_the_50_empty_object_bug_knob(api: httpx.AsyncClient, sandbox: San
     assert created.json()["contact"] == []
     listed = (await api.get("/contacts")).json()
     assert list(listed["contacts"].values()) == [[]]  # the write happened
+
+
+async def test_request_log_counts_the_items_of_a_batch(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    await sandbox.configure(latency_per_item_ms=0.01)
+    await api.post("/contacts/batch/new", json=[{"email": f"i{i}@x.com"} for i in range(7)])
+    await api.get("/contacts")
+    log = (await sandbox.http.get("/_control/requests")).json()["requests"]
+    assert [(e["path"], e["items"]) for e in log[-2:]] == [
+        ("/api/contacts/batch/new", 7),
+        ("/api/contacts", 1),
+    ]
