@@ -42,7 +42,7 @@ CHROMIUM_ARGS = [
 ]
 OWNER = "owner-a"
 SANDBOX = "/_sandbox/mailchimp"
-SCREENSHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
+SCREENSHOTS = os.environ.get("CONSOLE_SCREENSHOTS")  # a directory, e.g. docs/console
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 360, "height": 740}
 
@@ -231,16 +231,21 @@ async def sign_in(page: Any, console: Console, hash_: str = "", *, owner: str = 
 
 
 async def screenshot(page: Any, name: str) -> None:
-    """Desktop and 360 px screenshots into CONSOLE_SCREENSHOTS, when it is set."""
-    if not SCREENSHOTS:
-        return
-    target = Path(SCREENSHOTS)
-    target.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, a local directory
-    await page.wait_for_timeout(300)  # let the last render settle for the picture
-    await page.screenshot(path=str(target / f"{name}-desktop.png"), full_page=True)
+    """Check the page at 360 px (nothing wider than the screen); with CONSOLE_SCREENSHOTS set,
+    save it there at desktop size and at 360 px."""
+    target = Path(SCREENSHOTS) if SCREENSHOTS else None
+    if target:
+        target.mkdir(parents=True, exist_ok=True)
+        await page.wait_for_timeout(300)  # let the last render settle for the picture
+        await page.screenshot(path=str(target / f"{name}-desktop.png"), full_page=True)
     await page.set_viewport_size(PHONE)
-    await page.wait_for_timeout(300)
-    await page.screenshot(path=str(target / f"{name}-360.png"), full_page=True)
+    overflow = await page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"{name}: {overflow} px wider than a 360 px screen"
+    if target:
+        await page.wait_for_timeout(300)
+        await page.screenshot(path=str(target / f"{name}-360.png"), full_page=True)
     await page.set_viewport_size(DESKTOP)
 
 
@@ -673,3 +678,60 @@ async def test_demo_token_is_offered_in_development(
             await page.wait_for_selector("#provider-mailchimp[data-status='active']")
         finally:
             await context.close()
+
+
+# --- keyboard and the connect methods -------------------------------------------------------
+
+
+async def test_settings_work_from_the_keyboard(watched: Watched, console: Console) -> None:
+    page = watched.page
+    await console.connect_with_api_key()
+    await sign_in(page, console)
+    await page.wait_for_selector("#provider-mailchimp[data-status='active'] .sync-now")
+    # Tab from the top reaches Disconnect; Enter opens the dialog, Escape closes it unchanged.
+    for _ in range(40):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate("document.activeElement.textContent")
+        if focused == "Disconnect":
+            break
+    else:
+        raise AssertionError("Disconnect is not reachable with Tab")
+    await page.keyboard.press("Enter")
+    dialog = page.locator("dialog.confirm")
+    await dialog.wait_for()
+    assert await page.evaluate("document.activeElement.textContent") == "Cancel"
+    await page.keyboard.press("Escape")
+    await dialog.wait_for(state="detached")
+    assert (await console.status())["connected"] is True
+
+
+async def test_connect_methods_come_from_the_service_when_it_says(
+    watched: Watched, console: Console
+) -> None:
+    page = watched.page
+    await sign_in(page, console)
+    await page.wait_for_selector("#provider-mailchimp")
+    how = await page.evaluate(
+        """async () => {
+          const { howToConnect } = await import('/console/js/settings.js');
+          return [
+            howToConnect({provider: 'activecampaign', connect: [{kind: 'credentials', fields: [
+              {name: 'api_url', label: 'API URL', kind: 'url', help: 'Settings → Developer'},
+              {name: 'api_key', label: 'API key', kind: 'secret'}]}]}),
+            howToConnect({provider: 'mailchimp', connect: [{kind: 'oauth'},
+              {kind: 'credentials',
+               fields: [{name: 'api_key', label: 'API key', kind: 'secret'}]}]}),
+            howToConnect({provider: 'mautic'}),
+          ];
+        }"""
+    )
+    active, mailchimp, mautic = how
+    assert active["oauth"] is False
+    assert active["credentialsPath"] == "credentials"
+    assert [(f["name"], f["type"], f["help"]) for f in active["fields"]] == [
+        ("api_url", "url", "Settings → Developer"),
+        ("api_key", "password", ""),
+    ]
+    assert mailchimp["oauth"] is True and mailchimp["credentialsPath"] == "credentials"
+    # A service without `connect` (before the generic routes): the documented forms.
+    assert [f["name"] for f in mautic["fields"]] == ["base_url", "client_id", "client_secret"]

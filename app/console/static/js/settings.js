@@ -30,17 +30,22 @@ const CONNECT = {
   },
 };
 
-/** How `item` connects: what the API says when it says it, else the table above. */
-function howToConnect(item) {
+/** How `item` connects: `connect[]` of GET /api/integrations when the service says it
+ * (`[{kind: "oauth"}, {kind: "credentials", fields: [{name, label, kind, help}]}]`), else the
+ * table above (services from before the generic routes). */
+export function howToConnect(item) {
   const known = CONNECT[item.provider] || { oauth: false, fields: [] };
-  const fromApi = item.connect || item.auth || null;
-  if (fromApi && typeof fromApi === "object" && !Array.isArray(fromApi)) {
-    const fields = Array.isArray(fromApi.fields)
-      ? fromApi.fields.map((f) => (typeof f === "string" ? { name: f, label: f.replace(/_/g, " ") } : f))
-      : known.fields;
-    return { ...known, oauth: Boolean(fromApi.oauth ?? known.oauth), fields };
-  }
-  return known;
+  if (!Array.isArray(item.connect) || !item.connect.length) return known;
+  const form = item.connect.find((m) => m.kind === "credentials");
+  const types = { secret: "password", url: "url", text: "text" };
+  return {
+    oauth: item.connect.some((m) => m.kind === "oauth"),
+    credentialsTitle: known.credentialsTitle,
+    credentialsPath: "credentials",
+    fields: form
+      ? (form.fields || []).map((f) => ({ name: f.name, label: f.label || f.name, type: types[f.kind] || "text", help: f.help || "" }))
+      : [],
+  };
 }
 
 const COUNT_LABELS = [
@@ -217,7 +222,7 @@ export function mount(root, ctx) {
       { class: "actions" },
       syncButton,
       item.audience && !entry.picking
-        ? h("button", { type: "button", onclick: () => { entry.picking = true; render(provider); } }, "Change audience")
+        ? h("button", { type: "button", class: "change-audience", onclick: () => { entry.picking = true; render(provider); } }, `Change ${item.audience_noun || "audience"}`)
         : null,
       h("button", { type: "button", class: "danger", onclick: () => disconnect(provider, entry, name) }, "Disconnect"),
       syncHint,
@@ -289,7 +294,9 @@ export function mount(root, ctx) {
       });
       inputs[field.name] = input;
       errors[field.name] = h("span", { class: "field-error", id: `${id}-error` });
-      return h("div", { class: "field" }, h("label", { for: id }, field.label), input, errors[field.name]);
+      const help = field.help ? h("span", { class: "muted small", id: `${id}-help` }, field.help) : null;
+      if (help) input.setAttribute("aria-describedby", `${id}-error ${id}-help`);
+      return h("div", { class: "field" }, h("label", { for: id }, field.label), input, help, errors[field.name]);
     });
     const formError = h("p", { class: "error", role: "alert" });
     const submit = h("button", { type: "submit", class: "primary" }, `Connect ${name}`);
@@ -402,7 +409,7 @@ export function mount(root, ctx) {
           }
         },
       },
-      h("label", { for: select.id }, `Which ${name} audience should your contacts sync to?`),
+      h("label", { for: select.id }, `Which ${name} ${entry.item.audience_noun || "audience"} should your contacts sync to?`),
       select,
       entry.item.audience ? h("p", { class: "muted small" }, "Choosing another audience starts a new mirror: a full sync runs at once.") : null,
       h("div", { class: "actions" }, choose, cancel),
