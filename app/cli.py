@@ -254,6 +254,38 @@ def sandbox_constantcontact(
     )
 
 
+@sandbox_cli.command("activecampaign")
+def sandbox_activecampaign(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8028,
+    latency_ms: Annotated[float | None, typer.Option(help="Base latency per request.")] = None,
+    rate_limit_per_second: Annotated[
+        int | None, typer.Option(help="Requests a second per account before 429 (default 5).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
+    fault_429: Annotated[float, typer.Option(help="Rate of injected 429s (0-1).")] = 0.0,
+    fault_403: Annotated[float, typer.Option(help="Rate of injected 403s.")] = 0.0,
+    fault_503: Annotated[float, typer.Option(help="Rate of injected 503s.")] = 0.0,
+    fault_timeout: Annotated[float, typer.Option(help="Rate of injected timeouts.")] = 0.0,
+) -> None:
+    """Serve the ActiveCampaign sandbox alone."""
+    from app.sandbox.activecampaign.cli import serve_sandbox
+
+    serve_sandbox(
+        host=host,
+        port=port,
+        latency_ms=latency_ms,
+        rate_limit_per_second=rate_limit_per_second,
+        seed=seed,
+        fault_rates={
+            "429": fault_429,
+            "403": fault_403,
+            "503": fault_503,
+            "timeout": fault_timeout,
+        },
+    )
+
+
 def main() -> None:
     """Console-script entry point; a configuration the service cannot run with exits 2."""
     from pydantic import ValidationError

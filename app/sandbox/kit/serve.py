@@ -15,6 +15,7 @@ SANDBOXES: dict[str, str] = {
     "mailchimp": "mailchimp",
     "mautic": "mautic",
     "constantcontact": "constantcontact",
+    "activecampaign": "activecampaign",
 }
 
 
