@@ -59,7 +59,7 @@ def create_app(
     app = ActiveCampaignSandbox(
         routes=control.routes,
         lifespan=lifespan,
-        exception_handlers={404: _html_404, 405: _html_404},
+        exception_handlers={404: _html_404},
     )
     app.state.sandbox = state
     on_unmount(app, close)
