@@ -204,6 +204,7 @@ class MauticSandbox(Starlette):
             if config.api_role == "read_only" and method != "GET":
                 raise errors.forbidden()
             call = api.Call(state, method, path, args, query, body, principal.user, base)
+            state.hub.begin()
             try:
                 status, payload, headers = await handler(call)
             finally:
@@ -214,7 +215,6 @@ class MauticSandbox(Starlette):
             headers[VERSION_HEADER] = config.mautic_version
             return status, php_json(payload), headers
         except errors.ApiError as exc:
-            state.hub.immediate.clear()
             return self._error(exc, state)
 
 

@@ -141,6 +141,7 @@ async def action(request: Request) -> Response:
         return _error(400, "email is required")
     inst = state.instance
     comments = state.config.dnc_comments
+    state.hub.begin()
     try:
         contact = _by_email(state, email)
         if name == "signup":

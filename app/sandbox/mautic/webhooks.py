@@ -21,6 +21,7 @@ import random
 import socket
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +35,10 @@ from app.sandbox.mautic.render import iso
 log = logging.getLogger(__name__)
 
 TWO_DAYS = 2 * 86400
+Pending = list[tuple[Hook, str, dict[str, Any]]]
+# Immediate-mode events of the request being served (each request runs in its own context),
+# so concurrent requests each send, and wait for, their own deliveries only.
+_PENDING: ContextVar[Pending | None] = ContextVar("mautic_sandbox_pending", default=None)
 TRIGGERS: dict[str, tuple[str, str]] = {
     "mautic.lead_post_save_new": (
         "Contact Identified Event",
@@ -143,7 +148,7 @@ class WebhookHub:
         self._config = config
         self._now = now
         self.log: deque[dict[str, Any]] = deque(maxlen=10_000)
-        self.immediate: list[tuple[Hook, str, dict[str, Any]]] = []
+        self.immediate: Pending = []  # events fired outside any request
         self.site_url = "http://127.0.0.1"
         self.rng = random.Random(0)
         self._client: httpx.AsyncClient | None = None
@@ -180,17 +185,24 @@ class WebhookHub:
             if not hook.is_published or trigger not in hook.triggers:
                 continue
             if config.queue_mode == "immediate_process":
-                self.immediate.append((hook, trigger, item))
+                pending = _PENDING.get()
+                (self.immediate if pending is None else pending).append((hook, trigger, item))
             else:
                 row = QueueRow(instance.next_id("queue"), hook.id, trigger, item, now)
                 instance.queue[row.id] = row
 
+    def begin(self) -> None:
+        """Collect the immediate-mode events of the current request from here on."""
+        _PENDING.set([])
+
     async def flush_immediate(self) -> None:
         """Send what the current request fired, one event per POST, in order (no retry)."""
-        while self.immediate:
-            hook, trigger, item = self.immediate.pop(0)
-            if hook.is_published:
-                await self._send(hook, {trigger: [item]}, rows=[])
+        pending = _PENDING.get()
+        for queue in (self.immediate,) if pending is None else (pending, self.immediate):
+            while queue:
+                hook, trigger, item = queue.pop(0)
+                if hook.is_published:
+                    await self._send(hook, {trigger: [item]}, rows=[])
 
     async def send_test(self, hook: Hook) -> int | None:
         """`sendHookTestAction`: 2017-era samples per trigger and a top-level `timestamp`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ class Receiver:
     url: str = ""
     status: int = 200
     deliveries: list[dict[str, Any]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def events(self) -> list[tuple[str, dict[str, Any]]]:
         """Every (trigger, item) received, in order."""
@@ -89,6 +91,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     async def hook(request: Request) -> Response:
         rec.deliveries.append({"body": await request.body(), "headers": dict(request.headers)})
+        rec.arrived.set()
         return Response(status_code=rec.status)
 
     app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])

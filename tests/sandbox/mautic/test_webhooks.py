@@ -202,3 +202,23 @@ async def test_webhook_fault_knobs_drop_and_duplicate(
     await new_contact(api, email="twice@x.com")
     assert len(receiver.deliveries) == 2
     assert receiver.deliveries[0]["body"] == receiver.deliveries[1]["body"]
+
+
+async def test_concurrent_requests_each_deliver_their_own_events(
+    api: httpx.AsyncClient, sandbox: Sandbox, receiver: Receiver
+) -> None:
+    import asyncio
+
+    await make_hook(api, receiver.url, ["mautic.lead_post_save_new"])
+    await sandbox.configure(webhook_delay_ms=100)
+    batch = asyncio.create_task(
+        api.post("/contacts/batch/new", json=[{"email": f"c{i}@x.com"} for i in range(3)])
+    )
+    await asyncio.wait_for(receiver.arrived.wait(), 10)  # the batch is delivering one by one
+    failed = await api.post("/contacts/new", json={"email": "not-an-email"})
+    assert failed.status_code == 400
+    # The failing request answered without delivering (or waiting for) the batch's events.
+    assert len(receiver.deliveries) < 3
+    assert (await batch).status_code == 201
+    emails = sorted(i["contact"]["fields"]["core"]["email"]["value"] for _, i in receiver.events())
+    assert emails == ["c0@x.com", "c1@x.com", "c2@x.com"]
