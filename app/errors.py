@@ -113,6 +113,17 @@ class TooManyRequests(AppError):
     slug = "too-many-requests"
 
 
+class MethodNotAllowed(AppError):
+    """The path exists, the method does not; `Allow` lists the ones it answers."""
+
+    status_code = 405
+    title = "Method Not Allowed"
+    slug = "method-not-allowed"
+
+    def __init__(self, detail: str, *, allow: str) -> None:
+        super().__init__(detail, headers={"Allow": allow})
+
+
 class UnsupportedMediaType(AppError):
     """The body's Content-Type is not one this operation reads."""
 
@@ -373,14 +384,34 @@ def install_error_handlers(app: FastAPI) -> None:
         # (its HTTPValidationError) unless the route declares one; we answer problem+json.
         if app.openapi_schema is None:
             schema = framework_openapi()
-            for operations in schema.get("paths", {}).values():
+            for path, operations in schema.get("paths", {}).items():
                 for operation in operations.values():
-                    response = operation.get("responses", {}).get("422")
+                    responses = operation.setdefault("responses", {})
+                    response = responses.get("422")
                     if response and PROBLEM_JSON not in response.get("content", {}):
                         response["content"] = PROBLEM_SCHEMA["content"]
+                    if path not in NO_DATABASE_PATHS:
+                        _document_unavailable(responses)
         return app.openapi_schema or framework_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# Operations that never touch the database (liveness): no 503 from an outage.
+NO_DATABASE_PATHS = frozenset({"/healthz"})
+
+RETRY_AFTER_HEADER: dict[str, Any] = {
+    "description": "Seconds to wait before retrying.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+def _document_unavailable(responses: dict[str, Any]) -> None:
+    # Any operation that reads the database answers 503 + Retry-After while it is
+    # unreachable (UnhandledErrorMiddleware); a provider-side 503 has the same shape.
+    response = responses.setdefault("503", {"description": "Service Unavailable"})
+    response.setdefault("content", PROBLEM_SCHEMA["content"])
+    response.setdefault("headers", {}).setdefault("Retry-After", RETRY_AFTER_HEADER)
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -61,6 +61,10 @@ log = structlog.get_logger(__name__)
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # HTTP uploads; the CLI reads files of any size
 CHUNK_ROWS = 10_000  # rows per transaction
+_CSV_BOOLEANS = {
+    **dict.fromkeys(("1", "on", "t", "true", "y", "yes"), True),
+    **dict.fromkeys(("0", "off", "f", "false", "n", "no"), False),
+}
 IMPORT_CONNECTIONS = 2  # database connections an import works on in parallel
 MAX_REPORTED_ERRORS = 1_000  # `errors` lists this many rows; `rejected` counts them all
 # A chunk is replayed after a deadlock, a serialization failure, or a unique violation (a
@@ -339,6 +343,11 @@ def parse_row(
                 values[name] = value
     if "tags" in values:
         values["tags"] = values["tags"].split(";")
+    if "newsletter_opt_in" in values:
+        # A spreadsheet's yes/no, 1/0, true/false; the JSON API takes true and false only.
+        values["newsletter_opt_in"] = _CSV_BOOLEANS.get(
+            values["newsletter_opt_in"].lower(), values["newsletter_opt_in"]
+        )
     problems = []
     # The email is checked here rather than by the model, through the (cached) normaliser.
     raw_email = values.pop("email", None)
@@ -378,7 +387,7 @@ def parse_row(
 def _describe(error: ErrorDetails) -> str:
     name = str(error["loc"][0]) if error["loc"] else "row"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "bool_parsing":
+    if error["type"] in ("bool_parsing", "bool_type"):
         message = "use true/false, yes/no, 1/0 or y/n"
     value = error.get("input")
     if isinstance(value, str) and not error["type"].endswith("_too_long"):

@@ -19,7 +19,7 @@ from app.contacts.schemas import (
 )
 from app.contacts.service import contact_service, etag
 from app.db import SessionDep
-from app.errors import problem_responses
+from app.errors import MethodNotAllowed, problem_responses
 
 # PostgreSQL text cannot hold \x00; a filter with one is a 422, not a database error.
 NO_NUL = r"^[^\x00]*$"
@@ -86,6 +86,12 @@ async def import_contacts(request: Request, owner_id: OwnerDep) -> ImportResult:
     an empty file or one without an email column is a 422. At most 50 MB.
     """
     return await importer.import_upload(request, owner_id=owner_id)
+
+
+@router.api_route("/import", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def import_other_methods() -> None:
+    """Only POST: without this, /import would be read as a contact id (a 422 about a UUID)."""
+    raise MethodNotAllowed("Import a file with POST.", allow="POST")
 
 
 @router.get("", response_model=ContactPage, responses=problem_responses(401, 422))

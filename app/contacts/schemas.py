@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 
 Kind = Literal["client", "lead", "contact"]
 SyncStatus = Literal["pending", "synced", "failed", "rejected", "not_synced"]
@@ -79,7 +79,8 @@ class _ContactFields(BaseModel):
         CustomValue,
     ] = Field(default_factory=dict, max_length=MAX_CUSTOM_FIELDS)
     notes: Annotated[str, StringConstraints(max_length=10_000)] | None = None
-    newsletter_opt_in: bool = False
+    # Strict: JSON true/false only (lax parsing took 0, 1 and "yes" for the boolean).
+    newsletter_opt_in: StrictBool = False
     lead_status: ShortText | None = None
     referral: ShortText | None = None
 
@@ -144,7 +145,7 @@ class ContactUpdate(_ContactFields):
     custom_fields: (
         dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], CustomValue] | None
     ) = Field(default=None, max_length=MAX_CUSTOM_FIELDS)  # type: ignore[assignment]
-    newsletter_opt_in: bool | None = None  # type: ignore[assignment]
+    newsletter_opt_in: StrictBool | None = None  # type: ignore[assignment]
 
     @field_validator("tags")
     @classmethod
