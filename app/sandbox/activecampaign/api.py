@@ -80,6 +80,7 @@ class ActiveCampaignApi:
         account: Account | None = None
         in_flight = 0
         fault: str | None = None
+        meta: dict[str, str | None] = {"fault": None}
         extra_headers: dict[str, str] = {}
         try:
             try:
@@ -87,7 +88,7 @@ class ActiveCampaignApi:
                 state.rate.hit(account.id, start)
                 in_flight = state.in_flight.enter(account.id, state.config.max_in_flight)
                 try:
-                    result = await self._admitted(scope, receive, method, path, body, account)
+                    result = await self._admitted(scope, receive, method, path, body, account, meta)
                 finally:
                     state.in_flight.leave(account.id)
             except Refusal as refusal:
@@ -119,7 +120,20 @@ class ActiveCampaignApi:
             remaining = state.rate.remaining(account.id, state.clock.now())
             headers.append((b"ratelimit-limit", str(state.rate.limit).encode()))
             headers.append((b"ratelimit-remaining", str(remaining).encode()))
-        await respond(send, status, headers, content)
+        fault = fault or meta["fault"]
+        if fault == "truncated" and len(content) > 1:
+            # A chunked body that stops half-way: returning without the last chunk makes the
+            # server drop the connection, as a chunked-encoding truncation does.
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": content[: len(content) // 2],
+                    "more_body": True,
+                }
+            )
+        else:
+            await respond(send, status, headers, content)
         state.requests.append(
             LogEntry(
                 method,
@@ -179,10 +193,19 @@ class ActiveCampaignApi:
         path: str,
         body: bytes,
         account: Account,
+        meta: dict[str, str | None],
     ) -> Result:
         state = self.state
         config = state.config
-        await state.gate.inject(config.fault_rates, FAULT_KINDS, config.timeout_seconds, receive)
+        cut = await state.gate.inject(
+            config.fault_rates,
+            FAULT_KINDS,
+            config.timeout_seconds,
+            receive,
+            passthrough=frozenset({"truncated"}),
+        )
+        if cut is not None:
+            meta["fault"] = cut
         if config.latency_ms > 0:
             await asyncio.sleep(config.latency_ms / 1000)
         sub = path[len(c.API_PREFIX) :].rstrip("/") or "/"
@@ -549,7 +572,10 @@ def contact_list_post(ctx: Ctx) -> Result:
             code="invalid",
             pointer="/data/attributes/status",
         )
-    status = int(raw) if raw else c.ACTIVE
+    current = contact.lists.get(lst.id)
+    # Without `status` a new membership subscribes (recorded, §3.2); an existing one keeps
+    # its status: only an explicit 1 re-subscribes.
+    status = int(raw) if raw else (current.status if current else c.ACTIVE)
     sourceid = int(text(data.get("sourceid")) or 0) if text(data.get("sourceid")).isdigit() else 0
     m, created = ctx.state.set_status(
         ctx.account, contact, lst, status, sourceid=sourceid or 0, echo_blank=raw == ""

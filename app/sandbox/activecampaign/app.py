@@ -3,6 +3,7 @@ and nginx's HTML 404 for every other path."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ from app.sandbox.activecampaign.api import ActiveCampaignApi
 from app.sandbox.activecampaign.config import AcConfig
 from app.sandbox.activecampaign.state import AcState
 from app.sandbox.kit import local_path, on_unmount
+
+log = logging.getLogger(__name__)
 
 
 class ActiveCampaignSandbox(Starlette):
@@ -42,12 +45,20 @@ async def _html_404(request: Request, exc: Exception) -> Response:
 def create_app(
     config: AcConfig | None = None, *, state_file: Path | None = None
 ) -> ActiveCampaignSandbox:
-    """Build the sandbox (one account with one list). `state_file` is accepted for the
-    mounting convention; this sandbox keeps no snapshot (a restart starts empty)."""
+    """Build the sandbox (one account with one list). `state_file`: a JSON snapshot of the
+    accounts, loaded now and saved when the app stops (alone or mounted)."""
     state = AcState(config)
+    if state_file is not None:
+        try:
+            if state.load(state_file):
+                log.info("activecampaign sandbox: state loaded from %s", state_file)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("activecampaign sandbox: ignoring unreadable %s: %s", state_file, exc)
 
     async def close() -> None:
         await state.hub.aclose()
+        if state_file is not None:
+            state.save(state_file)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

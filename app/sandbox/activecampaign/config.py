@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from app.sandbox.activecampaign import constants as c
 from app.sandbox.kit import Knobs, boolean, choice, integer, number
 
-FAULT_KINDS = ("429", "403", "500", "502", "503", "520", "empty_200", "timeout")
+FAULT_KINDS = ("429", "403", "500", "502", "503", "520", "empty_200", "truncated", "timeout")
 
 
 @dataclass
@@ -19,7 +19,8 @@ class AcConfig(Knobs):
     Faults (`fault_rates`): ``429`` (as the rate limit answers it), ``403``
     (``{"message":"Forbidden"}``, the intermittent one of §9.3), ``500``/``502``/``503``/``520``
     (an HTML or empty body, `error_body_5xx`), ``empty_200`` (200 with no body; the change is
-    not applied) and ``timeout``.
+    not applied), ``truncated`` (the change is applied, the answer is cut off mid-body: the
+    client sees a broken connection) and ``timeout``.
     """
 
     fault_kinds: ClassVar[tuple[str, ...]] = FAULT_KINDS

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from app.sandbox.activecampaign import constants as c
 from app.sandbox.activecampaign import errors
@@ -27,6 +31,7 @@ from app.sandbox.activecampaign.model import (
 from app.sandbox.activecampaign.webhooks import WebhookHub
 from app.sandbox.kit import Clock, Gate, InFlight, RequestLog, WindowLimiter
 
+SNAPSHOT_VERSION = 1
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 CONTACT_KEYS = {"email": "email", "firstName": "first_name", "lastName": "last_name"}
 CONTACT_KEYS |= {"phone": "phone", "orgname": "orgname"}
@@ -774,3 +779,69 @@ class AcState:
         if "listid" in data:
             out["listid"] = text(data["listid"]) or "0"
         return out
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every account as plain data (the configuration is not part of it)."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "seq": dict(self.seq),
+            "accounts": [asdict(a) for a in self.accounts.values()],
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError("unknown snapshot version")
+        self.seq = {str(k): int(v) for k, v in snap["seq"].items()}
+        self.accounts.clear()
+        self.keys.clear()
+        self.list_owner.clear()
+        self.pending_batches.clear()
+        for data in snap["accounts"]:
+            account = Account(
+                id=data["id"],
+                name=data["name"],
+                api_keys=list(data["api_keys"]),
+                user_email=data["user_email"],
+                created=data["created"],
+            )
+            for raw in data["contacts"].values():
+                contact = Contact(
+                    **{k: v for k, v in raw.items() if k not in ("lists", "values", "tags")}
+                )
+                contact.lists = {k: Membership(**v) for k, v in raw["lists"].items()}
+                contact.values = {k: FieldValue(**v) for k, v in raw["values"].items()}
+                contact.tags = {k: ContactTag(**v) for k, v in raw["tags"].items()}
+                account.contacts[contact.id] = contact
+                account.by_email[self.email_key(contact.email)] = contact.id
+                account.memberships.update({m.id: m for m in contact.lists.values()})
+                account.values.update({v.id: v for v in contact.values.values()})
+                account.contact_tags.update({t.id: t for t in contact.tags.values()})
+            account.lists = {k: AcList(**v) for k, v in data["lists"].items()}
+            account.fields = {k: Field(**v) for k, v in data["fields"].items()}
+            account.options = {k: FieldOption(**v) for k, v in data["options"].items()}
+            account.field_rels = {k: FieldRel(**v) for k, v in data["field_rels"].items()}
+            account.tags = {k: Tag(**v) for k, v in data["tags"].items()}
+            account.webhooks = {k: Webhook(**v) for k, v in data["webhooks"].items()}
+            account.batches = {k: Batch(**v) for k, v in data["batches"].items()}
+            self.accounts[account.id] = account
+            for key in account.api_keys:
+                self.keys[key] = account
+            for list_id in account.lists:
+                self.list_owner[list_id] = account
+            self.pending_batches |= {
+                (account.id, b.id) for b in account.batches.values() if not b.done
+            }
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(orjson.dumps(self.snapshot()))
+        tmp.replace(path)
+
+    def load(self, path: Path) -> bool:
+        if not path.exists():
+            return False
+        self.restore(orjson.loads(path.read_bytes()))
+        return True

@@ -128,13 +128,17 @@ class Gate:
         kinds: tuple[str, ...],
         timeout_seconds: float,
         receive: Receive,
-    ) -> None:
-        """Outage, then the dice; a timeout holds the request first. Raise Refusal."""
+        *,
+        passthrough: frozenset[str] = frozenset(),
+    ) -> str | None:
+        """Outage, then the dice; a timeout holds the request first. Raise Refusal, except
+        for a `passthrough` kind, which is returned for the sandbox to act out (e.g. a
+        response cut short after the change was applied)."""
         if self.clock.now() < self.outage_until:
             raise Refusal("outage")
         kind = self.roll(rates, kinds)
-        if kind is None:
-            return
+        if kind is None or kind in passthrough:
+            return kind
         if kind == "timeout":
             await hold(timeout_seconds, receive)
         raise Refusal(kind)

@@ -142,3 +142,34 @@ async def test_reset_brings_back_a_fresh_account(ac: httpx.AsyncClient) -> None:
     assert (await ac.get("/_control/requests")).json()["total_items"] == 1
     bad = await ac.patch("/_control/config", json={"rate_limit_status": 418})
     assert bad.status_code == 400
+
+
+async def test_truncated_answers_break_the_connection_after_the_change(config: AcConfig) -> None:
+    config.rate_limit_per_second = 10_000
+    config.fault_rates = {**config.fault_rates, "truncated": 1.0}
+    app = create_app(config)
+    async with (
+        run_server(app, lifespan="off") as base,
+        httpx.AsyncClient(base_url=base, headers={"Api-Token": DEFAULT_API_KEY}) as ac,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await ac.post(f"{API}/contact/sync", json={"contact": {"email": "t@example.com"}})
+        await ac.patch("/_control/config", json={"fault_rates": {"truncated": 0.0}})
+        listed = (await ac.get(f"{API}/contacts")).json()
+        assert [x["email"] for x in listed["contacts"]] == ["t@example.com"]  # it was applied
+        log = (await ac.get("/_control/requests")).json()["requests"]
+        assert log[0]["fault"] == "truncated"
+
+
+async def test_omitted_status_never_resubscribes(ac: httpx.AsyncClient) -> None:
+    from app.sandbox.activecampaign import DEFAULT_LIST_ID
+    from tests.sandbox.activecampaign.conftest import on_list, sync
+
+    c = await sync(ac, "keep@example.com")
+    await on_list(ac, c["id"], DEFAULT_LIST_ID, 2)
+    again = await ac.post(
+        f"{API}/contactLists", json={"contactList": {"contact": c["id"], "list": DEFAULT_LIST_ID}}
+    )
+    assert again.status_code == 200 and again.json()["contactList"]["status"] == ""
+    dump = (await ac.get(f"/_control/lists/{DEFAULT_LIST_ID}/contacts")).json()["contacts"]
+    assert dump[0]["lists"][DEFAULT_LIST_ID]["status"] == 2

@@ -1,15 +1,18 @@
-"""`serve` mounts the sandbox at /_sandbox/activecampaign; the CLI serves it alone."""
+"""`serve` mounts the sandbox at /_sandbox/activecampaign; the CLI serves it alone; its
+snapshot survives a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
 
-from app.sandbox.activecampaign import DEFAULT_API_KEY
+from app.sandbox.activecampaign import DEFAULT_API_KEY, DEFAULT_LIST_ID, create_app
+from app.sandbox.kit import unmount
 from app.wiring import mount
 from tests.conftest import make_settings
 from tests.support.servers import free_port
@@ -63,3 +66,36 @@ async def test_cli_serves_it_alone() -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_state_file_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "sandbox-activecampaign.json"
+    first = create_app(state_file=path)
+    transport = httpx.ASGITransport(app=first)
+    headers = {"Api-Token": DEFAULT_API_KEY}
+    async with httpx.AsyncClient(transport=transport, base_url="http://sb", headers=headers) as ac:
+        field = (await ac.post("/api/3/fields", json={"field": {"title": "Team"}})).json()
+        made = await ac.post(
+            "/api/3/contact/sync",
+            json={
+                "contact": {
+                    "email": "kept@example.com",
+                    "fieldValues": [{"field": field["field"]["id"], "value": "red"}],
+                }
+            },
+        )
+        cid = made.json()["contact"]["id"]
+        await ac.post(
+            "/api/3/contactLists",
+            json={"contactList": {"contact": cid, "list": DEFAULT_LIST_ID, "status": 2}},
+        )
+    await unmount(first)
+    second = create_app(state_file=path)
+    transport = httpx.ASGITransport(app=second)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sb", headers=headers) as ac:
+        got = (await ac.get(f"/api/3/contacts/{cid}")).json()
+        assert got["contact"]["email"] == "kept@example.com"
+        assert got["contactLists"][0]["status"] == "2"
+        assert [v["value"] for v in got["fieldValues"]] == ["red"]
+        again = await ac.post("/api/3/contact/sync", json={"contact": {"email": "new@example.com"}})
+        assert int(again.json()["contact"]["id"]) > int(cid)  # ids keep counting
