@@ -476,7 +476,11 @@ def sign_up_form(
     else:
         # A person signing up themselves always re-subscribes; the API follows the knob.
         rule = "always" if person else state.config.signup_form_resubscribes
-        if contact.permission == "unsubscribed":
+        # A resubscribe e-mail still unanswered leaves the person opted out in substance.
+        waiting = contact.permission == "pending_confirmation" and (
+            contact.resubscribe_sent_at is not None
+        )
+        if contact.permission == "unsubscribed" or waiting:
             if rule == "always" or (
                 rule == "account_optouts_only" and contact.opt_out_source == "Account"
             ):

@@ -406,3 +406,18 @@ async def test_counts(sandbox: Sandbox, api: httpx.AsyncClient) -> None:
     await sandbox.act("c3@example.com", "unsubscribe")
     counts = (await api.get("/contacts/counts")).json()
     assert counts == {"total": 3, "explicit": 1, "implicit": 1, "pending": 0, "unsubscribed": 1}
+
+
+async def test_sign_up_form_treats_an_unanswered_resubscribe_as_opted_out(
+    sandbox: Sandbox, api: httpx.AsyncClient
+) -> None:
+    await sandbox.configure(signup_form_resubscribes="never")
+    created = await _create(api, "wait@example.com")
+    await sandbox.act("wait@example.com", "unsubscribe")
+    sent = await api.put(
+        f"/contacts/resubscribe/{created['contact_id']}", json={"list_ids": [DEFAULT_LIST_ID]}
+    )
+    assert sent.status_code == 200
+    assert (await _signup(api, "wait@example.com")).status_code == 200
+    block = (await sandbox.dump())["wait@example.com"]["email_address"]
+    assert block["permission_to_send"] == "pending_confirmation"
