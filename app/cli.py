@@ -237,6 +237,9 @@ def sandbox_constantcontact(
         float | None, typer.Option(help="Lifetime of an access token.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
+    state_file: Annotated[
+        Path | None, typer.Option(help="JSON snapshot: loaded at start, saved at exit.")
+    ] = None,
 ) -> None:
     """Serve the Constant Contact sandbox alone."""
     from app.sandbox.constantcontact.cli import serve_sandbox
@@ -244,6 +247,7 @@ def sandbox_constantcontact(
     serve_sandbox(
         host=host,
         port=port,
+        state_file=state_file,
         changes={
             "latency_ms": latency_ms,
             "rate_per_second": rate_per_second,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from app.sandbox.constantcontact import control, oauth
+from app.sandbox.constantcontact import control, oauth, snapshot
 from app.sandbox.constantcontact.api import V3Api
 from app.sandbox.constantcontact.config import SandboxConfig
 from app.sandbox.constantcontact.realism import Gate
 from app.sandbox.constantcontact.state import SandboxState
+from app.sandbox.kit import on_unmount
 
 
 class SandboxApp(Starlette):
@@ -31,12 +36,41 @@ class SandboxApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(config: SandboxConfig | None = None) -> SandboxApp:
-    """Build a fresh sandbox (one account, one list, one app per mode, no contacts)."""
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    config: SandboxConfig | None = None, *, state_file: Path | None = None
+) -> SandboxApp:
+    """Build a sandbox: fresh (one account, one list, one app per mode, no contacts), or the
+    snapshot in `state_file`, which is saved again at shutdown."""
     state = SandboxState(config)
+    if state_file is not None:
+        try:
+            if snapshot.load(state, state_file):
+                log.info("constantcontact sandbox: state loaded from %s", state_file)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("constantcontact sandbox: ignoring unreadable %s: %s", state_file, exc)
+            state.reset()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if state_file is not None:
+                snapshot.save(state, state_file)
+
     gate = Gate(state)
-    app = SandboxApp(routes=[*oauth.routes, *control.routes])
+    app = SandboxApp(routes=[*oauth.routes, *control.routes], lifespan=lifespan)
     app.state.sandbox = state
+    app.state.state_file = state_file
+
+    async def close() -> None:
+        if state_file is not None:
+            snapshot.save(state, state_file)
+
+    on_unmount(app, close)  # mounted in the service, the lifespan above never runs
     app.state.gate = gate
     app.api = V3Api(state, gate)
     return app

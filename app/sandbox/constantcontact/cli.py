@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from app.sandbox.constantcontact import constants as c
@@ -16,7 +17,11 @@ def build_config(changes: dict[str, Any]) -> SandboxConfig:
 
 
 def serve_sandbox(
-    host: str = "127.0.0.1", port: int = 8027, *, changes: dict[str, Any] | None = None
+    host: str = "127.0.0.1",
+    port: int = 8027,
+    *,
+    changes: dict[str, Any] | None = None,
+    state_file: Path | None = None,
 ) -> None:
     """Run the sandbox under uvicorn until interrupted."""
     import uvicorn
@@ -24,7 +29,7 @@ def serve_sandbox(
     from app.sandbox.constantcontact.app import create_app
 
     config = build_config(changes or {})
-    app = create_app(config)
+    app = create_app(config, state_file=state_file)
     url = f"http://{host}:{port}"
     print(  # noqa: T201 - the developer's first screen
         f"""

@@ -9,12 +9,28 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
+_loaded: list[RSAKey] = []  # a key restored from a snapshot wins over a generated one
+
 
 @lru_cache(maxsize=1)
-def signing_key() -> RSAKey:
-    """One RSA key per process: generating one costs ~0.1 s, and resets keep it."""
+def _generated() -> RSAKey:
     kid = "sandbox-" + secrets.token_hex(8)
     return RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"})
+
+
+def signing_key() -> RSAKey:
+    """One RSA key per process (generating one costs ~0.1 s); resets keep it."""
+    return _loaded[-1] if _loaded else _generated()
+
+
+def export_key() -> dict[str, Any]:
+    """The private key as a JWK, for the state snapshot."""
+    return dict(signing_key().as_dict(private=True))
+
+
+def restore_key(jwk: dict[str, Any]) -> None:
+    """Sign with a key from a snapshot, so tokens issued before a restart still verify."""
+    _loaded[:] = [RSAKey.import_key(jwk)]
 
 
 def jwks() -> dict[str, Any]:
