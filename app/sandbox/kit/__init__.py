@@ -6,7 +6,7 @@ provider's error; see README.md beside this file.
 from app.sandbox.kit.asgi import base_url, header, local_path, read_body, respond
 from app.sandbox.kit.clock import Clock
 from app.sandbox.kit.control import Controlled, control_routes, error, json_response, read_object
-from app.sandbox.kit.gate import Gate, InFlight, Refusal, WindowLimiter, hold
+from app.sandbox.kit.gate import DailyQuota, Gate, InFlight, Refusal, WindowLimiter, hold
 from app.sandbox.kit.knobs import FAULT_KINDS, Knobs, boolean, choice, integer, number
 from app.sandbox.kit.log import LogEntry, RequestLog
 from app.sandbox.kit.serve import SANDBOXES, build, on_unmount, run, unmount
@@ -16,6 +16,7 @@ __all__ = [
     "SANDBOXES",
     "Clock",
     "Controlled",
+    "DailyQuota",
     "Gate",
     "InFlight",
     "Knobs",

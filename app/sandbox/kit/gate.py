@@ -93,6 +93,43 @@ class WindowLimiter:
         self._hits.clear()
 
 
+class DailyQuota:
+    """At most `limit` requests per scope in each UTC day of the clock (reset at 00:00:00 UTC).
+
+    `check` refuses once the day's requests are spent; `spend` counts one. They are separate so
+    a request another limit refuses costs nothing of the day.
+    """
+
+    def __init__(self, limit: int, *, name: str = "quota") -> None:
+        self.limit = limit
+        self.name = name
+        self._days: dict[str, tuple[int, int]] = {}  # scope → (UTC day number, requests)
+
+    def used(self, scope: str, now: float) -> int:
+        day, count = self._days.get(scope, (-1, 0))
+        return count if day == int(now // 86_400) else 0
+
+    def check(self, scope: str, now: float) -> None:
+        """Refusal("quota") with `retry_after` = the seconds to midnight UTC when spent."""
+        if self.used(scope, now) >= self.limit:
+            raise Refusal(
+                "quota",
+                limit=self.limit,
+                retry_after=(int(now // 86_400) + 1) * 86_400 - now,
+                name=self.name,
+            )
+
+    def spend(self, scope: str, now: float) -> None:
+        self._days[scope] = (int(now // 86_400), self.used(scope, now) + 1)
+
+    def usage(self, now: float) -> dict[str, int]:
+        """Requests spent today, per scope."""
+        return {s: n for s in self._days if (n := self.used(s, now))}
+
+    def clear(self) -> None:
+        self._days.clear()
+
+
 class Gate:
     """The realism of one sandbox: clock, in-flight counts, seeded fault dice, outage window."""
 
