@@ -7,7 +7,6 @@ parse the JSON body (415/400), wait the latency, answer, log.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -19,9 +18,10 @@ import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from app.sandbox.constantcontact import activities, auth, contacts, errors, resources
+from app.sandbox.constantcontact import activities, auth, contacts, errors, realism, resources
 from app.sandbox.constantcontact.errors import ApiError
 from app.sandbox.constantcontact.state import AccessToken, Account, SandboxState
+from app.sandbox.kit import LogEntry, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -327,26 +327,18 @@ def items_of(body: Any) -> int:
 class V3Api:
     """`/v3/...` as an ASGI handler."""
 
-    def __init__(self, state: SandboxState, gate: Any) -> None:
+    def __init__(self, state: SandboxState) -> None:
         self.state = state
-        self.gate = gate  # limits, faults and latency (app.sandbox.constantcontact.realism)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         state = self.state
         request = Request(scope, receive)
         start = time.time()
         method = scope["method"]
-        entry: dict[str, Any] = {
-            "method": method,
-            "path": path,
-            "start": start,
-            "client_id": None,
-            "account": None,
-            "decision": None,
-        }
+        entry: dict[str, Any] = {"client_id": None, "quota_key": None, "decision": None}
         headers: list[tuple[str, str]] = []
         try:
-            status, body, headers = await self._serve(request, method, path, entry)
+            status, body, headers = await self._serve(request, method, path, entry, receive)
         except ApiError as exc:
             status, body = exc.status, exc.body(state.config.error_body_shape)
             headers = exc.headers
@@ -361,12 +353,18 @@ class V3Api:
         raw.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": content})
-        entry["status"] = status
-        entry["end"] = time.time()
-        state.log_request(entry)
+        fault = entry.pop("fault", None)
+        account = entry.pop("account", None)
+        in_flight = entry.pop("in_flight", 0)
+        raw_body = entry.pop("body", None)
+        state.log_request(
+            LogEntry(
+                method, path, status, start, time.time(), in_flight, account, fault, entry, raw_body
+            )
+        )
 
     async def _serve(
-        self, request: Request, method: str, path: str, entry: dict[str, Any]
+        self, request: Request, method: str, path: str, entry: dict[str, Any], receive: Receive
     ) -> Result:
         state = self.state
         header = request.headers.get("authorization")
@@ -376,8 +374,34 @@ class V3Api:
                 raise errors.forbidden()
             raise errors.unauthorized()
         entry["client_id"], entry["account"] = token.client_id, token.account_id
+        try:
+            in_flight = state.gate.in_flight.enter(token.account_id, state.config.max_in_flight)
+        except Refusal as refusal:
+            entry["fault"] = refusal.kind
+            raise realism.answer(state, refusal, entry) from None
+        entry["in_flight"] = in_flight
+        try:
+            return await self._admitted(request, method, path, entry, receive, token)
+        finally:
+            state.gate.in_flight.leave(token.account_id)
+
+    async def _admitted(
+        self,
+        request: Request,
+        method: str,
+        path: str,
+        entry: dict[str, Any],
+        receive: Receive,
+        token: AccessToken,
+    ) -> Result:
+        state = self.state
         account = state.accounts[token.account_id]
-        await self.gate.admit(token, entry, request)
+        try:
+            await realism.admit(state, token, entry, path, receive)
+        except Refusal as refusal:
+            if refusal.kind not in ("rate", "quota"):
+                entry["fault"] = refusal.kind
+            raise realism.answer(state, refusal, entry) from None
         handler, path_params, scope = match(method, path)
         if scope is not None and scope not in token.scopes:
             raise errors.forbidden()
@@ -386,6 +410,8 @@ class V3Api:
         body: Any = None
         if method in ("POST", "PUT", "PATCH"):
             raw = await request.body()
+            if state.config.record_bodies:
+                entry["body"] = raw
             if raw.strip():
                 if "json" not in request.headers.get("content-type", "").lower():
                     raise errors.unsupported_media_type()
@@ -395,12 +421,8 @@ class V3Api:
                     raise errors.validation("The request body is not valid JSON") from None
             else:
                 body = {}
-        await self.gate.before_handler(entry, method, path, items_of(body), request)
+        entry["items"] = items_of(body)
+        await realism.latency(state, entry["items"], receive)
         activities.advance(state, account)
         call = Call(state, account, token, method, dict(request.query_params), path_params, body)
         return await handler(call)
-
-
-async def hold(seconds: float) -> None:
-    if seconds > 0:
-        await asyncio.sleep(seconds)

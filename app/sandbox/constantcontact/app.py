@@ -14,9 +14,8 @@ from starlette.types import Receive, Scope, Send
 from app.sandbox.constantcontact import control, oauth, snapshot
 from app.sandbox.constantcontact.api import V3Api
 from app.sandbox.constantcontact.config import SandboxConfig
-from app.sandbox.constantcontact.realism import Gate
 from app.sandbox.constantcontact.state import SandboxState
-from app.sandbox.kit import on_unmount
+from app.sandbox.kit import control_routes, on_unmount
 
 
 class SandboxApp(Starlette):
@@ -61,8 +60,10 @@ def create_app(
             if state_file is not None:
                 snapshot.save(state, state_file)
 
-    gate = Gate(state)
-    app = SandboxApp(routes=[*oauth.routes, *control.routes], lifespan=lifespan)
+    app = SandboxApp(
+        routes=[*oauth.routes, *control_routes(with_clock=True), *control.routes],
+        lifespan=lifespan,
+    )
     app.state.sandbox = state
     app.state.state_file = state_file
 
@@ -71,8 +72,7 @@ def create_app(
             snapshot.save(state, state_file)
 
     on_unmount(app, close)  # mounted in the service, the lifespan above never runs
-    app.state.gate = gate
-    app.api = V3Api(state, gate)
+    app.api = V3Api(state)
     return app
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from app.sandbox.constantcontact import constants as c
 from app.sandbox.constantcontact.config import SandboxConfig
+from app.sandbox.kit import run
 
 
 def build_config(changes: dict[str, Any]) -> SandboxConfig:
@@ -24,15 +25,12 @@ def serve_sandbox(
     state_file: Path | None = None,
 ) -> None:
     """Run the sandbox under uvicorn until interrupted."""
-    import uvicorn
-
     from app.sandbox.constantcontact.app import create_app
 
     config = build_config(changes or {})
     app = create_app(config, state_file=state_file)
     url = f"http://{host}:{port}"
-    print(  # noqa: T201 - the developer's first screen
-        f"""
+    banner = f"""
   Constant Contact sandbox on {url}
     API          {url}/v3   (Authorization: Bearer <access token>)
     Authorize    {url}/oauth2/default/v1/authorize   (Allow page; auto=1 approves at once)
@@ -49,7 +47,5 @@ def serve_sandbox(
     TOKEN=$(curl -s -X POST {url}/_control/tokens \\
             | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
     curl -s {url}/v3/account/summary -H "Authorization: Bearer $TOKEN"
-""",
-        flush=True,
-    )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+"""
+    run(app, host=host, port=port, banner=banner)

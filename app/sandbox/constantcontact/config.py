@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from app.sandbox.constantcontact.constants import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from app.sandbox.kit import Knobs, boolean, choice, integer, number
 
 FAULT_KINDS = (
     "429_throttled",
@@ -36,22 +35,25 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass
-class SandboxConfig:
-    """Everything `GET`/`PATCH /_control/config` shows and changes (README lists each)."""
+class SandboxConfig(Knobs):
+    """Everything `GET`/`PATCH /_control/config` shows and changes (README lists each).
 
+    The kit's knobs (`latency_ms`, `max_in_flight`, `fault_rates`, `timeout_seconds`,
+    `outage_seconds`, `seed`, `request_log_size`, `record_bodies`) plus Constant Contact's.
+    """
+
+    fault_kinds: ClassVar[tuple[str, ...]] = FAULT_KINDS
+
+    # kit knobs with this provider's defaults: no documented concurrency cap, its own faults
+    max_in_flight: int = 1000
+    fault_rates: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0.0))
+    timeout_seconds: float = 60.0
     # limits (reference §5): per application (`cid`) by default
-    rate_per_second: float = 4.0
+    rate_per_second: int = 4
     daily_quota: int = 10_000
     quota_key: str = "client_id"
     retry_after_header: bool = False
-    # latency and faults
-    latency_ms: float = 0.0
     latency_per_item_ms: float = 0.0
-    fault_rates: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0.0))
-    timeout_seconds: float = 60.0
-    outage_seconds: float = 0.0
-    seed: int = 0
-    request_log_size: int = 50_000
     # OAuth
     access_token_ttl_seconds: float = 86_400.0
     auth_code_ttl_seconds: float = 300.0
@@ -92,89 +94,65 @@ class SandboxConfig:
     import_max_bytes: int = 4 * 1024 * 1024
     error_body_shape: str = "array"
 
-    def copy(self) -> SandboxConfig:
-        """A deep copy (the state keeps its startup configuration for resets)."""
-        return copy.deepcopy(self)
+    def validate(self, key: str, value: Any) -> Any:
+        """This provider's keys here; the kit's in `Knobs.validate`."""
+        if key in CHOICES:
+            return choice(key, value, CHOICES[key])
+        if key in STATUS_CHOICES:
+            if value not in STATUS_CHOICES[key]:
+                raise ValueError(f"{key} is one of {STATUS_CHOICES[key]}")
+            return value
+        if key == "signup_form_actions":
+            if (
+                not isinstance(value, list)
+                or len(value) != 2
+                or not all(isinstance(v, str) and v for v in value)
+            ):
+                raise ValueError("signup_form_actions is [created word, updated word]")
+            return value
+        if key in ("issuer", "audience"):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{key} must be a non-empty string")
+            return value
+        if key in ("rate_per_second", "import_max_contacts", "import_max_bytes"):
+            return integer(key, value, minimum=1)
+        if key in ("daily_quota", "max_lists", "max_custom_fields", "activity_queue_limit"):
+            return integer(key, value)
+        if key in BOOLEANS:
+            return boolean(key, value)
+        if key in NUMBERS:
+            return number(key, value)
+        return super().validate(key, value)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return asdict(self)
 
-    def patch(self, changes: dict[str, Any]) -> None:
-        """Apply a partial update, validating every value; raise ValueError on a bad one."""
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        staged = self.copy()
-        for key, value in changes.items():
-            setattr(staged, key, _validate(key, value, staged))
-        for f in fields(self):
-            setattr(self, f.name, getattr(staged, f.name))
-
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{key} must be a number")
-    if value < 0:
-        raise ValueError(f"{key} must be >= 0")
-    return float(value)
-
-
-def _validate(key: str, value: Any, current: SandboxConfig) -> Any:
-    default = getattr(current, key)
-    if key in CHOICES:
-        if value not in CHOICES[key]:
-            raise ValueError(f"{key} is one of {', '.join(CHOICES[key])}")
-        return value
-    if key in ("missing_auth_status",):
-        if value not in (401, 403):
-            raise ValueError(f"{key} is 401 or 403")
-        return value
-    if key == "delete_deleted_status":
-        if value not in (204, 404):
-            raise ValueError(f"{key} is 204 or 404")
-        return value
-    if key == "malformed_id_status":
-        if value not in (400, 404):
-            raise ValueError(f"{key} is 400 or 404")
-        return value
-    if key == "fault_rates":
-        if not isinstance(value, dict):
-            raise ValueError("fault_rates must be an object")
-        rates = dict(current.fault_rates)
-        for kind, rate in value.items():
-            if kind not in FAULT_KINDS:
-                raise ValueError(f"fault_rates keys are {', '.join(FAULT_KINDS)}")
-            rates[kind] = _number(f"fault_rates.{kind}", rate)
-            if rates[kind] > 1:
-                raise ValueError(f"fault_rates.{kind} must be <= 1")
-        if sum(rates.values()) > 1:
-            raise ValueError("fault_rates must add up to at most 1")
-        return rates
-    if key == "signup_form_actions":
-        if (
-            not isinstance(value, list)
-            or len(value) != 2
-            or not all(isinstance(v, str) and v for v in value)
-        ):
-            raise ValueError("signup_form_actions is [created word, updated word]")
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be a boolean")
-        return value
-    if isinstance(default, str):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{key} must be a non-empty string")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{key} must be an integer >= 0")
-        if key in ("request_log_size", "import_max_contacts", "import_max_bytes") and value < 1:
-            raise ValueError(f"{key} must be >= 1")
-        return value
-    number = _number(key, value)
-    if key == "rate_per_second" and number <= 0:
-        raise ValueError("rate_per_second must be > 0")
-    return number
+STATUS_CHOICES: dict[str, tuple[int, ...]] = {
+    "missing_auth_status": (401, 403),
+    "delete_deleted_status": (204, 404),
+    "malformed_id_status": (400, 404),
+}
+BOOLEANS = frozenset(
+    {
+        "retry_after_header",
+        "revoke_access_on_refresh",
+        "email_case_sensitive",
+        "signup_form_clears_opt_out",
+        "opt_out_source_follows_update_source",
+        "unsubscribe_moves_updated_at",
+        "deleted_shows_opt_out_fields",
+        "echo_subresources_on_create",
+        "after_filters_inclusive",
+    }
+)
+NUMBERS = frozenset(
+    {
+        "latency_per_item_ms",
+        "access_token_ttl_seconds",
+        "auth_code_ttl_seconds",
+        "refresh_token_ttl_days",
+        "refresh_reuse_grace_seconds",
+        "conflict_window_ms",
+        "cursor_ttl_seconds",
+        "activity_duration_ms",
+        "activity_per_item_ms",
+    }
+)

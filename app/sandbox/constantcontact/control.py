@@ -16,7 +16,6 @@ from app.sandbox.constantcontact import activities, auth, clock, contacts, error
 from app.sandbox.constantcontact import constants as c
 from app.sandbox.constantcontact.errors import ApiError
 from app.sandbox.constantcontact.oauth import base_url
-from app.sandbox.constantcontact.realism import Gate
 from app.sandbox.constantcontact.state import Account, App, SandboxState
 
 ACTIONS = (
@@ -43,11 +42,6 @@ def _error(status: int, detail: str) -> Response:
 def _state(request: Request) -> SandboxState:
     state: SandboxState = request.app.state.sandbox
     return state
-
-
-def _gate(request: Request) -> Gate:
-    gate: Gate = request.app.state.gate
-    return gate
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -101,7 +95,8 @@ async def index(request: Request) -> Response:
             "endpoints": [
                 "POST /_control/reset",
                 "GET, PATCH /_control/config",
-                "GET /_control/clock, POST /_control/clock/advance {seconds}",
+                "GET, POST /_control/clock {advance_seconds}",
+                "POST /_control/clock/advance {seconds | to | to_next_midnight}",
                 "GET /_control/limits",
                 "GET, POST /_control/apps, PATCH /_control/apps/{client_id}",
                 "POST /_control/apps/{client_id}/rotate-secret",
@@ -119,27 +114,6 @@ async def index(request: Request) -> Response:
     )
 
 
-async def reset(request: Request) -> Response:
-    _state(request).reset()
-    _gate(request).reset()
-    return _json({"status": "reset"})
-
-
-async def config(request: Request) -> Response:
-    state = _state(request)
-    if request.method == "PATCH":
-        try:
-            changes = await _body(request)
-            state.config.patch(changes)
-        except ValueError as exc:
-            return _error(400, str(exc))
-        if "seed" in changes:
-            _gate(request).reseed()
-        if "outage_seconds" in changes:
-            _gate(request).start_outage()
-    return _json(state.config.to_dict())
-
-
 def _clock_view(state: SandboxState) -> dict[str, Any]:
     now = state.now()
     return {
@@ -148,10 +122,6 @@ def _clock_view(state: SandboxState) -> dict[str, Any]:
         "offset_seconds": state.clock_offset,
         "quota_resets_at": clock.iso(clock.next_midnight(now)),
     }
-
-
-async def clock_view(request: Request) -> Response:
-    return _json(_clock_view(_state(request)))
 
 
 async def clock_advance(request: Request) -> Response:
@@ -176,7 +146,7 @@ async def clock_advance(request: Request) -> Response:
         seconds = float(raw)
     if seconds < 0:
         return _error(400, "the sandbox clock only moves forward")
-    state.clock_offset += float(seconds)
+    state.clock.advance(float(seconds))
     return _json(_clock_view(state))
 
 
@@ -187,7 +157,7 @@ async def limits(request: Request) -> Response:
             "quota_key": state.config.quota_key,
             "daily_quota": state.config.daily_quota,
             "rate_per_second": state.config.rate_per_second,
-            "used_today": _gate(request).usage(),
+            "used_today": state.quota.usage(state.now()),
             **_clock_view(state),
         }
     )
@@ -491,15 +461,6 @@ def _act(
     return contact
 
 
-async def requests_log(request: Request) -> Response:
-    state = _state(request)
-    if request.method == "DELETE":
-        state.requests.clear()
-        return Response(status_code=204)
-    entries = list(state.requests)
-    return _json({"requests": entries, "total_items": len(entries)})
-
-
 async def emails(request: Request) -> Response:
     state = _state(request)
     if request.method == "DELETE":
@@ -510,9 +471,6 @@ async def emails(request: Request) -> Response:
 
 routes = [
     Route("/_control", index, methods=["GET"]),
-    Route("/_control/reset", reset, methods=["POST"]),
-    Route("/_control/config", config, methods=["GET", "PATCH"]),
-    Route("/_control/clock", clock_view, methods=["GET"]),
     Route("/_control/clock/advance", clock_advance, methods=["POST"]),
     Route("/_control/limits", limits, methods=["GET"]),
     Route("/_control/apps", apps, methods=["GET", "POST"]),
@@ -526,6 +484,5 @@ routes = [
     Route("/_control/contacts", contacts_dump, methods=["GET"]),
     Route("/_control/contacts/{email}/actions/{action}", person_action, methods=["POST"]),
     Route("/_control/lists/{list_id}/actions/{action}", person_action, methods=["POST"]),
-    Route("/_control/requests", requests_log, methods=["GET", "DELETE"]),
     Route("/_control/emails", emails, methods=["GET", "DELETE"]),
 ]

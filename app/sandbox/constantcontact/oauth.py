@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from app.sandbox import kit
 from app.sandbox.constantcontact import auth, keys
 from app.sandbox.constantcontact.auth import OAuthError
 from app.sandbox.constantcontact.constants import ISSUER_PATH_ID
@@ -23,8 +24,7 @@ NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 def base_url(request: Request) -> str:
     """scheme://host + root_path: where this sandbox is reached (mounted or not)."""
-    host = request.headers.get("host") or "127.0.0.1"
-    return f"{request.url.scheme}://{host}{request.scope.get('root_path', '')}"
+    return kit.base_url(request.scope)
 
 
 def _state(request: Request) -> SandboxState:

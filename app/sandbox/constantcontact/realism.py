@@ -1,125 +1,78 @@
-"""Limits, faults, outages and latency in front of the API (ref §5, §9.5)."""
+"""The kit's gate in front of the API (ref §5, §9.5): the outage, then the application's
+daily quota and 4/s window, then the fault dice; refusals rendered as Constant Contact's."""
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
 from typing import Any
 
-from starlette.requests import Request
+from starlette.types import Receive
 
-from app.sandbox.constantcontact import clock, errors
+from app.sandbox.constantcontact import errors
+from app.sandbox.constantcontact.config import FAULT_KINDS
 from app.sandbox.constantcontact.errors import ApiError
 from app.sandbox.constantcontact.state import AccessToken, SandboxState
+from app.sandbox.kit import Refusal, hold
+
+# conflict_409 is the sign_up_form race: the dice only offer it there
+_KINDS_ELSEWHERE = tuple(k for k in FAULT_KINDS if k != "conflict_409")
+_DECISIONS = {"outage": "outage", "quota": "quota_exceeded", "rate": "throttled"}
 
 
-class Gate:
-    """The application-keyed 4/s bucket and daily quota, fault dice, outages, latency."""
+def quota_key(state: SandboxState, token: AccessToken) -> str:
+    return token.client_id if state.config.quota_key == "client_id" else token.account_id
 
-    def __init__(self, state: SandboxState) -> None:
-        self.state = state
-        self.reset()
 
-    def reset(self) -> None:
-        self.buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at monotonic)
-        self.days: dict[str, tuple[int, int]] = {}  # key → (UTC day number, requests)
-        self.rng = random.Random(self.state.config.seed)
-        self.outage_until = time.monotonic() + self.state.config.outage_seconds
+async def admit(
+    state: SandboxState, token: AccessToken, entry: dict[str, Any], path: str, receive: Receive
+) -> None:
+    """Raise the Refusal that turns this request away, if any (nothing is spent then)."""
+    key = quota_key(state, token)
+    entry["quota_key"] = key
+    gate, now = state.gate, state.now()
+    if now < gate.outage_until:
+        raise Refusal("outage")
+    state.quota.check(key, now)
+    state.rate.hit(key, now)
+    state.quota.spend(key, now)
+    entry["decision"] = "admitted"
+    kinds = FAULT_KINDS if path.endswith("/sign_up_form") else _KINDS_ELSEWHERE
+    await gate.inject(state.config.fault_rates, kinds, state.config.timeout_seconds, receive)
 
-    def reseed(self) -> None:
-        self.rng = random.Random(self.state.config.seed)
 
-    def start_outage(self) -> None:
-        self.outage_until = time.monotonic() + self.state.config.outage_seconds
+async def latency(state: SandboxState, items: int, receive: Receive) -> None:
+    """`latency_ms + latency_per_item_ms × items` (a client that gives up ends the wait)."""
+    config = state.config
+    delay = (config.latency_ms + config.latency_per_item_ms * items) / 1000
+    if delay > 0:
+        await hold(delay, receive)
 
-    def key(self, token: AccessToken) -> str:
-        return token.client_id if self.state.config.quota_key == "client_id" else token.account_id
 
-    def usage(self) -> dict[str, Any]:
-        today = int(self.state.now() // 86_400)
-        return {k: n for k, (d, n) in self.days.items() if d == today}
-
-    def _limited(self, exc: ApiError, retry_after: float) -> ApiError:
-        if self.state.config.retry_after_header:
-            exc.headers.append(("retry-after", str(max(1, int(retry_after + 0.999)))))
-        return exc
-
-    def _take(self, key: str) -> tuple[str | None, float]:
-        """Spend one request of `key`: None, or the limit that refused it and a wait."""
-        config = self.state.config
-        now_wall = self.state.now()
-        today = int(now_wall // 86_400)
-        day, used = self.days.get(key, (today, 0))
-        if day != today:
-            used = 0
-        if used >= config.daily_quota:
-            return "quota", clock.next_midnight(now_wall) - now_wall
-        rate = config.rate_per_second
-        now = time.monotonic()
-        tokens, at = self.buckets.get(key, (rate, now))
-        tokens = min(rate, tokens + (now - at) * rate)
-        if tokens < 1:
-            self.buckets[key] = (tokens, now)
-            return "throttled", (1 - tokens) / rate
-        self.buckets[key] = (tokens - 1, now)
-        self.days[key] = (today, used + 1)
-        return None, 0.0
-
-    async def admit(self, token: AccessToken, entry: dict[str, Any], request: Request) -> None:
-        """Outage, then the limits, then the fault dice; raises the answer to give."""
-        if time.monotonic() < self.outage_until:
-            entry["decision"] = "outage"
-            raise errors.unavailable()
-        key = self.key(token)
-        refused, wait = self._take(key)
-        entry["quota_key"] = key
-        if refused == "quota":
-            entry["decision"] = "quota_exceeded"
-            raise self._limited(errors.quota_exceeded(), wait)
-        if refused == "throttled":
-            entry["decision"] = "throttled"
-            raise self._limited(errors.throttled(), wait)
-        entry["decision"] = "admitted"
-        rates = self.state.config.fault_rates
-        if not any(rates.values()):
-            return
-        roll = self.rng.random()
-        for kind, rate in rates.items():
-            if roll < rate:
-                if kind == "conflict_409" and not request.url.path.endswith("/sign_up_form"):
-                    return
-                entry["fault"] = kind
-                await self._fault(kind)
-                return
-            roll -= rate
-
-    async def _fault(self, kind: str) -> None:
-        if kind == "429_throttled":
-            raise self._limited(errors.throttled(), 1)
-        if kind == "429_quota":
-            now = self.state.now()
-            raise self._limited(errors.quota_exceeded(), clock.next_midnight(now) - now)
-        if kind == "401":
-            raise errors.unauthorized()
-        if kind == "403":
-            raise errors.forbidden()
-        if kind == "500":
-            raise errors.internal()
-        if kind == "503":
-            raise errors.unavailable()
-        if kind == "conflict_409":
-            raise errors.conflict(
-                "You sent simultaneous requests that are attempting to modify the same contact"
-            )
-        await asyncio.sleep(self.state.config.timeout_seconds)  # timeout: held, nothing applied
-        raise ApiError(504, "gateway_timeout", "Gateway Timeout", kind="other")
-
-    async def before_handler(
-        self, entry: dict[str, Any], method: str, path: str, items: int, request: Request
-    ) -> None:
-        config = self.state.config
-        delay = (config.latency_ms + config.latency_per_item_ms * items) / 1000
-        entry["items"] = items
-        if delay > 0:
-            await asyncio.sleep(delay)
+def answer(state: SandboxState, refusal: Refusal, entry: dict[str, Any]) -> ApiError:
+    """Constant Contact's answer to a refusal (429 objects, 503/500/504 arrays, …)."""
+    kind = refusal.kind
+    entry["decision"] = _DECISIONS.get(kind, entry.get("decision") or "admitted")
+    if kind in ("quota", "429_quota"):
+        exc = errors.quota_exceeded()
+        retry = refusal.retry_after
+        if retry is None:
+            now = state.now()
+            retry = (int(now // 86_400) + 1) * 86_400 - now
+    elif kind in ("rate", "cap", "429_throttled"):
+        exc, retry = errors.throttled(), refusal.retry_after or 1.0
+    elif kind == "401":
+        return errors.unauthorized()
+    elif kind == "403":
+        return errors.forbidden()
+    elif kind == "500":
+        return errors.internal()
+    elif kind in ("503", "outage"):
+        return errors.unavailable()
+    elif kind == "conflict_409":
+        return errors.conflict(
+            "You sent simultaneous requests that are attempting to modify the same contact"
+        )
+    else:  # timeout: held `timeout_seconds`, nothing applied
+        return ApiError(504, "gateway_timeout", "Gateway Timeout", kind="other")
+    if state.config.retry_after_header:
+        exc.headers.append(("retry-after", str(max(1, int(retry + 0.999)))))
+    return exc

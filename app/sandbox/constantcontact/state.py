@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import random
 import secrets
-import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 
 from app.sandbox.constantcontact import constants as c
 from app.sandbox.constantcontact.config import SandboxConfig
+from app.sandbox.kit import Clock, DailyQuota, Gate, LogEntry, RequestLog, WindowLimiter
 
 _NODE = 0xFA163E000000 | random.getrandbits(24)  # real ids end in an OpenStack MAC fa:16:3e:…
 
@@ -234,15 +234,32 @@ class SandboxState:
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.initial_config = (config or SandboxConfig()).copy()
         self.config = self.initial_config.copy()
-        self.clock_offset = 0.0
-        self.requests: deque[dict[str, Any]] = deque(maxlen=self.config.request_log_size)
+        self.clock = Clock()
+        self.requests = RequestLog(self.config.request_log_size, scope_key="account")
+        self._reset_limits()
         self._reset_data()
+
+    def _reset_limits(self) -> None:
+        config = self.config
+        self.gate = Gate(self.clock, config.seed)
+        self.gate.start_outage(config.outage_seconds)
+        # 4/s and 10,000 a day per application (or account: `quota_key`), all tenants together
+        self.rate = WindowLimiter(config.rate_per_second, 1.0, name="throttled")
+        self.quota = DailyQuota(config.daily_quota, name="quota_exceeded")
 
     # -- clock -----------------------------------------------------------------------------
 
     def now(self) -> float:
         """The sandbox clock: real time plus what the control API advanced it by."""
-        return time.time() + self.clock_offset
+        return self.clock.now()
+
+    @property
+    def clock_offset(self) -> float:
+        return self.clock.offset
+
+    @clock_offset.setter
+    def clock_offset(self, value: float) -> None:
+        self.clock.offset = value
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -286,11 +303,28 @@ class SandboxState:
     def reset(self) -> None:
         """One account with one list, the four apps, no contacts; startup configuration."""
         self.config = self.initial_config.copy()
-        self.clock_offset = 0.0
-        self.requests = deque(maxlen=self.config.request_log_size)
+        self.clock.reset()
+        self.requests.clear()
+        self.requests.resize(self.config.request_log_size)
+        self._reset_limits()
         self._reset_data()
 
-    def log_request(self, entry: dict[str, Any]) -> None:
+    def patch_config(self, changes: dict[str, Any]) -> None:
+        """`PATCH /_control/config`; ValueError on a bad value (nothing changed then)."""
+        self.config.patch(changes)
+        if "seed" in changes:
+            self.gate.reseed(self.config.seed)
+        if "outage_seconds" in changes:
+            self.gate.start_outage(self.config.outage_seconds)
+        if "request_log_size" in changes:
+            self.requests.resize(self.config.request_log_size)
+        self.rate.limit = self.config.rate_per_second
+        self.quota.limit = self.config.daily_quota
+
+    def config_view(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "outage_remaining_seconds": self.gate.outage_remaining()}
+
+    def log_request(self, entry: LogEntry) -> None:
         """One API request in the log (`GET /_control/requests`)."""
         self.requests.append(entry)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
@@ -200,7 +201,8 @@ async def test_status_list_and_date_filters(sandbox: Sandbox, api: httpx.AsyncCl
     on_list = await _create(api, "on@example.com", list_memberships=[DEFAULT_LIST_ID])
     off_list = await _create(api, "off@example.com")
     await sandbox.http.post("/_control/clock/advance", json={"seconds": 10})
-    mark = (await sandbox.http.get("/_control/clock")).json()["now"]
+    now = (await sandbox.http.get("/_control/clock")).json()["now"]
+    mark = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     await sandbox.http.post("/_control/clock/advance", json={"seconds": 5})
     assert (
         await sandbox.act("off@example.com", "unsubscribe", reason="too many")

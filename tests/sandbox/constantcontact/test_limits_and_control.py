@@ -35,7 +35,11 @@ async def test_four_a_second_per_application(sandbox: Sandbox) -> None:
         other_app = await sandbox.api(client_id=LONG_LIVED_CLIENT_ID)
         async with other_app:
             assert (await other_app.get("/account/summary")).status_code == 200
+    await sandbox.configure(record_bodies=True, rate_per_second=100)
+    async with await sandbox.api() as third:
+        await third.post("/contact_tags", json={"name": "Logged"})
     log = (await sandbox.http.get("/_control/requests")).json()["requests"]
+    assert '"Logged"' in log[-1]["body"] and log[-1]["account"] == "p07e1l8cdif9dl"
     decisions = {e["decision"] for e in log}
     assert {"admitted", "throttled"} <= decisions
     assert {e["client_id"] for e in log} == {ROTATING_CLIENT_ID, LONG_LIVED_CLIENT_ID}
