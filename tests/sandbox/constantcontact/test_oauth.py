@@ -436,3 +436,37 @@ async def test_missing_authorization_header(sandbox: Sandbox, status: int) -> No
         assert response.json() == {"error_key": "unauthorized", "error_message": "Unauthorized"}
     else:
         assert response.json()[0]["error_key"] == "forbidden"
+
+
+async def test_implicit_apps_get_a_fragment_without_refresh_token(sandbox: Sandbox) -> None:
+    created = await sandbox.http.post(
+        "/_control/apps", json={"client_id": "implicit-app", "flow": "implicit"}
+    )
+    assert created.status_code == 201
+    response = await sandbox.http.get(
+        f"{AUTHORIZE}?client_id=implicit-app&redirect_uri={REDIRECT}&response_type=token"
+        "&scope=contact_data+offline_access&state=i&auto=1"
+    )
+    fragment = parse_qs(urlsplit(response.headers["location"]).fragment)
+    assert fragment["token_type"] == ["Bearer"] and fragment["state"] == ["i"]
+    assert "refresh_token" not in fragment and fragment["access_token"]
+
+
+async def test_secret_rotation_and_token_revocation(sandbox: Sandbox) -> None:
+    body = await sandbox.mint()
+    rotated = await sandbox.http.post(f"/_control/apps/{ROTATING_CLIENT_ID}/rotate-secret")
+    new_secret = rotated.json()["client_secret"]
+    assert new_secret != ROTATING_CLIENT_SECRET
+    old = await _refresh(sandbox, body["refresh_token"])
+    assert old.status_code == 401 and old.json()["error"] == "invalid_client"
+    new = await _refresh(sandbox, body["refresh_token"], ROTATING_CLIENT_ID, new_secret)
+    assert new.status_code == 200
+    jti = jwt.decode(
+        new.json()["access_token"],
+        KeySet.import_key_set((await sandbox.http.get("/oauth2/default/v1/keys")).json()),
+    ).claims["jti"]
+    headers = {"authorization": f"Bearer {new.json()['access_token']}"}
+    assert (await sandbox.http.get("/v3/contacts", headers=headers)).status_code == 200
+    revoked = await sandbox.http.post(f"/_control/tokens/{jti}/revoke")
+    assert revoked.status_code == 200
+    assert (await sandbox.http.get("/v3/contacts", headers=headers)).status_code == 401
