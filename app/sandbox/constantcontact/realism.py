@@ -35,6 +35,7 @@ async def admit(
     state.rate.hit(key, now)
     state.quota.spend(key, now)
     entry["decision"] = "admitted"
+    entry["admitted_at"] = now  # the instant the 4/s window counted (tests check any second)
     kinds = FAULT_KINDS if path.endswith("/sign_up_form") else _KINDS_ELSEWHERE
     await gate.inject(state.config.fault_rates, kinds, state.config.timeout_seconds, receive)
 
