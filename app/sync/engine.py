@@ -16,8 +16,8 @@ import functools
 import random
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -77,6 +77,9 @@ T = TypeVar("T")
 
 PROVIDER = "mailchimp"
 STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
+# Outcomes after which a group completes what it has sent so far: a kill costs at most about
+# this many resends per group (plus what was in flight), for one more short transaction.
+COMPLETE_STEP = 50
 LONE_THROTTLE_RETRIES = 2  # in-place retries of a request after a lone throttle
 LONE_THROTTLE_DEFER = 0.25  # seconds a row waits when its request stayed throttled
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
@@ -230,7 +233,9 @@ class SyncEngine:
         # Rows a group of this worker is still working on: the only ones the lease keeper
         # renews. Rows whose completion (and its release) failed, say while the database was
         # down, are orphans: given back as soon as the database answers, never renewed.
-        self._held: set[tuple[uuid.UUID, str]] = set()
+        # Counted: a row released by a group's step may be claimed again by a new group
+        # before the first group has let go of its own hold on it.
+        self._held: Counter[tuple[uuid.UUID, str]] = Counter()
         self._orphans: dict[tuple[uuid.UUID, str], Claimed] = {}
         self._orphaned = asyncio.Event()
 
@@ -484,43 +489,67 @@ class SyncEngine:
 
     async def _process(self, ctx: ConnectionContext, rows: list[Claimed], priority: int) -> None:
         _priority.set(priority)  # the gate lets live groups' requests go first
-        try:
-            outcomes = await self._sync_group(ctx, rows)
-            async with self.db.begin() as conn:
-                # A lost acknowledgement only means one idempotent resend (DESIGN §13).
-                await conn.execute(text("SET LOCAL synchronous_commit = off"))
-                await QueueRepository(conn).complete(
-                    me=self.me,
-                    connection_id=ctx.id,
-                    owner_id=ctx.owner_id,
-                    claimed=rows,
-                    outcomes=outcomes,
-                    max_attempts=self.options.max_attempts,
-                    park_base=self.options.parked_retry,
-                    park_max=self.options.parked_retry_max,
-                )
-                if ctx.last_error:
-                    await conn.execute(
-                        text(
-                            "UPDATE connections SET last_error = :e, last_error_at = now()"
-                            " WHERE id = :id"
-                        ),
-                        {"e": ctx.last_error, "id": ctx.id},
-                    )
-                    ctx.last_error = None
+        # Rows not completed yet. A group completes in steps as its sends finish: a worker
+        # killed mid-group re-sends only the rows of its last unfinished step, not the group.
+        remaining = {r.email_key: r for r in rows}
+
+        async def complete(outcomes: dict[str, Outcome]) -> None:
+            done = [remaining[k] for k in outcomes if k in remaining]
+            if not done:
+                return
+            await self._complete(ctx, done, outcomes)
+            for r in done:
+                remaining.pop(r.email_key, None)
+            self._unhold(done)
             self._count(outcomes)
+
+        try:
+            outcomes = await self._sync_group(ctx, rows, complete)
+            rest = {k: o for k, o in outcomes.items() if k in remaining}
+            if remaining:
+                # Rows without an outcome (none planned for them) are released untouched.
+                await self._complete(ctx, list(remaining.values()), rest)
+                self._count(rest)
+                remaining.clear()
         except Exception as exc:
             log.exception("sync.group_failed", connection=str(ctx.id), error=repr(exc))
-            await self._let_go(rows)
+            await self._let_go(list(remaining.values()))
+            remaining.clear()
         finally:
-            self._held.difference_update((r.connection_id, r.email_key) for r in rows)
+            self._unhold(remaining.values())
             self._outstanding[ctx.account_key] -= len(rows)
             if self._outstanding[ctx.account_key] <= 0:
                 del self._outstanding[ctx.account_key]
 
+    async def _complete(
+        self, ctx: ConnectionContext, rows: list[Claimed], outcomes: dict[str, Outcome]
+    ) -> None:
+        async with self.db.begin() as conn:
+            # A lost acknowledgement only means one idempotent resend (DESIGN §13).
+            await conn.execute(text("SET LOCAL synchronous_commit = off"))
+            await QueueRepository(conn).complete(
+                me=self.me,
+                connection_id=ctx.id,
+                owner_id=ctx.owner_id,
+                claimed=rows,
+                outcomes=outcomes,
+                max_attempts=self.options.max_attempts,
+                park_base=self.options.parked_retry,
+                park_max=self.options.parked_retry_max,
+            )
+            if ctx.last_error:
+                await conn.execute(
+                    text(
+                        "UPDATE connections SET last_error = :e, last_error_at = now()"
+                        " WHERE id = :id"
+                    ),
+                    {"e": ctx.last_error, "id": ctx.id},
+                )
+                ctx.last_error = None
+
     async def _let_go(self, rows: Sequence[Claimed]) -> None:
         """Release rows untouched; when that fails too, the lease keeper retries it soon."""
-        self._held.difference_update((r.connection_id, r.email_key) for r in rows)
+        self._unhold(rows)
         try:
             async with self.db.begin() as conn:
                 await QueueRepository(conn).release(me=self.me, rows=rows)
@@ -528,6 +557,13 @@ class SyncEngine:
             log.warning("sync.release_failed", rows=len(rows), error=repr(exc))
             self._orphans.update(((r.connection_id, r.email_key), r) for r in rows)
             self._orphaned.set()
+
+    def _unhold(self, rows: Iterable[Claimed]) -> None:
+        for r in rows:
+            key = (r.connection_id, r.email_key)
+            self._held[key] -= 1
+            if self._held[key] <= 0:
+                del self._held[key]
 
     async def _release_orphans(self) -> None:
         orphans = [r for k, r in self._orphans.items() if k not in self._held]
@@ -543,7 +579,12 @@ class SyncEngine:
         for o in outcomes.values():
             metrics.SENDS.labels(PROVIDER, "sync", o.kind).inc()
 
-    async def _sync_group(self, ctx: ConnectionContext, rows: list[Claimed]) -> dict[str, Outcome]:
+    async def _sync_group(
+        self,
+        ctx: ConnectionContext,
+        rows: list[Claimed],
+        step: Callable[[dict[str, Outcome]], Awaitable[None]] | None = None,
+    ) -> dict[str, Outcome]:
         keys = [r.email_key for r in rows]
         hints = [r.contact_id for r in rows if r.contact_id]
         async with self.db.connect() as conn:
@@ -557,7 +598,7 @@ class SyncEngine:
         plans = self._plan(rows, data)
         await self._record_tag_intent(ctx, plans)
         attempts = {r.email_key: r.attempts for r in rows}
-        return await self._execute(ctx, plans, attempts)
+        return await self._execute(ctx, plans, attempts, step)
 
     async def _record_tag_intent(self, ctx: ConnectionContext, plans: list[Plan]) -> None:
         """Before any call, record the tags the sends are about to push that are not yet
@@ -628,8 +669,14 @@ class SyncEngine:
         return plans
 
     async def _execute(
-        self, ctx: ConnectionContext, plans: list[Plan], attempts: dict[str, int]
+        self,
+        ctx: ConnectionContext,
+        plans: list[Plan],
+        attempts: dict[str, int],
+        step: Callable[[dict[str, Outcome]], Awaitable[None]] | None = None,
     ) -> dict[str, Outcome]:
+        """Send the plans; outcomes not yet handed to `step` (a partial completion, called
+        every COMPLETE_STEP outcomes) are returned."""
         upserts = [p for p in plans if p.action is Action.upsert]
         singles = [p for p in plans if p.action is not Action.upsert]
         jobs: list[tuple[list[Plan], Runner]] = []
@@ -648,6 +695,10 @@ class SyncEngine:
             while jobs:
                 group, run = jobs.pop()
                 outcomes.update(await self._guard(ctx, group, attempts, run))
+                if step is not None and len(outcomes) >= COMPLETE_STEP and jobs:
+                    ready = dict(outcomes)  # taken and cleared with no await between
+                    outcomes.clear()
+                    await step(ready)
 
         lanes = min(len(jobs), self.options.max_concurrency)
         await asyncio.gather(*(lane() for _ in range(lanes)))

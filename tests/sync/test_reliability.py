@@ -14,7 +14,7 @@ from app.config import Settings
 from app.connections.notices import PARKED_NOTICE
 from app.db import create_engine
 from app.main import Runtime
-from app.sync.engine import SyncEngine
+from app.sync.engine import COMPLETE_STEP, SyncEngine
 from tests.conftest import fetch
 from tests.support.dbproxy import DatabaseProxy, database_proxy
 from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, wait_for
@@ -244,3 +244,56 @@ async def test_parked_rows_that_persist_raise_the_calm_notice(
     admin = {"Authorization": f"Bearer {token_for('ops', admin=True)}"}
     status = (await api.get("/api/admin/sync-status", headers=admin)).json()
     assert status["connections"][0]["notice"] == PARKED_NOTICE
+
+
+class CrashAfterAnswers(CrashAfterAnswer):
+    """The database dies after the `n`-th answered PUT."""
+
+    def __init__(self, proxy: DatabaseProxy, n: int) -> None:
+        super().__init__(proxy, "PUT")
+        self.left = n
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "PUT" and not self.crashed.is_set():
+            self.left -= 1
+            if self.left <= 0:
+                await response.aread()
+                self.crashed.set()
+                await self.proxy.stop()
+        return response
+
+
+async def test_a_crash_mid_group_resends_only_its_unfinished_step(
+    runtime: Runtime,
+    settings: Settings,
+    sync_settings: Settings,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+) -> None:
+    """One group of 200 single PUTs; the database dies after the 120th answer. The rows sent
+    before the last step were completed already: the resend is a step, not the group."""
+    await seed_contacts(runtime, connection["id"], 200)
+    await sandbox.configure(latency_ms=20)
+    assert settings.DATABASE_URL
+    async with database_proxy(settings.DATABASE_URL) as proxy:
+        db = create_engine(proxy.url_for(settings.DATABASE_URL), pool_size=4, pool_timeout=2)
+        transport = CrashAfterAnswers(proxy, 120)
+        engine = SyncEngine(
+            db,
+            sync_settings.model_copy(
+                update={"SYNC_BATCH_THRESHOLD": 100000, "SYNC_CLAIM_SIZE": 200}
+            ),
+            transport=transport,
+        )
+        try:
+            async with running(engine):
+                await asyncio.wait_for(transport.crashed.wait(), timeout=60)
+                await wait_for(lambda: _no_groups(engine), within=30)
+                left = await _n(runtime, "SELECT count(*) AS n FROM sync_queue")
+                assert left <= 200 - COMPLETE_STEP, f"{left} of 200 rows left to resend"
+                await proxy.start()
+                await wait_for(lambda: queue_empty(runtime), within=60)
+        finally:
+            await db.dispose()
+    await assert_mirrors_database(runtime, sandbox, OWNER, exact_tags=True)
