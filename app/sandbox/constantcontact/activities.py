@@ -28,6 +28,7 @@ IMPORT_PHONES = {
     "mobile_phone": "mobile",
     "other_phone": "other",
 }
+CORE_COLUMNS = frozenset((*IMPORT_CORE, "birthday_month", "birthday_day", "anniversary"))
 ADDRESS_PARTS = {
     "street": "street",
     "city": "city",
@@ -35,6 +36,9 @@ ADDRESS_PARTS = {
     "zip": "postal_code",
     "country": "country",
 }
+ADDRESS_COLUMNS = frozenset(
+    prefix + part for prefix in ("", "home_", "work_", "other_") for part in ADDRESS_PARTS
+)
 
 
 def _ids(body: dict[str, Any], key: str, limit: int, *, required: bool = False) -> list[str]:
@@ -362,14 +366,10 @@ def _import(state: SandboxState, account: Account, activity: Activity) -> None:
             status["error_count"] += 1
             activity.activity_errors.append(f"Row {number}: not an object")
             continue
+        has_address = not ADDRESS_COLUMNS.isdisjoint(row)
         try:
             email = contacts.valid_email(row.get("email"), 50, key="email")
-            core = contacts.parse_core(
-                {
-                    k: row.get(k)
-                    for k in (*IMPORT_CORE, "birthday_month", "birthday_day", "anniversary")
-                }
-            )
+            core = contacts.parse_core({k: row[k] for k in CORE_COLUMNS.intersection(row)})
         except errors.ApiError as exc:
             status["error_count"] += 1
             activity.activity_errors.append(f"Row {number}: {exc.message}")
@@ -408,6 +408,8 @@ def _import(state: SandboxState, account: Account, activity: Activity) -> None:
             ("work_", "work"),
             ("other_", "other"),
         ):
+            if not has_address:
+                break
             parts = {
                 ADDRESS_PARTS[p]: row[prefix + p] for p in ADDRESS_PARTS if row.get(prefix + p)
             }
