@@ -292,19 +292,21 @@ _TABLE: tuple[tuple[str, dict[str, Handler], str | None], ...] = (
     (rf"/v3/activities/{ID}", {"GET": activity_item}, CONTACT_SCOPE),
 )
 ROUTES = [(re.compile(p), methods, scope) for p, methods, scope in _TABLE]
+# "GET /v3/contacts/{id}": how `endpoint_rates` names a route
+ROUTE_NAMES = [re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", p) for p, _, _ in _TABLE]
 
 
-def match(method: str, path: str) -> tuple[Handler, dict[str, str], str | None]:
-    """The handler of (method, path); 404 for an unknown path, 405 for a wrong method."""
+def match(method: str, path: str) -> tuple[Handler, dict[str, str], str | None, str]:
+    """The handler of (method, path) and the route's name; 404 unknown path, 405 wrong method."""
     path = path.rstrip("/") or "/"
     allowed = False
-    for pattern, methods, scope in ROUTES:
+    for (pattern, methods, scope), name in zip(ROUTES, ROUTE_NAMES, strict=True):
         found = pattern.fullmatch(path)
         if found is None:
             continue
         handler = methods.get(method)
         if handler is not None:
-            return handler, found.groupdict(), scope
+            return handler, found.groupdict(), scope, f"{method} {name}"
         allowed = True
     if allowed:
         raise errors.method_not_allowed()
@@ -402,7 +404,11 @@ class V3Api:
             if refusal.kind not in ("rate", "quota"):
                 entry["fault"] = refusal.kind
             raise realism.answer(state, refusal, entry) from None
-        handler, path_params, scope = match(method, path)
+        handler, path_params, scope, route = match(method, path)
+        try:
+            realism.endpoint_rate(state, route, entry)
+        except Refusal as refusal:
+            raise realism.answer(state, refusal, entry) from None
         if scope is not None and scope not in token.scopes:
             raise errors.forbidden()
         if scope == CONTACT_SCOPE and account.role == "campaign_creator":

@@ -54,6 +54,8 @@ class SandboxConfig(Knobs):
     quota_key: str = "client_id"
     retry_after_header: bool = False
     latency_per_item_ms: float = 0.0
+    # {"POST /v3/contacts/sign_up_form": 2}: unverified per-endpoint limits, a second per key
+    endpoint_rates: dict[str, int] = field(default_factory=dict)
     # OAuth
     access_token_ttl_seconds: float = 86_400.0
     auth_code_ttl_seconds: float = 300.0
@@ -102,6 +104,10 @@ class SandboxConfig(Knobs):
             if value not in STATUS_CHOICES[key]:
                 raise ValueError(f"{key} is one of {STATUS_CHOICES[key]}")
             return value
+        if key == "endpoint_rates":
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError('endpoint_rates is {"METHOD /v3/route": requests a second}')
+            return {k: integer(f"endpoint_rates[{k}]", v, minimum=1) for k, v in value.items()}
         if key == "signup_form_actions":
             if (
                 not isinstance(value, list)

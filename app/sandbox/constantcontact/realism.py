@@ -11,7 +11,7 @@ from app.sandbox.constantcontact import errors
 from app.sandbox.constantcontact.config import FAULT_KINDS
 from app.sandbox.constantcontact.errors import ApiError
 from app.sandbox.constantcontact.state import AccessToken, SandboxState
-from app.sandbox.kit import Refusal, hold
+from app.sandbox.kit import Refusal, WindowLimiter, hold
 
 # conflict_409 is the sign_up_form race: the dice only offer it there
 _KINDS_ELSEWHERE = tuple(k for k in FAULT_KINDS if k != "conflict_409")
@@ -38,6 +38,17 @@ async def admit(
     entry["admitted_at"] = now  # the instant the 4/s window counted (tests check any second)
     kinds = FAULT_KINDS if path.endswith("/sign_up_form") else _KINDS_ELSEWHERE
     await gate.inject(state.config.fault_rates, kinds, state.config.timeout_seconds, receive)
+
+
+def endpoint_rate(state: SandboxState, route: str, entry: dict[str, Any]) -> None:
+    """`endpoint_rates` (unverified per-endpoint limits): N a second per quota key and route."""
+    limit = state.config.endpoint_rates.get(route)
+    if limit is None:
+        return
+    limiter = state.endpoint_limiters.get(route)
+    if limiter is None or limiter.limit != limit:
+        limiter = state.endpoint_limiters[route] = WindowLimiter(limit, 1.0, name=route)
+    limiter.hit(entry["quota_key"], state.now())
 
 
 async def latency(state: SandboxState, items: int, receive: Receive) -> None:

@@ -257,6 +257,7 @@ class SandboxState:
         # 4/s and 10,000 a day per application (or account: `quota_key`), all tenants together
         self.rate = WindowLimiter(config.rate_per_second, 1.0, name="throttled")
         self.quota = DailyQuota(config.daily_quota, name="quota_exceeded")
+        self.endpoint_limiters: dict[str, WindowLimiter] = {}
 
     # -- clock -----------------------------------------------------------------------------
 

@@ -131,3 +131,15 @@ async def test_resubscribe_state_conflict_window_and_id_token(
     assert race.json()[0]["error_message"].startswith("You sent simultaneous requests")
     await sandbox.configure(id_token="always")
     assert "id_token" in await sandbox.mint()
+
+
+async def test_endpoint_rates_limit_one_route(sandbox: Sandbox, api: httpx.AsyncClient) -> None:
+    bad = await sandbox.http.patch("/_control/config", json={"endpoint_rates": {"x": 0}})
+    assert bad.status_code == 400
+    await sandbox.configure(endpoint_rates={"POST /v3/contacts/sign_up_form": 1})
+    body = {"email_address": "ep@example.com", "list_memberships": [DEFAULT_LIST_ID]}
+    assert (await api.post("/contacts/sign_up_form", json=body)).status_code == 201
+    limited = await api.post("/contacts/sign_up_form", json=body)
+    assert limited.status_code == 429
+    assert limited.json() == {"error_key": "throttled", "error_message": "Too Many Requests"}
+    assert (await api.get("/contacts")).status_code == 200  # other routes unaffected
