@@ -302,9 +302,10 @@ _PRUNE_CLAIMS = text(
 
 @dataclass(slots=True)
 class Grant:
-    """Tokens granted: their times as offsets in seconds from the database's clock now."""
+    """Tokens granted: their times and the database's clock now, in seconds since the epoch."""
 
-    offsets: list[float]
+    times: list[float]
+    now: float = 0.0
     ahead: bool = False  # nothing granted: another claim goes first
 
 
@@ -348,7 +349,7 @@ async def grant(
             if until is not None and until > now:
                 raise Paused(until, rows[b.key]["pause_reason"] or "paused", b.key)
         if head["ahead"]:
-            return Grant([], ahead=True)
+            return Grant([], now=now.timestamp(), ahead=True)
         today = now.astimezone(UTC).date()
         n = wanted
         spacing = max(b.interval for b in buckets)
@@ -385,7 +386,7 @@ async def grant(
         await conn.execute(
             _SERVED, {**params, "n": n, "pending": wanted if pending is None else pending}
         )
-        return Grant([(t - now).total_seconds() for t in times])
+        return Grant([t.timestamp() for t in times], now=now.timestamp())
 
 
 # --- this process's side ------------------------------------------------------------------------
@@ -398,17 +399,20 @@ class _Pool:
     buckets: tuple[Bucket, ...]
     tenant: str
     priority: int
-    tokens: deque[float] = field(default_factory=deque)  # monotonic times they may be spent
+    tokens: deque[float] = field(default_factory=deque)  # local wall times they may be spent
     waiters: deque[asyncio.Future[float]] = field(default_factory=deque)
     asker: asyncio.Task[None] | None = None
     paused: Paused | None = None
     recheck_at: float = 0.0  # a pause is believed until then, then asked about again
     last_granted: int = 0
+    last_at: float = -math.inf  # the local time of the last token handed out
 
     @property
     def slack(self) -> float:
         """How late a token may still be spent: later ones would bunch up with the next."""
-        return max(0.005, max(b.interval for b in self.buckets) / 2)
+        spacing = max(b.interval for b in self.buckets)
+        # A quota alone has no spacing to keep: its tokens are never too late.
+        return max(0.005, spacing / 2) if spacing > 0 else math.inf
 
 
 class Limiter:
@@ -433,6 +437,8 @@ class Limiter:
         self.poll = poll
         self.pause_recheck = pause_recheck
         self._pools: dict[tuple[tuple[str, ...], str, int], _Pool] = {}
+        # (the database's clock minus ours, at most; when that was measured)
+        self._skew_sample: tuple[float, float] = (-math.inf, 0.0)
         self.grants = 0  # database grants made (for metrics and tests)
 
     async def take(self, binding: Binding, *, endpoint: str | None = None) -> None:
@@ -454,11 +460,13 @@ class Limiter:
                 finally:
                     with contextlib.suppress(ValueError):
                         pool.waiters.remove(fut)
-            now = time.monotonic()
+            now = time.time()
             if now > at + pool.slack:
                 continue  # handed over too late (a busy loop): it would bunch; take another
             if at > now:
                 await asyncio.sleep(at - now)
+                if time.time() > at + pool.slack:
+                    continue  # woke up too late (a busy loop): the same
             return
 
     async def pause(self, binding: Binding, *, until: datetime, reason: str) -> None:
@@ -483,6 +491,24 @@ class Limiter:
                 await conn.execute(_FORGET_CLAIMS, {"me": self.me})
                 await conn.execute(_PRUNE_CLAIMS)
 
+    @property
+    def _skew(self) -> float:
+        return self._skew_sample[0]
+
+    def _learn_skew(self, db_now: float, received: float) -> None:
+        """Estimate the database's clock minus ours, never too high.
+
+        Tokens are times on the database's clock; every process spends them on its own wall
+        clock less this skew. `db_now` was read before the answer arrived, so `db_now -
+        received` is a lower bound of the skew: a token is never spent early, and the best
+        (largest) bound of the last minute leaves it late by little more than the fastest
+        round trip, however slow other grants are.
+        """
+        sample = db_now - received
+        best, measured = self._skew_sample
+        if sample >= best or received - measured > 60.0:
+            self._skew_sample = (sample, received)
+
     def _pool(self, buckets: tuple[Bucket, ...], tenant: str, priority: int) -> _Pool:
         key = (tuple(b.key for b in buckets), tenant, priority)
         pool = self._pools.get(key)
@@ -502,7 +528,7 @@ class Limiter:
 
     @staticmethod
     def _local_token(pool: _Pool) -> float | None:
-        now = time.monotonic()
+        now = time.time()
         while pool.tokens:
             at = pool.tokens.popleft()
             if now <= at + pool.slack:
@@ -512,6 +538,13 @@ class Limiter:
     def _ensure_asker(self, pool: _Pool) -> None:
         if pool.asker is None or pool.asker.done():
             pool.asker = asyncio.create_task(self._ask(pool), name="limits-ask")
+
+    async def _sync_clock(self) -> None:
+        """A few quick reads of the database's clock, before the first grant's tokens."""
+        for _ in range(3):
+            async with self.engine.connect() as conn:
+                db_now = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+            self._learn_skew(db_now.timestamp(), time.time())
 
     async def _ask(self, pool: _Pool) -> None:
         """Ask the database for tokens while anyone in this process waits for them."""
@@ -525,6 +558,8 @@ class Limiter:
             pending = max(0, len(live) - len(pool.tokens))
             wanted = min(self.max_chunk, max(pending, pool.last_granted))
             try:
+                if self._skew_sample[0] == -math.inf:
+                    await self._sync_clock()
                 result = await grant(
                     self.engine,
                     pool.buckets,
@@ -536,6 +571,7 @@ class Limiter:
                     fresh=self.fresh,
                     pending=pending,
                 )
+                self._learn_skew(result.now, time.time())
             except Paused as exc:
                 self._fail(pool, exc, recheck=self.pause_recheck)
                 return
@@ -549,22 +585,26 @@ class Limiter:
                 await asyncio.sleep(self.poll)
                 continue
             self.grants += 1
-            pool.last_granted = len(result.offsets)
-            received = time.monotonic()  # later than the database's now: never early
-            for offset in result.offsets:
-                at = received + offset
+            pool.last_granted = len(result.times)
+            skew = self._skew
+            spacing = max(b.interval for b in pool.buckets)
+            for db_at in result.times:
+                # Never closer to our previous token than the spacing, should the skew
+                # estimate have moved between two grants.
+                at = max(db_at - skew, pool.last_at + spacing)
+                pool.last_at = at
                 while pool.waiters and pool.waiters[0].done():
                     pool.waiters.popleft()
                 if pool.waiters:
                     pool.waiters.popleft().set_result(at)
                 else:
                     pool.tokens.append(at)
-            if result.offsets:
+            if result.times:
                 # Ask again when the last token is nearly due: earlier only books further ahead,
                 # later leaves the bucket idle for a round trip.
                 lead = min(0.05, max(b.interval for b in pool.buckets) / 2)
-                due = received + result.offsets[-1] - lead
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                due = pool.last_at - lead
+                await asyncio.sleep(max(0.0, due - time.time()))
 
     @staticmethod
     def _fail(pool: _Pool, exc: Paused, *, recheck: float) -> None:
