@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import random
 import time
@@ -60,7 +59,18 @@ from app.sync.desired import (
     plan_move,
     tag_diff,
 )
-from app.sync.limits import LimitPaused
+from app.sync.limits import (
+    Binding,
+    ConnectionLimits,
+    Limiter,
+    LimitPaused,
+    LimitSpec,
+    QuotaExhausted,
+    bind,
+    next_utc_midnight,
+    quota_notice,
+    request_priority,
+)
 from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 from app.sync.outbox import NOTIFY_CHANNEL
 from app.sync.queue import Claimed, GroupData, Outcome, QueueRepository
@@ -76,13 +86,17 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 PROVIDER = "mailchimp"
+PROVIDER_NAME = "Mailchimp"
+# Until the provider registry: Mailchimp's declared limits (DESIGN §14.3), 10 in flight.
+MAILCHIMP_LIMITS = LimitSpec(concurrency=10)
 STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
 # Outcomes after which a group completes what it has sent so far: a kill costs at most about
 # this many resends per group (plus what was in flight), for one more short transaction.
 COMPLETE_STEP = 50
 LONE_THROTTLE_RETRIES = 2  # in-place retries of a request after a lone throttle
 LONE_THROTTLE_DEFER = 0.25  # seconds a row waits when its request stayed throttled
-_priority: contextvars.ContextVar[int] = contextvars.ContextVar("sync_priority", default=0)
+# The priority of the group a request belongs to: the gate and the rate limits read it.
+_priority = request_priority
 
 
 class GateLimiter:
@@ -118,6 +132,7 @@ class ConnectionContext:
     failure_streak: int = 0
     halted: str | None = None
     last_error: str | None = None
+    binding: Binding | None = None  # its rate and quota buckets (None: only the slots)
 
 
 @dataclass
@@ -140,6 +155,8 @@ class EngineOptions:
     sandbox: bool = True
     probe_max_interval: float = 2.0
     throttle_cooldown: float = 0.5
+    # The provider's limits (DESIGN §14.3); None: what its spec declares.
+    limits: LimitSpec | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineOptions:
@@ -218,6 +235,8 @@ class SyncEngine:
             ttl=max(10.0, 2 * self.options.timeout + 5.0),
             cooldown_base=self.options.throttle_cooldown,
         )
+        # Rates and daily quotas, shared with every other process through PostgreSQL.
+        self.limits = Limiter(db, me=self.me)
         self.contexts: dict[uuid.UUID, ConnectionContext] = {}
         self.periodic: list[tuple[float, Periodic]] = []
         self._stop = asyncio.Event()  # stop claiming
@@ -321,6 +340,7 @@ class SyncEngine:
         with contextlib.suppress(Exception):
             async with self.db.begin() as conn:
                 await QueueRepository(conn).release_all(me=self.me)
+        await self.limits.release()
 
     async def aclose(self) -> None:
         """Close the HTTP transport when the engine made it."""
@@ -447,8 +467,9 @@ class SyncEngine:
                         cached.halted = None
                     out[row["id"]] = cached
                     continue
+                binding = self._binding(row)
                 try:
-                    client = self._client_for(row)
+                    client = self._client_for(row, binding)
                 except Exception as exc:
                     log.error("sync.connection_unusable", connection=str(row["id"]), error=str(exc))
                     # A stored endpoint that fails the host check (ValueError) asks for a
@@ -463,21 +484,47 @@ class SyncEngine:
                     audience_id=row["audience_id"],
                     client=client,
                     version=row["updated_at"],
+                    binding=binding,
                 )
                 self.contexts[row["id"]] = ctx
                 out[row["id"]] = ctx
             return out
 
-    def _client_for(self, row: Any) -> MailchimpClient:
+    def _limit_spec(self) -> LimitSpec:
+        """The provider's declared limits; the configured concurrency may only lower its cap."""
+        if self.options.limits is not None:
+            return self.options.limits
+        return LimitSpec(concurrency=MAILCHIMP_LIMITS.concurrency)
+
+    def _binding(self, row: Any) -> Binding | None:
+        spec = self._limit_spec()
+        if not spec.metered:
+            return None
+        return bind(
+            spec,
+            provider=PROVIDER,
+            account=row["account_key"],
+            # One deployment is one application at the provider (one OAuth client): every
+            # connection of this provider shares the application scope.
+            application="app",
+            tenant=str(row["id"]),
+        )
+
+    def _client_for(self, row: Any, binding: Binding | None = None) -> MailchimpClient:
         creds = decrypt_credentials(self.settings, row["credentials"])
         endpoint = row["api_endpoint"]
         if not self.options.sandbox:
             # Never aim the worker at a host we did not derive ourselves (DESIGN §8).
             endpoint = check_live_endpoint(endpoint, row["dc"] or "")
+        spec = self._limit_spec()
+        cap = min(spec.concurrency or self.options.max_concurrency, self.options.max_concurrency)
+        gate = GateLimiter(
+            self.slots.gate(row["account_key"], cap=cap), margin=self.options.timeout + 2.0
+        )
         return MailchimpClient(
             self.transport,
-            limiter=GateLimiter(
-                self.slots.gate(row["account_key"]), margin=self.options.timeout + 2.0
+            limiter=ConnectionLimits(
+                self.limits if binding is not None else None, binding, gate=gate.slot
             ),
             api_base=endpoint,
             api_key=creds.get("api_key"),
@@ -790,6 +837,8 @@ class SyncEngine:
                 break
             except LimitPaused:
                 raise  # our own limiter's pause (a quota): the account is not over its limit
+            except QuotaExhausted as exc:
+                raise await self._quota_spent(ctx, exc) from exc
             except ThrottledError as exc:
                 pause = gate.throttled(exc.retry_after)
                 if pause > 0:
@@ -1067,6 +1116,16 @@ class SyncEngine:
                     "id": connection_id,
                 },
             )
+
+    async def _quota_spent(self, ctx: ConnectionContext, exc: QuotaExhausted) -> LimitPaused:
+        """The provider says the daily quota is spent: pause its whole scope (every tenant)
+        until 00:00 UTC; the rows wait for it, unburnt."""
+        until = next_utc_midnight()
+        notice = quota_notice(PROVIDER_NAME)
+        log.warning("sync.quota_spent", connection=str(ctx.id), until=until.isoformat())
+        if ctx.binding is not None:
+            await self.limits.pause(ctx.binding, until=until, reason=notice)
+        return LimitPaused(notice, until=until, scope="quota")
 
     async def _cooldown(self, ctx: ConnectionContext, seconds: float) -> None:
         # Other workers skip the connection while it cools down (claim filters on it).

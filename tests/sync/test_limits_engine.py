@@ -1,0 +1,90 @@
+"""The engine under declared limits: a daily quota keeps its live reserve, nothing is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app.main import Runtime
+from app.sync.engine import SyncEngine
+from app.sync.limits import DailyQuota, LimitSpec, Rate, next_utc_midnight
+from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
+from tests.conftest import fetch
+from tests.support.sync import Sandbox
+from tests.sync.conftest import OWNER
+
+
+async def _queue(runtime: Runtime, connection_id: Any, n: int, priority: int) -> None:
+    await fetch(
+        runtime,
+        """
+        INSERT INTO contacts (owner_id, email, email_key, first_name, last_name,
+                              newsletter_opt_in, newsletter_changed_at)
+        SELECT :owner, 'q' || g || '@example.com', 'q' || g || '@example.com', 'F', 'L',
+               true, now()
+        FROM generate_series(1, :n) AS g
+        """,
+        owner=OWNER,
+        n=n,
+    )
+    await fetch(
+        runtime,
+        """
+        INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)
+        SELECT :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
+        ON CONFLICT DO NOTHING
+        """,
+        conn=connection_id,
+        owner=OWNER,
+        prio=priority,
+    )
+
+
+async def test_bulk_spends_only_its_share_of_the_daily_quota_and_live_work_the_rest(
+    runtime: Runtime,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    await _queue(runtime, connection["id"], 20, PRIORITY_BULK)
+    engine = make_engine(SYNC_BATCH_THRESHOLD=100000)
+    # A provider declaring 10 requests a day, half of them for bulk work, at 5/s.
+    engine.options.limits = LimitSpec(
+        concurrency=10,
+        rates=(Rate(5),),
+        daily_quota=DailyQuota(10, bulk_share=0.5),
+    )
+    try:
+        await engine.run_until_idle(limit_seconds=60)
+    finally:
+        await engine.aclose()
+    assert len(await sandbox.members()) == 5
+    # The other 15 wait for the next UTC day, unburnt, still owed (nothing lost).
+    rows = await fetch(
+        runtime, "SELECT state, attempts, available_at FROM sync_queue ORDER BY email_key"
+    )
+    assert len(rows) == 15
+    assert {(r["state"], r["attempts"]) for r in rows} == {("ready", 0)}
+    assert min(r["available_at"] for r in rows) >= next_utc_midnight()
+    # A live change still goes now: the reserve is for it.
+    await fetch(
+        runtime,
+        """
+        UPDATE sync_queue SET priority = :live, available_at = now()
+        WHERE email_key = (SELECT min(email_key) FROM sync_queue)
+        """,
+        live=PRIORITY_LIVE,
+    )
+    again = make_engine(SYNC_BATCH_THRESHOLD=100000)
+    again.options.limits = engine.options.limits
+    try:
+        await again.run_until_idle(limit_seconds=60)
+    finally:
+        await again.aclose()
+    assert len(await sandbox.members()) == 6
+    # The quota is the application's (every tenant's), the rate the account's.
+    used = await fetch(runtime, "SELECT key, quota_used FROM limit_buckets ORDER BY key")
+    assert used == [
+        {"key": f"mailchimp:account:{connection['account_key']}", "quota_used": 0},
+        {"key": "mailchimp:application:app", "quota_used": 6},
+    ]
