@@ -275,7 +275,21 @@ def database_unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(current, asyncpg.InterfaceError) and "closed" in str(current):
             return True
+        if isinstance(current, OSError | TimeoutError) and _raised_by_driver(current):
+            return True  # e.g. the unix socket of a stopped server is gone; a connect timeout
         current = current.__cause__ or current.__context__
+    return False
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    # Any OSError is too broad on its own; one raised while the driver or the pool was
+    # connecting is the database being unreachable.
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("asyncpg.", "sqlalchemy.pool", "sqlalchemy.dialects.postgresql")):
+            return True
+        tb = tb.tb_next
     return False
 
 

@@ -109,3 +109,33 @@ async def test_an_unexpected_error_is_an_ordinary_500(
         status, _, _ = await conn.get("/healthz", {})  # answered on the same connection
         assert status == 200
         conn.writer.close()
+
+
+async def test_a_missing_unix_socket_is_503_too(
+    settings: Settings, auth: Callable[..., dict[str, str]]
+) -> None:
+    """The embedded server (`make run`) is reached over a unix socket, which a stopped
+    server removes: connecting then fails with FileNotFoundError, not a refusal."""
+    engine = create_engine(
+        "postgresql+asyncpg://postgres@/audience_sync?host=/nonexistent-socket-dir",
+        pool_size=1,
+        pool_timeout=2,
+    )
+    rt = Runtime(
+        settings=settings,
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+        token_verifier=TokenVerifier(settings),
+    )
+    try:
+        app = create_app(settings, runtime=rt)
+        async with run_server(app) as base:
+            conn = await connect(base)
+            status, headers, body = await conn.get("/api/contacts", auth())
+            assert status == 503, body
+            assert int(headers["retry-after"]) > 0
+            status, _, _ = await conn.get("/healthz", {})
+            assert status == 200
+            conn.writer.close()
+    finally:
+        await engine.dispose()
