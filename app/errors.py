@@ -406,6 +406,13 @@ def install_error_handlers(app: FastAPI) -> None:
                         response["content"] = PROBLEM_SCHEMA["content"]
                     if path not in NO_DATABASE_PATHS:
                         _document_unavailable(responses)
+                    # Headers the code always sends with these statuses.
+                    if "429" in responses:
+                        headers = responses["429"].setdefault("headers", {})
+                        headers.setdefault("Retry-After", RETRY_AFTER_HEADER)
+                    if "401" in responses:
+                        headers = responses["401"].setdefault("headers", {})
+                        headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE_HEADER)
         return app.openapi_schema or framework_openapi()
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -417,6 +424,12 @@ NO_DATABASE_PATHS = frozenset({"/healthz"})
 RETRY_AFTER_HEADER: dict[str, Any] = {
     "description": "Seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 1},
+}
+
+
+WWW_AUTHENTICATE_HEADER: dict[str, Any] = {
+    "description": "The scheme to authenticate with: Bearer.",
+    "schema": {"type": "string", "example": "Bearer"},
 }
 
 

@@ -27,6 +27,24 @@ def test_every_operation_documents_the_503_of_an_unreachable_database(
             assert "Retry-After" in response["headers"], f"{method.upper()} {path}"
 
 
+def test_documented_429s_and_401s_name_the_headers_they_carry(settings: Settings) -> None:
+    document = create_app(settings).openapi()
+    seen = set()
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, header in (("429", "Retry-After"), ("401", "WWW-Authenticate")):
+                if status in operation["responses"]:
+                    assert header in operation["responses"][status]["headers"]
+                    seen.add(status)
+    assert seen == {"429", "401"}
+
+
+async def test_a_401_carries_www_authenticate(client: httpx.AsyncClient) -> None:
+    r = await client.get("/api/contacts")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
 @pytest.mark.parametrize("value", [0, 1, "true", "yes"])
 async def test_newsletter_opt_in_is_a_json_boolean(
     client: httpx.AsyncClient, auth: Auth, value: object
