@@ -574,6 +574,60 @@ async def campaign_contacts(call: Call) -> Result:
     return ok({"total": num(len(rows)), "contacts": page})
 
 
+# -- companies ------------------------------------------------------------------------------
+
+
+def _company(call: Call) -> Any:
+    found = call.instance.companies.get(_int(call.args[0], -1))
+    if found is None:
+        raise errors.not_found()
+    return found
+
+
+async def list_companies(call: Call) -> Result:
+    items = _named_list(list(call.instance.companies.values()), call.query, lambda c: c.name)
+    page = _paginate(items, call.query, call.state.config.default_page_limit)
+    body = render.keyed([render.company(c) for c in page])
+    return ok({"total": len(items), "companies": body or []})
+
+
+async def get_company(call: Call) -> Result:
+    return ok({"company": render.company(_company(call))})
+
+
+async def new_company(call: Call) -> Result:
+    name = call.params.get("companyname")
+    if F.is_blank(name):
+        raise errors.validation({"companyname": ["A name is required."]})
+    company = call.instance.company_named(str(name), call.user)
+    return ok({"company": render.company(company)}, 201)
+
+
+async def edit_company(call: Call) -> Result:
+    company = _company(call)
+    name = call.params.get("companyname")
+    if not F.is_blank(name):
+        company.name = str(name)
+    return ok({"company": render.company(company)})
+
+
+async def delete_company(call: Call) -> Result:
+    inst = call.instance
+    company = _company(call)
+    del inst.companies[company.id]
+    body = render.company(company)
+    body["id"] = None
+    return ok({"company": body})
+
+
+async def company_contact(call: Call) -> Result:
+    inst = call.instance
+    company = _company(call)
+    contact = inst.contact(call.args[1])
+    inst.company_member(company, contact, add=call.args[2] == "add")
+    return ok({"success": 1})
+
+
 # -- webhooks -------------------------------------------------------------------------------
 
 
@@ -743,6 +797,10 @@ ROUTES: list[tuple[tuple[str, ...], str, Handler]] = [
     ),
     ((POST,), rf"/api/campaigns/{ID}/contact/{ID}/(add|remove)", campaign_contact),
     ((GET,), rf"/api/campaigns/{ID}/contacts", campaign_contacts),
+    *_standard(
+        "companies", (list_companies, get_company, new_company, edit_company, delete_company)
+    ),
+    ((POST,), rf"/api/companies/{ID}/contact/{ID}/(add|remove)", company_contact),
     ((GET,), r"/api/hooks/triggers", hook_triggers),
     *_standard("hooks", (list_hooks, get_hook, new_hook, edit_hook, delete_hook)),
 ]

@@ -148,6 +148,17 @@ class Campaign:
 
 
 @dataclass
+class Company:
+    """A company; a contact's `company` field links it (`IdentifyCompanyHelper`)."""
+
+    id: int
+    name: str
+    date_added: float
+    created_by: User | None = None
+    members: dict[int, Membership] = field(default_factory=dict)
+
+
+@dataclass
 class Stage:
     id: int
     name: str
@@ -210,6 +221,7 @@ class Instance:
         self.tags: dict[str, Tag] = {}
         self.segments: dict[int, Segment] = {}
         self.campaigns: dict[int, Campaign] = {}
+        self.companies: dict[int, Company] = {}
         self.stages: dict[int, Stage] = {1: Stage(1, "Lead", 10), 2: Stage(2, "Qualified", 50)}
         self.hooks: dict[int, Hook] = {}
         self.queue: dict[int, QueueRow] = {}
@@ -426,6 +438,8 @@ class Instance:
                 dnc_events.append(event)
                 changed = True
         self._index(contact, old_email)
+        company = plan["values"].get("company")
+        linked = self._link_company(contact, company, actor) if company else None
         identified_now = False
         if contact.date_identified is None and not contact.anonymous():
             contact.date_identified = now
@@ -444,6 +458,11 @@ class Instance:
                 "mautic.lead_channel_subscription_changed",
                 {"contact": contact, "channel": channel, "old_status": old, "new_status": new},
             )
+        if linked is not None:
+            self.emit(
+                "mautic.lead_company_change",
+                {"added": True, "contact": contact, "company": linked},
+            )
         if (
             not plan.get("_created")
             and contact.points != old_points
@@ -461,6 +480,36 @@ class Instance:
     def save_plan(self, contact: Contact, plan: dict[str, Any], actor: User | None) -> bool:
         """Write an already-valid change (points adjustments) through the contact model."""
         return self._apply(contact, plan, actor)
+
+    def company_named(self, name: str, actor: User | None) -> Company:
+        """The company called `name` (case-insensitive), created if missing."""
+        for company in self.companies.values():
+            if company.name.lower() == name.lower():
+                return company
+        company = Company(self.next_id("company"), name, self.now(), actor)
+        self.companies[company.id] = company
+        return company
+
+    def _link_company(self, contact: Contact, name: Any, actor: User | None) -> Company | None:
+        """The `company` field links its company; the new link, or None if it existed."""
+        company = self.company_named(str(name), actor)
+        if contact.id in company.members:
+            return None
+        company.members[contact.id] = Membership(self.now())
+        return company
+
+    def company_member(self, company: Company, contact: Contact, *, add: bool) -> None:
+        """`/companies/{id}/contact/{cid}/add|remove`: fires `mautic.lead_company_change`."""
+        if add == (contact.id in company.members):
+            return
+        if add:
+            company.members[contact.id] = Membership(self.now())
+            contact.values["company"] = company.name
+        else:
+            del company.members[contact.id]
+        self.emit(
+            "mautic.lead_company_change", {"added": add, "contact": contact, "company": company}
+        )
 
     def _new_contact(self, actor: User | None) -> Contact:
         contact = Contact(id=self.next_id("contact"), date_added=self.now(), created_by=actor)
@@ -518,7 +567,11 @@ class Instance:
             winner.dnc.setdefault(channel, record)
         if winner.owner_id is None:
             winner.owner_id = loser.owner_id
-        groups: list[Segment | Campaign] = [*self.segments.values(), *self.campaigns.values()]
+        groups: list[Segment | Campaign | Company] = [
+            *self.segments.values(),
+            *self.campaigns.values(),
+            *self.companies.values(),
+        ]
         for group in groups:
             membership = group.members.pop(loser.id, None)
             if membership is not None:
@@ -532,7 +585,11 @@ class Instance:
             ids = self.by_email.get(self._key(contact.email))
             if ids is not None:
                 ids.discard(contact.id)
-        groups: list[Segment | Campaign] = [*self.segments.values(), *self.campaigns.values()]
+        groups: list[Segment | Campaign | Company] = [
+            *self.segments.values(),
+            *self.campaigns.values(),
+            *self.companies.values(),
+        ]
         for group in groups:
             group.members.pop(contact.id, None)
         self.emit("mautic.lead_post_delete", {"id": contact.id, "contact": contact})

@@ -9,6 +9,7 @@ from app.sandbox.mautic import fields as F
 from app.sandbox.mautic.encoding import php_serialize
 from app.sandbox.mautic.model import (
     Campaign,
+    Company,
     Contact,
     Dnc,
     Hook,
@@ -208,6 +209,37 @@ def segment(s: Segment) -> dict[str, Any]:
             "filters": s.filters,
             "isGlobal": s.is_global,
             "isPreferenceCenter": s.is_preference_center,
+        }
+    )
+    return out
+
+
+def company(c: Company) -> dict[str, Any]:
+    """A company with its one core field (the sandbox keeps only the name)."""
+    out = publish(True, c.date_added, None, c.created_by, None)
+    entry = {
+        "id": "1",
+        "label": "Company Name",
+        "alias": "companyname",
+        "type": "text",
+        "group": "core",
+        "object": "company",
+        "is_fixed": "1",
+        "properties": "a:0:{}",
+        "default_value": None,
+        "value": c.name,
+        "normalizedValue": c.name,
+    }
+    out.update(
+        {
+            "id": c.id,
+            "fields": {
+                "core": {"companyname": entry},
+                "professional": [],
+                "other": [],
+                "all": {"id": c.id, "companyname": c.name},
+            },
+            "score": 0,
         }
     )
     return out

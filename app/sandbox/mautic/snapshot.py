@@ -11,6 +11,7 @@ import orjson
 from app.sandbox.mautic import fields as F
 from app.sandbox.mautic.model import (
     Campaign,
+    Company,
     Contact,
     Dnc,
     Hook,
@@ -58,6 +59,7 @@ def dump(state: MauticState) -> dict[str, Any]:
         "segments": [_plain(s) for s in inst.segments.values()],
         "campaigns": [_plain(c) for c in inst.campaigns.values()],
         "stages": [asdict(s) for s in inst.stages.values()],
+        "companies": [_plain(c) for c in inst.companies.values()],
         "hooks": [_plain(h) for h in inst.hooks.values()],
         "queue": [asdict(r) for r in inst.queue.values()],
         "clients": [_plain(c) for c in state.clients.values()],
@@ -107,6 +109,11 @@ def restore(state: MauticState, data: dict[str, Any]) -> None:
         item["removed"] = members(item["removed"])
         inst.campaigns[item["id"]] = Campaign(**item)
     inst.stages = {s["id"]: Stage(**s) for s in data["stages"]}
+    inst.companies = {}
+    for raw in data.get("companies", []):
+        item = refs(raw)
+        item["members"] = members(item["members"])
+        inst.companies[item["id"]] = Company(**item)
     inst.hooks = {h["id"]: Hook(**refs(h)) for h in data["hooks"]}
     inst.queue = {r["id"]: QueueRow(**r) for r in data["queue"]}
     inst._ids = {str(k): int(v) for k, v in data["ids"].items()}

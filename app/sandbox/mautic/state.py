@@ -14,7 +14,7 @@ from app.sandbox.kit import Clock, Gate, RequestLog
 from app.sandbox.mautic import constants as c
 from app.sandbox.mautic import errors, render
 from app.sandbox.mautic.config import MauticConfig
-from app.sandbox.mautic.model import Contact, Instance, Segment, User
+from app.sandbox.mautic.model import Company, Contact, Instance, Segment, User
 from app.sandbox.mautic.webhooks import WebhookHub
 
 GRANT_CODE, GRANT_REFRESH, GRANT_CLIENT = (
@@ -177,6 +177,8 @@ class MauticState:
                 item[key] = render.contact(instance, value, webhook=True, deleted=deleted)
             elif isinstance(value, Segment):
                 item[key] = render.segment(value)
+            elif isinstance(value, Company):
+                item[key] = render.company(value)
             else:
                 item[key] = value
         self.hub.record(trigger, item)

@@ -222,3 +222,23 @@ async def test_concurrent_requests_each_deliver_their_own_events(
     assert (await batch).status_code == 201
     emails = sorted(i["contact"]["fields"]["core"]["email"]["value"] for _, i in receiver.events())
     assert emails == ["c0@x.com", "c1@x.com", "c2@x.com"]
+
+
+async def test_the_company_field_links_a_company_and_fires_company_change(
+    api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await make_hook(api, receiver.url, ["mautic.lead_company_change"])
+    c = await new_contact(api, email="co@x.com", company="Acme")
+    [(trigger, item)] = receiver.events()
+    assert trigger == "mautic.lead_company_change"
+    assert item["added"] is True
+    assert item["company"]["fields"]["all"]["companyname"] == "Acme"
+    assert item["contact"]["id"] == c["id"]
+    await api.patch(f"/contacts/{c['id']}/edit", json={"company": "acme", "city": "Oslo"})
+    assert len(receiver.events()) == 1  # same company (case-insensitive): no new link
+    companies = (await api.get("/companies")).json()
+    assert companies["total"] == 1
+    company_id = next(iter(companies["companies"]))
+    removed = await api.post(f"/companies/{company_id}/contact/{c['id']}/remove")
+    assert removed.json() == {"success": 1}
+    assert receiver.events()[-1][1]["added"] is False
