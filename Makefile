@@ -41,6 +41,7 @@ migrate: $(VENV)/.stamp-base
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(VENV)/.stamp-dev
 	$(BIN)/ruff format .

@@ -234,6 +234,9 @@ class Settings(BaseSettings):
         return self.MAILCHIMP_MODE is MailchimpMode.sandbox
 
 
+MAILCHIMP_SANDBOX_PREFIX = "/_sandbox/mailchimp"  # where `serve` mounts the Mailchimp sandbox
+
+
 def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 

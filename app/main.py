@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -13,45 +11,19 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics, wiring
-from app.auth.tokens import TokenVerifier
 from app.config import Settings, get_settings
 from app.contacts.routes import router as contacts_router
-from app.db import create_engine, make_sessionmaker, migrations_at_head, resolve_database_url
+from app.db import migrations_at_head
 from app.errors import install_error_handlers, problem
 from app.logging import RequestIdMiddleware, configure_logging
-from app.migrate import upgrade_head
+from app.runtime import Runtime, start_runtime
 from app.sync import outbox
 
+__all__ = ["Runtime", "create_app", "start_runtime"]
+
 log = structlog.get_logger(__name__)
-
-
-@dataclass
-class Runtime:
-    """What the lifespan builds and every request and background task shares."""
-
-    settings: Settings
-    engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-    token_verifier: TokenVerifier
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> Runtime:
-    """Open the database (embedded when DATABASE_URL is unset) and migrate when asked."""
-    url = await asyncio.to_thread(resolve_database_url, settings)
-    if settings.AUTO_MIGRATE if migrate is None else migrate:
-        await asyncio.to_thread(upgrade_head, url)
-    engine = create_engine(url, pool_size=settings.DB_POOL_SIZE)
-    return Runtime(
-        settings=settings,
-        engine=engine,
-        sessionmaker=make_sessionmaker(engine),
-        token_verifier=TokenVerifier(settings),
-    )
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:

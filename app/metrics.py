@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.connections.models import CONNECTION_STATUSES
 
 if TYPE_CHECKING:
-    from app.main import Runtime
+    from app.runtime import Runtime
 
 HTTP_REQUESTS = Counter(
     "audience_sync_http_requests_total",

@@ -9,40 +9,23 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from fastapi import APIRouter, FastAPI
 
-from app.config import Settings
+from app.config import MAILCHIMP_SANDBOX_PREFIX, Settings
 
 if TYPE_CHECKING:
-    from app.main import Runtime
+    from app.runtime import Runtime
     from app.sync.engine import SyncEngine
 
 log = structlog.get_logger(__name__)
 
 # Every sandbox of app.sandbox.kit.SANDBOXES is mounted at /_sandbox/<name>.
-SANDBOX_PREFIX = "/_sandbox/mailchimp"
+SANDBOX_PREFIX = MAILCHIMP_SANDBOX_PREFIX
 MAUTIC_SANDBOX_PREFIX = "/_sandbox/mautic"
 CONSTANTCONTACT_SANDBOX_PREFIX = "/_sandbox/constantcontact"
 
 
-# The providers FIELD_MAP may name until each one's package declares its own field rules.
-FIELD_MAP_PROVIDERS = frozenset({"mailchimp", "constantcontact", "activecampaign", "mautic"})
+from app.startup import FIELD_MAP_PROVIDERS, check_config  # noqa: E402  (re-exported)
 
-
-def check_config(settings: Settings) -> None:
-    """Refuse to start on a FIELD_MAP a provider cannot use; the message names every entry.
-
-    Settings already checked what holds for every provider (sources, types, shape); this adds
-    each provider's own rules (for Mailchimp: merge-tag syntax, reserved tags).
-    """
-    from app.fieldmap import FieldMapError
-    from app.providers.mailchimp.fields import check_rules, rules_from
-
-    problems = [
-        f"FIELD_MAP: {name!r} is not a provider this service offers"
-        for name in sorted(set(settings.FIELD_MAP.providers) - FIELD_MAP_PROVIDERS)
-    ]
-    problems += check_rules(rules_from(settings.FIELD_MAP, settings.MAILCHIMP_MERGE_FIELD_MAP))
-    if problems:
-        raise FieldMapError("; ".join(problems))
+__all__ = ["FIELD_MAP_PROVIDERS", "SANDBOX_PREFIX", "check_config"]
 
 
 def routers(settings: Settings) -> list[APIRouter]:
@@ -77,16 +60,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
 def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
     """Jobs every worker runs on a schedule (reconcile runs, scheduled pulls)."""
-    from app.sync.pull import check_interval, pull_due
-    from app.sync.reconcile import Reconciler
+    from app.sync.runner import periodic_jobs as sync_jobs
 
-    jobs: list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]] = [
-        (Reconciler.POLL_SECONDS, Reconciler(rt.settings))
-    ]
-    pull_every = check_interval(rt.settings)
-    if pull_every is not None:
-        jobs.append((pull_every, pull_due))
-    return jobs
+    return sync_jobs(rt)
 
 
 async def on_startup(app: FastAPI, rt: Runtime) -> None:

@@ -60,7 +60,7 @@ def bearer(fuzz_settings: Settings) -> dict[str, str]:
 # The OAuth callback is a page for the popup that Mailchimp redirects to: a browser gets
 # HTML whatever the outcome, an API client (Accept: application/json) gets problem+json.
 # It is fuzzed for server errors only.
-OAUTH_CALLBACK = "/api/integrations/mailchimp/callback"
+OAUTH_CALLBACK = "/api/integrations/{provider}/callback"
 FUZZ_SETTINGS = settings(
     max_examples=50,
     deadline=None,

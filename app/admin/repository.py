@@ -116,7 +116,7 @@ class AdminRepository:
     async def connection_status(self, connection_id: uuid.UUID) -> RowMapping | None:
         """The status columns of one connection; None when it does not exist."""
         result = await self.session.execute(
-            text("SELECT id, status, status_reason FROM connections WHERE id = :id"),
+            text("SELECT id, provider, status, status_reason FROM connections WHERE id = :id"),
             {"id": connection_id},
         )
         return result.mappings().first()

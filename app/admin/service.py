@@ -19,7 +19,7 @@ from app.admin.schemas import (
     SyncStatus,
     SyncStatusTotals,
 )
-from app.connections.notices import notice_for
+from app.connections.notices import notice_for_provider
 from app.errors import NotFound
 
 
@@ -44,7 +44,9 @@ class AdminService:
                 status=row["status"],
                 status_reason=row["status_reason"],
                 status_since=row["status_since"],
-                notice=notice_for(row["status"], row["status_reason"], stuck=row["stuck"]),
+                notice=notice_for_provider(
+                    row["status"], row["status_reason"], row["provider"], stuck=row["stuck"]
+                ),
                 queue=QueueDepth(
                     ready=row["ready"],
                     leased=row["leased"],
@@ -91,7 +93,7 @@ class AdminService:
             connection_id=connection_id,
             requeued=requeued,
             status=conn["status"],
-            notice=notice_for(conn["status"], conn["status_reason"]),
+            notice=notice_for_provider(conn["status"], conn["status_reason"], conn["provider"]),
         )
 
 

@@ -15,25 +15,53 @@ REASON_UNAVAILABLE = "provider_unavailable"
 REASON_ENDPOINT = "endpoint_refused"
 
 _ERROR_NOTICES = {
-    REASON_CREDENTIALS: "Reconnect Mailchimp: it no longer accepts the saved credentials.",
-    REASON_AUDIENCE: "The Mailchimp audience is gone: choose another audience.",
-    REASON_ENDPOINT: "Reconnect Mailchimp: the saved connection does not point at Mailchimp.",
+    REASON_CREDENTIALS: "Reconnect {name}: it no longer accepts the saved credentials.",
+    REASON_AUDIENCE: "The {name} {noun} is gone: choose another {noun}.",
+    REASON_ENDPOINT: "Reconnect {name}: the saved connection does not point at {name}.",
 }
 
 
-def notice_for(status: str | None, reason: str | None = None, *, stuck: bool = False) -> str | None:
+def notice_for(
+    status: str | None,
+    reason: str | None = None,
+    *,
+    stuck: bool = False,
+    provider: str = "Mailchimp",
+    audience_noun: str = "audience",
+) -> str | None:
     """The notice for a connection status; None while healthy (invisible when healthy).
 
     `stuck`: some of its rows have been parked for PARKED_NOTICE_AFTER_SECONDS or more.
+    `provider` is the provider's display name, `audience_noun` what it calls an audience
+    (`notice_for_provider` fills both from the registry).
     """
     if status == "paused":
         return PAUSED_NOTICE
     if status == "error":
         if reason in _ERROR_NOTICES:
-            return _ERROR_NOTICES[reason]
-        return f"Reconnect Mailchimp: {reason}" if reason else "Reconnect Mailchimp."
+            return _ERROR_NOTICES[reason].format(name=provider, noun=audience_noun)
+        return f"Reconnect {provider}: {reason}" if reason else f"Reconnect {provider}."
     if status == "needs_audience":
-        return "Choose the Mailchimp audience to sync to."
+        return f"Choose the {provider} {audience_noun} to sync to."
     if status == "active" and stuck:
-        return PARKED_NOTICE
+        return PARKED_NOTICE.replace("Mailchimp", provider)
     return None
+
+
+def notice_for_provider(
+    status: str | None, reason: str | None, provider_id: str, *, stuck: bool = False
+) -> str | None:
+    """`notice_for` in the words of the registered provider `provider_id`."""
+    from app.providers import registry
+
+    found = registry.find(provider_id)
+    if found is None:
+        return notice_for(status, reason, stuck=stuck, provider=provider_id)
+    spec = found.spec
+    return notice_for(
+        status,
+        reason,
+        stuck=stuck,
+        provider=spec.display_name,
+        audience_noun=spec.audience_noun,
+    )

@@ -54,21 +54,27 @@ def _script_json(value: object) -> str:
 
 
 def callback_answer(
-    request: Request, settings: Settings, outcome: OAuthOutcome, *, status_code: int = 200
+    request: Request,
+    settings: Settings,
+    outcome: OAuthOutcome,
+    *,
+    provider: str,
+    name: str,
+    status_code: int = 200,
 ) -> Response:
     """The callback's answer for a browser: redirect to the Settings page, or the popup page."""
     if settings.APP_SETTINGS_URL:
         params = (
-            {"mailchimp": "connected", "status": outcome.status or ""}
+            {provider: "connected", "status": outcome.status or ""}
             if outcome.ok
-            else {"mailchimp": "error", "error": outcome.error or "failed"}
+            else {provider: "error", "error": outcome.error or "failed"}
         )
         base = settings.APP_SETTINGS_URL
         joiner = "&" if urlsplit(base).query else "?"
         return RedirectResponse(
             f"{base}{joiner}{urlencode(params)}", status_code=303, headers=NO_STORE
         )
-    return _popup_page(settings, outcome, status_code)
+    return _popup_page(settings, outcome, name, status_code)
 
 
 def json_answer(outcome: OAuthOutcome) -> Response:
@@ -76,16 +82,18 @@ def json_answer(outcome: OAuthOutcome) -> Response:
     return JSONResponse(outcome.model_dump(mode="json"), headers=NO_STORE)
 
 
-def _popup_page(settings: Settings, outcome: OAuthOutcome, status_code: int) -> HTMLResponse:
+def _popup_page(
+    settings: Settings, outcome: OAuthOutcome, provider_name: str, status_code: int
+) -> HTMLResponse:
     if outcome.ok:
-        title = "Mailchimp connected"
+        title = f"{provider_name} connected"
         if outcome.status == "needs_audience":
-            message = "Mailchimp is connected. Choose the audience to sync to in Settings."
+            message = f"{provider_name} is connected. Choose the audience to sync to in Settings."
         else:
             name = outcome.audience.name if outcome.audience else None
-            message = f"Connected to {name}." if name else "Mailchimp is connected."
+            message = f"Connected to {name}." if name else f"{provider_name} is connected."
     else:
-        title = "Mailchimp was not connected"
+        title = f"{provider_name} was not connected"
         message = outcome.detail or "Something went wrong; start again from Settings."
     nonce = secrets.token_urlsafe(16)
     payload = _script_json(outcome.model_dump(mode="json"))

@@ -5,8 +5,19 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Body,
+    Depends,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
 from app.auth.deps import OwnerDep
 from app.auth.tokens import TokenVerifier
@@ -26,10 +37,31 @@ from app.connections.schemas import (
 )
 from app.connections.service import connection_service
 from app.db import SessionDep
-from app.errors import problem_responses
+from app.errors import NotFound, Unprocessable, problem_responses
+from app.providers import registry
+from app.providers.registry import Provider
 
 router = APIRouter(prefix="/api/integrations", tags=["integrations"])
 _optional_bearer = HTTPBearer(auto_error=False)
+
+
+def _provider(
+    provider: Annotated[
+        str,
+        Path(
+            max_length=64,
+            description="A registered provider id (GET /api/integrations lists them).",
+            examples=list(registry.ids()),
+        ),
+    ],
+) -> Provider:
+    found = registry.find(provider)
+    if found is None:
+        raise NotFound(f"No provider {provider[:64]!r} is offered here.")
+    return found
+
+
+ProviderDep = Annotated[Provider, Depends(_provider)]
 
 
 def _deps(request: Request) -> dict[str, Any]:
@@ -42,8 +74,8 @@ def _deps(request: Request) -> dict[str, Any]:
 def _after_commit_register_webhook(
     request: Request, background: BackgroundTasks, connection_id: uuid.UUID
 ) -> None:
-    # Runs once the response is sent, after the request's commit: Mailchimp's validating GET
-    # of the webhook URL must find the committed connection.
+    # Runs once the response is sent, after the request's commit: the provider's validating
+    # GET of the webhook URL must find the committed connection.
     background.add_task(
         connection_service.register_webhook,
         maker=request.state.sessionmaker,
@@ -52,38 +84,61 @@ def _after_commit_register_webhook(
     )
 
 
+def _credentials_schema() -> dict[str, Any]:
+    """The credentials body: one schema per provider that takes credentials (oneOf)."""
+    variants = []
+    for provider in registry.all_providers():
+        model = provider.connect.credentials_model
+        if model is not None:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema.pop("$defs", None)
+            schema["description"] = f"{provider.spec.display_name}: {schema.get('description', '')}"
+            variants.append(schema)
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": variants}}},
+    }
+
+
 @router.get("", response_model=IntegrationList, responses=problem_responses(401))
 async def list_integrations(owner_id: OwnerDep, session: SessionDep) -> IntegrationList:
-    """Every provider's state for the Settings page (only Mailchimp is available so far)."""
+    """Every provider this deployment offers, connected or not, and how each connects."""
     return IntegrationList(items=await connection_service.integrations(session, owner_id=owner_id))
 
 
-@router.get("/mailchimp", response_model=IntegrationStatus, responses=problem_responses(401))
-async def mailchimp_status(owner_id: OwnerDep, session: SessionDep) -> IntegrationStatus:
+@router.get("/{provider}", response_model=IntegrationStatus, responses=problem_responses(401, 404))
+async def integration_status(
+    provider: ProviderDep, owner_id: OwnerDep, session: SessionDep
+) -> IntegrationStatus:
     """Connected?, account, audience, status, the one notice, last sync, pending, failed."""
-    return await connection_service.status(session, owner_id=owner_id)
+    return await connection_service.status(session, provider=provider, owner_id=owner_id)
 
 
 @router.post(
-    "/mailchimp/connect", response_model=ConnectStart, responses=problem_responses(401, 503)
+    "/{provider}/connect",
+    response_model=ConnectStart,
+    responses=problem_responses(401, 404, 503),
 )
-async def connect(owner_id: OwnerDep, session: SessionDep, request: Request) -> ConnectStart:
+async def connect(
+    provider: ProviderDep, owner_id: OwnerDep, session: SessionDep, request: Request
+) -> ConnectStart:
     """Start OAuth: the URL the popup opens (its `state` works once, for 10 minutes)."""
     return await connection_service.start_oauth(
-        session, settings=request.state.settings, owner_id=owner_id
+        session, provider=provider, settings=request.state.settings, owner_id=owner_id
     )
 
 
 @router.get(
-    "/mailchimp/callback",
+    "/{provider}/callback",
     response_model=OAuthOutcome,
     responses={
         200: {"content": {"text/html": {}}, "description": "A page that tells the opener"},
         303: {"description": "Back to APP_SETTINGS_URL when it is set"},
-        **problem_responses(400, 403, 422, 502, 503),
+        **problem_responses(400, 403, 404, 422, 502, 503),
     },
 )
 async def oauth_callback(
+    provider: ProviderDep,
     request: Request,
     session: SessionDep,
     background: BackgroundTasks,
@@ -92,9 +147,10 @@ async def oauth_callback(
     code: Annotated[str | None, Query(max_length=512)] = None,
     error: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    """Mailchimp's redirect target. The popup carries no bearer token: the owner is the one the
-    signed `state` names. An API caller that sends one must be that owner."""
+    """The provider's redirect target. The popup carries no bearer token: the owner is the one
+    the signed `state` names. An API caller that sends one must be that owner."""
     settings = request.state.settings
+    pid, name = provider.id, provider.spec.display_name
     caller = None
     if credentials is not None:
         verifier: TokenVerifier = request.state.token_verifier
@@ -102,6 +158,7 @@ async def oauth_callback(
     try:
         done = await connection_service.complete_oauth(
             session,
+            provider=provider,
             reader=request.state.sessionmaker,
             state=state,
             code=code,
@@ -113,12 +170,17 @@ async def oauth_callback(
         await session.rollback()  # nothing of a failed attempt is kept
         if wants_json(request):
             raise
-        outcome = OAuthOutcome(ok=False, error=exc.code, detail=exc.detail)
-        return callback_answer(request, settings, outcome, status_code=exc.status_code)
+        outcome = OAuthOutcome(
+            type=f"audience-sync:{provider.id}", ok=False, error=exc.code, detail=exc.detail
+        )
+        return callback_answer(
+            request, settings, outcome, provider=pid, name=name, status_code=exc.status_code
+        )
     row = done.connection
     if done.audience_changed:
         _after_commit_register_webhook(request, background, row["id"])
     outcome = OAuthOutcome(
+        type=f"audience-sync:{provider.id}",
         ok=True,
         status=row["status"],
         account_name=row["account_name"],
@@ -129,7 +191,53 @@ async def oauth_callback(
     )
     if wants_json(request):
         return json_answer(outcome)
-    return callback_answer(request, settings, outcome)
+    return callback_answer(request, settings, outcome, provider=pid, name=name)
+
+
+async def _connect_with(
+    provider: Provider,
+    raw: Any,
+    owner_id: str,
+    session: Any,
+    request: Request,
+    background: BackgroundTasks,
+) -> IntegrationStatus:
+    model = provider.connect.credentials_model
+    if model is None:
+        raise NotFound(f"{provider.spec.display_name} connects with OAuth, not credentials.")
+    try:
+        body = model.model_validate(raw)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        raise Unprocessable("The credentials are not valid.", extra={"errors": errors}) from None
+    row = await connection_service.connect_credentials(
+        session, provider=provider, owner_id=owner_id, body=body, **_deps(request)
+    )
+    if row["audience_id"]:
+        _after_commit_register_webhook(request, background, row["id"])
+    return await connection_service.status(session, provider=provider, owner_id=owner_id)
+
+
+@router.post(
+    "/{provider}/credentials",
+    response_model=IntegrationStatus,
+    responses=problem_responses(401, 404, 422, 502, 503),
+    openapi_extra={"requestBody": _credentials_schema()},
+)
+async def connect_credentials(
+    provider: ProviderDep,
+    owner_id: OwnerDep,
+    session: SessionDep,
+    request: Request,
+    background: BackgroundTasks,
+    raw: Annotated[Any, Body(include_in_schema=False)] = None,
+) -> IntegrationStatus:
+    """Connect with what the provider takes (checked against it before anything is stored):
+    Mailchimp `{api_key}`; the only audience is chosen, or the one named by `audience_id`."""
+    return await _connect_with(provider, raw, owner_id, session, request, background)
 
 
 @router.post(
@@ -144,38 +252,33 @@ async def connect_api_key(
     request: Request,
     background: BackgroundTasks,
 ) -> IntegrationStatus:
-    """Connect with an API key; the only audience is chosen, or the one named."""
-    row = await connection_service.connect_api_key(
-        session,
-        owner_id=owner_id,
-        api_key=body.api_key,
-        audience_id=body.audience_id,
-        **_deps(request),
-    )
-    if row["audience_id"]:
-        _after_commit_register_webhook(request, background, row["id"])
-    return await connection_service.status(session, owner_id=owner_id)
+    """Alias of POST /api/integrations/mailchimp/credentials (kept for existing callers)."""
+    provider = registry.get("mailchimp")
+    return await _connect_with(provider, body.model_dump(), owner_id, session, request, background)
 
 
 @router.get(
-    "/mailchimp/audiences",
+    "/{provider}/audiences",
     response_model=list[AudienceOut],
     responses=problem_responses(401, 404, 409, 502, 503),
 )
-async def list_audiences(owner_id: OwnerDep, request: Request) -> list[AudienceOut]:
-    """The connected account's audiences (id, name, member count)."""
+async def list_audiences(
+    provider: ProviderDep, owner_id: OwnerDep, request: Request
+) -> list[AudienceOut]:
+    """The connected account's audiences, lists or segments (id, name, member count)."""
     audiences = await connection_service.audiences(
-        reader=request.state.sessionmaker, owner_id=owner_id, **_deps(request)
+        provider=provider, reader=request.state.sessionmaker, owner_id=owner_id, **_deps(request)
     )
     return [AudienceOut(id=a.id, name=a.name, member_count=a.member_count) for a in audiences]
 
 
 @router.put(
-    "/mailchimp/audience",
+    "/{provider}/audience",
     response_model=IntegrationStatus,
     responses=problem_responses(401, 404, 409, 422, 502, 503),
 )
 async def choose_audience(
+    provider: ProviderDep,
     body: AudienceChoice,
     owner_id: OwnerDep,
     session: SessionDep,
@@ -185,6 +288,7 @@ async def choose_audience(
     """Sync to this audience from now on: a new mirror and a full sync (a reconcile run)."""
     row, changed = await connection_service.choose_audience(
         session,
+        provider=provider,
         reader=request.state.sessionmaker,
         owner_id=owner_id,
         audience_id=body.audience_id,
@@ -192,16 +296,17 @@ async def choose_audience(
     )
     if changed:
         _after_commit_register_webhook(request, background, row["id"])
-    return await connection_service.status(session, owner_id=owner_id)
+    return await connection_service.status(session, provider=provider, owner_id=owner_id)
 
 
 @router.post(
-    "/mailchimp/sync",
+    "/{provider}/sync",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RunAccepted,
     responses=problem_responses(401, 404, 409, 429),
 )
 async def sync_now(
+    provider: ProviderDep,
     owner_id: OwnerDep,
     session: SessionDep,
     request: Request,
@@ -209,27 +314,41 @@ async def sync_now(
 ) -> RunAccepted:
     """Sync Now: a full reconcile run (at most once an hour; 429 with Retry-After)."""
     return await connection_service.sync_now(
-        session, settings=request.state.settings, owner_id=owner_id, dry_run=dry_run
+        session,
+        provider=provider,
+        settings=request.state.settings,
+        owner_id=owner_id,
+        dry_run=dry_run,
     )
 
 
 @router.get(
-    "/mailchimp/sync/{run_id}",
+    "/{provider}/sync/{run_id}",
     response_model=SyncRunOut,
     responses=problem_responses(401, 404, 422),
 )
-async def sync_run(run_id: uuid.UUID, owner_id: OwnerDep, session: SessionDep) -> SyncRunOut:
+async def sync_run(
+    provider: ProviderDep, run_id: uuid.UUID, owner_id: OwnerDep, session: SessionDep
+) -> SyncRunOut:
     """A run's state, counts and progress."""
-    return await connection_service.run_status(session, owner_id=owner_id, run_id=run_id)
+    return await connection_service.run_status(
+        session, provider=provider, owner_id=owner_id, run_id=run_id
+    )
 
 
 @router.delete(
-    "/mailchimp",
+    "/{provider}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 404),
 )
-async def disconnect(owner_id: OwnerDep, session: SessionDep, request: Request) -> None:
-    """Disconnect: our webhook and the credentials go; the members stay in Mailchimp."""
+async def disconnect(
+    provider: ProviderDep, owner_id: OwnerDep, session: SessionDep, request: Request
+) -> None:
+    """Disconnect: our webhook and the credentials go; the people stay at the provider."""
     await connection_service.disconnect(
-        session, reader=request.state.sessionmaker, owner_id=owner_id, **_deps(request)
+        session,
+        provider=provider,
+        reader=request.state.sessionmaker,
+        owner_id=owner_id,
+        **_deps(request),
     )

@@ -12,7 +12,7 @@ ConnectionStatus = Literal["needs_audience", "active", "paused", "error"]
 
 
 class ApiKeyConnect(BaseModel):
-    """Body of POST /api/integrations/mailchimp/api-key."""
+    """Body of POST /api/integrations/mailchimp/api-key (the alias of …/credentials)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -60,11 +60,30 @@ class IntegrationStatus(BaseModel):
     last_run: SyncRunOut | None = None
 
 
+class CredentialFieldOut(BaseModel):
+    """One field of a provider's credentials form."""
+
+    name: str
+    label: str
+    kind: Literal["text", "url", "secret"] = "text"
+    help: str = ""
+
+
+class ConnectMethod(BaseModel):
+    """One way to connect a provider: the OAuth popup (`POST …/connect`), or a credentials
+    form (`POST …/credentials` with `fields`)."""
+
+    kind: Literal["oauth", "credentials"]
+    fields: list[CredentialFieldOut] = Field(default_factory=list)
+
+
 class IntegrationEntry(IntegrationStatus):
-    """One provider on the Settings page's list: whether it can be connected here at all."""
+    """One provider on the Settings page's list: its name and how it connects."""
 
     name: str
     available: bool
+    audience_noun: str = "audience"
+    connect: list[ConnectMethod] = Field(default_factory=list)
 
 
 class IntegrationList(BaseModel):
@@ -74,7 +93,7 @@ class IntegrationList(BaseModel):
 
 
 class ConnectStart(BaseModel):
-    """Where the popup goes to connect Mailchimp, and until when that link works."""
+    """Where the popup goes to connect the provider, and until when that link works."""
 
     authorize_url: str
     expires_at: datetime
@@ -89,7 +108,7 @@ class AudienceOut(BaseModel):
 
 
 class AudienceChoice(BaseModel):
-    """Body of PUT /api/integrations/mailchimp/audience."""
+    """Body of PUT /api/integrations/{provider}/audience."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -107,7 +126,7 @@ class RunAccepted(BaseModel):
 class OAuthOutcome(BaseModel):
     """The JSON answer of the OAuth callback (the page posts the same object to the opener)."""
 
-    type: Literal["audience-sync:mailchimp"] = "audience-sync:mailchimp"
+    type: str = Field(default="audience-sync:mailchimp", description="audience-sync:<provider>")
     ok: bool
     status: ConnectionStatus | None = None
     account_name: str | None = None

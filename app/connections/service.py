@@ -1,7 +1,7 @@
 """Connection use cases: connect (OAuth or API key), audiences, status, Sync Now, disconnect.
 
 Remote calls come before the request's writes, never inside them: a service reads what it
-needs through a short read-only session (`reader`), calls Mailchimp, then writes in the
+needs through a short read-only session (`reader`), calls the provider, then writes in the
 request's session, which the request commits. Work that must follow the commit (registering
 the webhook, whose validating GET must find the committed connection) runs as a background
 task with units of work of its own.
@@ -9,7 +9,6 @@ task with units of work of its own.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 import structlog
+from pydantic import BaseModel
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,18 +30,20 @@ from app.connections.crypto import (
     encrypt_credentials,
     rotate_credentials,
 )
-from app.connections.notices import REASON_ENDPOINT, notice_for
-from app.connections.oauth import OAuthFailure, OAuthGrant
+from app.connections.notices import REASON_ENDPOINT, notice_for_provider
+from app.connections.oauth import OAuthFailure, OAuthNotConfigured
 from app.connections.repository import ConnectionRepository
 from app.connections.schemas import (
     AudienceRef,
+    ConnectMethod,
     ConnectStart,
+    CredentialFieldOut,
     IntegrationEntry,
     IntegrationStatus,
     RunAccepted,
     SyncRunOut,
 )
-from app.connections.webhook_registration import ensure_webhook, remove_webhooks, webhook_url
+from app.connections.webhook_registration import direct, webhook_url
 from app.db import session_scope
 from app.errors import (
     BadGateway,
@@ -52,47 +54,35 @@ from app.errors import (
     Unprocessable,
 )
 from app.fieldmap import FieldsRefused
+from app.providers import registry
 from app.providers.base import (
+    Account,
     Audience,
     AudienceMissing,
     AuthError,
+    ClientConfig,
+    ConnectRefused,
+    ProviderClient,
     ProviderError,
     ThrottledError,
     TransientError,
 )
-from app.providers.mailchimp.client import (
-    MailchimpClient,
-    check_live_endpoint,
-    dc_from_api_key,
-    live_api_base,
-)
-from app.providers.mailchimp.fields import ensure_merge_fields, rules_from
+from app.providers.registry import Provider
 
 log = structlog.get_logger(__name__)
 
-MAILCHIMP = "mailchimp"
-# Every provider the Settings page lists; only Mailchimp can be connected so far.
-PROVIDERS: tuple[tuple[str, str, bool], ...] = (
-    (MAILCHIMP, "Mailchimp", True),
-    ("constant_contact", "Constant Contact", False),
-    ("activecampaign", "ActiveCampaign", False),
-    ("mautic", "Mautic", False),
+# Providers the Settings page names before their package is registered in this build (shown
+# as not available); a registered provider of the same name replaces its line.
+ANNOUNCED: tuple[tuple[str, str], ...] = (
+    ("constant_contact", "Constant Contact"),
+    ("activecampaign", "ActiveCampaign"),
+    ("mautic", "Mautic"),
 )
 RUN_SYNC_NOW = "sync_now"
 RUN_INITIAL = "initial"
 RUN_AUDIENCE_CHANGE = "audience_change"
 
 Reader = async_sessionmaker[AsyncSession]
-
-
-@dataclass(slots=True)
-class MailchimpAccount:
-    """Where and how to reach one Mailchimp account."""
-
-    api_base: str
-    dc: str
-    account_key: str
-    credentials: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -104,104 +94,52 @@ class OAuthCompleted:
     audience_changed: bool
 
 
-def api_key_account(settings: Settings, api_key: str) -> MailchimpAccount:
-    """Derive the API host from the key's data center; the sandbox in sandbox mode."""
-    try:
-        dc = dc_from_api_key(api_key)
-        base = settings.sandbox_url if settings.is_sandbox else live_api_base(dc)
-    except ValueError as exc:
-        raise Unprocessable(
-            str(exc), extra={"errors": [{"field": "api_key", "message": str(exc)}]}
-        ) from None
-    digest = hashlib.sha256(api_key.encode()).hexdigest()[:24]
-    return MailchimpAccount(
-        api_base=base,
-        dc=dc,
-        account_key=f"mailchimp:{dc}:key:{digest}",
-        credentials={"api_key": api_key},
-    )
+def refused(exc: ConnectRefused) -> Unprocessable:
+    """The 422 a refused credentials body becomes, naming the field."""
+    errors = [{"field": exc.field, "message": exc.message}] if exc.field else []
+    return Unprocessable(exc.message, extra={"errors": errors} if errors else None)
 
 
-def oauth_account(settings: Settings, grant: OAuthGrant) -> MailchimpAccount:
-    """The account an OAuth grant reaches; in live mode only at https://<dc>.api.mailchimp.com."""
-    if settings.is_sandbox:
-        base = settings.sandbox_url
-    else:
-        try:
-            base = check_live_endpoint(grant.api_endpoint, grant.dc)
-        except ValueError:
-            raise OAuthFailure(
-                "foreign_host",
-                "Mailchimp's answer pointed the API at an unexpected host, so nothing was"
-                " connected. Try again, or contact support if it persists.",
-                status_code=502,
-            ) from None
-    return MailchimpAccount(
-        api_base=base,
-        dc=grant.dc,
-        account_key=f"mailchimp:{grant.dc}:account:{grant.account_ref}",
-        credentials={"access_token": grant.access_token},
-    )
+def oauth_failure(provider: Provider, exc: ConnectRefused) -> Exception:
+    """The API error a refused or failed OAuth step becomes."""
+    if exc.code == "oauth_not_configured":
+        return OAuthNotConfigured(exc.message)
+    return OAuthFailure(exc.code, exc.message, status_code=exc.status_code)
 
 
-def provider_failure(exc: ProviderError) -> Exception:
+def provider_failure(provider: Provider, exc: ProviderError) -> Exception:
     """The API error a provider failure during a user's request becomes."""
+    name = provider.spec.display_name
     if isinstance(exc, AuthError):
+        fields = provider.spec.connect.credentials
+        field = fields[-1].name if fields else "credentials"
         return Unprocessable(
-            "Mailchimp did not accept these credentials.",
-            extra={"errors": [{"field": "api_key", "message": "rejected by Mailchimp"}]},
+            f"{name} did not accept these credentials.",
+            extra={"errors": [{"field": field, "message": f"rejected by {name}"}]},
         )
     if isinstance(exc, TransientError | ThrottledError):
-        return ServiceUnavailable("Mailchimp is not answering right now; try again in a minute.")
-    return BadGateway(f"Mailchimp refused the request: {exc.message}")
+        return ServiceUnavailable(f"{name} is not answering right now; try again in a minute.")
+    return BadGateway(f"{name} refused the request: {exc.message}")
 
 
-def fields_refused(exc: FieldsRefused) -> Unprocessable:
+def fields_refused(provider: Provider, exc: FieldsRefused) -> Unprocessable:
     """The API error a field map the audience cannot hold becomes (nothing is saved)."""
     return Unprocessable(
-        "Mailchimp cannot hold the configured field map (FIELD_MAP) in this audience: " + str(exc),
+        f"{provider.spec.display_name} cannot hold the configured field map (FIELD_MAP) in this"
+        f" {provider.spec.audience_noun}: " + str(exc),
         extra={"errors": [{"field": "FIELD_MAP", "message": p} for p in exc.problems]},
     )
 
 
-async def prepare_audience(settings: Settings, client: MailchimpClient, audience_id: str) -> None:
-    """Create the merge fields FIELD_MAP needs in the audience (FieldsRefused names entries)."""
-    rules = rules_from(settings.FIELD_MAP, settings.MAILCHIMP_MERGE_FIELD_MAP)
-    await ensure_merge_fields(client, audience_id, rules)
-
-
-def client_for(
-    settings: Settings, transport: httpx.AsyncBaseTransport, row: RowMapping
-) -> MailchimpClient:
-    """A client for a stored connection (credentials decrypted in memory only)."""
-    try:
-        creds = decrypt_credentials(settings, row["credentials"])
-    except CredentialsError:
-        raise Conflict(
-            "The stored Mailchimp credentials cannot be read (ENCRYPTION_KEYS changed);"
-            " reconnect Mailchimp."
-        ) from None
-    endpoint = row["api_endpoint"]
-    if not settings.is_sandbox:
-        try:
-            endpoint = check_live_endpoint(endpoint, row["dc"] or "")
-        except ValueError as exc:
-            raise EndpointRefused(
-                "Reconnect Mailchimp: the saved connection does not point at Mailchimp's API,"
-                " so nothing is sent to it.",
-                reason=str(exc),
-            ) from None
-    return MailchimpClient(
-        transport,
-        api_base=endpoint,
-        api_key=creds.get("api_key"),
-        access_token=creds.get("access_token"),
-        timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
-    )
+async def prepare_audience(
+    provider: Provider, settings: Settings, client: ProviderClient, audience_id: str
+) -> None:
+    """Create the provider fields FIELD_MAP needs in the audience (FieldsRefused names entries)."""
+    await provider.connect.prepare_audience(client, audience_id, provider.mapping(settings))
 
 
 class EndpointRefused(Conflict):
-    """Live mode: the stored API endpoint is not https://<dc>.api.mailchimp.com (DESIGN §8)."""
+    """Live mode: the stored API endpoint breaks the provider's host rule (DESIGN §8)."""
 
     def __init__(self, detail: str, *, reason: str) -> None:
         super().__init__(detail)
@@ -217,65 +155,119 @@ async def _mark_endpoint_refused(reader: Reader, row: RowMapping, exc: EndpointR
         )
 
 
+def account_client(
+    provider: Provider,
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport,
+    account: Account,
+) -> ProviderClient:
+    """A client for an account about to be connected (credentials checked before storing)."""
+    return provider.client(
+        ClientConfig(
+            transport=transport,
+            api_endpoint=account.api_base,
+            credentials=account.credentials,
+            timeout=provider.connect.timeout(settings),
+            sandbox=provider.connect.sandbox(settings),
+            dc=account.dc,
+        )
+    )
+
+
+def client_for(
+    provider: Provider,
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport,
+    row: RowMapping,
+) -> ProviderClient:
+    """A client for a stored connection (credentials decrypted in memory only)."""
+    name = provider.spec.display_name
+    try:
+        creds = decrypt_credentials(settings, row["credentials"])
+    except CredentialsError:
+        raise Conflict(
+            f"The stored {name} credentials cannot be read (ENCRYPTION_KEYS changed);"
+            f" reconnect {name}."
+        ) from None
+    try:
+        return provider.client(
+            ClientConfig(
+                transport=transport,
+                api_endpoint=row["api_endpoint"],
+                credentials=creds,
+                timeout=provider.connect.timeout(settings),
+                sandbox=provider.connect.sandbox(settings),
+                dc=row["dc"],
+            )
+        )
+    except ValueError as exc:
+        raise EndpointRefused(
+            f"Reconnect {name}: the saved connection does not point at {name}'s API,"
+            " so nothing is sent to it.",
+            reason=str(exc),
+        ) from None
+
+
 def _run_out(row: RowMapping) -> SyncRunOut:
     return SyncRunOut.model_validate(dict(row))
 
 
 class ConnectionService:
-    """Create, describe, re-point and remove connections to Mailchimp."""
+    """Create, describe, re-point and remove connections to any registered provider."""
 
     # --- connect ---------------------------------------------------------------------------
 
-    async def connect_api_key(
+    async def connect_credentials(
         self,
         session: AsyncSession,
         *,
+        provider: Provider,
         settings: Settings,
         transport: httpx.AsyncBaseTransport,
         owner_id: str,
-        api_key: str,
-        audience_id: str | None,
+        body: BaseModel,
     ) -> RowMapping:
-        """Check the key against Mailchimp, pick the audience, store the key encrypted."""
-        account = api_key_account(settings, api_key)
-        client = MailchimpClient(
-            transport,
-            api_base=account.api_base,
-            api_key=api_key,
-            timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
-        )
+        """Check the credentials against the provider, pick the audience, store them encrypted."""
+        try:
+            account = provider.connect.account_from_credentials(settings, body)
+        except ConnectRefused as exc:
+            raise refused(exc) from None
+        client = account_client(provider, settings, transport, account)
         try:
             # Remote calls first: no database transaction is open while they run.
             await client.ping()
             audiences = await client.list_audiences()
-            audience = choose_audience(audiences, audience_id)
+            audience = choose_audience(provider, audiences, getattr(body, "audience_id", None))
             if audience is not None:
-                await prepare_audience(settings, client, audience.id)
+                await prepare_audience(provider, settings, client, audience.id)
         except ProviderError as exc:
-            raise provider_failure(exc) from None
+            raise provider_failure(provider, exc) from None
         except FieldsRefused as exc:
-            raise fields_refused(exc) from None
+            raise fields_refused(provider, exc) from None
         return await self.save(
             session,
+            provider=provider,
             settings=settings,
             owner_id=owner_id,
             account=account,
-            auth_kind="api_key",
-            account_name=None,
             audience=audience,
         )
 
     async def start_oauth(
-        self, session: AsyncSession, *, settings: Settings, owner_id: str
+        self, session: AsyncSession, *, provider: Provider, settings: Settings, owner_id: str
     ) -> ConnectStart:
         """The authorize URL for the popup, with a signed single-use `state` for this owner."""
-        cfg = oauth.oauth_config(settings)
+        if "oauth" not in provider.spec.connect.kinds:
+            raise NotFound(f"{provider.spec.display_name} connects with credentials, not OAuth.")
         nonce = oauth.new_nonce()
         state, expires = oauth.sign_state(settings, owner_id=owner_id, nonce=nonce)
-        url = await oauth.authorization_url(cfg, state)
+        try:
+            url = await provider.connect.authorize_url(settings, state=state)
+        except ConnectRefused as exc:
+            raise oauth_failure(provider, exc) from None
         expires_at = datetime.fromtimestamp(expires, UTC)
         await ConnectionRepository(session).add_state(
-            nonce=nonce, owner_id=owner_id, provider=MAILCHIMP, expires_at=expires_at
+            nonce=nonce, owner_id=owner_id, provider=provider.id, expires_at=expires_at
         )
         return ConnectStart(authorize_url=url, expires_at=expires_at)
 
@@ -283,6 +275,7 @@ class ConnectionService:
         self,
         session: AsyncSession,
         *,
+        provider: Provider,
         reader: Reader,
         settings: Settings,
         transport: httpx.AsyncBaseTransport,
@@ -297,12 +290,13 @@ class ConnectionService:
         the same transaction that stores the connection, so a failure leaves it unused and a
         success can never be replayed.
         """
+        name = provider.spec.display_name
         if error:
             if error == "access_denied":
                 raise OAuthFailure(
-                    "access_denied", "Mailchimp was not connected: access was declined."
+                    "access_denied", f"{name} was not connected: access was declined."
                 )
-            raise OAuthFailure("provider_error", f"Mailchimp answered with an error ({error}).")
+            raise OAuthFailure("provider_error", f"{name} answered with an error ({error}).")
         claims = oauth.verify_state(settings, state)
         if caller is not None and caller != claims.owner_id:
             raise OAuthFailure(
@@ -311,8 +305,8 @@ class ConnectionService:
         async with reader() as read:
             repo = ConnectionRepository(read)
             nonce_row = await repo.state(claims.nonce)
-            previous = await repo.get(claims.owner_id, MAILCHIMP)
-        if nonce_row is None:
+            previous = await repo.get(claims.owner_id, provider.id)
+        if nonce_row is None or nonce_row["provider"] != provider.id:
             raise OAuthFailure("state_invalid", "This connection link is not valid; start again.")
         if nonce_row["owner_id"] != claims.owner_id:
             raise OAuthFailure(
@@ -325,29 +319,26 @@ class ConnectionService:
                 "state_expired", "This connection link has expired (after 10 minutes); start again."
             )
         if not code:
-            raise OAuthFailure("code_missing", "Mailchimp sent no authorization code; start again.")
+            raise OAuthFailure("code_missing", f"{name} sent no authorization code; start again.")
 
-        grant = await oauth.exchange_code(oauth.oauth_config(settings), code)
-        account = oauth_account(settings, grant)
-        client = MailchimpClient(
-            transport,
-            api_base=account.api_base,
-            access_token=grant.access_token,
-            timeout=settings.MAILCHIMP_TIMEOUT_SECONDS,
-        )
+        try:
+            account = await provider.connect.exchange_code(settings, code=code)
+        except ConnectRefused as exc:
+            raise oauth_failure(provider, exc) from None
+        client = account_client(provider, settings, transport, account)
         try:
             audiences = await client.list_audiences()
         except ProviderError as exc:
             raise OAuthFailure(
                 "provider_error",
-                f"Mailchimp did not list the account's audiences ({exc.message}); try again.",
+                f"{name} did not list the account's audiences ({exc.message}); try again.",
                 status_code=502,
             ) from None
         if not audiences:
+            noun = provider.spec.audience_noun
             raise OAuthFailure(
                 "no_audience",
-                "This Mailchimp account has no audience yet. Create one in Mailchimp, then"
-                " connect again.",
+                f"This {name} account has no {noun} yet. Create one in {name}, then connect again.",
                 status_code=422,
             )
         audience = audiences[0] if len(audiences) == 1 else None
@@ -357,39 +348,39 @@ class ConnectionService:
             audience = next(a for a in audiences if a.id == previous["audience_id"])
         if audience is not None:
             try:
-                await prepare_audience(settings, client, audience.id)
+                await prepare_audience(provider, settings, client, audience.id)
             except FieldsRefused as exc:
                 raise OAuthFailure(
                     "fields_refused",
-                    "Mailchimp cannot hold the configured field map (FIELD_MAP) in this"
-                    f" audience: {exc}",
+                    f"{name} cannot hold the configured field map (FIELD_MAP) in this"
+                    f" {provider.spec.audience_noun}: {exc}",
                     status_code=422,
                 ) from None
             except ProviderError as exc:
                 raise OAuthFailure(
                     "provider_error",
-                    f"Mailchimp did not accept the audience's merge fields ({exc.message});"
+                    f"{name} did not accept the audience's merge fields ({exc.message});"
                     " try again.",
                     status_code=502,
                 ) from None
         if previous is not None and (audience is None or previous["audience_id"] != audience.id):
-            await self._retire_webhook(settings, transport, previous)
+            await self._retire_webhook(provider, settings, transport, previous)
 
         repo = ConnectionRepository(session)
         if not await repo.consume_state(nonce=claims.nonce, owner_id=claims.owner_id):
             raise OAuthFailure("state_used", "This connection link was already used; start again.")
         row = await self.save(
             session,
+            provider=provider,
             settings=settings,
             owner_id=claims.owner_id,
             account=account,
-            auth_kind="oauth",
-            account_name=grant.account_name,
             audience=audience,
         )
         changed = previous is None or previous["audience_id"] != row["audience_id"]
         log.info(
             "connections.oauth_connected",
+            provider=provider.id,
             owner=claims.owner_id,
             connection=str(row["id"]),
             status=row["status"],
@@ -401,21 +392,21 @@ class ConnectionService:
         self,
         session: AsyncSession,
         *,
+        provider: Provider,
         settings: Settings,
         owner_id: str,
-        account: MailchimpAccount,
-        auth_kind: str,
-        account_name: str | None,
+        account: Account,
         audience: Audience | None,
     ) -> RowMapping:
-        """Create or replace the owner's Mailchimp connection; a new audience, a new mirror."""
+        """Create or replace the owner's connection to a provider; a new audience, a new
+        mirror."""
         repo = ConnectionRepository(session)
-        previous = await repo.get(owner_id, MAILCHIMP)
+        previous = await repo.get(owner_id, provider.id)
         values: dict[str, Any] = {
-            "auth_kind": auth_kind,
+            "auth_kind": account.auth_kind,
             "credentials": encrypt_credentials(settings, account.credentials),
             "account_key": account.account_key,
-            "account_name": account_name,
+            "account_name": account.account_name,
             "dc": account.dc,
             "api_endpoint": account.api_base,
             "audience_id": audience.id if audience else None,
@@ -431,7 +422,7 @@ class ConnectionService:
         same_audience = previous is not None and previous["audience_id"] == values["audience_id"]
         if not same_audience:
             values |= {"webhook_id": None, "last_full_sync_at": None}
-        row = await repo.upsert(owner_id, MAILCHIMP, values)
+        row = await repo.upsert(owner_id, provider.id, values)
         if previous is not None and not same_audience:
             await repo.cancel_runs(row["id"], "the audience changed")
             await repo.drop_sync_rows(row["id"])
@@ -464,25 +455,27 @@ class ConnectionService:
     async def audiences(
         self,
         *,
+        provider: Provider,
         reader: Reader,
         settings: Settings,
         transport: httpx.AsyncBaseTransport,
         owner_id: str,
     ) -> list[Audience]:
-        """The connected account's audiences, as Mailchimp lists them now."""
-        row = await self._read(reader, owner_id)
+        """The connected account's audiences, as the provider lists them now."""
+        row = await self._read(reader, provider, owner_id)
         try:
-            return await client_for(settings, transport, row).list_audiences()
+            return await client_for(provider, settings, transport, row).list_audiences()
         except EndpointRefused as exc:
             await _mark_endpoint_refused(reader, row, exc)
             raise
         except ProviderError as exc:
-            raise provider_failure(exc) from None
+            raise provider_failure(provider, exc) from None
 
     async def choose_audience(
         self,
         session: AsyncSession,
         *,
+        provider: Provider,
         reader: Reader,
         settings: Settings,
         transport: httpx.AsyncBaseTransport,
@@ -494,34 +487,31 @@ class ConnectionService:
         Returns the connection and whether the audience changed (choosing the current one
         again changes nothing).
         """
-        row = await self._read(reader, owner_id)
+        row = await self._read(reader, provider, owner_id)
         try:
-            client = client_for(settings, transport, row)
+            client = client_for(provider, settings, transport, row)
         except EndpointRefused as exc:
             await _mark_endpoint_refused(reader, row, exc)
             raise
         try:
             audience = await client.get_audience(audience_id)
         except AudienceMissing:
-            raise Unprocessable(
-                f"The Mailchimp account has no audience {audience_id}.",
-                extra={"errors": [{"field": "audience_id", "message": "unknown audience"}]},
-            ) from None
+            raise _unknown_audience(provider, audience_id) from None
         except ProviderError as exc:
-            raise provider_failure(exc) from None
+            raise provider_failure(provider, exc) from None
         if row["audience_id"] == audience.id:
             return row, False
         try:
-            await prepare_audience(settings, client, audience.id)
+            await prepare_audience(provider, settings, client, audience.id)
         except ProviderError as exc:
-            raise provider_failure(exc) from None
+            raise provider_failure(provider, exc) from None
         except FieldsRefused as exc:
-            raise fields_refused(exc) from None
-        await self._retire_webhook(settings, transport, row)
+            raise fields_refused(provider, exc) from None
+        await self._retire_webhook(provider, settings, transport, row)
         repo = ConnectionRepository(session)
         current = await repo.lock(row["id"])
         if current is None:
-            raise NotFound("Mailchimp is not connected.")
+            raise _not_connected(provider)
         await repo.cancel_runs(row["id"], "the audience changed")
         await repo.drop_sync_rows(row["id"])
         updated = await repo.set_audience(
@@ -544,24 +534,33 @@ class ConnectionService:
     ) -> str | None:
         """Register the audience webhook after a connect (a background task; best effort).
 
-        Failures are recorded in `last_error`; every reconcile run tries again.
+        Failures are recorded (`last_error`, and the status's webhook line); every reconcile
+        run tries again.
         """
         async with maker() as read:
             row = await ConnectionRepository(read).by_id(connection_id)
         if row is None or not row["audience_id"]:
             return None
-        url = webhook_url(settings.PUBLIC_BASE_URL, row["webhook_token"])
+        provider = registry.find(row["provider"])
+        if provider is None or provider.spec.capabilities.inbound != "webhook":
+            return None
+        url = webhook_url(settings.PUBLIC_BASE_URL, provider.id, row["webhook_token"])
         webhook_id: str | None = None
         error: str | None = None
         try:
-            client = client_for(settings, transport, row)
-            result = await ensure_webhook(
-                client, row["audience_id"], url=url, webhook_token=row["webhook_token"]
+            client = client_for(provider, settings, transport, row)
+            webhook_id = await provider.inbound.ensure_webhook(
+                client,
+                row["audience_id"],
+                url=url,
+                webhook_token=row["webhook_token"],
+                call=direct,
             )
-            webhook_id = result.webhook_id
         except (ProviderError, Conflict, ValueError) as exc:
             error = f"Webhook not registered: {getattr(exc, 'message', None) or exc}"
-            log.warning("connections.webhook_failed", connection=str(connection_id), error=error)
+            log.warning(
+                "connections.webhook_failed", connection=str(connection_id), url=url, error=error
+            )
         async with session_scope(maker) as write:
             await ConnectionRepository(write).set_webhook(
                 connection_id, audience_id=row["audience_id"], webhook_id=webhook_id, error=error
@@ -569,18 +568,23 @@ class ConnectionService:
         return webhook_id
 
     async def _retire_webhook(
-        self, settings: Settings, transport: httpx.AsyncBaseTransport, row: RowMapping
+        self,
+        provider: Provider,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        row: RowMapping,
     ) -> None:
         """Delete our webhook from the connection's current audience (best effort)."""
-        if not row["audience_id"]:
+        if not row["audience_id"] or provider.spec.capabilities.inbound != "webhook":
             return
         try:
-            client = client_for(settings, transport, row)
-            await remove_webhooks(
+            client = client_for(provider, settings, transport, row)
+            await provider.inbound.remove_webhooks(
                 client,
                 row["audience_id"],
                 webhook_token=row["webhook_token"],
                 known_id=row["webhook_id"],
+                call=direct,
             )
         except (ProviderError, Conflict, ValueError) as exc:
             log.warning(
@@ -592,21 +596,29 @@ class ConnectionService:
     # --- Sync Now --------------------------------------------------------------------------
 
     async def sync_now(
-        self, session: AsyncSession, *, settings: Settings, owner_id: str, dry_run: bool
+        self,
+        session: AsyncSession,
+        *,
+        provider: Provider,
+        settings: Settings,
+        owner_id: str,
+        dry_run: bool,
     ) -> RunAccepted:
         """Queue a reconcile run; the one under way when there is one; 429 within the hour."""
+        name = provider.spec.display_name
         repo = ConnectionRepository(session)
-        found = await repo.get(owner_id, MAILCHIMP)
+        found = await repo.get(owner_id, provider.id)
         if found is None:
-            raise NotFound("Mailchimp is not connected.")
+            raise _not_connected(provider)
         row = await repo.lock(found["id"])  # one decision at a time per connection
         if row is None:
-            raise NotFound("Mailchimp is not connected.")
+            raise _not_connected(provider)
         if not row["audience_id"]:
-            raise Conflict("Choose the Mailchimp audience to sync to first.")
+            raise Conflict(f"Choose the {name} {provider.spec.audience_noun} to sync to first.")
         if row["status"] == "error":
             raise Conflict(
-                notice_for(row["status"], row["status_reason"]) or "Reconnect Mailchimp."
+                notice_for_provider(row["status"], row["status_reason"], provider.id)
+                or f"Reconnect {name}."
             )
         active = await repo.active_run(row["id"], dry_run=dry_run)
         if active is not None:
@@ -635,9 +647,9 @@ class ConnectionService:
         return RunAccepted(run_id=run["id"], state=run["state"], dry_run=dry_run)
 
     async def run_status(
-        self, session: AsyncSession, *, owner_id: str, run_id: uuid.UUID
+        self, session: AsyncSession, *, provider: Provider, owner_id: str, run_id: uuid.UUID
     ) -> SyncRunOut:
-        """One run of the owner's, with counts and progress."""
+        """One run of the owner's connection to this provider, with counts and progress."""
         row = await ConnectionRepository(session).run(owner_id, run_id)
         if row is None:
             raise NotFound("No such sync run.")
@@ -649,30 +661,39 @@ class ConnectionService:
         self,
         session: AsyncSession,
         *,
+        provider: Provider,
         reader: Reader,
         settings: Settings,
         transport: httpx.AsyncBaseTransport,
         owner_id: str,
     ) -> None:
         """Delete our webhook (best effort, while we still hold the credentials), then the
-        connection with its credentials, queue, mirror and runs. Members stay in Mailchimp."""
-        row = await self._read(reader, owner_id)
-        await self._retire_webhook(settings, transport, row)
+        connection with its credentials, queue, mirror and runs. Members stay at the
+        provider."""
+        row = await self._read(reader, provider, owner_id)
+        await self._retire_webhook(provider, settings, transport, row)
         await ConnectionRepository(session).delete(row["id"])
-        log.info("connections.disconnected", owner=owner_id, connection=str(row["id"]))
+        log.info(
+            "connections.disconnected",
+            provider=provider.id,
+            owner=owner_id,
+            connection=str(row["id"]),
+        )
 
     # --- status ----------------------------------------------------------------------------
 
-    async def status(self, session: AsyncSession, *, owner_id: str) -> IntegrationStatus:
-        """The Settings page line for Mailchimp."""
+    async def status(
+        self, session: AsyncSession, *, provider: Provider, owner_id: str
+    ) -> IntegrationStatus:
+        """The Settings page line for one provider."""
         repo = ConnectionRepository(session)
-        row = await repo.get(owner_id, MAILCHIMP)
+        row = await repo.get(owner_id, provider.id)
         if row is None:
-            return IntegrationStatus(provider=MAILCHIMP, connected=False)
+            return IntegrationStatus(provider=provider.id, connected=False)
         counts = await repo.counts(row["id"])
         last = await repo.last_run(row["id"])
         return IntegrationStatus(
-            provider=MAILCHIMP,
+            provider=provider.id,
             connected=True,
             connection_id=row["id"],
             account_name=row["account_name"],
@@ -680,7 +701,9 @@ class ConnectionService:
             if row["audience_id"]
             else None,
             status=row["status"],
-            notice=notice_for(row["status"], row["status_reason"], stuck=counts["stuck"]),
+            notice=notice_for_provider(
+                row["status"], row["status_reason"], provider.id, stuck=counts["stuck"]
+            ),
             last_synced_at=row["last_synced_at"],
             pending=counts["pending"],
             failed=counts["failed"],
@@ -690,27 +713,69 @@ class ConnectionService:
         )
 
     async def integrations(self, session: AsyncSession, *, owner_id: str) -> list[IntegrationEntry]:
-        """Every provider's line for the Settings page."""
+        """Every registered provider's line for the Settings page, connected or not, with how
+        it connects."""
         out = []
-        for provider, name, available in PROVIDERS:
-            if provider == MAILCHIMP:
-                status = await self.status(session, owner_id=owner_id)
-            else:
-                status = IntegrationStatus(provider=provider, connected=False)
-            out.append(IntegrationEntry(**status.model_dump(), name=name, available=available))
+        for provider in registry.all_providers():
+            status = await self.status(session, provider=provider, owner_id=owner_id)
+            spec = provider.spec
+            out.append(
+                IntegrationEntry(
+                    **status.model_dump(),
+                    name=spec.display_name,
+                    available=True,
+                    audience_noun=spec.audience_noun,
+                    connect=[
+                        ConnectMethod(
+                            kind=kind,
+                            fields=[
+                                CredentialFieldOut(
+                                    name=f.name, label=f.label, kind=f.kind, help=f.help
+                                )
+                                for f in spec.connect.credentials
+                            ]
+                            if kind == "credentials"
+                            else [],
+                        )
+                        for kind in spec.connect.kinds
+                    ],
+                )
+            )
+        names = {entry.name for entry in out}
+        for provider_id, name in ANNOUNCED:
+            if name not in names:
+                out.append(
+                    IntegrationEntry(
+                        provider=provider_id, connected=False, name=name, available=False
+                    )
+                )
         return out
 
-    async def require(self, session: AsyncSession, *, owner_id: str) -> RowMapping:
-        """The owner's Mailchimp connection, or 404."""
-        row = await ConnectionRepository(session).get(owner_id, MAILCHIMP)
+    async def require(
+        self, session: AsyncSession, *, provider: Provider, owner_id: str
+    ) -> RowMapping:
+        """The owner's connection to the provider, or 404."""
+        row = await ConnectionRepository(session).get(owner_id, provider.id)
         if row is None:
-            raise NotFound("Mailchimp is not connected.")
+            raise _not_connected(provider)
         return row
 
-    async def _read(self, reader: Reader, owner_id: str) -> RowMapping:
+    async def _read(self, reader: Reader, provider: Provider, owner_id: str) -> RowMapping:
         # A short read-only unit of work: no transaction stays open during the remote calls.
         async with reader() as read:
-            return await self.require(read, owner_id=owner_id)
+            return await self.require(read, provider=provider, owner_id=owner_id)
+
+
+def _not_connected(provider: Provider) -> NotFound:
+    return NotFound(f"{provider.spec.display_name} is not connected.")
+
+
+def _unknown_audience(provider: Provider, audience_id: str) -> Unprocessable:
+    return Unprocessable(
+        f"The {provider.spec.display_name} account has no {provider.spec.audience_noun}"
+        f" {audience_id}.",
+        extra={"errors": [{"field": "audience_id", "message": "unknown audience"}]},
+    )
 
 
 async def reencrypt_credentials(settings: Settings, session: AsyncSession) -> int:
@@ -726,57 +791,51 @@ async def reencrypt_credentials(settings: Settings, session: AsyncSession) -> in
     return len(rows)
 
 
-def choose_audience(audiences: list[Audience], audience_id: str | None) -> Audience | None:
+def choose_audience(
+    provider: Provider, audiences: list[Audience], audience_id: str | None
+) -> Audience | None:
     """The requested audience (422 if unknown), else the only one, else none yet."""
     if audience_id is not None:
         for audience in audiences:
             if audience.id == audience_id:
                 return audience
-        raise Unprocessable(
-            f"The Mailchimp account has no audience {audience_id}.",
-            extra={"errors": [{"field": "audience_id", "message": "unknown audience"}]},
-        )
+        raise _unknown_audience(provider, audience_id)
     if len(audiences) == 1:
         return audiences[0]
     return None
 
 
 async def ensure_configured_connection(settings: Settings, session: AsyncSession) -> None:
-    """Single-tenant seed: MAILCHIMP_API_KEY + MAILCHIMP_AUDIENCE_ID for MAILCHIMP_OWNER.
+    """Single-tenant seeds: each provider's credentials from the environment for its owner.
 
-    In development, sandbox mode, with nothing configured, the demo owner is connected to the
-    sandbox's default account, so a newcomer's first contact syncs. No remote call is made here (the
-    sandbox may be served by this very process, not listening yet); the worker finds out.
+    In development, a provider in sandbox mode with nothing configured connects the demo owner
+    to its sandbox's default account, so a newcomer's first contact syncs. No remote call is
+    made here (the sandbox may be served by this very process, not listening yet); the worker
+    finds out.
     """
-    api_key = settings.MAILCHIMP_API_KEY.get_secret_value()
-    audience_id = settings.MAILCHIMP_AUDIENCE_ID
-    owner = settings.MAILCHIMP_OWNER
-    names: tuple[str | None, str | None] = (None, None)
-    if not api_key and settings.is_sandbox and settings.ENVIRONMENT is Environment.development:
-        from app.sandbox.mailchimp.constants import (
-            DEFAULT_ACCOUNT_NAME,
-            DEFAULT_API_KEY,
-            DEFAULT_LIST_ID,
-            DEFAULT_LIST_NAME,
+    for provider in registry.all_providers():
+        seed = None
+        if provider.connect.sandbox(settings) and settings.ENVIRONMENT is Environment.development:
+            seed = provider.sandbox_seed()
+        try:
+            configured = provider.connect.configured(settings, seed)
+        except ConnectRefused as exc:
+            log.error("connections.configured_refused", provider=provider.id, error=exc.message)
+            continue
+        if configured is None:
+            continue
+        owner, account, audience = configured
+        if await ConnectionRepository(session).get(owner, provider.id) is not None:
+            continue
+        await connection_service.save(
+            session,
+            provider=provider,
+            settings=settings,
+            owner_id=owner,
+            account=account,
+            audience=audience,
         )
-
-        api_key, audience_id, owner = DEFAULT_API_KEY, DEFAULT_LIST_ID, owner or "demo"
-        names = (DEFAULT_ACCOUNT_NAME, DEFAULT_LIST_NAME)
-    if not api_key or not audience_id or not owner:
-        return
-    if await ConnectionRepository(session).get(owner, MAILCHIMP) is not None:
-        return
-    account = api_key_account(settings, api_key)
-    await connection_service.save(
-        session,
-        settings=settings,
-        owner_id=owner,
-        account=account,
-        auth_kind="api_key",
-        account_name=names[0],
-        audience=Audience(id=audience_id, name=names[1] or audience_id, member_count=0),
-    )
-    log.info("connections.configured", owner=owner, audience=audience_id)
+        log.info("connections.configured", provider=provider.id, owner=owner, audience=audience.id)
 
 
 connection_service = ConnectionService()

@@ -10,8 +10,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.config import MAILCHIMP_SANDBOX_PREFIX as SANDBOX_PREFIX
 from app.config import Environment, Settings
-from app.wiring import SANDBOX_PREFIX
 
 STATIC_DIR = Path(__file__).parent / "static"
 PREFIX = "/console"

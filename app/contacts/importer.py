@@ -752,7 +752,7 @@ async def _cli_import(
     from rich.text import Text
 
     from app.logging import configure_logging
-    from app.main import start_runtime
+    from app.runtime import start_runtime
 
     class RowsPerSecond(ProgressColumn):
         def render(self, task: Task) -> Text:

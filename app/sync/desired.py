@@ -3,27 +3,27 @@
 Pure functions: no I/O. The engine loads the contact, the mirror row (`sync_state`) and the
 tombstone flag, and gets back a Plan. Nothing here ever turns an unsubscribed, cleaned or
 forgotten person back into a subscriber: only a local re-opt-in made *after* the provider's
-change becomes `pending` (a double opt-in email), the one path Mailchimp allows.
+change becomes `pending` — the provider's confirmation path (Mailchimp's double opt-in email,
+Constant Contact's resubscribe email); where the provider has none (`reoptin == "none"`) the
+person stays unsubscribed. Fields come from the provider's `MappingConfig` (its field rules).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import orjson
+from app.providers.base import PRESENT_STATUSES, ContactPayload
+from app.providers.mapping import MappingConfig, digest_of, merge_fields
 
-from app.fieldmap import FieldRule
-from app.providers.base import MemberPayload
+__all__ = ["Action", "MappingConfig", "MirrorOp", "Plan", "digest_of", "merge_fields"]
 
 # Statuses under which the member exists at the provider and can be updated.
-PRESENT = frozenset({"subscribed", "unsubscribed", "cleaned", "pending", "transactional"})
+PRESENT = PRESENT_STATUSES
 CONSENTED = frozenset({"subscribed", "pending"})
-ADDRESS_REQUIRED = ("addr1", "city", "state", "zip")
 
 
 class Action(StrEnum):
@@ -47,22 +47,6 @@ class MirrorOp(StrEnum):
 
 
 @dataclass(slots=True)
-class MappingConfig:
-    """Operator-level field mapping (DESIGN §5 mapped fields, §14.7) and what syncs at all."""
-
-    sync_address: bool = False
-    double_opt_in: bool = False
-    # The provider's effective FIELD_MAP rules (its defaults included), in order.
-    fields: tuple[FieldRule, ...] = ()
-    # SYNC_KINDS: contacts of other kinds are treated as absent (archived if we pushed them).
-    kinds: frozenset[str] | None = None  # None: every kind
-
-    def syncs(self, contact: Mapping[str, Any]) -> bool:
-        """True when the contact's kind is one that is pushed."""
-        return self.kinds is None or contact.get("kind", "contact") in self.kinds
-
-
-@dataclass(slots=True)
 class Plan:
     """The decision for one key (for a move: the new key, with `move_from` the old one)."""
 
@@ -70,7 +54,7 @@ class Plan:
     action: Action
     contact: Mapping[str, Any] | None = None
     mirror: Mapping[str, Any] | None = None
-    payload: MemberPayload | None = None
+    payload: ContactPayload | None = None
     digest: str | None = None
     tags: list[str] = field(default_factory=list)
     target_email: str | None = None  # the address the call addresses (archive/forget/move src)
@@ -96,36 +80,6 @@ def owned_tags(mirror: Mapping[str, Any] | None, intent: Sequence[str] = ()) -> 
     if mirror is not None and mirror.get("pushed_digest") is not None:
         pushed = list(mirror.get("pushed_tags") or [])
     return pushed + sorted(set(intent) - set(pushed))
-
-
-def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, Any]:
-    """The mapped fields (provider field → typed value); ADDRESS when enabled and complete.
-
-    Empty values are omitted, never sent as null: Mailchimp refuses null merge values. The
-    provider's client renders the typed values (e.g. a list) its own way.
-    """
-    out: dict[str, Any] = {}
-    for rule in cfg.fields:
-        value = rule.value(contact)
-        if value is not None:
-            out[rule.field] = value
-    if cfg.sync_address and all(contact.get(c) for c in ADDRESS_REQUIRED):
-        address = {
-            "addr1": contact["addr1"],
-            "addr2": contact.get("addr2") or "",
-            "city": contact["city"],
-            "state": contact["state"],
-            "zip": contact["zip"],
-            "country": contact.get("country") or "",
-        }
-        out["ADDRESS"] = address
-    return out
-
-
-def digest_of(email: str, fields: Mapping[str, Any]) -> str:
-    """A stable hash of what we send as data (address and merge fields)."""
-    blob = orjson.dumps({"e": email, "m": fields}, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def effective_status(mirror: Mapping[str, Any] | None) -> str | None:
@@ -206,15 +160,15 @@ def _plan_contact(
     digest = digest_of(email, fields)
     tags = list(contact.get("tags") or [])
     consent = bool(contact.get("newsletter_opt_in")) and contact.get("email_status") == "ok"
-    new_status = "pending" if cfg.double_opt_in else "subscribed"
+    new_status = cfg.consent_if_new
     remote = effective_status(mirror)
 
     def plan(action: Action, status: str | None = None, status_if_new: str = new_status) -> Plan:
-        payload = MemberPayload(
+        payload = ContactPayload(
             email_address=email,
-            merge_fields=fields,
-            status_if_new=status_if_new,
-            status=status,
+            fields=fields,
+            consent_if_new=status_if_new,
+            consent=status,
             tags=tags,
         )
         return Plan(key, action, contact, mirror, payload, digest, tags, target_email=email)
@@ -236,7 +190,8 @@ def _plan_contact(
     remote_at = mirror.get("remote_changed_at") if mirror else None
     if consent:
         if remote == "unsubscribed" and _later(changed_at, remote_at):
-            status = "pending"  # the only way back after an unsubscribe: double opt-in
+            # The only way back after an unsubscribe: the provider's confirmation path.
+            status = "pending" if cfg.reoptin != "none" else None
         elif remote == "transactional" and _later(changed_at, remote_at):
             status = new_status
     elif remote in CONSENTED:
@@ -270,10 +225,10 @@ def plan_move(
     """Email changed A→B: update the member at A to address B, keeping its history."""
     inner = _plan_contact(new_key, contact, old_mirror, cfg)
     consent = bool(contact.get("newsletter_opt_in")) and contact.get("email_status") == "ok"
-    payload = inner.payload or MemberPayload(
+    payload = inner.payload or ContactPayload(
         email_address=contact["email"],
-        merge_fields=merge_fields(contact, cfg),
-        status_if_new="subscribed" if consent else "unsubscribed",
+        fields=merge_fields(contact, cfg),
+        consent_if_new="subscribed" if consent else "unsubscribed",
         tags=list(contact.get("tags") or []),
     )
     return Plan(
@@ -282,7 +237,7 @@ def plan_move(
         contact=contact,
         mirror=old_mirror,
         payload=payload,
-        digest=digest_of(contact["email"], payload.merge_fields),
+        digest=digest_of(contact["email"], payload.fields),
         tags=list(contact.get("tags") or []),
         target_email=old_mirror.get("pushed_email") or old_key,
         move_from=old_key,

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.config import ContactKind, Settings
+from app.config import Settings
 from app.connections.crypto import decrypt_credentials
 from app.connections.notices import (
     REASON_AUDIENCE,
@@ -37,21 +37,25 @@ from app.connections.notices import (
     REASON_UNAVAILABLE,
 )
 from app.db import to_libpq_url
+from app.providers import registry
 from app.providers.base import (
     AudienceMissing,
     AuthError,
+    ClientConfig,
     ErrorKind,
-    MemberState,
     PermanentError,
+    ProviderClient,
+    RemoteMember,
+    RemoteRef,
     ThrottledError,
     TransientError,
+    tombstone_key,
 )
-from app.providers.mailchimp.client import MailchimpClient, check_live_endpoint, subscriber_hash
-from app.providers.mailchimp.fields import rules_from as mailchimp_rules
+from app.providers.mapping import MappingConfig
+from app.providers.registry import Provider
 from app.sync.backoff import Backoff
 from app.sync.desired import (
     Action,
-    MappingConfig,
     MirrorOp,
     Plan,
     is_movable,
@@ -85,10 +89,6 @@ from app.sync.slots import (
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-PROVIDER = "mailchimp"
-PROVIDER_NAME = "Mailchimp"
-# Until the provider registry: Mailchimp's declared limits (DESIGN §14.3), 10 in flight.
-MAILCHIMP_LIMITS = LimitSpec(concurrency=10)
 STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this long
 # Outcomes after which a group completes what it has sent so far: a kill costs at most about
 # this many resends per group (plus what was in flight), for one more short transaction.
@@ -121,14 +121,16 @@ class Halt(Exception):
 
 @dataclass
 class ConnectionContext:
-    """What a worker keeps per connection: its client, gate and failure streak."""
+    """What a worker keeps per connection: its provider, client, gate and failure streak."""
 
     id: uuid.UUID
     owner_id: str
     account_key: str
     audience_id: str
-    client: MailchimpClient
+    client: ProviderClient
     version: datetime
+    provider: Provider
+    mapping: MappingConfig
     failure_streak: int = 0
     halted: str | None = None
     last_error: str | None = None
@@ -151,8 +153,6 @@ class EngineOptions:
     pause_after_failures: int = 10
     timeout: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
-    mapping: MappingConfig = field(default_factory=MappingConfig)
-    sandbox: bool = True
     probe_max_interval: float = 2.0
     throttle_cooldown: float = 0.5
     # The provider's limits (DESIGN §14.3); None: what its spec declares.
@@ -178,15 +178,6 @@ class EngineOptions:
             backoff=Backoff(
                 base=settings.SYNC_BACKOFF_BASE_SECONDS, cap=settings.SYNC_BACKOFF_MAX_SECONDS
             ),
-            mapping=MappingConfig(
-                sync_address=settings.MAILCHIMP_SYNC_ADDRESS,
-                double_opt_in=settings.MAILCHIMP_DOUBLE_OPT_IN,
-                fields=mailchimp_rules(settings.FIELD_MAP, settings.MAILCHIMP_MERGE_FIELD_MAP),
-                kinds=None
-                if set(ContactKind) <= settings.SYNC_KINDS
-                else frozenset(k.value for k in settings.SYNC_KINDS),
-            ),
-            sandbox=settings.is_sandbox,
             throttle_cooldown=settings.SYNC_THROTTLE_COOLDOWN_SECONDS,
             probe_max_interval=settings.SYNC_PROBE_MAX_INTERVAL_SECONDS,
         )
@@ -208,7 +199,7 @@ Runner = Callable[["ConnectionContext", list[Plan]], Awaitable[dict[str, Outcome
 
 
 class SyncEngine:
-    """Drains sync_queue into Mailchimp; several may run against one database."""
+    """Drains sync_queue into the providers; several may run against one database."""
 
     def __init__(
         self,
@@ -238,6 +229,7 @@ class SyncEngine:
         # Rates and daily quotas, shared with every other process through PostgreSQL.
         self.limits = Limiter(db, me=self.me)
         self.contexts: dict[uuid.UUID, ConnectionContext] = {}
+        self._mappings: dict[str, MappingConfig] = {}
         self.periodic: list[tuple[float, Periodic]] = []
         self._stop = asyncio.Event()  # stop claiming
         self._bg_stop = asyncio.Event()  # stop the background loops (after in-flight work)
@@ -452,7 +444,7 @@ class SyncEngine:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT id, owner_id, account_key, api_endpoint, dc, auth_kind,"
+                        "SELECT id, provider, owner_id, account_key, api_endpoint, dc, auth_kind,"
                         " credentials, audience_id, status, updated_at FROM connections"
                         " WHERE id = ANY(CAST(:ids AS uuid[]))"
                     ),
@@ -467,9 +459,10 @@ class SyncEngine:
                         cached.halted = None
                     out[row["id"]] = cached
                     continue
-                binding = self._binding(row)
                 try:
-                    client = self._client_for(row, binding)
+                    provider = registry.get(row["provider"])
+                    binding = self._binding(provider, row)
+                    client = self._client_for(provider, row, binding)
                 except Exception as exc:
                     log.error("sync.connection_unusable", connection=str(row["id"]), error=str(exc))
                     # A stored endpoint that fails the host check (ValueError) asks for a
@@ -485,24 +478,34 @@ class SyncEngine:
                     client=client,
                     version=row["updated_at"],
                     binding=binding,
+                    provider=provider,
+                    mapping=self.mapping(provider),
                 )
                 self.contexts[row["id"]] = ctx
                 out[row["id"]] = ctx
             return out
 
-    def _limit_spec(self) -> LimitSpec:
-        """The provider's declared limits; the configured concurrency may only lower its cap."""
+    def mapping(self, provider: Provider) -> MappingConfig:
+        """The deployment's field mapping for a provider (built once per engine)."""
+        found = self._mappings.get(provider.id)
+        if found is None:
+            found = self._mappings[provider.id] = provider.mapping(self.settings)
+        return found
+
+    def _limit_spec(self, provider: Provider) -> LimitSpec:
+        """The provider's declared limits (its spec); the configured concurrency may only
+        lower its cap."""
         if self.options.limits is not None:
             return self.options.limits
-        return LimitSpec(concurrency=MAILCHIMP_LIMITS.concurrency)
+        return LimitSpec.from_limits(provider.spec.limits)
 
-    def _binding(self, row: Any) -> Binding | None:
-        spec = self._limit_spec()
+    def _binding(self, provider: Provider, row: Any) -> Binding | None:
+        spec = self._limit_spec(provider)
         if not spec.metered:
             return None
         return bind(
             spec,
-            provider=PROVIDER,
+            provider=provider.id,
             account=row["account_key"],
             # One deployment is one application at the provider (one OAuth client): every
             # connection of this provider shares the application scope.
@@ -510,26 +513,27 @@ class SyncEngine:
             tenant=str(row["id"]),
         )
 
-    def _client_for(self, row: Any, binding: Binding | None = None) -> MailchimpClient:
-        creds = decrypt_credentials(self.settings, row["credentials"])
-        endpoint = row["api_endpoint"]
-        if not self.options.sandbox:
-            # Never aim the worker at a host we did not derive ourselves (DESIGN §8).
-            endpoint = check_live_endpoint(endpoint, row["dc"] or "")
-        spec = self._limit_spec()
+    def _client_for(
+        self, provider: Provider, row: Any, binding: Binding | None = None
+    ) -> ProviderClient:
+        spec = self._limit_spec(provider)
         cap = min(spec.concurrency or self.options.max_concurrency, self.options.max_concurrency)
         gate = GateLimiter(
             self.slots.gate(row["account_key"], cap=cap), margin=self.options.timeout + 2.0
         )
-        return MailchimpClient(
-            self.transport,
-            limiter=ConnectionLimits(
-                self.limits if binding is not None else None, binding, gate=gate.slot
-            ),
-            api_base=endpoint,
-            api_key=creds.get("api_key"),
-            access_token=creds.get("access_token"),
-            timeout=self.options.timeout,
+        # The factory applies the provider's host rule outside its sandbox (DESIGN §8).
+        return provider.client(
+            ClientConfig(
+                transport=self.transport,
+                api_endpoint=row["api_endpoint"],
+                credentials=decrypt_credentials(self.settings, row["credentials"]),
+                timeout=self.options.timeout,
+                sandbox=provider.connect.sandbox(self.settings),
+                dc=row["dc"],
+                limiter=ConnectionLimits(
+                    self.limits if binding is not None else None, binding, gate=gate.slot
+                ),
+            )
         )
 
     # --- a group: load, plan, send, complete ------------------------------------------------
@@ -548,7 +552,7 @@ class SyncEngine:
             for r in done:
                 remaining.pop(r.email_key, None)
             self._unhold(done)
-            self._count(outcomes)
+            self._count(ctx, outcomes)
 
         try:
             outcomes = await self._sync_group(ctx, rows, complete)
@@ -556,7 +560,7 @@ class SyncEngine:
             if remaining:
                 # Rows without an outcome (none planned for them) are released untouched.
                 await self._complete(ctx, list(remaining.values()), rest)
-                self._count(rest)
+                self._count(ctx, rest)
                 remaining.clear()
         except Exception as exc:
             log.exception("sync.group_failed", connection=str(ctx.id), error=repr(exc))
@@ -622,9 +626,9 @@ class SyncEngine:
         self._wake.set()  # claim them again now
 
     @staticmethod
-    def _count(outcomes: dict[str, Outcome]) -> None:
+    def _count(ctx: ConnectionContext, outcomes: dict[str, Outcome]) -> None:
         for o in outcomes.values():
-            metrics.SENDS.labels(PROVIDER, "sync", o.kind).inc()
+            metrics.SENDS.labels(ctx.provider.id, "sync", o.kind).inc()
 
     async def _sync_group(
         self,
@@ -640,9 +644,9 @@ class SyncEngine:
                 owner_id=ctx.owner_id,
                 keys=keys,
                 contact_ids=hints,
-                hashes=[subscriber_hash(k) for k in keys],
+                hashes=[tombstone_key(k) for k in keys],
             )
-        plans = self._plan(rows, data)
+        plans = self._plan(rows, data, ctx.mapping)
         await self._record_tag_intent(ctx, plans)
         attempts = {r.email_key: r.attempts for r in rows}
         return await self._execute(ctx, plans, attempts, step)
@@ -662,8 +666,7 @@ class SyncEngine:
                     me=self.me, connection_id=ctx.id, intents=intents
                 )
 
-    def _plan(self, rows: list[Claimed], data: GroupData) -> list[Plan]:
-        cfg = self.options.mapping
+    def _plan(self, rows: list[Claimed], data: GroupData, cfg: MappingConfig) -> list[Plan]:
         claimed = {r.email_key: r for r in rows}
         intent = {r.email_key: r.tag_intent for r in rows}
         plans: list[Plan] = []
@@ -685,7 +688,7 @@ class SyncEngine:
             if (
                 is_movable(old_mirror)
                 and not is_movable(data.mirrors.get(new_key))
-                and subscriber_hash(new_key) not in data.tombstones
+                and tombstone_key(new_key) not in data.tombstones
                 and old_mirror is not None
             ):
                 plans.append(
@@ -707,7 +710,7 @@ class SyncEngine:
                     row.email_key,
                     contact=data.contacts_by_key.get(row.email_key),
                     mirror=data.mirrors.get(row.email_key),
-                    tombstoned=subscriber_hash(row.email_key) in data.tombstones,
+                    tombstoned=tombstone_key(row.email_key) in data.tombstones,
                     forget=row.forget,
                     cfg=cfg,
                     intent=intent[row.email_key],
@@ -876,20 +879,24 @@ class SyncEngine:
 
     async def _single(self, ctx: ConnectionContext, plans: list[Plan]) -> dict[str, Outcome]:
         (plan,) = plans
-        client, audience = ctx.client, ctx.audience_id
+        client, audience, ref = ctx.client, ctx.audience_id, _ref(plan)
         match plan.action:
             case Action.noop:
-                return {plan.key: self._noop(plan)}
+                return {plan.key: self._noop(ctx, plan)}
             case Action.upsert:
                 assert plan.payload is not None
                 payload = plan.payload
-                state = await self._call(ctx, lambda: client.upsert_member(audience, payload))
+                state = await self._call(
+                    ctx, lambda: client.upsert_member(audience, payload, remote=ref)
+                )
                 return {plan.key: await self._after_write(ctx, plan, state)}
             case Action.update:
                 assert plan.payload is not None
                 payload = plan.payload
                 try:
-                    state = await self._call(ctx, lambda: client.update_member(audience, payload))
+                    state = await self._call(
+                        ctx, lambda: client.update_member(audience, payload, remote=ref)
+                    )
                 except PermanentError as exc:
                     if exc.kind is ErrorKind.not_found:  # gone at the provider: forget the mirror
                         return {
@@ -924,7 +931,7 @@ class SyncEngine:
         return out
 
     async def _after_write_guarded(
-        self, ctx: ConnectionContext, plan: Plan, state: MemberState, attempts: dict[str, int]
+        self, ctx: ConnectionContext, plan: Plan, state: RemoteMember, attempts: dict[str, int]
     ) -> Outcome:
         # In a batch, one member's failing tag call must not fail its neighbours.
         result = await self._guard(
@@ -937,14 +944,24 @@ class SyncEngine:
         outcome = await coro
         return {outcome.key: outcome}
 
-    async def _after_write(self, ctx: ConnectionContext, plan: Plan, state: MemberState) -> Outcome:
+    async def _after_write(
+        self, ctx: ConnectionContext, plan: Plan, state: RemoteMember
+    ) -> Outcome:
         """Tags for members that existed (the body's tags apply on create only), then done."""
         add, remove = tag_diff(plan.tags, plan.owned_tags, state.tags)
         if (add or remove) and state.status != "archived":
             email = state.email_address or plan.target_email or plan.key
+            known = _ref(plan)
+            ref = RemoteRef(
+                email=email,
+                remote_id=state.remote_id,
+                refs={**(known.refs if known else {}), **state.refs},
+            )
             await self._call(
                 ctx,
-                lambda: ctx.client.update_tags(ctx.audience_id, email, add=add, remove=remove),
+                lambda: ctx.client.update_tags(
+                    ctx.audience_id, email, add=add, remove=remove, remote=ref
+                ),
             )
         return Outcome(plan.key, "done", mirror=self._mirror(plan, state), synced=True)
 
@@ -953,7 +970,10 @@ class SyncEngine:
         email = plan.target_email or plan.key
         try:
             await self._call(
-                ctx, lambda: ctx.client.update_tags(ctx.audience_id, email, add=add, remove=remove)
+                ctx,
+                lambda: ctx.client.update_tags(
+                    ctx.audience_id, email, add=add, remove=remove, remote=_ref(plan)
+                ),
             )
         except PermanentError as exc:
             if exc.kind is ErrorKind.not_found:
@@ -980,9 +1000,11 @@ class SyncEngine:
             plan.target_email or plan.move_from,
             plan.payload,
         )
-        client, audience = ctx.client, ctx.audience_id
+        client, audience, ref = ctx.client, ctx.audience_id, _ref(plan)
         try:
-            state = await self._call(ctx, lambda: client.move_member(audience, old_email, payload))
+            state = await self._call(
+                ctx, lambda: client.move_member(audience, old_email, payload, remote=ref)
+            )
         except PermanentError as exc:
             if exc.kind not in (ErrorKind.member_exists, ErrorKind.not_found):
                 raise
@@ -990,7 +1012,9 @@ class SyncEngine:
             # one and upsert the new address as a member of its own.
             old_outcome = Outcome(old_key, "done", synced=True)
             if exc.kind is ErrorKind.member_exists:
-                archived = await self._call(ctx, lambda: client.archive_member(audience, old_email))
+                archived = await self._call(
+                    ctx, lambda: client.archive_member(audience, old_email, remote=ref)
+                )
                 previous = plan.mirror["remote_status"] if plan.mirror else None
                 old_outcome.mirror = {
                     "contact_id": None,
@@ -1018,24 +1042,31 @@ class SyncEngine:
 
     async def _archive(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
         email = plan.target_email or plan.key
-        archived = await self._call(ctx, lambda: ctx.client.archive_member(ctx.audience_id, email))
+        ref = _ref(plan)
+        archived = await self._call(
+            ctx, lambda: ctx.client.archive_member(ctx.audience_id, email, remote=ref)
+        )
         status = "archived" if archived else (plan.mirror or {}).get("remote_status")
         return Outcome(
             plan.key, "done", mirror={"contact_id": None, "remote_status": status}, synced=True
         )
 
     async def _forget(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
-        await self._call(ctx, lambda: ctx.client.forget_member(ctx.audience_id, plan.key))
-        outcome = Outcome(plan.key, "done", tombstone=subscriber_hash(plan.key), synced=True)
+        ref = _ref(plan)
+        await self._call(
+            ctx, lambda: ctx.client.forget_member(ctx.audience_id, plan.key, remote=ref)
+        )
+        outcome = Outcome(plan.key, "done", tombstone=tombstone_key(plan.key), synced=True)
         outcome.mirror_delete = True
         return outcome
 
-    def _noop(self, plan: Plan) -> Outcome:
+    def _noop(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
         match plan.mirror_op:
             case MirrorOp.delete:
                 return Outcome(plan.key, "done", mirror_delete=True)
             case MirrorOp.forgotten:
                 assert plan.contact is not None
+                name = ctx.provider.spec.display_name
                 return Outcome(
                     plan.key,
                     "done",
@@ -1043,13 +1074,13 @@ class SyncEngine:
                         "contact_id": plan.contact["id"],
                         "remote_status": "forgotten",
                         "error_kind": "forgotten",
-                        "error": "This address was permanently deleted at Mailchimp; the person"
-                        " must sign up again through a Mailchimp form.",
+                        "error": f"This address was permanently deleted at {name}; the person"
+                        f" must sign up again through a {name} form.",
                     },
                 )
         return Outcome(plan.key, "done")
 
-    def _mirror(self, plan: Plan, state: MemberState) -> dict[str, Any]:
+    def _mirror(self, plan: Plan, state: RemoteMember) -> dict[str, Any]:
         contact = plan.contact or {}
         return {
             "contact_id": contact.get("id"),
@@ -1080,7 +1111,7 @@ class SyncEngine:
             outcome.consent_off = exc.kind.value
             outcome.contact_id = contact.get("id")
         if exc.kind is ErrorKind.forgotten:
-            outcome.tombstone = subscriber_hash(plan.key)
+            outcome.tombstone = tombstone_key(plan.key)
         return outcome
 
     # --- connection status ------------------------------------------------------------------
@@ -1121,7 +1152,7 @@ class SyncEngine:
         """The provider says the daily quota is spent: pause its whole scope (every tenant)
         until 00:00 UTC; the rows wait for it, unburnt."""
         until = next_utc_midnight()
-        notice = quota_notice(PROVIDER_NAME)
+        notice = quota_notice(ctx.provider.spec.display_name)
         log.warning("sync.quota_spent", connection=str(ctx.id), until=until.isoformat())
         if ctx.binding is not None:
             await self.limits.pause(ctx.binding, until=until, reason=notice)
@@ -1258,7 +1289,7 @@ class SyncEngine:
                 self._wake.set()
 
     async def probe_paused(self) -> None:
-        """Ping paused connections that are due; resume them when Mailchimp answers."""
+        """Ping paused connections that are due; resume them when the provider answers."""
         async with self.db.begin() as conn:
             due = (
                 await conn.execute(
@@ -1350,3 +1381,15 @@ class SyncEngine:
 
 def _keys(plan: Plan) -> list[str]:
     return [plan.key, plan.move_from] if plan.move_from else [plan.key]
+
+
+def _ref(plan: Plan) -> RemoteRef | None:
+    """What the mirror knows of the person a plan addresses (None: never pushed)."""
+    mirror = plan.mirror
+    if mirror is None or not mirror.get("remote_id"):
+        return None
+    return RemoteRef(
+        email=mirror.get("pushed_email") or plan.target_email or plan.key,
+        remote_id=mirror.get("remote_id"),
+        refs=mirror.get("remote_refs") or {},
+    )

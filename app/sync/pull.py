@@ -1,7 +1,7 @@
 """The scheduled pull: webhooks are lossy, so statuses no webhook brought are read back.
 
 Every `SYNC_PULL_INTERVAL_SECONDS` (default 900; 0 turns it off) each active connection lists
-the members Mailchimp changed since its last pull (`since_last_changed`, minus an overlap for
+the members the provider changed since its last pull (`since_last_changed`, minus an overlap for
 clock skew and paging races, sorted by `last_changed`), through the account's request gate like
 every other call of the worker, and applies their statuses with the webhook handlers' rules
 (app/webhooks/inbound.py): unsubscribed and cleaned for contacts we know, and subscribed for
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.config import Settings
 from app.db import make_sessionmaker, session_scope
+from app.providers import registry
 from app.providers.base import MemberPage, ProviderError, ThrottledError
 from app.sync.outbox import email_key
 from app.sync.slots import AccountGate, SlotsUnavailable
@@ -39,7 +40,6 @@ from app.webhooks.inbound import (
     UNSUBSCRIBED,
     Inbound,
     InboundApplier,
-    mapping_config,
 )
 
 if TYPE_CHECKING:
@@ -53,12 +53,12 @@ CHECK_EVERY_MAX = 60.0  # how often a worker looks for due connections (at most)
 LOCK_NAMESPACE = 0x5A5C_0002  # pg_advisory_lock(namespace, hashtext(connection id))
 PULLED_STATUSES = frozenset({SUBSCRIBED, UNSUBSCRIBED, CLEANED})
 SOURCE = "provider"
-ACTOR = "mailchimp:pull"
 
 _DUE = text(
     """
     SELECT id FROM connections
-    WHERE provider = 'mailchimp' AND status = 'active' AND audience_id IS NOT NULL
+    WHERE provider = ANY(CAST(:providers AS text[])) AND status = 'active'
+      AND audience_id IS NOT NULL
       AND (last_pull_at IS NULL OR last_pull_at <= now() - make_interval(secs => :every))
     ORDER BY last_pull_at NULLS FIRST
     LIMIT :limit
@@ -112,7 +112,8 @@ async def pull_due(engine: SyncEngine) -> None:
     if every <= 0:
         return
     async with engine.db.connect() as conn:
-        due = [r for (r,) in await conn.execute(_DUE, {"every": every, "limit": 100})]
+        params = {"every": every, "limit": 100, "providers": list(registry.ids())}
+        due = [r for (r,) in await conn.execute(_DUE, params)]
     for connection_id in due:
         try:
             await pull_connection(engine, connection_id, every=every)
@@ -164,9 +165,11 @@ async def _pull(engine: SyncEngine, connection_id: uuid.UUID, every: float) -> P
     inbound = Inbound(
         connection_id=connection_id,
         owner_id=row["owner_id"],
-        mapping=mapping_config(engine.settings),
+        mapping=ctx.mapping,
         source=SOURCE,
-        actor=ACTOR,
+        actor=f"{ctx.provider.id}:pull",
+        provider=ctx.provider.id,
+        person_id=ctx.provider.person_id,
     )
     gate = engine.slots.gate(ctx.account_key)
     offset = 0

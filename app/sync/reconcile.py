@@ -44,22 +44,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
-from app.config import Settings
-from app.connections.webhook_registration import ensure_webhook, webhook_url
-from app.contacts.models import CONTACT_KINDS
+from app.config import ContactKind, Settings
+from app.connections.webhook_registration import webhook_url
 from app.fieldmap import FieldsRefused
 from app.providers.base import (
     AudienceMissing,
     AuthError,
     MemberPage,
-    MemberState,
     ProviderError,
+    RemoteMember,
     ThrottledError,
     TransientError,
 )
-from app.providers.mailchimp.client import merge_values
-from app.providers.mailchimp.fields import ensure_merge_fields
-from app.sync.desired import MappingConfig, digest_of, merge_fields
+from app.providers.mapping import MappingConfig
 from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import (
     NOTIFY_CHANNEL,
@@ -90,8 +87,16 @@ STAGE_COLUMNS = (
     "desired_digest",
     "fields_equal",
 )
-REASON_AUTH = "Mailchimp refused the credentials; reconnect Mailchimp."
-REASON_AUDIENCE = "The Mailchimp audience no longer exists; choose another audience."
+
+
+def reason_auth(name: str) -> str:
+    """The connection's status reason when the provider refuses the credentials."""
+    return f"{name} refused the credentials; reconnect {name}."
+
+
+def reason_audience(name: str) -> str:
+    """The connection's status reason when the audience is gone."""
+    return f"The {name} audience no longer exists; choose another audience."
 
 
 class LostRun(Exception):
@@ -365,9 +370,9 @@ _CONSENT = text(
                                          'email_status', upd.was_status),
             'after', jsonb_build_object('newsletter_opt_in', upd.newsletter_opt_in,
                                         'email_status', upd.email_status),
-            'reason', 'mailchimp member ' || CASE upd.category
+            'reason', :provider || ' member ' || CASE upd.category
                 WHEN 'subscribe_import' THEN 'subscribed' ELSE upd.category END),
-        'reconcile', 'mailchimp'
+        'reconcile', :provider
     FROM upd
     """
 )
@@ -406,7 +411,7 @@ _MIRROR = text(
     """
 )
 # A consenting contact no member matched, whose mirror still says "present": the member is
-# gone (or archived) at Mailchimp; forget the stale mirror so the worker plans afresh.
+# gone (or archived) at the provider; forget the stale mirror so the worker plans afresh.
 _STALE_MIRROR = text(
     """
     DELETE FROM sync_state m USING reconcile_plan p
@@ -439,53 +444,13 @@ _DONE = text(
 _FULL_SYNC_AT = text("UPDATE connections SET last_full_sync_at = now() WHERE id = :id")
 
 
-# --- merge-field comparison ------------------------------------------------------------------
-
-
-def _scalar(value: Any) -> str:
-    return str(value).strip()
-
-
-def remote_fields(merge: Mapping[str, Any], tags: Sequence[str]) -> dict[str, Any]:
-    """A member's merge fields, limited to the tags we map, empty values dropped (as we send)."""
-    out: dict[str, Any] = {}
-    for tag in tags:
-        value = merge.get(tag)
-        if isinstance(value, dict):
-            if any(value.get(k) for k in ("addr1", "city", "state", "zip")):
-                out[tag] = {k: _scalar(value.get(k) or "") for k in sorted(value)}
-        elif value is not None and _scalar(value) != "":
-            out[tag] = _scalar(value)
-    return out
-
-
-def comparable(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Our merge fields in the same shape as remote_fields (strings, sorted address keys)."""
-    out: dict[str, Any] = {}
-    for tag, value in merge_values(dict(fields)).items():
-        if isinstance(value, dict):
-            out[tag] = {k: _scalar(value.get(k) or "") for k in sorted(value)}
-        else:
-            out[tag] = _scalar(value)
-    return out
-
-
-def mapped_tags(cfg: MappingConfig) -> list[str]:
-    """Every merge tag the service writes."""
-    tags = [r.field for r in cfg.fields]
-    if cfg.sync_address and "ADDRESS" not in tags:
-        tags.append("ADDRESS")
-    return tags
-
-
 def stage_records(
     run_id: uuid.UUID,
-    members: Sequence[MemberState],
+    members: Sequence[RemoteMember],
     contacts: Mapping[str, Any],
     cfg: MappingConfig,
 ) -> list[tuple[Any, ...]]:
     """COPY rows for one page: the member, its contact, and whether its fields already match."""
-    tags = mapped_tags(cfg)
     seen: set[str] = set()
     records: list[tuple[Any, ...]] = []
     for m in members:
@@ -497,10 +462,9 @@ def stage_records(
         digest: str | None = None
         equal = False
         if contact is not None and cfg.syncs(contact):
-            fields = merge_fields(contact, cfg)
-            digest = digest_of(contact["email"], fields)
-            remote = remote_fields(m.merge_fields, tags)
-            equal = comparable(fields) == remote
+            fields = cfg.payload_fields(contact)
+            digest = cfg.digest(contact["email"], fields)
+            equal = cfg.matches(fields, m.fields)
         records.append(
             (
                 key,
@@ -587,6 +551,7 @@ class Reconciler:
     async def execute(self, engine: SyncEngine, run: Run) -> None:
         """List, stage and diff; give the lease back on any interruption."""
         started = time.monotonic()
+        ctx: ConnectionContext | None = None
         try:
             ctx = await engine.connection_context(run.connection_id)
             if ctx is None:
@@ -596,7 +561,7 @@ class Reconciler:
                 await self._ensure_webhook(engine, ctx, run)
                 await self._ensure_fields(engine, ctx, run)
             pages = await self._stage_all(engine, ctx, run)
-            counts = await self._apply(engine.db, engine.me, run, ctx, engine.options.mapping)
+            counts = await self._apply(engine.db, engine.me, run, ctx, ctx.mapping)
             log.info(
                 "sync.reconcile.done",
                 run=str(run.id),
@@ -615,7 +580,8 @@ class Reconciler:
         except Interrupted:
             await self._release(engine, run, 0.0, "interrupted; resumes")
         except (AuthError, AudienceMissing) as exc:
-            reason = REASON_AUTH if isinstance(exc, AuthError) else REASON_AUDIENCE
+            name = ctx.provider.spec.display_name if ctx is not None else "The provider"
+            reason = reason_auth(name) if isinstance(exc, AuthError) else reason_audience(name)
             async with engine.db.begin() as conn:
                 await conn.execute(
                     _CONNECTION_ERROR,
@@ -624,7 +590,8 @@ class Reconciler:
             await self._fail(engine, run, reason)
         except (TransientError, ThrottledError) as exc:
             delay = engine.options.backoff.delay(run.attempts) * 5
-            await self._release(engine, run, delay, f"Mailchimp: {exc.message[:300]}")
+            name = ctx.provider.spec.display_name if ctx is not None else "provider"
+            await self._release(engine, run, delay, f"{name}: {exc.message[:300]}")
         except Exception as exc:
             log.exception("sync.reconcile.crashed", run=str(run.id))
             delay = engine.options.backoff.delay(run.attempts) * 5
@@ -663,24 +630,30 @@ class Reconciler:
             ).scalar()
         if not token:
             return
-        url = webhook_url(self.settings.PUBLIC_BASE_URL, token)
+        if ctx.provider.spec.capabilities.inbound != "webhook":
+            return  # nothing to register: the scheduled pull brings changes back
+        url = webhook_url(self.settings.PUBLIC_BASE_URL, ctx.provider.id, token)
         webhook_id: str | None = None
         error: str | None = None
         try:
-            result = await ensure_webhook(
+            webhook_id = await ctx.provider.inbound.ensure_webhook(
                 ctx.client,
                 ctx.audience_id,
                 url=url,
                 webhook_token=token,
                 call=lambda fn: self._call(engine, ctx, fn),
             )
-            webhook_id = result.webhook_id
         except (AuthError, AudienceMissing):
             raise
         except ProviderError as exc:
             # Best effort: the sync works without it (a reconcile catches what it misses).
             error = f"Webhook not registered: {exc.message[:300]}"
-            log.warning("sync.reconcile.webhook_failed", connection=str(run.connection_id))
+            log.warning(
+                "sync.reconcile.webhook_failed",
+                connection=str(run.connection_id),
+                url=url,
+                reason=error,
+            )
         async with engine.db.begin() as conn:
             await conn.execute(
                 _WEBHOOK,
@@ -695,10 +668,10 @@ class Reconciler:
     async def _ensure_fields(self, engine: SyncEngine, ctx: ConnectionContext, run: Run) -> None:
         """Create merge fields the field map needs and the audience lacks (deleted since, or a
         connection configured without a connect); a refusal is shown, the sync goes on."""
-        rules = engine.options.mapping.fields
+        prepare = ctx.provider.connect.prepare_audience
         try:
             created = await self._call(
-                engine, ctx, lambda: ensure_merge_fields(ctx.client, ctx.audience_id, rules)
+                engine, ctx, lambda: prepare(ctx.client, ctx.audience_id, ctx.mapping)
             )
         except (AuthError, AudienceMissing):
             raise
@@ -730,7 +703,7 @@ class Reconciler:
                 await conn.execute(_RESTART, {"id": run.id, "me": engine.me})
                 pages_done, staged = 0, 0
                 run.progress.update(pages_done=0, staged=0)
-        cfg = engine.options.mapping
+        cfg = ctx.mapping
 
         def fetch(page_no: int) -> asyncio.Task[MemberPage]:
             call = functools.partial(
@@ -741,7 +714,7 @@ class Reconciler:
             )
             return asyncio.ensure_future(self._call(engine, ctx, call))
 
-        # One page ahead: Mailchimp lists the next page while this one is staged.
+        # One page ahead: the provider lists the next page while this one is staged.
         pending = fetch(pages_done)
         try:
             while True:
@@ -822,7 +795,8 @@ class Reconciler:
             "conn": run.connection_id,
             "owner": ctx.owner_id,
             "started": run.started_at,
-            "kinds": sorted(cfg.kinds if cfg.kinds is not None else CONTACT_KINDS),
+            "kinds": sorted(cfg.kinds if cfg.kinds is not None else (k.value for k in ContactKind)),
+            "provider": ctx.provider.id,
         }
         async with db.begin() as conn:
             if (await conn.execute(_LOCK_RUN, {"id": run.id, "me": me})).first() is None:
@@ -850,7 +824,7 @@ class Reconciler:
 
     @staticmethod
     async def _write(conn: AsyncConnection, params: dict[str, Any]) -> None:
-        await conn.execute(_CONSENT, {"owner": params["owner"]})
+        await conn.execute(_CONSENT, {"owner": params["owner"], "provider": params["provider"]})
         await conn.execute(_MIRROR, {"conn": params["conn"]})
         await conn.execute(_STALE_MIRROR, {"conn": params["conn"], "started": params["started"]})
         await conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -11,23 +12,35 @@ import structlog
 from app import metrics
 from app.config import Settings
 from app.logging import configure_logging
+from app.startup import check_config
 from app.sync import outbox
 from app.sync.engine import SyncEngine
-from app.wiring import check_config
 
 if TYPE_CHECKING:
-    from app.main import Runtime
+    from app.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
 GAUGE_REFRESH_SECONDS = 15.0
 
 
+def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
+    """Jobs every worker runs on a schedule (reconcile runs, scheduled pulls)."""
+    from app.sync.pull import check_interval, pull_due
+    from app.sync.reconcile import Reconciler
+
+    jobs: list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]] = [
+        (Reconciler.POLL_SECONDS, Reconciler(rt.settings))
+    ]
+    pull_every = check_interval(rt.settings)
+    if pull_every is not None:
+        jobs.append((pull_every, pull_due))
+    return jobs
+
+
 def configure_engine(engine: SyncEngine, rt: Runtime) -> None:
     """Register the periodic jobs every worker runs (reconcile runs, scheduled pulls)."""
-    from app import wiring
-
-    for every, job in wiring.periodic_jobs(rt):
+    for every, job in periodic_jobs(rt):
         engine.add_periodic(every, job)
 
 
@@ -41,7 +54,7 @@ async def start_in_process(rt: Runtime) -> SyncEngine:
 
 
 async def _main(settings: Settings) -> None:
-    from app.main import start_runtime
+    from app.runtime import start_runtime
 
     rt = await start_runtime(settings)
     if settings.METRICS_PORT:

@@ -23,7 +23,7 @@ later local re-opt-in, local edits not yet sent, tags of a contact the mirror di
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -34,13 +34,12 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import Settings
 from app.contacts.repository import ContactRepository
 from app.contacts.schemas import normalise_email
 from app.contacts.service import FIELD_NAMES
-from app.fieldmap import FieldType
-from app.providers.mailchimp.client import subscriber_hash
-from app.sync.desired import Action, MappingConfig, digest_of, merge_fields, plan_key
+from app.providers.base import tombstone_key
+from app.providers.mapping import PROFILE_COLUMNS, MappingConfig, digest_of, merge_fields
+from app.sync.desired import Action, plan_key
 from app.sync.outbox import email_key, enqueue
 from app.webhooks.repository import InboundRepository
 
@@ -50,20 +49,14 @@ SUBSCRIBED = "subscribed"
 UNSUBSCRIBED = "unsubscribed"
 CLEANED = "cleaned"
 ARCHIVED = "archived"
-CONSENT_OFF = frozenset({UNSUBSCRIBED, CLEANED, ARCHIVED})
-
-# Contact columns a person's own profile edit may bring back, with the schema's limits: the
-# field map decides which provider field each comes from (FNAME, LNAME, PHONE, COMPANY...).
-PROFILE_COLUMNS = {"first_name": 200, "last_name": 200, "company": 200, "phone": 50}
+COMPLAINED = "complained"
+CONSENT_OFF = frozenset({UNSUBSCRIBED, CLEANED, ARCHIVED, COMPLAINED})
+__all__ = ["PROFILE_COLUMNS", "Inbound", "InboundApplier", "Outcome", "profile_fields"]
 
 
 def profile_fields(cfg: MappingConfig) -> tuple[tuple[str, str, int], ...]:
     """(provider field, contact column, length limit) of the mapped columns a person edits."""
-    return tuple(
-        (rule.field, rule.source, PROFILE_COLUMNS[rule.source])
-        for rule in cfg.fields
-        if rule.source in PROFILE_COLUMNS and rule.type is FieldType.text
-    )
+    return cfg.profile_fields()
 
 
 class Outcome(StrEnum):
@@ -86,17 +79,13 @@ class Inbound:
 
     connection_id: uuid.UUID
     owner_id: str
-    mapping: MappingConfig
-    source: str  # contact_changes.source: webhook:mailchimp | provider
+    mapping: MappingConfig  # the worker's, so digests computed here match the planner's
+    source: str  # contact_changes.source: webhook:<provider> | provider
     actor: str | None = None
     signups: bool = False  # create leads from signups (webhooks with INBOUND_SIGNUPS only)
-
-
-def mapping_config(settings: Settings) -> MappingConfig:
-    """The field mapping the worker uses, so digests computed here match the planner's."""
-    from app.sync.engine import EngineOptions
-
-    return EngineOptions.from_settings(settings).mapping
+    provider: str = ""  # the provider id; a lead made from a signup has it as `referral`
+    # The provider's person id derivable from an email key (Mailchimp's subscriber hash).
+    person_id: Callable[[str], str | None] = lambda _key: None
 
 
 def newer_than(local: datetime | None, at: datetime) -> bool:
@@ -155,7 +144,7 @@ class InboundApplier:
         await self._learn_status(key, mirror, contact, status, at, adopt=created)
         if status == SUBSCRIBED:
             # A person who signs up again by themselves lifts our "never push again" mark.
-            await self.repo.drop_tombstone(conn, subscriber_hash(key))
+            await self.repo.drop_tombstone(conn, tombstone_key(key))
         await self._enqueue_if_owed(key, contact)
         if created:
             return Outcome.created
@@ -178,7 +167,7 @@ class InboundApplier:
                     newsletter_opt_in=False, newsletter_changed_at=at, newsletter_unsubscribed_at=at
                 )
             bad = None
-            if reason == "abuse":
+            if reason == "abuse" or status == COMPLAINED:
                 bad = "complained"
             elif status == CLEANED:
                 bad = "bounced"
@@ -214,7 +203,7 @@ class InboundApplier:
         same = mirror is not None and mirror["remote_status"] == status
         values.update(
             contact_id=contact_id if contact_id is not None else values.get("contact_id"),
-            remote_id=values.get("remote_id") or subscriber_hash(key),
+            remote_id=values.get("remote_id") or self.inbound.person_id(key),
             remote_status=status,
             # When the status itself is not news, keep the time it first became so.
             remote_changed_at=(values.get("remote_changed_at") or at) if same else at,
@@ -253,7 +242,7 @@ class InboundApplier:
             "email": address,
             "kind": "lead",
             "lead_status": "new",
-            "referral": "mailchimp",
+            "referral": self.inbound.provider,
             "newsletter_opt_in": True,
             "newsletter_changed_at": at,
         }
@@ -358,7 +347,7 @@ class InboundApplier:
             renamed = dict(old_mirror)
             renamed.update(
                 contact_id=contact["id"],
-                remote_id=subscriber_hash(new_key),
+                remote_id=self.inbound.person_id(new_key) or old_mirror["remote_id"],
                 pushed_email=contact["email"] if old_mirror["pushed_email"] else None,
                 # The digest covers the address: recompute it when the member held our data,
                 # keep the old one (which no longer matches) when local edits are still owed.
@@ -428,7 +417,7 @@ class InboundApplier:
             key,
             contact=dict(contact),
             mirror=dict(mirror) if mirror is not None else None,
-            tombstoned=await self.repo.is_tombstoned(conn, subscriber_hash(key)),
+            tombstoned=await self.repo.is_tombstoned(conn, tombstone_key(key)),
             forget=False,
             cfg=self.inbound.mapping,
         )

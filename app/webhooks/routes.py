@@ -11,12 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.db import SessionDep
-from app.errors import NotFound, UnsupportedMediaType
-from app.webhooks.service import MAILCHIMP, BadWebhook, refused, webhook_service
+from app.errors import UnsupportedMediaType
+from app.webhooks.service import BadWebhook, provider_for, refused, webhook_service
 
 MAX_BODY_BYTES = 64 * 1024
-# Mailchimp posts its deliveries form-encoded, always; anything else is not one of them.
-FORM = "application/x-www-form-urlencoded"
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], include_in_schema=False)
 
@@ -42,29 +40,35 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-@router.get("/mailchimp/{token}")
-async def mailchimp_validate(token: str, session: SessionDep) -> dict[str, Any]:
-    """Mailchimp checks a webhook URL with a GET before it registers it: 200 for our URLs."""
-    await webhook_service.connection_for(session, provider=MAILCHIMP, token=token)
+@router.get("/{provider}/{token}")
+async def validate(provider: str, token: str, session: SessionDep) -> dict[str, Any]:
+    """Providers check a webhook URL with a GET before they register it: 200 for our URLs."""
+    found = provider_for(provider)
+    await webhook_service.connection_for(session, provider=found.id, token=token)
     return {"status": "ok"}
 
 
-@router.post("/mailchimp/{token}")
-async def mailchimp_receive(token: str, request: Request, session: SessionDep) -> dict[str, Any]:
-    """A Mailchimp delivery: stored once, applied in the same transaction, answered 200."""
-    connection = await webhook_service.connection_for(session, provider=MAILCHIMP, token=token)
+@router.post("/{provider}/{token}")
+async def receive(
+    provider: str, token: str, request: Request, session: SessionDep
+) -> dict[str, Any]:
+    """A delivery: verified, stored once, applied in the same transaction, answered 200."""
+    found = provider_for(provider)
+    connection = await webhook_service.connection_for(session, provider=found.id, token=token)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != FORM:
-        refused("unsupported_media_type")
-        raise UnsupportedMediaType(f"A Mailchimp delivery is {FORM}, not {media_type or 'empty'}.")
+    expected = found.inbound.media_type
+    if media_type != expected:
+        refused("unsupported_media_type", found.id)
+        raise UnsupportedMediaType(
+            f"A {found.spec.display_name} delivery is {expected}, not {media_type or 'empty'}."
+        )
     body = await read_body(request)
-    received = await webhook_service.receive_mailchimp(
-        session, connection=connection, body=body, settings=request.state.settings
+    received = await webhook_service.receive(
+        session,
+        provider=found,
+        connection=connection,
+        body=body,
+        headers=request.headers,
+        settings=request.state.settings,
     )
     return {"status": "received", "outcome": received.outcome.value}
-
-
-@router.api_route("/{provider}/{token}", methods=["GET", "POST"])
-async def other_provider(provider: str, token: str) -> None:
-    """Only Mailchimp has a receiver so far."""
-    raise NotFound("No webhook is registered at this address.")

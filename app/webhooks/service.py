@@ -5,28 +5,26 @@ inbox, apply it in the same transaction (the request's session commits; nothing 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import structlog
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.config import Settings
-from app.errors import AppError, NotFound
-from app.webhooks.handlers import EVENT_TYPES, handle_mailchimp
-from app.webhooks.inbound import Inbound, InboundApplier, Outcome, mapping_config
-from app.webhooks.parsing import MailchimpEvent, MalformedPayload, parse_mailchimp
+from app.errors import AppError, NotFound, Unauthorized
+from app.providers import registry
+from app.providers.base import BadSignature, InboundEvent, MalformedPayload
+from app.providers.registry import Provider
+from app.webhooks.handlers import handle
+from app.webhooks.inbound import Inbound, InboundApplier, Outcome
 from app.webhooks.repository import InboundRepository, token_digest
 
 log = structlog.get_logger(__name__)
-
-MAILCHIMP = "mailchimp"
-SOURCE_MAILCHIMP = "webhook:mailchimp"
 
 
 class BadWebhook(AppError):
@@ -43,23 +41,24 @@ class UnknownWebhook(NotFound):
 
 @dataclass(slots=True, frozen=True)
 class Received:
-    """What became of one delivery."""
+    """What became of one delivery (the last event's outcome when it carried several)."""
 
     event_id: int | None
     outcome: Outcome
 
 
-def dedupe_key(provider: str, connection_id: str, event: MailchimpEvent) -> str:
-    """Provider, connection and the whole delivery (type, fired_at, data): a redelivery is the
-    same key; two different events in one second (two profile edits) are two."""
-    canonical = orjson.dumps(event.payload, option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha256(canonical).hexdigest()
-    return f"{provider}:{connection_id}:{event.type}:{event.fired_at.isoformat()}:{digest}"
-
-
-def refused(outcome: str) -> None:
+def refused(outcome: str, provider: str = "unknown") -> None:
     """Count a delivery we turned away."""
-    metrics.WEBHOOK_EVENTS.labels(MAILCHIMP, "unknown", outcome).inc()
+    metrics.WEBHOOK_EVENTS.labels(provider, "unknown", outcome).inc()
+
+
+def provider_for(provider_id: str) -> Provider:
+    """The registered provider with webhooks, or 404 (nothing is registered there)."""
+    provider = registry.find(provider_id)
+    if provider is None or provider.spec.capabilities.inbound != "webhook":
+        refused("not_found")
+        raise UnknownWebhook("No webhook is registered at this address.")
+    return provider
 
 
 # How far ahead of our clock a delivery's `fired_at` may be (clock skew) before it counts as
@@ -67,7 +66,7 @@ def refused(outcome: str) -> None:
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
-def _clamped(event: MailchimpEvent) -> MailchimpEvent:
+def _clamped(event: InboundEvent) -> InboundEvent:
     now = datetime.now(UTC)
     if event.fired_at > now + MAX_CLOCK_SKEW:
         log.warning("webhooks.fired_at_in_future", fired_at=event.fired_at.isoformat())
@@ -94,58 +93,79 @@ class WebhookService:
         for row in rows:
             if hmac.compare_digest(row["webhook_token"].encode("utf-8"), given):
                 return row
-        refused("not_found")
+        refused("not_found", provider)
         raise UnknownWebhook("No webhook is registered at this address.")
 
-    async def receive_mailchimp(
-        self, session: AsyncSession, *, connection: RowMapping, body: bytes, settings: Settings
+    async def receive(
+        self,
+        session: AsyncSession,
+        *,
+        provider: Provider,
+        connection: RowMapping,
+        body: bytes,
+        headers: Mapping[str, str],
+        settings: Settings,
     ) -> Received:
-        """Store a Mailchimp delivery once and apply it; a repeat does nothing."""
+        """Verify and parse a delivery, store each event once and apply it; a repeat does
+        nothing."""
+        name, pid = provider.spec.display_name, provider.id
         try:
-            event = parse_mailchimp(body)
+            events = provider.inbound.parse(
+                body, headers=headers, secret=connection.get("webhook_secret")
+            )
+        except BadSignature as exc:
+            refused("bad_request", pid)
+            raise Unauthorized(f"The {name} webhook signature does not verify: {exc}") from None
         except MalformedPayload as exc:
-            refused("bad_request")
-            raise BadWebhook(f"Not a Mailchimp webhook delivery: {exc}") from None
-        key = dedupe_key(MAILCHIMP, str(connection["id"]), event)  # as sent, for redeliveries
-        event = _clamped(event)
+            refused("bad_request", pid)
+            raise BadWebhook(f"Not a {name} webhook delivery: {exc}") from None
         repo = InboundRepository(session)
-        event_id = await repo.insert_event(
-            {
-                "provider": MAILCHIMP,
-                "connection_id": connection["id"],
-                "event_type": event.type[:64],
-                "fired_at": event.fired_at,
-                "payload": event.payload,
-                "dedupe_key": key,
-            }
-        )
-        label = event.type if event.type in EVENT_TYPES else "other"
-        if event_id is None:
-            metrics.WEBHOOK_EVENTS.labels(MAILCHIMP, label, Outcome.duplicate.value).inc()
-            return Received(None, Outcome.duplicate)
-        applier = InboundApplier(
-            session,
-            Inbound(
-                connection_id=connection["id"],
-                owner_id=connection["owner_id"],
-                mapping=mapping_config(settings),
-                source=SOURCE_MAILCHIMP,
-                actor=f"webhook_event:{event_id}",
-                signups=settings.INBOUND_SIGNUPS,
-            ),
-        )
-        outcome = await handle_mailchimp(applier, event, connection=connection, settings=settings)
-        await repo.finish_event(event_id, outcome.value)
-        metrics.WEBHOOK_EVENTS.labels(MAILCHIMP, label, outcome.value).inc()
-        log.info(
-            "webhooks.event",
-            provider=MAILCHIMP,
-            connection=str(connection["id"]),
-            event_id=event_id,
-            type=label,
-            outcome=outcome.value,
-        )
-        return Received(event_id, outcome)
+        received = Received(None, Outcome.duplicate)
+        for sent in events:
+            # The key is of the delivery as sent (redeliveries match); the time is clamped.
+            key = provider.inbound.dedupe_key(str(connection["id"]), sent, body)
+            event = _clamped(sent)
+            event_id = await repo.insert_event(
+                {
+                    "provider": pid,
+                    "connection_id": connection["id"],
+                    "event_type": event.type[:64],
+                    "fired_at": event.fired_at,
+                    "payload": event.payload,
+                    "dedupe_key": key,
+                }
+            )
+            label = event.type if event.type in provider.inbound.event_types else "other"
+            if event_id is None:
+                metrics.WEBHOOK_EVENTS.labels(pid, label, Outcome.duplicate.value).inc()
+                received = Received(None, Outcome.duplicate)
+                continue
+            applier = InboundApplier(
+                session,
+                Inbound(
+                    connection_id=connection["id"],
+                    owner_id=connection["owner_id"],
+                    mapping=provider.mapping(settings),
+                    source=f"webhook:{pid}",
+                    actor=f"webhook_event:{event_id}",
+                    signups=settings.INBOUND_SIGNUPS,
+                    provider=pid,
+                    person_id=provider.person_id,
+                ),
+            )
+            outcome = await handle(applier, event, connection=connection, settings=settings)
+            await repo.finish_event(event_id, outcome.value)
+            metrics.WEBHOOK_EVENTS.labels(pid, label, outcome.value).inc()
+            log.info(
+                "webhooks.event",
+                provider=pid,
+                connection=str(connection["id"]),
+                event_id=event_id,
+                type=label,
+                outcome=outcome.value,
+            )
+            received = Received(event_id, outcome)
+        return received
 
 
 webhook_service = WebhookService()

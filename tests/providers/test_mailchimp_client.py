@@ -12,8 +12,8 @@ import respx
 from app.providers.base import (
     AudienceMissing,
     AuthError,
+    ContactPayload,
     ErrorKind,
-    MemberPayload,
     PermanentError,
     ThrottledError,
     TransientError,
@@ -55,15 +55,15 @@ def api() -> respx.MockRouter:
         yield router
 
 
-def payload(**kw: object) -> MemberPayload:
+def payload(**kw: object) -> ContactPayload:
     values: dict = {
         "email_address": "Ada@example.com",
-        "merge_fields": {"FNAME": "Ada"},
-        "status_if_new": "subscribed",
+        "fields": {"FNAME": "Ada"},
+        "consent_if_new": "subscribed",
         "tags": ["vip"],
     }
     values.update(kw)
-    return MemberPayload(**values)
+    return ContactPayload(**values)
 
 
 class TestKeysAndHosts:

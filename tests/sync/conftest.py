@@ -10,10 +10,12 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.connections.service import api_key_account, connection_service
+from app.connections.service import connection_service
 from app.db import session_scope
 from app.main import Runtime, create_app
+from app.providers import registry
 from app.providers.base import Audience
+from app.providers.mailchimp.connect import api_key_account
 from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID, SandboxConfig
 from app.sandbox.mailchimp import create_app as create_sandbox
 from app.sync.engine import SyncEngine
@@ -48,14 +50,15 @@ def sync_settings(settings: Settings, sandbox: Sandbox) -> Settings:
 @pytest.fixture
 async def connection(runtime: Runtime, sync_settings: Settings) -> dict[str, Any]:
     """OWNER connected to the sandbox's default audience."""
+    account = api_key_account(sync_settings, DEFAULT_API_KEY)
+    account.account_name = "Sandbox"
     async with session_scope(runtime.sessionmaker) as session:
         row = await connection_service.save(
             session,
+            provider=registry.get("mailchimp"),
             settings=sync_settings,
             owner_id=OWNER,
-            account=api_key_account(sync_settings, DEFAULT_API_KEY),
-            auth_kind="api_key",
-            account_name="Sandbox",
+            account=account,
             audience=Audience(id=DEFAULT_LIST_ID, name="Sandbox audience", member_count=0),
         )
     return dict(row)

@@ -80,15 +80,15 @@ class TestCreate:
         p = plan(contact(), None)
         assert p.action is Action.upsert
         assert p.payload is not None
-        assert p.payload.status_if_new == "subscribed"
-        assert p.payload.status is None  # never an explicit status for a maybe-existing member
+        assert p.payload.consent_if_new == "subscribed"
+        assert p.payload.consent is None  # never an explicit status for a maybe-existing member
         assert p.payload.tags == ["vip"]
-        assert p.payload.merge_fields == {"FNAME": "Ada", "LNAME": "Lovelace"}
+        assert p.payload.fields == {"FNAME": "Ada", "LNAME": "Lovelace"}
 
     def test_double_opt_in_creates_pending(self) -> None:
         p = plan(contact(), None, cfg=MappingConfig(fields=DEFAULT_RULES, double_opt_in=True))
         assert p.payload is not None
-        assert p.payload.status_if_new == "pending"
+        assert p.payload.consent_if_new == "pending"
 
     def test_no_consent_absent_remotely_creates_nothing(self) -> None:
         p = plan(contact(newsletter_opt_in=False), None)
@@ -109,7 +109,7 @@ class TestUpdate:
         p = plan(contact(first_name="Augusta"), mirror_for(c))
         assert p.action is Action.upsert
         assert p.payload is not None
-        assert p.payload.status is None
+        assert p.payload.consent is None
 
     def test_only_tags_changed_uses_tags_endpoint(self) -> None:
         c = contact()
@@ -121,14 +121,14 @@ class TestUpdate:
         p = plan(c, mirror_for(c, remote_status="archived"))
         assert p.action is Action.upsert
         assert p.payload is not None
-        assert p.payload.status == "subscribed"
+        assert p.payload.consent == "subscribed"
 
     def test_opt_out_unsubscribes_a_subscribed_member(self) -> None:
         c = contact()
         p = plan(contact(newsletter_opt_in=False), mirror_for(c))
         assert p.action is Action.update  # PATCH: never creates
         assert p.payload is not None
-        assert p.payload.status == "unsubscribed"
+        assert p.payload.consent == "unsubscribed"
 
 
 class TestConsentIsThePersons:
@@ -139,14 +139,14 @@ class TestConsentIsThePersons:
         p = plan(c, m)
         assert p.action is Action.upsert  # data fields still sync
         assert p.payload is not None
-        assert p.payload.status is None
+        assert p.payload.consent is None
 
     def test_local_reopt_in_after_unsubscribe_goes_pending(self) -> None:
         c = contact(newsletter_changed_at=T0 + timedelta(days=2))
         m = mirror_for(c, remote_status="unsubscribed", remote_changed_at=T0 + timedelta(days=1))
         p = plan(c, m)
         assert p.payload is not None
-        assert p.payload.status == "pending"
+        assert p.payload.consent == "pending"
 
     def test_cleaned_is_never_reopted_even_after_local_change(self) -> None:
         c = contact(newsletter_changed_at=T0 + timedelta(days=2))
@@ -163,7 +163,7 @@ class TestConsentIsThePersons:
         )
         p = plan(c, m)
         assert p.payload is not None
-        assert p.payload.status == "pending"
+        assert p.payload.consent == "pending"
 
     def test_unknown_remote_time_never_counts_as_newer(self) -> None:
         c = contact(newsletter_changed_at=T0 + timedelta(days=2))

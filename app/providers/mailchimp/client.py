@@ -21,12 +21,13 @@ from app.providers.base import (
     AudienceMissing,
     AuthError,
     BatchOutcome,
+    ContactPayload,
     ErrorKind,
     MemberPage,
-    MemberPayload,
-    MemberState,
     PermanentError,
     ProviderError,
+    RemoteMember,
+    RemoteRef,
     RequestLimiter,
     ThrottledError,
     TransientError,
@@ -94,15 +95,15 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
-def member_state(body: dict[str, Any], *, created: bool = False) -> MemberState:
-    """A MemberState from Mailchimp's member JSON."""
-    return MemberState(
+def member_state(body: dict[str, Any], *, created: bool = False) -> RemoteMember:
+    """A RemoteMember from Mailchimp's member JSON."""
+    return RemoteMember(
         email_address=body.get("email_address", ""),
         remote_id=body.get("id") or subscriber_hash(body.get("email_address", "")),
         status=body.get("status", ""),
         tags=[t["name"] for t in body.get("tags") or [] if isinstance(t, dict) and "name" in t],
         last_changed=_parse_time(body.get("last_changed")),
-        merge_fields=body.get("merge_fields") or {},
+        fields=body.get("merge_fields") or {},
         created=created,
     )
 
@@ -335,19 +336,21 @@ class MailchimpClient:
     # --- members ------------------------------------------------------------------------
 
     @staticmethod
-    def _member_body(member: MemberPayload, *, with_tags: bool) -> dict[str, Any]:
+    def _member_body(member: ContactPayload, *, with_tags: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "email_address": member.email_address,
-            "status_if_new": member.status_if_new,
-            "merge_fields": merge_values(member.merge_fields),
+            "status_if_new": member.consent_if_new,
+            "merge_fields": merge_values(member.fields),
         }
-        if member.status:
-            body["status"] = member.status
+        if member.consent:
+            body["status"] = member.consent
         if with_tags and member.tags:
             body["tags"] = member.tags
         return body
 
-    async def upsert_member(self, audience_id: str, member: MemberPayload) -> MemberState:
+    async def upsert_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
         """PUT /lists/{id}/members/{hash}: create or update (tags apply on create only)."""
         response = await self._request(
             "PUT",
@@ -358,11 +361,13 @@ class MailchimpClient:
         )
         return member_state(self._json(response))
 
-    async def update_member(self, audience_id: str, member: MemberPayload) -> MemberState:
+    async def update_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
         """PATCH /lists/{id}/members/{hash}: update only, never create."""
-        body: dict[str, Any] = {"merge_fields": merge_values(member.merge_fields)}
-        if member.status:
-            body["status"] = member.status
+        body: dict[str, Any] = {"merge_fields": merge_values(member.fields)}
+        if member.consent:
+            body["status"] = member.consent
         response = await self._request(
             "PATCH",
             f"/lists/{audience_id}/members/{subscriber_hash(member.email_address)}",
@@ -373,7 +378,7 @@ class MailchimpClient:
         return member_state(self._json(response))
 
     async def batch_upsert(
-        self, audience_id: str, members: list[MemberPayload]
+        self, audience_id: str, members: list[ContactPayload]
     ) -> list[BatchOutcome]:
         """POST /lists/{id} with update_existing: up to 500 members, errors member by member."""
         if len(members) > 500:
@@ -422,7 +427,13 @@ class MailchimpClient:
         return result
 
     async def update_tags(
-        self, audience_id: str, email: str, *, add: list[str], remove: list[str]
+        self,
+        audience_id: str,
+        email: str,
+        *,
+        add: list[str],
+        remove: list[str],
+        remote: RemoteRef | None = None,
     ) -> None:
         """POST …/members/{hash}/tags with is_syncing so tag automations don't fire."""
         tags = [{"name": t, "status": "active"} for t in add]
@@ -437,8 +448,13 @@ class MailchimpClient:
         )
 
     async def move_member(
-        self, audience_id: str, old_email: str, member: MemberPayload
-    ) -> MemberState:
+        self,
+        audience_id: str,
+        old_email: str,
+        member: ContactPayload,
+        *,
+        remote: RemoteRef | None = None,
+    ) -> RemoteMember:
         """PUT on the old hash with the new email_address: one member, history kept."""
         body = self._member_body(member, with_tags=False)
         response = await self._request(
@@ -450,7 +466,9 @@ class MailchimpClient:
         )
         return member_state(self._json(response))
 
-    async def archive_member(self, audience_id: str, email: str) -> bool:
+    async def archive_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> bool:
         """DELETE (archive). 405 (cleaned, pending, archived) and 404 mean already gone."""
         response = await self._request(
             "DELETE",
@@ -460,7 +478,9 @@ class MailchimpClient:
         )
         return response.status_code < 300
 
-    async def forget_member(self, audience_id: str, email: str) -> None:
+    async def forget_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> None:
         """POST …/actions/delete-permanent; 404 means there was nothing to erase."""
         await self._request(
             "POST",
@@ -469,7 +489,7 @@ class MailchimpClient:
             ok_extra=(404,),
         )
 
-    async def get_member(self, audience_id: str, email: str) -> MemberState | None:
+    async def get_member(self, audience_id: str, email: str) -> RemoteMember | None:
         """GET one member; None when absent."""
         response = await self._request(
             "GET",

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.webhooks.parsing import MalformedPayload, parse_form, parse_mailchimp
+from app.providers.base import MalformedPayload
+from app.providers.mailchimp.inbound import parse_form, parse_mailchimp
 
 # The real capture of reference §7.2 (dancedeets), `+` for spaces and escaped brackets.
 UPEMAIL = (

@@ -1,0 +1,127 @@
+"""The neutral field mapping every provider's payload is built with (DESIGN §5, §14.7).
+
+`MappingConfig` is what a provider's `mapping(settings)` returns: the provider's effective
+FIELD_MAP rules (contact field or custom field → provider field, typed), whether new people
+confirm by email, which contact kinds sync (SYNC_KINDS), and the provider's own comparison of
+fields read back. The planner, the reconcile and the inbound rules only ever use these
+methods; which provider field a value lands in is the rules' business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.config import ContactKind, Settings
+from app.fieldmap import FieldRule, FieldType
+from app.providers.base import Reoptin
+
+ADDRESS_REQUIRED = ("addr1", "city", "state", "zip")
+# Contact columns a person's own profile edit may bring back, with the schema's limits: the
+# field map decides which provider field each comes from (FNAME, LNAME, PHONE, COMPANY...).
+PROFILE_COLUMNS = {"first_name": 200, "last_name": 200, "company": 200, "phone": 50}
+
+Matcher = Callable[["MappingConfig", Mapping[str, Any], Mapping[str, Any]], bool]
+
+
+def _equal(cfg: MappingConfig, ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    return all(theirs.get(k) == v for k, v in ours.items())
+
+
+@dataclass(slots=True)
+class MappingConfig:
+    """Operator-level field mapping (DESIGN §5 mapped fields, §14.7) and what syncs at all."""
+
+    sync_address: bool = False  # Mailchimp's ADDRESS merge field (MAILCHIMP_SYNC_ADDRESS)
+    double_opt_in: bool = False
+    # The provider's effective FIELD_MAP rules (its defaults included), in order.
+    fields: tuple[FieldRule, ...] = ()
+    # SYNC_KINDS: contacts of other kinds are treated as absent (archived if we pushed them).
+    kinds: frozenset[str] | None = None  # None: every kind
+    reoptin: Reoptin = "double_opt_in"  # the provider's spec.capabilities.reoptin
+    # The provider's "a member read back already holds what we send" (reconcile adoption).
+    same: Matcher = _equal
+
+    def syncs(self, contact: Mapping[str, Any]) -> bool:
+        """True when the contact's kind is one that is pushed."""
+        return self.kinds is None or contact.get("kind", "contact") in self.kinds
+
+    @property
+    def consent_if_new(self) -> str:
+        """A new consenting person's status: pending when they confirm by email."""
+        return "pending" if self.double_opt_in else "subscribed"
+
+    def payload_fields(self, contact: Mapping[str, Any]) -> dict[str, Any]:
+        """The provider's fields for a contact (typed values; empty ones omitted)."""
+        return merge_fields(contact, self)
+
+    def digest(self, email: str, fields: Mapping[str, Any]) -> str:
+        """The digest the mirror keeps as `pushed_digest`."""
+        return digest_of(email, fields)
+
+    def matches(self, ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+        """Whether fields read back from the provider already hold `ours`."""
+        return self.same(self, ours, theirs)
+
+    def profile_fields(self) -> tuple[tuple[str, str, int], ...]:
+        """(provider field, contact column, length limit) of the mapped columns a person edits."""
+        return tuple(
+            (rule.field, rule.source, PROFILE_COLUMNS[rule.source])
+            for rule in self.fields
+            if rule.source in PROFILE_COLUMNS and rule.type is FieldType.text
+        )
+
+    def contact_fields(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Provider fields an inbound event carries → contact columns (present but empty:
+        None, so the CRM clears the field), clipped to the schema's lengths."""
+        out: dict[str, Any] = {}
+        for tag, column, limit in self.profile_fields():
+            if tag in fields:
+                out[column] = _clip(fields.get(tag), limit)
+        return out
+
+
+def _clip(value: Any, limit: int) -> str | None:
+    text = value.strip() if isinstance(value, str) else ""
+    return text[:limit] or None
+
+
+def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, Any]:
+    """The mapped fields (provider field → typed value); ADDRESS when enabled and complete.
+
+    Empty values are omitted, never sent as null: Mailchimp refuses null merge values. The
+    provider's client renders the typed values (e.g. a list) its own way.
+    """
+    out: dict[str, Any] = {}
+    for rule in cfg.fields:
+        value = rule.value(contact)
+        if value is not None:
+            out[rule.field] = value
+    if cfg.sync_address and all(contact.get(c) for c in ADDRESS_REQUIRED):
+        address = {
+            "addr1": contact["addr1"],
+            "addr2": contact.get("addr2") or "",
+            "city": contact["city"],
+            "state": contact["state"],
+            "zip": contact["zip"],
+            "country": contact.get("country") or "",
+        }
+        out["ADDRESS"] = address
+    return out
+
+
+def digest_of(email: str, fields: Mapping[str, Any]) -> str:
+    """A stable hash of what we send as data (address and mapped fields)."""
+    blob = orjson.dumps({"e": email, "m": fields}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def kinds_from(settings: Settings) -> frozenset[str] | None:
+    """SYNC_KINDS as the planner reads it (None: every kind syncs)."""
+    if set(ContactKind) <= settings.SYNC_KINDS:
+        return None
+    return frozenset(k.value for k in settings.SYNC_KINDS)

@@ -1,0 +1,127 @@
+"""Every provider this service knows, by id: its spec, client factory, mapping, inbound and
+connect flow (DESIGN §14). The only module outside `app/providers/<id>/` that imports them.
+
+Adding a provider adds its package, its sandbox and one `_register(...)` line below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.providers.base import (
+    ClientFactory,
+    ConnectFlow,
+    InboundAdapter,
+    ProviderSpec,
+    SandboxSeed,
+    tombstone_key,
+)
+
+if TYPE_CHECKING:
+    from app.config import Settings
+    from app.providers.mapping import MappingConfig
+
+
+class UnknownProvider(KeyError):
+    """No provider is registered under this id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """One registry line.
+
+    - `spec`: what the core may know (connect kinds, limits, capabilities, status map);
+    - `client`: builds a `ProviderClient` for a stored connection;
+    - `mapping`: builds the deployment's `MappingConfig` from Settings (the field map);
+    - `inbound`: parses and verifies webhooks, keeps ours registered;
+    - `connect`: credentials and OAuth;
+    - `person_id`: the provider's person id derivable from an email key (Mailchimp's
+      subscriber hash), or None when only the provider can say (its API returns it);
+    - `sandbox_seed`: the emulator's default account (development), read lazily;
+    - `sandbox_app`: the dotted path of the emulator's `create_app` (mounted by `serve` in
+      sandbox mode at `/_sandbox/<id>`), or None.
+    """
+
+    spec: ProviderSpec
+    client: ClientFactory
+    mapping: Callable[[Settings], MappingConfig]
+    inbound: InboundAdapter
+    connect: ConnectFlow
+    person_id: Callable[[str], str | None] = lambda _key: None
+    sandbox_seed: Callable[[], SandboxSeed | None] = lambda: None
+    sandbox_app: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The provider id (`connections.provider`, URL segment)."""
+        return self.spec.id
+
+
+_PROVIDERS: dict[str, Provider] = {}
+
+
+def _register(provider: Provider) -> None:
+    _PROVIDERS[provider.id] = provider
+
+
+def get(provider_id: str) -> Provider:
+    """The provider registered as `provider_id`; UnknownProvider otherwise."""
+    try:
+        return _PROVIDERS[provider_id]
+    except KeyError:
+        raise UnknownProvider(provider_id) from None
+
+
+def find(provider_id: str) -> Provider | None:
+    """The provider registered as `provider_id`, or None."""
+    return _PROVIDERS.get(provider_id)
+
+
+def all_providers() -> list[Provider]:
+    """Every registered provider, in registration order (the Settings page's order)."""
+    return list(_PROVIDERS.values())
+
+
+def ids() -> tuple[str, ...]:
+    """Every registered provider id."""
+    return tuple(_PROVIDERS)
+
+
+__all__ = ["Provider", "UnknownProvider", "all_providers", "find", "get", "ids", "tombstone_key"]
+
+
+# --- the providers -------------------------------------------------------------------------
+
+
+def _mailchimp() -> Provider:
+    from app.providers.mailchimp import connect, inbound, mapping, spec
+    from app.providers.mailchimp.client import subscriber_hash
+
+    def seed() -> SandboxSeed | None:
+        try:
+            from app.sandbox.mailchimp import constants as c
+        except ImportError:  # pragma: no cover - the sandbox ships with the service
+            return None
+        return SandboxSeed(
+            credentials={"api_key": c.DEFAULT_API_KEY},
+            audience_id=c.DEFAULT_LIST_ID,
+            audience_name=c.DEFAULT_LIST_NAME,
+            account_name=c.DEFAULT_ACCOUNT_NAME,
+            oauth_client=(c.DEFAULT_CLIENT_ID, c.DEFAULT_CLIENT_SECRET),
+        )
+
+    return Provider(
+        spec=spec.SPEC,
+        client=connect.client_factory,
+        mapping=mapping.from_settings,
+        inbound=inbound.MailchimpInbound(),
+        connect=connect.MailchimpConnect(sandbox_seed=seed),
+        person_id=subscriber_hash,
+        sandbox_seed=seed,
+        sandbox_app="app.sandbox.mailchimp:create_app",
+    )
+
+
+_register(_mailchimp())
