@@ -154,19 +154,22 @@ def bench_settings(database_url: str, sandbox_url: str, **overrides: Any) -> Any
 
 async def connect_owner(engine: Any, settings: Any, owner: str) -> uuid.UUID:
     """Connect `owner` to the sandbox's default audience; returns the connection id."""
-    from app.connections.service import api_key_account, connection_service
+    from app.connections.service import connection_service
     from app.db import make_sessionmaker, session_scope
+    from app.providers import registry
     from app.providers.base import Audience
+    from app.providers.mailchimp.connect import api_key_account
     from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID
 
+    account = api_key_account(settings, DEFAULT_API_KEY)
+    account.account_name = "bench"
     async with session_scope(make_sessionmaker(engine)) as session:
         row = await connection_service.save(
             session,
+            provider=registry.get("mailchimp"),
             settings=settings,
             owner_id=owner,
-            account=api_key_account(settings, DEFAULT_API_KEY),
-            auth_kind="api_key",
-            account_name="bench",
+            account=account,
             audience=Audience(id=DEFAULT_LIST_ID, name="bench", member_count=0),
         )
     return uuid.UUID(str(row["id"]))

@@ -309,6 +309,6 @@ class TestMergeFields:
                 200, json={"id": H, "email_address": "ada@example.com", "status": "subscribed"}
             )
         )
-        await client.upsert_member("L1", payload(merge_fields={"LANGS": ["en", "fr"], "N": 4}))
+        await client.upsert_member("L1", payload(fields={"LANGS": ["en", "fr"], "N": 4}))
         sent = put.calls.last.request.read()
         assert b'"LANGS":"en, fr"' in sent and b'"N":4' in sent
