@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     DATABASE_URL: str | None = None
     DATA_DIR: Path = Path(".data")
     AUTO_MIGRATE: bool | None = None  # default: on in development, off elsewhere
-    PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
+    # Where providers reach this service (webhooks, OAuth redirect); unset: the served host
+    # and port (development), see `public_base_url`.
+    PUBLIC_BASE_URL: str = ""
     HOST: str = "127.0.0.1"
     PORT: int = 8000
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
@@ -211,6 +213,13 @@ class Settings(BaseSettings):
             self.AUTH_JWT_SECRET = SecretStr(stored["jwt_secret"])
         if not self.ENCRYPTION_KEYS:
             self.ENCRYPTION_KEYS = [SecretStr(stored["encryption_key"])]
+
+    @property
+    def public_base_url(self) -> str:
+        """PUBLIC_BASE_URL, or the address this process serves on (HOST, PORT) when unset."""
+        if self.PUBLIC_BASE_URL:
+            return self.PUBLIC_BASE_URL.rstrip("/")
+        return f"http://{_loopback(self.HOST)}:{self.PORT}"
 
     @property
     def sandbox_url(self) -> str:

@@ -40,6 +40,8 @@ class Connection(Base):
     audience_name: Mapped[str | None] = mapped_column(Text)
     webhook_token: Mapped[str] = mapped_column(Text)
     webhook_id: Mapped[str | None] = mapped_column(Text)
+    # Why our webhook is not registered (None once it is): shown on the integration status.
+    webhook_error: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, server_default="needs_audience")
     status_reason: Mapped[str | None] = mapped_column(Text)
     status_since: Mapped[datetime] = mapped_column(

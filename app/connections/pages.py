@@ -35,7 +35,7 @@ def app_origins(settings: Settings) -> list[str]:
 
     The service's own origin is one of them: its console at `/` opens the popup too."""
     origins = [o for o in (_origin(u) for u in settings.CORS_ORIGINS) if o]
-    own_console = _origin(settings.PUBLIC_BASE_URL)
+    own_console = _origin(settings.public_base_url)
     if own_console and own_console not in origins:
         origins.append(own_console)
     if settings.APP_SETTINGS_URL:

@@ -139,7 +139,7 @@ class ConnectionRepository:
         error: str | None,
     ) -> None:
         """Record the registered webhook (or why registering it failed), for that audience."""
-        values: dict[str, Any] = {"webhook_id": webhook_id}
+        values: dict[str, Any] = {"webhook_id": webhook_id, "webhook_error": error}
         if error is not None:
             values |= {"last_error": error[:500], "last_error_at": func.now()}
         await self.session.execute(

@@ -57,6 +57,9 @@ class IntegrationStatus(BaseModel):
     failed: int = 0
     last_full_sync_at: datetime | None = None
     webhook_registered: bool = False
+    webhook_error: str | None = Field(
+        default=None, description="Why the webhook is not registered (None once it is)."
+    )
     last_run: SyncRunOut | None = None
 
 

@@ -21,6 +21,7 @@ import structlog
 from pydantic import BaseModel
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from app.config import Environment, Settings
 from app.connections import oauth
@@ -544,18 +545,27 @@ class ConnectionService:
         provider = registry.find(row["provider"])
         if provider is None or provider.spec.capabilities.inbound != "webhook":
             return None
-        url = webhook_url(settings.PUBLIC_BASE_URL, provider.id, row["webhook_token"])
+        url = webhook_url(settings.public_base_url, provider.id, row["webhook_token"])
         webhook_id: str | None = None
         error: str | None = None
         try:
             client = client_for(provider, settings, transport, row)
-            webhook_id = await provider.inbound.ensure_webhook(
-                client,
-                row["audience_id"],
-                url=url,
-                webhook_token=row["webhook_token"],
-                call=direct,
-            )
+            # A passing failure (5xx, timeout, throttle) is retried a few times right away;
+            # a refusal is recorded at once, and every reconcile run tries again.
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type((TransientError, ThrottledError)),
+                stop=stop_after_attempt(3),
+                wait=wait_exponential(multiplier=0.5, max=4.0),
+                reraise=True,
+            ):
+                with attempt:
+                    webhook_id = await provider.inbound.ensure_webhook(
+                        client,
+                        row["audience_id"],
+                        url=url,
+                        webhook_token=row["webhook_token"],
+                        call=direct,
+                    )
         except (ProviderError, Conflict, ValueError) as exc:
             error = f"Webhook not registered: {getattr(exc, 'message', None) or exc}"
             log.warning(
@@ -709,6 +719,7 @@ class ConnectionService:
             failed=counts["failed"],
             last_full_sync_at=row["last_full_sync_at"],
             webhook_registered=row["webhook_id"] is not None,
+            webhook_error=row["webhook_error"] if row["webhook_id"] is None else None,
             last_run=_run_out(last) if last is not None else None,
         )
 

@@ -203,7 +203,7 @@ _PROGRESS = text(
 )
 _WEBHOOK = text(
     """
-    UPDATE connections SET webhook_id = :webhook_id,
+    UPDATE connections SET webhook_id = :webhook_id, webhook_error = :error,
         last_error = COALESCE(:error, last_error),
         last_error_at = CASE WHEN :error IS NULL THEN last_error_at ELSE now() END
     WHERE id = :id AND audience_id = :audience
@@ -632,7 +632,7 @@ class Reconciler:
             return
         if ctx.provider.spec.capabilities.inbound != "webhook":
             return  # nothing to register: the scheduled pull brings changes back
-        url = webhook_url(self.settings.PUBLIC_BASE_URL, ctx.provider.id, token)
+        url = webhook_url(self.settings.public_base_url, ctx.provider.id, token)
         webhook_id: str | None = None
         error: str | None = None
         try:

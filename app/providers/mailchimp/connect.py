@@ -282,7 +282,7 @@ class MailchimpConnect:
                 status_code=503,
             )
         redirect = settings.MAILCHIMP_REDIRECT_URI or (
-            settings.PUBLIC_BASE_URL.rstrip("/") + "/api/integrations/mailchimp/callback"
+            settings.public_base_url + "/api/integrations/mailchimp/callback"
         )
         return OAuthConfig(
             client_id=client_id,
