@@ -1,0 +1,693 @@
+"""Mautic REST API client (4.x/5.x): the neutral operations and the error mapping.
+
+Rules (reference §8, DESIGN §14.5): people are found with exact `where` filters, never
+`search=email:` (a prefix LIKE); writes go through `POST /contacts/new` (an upsert on email)
+with empty values left out and never `overwriteWithBlank`; tags are only ever added or
+removed one by one (`-tag`); consent is the email channel's do-not-contact entry — ours is
+reason 3 (manual) with our comment, and only ours is ever lifted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from app import metrics
+from app.emailkey import email_key
+from app.providers.base import (
+    Audience,
+    AudienceMissing,
+    AuthError,
+    BatchOutcome,
+    ContactPayload,
+    ErrorKind,
+    MemberPage,
+    PermanentError,
+    ProviderError,
+    RemoteMember,
+    RemoteRef,
+    RemoteStatus,
+    RequestLimiter,
+    ThrottledError,
+    TransientError,
+)
+from app.providers.mautic.mapping import field_value
+from app.providers.mautic.spec import BATCH_SIZE, OUR_DNC_COMMENT, PROVIDER, STATUS_MAP
+
+# A token is renewed this long before Mautic says it expires (clock skew, a slow request).
+TOKEN_MARGIN_SECONDS = 60.0
+REASON_VERBS = {1: "unsubscribed", 2: "bounced", 3: "manual"}
+# Token-endpoint error types that mean the client id/secret are not (or no longer) accepted.
+AUTH_TYPES = frozenset({"invalid_client", "unauthorized_client", "invalid_grant", "access_denied"})
+
+
+def _errors(body: Any) -> list[dict[str, Any]]:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(errors, dict):  # batch errors are keyed by index
+        errors = list(errors.values())
+    return [e for e in errors or [] if isinstance(e, dict)]
+
+
+def _loads(content: bytes) -> Any:
+    # A 429's body is JSON sent as text/html: parse by content, never by content type.
+    try:
+        return orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def classify(error: Mapping[str, Any]) -> ErrorKind:
+    """A 400/422's kind from its `details` (field → messages), never from translated text."""
+    details = error.get("details")
+    fields = set(details) if isinstance(details, dict) else set()
+    if "email" in fields:
+        return ErrorKind.invalid_email
+    if fields:
+        return ErrorKind.merge_fields
+    return ErrorKind.invalid
+
+
+def error_from(status: int, body: Any, *, op: str) -> ProviderError:
+    """The ProviderError a non-2xx Mautic answer means (status and `type`, never `message`)."""
+    errors = _errors(body)
+    first = errors[0] if errors else {}
+    kind_type = str(first.get("type") or "")
+    message = f"{status} {kind_type or 'error'}: {first.get('message') or ''}".strip()
+    if status == 429:
+        return ThrottledError(message, status=status)
+    if status == 401 or (status == 400 and kind_type in AUTH_TYPES):
+        return AuthError(message, status=status)
+    if status == 403:
+        # The API or Basic switched off, or the client's role may not write: a reconnect.
+        return AuthError(message, status=status)
+    if status >= 500 or not errors:
+        # 5xx, and HTML pages of the web server in front of PHP (503 at its cap, 504).
+        return TransientError(message, status=status)
+    if status == 404:
+        if op in ("audience", "segment_add"):
+            return AudienceMissing(message, status=status)
+        return PermanentError(ErrorKind.not_found, message, status=status)
+    if status in (400, 422):
+        return PermanentError(classify(first), message, status=status)
+    return PermanentError(ErrorKind.invalid, message, status=status)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def email_dnc(contact: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The contact's do-not-contact entry for the email channel, or None."""
+    for entry in contact.get("doNotContact") or []:
+        if isinstance(entry, dict) and (entry.get("channel") or "email") == "email":
+            return entry
+    return None
+
+
+def is_ours(dnc: Mapping[str, Any] | None) -> bool:
+    """True for a DNC we set: reason manual with our comment (a person's is 1 or 2)."""
+    return dnc is not None and dnc.get("reason") == 3 and dnc.get("comments") == OUR_DNC_COMMENT
+
+
+def status_of(contact: Mapping[str, Any]) -> RemoteStatus:
+    """The neutral status of a contact in our segment: its email DNC reason, mapped."""
+    dnc = email_dnc(contact)
+    verb = "contactable" if dnc is None else REASON_VERBS.get(int(dnc.get("reason") or 1), "")
+    return STATUS_MAP.get(verb or "unsubscribed", RemoteStatus.unsubscribed)
+
+
+def contact_fields(contact: Mapping[str, Any]) -> dict[str, Any]:
+    """A contact's field values by alias: `fields.all` (API), else the grouped entries
+    (webhooks carry no `all`)."""
+    fields = contact.get("fields") or {}
+    if not isinstance(fields, dict):
+        return {}
+    flat = fields.get("all")
+    if isinstance(flat, dict):
+        return {k: v for k, v in flat.items() if k != "id"}
+    out: dict[str, Any] = {}
+    for group in fields.values():
+        if isinstance(group, dict):
+            for alias, entry in group.items():
+                if isinstance(entry, dict):
+                    out[alias] = entry.get("value")
+    return out
+
+
+def member_of(
+    contact: Mapping[str, Any], *, created: bool = False, refs: Mapping[str, Any] | None = None
+) -> RemoteMember:
+    """A RemoteMember from a contact body; a contact without an id is Mautic 5.0's empty
+    object bug (#13298): the write may have happened, so it is worth a retry, not a refusal."""
+    if not contact.get("id"):
+        raise TransientError("Mautic answered a contact without an id (5.0's empty-object bug)")
+    fields = contact_fields(contact)
+    return RemoteMember(
+        email_address=str(fields.get("email") or ""),
+        remote_id=str(contact["id"]),
+        status=status_of(contact).value,
+        tags=[t["tag"] for t in contact.get("tags") or [] if isinstance(t, dict) and "tag" in t],
+        last_changed=_parse_time(contact.get("dateModified") or contact.get("dateAdded")),
+        fields=fields,
+        created=created,
+        refs=dict(refs or {}),
+    )
+
+
+def contact_body(member: ContactPayload, *, tags: bool = True) -> dict[str, Any]:
+    """The `/contacts/new` body: the address, our non-empty fields and our tags; never
+    `overwriteWithBlank`, so an empty local value never erases Mautic's."""
+    body: dict[str, Any] = {"email": member.email_address}
+    for alias, value in member.fields.items():
+        rendered = field_value(value)
+        if rendered is not None:
+            body[alias] = rendered
+    if tags and member.tags:
+        body["tags"] = list(member.tags)
+    return body
+
+
+class MauticClient:
+    """One Mautic instance's API with a client_credentials token, over a shared transport."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        timeout: float = 30.0,
+        limiter: RequestLimiter | None = None,
+    ) -> None:
+        self._transport = transport
+        self._limiter = limiter
+        root = base_url.rstrip("/").removesuffix("/api")
+        self._token_url = root + "/oauth/v2/token"
+        self._base = root + "/api"
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._timeout = timeout
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def _send(self, request: httpx.Request, *, op: str) -> httpx.Response:
+        slot = self._limiter.slot() if self._limiter is not None else contextlib.nullcontext()
+        start = time.perf_counter()
+        try:
+            async with slot:
+                response = await self._transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx.TimeoutException as exc:
+            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
+            raise TransientError(f"timeout after {self._timeout:.0f}s") from exc
+        except httpx.HTTPError as exc:
+            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "connection_error").inc()
+            raise TransientError(f"connection error: {type(exc).__name__}") from exc
+        finally:
+            metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
+        return response
+
+    def _fail(self, response: httpx.Response, *, op: str) -> ProviderError:
+        error = error_from(response.status_code, _loads(response.content), op=op)
+        outcome = type(error).__name__.removesuffix("Error").lower()
+        metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, outcome).inc()
+        if isinstance(error, ThrottledError):
+            metrics.THROTTLE_EVENTS.labels(PROVIDER).inc()
+        return error
+
+    async def fetch_token(self) -> str:
+        """A client_credentials access token (cached until shortly before it expires)."""
+        if self._token and time.monotonic() < self._token_expires:
+            return self._token
+        # Credentials in the form body: Basic would meet the Basic-auth switch (403).
+        request = httpx.Request(
+            "POST",
+            self._token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self._client_id,
+                "client_secret": self._client_secret,
+            },
+            headers={"Accept": "application/json", "User-Agent": "audience-sync/0.1"},
+            extensions=self._extensions,
+        )
+        response = await self._send(request, op="token")
+        body = _loads(response.content)
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise self._fail(response, op="token")
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise TransientError("the token endpoint answered without an access token")
+        lifetime = float(body.get("expires_in") or 3600)
+        self._token = token
+        self._token_expires = time.monotonic() + max(lifetime - TOKEN_MARGIN_SECONDS, 0.0)
+        metrics.PROVIDER_REQUESTS.labels(PROVIDER, "token", "ok").inc()
+        return token
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        json: Any = None,
+        params: Any = None,
+        ok: tuple[int, ...] = (),
+    ) -> tuple[int, Any]:
+        """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
+        fetches a new token once (it expired or was revoked early), then is an AuthError."""
+        for attempt in (1, 2):
+            token = await self.fetch_token()
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": "audience-sync/0.1",
+            }
+            content = None
+            if json is not None:
+                content = orjson.dumps(json)
+                headers["Content-Type"] = "application/json"
+            request = httpx.Request(
+                method,
+                self._base + path,
+                params=params,
+                headers=headers,
+                content=content,
+                extensions=self._extensions,
+            )
+            response = await self._send(request, op=op)
+            if response.status_code == 401 and attempt == 1:
+                self._token = None
+                continue
+            if 200 <= response.status_code < 300 or response.status_code in ok:
+                metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
+                return response.status_code, _loads(response.content)
+            raise self._fail(response, op=op)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- account and segments ------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """A token, then the smallest contacts page (Zapier's connection test)."""
+        await self._request("GET", "/contacts", op="ping", params={"limit": 1, "minimal": 1})
+
+    async def list_audiences(self) -> list[Audience]:
+        """Every segment (paged by id); counts as `get_audience` reads them are not fetched."""
+        audiences: list[Audience] = []
+        start = 0
+        while True:
+            _, body = await self._request(
+                "GET",
+                "/segments",
+                op="audience",
+                params={"start": start, "limit": 100, "orderBy": "id", "orderByDir": "ASC"},
+            )
+            lists = (body or {}).get("lists") or {}
+            items = list(lists.values()) if isinstance(lists, dict) else list(lists)
+            audiences.extend(
+                Audience(id=str(s["id"]), name=str(s.get("name") or ""), member_count=0)
+                for s in items
+                if isinstance(s, dict) and s.get("id")
+            )
+            start += len(items)
+            if not items or start >= int((body or {}).get("total") or 0):
+                return audiences
+
+    async def _segment(self, audience_id: str) -> dict[str, Any]:
+        _, body = await self._request("GET", f"/segments/{audience_id}", op="audience")
+        segment = (body or {}).get("list")
+        if not isinstance(segment, dict):
+            raise AudienceMissing(f"segment {audience_id} not found")
+        return segment
+
+    async def get_audience(self, audience_id: str) -> Audience:
+        """One segment and its member count (Mautic caches list totals for 5 s, so the count
+        may lag a change by that long)."""
+        segment = await self._segment(audience_id)
+        _, body = await self._request(
+            "GET",
+            "/contacts",
+            op="list",
+            params={"search": f"segment:{segment['alias']}", "limit": 1, "minimal": 1},
+        )
+        return Audience(
+            id=str(segment["id"]),
+            name=str(segment.get("name") or ""),
+            member_count=int((body or {}).get("total") or 0),
+        )
+
+    # --- people -------------------------------------------------------------------------
+
+    async def find_contact(self, email: str) -> dict[str, Any] | None:
+        """The contact holding exactly this address (`where … eq`, compared again here: the
+        database's collation decides case); the newest when several do, as the upsert picks."""
+        _, body = await self._request(
+            "GET",
+            "/contacts",
+            op="lookup",
+            params={
+                "where[0][col]": "email",
+                "where[0][expr]": "eq",
+                "where[0][val]": email,
+                "orderBy": "id",
+                "orderByDir": "DESC",
+                "limit": 10,
+            },
+        )
+        contacts = (body or {}).get("contacts") or {}
+        items = contacts.values() if isinstance(contacts, dict) else contacts
+        key = email_key(email)
+        for contact in items:
+            if isinstance(contact, dict) and email_key(contact_fields(contact).get("email")) == key:
+                return contact
+        return None
+
+    async def _contact_id(self, email: str, remote: RemoteRef | None) -> str | None:
+        if remote is not None and remote.remote_id:
+            return remote.remote_id
+        contact = await self.find_contact(email)
+        return str(contact["id"]) if contact else None
+
+    async def _get(self, contact_id: str) -> dict[str, Any]:
+        _, body = await self._request("GET", f"/contacts/{contact_id}", op="get")
+        contact = (body or {}).get("contact")
+        if not isinstance(contact, dict):
+            raise TransientError("Mautic answered a contact read without a contact")
+        return contact
+
+    async def _add_to_segment(self, audience_id: str, contact_id: str) -> None:
+        try:
+            await self._request(
+                "POST", f"/segments/{audience_id}/contact/{contact_id}/add", op="segment_add"
+            )
+        except AudienceMissing:
+            # The 404 names the segment or the contact: only the segment's read can tell.
+            await self._segment(audience_id)
+            raise PermanentError(ErrorKind.not_found, f"contact {contact_id} is gone") from None
+
+    async def _set_dnc(self, contact_id: str) -> None:
+        await self._request(
+            "POST",
+            f"/contacts/{contact_id}/dnc/email/add",
+            op="dnc",
+            json={"reason": 3, "comments": OUR_DNC_COMMENT},
+        )
+
+    async def _lift_dnc(self, contact_id: str) -> None:
+        await self._request("POST", f"/contacts/{contact_id}/dnc/email/remove", op="dnc")
+
+    async def _apply_consent(self, contact: dict[str, Any], consent: str | None) -> dict[str, Any]:
+        """Make the contact's DNC say `consent` (None: leave it). Opting out adds our manual
+        DNC only when none exists (adding would turn a bounce into manual); opting in lifts
+        only our own DNC — a person's unsubscribe or a bounce refuses (`blocked`)."""
+        dnc = email_dnc(contact)
+        cid = str(contact["id"])
+        if consent == "unsubscribed" and dnc is None:
+            await self._set_dnc(cid)
+            return await self._get(cid)
+        if consent in ("subscribed", "pending") and dnc is not None:
+            if not is_ours(dnc):
+                verb = REASON_VERBS.get(int(dnc.get("reason") or 1), "unsubscribed")
+                raise PermanentError(
+                    ErrorKind.compliance,
+                    f"blocked: the person is {verb} at Mautic (do-not-contact reason "
+                    f"{dnc.get('reason')}); only they can lift it",
+                )
+            await self._lift_dnc(cid)
+            return await self._get(cid)
+        return contact
+
+    async def _finish(
+        self,
+        audience_id: str,
+        contact: dict[str, Any],
+        member: ContactPayload,
+        *,
+        created: bool,
+        remote: RemoteRef | None,
+    ) -> RemoteMember:
+        consent = member.consent_if_new if created else member.consent
+        contact = await self._apply_consent(contact, consent)
+        await self._add_to_segment(audience_id, str(contact["id"]))
+        refs = dict(remote.refs) if remote is not None else {}
+        refs["segment"] = audience_id
+        if created:
+            refs["created"] = True
+        dnc = email_dnc(contact)
+        refs["dnc"] = is_ours(dnc)
+        return member_of(contact, created=created, refs=refs)
+
+    async def upsert_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
+        """`POST /contacts/new` (an upsert on email), consent, then our segment."""
+        status, body = await self._request(
+            "POST", "/contacts/new", op="upsert", json=contact_body(member)
+        )
+        contact = (body or {}).get("contact")
+        if not isinstance(contact, dict):
+            raise TransientError("Mautic answered an upsert without a contact")
+        member_of(contact)  # a contact without an id is the 5.0 bug: retry
+        return await self._finish(
+            audience_id, contact, member, created=status == 201, remote=remote
+        )
+
+    async def update_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
+        """PATCH an existing contact (found by id or exact address); never creates."""
+        contact_id = await self._contact_id(member.email_address, remote)
+        if contact_id is None:
+            raise PermanentError(ErrorKind.not_found, "no Mautic contact has this address")
+        body = contact_body(member)
+        # The same address: an edit carrying another contact's address would merge the two.
+        body["email"] = member.email_address
+        _, answer = await self._request(
+            "PATCH", f"/contacts/{contact_id}/edit", op="update", json=body
+        )
+        contact = (answer or {}).get("contact")
+        if not isinstance(contact, dict):
+            raise TransientError("Mautic answered an edit without a contact")
+        return await self._finish(audience_id, contact, member, created=False, remote=remote)
+
+    async def batch_upsert(
+        self, audience_id: str, members: list[ContactPayload]
+    ) -> list[BatchOutcome]:
+        """`POST /contacts/batch/new` (≤ 200, each an upsert), per-item `statusCodes`, then
+        consent per person where asked and one batch add to our segment."""
+        if len(members) > BATCH_SIZE:
+            raise ValueError(f"Mautic takes at most {BATCH_SIZE} contacts a batch")
+        if not members:
+            return []
+        _, body = await self._request(
+            "POST",
+            "/contacts/batch/new",
+            op="batch",
+            json=[contact_body(m) for m in members],
+        )
+        body = body or {}
+        codes = body.get("statusCodes") or []
+        contacts = body.get("contacts") or {}
+        errors = body.get("errors") or {}
+        if isinstance(contacts, list):
+            contacts = dict(enumerate(contacts))
+        if isinstance(errors, list):
+            errors = dict(enumerate(errors))
+        outcomes: list[BatchOutcome] = []
+        done: list[tuple[int, dict[str, Any], bool]] = []
+        for i, member in enumerate(members):
+            key = email_key(member.email_address) or member.email_address
+            code = int(codes[i]) if i < len(codes) else 500
+            contact = contacts.get(i, contacts.get(str(i)))
+            if code in (200, 201) and isinstance(contact, dict) and contact.get("id"):
+                done.append((i, contact, code == 201))
+                outcomes.append(BatchOutcome(email_key=key))
+                continue
+            error = errors.get(i, errors.get(str(i))) or {}
+            failure = error_from(code, {"errors": [error]}, op="batch_item")
+            if not isinstance(failure, PermanentError):
+                # A per-item 5xx or the empty-contact bug: the row retries on its own.
+                failure = PermanentError(ErrorKind.invalid, failure.message, status=code)
+            outcomes.append(BatchOutcome(email_key=key, error=failure))
+        ids = [int(c["id"]) for _, c, _ in done]
+        if ids:
+            _, added = await self._request(
+                "POST", f"/segments/{audience_id}/contacts/add", op="segment_add", json={"ids": ids}
+            )
+            details = (added or {}).get("details") or {}
+        else:
+            details = {}
+        for i, contact, created in done:
+            member = members[i]
+            cid = str(contact["id"])
+            if isinstance(details, dict) and details.get(cid, {}).get("success") is False:
+                outcomes[i].error = PermanentError(ErrorKind.not_found, f"contact {cid} is gone")
+                continue
+            consent = member.consent_if_new if created else member.consent
+            try:
+                contact = await self._apply_consent(contact, consent)
+            except PermanentError as exc:
+                outcomes[i].error = exc
+                continue
+            refs: dict[str, Any] = {"segment": audience_id, "dnc": is_ours(email_dnc(contact))}
+            if created:
+                refs["created"] = True
+            outcomes[i].state = member_of(contact, created=created, refs=refs)
+        return outcomes
+
+    async def update_tags(
+        self,
+        audience_id: str,
+        email: str,
+        *,
+        add: list[str],
+        remove: list[str],
+        remote: RemoteRef | None = None,
+    ) -> Mapping[str, Any] | None:
+        """PATCH `tags` with `add` and `-name` for each of `remove`: tags not named (a Mautic
+        user's own) are never touched."""
+        if not add and not remove:
+            return None
+        contact_id = await self._contact_id(email, remote)
+        if contact_id is None:
+            raise PermanentError(ErrorKind.not_found, "no Mautic contact has this address")
+        tags = [*add, *(f"-{t}" for t in remove)]
+        await self._request("PATCH", f"/contacts/{contact_id}/edit", op="tags", json={"tags": tags})
+        return None
+
+    async def move_member(
+        self,
+        audience_id: str,
+        old_email: str,
+        member: ContactPayload,
+        *,
+        remote: RemoteRef | None = None,
+    ) -> RemoteMember:
+        """Change the address by PATCH — only after checking nobody holds the new one, since
+        Mautic would merge that contact into ours and delete it (reference §1.4)."""
+        contact_id = await self._contact_id(old_email, remote)
+        if contact_id is None:
+            raise PermanentError(ErrorKind.not_found, "no Mautic contact has the old address")
+        holder = await self.find_contact(member.email_address)
+        if holder is not None and str(holder["id"]) != contact_id:
+            raise PermanentError(
+                ErrorKind.member_exists,
+                f"Mautic contact {holder['id']} already has the new address; refusing the "
+                "merge Mautic would make",
+            )
+        _, answer = await self._request(
+            "PATCH", f"/contacts/{contact_id}/edit", op="move", json=contact_body(member)
+        )
+        contact = (answer or {}).get("contact")
+        if not isinstance(contact, dict):
+            raise TransientError("Mautic answered an edit without a contact")
+        return await self._finish(audience_id, contact, member, created=False, remote=remote)
+
+    async def _segment_ids(self, contact_id: str) -> set[str]:
+        _, body = await self._request("GET", f"/contacts/{contact_id}/segments", op="get")
+        lists = (body or {}).get("lists") or {}
+        items = lists.values() if isinstance(lists, dict) else lists
+        return {str(s.get("id")) for s in items if isinstance(s, dict)}
+
+    async def archive_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> bool:
+        """Leave our segment (consent untouched); the contact itself is deleted only when we
+        created it and it is in no other segment. False when it was not in our segment."""
+        contact_id = await self._contact_id(email, remote)
+        if contact_id is None:
+            return False
+        try:
+            segments = await self._segment_ids(contact_id)
+        except PermanentError as exc:
+            if exc.kind is ErrorKind.not_found:
+                return False
+            raise
+        if audience_id not in segments:
+            return False
+        try:
+            await self._request(
+                "POST", f"/segments/{audience_id}/contact/{contact_id}/remove", op="segment_remove"
+            )
+        except PermanentError as exc:
+            if exc.kind is ErrorKind.not_found:
+                return False
+            raise
+        created = bool(remote is not None and remote.refs.get("created"))
+        if created and segments == {audience_id}:
+            await self._delete(contact_id)
+        return True
+
+    async def _delete(self, contact_id: str) -> None:
+        try:
+            await self._request("DELETE", f"/contacts/{contact_id}/delete", op="forget")
+        except PermanentError as exc:
+            if exc.kind is not ErrorKind.not_found:
+                raise
+
+    async def forget_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> None:
+        """`DELETE /contacts/{id}/delete` (GDPR); absent is fine."""
+        contact_id = await self._contact_id(email, remote)
+        if contact_id is not None:
+            await self._delete(contact_id)
+
+    async def list_members(
+        self,
+        audience_id: str,
+        *,
+        offset: int = 0,
+        count: int = 1000,
+        since_last_changed: datetime | None = None,
+        status: str | None = None,
+    ) -> MemberPage:
+        """One page of our segment's contacts, by id (stable paging), or by `date_modified`
+        since a time (the pull); `status` filters the page after the read."""
+        segment = await self._segment(audience_id)
+        params: dict[str, Any] = {
+            "search": f"segment:{segment['alias']}",
+            "start": offset,
+            "limit": min(count, BATCH_SIZE),
+            "orderBy": "id",
+            "orderByDir": "ASC",
+        }
+        if since_last_changed is not None:
+            since = since_last_changed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            params.update(
+                {
+                    "where[0][col]": "date_modified",
+                    "where[0][expr]": "gte",
+                    "where[0][val]": since,
+                    "orderBy": "date_modified,id",
+                }
+            )
+        _, body = await self._request("GET", "/contacts", op="list", params=params)
+        contacts = (body or {}).get("contacts") or {}
+        items = contacts.values() if isinstance(contacts, dict) else contacts
+        members = [member_of(c) for c in items if isinstance(c, dict) and c.get("id")]
+        if status is not None:
+            members = [m for m in members if m.status == status]
+        return MemberPage(members=members, total_items=int((body or {}).get("total") or 0))

@@ -1,0 +1,399 @@
+"""The Mautic client's rules against the Mautic sandbox over real HTTP (DESIGN §14.5)."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from app.providers.base import (
+    AudienceMissing,
+    AuthError,
+    ErrorKind,
+    PermanentError,
+    RemoteRef,
+    RemoteStatus,
+    ThrottledError,
+    TransientError,
+)
+from app.providers.mautic.client import MauticClient
+from app.providers.mautic.spec import OUR_DNC_COMMENT
+from app.sandbox.mautic import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from tests.providers.mautic.conftest import Mautic, payload
+
+
+class Recording(httpx.AsyncHTTPTransport):
+    """A real HTTP transport that keeps every request it sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return await super().handle_async_request(request)
+
+
+class TestAuth:
+    async def test_ping_fetches_a_client_credentials_token(self, client: MauticClient) -> None:
+        await client.ping()
+        assert client._token
+
+    async def test_a_wrong_secret_is_an_auth_error(self, mautic: Mautic) -> None:
+        async with httpx.AsyncHTTPTransport() as transport:
+            bad = MauticClient(
+                transport, base_url=mautic.url, client_id=DEFAULT_CLIENT_ID, client_secret="no"
+            )
+            with pytest.raises(AuthError) as err:
+                await bad.ping()
+        assert err.value.status == 400 and "invalid_client" in err.value.message
+        assert "no" not in err.value.message.split(":")[0]
+
+    async def test_the_api_switched_off_is_an_auth_error(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        await mautic.configure(api_enabled=False)
+        with pytest.raises(AuthError) as err:
+            await client.ping()
+        assert err.value.status == 403
+
+    async def test_an_expired_token_is_renewed_once_transparently(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        await client.ping()
+        first = client._token
+        assert (await mautic.http.post("/_control/tokens/expire")).status_code == 200
+        await client.ping()
+        assert client._token and client._token != first
+
+    async def test_a_base_url_with_api_is_normalised(self, mautic: Mautic) -> None:
+        async with httpx.AsyncHTTPTransport() as transport:
+            c = MauticClient(
+                transport,
+                base_url=mautic.url + "/api/",
+                client_id=DEFAULT_CLIENT_ID,
+                client_secret=DEFAULT_CLIENT_SECRET,
+            )
+            await c.ping()
+
+
+class TestSegments:
+    async def test_segments_are_the_audiences(self, mautic: Mautic, client: MauticClient) -> None:
+        other = await mautic.new_segment("Newsletter")
+        audiences = await client.list_audiences()
+        assert [(a.id, a.name) for a in audiences] == [
+            (mautic.segment, "CRM"),
+            (other, "Newsletter"),
+        ]
+        await client.upsert_member(mautic.segment, payload("a@x.com"))
+        one = await client.get_audience(mautic.segment)
+        assert (one.id, one.name, one.member_count) == (mautic.segment, "CRM", 1)
+
+    async def test_a_missing_segment(self, client: MauticClient) -> None:
+        with pytest.raises(AudienceMissing):
+            await client.get_audience("999")
+        with pytest.raises(AudienceMissing):
+            await client.upsert_member("999", payload("a@x.com"))
+
+
+class TestUpsert:
+    async def test_a_new_contact_lands_in_our_segment_with_fields_and_tags(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        state = await client.upsert_member(
+            mautic.segment,
+            payload("Jane@X.com", fields={"firstname": "Jane", "lastname": "Doe"}, tags=["vip"]),
+        )
+        assert state.created and state.status == RemoteStatus.subscribed
+        assert state.refs == {"segment": mautic.segment, "created": True, "dnc": False}
+        contact = await mautic.contact(state.remote_id)
+        assert contact["fields"]["all"]["firstname"] == "Jane"
+        assert [t["tag"] for t in contact["tags"]] == ["vip"]
+        assert contact["doNotContact"] == []
+        assert await mautic.segment_ids(state.remote_id) == {mautic.segment}
+        again = await client.upsert_member(mautic.segment, payload("jane@x.com"))
+        assert again.remote_id == state.remote_id and not again.created
+
+    async def test_empty_local_values_never_blank_mautics(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        existing = await mautic.new_contact(
+            email="u@x.com", firstname="Ann", lastname="Lee", utm_source="google"
+        )
+        await client.upsert_member(
+            mautic.segment,
+            payload("u@x.com", fields={"firstname": "Anne", "lastname": "", "utm_source": None}),
+        )
+        fields = (await mautic.contact(existing["id"]))["fields"]["all"]
+        assert (fields["firstname"], fields["lastname"]) == ("Anne", "Lee")
+
+    async def test_an_existing_persons_consent_is_left_alone(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        c = await mautic.new_contact(email="o@x.com")
+        await mautic.act("unsubscribe", "o@x.com")
+        state = await client.upsert_member(mautic.segment, payload("o@x.com"))
+        assert state.status == RemoteStatus.unsubscribed and not state.created
+        [dnc] = (await mautic.contact(c["id"]))["doNotContact"]
+        assert dnc["reason"] == 1
+
+    async def test_an_invalid_address_is_refused_for_good(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        with pytest.raises(PermanentError) as err:
+            await client.upsert_member(mautic.segment, payload("not-an-email"))
+        assert err.value.kind is ErrorKind.invalid_email
+
+    async def test_update_never_creates(self, mautic: Mautic, client: MauticClient) -> None:
+        with pytest.raises(PermanentError) as err:
+            await client.update_member(mautic.segment, payload("ghost@x.com"))
+        assert err.value.kind is ErrorKind.not_found
+        total = (await mautic.http.get("/_control/contacts")).json()["total"]
+        assert total == 0
+
+
+class TestLookup:
+    async def test_lookups_are_exact_never_a_prefix_match(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        longer = await mautic.new_contact(email="jo@x.com.au")
+        assert await client.find_contact("jo@x.com") is None
+        plus = await mautic.new_contact(email="a+b@x.com")
+        found = await client.find_contact("A+B@x.com")
+        assert found is not None and found["id"] == plus["id"]
+        found = await client.find_contact("jo@x.com.au")
+        assert found is not None and found["id"] == longer["id"]
+        # The 5 s list-count cache never decides a lookup: it reads the contacts, not `total`.
+        await mautic.configure(contact_api_count_cache_ttl=3600)
+        assert await client.find_contact("late@x.com") is None
+        late = await mautic.new_contact(email="late@x.com")
+        found = await client.find_contact("late@x.com")
+        assert found is not None and found["id"] == late["id"]
+
+    async def test_no_request_uses_search_for_an_address_nor_blanks(self, mautic: Mautic) -> None:
+        async with Recording() as transport:
+            c = MauticClient(
+                transport,
+                base_url=mautic.url,
+                client_id=DEFAULT_CLIENT_ID,
+                client_secret=DEFAULT_CLIENT_SECRET,
+            )
+            await c.upsert_member(mautic.segment, payload("s+1@x.com", fields={"lastname": ""}))
+            await c.update_tags(mautic.segment, "s+1@x.com", add=["a"], remove=["b"])
+            await c.update_member(mautic.segment, payload("s+1@x.com", fields={"city": " "}))
+        lookups = [r for r in transport.sent if r.url.path == "/api/contacts"]
+        assert lookups and all("search" not in r.url.params for r in lookups)
+        assert {r.url.params["where[0][expr]"] for r in lookups} == {"eq"}
+        assert {r.url.params["where[0][val]"] for r in lookups} == {"s+1@x.com"}
+        writes = [
+            orjson.loads(r.content)
+            for r in transport.sent
+            if r.content and r.url.path.startswith("/api")
+        ]
+        assert writes and all("overwriteWithBlank" not in w for w in writes)
+        assert all("lastname" not in w and "city" not in w for w in writes)
+        assert {"tags": ["a", "-b"]} in writes
+
+
+class TestBatch:
+    async def test_per_item_outcomes(self, mautic: Mautic, client: MauticClient) -> None:
+        await mautic.new_contact(email="old@x.com", lastname="Kept")
+        outcomes = await client.batch_upsert(
+            mautic.segment,
+            [
+                payload("new@x.com", fields={"firstname": "N"}, tags=["crm"]),
+                payload("bad@@x"),
+                payload("old@x.com", fields={"lastname": ""}),
+            ],
+        )
+        assert [o.email_key for o in outcomes] == ["new@x.com", "bad@@x", "old@x.com"]
+        new, bad, old = outcomes
+        assert new.state is not None and new.state.created and new.error is None
+        assert bad.state is None and bad.error is not None
+        assert bad.error.kind is ErrorKind.invalid_email
+        assert old.state is not None and not old.state.created
+        assert await mautic.segment_ids(new.state.remote_id) == {mautic.segment}
+        assert await mautic.segment_ids(old.state.remote_id) == {mautic.segment}
+        assert (await mautic.contact(old.state.remote_id))["fields"]["all"]["lastname"] == "Kept"
+
+    async def test_two_hundred_at_most(self, mautic: Mautic, client: MauticClient) -> None:
+        members = [payload(f"p{i}@x.com") for i in range(200)]
+        outcomes = await client.batch_upsert(mautic.segment, members)
+        assert all(o.state is not None for o in outcomes)
+        with pytest.raises(ValueError):
+            await client.batch_upsert(mautic.segment, [*members, payload("one@x.com")])
+
+    async def test_consent_in_a_batch(self, mautic: Mautic, client: MauticClient) -> None:
+        await mautic.new_contact(email="gone@x.com")
+        await mautic.act("bounce", "gone@x.com")
+        outcomes = await client.batch_upsert(
+            mautic.segment,
+            [
+                payload("quiet@x.com", consent_if_new="unsubscribed"),
+                payload("gone@x.com", consent="subscribed"),
+            ],
+        )
+        quiet, gone = outcomes
+        assert quiet.state is not None and quiet.state.status == RemoteStatus.unsubscribed
+        assert quiet.state.refs["dnc"] is True
+        assert gone.error is not None and gone.error.kind is ErrorKind.compliance
+
+
+class TestTags:
+    async def test_only_our_tags_are_removed(self, mautic: Mautic, client: MauticClient) -> None:
+        state = await client.upsert_member(mautic.segment, payload("t@x.com", tags=["crm"]))
+        await mautic.api.patch(f"/contacts/{state.remote_id}/edit", json={"tags": ["theirs"]})
+        ref = RemoteRef(email="t@x.com", remote_id=state.remote_id)
+        await client.update_tags(mautic.segment, "t@x.com", add=["vip"], remove=["crm"], remote=ref)
+        tags = {t["tag"] for t in (await mautic.contact(state.remote_id))["tags"]}
+        assert tags == {"theirs", "vip"}
+
+    async def test_tags_of_someone_absent(self, client: MauticClient, mautic: Mautic) -> None:
+        with pytest.raises(PermanentError) as err:
+            await client.update_tags(mautic.segment, "nobody@x.com", add=["a"], remove=[])
+        assert err.value.kind is ErrorKind.not_found
+
+
+class TestConsent:
+    async def test_local_opt_out_is_our_manual_dnc_and_opt_in_lifts_it(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        state = await client.upsert_member(mautic.segment, payload("c@x.com"))
+        out = await client.upsert_member(mautic.segment, payload("c@x.com", consent="unsubscribed"))
+        assert out.status == RemoteStatus.unsubscribed and out.refs["dnc"] is True
+        [dnc] = (await mautic.contact(state.remote_id))["doNotContact"]
+        assert (dnc["reason"], dnc["channel"], dnc["comments"]) == (3, "email", OUR_DNC_COMMENT)
+        back = await client.upsert_member(mautic.segment, payload("c@x.com", consent="subscribed"))
+        assert back.status == RemoteStatus.subscribed and back.refs["dnc"] is False
+        assert (await mautic.contact(state.remote_id))["doNotContact"] == []
+
+    async def test_a_new_person_without_consent_is_created_with_our_dnc(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        state = await client.upsert_member(
+            mautic.segment, payload("n@x.com", consent_if_new="unsubscribed")
+        )
+        assert state.created and state.status == RemoteStatus.unsubscribed
+        [dnc] = (await mautic.contact(state.remote_id))["doNotContact"]
+        assert (dnc["reason"], dnc["comments"]) == (3, OUR_DNC_COMMENT)
+
+    @pytest.mark.parametrize(("action", "reason"), [("unsubscribe", 1), ("bounce", 2)])
+    async def test_a_dnc_the_person_set_is_never_lifted(
+        self, mautic: Mautic, client: MauticClient, action: str, reason: int
+    ) -> None:
+        state = await client.upsert_member(mautic.segment, payload("p@x.com"))
+        await mautic.act(action, "p@x.com")
+        # Our opt-out neither overrides nor relabels theirs (a bounce would become manual).
+        await client.upsert_member(mautic.segment, payload("p@x.com", consent="unsubscribed"))
+        with pytest.raises(PermanentError) as err:
+            await client.upsert_member(mautic.segment, payload("p@x.com", consent="subscribed"))
+        assert err.value.kind is ErrorKind.compliance
+        assert err.value.message.startswith("blocked:")
+        [dnc] = (await mautic.contact(state.remote_id))["doNotContact"]
+        assert dnc["reason"] == reason
+
+    async def test_a_manual_dnc_set_by_a_mautic_user_is_not_ours(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        state = await client.upsert_member(mautic.segment, payload("m@x.com"))
+        await mautic.api.post(
+            f"/contacts/{state.remote_id}/dnc/email/add", json={"comments": "asked by phone"}
+        )
+        with pytest.raises(PermanentError) as err:
+            await client.upsert_member(mautic.segment, payload("m@x.com", consent="subscribed"))
+        assert err.value.kind is ErrorKind.compliance
+
+
+class TestRemoval:
+    async def test_delete_leaves_our_segment_and_keeps_a_contact_we_did_not_create(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        theirs = await mautic.new_contact(email="k@x.com")
+        state = await client.upsert_member(mautic.segment, payload("k@x.com"))
+        ref = RemoteRef(email="k@x.com", remote_id=state.remote_id, refs=state.refs)
+        assert await client.archive_member(mautic.segment, "k@x.com", remote=ref) is True
+        assert await mautic.segment_ids(theirs["id"]) == set()
+        assert await mautic.exists(theirs["id"])
+        assert await client.archive_member(mautic.segment, "k@x.com", remote=ref) is False
+
+    async def test_a_contact_we_created_in_no_other_segment_is_deleted(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        mine = await client.upsert_member(mautic.segment, payload("mine@x.com"))
+        shared = await client.upsert_member(mautic.segment, payload("shared@x.com"))
+        other = await mautic.new_segment("Other")
+        await mautic.api.post(f"/segments/{other}/contact/{shared.remote_id}/add")
+        for s in (mine, shared):
+            ref = RemoteRef(email=s.email_address, remote_id=s.remote_id, refs=s.refs)
+            assert await client.archive_member(mautic.segment, s.email_address, remote=ref)
+        assert not await mautic.exists(mine.remote_id)
+        assert await mautic.segment_ids(shared.remote_id) == {other}
+
+    async def test_forget_deletes_and_absent_is_fine(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        state = await client.upsert_member(mautic.segment, payload("f@x.com"))
+        await client.forget_member(mautic.segment, "f@x.com")
+        assert not await mautic.exists(state.remote_id)
+        await client.forget_member(mautic.segment, "f@x.com")
+        ref = RemoteRef(email="f@x.com", remote_id=state.remote_id)
+        await client.forget_member(mautic.segment, "f@x.com", remote=ref)
+
+
+class TestMove:
+    async def test_an_email_change(self, mautic: Mautic, client: MauticClient) -> None:
+        state = await client.upsert_member(mautic.segment, payload("old@x.com"))
+        moved = await client.move_member(mautic.segment, "old@x.com", payload("new@x.com"))
+        assert moved.remote_id == state.remote_id
+        assert (await mautic.contact(state.remote_id))["fields"]["all"]["email"] == "new@x.com"
+
+    async def test_a_collision_is_refused_never_merged(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        state = await client.upsert_member(mautic.segment, payload("a@x.com"))
+        other = await mautic.new_contact(email="b@x.com")
+        with pytest.raises(PermanentError) as err:
+            await client.move_member(mautic.segment, "a@x.com", payload("b@x.com"))
+        assert err.value.kind is ErrorKind.member_exists
+        assert await mautic.exists(other["id"]) and await mautic.exists(state.remote_id)
+
+
+class TestMembers:
+    async def test_pages_of_our_segment(self, mautic: Mautic, client: MauticClient) -> None:
+        await mautic.new_contact(email="outside@x.com")
+        for i in range(5):
+            await client.upsert_member(mautic.segment, payload(f"m{i}@x.com"))
+        first = await client.list_members(mautic.segment, count=3)
+        rest = await client.list_members(mautic.segment, offset=3, count=3)
+        emails = [m.email_address for m in first.members + rest.members]
+        assert emails == [f"m{i}@x.com" for i in range(5)]
+        assert first.total_items == 5
+
+
+class TestFailures:
+    @pytest.mark.parametrize(
+        ("fault", "error"),
+        [("429", ThrottledError), ("500", TransientError), ("503", TransientError)],
+    )
+    async def test_faults_map_onto_the_error_tree(
+        self, mautic: Mautic, client: MauticClient, fault: str, error: type[Exception]
+    ) -> None:
+        await client.ping()
+        await mautic.configure(fault_rates={fault: 1.0})
+        with pytest.raises(error):
+            await client.upsert_member(mautic.segment, payload("e@x.com"))
+
+    async def test_a_read_only_role_is_an_auth_error(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        await mautic.configure(api_role="read_only")
+        with pytest.raises(AuthError):
+            await client.upsert_member(mautic.segment, payload("r@x.com"))
+
+    async def test_an_unreachable_instance_is_transient(self) -> None:
+        async with httpx.AsyncHTTPTransport() as transport:
+            c = MauticClient(
+                transport, base_url="http://127.0.0.1:9", client_id="x", client_secret="y"
+            )
+            with pytest.raises(TransientError):
+                await c.ping()
