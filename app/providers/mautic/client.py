@@ -9,6 +9,7 @@ reason 3 (manual) with our comment, and only ours is ever lifted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
@@ -202,6 +203,8 @@ class MauticClient:
         self._client_secret = client_secret
         self._token: str | None = None
         self._token_expires = 0.0
+        # One fetch at a time: callers waiting on an expired token share the new one.
+        self._token_lock = asyncio.Lock()
         self._timeout = timeout
         self._extensions = {
             "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
@@ -241,6 +244,12 @@ class MauticClient:
         """A client_credentials access token (cached until shortly before it expires)."""
         if self._token and time.monotonic() < self._token_expires:
             return self._token
+        async with self._token_lock:
+            if self._token and time.monotonic() < self._token_expires:
+                return self._token
+            return await self._fetch_token()
+
+    async def _fetch_token(self) -> str:
         # Credentials in the form body: Basic would meet the Basic-auth switch (403).
         request = httpx.Request(
             "POST",
@@ -299,7 +308,8 @@ class MauticClient:
             )
             response = await self._send(request, op=op)
             if response.status_code == 401 and attempt == 1:
-                self._token = None
+                if self._token == token:
+                    self._token = None
                 continue
             if 200 <= response.status_code < 300 or response.status_code in ok:
                 metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
 import httpx
 import orjson
 import pytest
+import respx
 
 from app.providers.base import (
     AudienceMissing,
@@ -17,7 +22,7 @@ from app.providers.base import (
     TransientError,
 )
 from app.providers.mautic.client import MauticClient
-from app.providers.mautic.spec import OUR_DNC_COMMENT
+from app.providers.mautic.spec import OUR_DNC_COMMENT, SPEC
 from app.sandbox.mautic import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from tests.providers.mautic.conftest import Mautic, payload
 
@@ -397,3 +402,139 @@ class TestFailures:
             )
             with pytest.raises(TransientError):
                 await c.ping()
+
+
+class Slots:
+    """A RequestLimiter of N slots in this process (the core's holds across processes)."""
+
+    def __init__(self, n: int) -> None:
+        self._sem = asyncio.Semaphore(n)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._sem:
+            yield
+
+
+class TestLimitsAndToken:
+    async def test_requests_hold_the_limiter_slot_spec_declares_four(self, mautic: Mautic) -> None:
+        assert SPEC.limits.concurrency_per_account == 4 and SPEC.capabilities.batch_size == 200
+        await mautic.configure(latency_ms=20)
+        async with httpx.AsyncHTTPTransport() as transport:
+            c = MauticClient(
+                transport,
+                base_url=mautic.url,
+                client_id=DEFAULT_CLIENT_ID,
+                client_secret=DEFAULT_CLIENT_SECRET,
+                limiter=Slots(SPEC.limits.concurrency_per_account),
+            )
+            await c.ping()
+            await asyncio.gather(
+                *(c.upsert_member(mautic.segment, payload(f"c{i}@x.com")) for i in range(16))
+            )
+        log = (await mautic.http.get("/_control/requests")).json()
+        assert 1 < log["max_in_flight_seen"] <= 4
+
+    async def test_one_token_serves_many_calls(self, mautic: Mautic) -> None:
+        async with Recording() as transport:
+            c = MauticClient(
+                transport,
+                base_url=mautic.url,
+                client_id=DEFAULT_CLIENT_ID,
+                client_secret=DEFAULT_CLIENT_SECRET,
+            )
+            for i in range(3):
+                await c.upsert_member(mautic.segment, payload(f"t{i}@x.com"))
+        tokens = [r for r in transport.sent if r.url.path == "/oauth/v2/token"]
+        assert len(tokens) == 1
+        assert b"client_credentials" in tokens[0].content
+        assert "authorization" not in tokens[0].headers  # Basic would meet the Basic switch
+
+    async def test_a_short_token_is_renewed_before_it_expires(self, mautic: Mautic) -> None:
+        await mautic.configure(access_token_lifetime_seconds=30)
+        async with Recording() as transport:
+            c = MauticClient(
+                transport,
+                base_url=mautic.url,
+                client_id=DEFAULT_CLIENT_ID,
+                client_secret=DEFAULT_CLIENT_SECRET,
+            )
+            await c.ping()
+            await c.ping()
+        tokens = [r for r in transport.sent if r.url.path == "/oauth/v2/token"]
+        # 30 s is inside the renewal margin: every call fetches a fresh one, none sees a 401.
+        assert len(tokens) == 2
+
+    async def test_mautic_5_0_empty_contacts_are_transient(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        await mautic.configure(empty_contact_rate=1.0)
+        with pytest.raises(TransientError):
+            await client.upsert_member(mautic.segment, payload("z@x.com"))
+
+
+class TestErrorMapping:
+    """Narrow unit tests of the error mapping (respx: bodies the sandbox does not send)."""
+
+    @pytest.fixture
+    def api(self) -> Iterator[respx.MockRouter]:
+        with respx.mock(base_url="https://m.example.com", assert_all_called=False) as router:
+            router.post("/oauth/v2/token").respond(
+                200, json={"access_token": "t", "expires_in": 3600, "token_type": "bearer"}
+            )
+            yield router
+
+    @pytest.fixture
+    async def unit(self) -> AsyncIterator[MauticClient]:
+        async with httpx.AsyncHTTPTransport() as transport:
+            yield MauticClient(
+                transport, base_url="https://m.example.com", client_id="1_a", client_secret="s"
+            )
+
+    async def test_a_second_401_is_an_auth_error(
+        self, api: respx.MockRouter, unit: MauticClient
+    ) -> None:
+        body = {"errors": [{"message": "x", "code": 401, "type": "invalid_grant"}]}
+        route = api.get("/api/contacts").respond(401, json=body)
+        with pytest.raises(AuthError):
+            await unit.ping()
+        assert route.call_count == 2 and api.routes[0].call_count == 2
+
+    async def test_429_with_an_html_content_type(
+        self, api: respx.MockRouter, unit: MauticClient
+    ) -> None:
+        text = '{ "errors": [ { "code": 429, "message": "You exceeded", "details": [] } ]}'
+        api.get("/api/contacts").respond(429, text=text, headers={"Content-Type": "text/html"})
+        with pytest.raises(ThrottledError):
+            await unit.ping()
+
+    async def test_validation_details_decide_the_kind_never_the_message(
+        self, api: respx.MockRouter, unit: MauticClient
+    ) -> None:
+        body = {
+            "errors": [{"code": 400, "message": "país: no válido", "details": {"country": ["x"]}}]
+        }
+        api.post("/api/contacts/new").respond(400, json=body)
+        with pytest.raises(PermanentError) as err:
+            await unit.upsert_member("1", payload("a@x.com", fields={"country": "Nowhere"}))
+        assert err.value.kind is ErrorKind.merge_fields
+
+    async def test_a_revoked_client_is_an_auth_error(self, unit: MauticClient) -> None:
+        with respx.mock(base_url="https://m.example.com") as router:
+            router.post("/oauth/v2/token").respond(
+                400, json={"errors": [{"message": "m", "code": 400, "type": "invalid_client"}]}
+            )
+            with pytest.raises(AuthError):
+                await unit.ping()
+
+
+async def test_concurrent_callers_share_one_token_fetch(mautic: Mautic) -> None:
+    async with Recording() as transport:
+        c = MauticClient(
+            transport,
+            base_url=mautic.url,
+            client_id=DEFAULT_CLIENT_ID,
+            client_secret=DEFAULT_CLIENT_SECRET,
+        )
+        await asyncio.gather(*(c.ping() for _ in range(5)))
+    assert len([r for r in transport.sent if r.url.path == "/oauth/v2/token"]) == 1
