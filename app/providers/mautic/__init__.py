@@ -1,2 +1,3 @@
-"""Mautic: spec, client and mapping (DESIGN §14.5). Not registered yet: no connect flow or
-inbound adapter exists, so `GET /api/integrations` does not offer it (issue 14 items 3-5)."""
+"""Mautic: spec, client, mapping and the host rule (DESIGN §14.5). NOT registered: no
+ConnectFlow, settings or inbound adapter exist yet, so `GET /api/integrations` does not offer
+Mautic and nothing in the core reaches this package (issue 14 items 3-5)."""
