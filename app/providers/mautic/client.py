@@ -686,11 +686,16 @@ class MauticClient:
         }
         if since_last_changed is not None:
             since = since_last_changed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            # date_modified is NULL until a contact's first edit: new ones match on date_added.
             params.update(
                 {
-                    "where[0][col]": "date_modified",
-                    "where[0][expr]": "gte",
-                    "where[0][val]": since,
+                    "where[0][expr]": "orX",
+                    "where[0][val][0][col]": "date_modified",
+                    "where[0][val][0][expr]": "gte",
+                    "where[0][val][0][val]": since,
+                    "where[0][val][1][col]": "date_added",
+                    "where[0][val][1][expr]": "gte",
+                    "where[0][val][1][val]": since,
                     "orderBy": "date_modified,id",
                 }
             )

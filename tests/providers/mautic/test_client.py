@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import httpx
 import orjson
@@ -538,3 +539,22 @@ async def test_concurrent_callers_share_one_token_fetch(mautic: Mautic) -> None:
         )
         await asyncio.gather(*(c.ping() for _ in range(5)))
     assert len([r for r in transport.sent if r.url.path == "/oauth/v2/token"]) == 1
+
+
+async def test_changes_since_a_time_include_new_and_edited_members(
+    mautic: Mautic, client: MauticClient
+) -> None:
+    before = await client.upsert_member(mautic.segment, payload("before@x.com"))
+    edited = await client.upsert_member(mautic.segment, payload("edited@x.com"))
+    await mautic.http.post("/_control/clock", json={"advance_seconds": 60})
+    since = datetime.fromtimestamp((await mautic.http.get("/_control/clock")).json()["now"], UTC)
+    await mautic.http.post("/_control/clock", json={"advance_seconds": 5})
+    await client.update_member(mautic.segment, payload("edited@x.com", fields={"city": "Oslo"}))
+    new = await client.upsert_member(mautic.segment, payload("new@x.com"))
+    await mautic.new_contact(email="elsewhere@x.com")  # changed, but not in our segment
+    page = await client.list_members(mautic.segment, since_last_changed=since)
+    ids = {m.remote_id for m in page.members}
+    assert ids == {edited.remote_id, new.remote_id} and before.remote_id not in ids
+    await mautic.act("unsubscribe", "new@x.com")
+    page = await client.list_members(mautic.segment, status="unsubscribed")
+    assert [m.email_address for m in page.members] == ["new@x.com"]
