@@ -491,7 +491,8 @@ class MauticClient:
         contact_id = await self._contact_id(member.email_address, remote)
         if contact_id is None:
             raise PermanentError(ErrorKind.not_found, "no Mautic contact has this address")
-        body = contact_body(member)
+        # Tags of someone present change only through update_tags (the engine's difference).
+        body = contact_body(member, tags=False)
         # The same address: an edit carrying another contact's address would merge the two.
         body["email"] = member.email_address
         _, answer = await self._request(
@@ -608,7 +609,10 @@ class MauticClient:
                 "merge Mautic would make",
             )
         _, answer = await self._request(
-            "PATCH", f"/contacts/{contact_id}/edit", op="move", json=contact_body(member)
+            "PATCH",
+            f"/contacts/{contact_id}/edit",
+            op="move",
+            json=contact_body(member, tags=False),
         )
         contact = (answer or {}).get("contact")
         if not isinstance(contact, dict):

@@ -558,3 +558,11 @@ async def test_changes_since_a_time_include_new_and_edited_members(
     await mautic.act("unsubscribe", "new@x.com")
     page = await client.list_members(mautic.segment, status="unsubscribed")
     assert [m.email_address for m in page.members] == ["new@x.com"]
+
+
+async def test_an_update_leaves_tags_to_update_tags(mautic: Mautic, client: MauticClient) -> None:
+    state = await client.upsert_member(mautic.segment, payload("g@x.com", tags=["crm"]))
+    await mautic.api.patch(f"/contacts/{state.remote_id}/edit", json={"tags": ["-crm"]})
+    await client.update_member(mautic.segment, payload("g@x.com", tags=["crm"]))
+    await client.move_member(mautic.segment, "g@x.com", payload("h@x.com", tags=["crm"]))
+    assert (await mautic.contact(state.remote_id))["tags"] == []
