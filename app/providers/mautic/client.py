@@ -538,9 +538,12 @@ class MauticClient:
                 continue
             error = errors.get(i, errors.get(str(i))) or {}
             failure = error_from(code, {"errors": [error]}, op="batch_item")
+            if code in (200, 201):
+                failure = TransientError("Mautic answered a contact without an id (5.0's bug)")
             if not isinstance(failure, PermanentError):
-                # A per-item 5xx or the empty-contact bug: the row retries on its own.
-                failure = PermanentError(ErrorKind.invalid, failure.message, status=code)
+                # Only refusals are per item; anything else retries the whole batch, which is
+                # safe: every item is an upsert on its address.
+                raise failure
             outcomes.append(BatchOutcome(email_key=key, error=failure))
         ids = [int(c["id"]) for _, c, _ in done]
         if ids:

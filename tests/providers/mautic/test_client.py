@@ -566,3 +566,17 @@ async def test_an_update_leaves_tags_to_update_tags(mautic: Mautic, client: Maut
     await client.update_member(mautic.segment, payload("g@x.com", tags=["crm"]))
     await client.move_member(mautic.segment, "g@x.com", payload("h@x.com", tags=["crm"]))
     assert (await mautic.contact(state.remote_id))["tags"] == []
+
+
+async def test_a_batch_hit_by_mautic_5_0s_empty_contacts_is_retried_whole(
+    mautic: Mautic, client: MauticClient
+) -> None:
+    await client.ping()
+    await mautic.configure(empty_contact_rate=1.0)
+    with pytest.raises(TransientError):
+        await client.batch_upsert(mautic.segment, [payload("b1@x.com"), payload("b2@x.com")])
+    await mautic.configure(empty_contact_rate=0.0)
+    outcomes = await client.batch_upsert(mautic.segment, [payload("b1@x.com"), payload("b2@x.com")])
+    assert [o.state.created for o in outcomes if o.state] == [False, False]  # written the 1st time
+    total = (await mautic.http.get("/_control/contacts")).json()["total"]
+    assert total == 2
