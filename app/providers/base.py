@@ -352,8 +352,12 @@ class ProviderSpec:
 class RequestLimiter(Protocol):
     """Admits one provider request at a time per slot (the account's limits, §14.3)."""
 
-    def slot(self) -> AbstractAsyncContextManager[None]:
-        """Held for exactly the request on the wire: sent, answered, body read."""
+    def slot(self, op: str | None = None) -> AbstractAsyncContextManager[None]:
+        """Held for exactly the request on the wire: sent, answered, body read.
+
+        `op` is the client's label of the request; a spec's `EndpointRate` with that `op`
+        applies to it besides the account's and the application's limits.
+        """
 
 
 class ProviderClient(Protocol):

@@ -625,10 +625,10 @@ class ConnectionLimits:
     gate: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None
 
     @contextlib.asynccontextmanager
-    async def slot(self, endpoint: str | None = None) -> AsyncIterator[None]:
-        """Held for one request on the wire; the token is taken with the slot already held,
-        so it is spent the moment it is due."""
+    async def slot(self, op: str | None = None) -> AsyncIterator[None]:
+        """Held for one request on the wire (`op`: its endpoint rate, if any); the token is
+        taken with the slot already held, so it is spent the moment it is due."""
         async with self.gate() if self.gate is not None else contextlib.nullcontext():
             if self.limiter is not None and self.binding is not None:
-                await self.limiter.take(self.binding, endpoint=endpoint)
+                await self.limiter.take(self.binding, endpoint=op)
             yield

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from app.config import Settings
 from app.main import Runtime
 from app.sync.limits import (
+    ConnectionLimits,
     DailyQuota,
     Limiter,
     LimitPaused,
@@ -371,3 +372,21 @@ async def test_two_worker_processes_stay_under_the_activecampaign_sandboxs_rate(
     times = sorted(r["start"] for r in log)
     assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= rate
     assert [s for out in outs for s in out["statuses"]] == [200] * (2 * each)
+
+
+async def test_a_request_labelled_with_an_endpoint_also_draws_from_its_rate(
+    runtime: Runtime,
+) -> None:
+    limiter = Limiter(runtime.engine, me="w1")
+    binding = bind(AC_LIKE, provider="ac", account="a1", application="app", tenant="t1")
+    limits = ConnectionLimits(limiter, binding)
+    async with limits.slot("bulk_import"):
+        pass
+    async with limits.slot("contact_sync"):  # no rate of its own: the account's only
+        pass
+    rows = await fetch(runtime, "SELECT key FROM limit_buckets ORDER BY key")
+    assert [r["key"] for r in rows] == ["ac:account:a1", "ac:account:a1:bulk_import"]
+    # The account bucket gave both requests a token, the endpoint bucket only the import.
+    claims = await fetch(runtime, "SELECT key, served_at FROM limit_claims ORDER BY key")
+    assert [r["key"] for r in claims] == ["ac:account:a1", "ac:account:a1:bulk_import"]
+    assert claims[0]["served_at"] > claims[1]["served_at"]

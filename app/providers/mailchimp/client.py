@@ -242,7 +242,7 @@ class MailchimpClient:
             content=content,
             extensions=self._extensions,
         )
-        slot = self._limiter.slot() if self._limiter is not None else contextlib.nullcontext()
+        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
         start = time.perf_counter()
         try:
             async with slot:
