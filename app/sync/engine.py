@@ -949,6 +949,7 @@ class SyncEngine:
     ) -> Outcome:
         """Tags for members that existed (the body's tags apply on create only), then done."""
         add, remove = tag_diff(plan.tags, plan.owned_tags, state.tags)
+        refs: dict[str, Any] = dict(state.refs)
         if (add or remove) and state.status != "archived":
             email = state.email_address or plan.target_email or plan.key
             known = _ref(plan)
@@ -957,19 +958,22 @@ class SyncEngine:
                 remote_id=state.remote_id,
                 refs={**(known.refs if known else {}), **state.refs},
             )
-            await self._call(
+            tag_refs = await self._call(
                 ctx,
                 lambda: ctx.client.update_tags(
                     ctx.audience_id, email, add=add, remove=remove, remote=ref
                 ),
             )
-        return Outcome(plan.key, "done", mirror=self._mirror(plan, state), synced=True)
+            refs.update(tag_refs or {})
+        mirror = self._mirror(plan, state)
+        mirror["remote_refs"] = refs
+        return Outcome(plan.key, "done", mirror=mirror, synced=True)
 
     async def _tags_only(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
         add, remove = tag_diff(plan.tags, plan.owned_tags, None)
         email = plan.target_email or plan.key
         try:
-            await self._call(
+            tag_refs = await self._call(
                 ctx,
                 lambda: ctx.client.update_tags(
                     ctx.audience_id, email, add=add, remove=remove, remote=_ref(plan)
@@ -989,6 +993,7 @@ class SyncEngine:
             "pushed_digest": plan.digest,
             "pushed_tags": plan.tags,
             "remote_status": plan.mirror["remote_status"],
+            "remote_refs": dict(tag_refs or {}),
         }
         return Outcome(plan.key, "done", mirror=mirror, synced=True)
 

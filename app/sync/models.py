@@ -112,7 +112,12 @@ class SyncState(Base):
     )
     email_key: Mapped[str] = mapped_column(Text, primary_key=True)
     contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
-    remote_id: Mapped[str | None] = mapped_column(Text)  # Mailchimp: the subscriber hash
+    # The provider's own id for the person (Mailchimp: the subscriber hash; Constant Contact:
+    # the contact UUID; ActiveCampaign, Mautic: the numeric id).
+    remote_id: Mapped[str | None] = mapped_column(Text)
+    # Ids of what *we* set there (tag ids, list membership, our do-not-contact entry), as the
+    # provider's client returned them (RemoteMember.refs); handed back in RemoteRef.refs.
+    remote_refs: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     pushed_email: Mapped[str | None] = mapped_column(Text)
     pushed_digest: Mapped[str | None] = mapped_column(Text)
     # The tags *we* set: our ownership; tags added at the provider by others are never touched.

@@ -176,16 +176,20 @@ _MIRROR_UPSERT = text(
     """
     INSERT INTO sync_state AS s (connection_id, email_key, contact_id, remote_id, pushed_email,
         pushed_digest, pushed_tags, remote_status, remote_changed_at, last_synced_at,
-        error_kind, error)
+        error_kind, error, remote_refs)
     SELECT :conn, r.email_key, r.contact_id, r.remote_id, r.pushed_email, r.pushed_digest,
         ARRAY(SELECT jsonb_array_elements_text(COALESCE(r.pushed_tags, '[]'::jsonb))),
-        r.remote_status, r.remote_changed_at, now(), r.error_kind, r.error
+        r.remote_status, r.remote_changed_at, now(), r.error_kind, r.error,
+        COALESCE(r.remote_refs, '{}'::jsonb)
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(email_key text, contact_id uuid,
         remote_id text, pushed_email text, pushed_digest text, pushed_tags jsonb,
-        remote_status text, remote_changed_at timestamptz, error_kind text, error text)
+        remote_status text, remote_changed_at timestamptz, error_kind text, error text,
+        remote_refs jsonb)
     ON CONFLICT (connection_id, email_key) DO UPDATE SET
         contact_id = EXCLUDED.contact_id,
         remote_id = COALESCE(EXCLUDED.remote_id, s.remote_id),
+        -- Refs a send reports are merged over the known ones (a client drops one with null).
+        remote_refs = s.remote_refs || EXCLUDED.remote_refs,
         pushed_email = COALESCE(EXCLUDED.pushed_email, s.pushed_email),
         pushed_digest = COALESCE(EXCLUDED.pushed_digest, s.pushed_digest),
         pushed_tags = CASE WHEN EXCLUDED.pushed_digest IS NULL THEN s.pushed_tags

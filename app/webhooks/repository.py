@@ -27,6 +27,7 @@ tombstones = cast(Table, SyncTombstone.__table__)
 MIRROR_COLUMNS = (
     "contact_id",
     "remote_id",
+    "remote_refs",
     "pushed_email",
     "pushed_digest",
     "pushed_tags",
@@ -137,6 +138,7 @@ class InboundRepository:
         """Write the whole mirror row of a key (insert or replace)."""
         row = {c: values.get(c) for c in MIRROR_COLUMNS}
         row["pushed_tags"] = list(values.get("pushed_tags") or [])
+        row["remote_refs"] = dict(values.get("remote_refs") or {})
         stmt = pg_insert(mirror).values(
             connection_id=connection_id, email_key=key, last_synced_at=func.now(), **row
         )

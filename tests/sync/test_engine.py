@@ -367,3 +367,31 @@ class TestCoalescingHold:
             assert (await sandbox.members())["hot2@example.com"]["merge_fields"]["FNAME"] == "a"
         finally:
             outbox.configure(0.0)
+
+
+class TestMirrorRefs:
+    async def test_the_ids_we_set_survive_later_sends(
+        self, crm: Api, sandbox: Sandbox, make_engine: Engine, runtime: Runtime
+    ) -> None:
+        c = await crm.create(email="refs@example.com", first_name="R", tags=["vip"])
+        await drain(make_engine)
+        (row,) = await fetch(runtime, "SELECT remote_id, remote_refs FROM sync_state")
+        assert row["remote_id"] == h("refs@example.com")
+        assert row["remote_refs"] == {}  # Mailchimp addresses tags by name: nothing to keep
+        # What a provider with tag ids would have recorded stays through a tags-only send
+        # and a field update (refs a send reports are merged over the known ones).
+        async with runtime.engine.begin() as conn:
+            from sqlalchemy import text
+
+            await conn.execute(
+                text("""UPDATE sync_state SET remote_refs = '{"tags": {"vip": "7"}}'""")
+            )
+        await crm.patch(c["id"], tags=["vip", "donor"])
+        await drain(make_engine)
+        await crm.patch(c["id"], first_name="Rita")
+        await drain(make_engine)
+        (row,) = await fetch(runtime, "SELECT remote_refs, pushed_tags FROM sync_state")
+        assert row["remote_refs"] == {"tags": {"vip": "7"}}
+        assert sorted(row["pushed_tags"]) == ["donor", "vip"]
+        m = (await sandbox.members())["refs@example.com"]
+        assert m["merge_fields"]["FNAME"] == "Rita"
