@@ -32,6 +32,8 @@ from app.config import Settings
 from app.db import make_sessionmaker, session_scope
 from app.providers import registry
 from app.providers.base import MemberPage, ProviderError, ThrottledError
+from app.sync.limits import request_priority
+from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import email_key
 from app.sync.slots import AccountGate, SlotsUnavailable
 from app.webhooks.inbound import (
@@ -131,9 +133,12 @@ async def pull_connection(
         await lock.commit()  # a session-level lock: no transaction stays open meanwhile
         if not locked:
             return None
+        # The pull's requests are bulk work for the shared limits: live changes go first.
+        priority = request_priority.set(PRIORITY_BULK)
         try:
             return await _pull(engine, connection_id, every)
         finally:
+            request_priority.reset(priority)
             await _unlock(lock, key)
 
 

@@ -57,6 +57,7 @@ from app.providers.base import (
     TransientError,
 )
 from app.providers.mapping import MappingConfig
+from app.sync.limits import request_priority
 from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import (
     NOTIFY_CHANNEL,
@@ -550,6 +551,8 @@ class Reconciler:
 
     async def execute(self, engine: SyncEngine, run: Run) -> None:
         """List, stage and diff; give the lease back on any interruption."""
+        # Its requests are bulk work for the shared limits: live changes go first (§14.3).
+        request_priority.set(PRIORITY_BULK)
         started = time.monotonic()
         ctx: ConnectionContext | None = None
         try:

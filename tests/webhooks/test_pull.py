@@ -137,3 +137,21 @@ async def test_paused_and_not_due_connections_are_skipped(
         await engine.aclose()
     assert await sandbox.requests() == []
     assert (await contact_row(runtime, "ada@example.com"))["newsletter_opt_in"] is True
+
+
+async def test_the_pulls_requests_are_bulk_work_for_the_shared_limits(
+    ada: dict[str, Any], runtime: Runtime, make_engine: Engine
+) -> None:
+    from app.sync.limits import LimitSpec, Rate, request_priority
+    from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
+
+    async with slots_running(make_engine()) as engine:
+        # A provider with a rate: the pull's page requests take its tokens as bulk work, so
+        # every tenant's live changes go before them.
+        engine.options.limits = LimitSpec(concurrency=10, rates=(Rate(100),))
+        engine.contexts.clear()
+        (conn,) = await fetch(runtime, "SELECT id FROM connections")
+        assert await pull_connection(engine, conn["id"]) is not None
+        assert request_priority.get() == PRIORITY_LIVE  # given back after the pull
+    claims = await fetch(runtime, "SELECT DISTINCT priority FROM limit_claims")
+    assert claims == [{"priority": PRIORITY_BULK}]
