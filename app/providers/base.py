@@ -89,6 +89,11 @@ class ThrottledError(ProviderError):
         self.scope = scope
 
 
+class QuotaExhausted(ThrottledError):
+    """The provider says the daily quota is spent (Constant Contact's `quota_exceeded`): the
+    engine pauses the quota's whole scope, every tenant, until 00:00 UTC (DESIGN §14.3)."""
+
+
 class TransientError(ProviderError):
     """A failure that may pass by itself (5xx, timeout, connection error)."""
 

@@ -31,6 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.metrics import record_quota_limit
+from app.providers.base import QuotaExhausted as QuotaExhausted  # re-exported for the engine
 from app.providers.base import ThrottledError
 from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 
@@ -135,10 +136,6 @@ class LimitPaused(ThrottledError):
         super().__init__(message, retry_after=wait)
         self.until = until
         self.scope = scope
-
-
-class QuotaExhausted(ThrottledError):
-    """The provider says the daily quota is spent (raised by a provider's client)."""
 
 
 def next_utc_midnight(now: datetime | None = None) -> datetime:

@@ -88,3 +88,26 @@ async def test_bulk_spends_only_its_share_of_the_daily_quota_and_live_work_the_r
         {"key": f"mailchimp:account:{connection['account_key']}", "quota_used": 0},
         {"key": "mailchimp:application:app", "quota_used": 6},
     ]
+
+
+async def test_a_providers_quota_exceeded_pauses_the_application_until_midnight(
+    runtime: Runtime, connection: dict[str, Any], make_engine: Callable[..., SyncEngine]
+) -> None:
+    from app.providers.base import QuotaExhausted
+    from app.sync.limits import LimitPaused, quota_notice
+
+    engine = make_engine()
+    engine.options.limits = LimitSpec(rates=(Rate(4),), daily_quota=DailyQuota(10_000))
+    try:
+        ctx = await engine.connection_context(connection["id"])
+        assert ctx is not None and ctx.binding is not None
+        paused = await engine._quota_spent(ctx, QuotaExhausted("Limit Exceeded", status=429))
+    finally:
+        await engine.aclose()
+    assert isinstance(paused, LimitPaused) and paused.until == next_utc_midnight()
+    notice = quota_notice(ctx.provider.spec.display_name)
+    assert str(paused) == notice
+    rows = await fetch(runtime, "SELECT key, paused_until, pause_reason FROM limit_buckets")
+    assert rows == [
+        {"key": "mailchimp:application:app", "paused_until": paused.until, "pause_reason": notice}
+    ]
