@@ -310,14 +310,15 @@ async def test_settings_connect_choose_sync_now_and_disconnect(
     button = page.locator(f"{card} .sync-now")
     await page.wait_for_function(
         "() => /Sync Now \\(in \\d+:\\d\\d\\)/.test("
-        "document.querySelector('#provider-mailchimp .sync-now').textContent)"
+        "document.querySelector('#provider-mailchimp .sync-now')?.textContent)"
     )
     assert await button.is_disabled()
     first = await button.inner_text()
     minutes = int(re.search(r"in (\d+):", first).group(1))  # type: ignore[union-attr]
     assert 55 <= minutes <= 59
     await page.wait_for_function(
-        "(first) => document.querySelector('#provider-mailchimp .sync-now').textContent !== first",
+        "(first) => (document.querySelector('#provider-mailchimp .sync-now')?.textContent ?? first)"
+        " !== first",
         arg=first,
     )
     assert "available again in" in await text_of(page, f"{card} .sync-hint")
@@ -348,7 +349,7 @@ async def test_credentials_form_shows_the_refusal_on_the_field(
     error = page.locator("#mailchimp-api_key-error")
     await error.wait_for()
     await page.wait_for_function(
-        "() => document.querySelector('#mailchimp-api_key-error').textContent.length > 0"
+        "() => document.querySelector('#mailchimp-api_key-error')?.textContent.length > 0"
     )
     assert await page.get_attribute("#mailchimp-api_key", "aria-invalid") == "true"
     assert (await console.status())["connected"] is False
@@ -413,7 +414,7 @@ async def test_contact_syncs_and_an_unsubscribe_at_the_sandbox_comes_back(
     await page.fill("#field-email", "not-an-email")
     await page.click("#contact-form button[type='submit']")
     await page.wait_for_function(
-        "() => document.querySelector('#field-email-error').textContent.length > 0"
+        "() => document.querySelector('#field-email-error')?.textContent.length > 0"
     )
     assert await page.get_attribute("#field-email", "aria-invalid") == "true"
 
@@ -437,7 +438,7 @@ async def test_contact_syncs_and_an_unsubscribe_at_the_sandbox_comes_back(
     # Ada unsubscribes at "Mailchimp"; the webhook brings it back, the page shows it.
     await page.click(".sandbox-unsubscribe")
     await page.wait_for_function(
-        "() => document.querySelector('.contact-detail dl').textContent.includes('Unsubscribed')"
+        "() => document.querySelector('.contact-detail dl')?.textContent.includes('Unsubscribed')"
     )
     await page.wait_for_selector("#sync-lines [data-status='synced']:has-text('unsubscribed')")
     assert (await console.contact(contact_id))["newsletter_opt_in"] is False
@@ -454,7 +455,7 @@ async def test_contact_syncs_and_an_unsubscribe_at_the_sandbox_comes_back(
     # Edited elsewhere meanwhile: 412, and a reload shows the other change.
     await page.click("#edit-contact")
     await page.wait_for_function(
-        "() => document.querySelector('#field-first_name').value === 'Ada'"
+        "() => document.querySelector('#field-first_name')?.value === 'Ada'"
     )
     elsewhere = await console.http.patch(
         f"/api/contacts/{contact_id}", json={"phone": "+44 20 7946 0000"}, headers=console.auth()
@@ -464,7 +465,7 @@ async def test_contact_syncs_and_an_unsubscribe_at_the_sandbox_comes_back(
     await page.click("#contact-form button[type='submit']")
     await page.click("#reload-contact")
     await page.wait_for_function(
-        "() => document.querySelector('#field-phone').value === '+44 20 7946 0000'"
+        "() => document.querySelector('#field-phone')?.value === '+44 20 7946 0000'"
     )
     assert (await console.contact(contact_id))["first_name"] == "Ada"
     await page.fill("#field-first_name", "Augusta")
@@ -538,6 +539,7 @@ async def test_csv_import_shows_progress_row_errors_and_pages(
 
     await sign_in(page, console, "#/contacts")
     await page.click("#show-import")
+    await page.wait_for_selector("#import-progress", state="attached")
     # Every value the bar takes, as it takes it.
     await page.evaluate(
         """() => {
