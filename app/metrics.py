@@ -103,7 +103,9 @@ RECONCILE_RUNS = Counter(
 # name), webhook events by type and outcome (app/webhooks: handlers.EVENT_TYPES plus "other",
 # inbound.Outcome; refused deliveries count as type "unknown"). tests/test_metrics.py checks
 # these lists against the code. Reconcile values are those the reconcile runs are to use.
-PROVIDERS = ("mailchimp",)
+# The registry adds every provider it registers (`track_provider`); the registry imports this
+# module, never the other way round, so the provider packages can record metrics.
+PROVIDERS: list[str] = []
 SEND_OPERATIONS = ("sync",)
 SEND_OUTCOMES = ("done", "retry", "defer", "release")
 PROVIDER_OPERATIONS = (
@@ -148,26 +150,36 @@ RECONCILE_KINDS = ("sync_now", "initial", "audience_change", "pull")
 RECONCILE_OUTCOMES = ("done", "failed", "cancelled")
 
 
+def track_provider(provider: str) -> None:
+    """Create a registered provider's label sets at zero (called by the registry)."""
+    if provider in PROVIDERS:
+        return
+    PROVIDERS.append(provider)
+    _initialise_provider(provider)
+
+
+def _initialise_provider(provider: str) -> None:
+    THROTTLE_EVENTS.labels(provider=provider)
+    for operation in SEND_OPERATIONS:
+        for outcome in SEND_OUTCOMES:
+            SENDS.labels(provider=provider, operation=operation, outcome=outcome)
+    for operation in PROVIDER_OPERATIONS:
+        PROVIDER_LATENCY.labels(provider=provider, operation=operation)
+        for outcome in PROVIDER_OUTCOMES:
+            PROVIDER_REQUESTS.labels(provider=provider, operation=operation, outcome=outcome)
+    for type_ in WEBHOOK_TYPES:
+        for outcome in WEBHOOK_OUTCOMES:
+            WEBHOOK_EVENTS.labels(provider=provider, type=type_, outcome=outcome)
+    for outcome in WEBHOOK_REFUSALS:
+        WEBHOOK_EVENTS.labels(provider=provider, type="unknown", outcome=outcome)
+    for status in CONNECTION_STATUSES:
+        CONNECTIONS.labels(provider=provider, status=status)
+        CONNECTION_STATUS_AGE.labels(provider=provider, status=status)
+    for family in (REJECTED, WEBHOOK_SILENCE, QUOTA_USED, QUOTA_LIMIT):
+        family.labels(provider=provider)
+
+
 def _initialise_labels() -> None:
-    for provider in PROVIDERS:
-        THROTTLE_EVENTS.labels(provider=provider)
-        for operation in SEND_OPERATIONS:
-            for outcome in SEND_OUTCOMES:
-                SENDS.labels(provider=provider, operation=operation, outcome=outcome)
-        for operation in PROVIDER_OPERATIONS:
-            PROVIDER_LATENCY.labels(provider=provider, operation=operation)
-            for outcome in PROVIDER_OUTCOMES:
-                PROVIDER_REQUESTS.labels(provider=provider, operation=operation, outcome=outcome)
-        for type_ in WEBHOOK_TYPES:
-            for outcome in WEBHOOK_OUTCOMES:
-                WEBHOOK_EVENTS.labels(provider=provider, type=type_, outcome=outcome)
-        for outcome in WEBHOOK_REFUSALS:
-            WEBHOOK_EVENTS.labels(provider=provider, type="unknown", outcome=outcome)
-        for status in CONNECTION_STATUSES:
-            CONNECTIONS.labels(provider=provider, status=status)
-            CONNECTION_STATUS_AGE.labels(provider=provider, status=status)
-        for family in (REJECTED, WEBHOOK_SILENCE, QUOTA_USED, QUOTA_LIMIT):
-            family.labels(provider=provider)
     for kind in RECONCILE_KINDS:
         for outcome in RECONCILE_OUTCOMES:
             RECONCILE_RUNS.labels(kind=kind, outcome=outcome)

@@ -23,9 +23,9 @@ MAUTIC_SANDBOX_PREFIX = "/_sandbox/mautic"
 CONSTANTCONTACT_SANDBOX_PREFIX = "/_sandbox/constantcontact"
 
 
-from app.startup import FIELD_MAP_PROVIDERS, check_config  # noqa: E402  (re-exported)
+from app.startup import check_config, field_map_providers  # noqa: E402  (re-exported)
 
-__all__ = ["FIELD_MAP_PROVIDERS", "SANDBOX_PREFIX", "check_config"]
+__all__ = ["SANDBOX_PREFIX", "check_config", "field_map_providers"]
 
 
 def routers(settings: Settings) -> list[APIRouter]:

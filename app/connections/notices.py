@@ -13,6 +13,9 @@ REASON_CREDENTIALS = "credentials_refused"
 REASON_AUDIENCE = "audience_missing"
 REASON_UNAVAILABLE = "provider_unavailable"
 REASON_ENDPOINT = "endpoint_refused"
+# Paused until 00:00 UTC: the provider's daily quota of this application is spent (§14.3).
+REASON_QUOTA = "daily_quota"
+QUOTA_NOTICE = "{name}'s daily limit is reached; sync resumes at midnight UTC"
 
 _ERROR_NOTICES = {
     REASON_CREDENTIALS: "Reconnect {name}: it no longer accepts the saved credentials.",
@@ -36,6 +39,8 @@ def notice_for(
     (`notice_for_provider` fills both from the registry).
     """
     if status == "paused":
+        if reason == REASON_QUOTA:
+            return QUOTA_NOTICE.format(name=provider)
         return PAUSED_NOTICE
     if status == "error":
         if reason in _ERROR_NOTICES:

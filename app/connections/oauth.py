@@ -33,22 +33,36 @@ class OAuthFailure(AppError):
     """The connect attempt cannot complete; `code` names why (shown to the user, no secrets)."""
 
     status_code = 400
-    title = "Mailchimp was not connected"  # the registry's name of the provider replaces it
-    slug = "mailchimp-connect"
+    title = "The account was not connected"
+    slug = "mailchimp-connect"  # the problem type URIs clients already match on
 
-    def __init__(self, code: str, detail: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, *, status_code: int | None = None, provider: str | None = None
+    ) -> None:
         super().__init__(detail, extra={"error": code})
         self.code = code
         if status_code is not None:
             self.status_code = status_code  # type: ignore[misc]
+        if provider is not None:
+            self.named(provider)
+
+    def named(self, provider: str) -> OAuthFailure:
+        """Title the failure with the provider's display name ("Constant Contact was not …")."""
+        self.title = f"{provider} was not connected"  # type: ignore[misc]
+        return self
 
 
 class OAuthNotConfigured(AppError):
-    """This deployment has no Mailchimp OAuth app (client id and secret)."""
+    """This deployment has no OAuth app for the provider (client id and secret), or no key."""
 
     status_code = 503
-    title = "Mailchimp OAuth is not configured"
+    title = "OAuth is not configured"
     slug = "oauth-not-configured"
+
+    def __init__(self, detail: str, *, provider: str | None = None) -> None:
+        super().__init__(detail)
+        if provider is not None:
+            self.title = f"{provider} OAuth is not configured"  # type: ignore[misc]
 
 
 # --- state ------------------------------------------------------------------------------

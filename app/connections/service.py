@@ -103,9 +103,10 @@ def refused(exc: ConnectRefused) -> Unprocessable:
 
 def oauth_failure(provider: Provider, exc: ConnectRefused) -> Exception:
     """The API error a refused or failed OAuth step becomes."""
+    name = provider.spec.display_name
     if exc.code == "oauth_not_configured":
-        return OAuthNotConfigured(exc.message)
-    return OAuthFailure(exc.code, exc.message, status_code=exc.status_code)
+        return OAuthNotConfigured(exc.message, provider=name)
+    return OAuthFailure(exc.code, exc.message, status_code=exc.status_code, provider=name)
 
 
 def provider_failure(provider: Provider, exc: ProviderError) -> Exception:
@@ -261,7 +262,10 @@ class ConnectionService:
         if "oauth" not in provider.spec.connect.kinds:
             raise NotFound(f"{provider.spec.display_name} connects with credentials, not OAuth.")
         nonce = oauth.new_nonce()
-        state, expires = oauth.sign_state(settings, owner_id=owner_id, nonce=nonce)
+        try:
+            state, expires = oauth.sign_state(settings, owner_id=owner_id, nonce=nonce)
+        except OAuthNotConfigured as exc:
+            raise OAuthNotConfigured(exc.detail, provider=provider.spec.display_name) from None
         try:
             url = await provider.connect.authorize_url(settings, state=state)
         except ConnectRefused as exc:
@@ -273,6 +277,38 @@ class ConnectionService:
         return ConnectStart(authorize_url=url, expires_at=expires_at)
 
     async def complete_oauth(
+        self,
+        session: AsyncSession,
+        *,
+        provider: Provider,
+        reader: Reader,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        state: str | None,
+        code: str | None,
+        error: str | None,
+        caller: str | None,
+    ) -> OAuthCompleted:
+        """The callback (see `_complete_oauth`); a refusal is titled with the provider's name."""
+        try:
+            return await self._complete_oauth(
+                session,
+                provider=provider,
+                reader=reader,
+                settings=settings,
+                transport=transport,
+                state=state,
+                code=code,
+                error=error,
+                caller=caller,
+            )
+        except OAuthFailure as exc:
+            exc.named(provider.spec.display_name)
+            raise
+        except OAuthNotConfigured as exc:
+            raise OAuthNotConfigured(exc.detail, provider=provider.spec.display_name) from None
+
+    async def _complete_oauth(
         self,
         session: AsyncSession,
         *,

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from app import metrics
 from app.providers.base import (
     ClientFactory,
     ConnectFlow,
     InboundAdapter,
+    Limits,
     ProviderSpec,
     SandboxSeed,
     tombstone_key,
@@ -41,7 +43,9 @@ class Provider:
       subscriber hash), or None when only the provider can say (its API returns it);
     - `sandbox_seed`: the emulator's default account (development), read lazily;
     - `sandbox_app`: the dotted path of the emulator's `create_app` (mounted by `serve` in
-      sandbox mode at `/_sandbox/<id>`), or None.
+      sandbox mode at `/_sandbox/<id>`), or None;
+    - `configured_limits`: the spec's limits as the deployment's Settings narrow them (a
+      provider's own `<ID>_MAX_CONCURRENCY`), or None when the spec's hold as declared.
     """
 
     spec: ProviderSpec
@@ -52,6 +56,13 @@ class Provider:
     person_id: Callable[[str], str | None] = lambda _key: None
     sandbox_seed: Callable[[], SandboxSeed | None] = lambda: None
     sandbox_app: str | None = None
+    configured_limits: Callable[[Settings], Limits] | None = None
+
+    def limits(self, settings: Settings) -> Limits:
+        """The limits the engine enforces for this provider under `settings`."""
+        if self.configured_limits is None:
+            return self.spec.limits
+        return self.configured_limits(settings)
 
     @property
     def id(self) -> str:
@@ -64,6 +75,7 @@ _PROVIDERS: dict[str, Provider] = {}
 
 def _register(provider: Provider) -> None:
     _PROVIDERS[provider.id] = provider
+    metrics.track_provider(provider.id)  # its label sets exist at zero before any event
 
 
 def get(provider_id: str) -> Provider:
@@ -121,6 +133,7 @@ def _mailchimp() -> Provider:
         person_id=subscriber_hash,
         sandbox_seed=seed,
         sandbox_app="app.sandbox.mailchimp:create_app",
+        configured_limits=spec.configured_limits,
     )
 
 

@@ -34,6 +34,7 @@ from app.connections.notices import (
     REASON_AUDIENCE,
     REASON_CREDENTIALS,
     REASON_ENDPOINT,
+    REASON_QUOTA,
     REASON_UNAVAILABLE,
 )
 from app.db import to_libpq_url
@@ -137,11 +138,17 @@ class ConnectionContext:
     binding: Binding | None = None  # its rate and quota buckets (None: only the slots)
 
 
+DEFAULT_ACCOUNT_CONCURRENCY = 10
+
+
 @dataclass
 class EngineOptions:
     """The engine's knobs, from Settings."""
 
-    max_concurrency: int = 8
+    # Requests in flight per account for a provider that declares no concurrency limit (its
+    # rates hold it), and the lanes of a group; a provider's own cap (Mailchimp:
+    # MAILCHIMP_MAX_CONCURRENCY) is in its limits.
+    max_concurrency: int = DEFAULT_ACCOUNT_CONCURRENCY
     batch_size: int = 500
     batch_threshold: int = 50
     claim_size: int = 500
@@ -162,7 +169,7 @@ class EngineOptions:
     def from_settings(cls, settings: Settings) -> EngineOptions:
         """Options as configured by the environment."""
         return cls(
-            max_concurrency=min(10, settings.MAILCHIMP_MAX_CONCURRENCY),
+            max_concurrency=DEFAULT_ACCOUNT_CONCURRENCY,
             batch_size=settings.SYNC_BATCH_SIZE,
             batch_threshold=settings.SYNC_BATCH_THRESHOLD,
             claim_size=settings.SYNC_CLAIM_SIZE,
@@ -493,11 +500,10 @@ class SyncEngine:
         return found
 
     def _limit_spec(self, provider: Provider) -> LimitSpec:
-        """The provider's declared limits (its spec); the configured concurrency may only
-        lower its cap."""
+        """The provider's limits: its spec's, as the deployment's Settings narrow them."""
         if self.options.limits is not None:
             return self.options.limits
-        return LimitSpec.from_limits(provider.spec.limits)
+        return LimitSpec.from_limits(provider.limits(self.settings))
 
     def _binding(self, provider: Provider, row: Any) -> Binding | None:
         spec = self._limit_spec(provider)
@@ -1161,6 +1167,30 @@ class SyncEngine:
         log.warning("sync.quota_spent", connection=str(ctx.id), until=until.isoformat())
         if ctx.binding is not None:
             await self.limits.pause(ctx.binding, until=until, reason=notice)
+        # Every connection of the provider shares the application's quota: each is paused with
+        # the notice, and probed at midnight (its ping resumes it; a refusal keeps it paused).
+        async with self.db.begin() as conn:
+            paused = await conn.execute(
+                text(
+                    """
+                    UPDATE connections SET status = 'paused', status_reason = :reason,
+                        status_since = now(), last_error = :error, last_error_at = now(),
+                        probe_attempts = 0, next_probe_at = :until
+                    WHERE provider = :provider AND status = 'active' RETURNING id
+                    """
+                ),
+                {
+                    "reason": REASON_QUOTA,
+                    "error": exc.message[:500],
+                    "until": until,
+                    "provider": ctx.provider.id,
+                },
+            )
+            for (conn_id,) in paused.all():
+                other = self.contexts.get(conn_id)
+                if other is not None:
+                    other.halted = "paused"
+        ctx.halted = ctx.halted or "paused"
         return LimitPaused(notice, until=until, scope="quota")
 
     async def _cooldown(self, ctx: ConnectionContext, seconds: float) -> None:

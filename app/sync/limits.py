@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.connections.notices import QUOTA_NOTICE
 from app.metrics import record_quota_limit
 from app.providers.base import QuotaExhausted as QuotaExhausted  # re-exported for the engine
 from app.providers.base import ThrottledError
@@ -148,7 +149,7 @@ def next_utc_midnight(now: datetime | None = None) -> datetime:
 
 def quota_notice(display_name: str) -> str:
     """The calm notice shown while an application's daily quota is spent."""
-    return f"{display_name}'s daily limit is reached; sync resumes at midnight UTC"
+    return QUOTA_NOTICE.format(name=display_name)
 
 
 # --- the buckets a request draws from ---------------------------------------------------------

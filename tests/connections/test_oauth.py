@@ -368,3 +368,43 @@ class TestSecrets:
         assert decrypt_credentials(only_new, after["credentials"]) == {
             "access_token": DEFAULT_ACCESS_TOKEN
         }
+
+
+class TestRefusalsNameTheProvider:
+    """A failed connect is titled with the provider's display name, not Mailchimp's."""
+
+    async def test_callback_problem_title_is_the_providers(self, service: Service) -> None:
+        r = await service.http.get("/api/integrations/mailchimp/callback?code=abc", headers=JSON)
+        assert r.json()["title"] == "Mailchimp was not connected"
+
+    async def test_another_provider_is_named(self, service: Service, runtime: Runtime) -> None:
+        from dataclasses import replace
+
+        from app.connections.oauth import OAuthFailure, OAuthNotConfigured
+        from app.connections.service import connection_service, oauth_failure
+        from app.providers import registry
+        from app.providers.base import ConnectRefused
+
+        mailchimp = registry.get("mailchimp")
+        other = replace(mailchimp, spec=replace(mailchimp.spec, display_name="Acme Mail"))
+        failure = oauth_failure(other, ConnectRefused("no", code="exchange_failed"))
+        assert isinstance(failure, OAuthFailure)
+        assert failure.title == "Acme Mail was not connected"
+        missing = oauth_failure(other, ConnectRefused("no app", code="oauth_not_configured"))
+        assert isinstance(missing, OAuthNotConfigured)
+        assert missing.title == "Acme Mail OAuth is not configured"
+        async with session_scope(runtime.sessionmaker) as session:
+            with pytest.raises(OAuthFailure) as raised:
+                await connection_service.complete_oauth(
+                    session,
+                    provider=other,
+                    reader=runtime.sessionmaker,
+                    settings=service.settings,
+                    transport=httpx.AsyncHTTPTransport(),
+                    state=None,
+                    code="abc",
+                    error=None,
+                    caller=None,
+                )
+        assert raised.value.title == "Acme Mail was not connected"
+        assert raised.value.code == "state_missing"

@@ -93,6 +93,7 @@ async def test_bulk_spends_only_its_share_of_the_daily_quota_and_live_work_the_r
 async def test_a_providers_quota_exceeded_pauses_the_application_until_midnight(
     runtime: Runtime, connection: dict[str, Any], make_engine: Callable[..., SyncEngine]
 ) -> None:
+    from app.connections.notices import notice_for_provider
     from app.providers.base import QuotaExhausted
     from app.sync.limits import LimitPaused, quota_notice
 
@@ -111,3 +112,39 @@ async def test_a_providers_quota_exceeded_pauses_the_application_until_midnight(
     assert rows == [
         {"key": "mailchimp:application:app", "paused_until": paused.until, "pause_reason": notice}
     ]
+    # The connection is paused with the quota's notice and probed again at midnight.
+    (row,) = await fetch(
+        runtime,
+        "SELECT status, status_reason, next_probe_at FROM connections WHERE id = :id",
+        id=connection["id"],
+    )
+    assert row == {
+        "status": "paused",
+        "status_reason": "daily_quota",
+        "next_probe_at": paused.until,
+    }
+    assert notice_for_provider(row["status"], row["status_reason"], "mailchimp") == notice
+    assert ctx.halted == "paused"
+
+
+async def test_mailchimp_max_concurrency_caps_only_mailchimp(
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    from dataclasses import replace
+
+    from app.providers import registry
+    from app.providers.base import Limits
+
+    engine = make_engine(MAILCHIMP_MAX_CONCURRENCY=3)
+    try:
+        mailchimp = registry.get("mailchimp")
+        assert engine._limit_spec(mailchimp).concurrency == 3
+        # Another provider declares its own cap in its spec; Mailchimp's setting is not its.
+        other = replace(
+            mailchimp,
+            spec=replace(mailchimp.spec, id="other", limits=Limits(concurrency_per_account=6)),
+            configured_limits=None,
+        )
+        assert engine._limit_spec(other).concurrency == 6
+    finally:
+        await engine.aclose()

@@ -262,7 +262,8 @@ async def test_lone_throttles_cost_a_retry_not_an_account_pause(
     rows = await fetch(runtime, "SELECT cooldown_until FROM connections")
     assert rows == [{"cooldown_until": None}]
     gate = engine.slots.gate(connection["account_key"])
-    assert gate.limit == engine.options.max_concurrency
+    # Mailchimp's cap is MAILCHIMP_MAX_CONCURRENCY (at most 10), never cut here.
+    assert gate.limit == gate.cap == min(10, engine.settings.MAILCHIMP_MAX_CONCURRENCY)
 
 
 async def test_outage_pauses_with_notice_and_resumes_by_itself(

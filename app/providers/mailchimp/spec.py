@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from app.providers.base import (
     Capabilities,
     ConnectSpec,
@@ -10,6 +13,9 @@ from app.providers.base import (
     ProviderSpec,
     RemoteStatus,
 )
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 PROVIDER = "mailchimp"
 MAX_CONCURRENCY = 10  # Mailchimp's documented cap of simultaneous connections per account
@@ -47,3 +53,9 @@ SPEC = ProviderSpec(
     },
     audience_noun="audience",
 )
+
+
+def configured_limits(settings: Settings) -> Limits:
+    """Mailchimp's limits with MAILCHIMP_MAX_CONCURRENCY: it may only lower the cap of 10."""
+    cap = min(MAX_CONCURRENCY, settings.MAILCHIMP_MAX_CONCURRENCY)
+    return replace(SPEC.limits, concurrency_per_account=cap)
