@@ -91,6 +91,17 @@ class Settings(BaseSettings):
     MAILCHIMP_MERGE_FIELD_MAP: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     MAILCHIMP_TIMEOUT_SECONDS: float = 30.0
 
+    # --- Constant Contact ----------------------------------------------------------------
+    CONSTANTCONTACT_MODE: MailchimpMode | None = None  # sandbox | live; default like Mailchimp's
+    CONSTANTCONTACT_CLIENT_ID: str | None = None  # the API key of the developer-portal app
+    CONSTANTCONTACT_CLIENT_SECRET: SecretStr = SecretStr("")  # empty for a public PKCE app
+    CONSTANTCONTACT_REDIRECT_URI: str | None = None
+    CONSTANTCONTACT_SANDBOX_URL: str | None = None  # where the worker reaches the sandbox
+    CONSTANTCONTACT_OWNER: str | None = None  # the development demo owner (default `demo`)
+    CONSTANTCONTACT_PKCE: bool = True  # PKCE on a confidential app too (off if it refuses)
+    CONSTANTCONTACT_BULK_QUOTA_SHARE: float = Field(default=0.8, gt=0, le=1)
+    CONSTANTCONTACT_TIMEOUT_SECONDS: float = 30.0
+
     # --- what syncs ----------------------------------------------------------------------
     FIELD_MAP: Annotated[FieldMap, NoDecode] = Field(default_factory=FieldMap)
     SYNC_KINDS: Annotated[frozenset[ContactKind], NoDecode] = Field(
@@ -175,6 +186,10 @@ class Settings(BaseSettings):
                 self.MAILCHIMP_API_KEY.get_secret_value()
             )
             self.MAILCHIMP_MODE = MailchimpMode.live if has_creds else MailchimpMode.sandbox
+        if self.CONSTANTCONTACT_MODE is None:
+            self.CONSTANTCONTACT_MODE = (
+                MailchimpMode.live if self.CONSTANTCONTACT_CLIENT_ID else MailchimpMode.sandbox
+            )
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.ENVIRONMENT is not Environment.production
         if self.ENVIRONMENT is Environment.development:
@@ -236,6 +251,11 @@ class Settings(BaseSettings):
         if self.MAILCHIMP_MODE is MailchimpMode.sandbox:
             return self.sandbox_url
         return "https://login.mailchimp.com"
+
+    @property
+    def constantcontact_sandbox(self) -> bool:
+        """True when Constant Contact traffic goes to the built-in emulator."""
+        return self.CONSTANTCONTACT_MODE is MailchimpMode.sandbox
 
     @property
     def is_sandbox(self) -> bool:

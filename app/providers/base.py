@@ -472,6 +472,17 @@ class ClientConfig:
     sandbox: bool
     dc: str | None = None
     limiter: RequestLimiter | None = None
+    # Expiring access tokens (`ConnectSpec.token_expires`): the core's renewal, one process
+    # at a time per connection (app/connections/tokens.py); None: `credentials` as stored.
+    tokens: TokenSource | None = None
+
+
+class TokenSource(Protocol):
+    """A connection's live access token, renewed by the core before it expires (§14.4)."""
+
+    async def access_token(self, *, stale: str | None = None) -> str:
+        """The token to send now; `stale` is a token the provider just refused (401): renew
+        it unless someone already did. AuthError when the connection must be reconnected."""
 
 
 #: Builds a client; raises ValueError when the stored host breaks the provider's host rule.

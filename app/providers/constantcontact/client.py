@@ -1,0 +1,1105 @@
+"""Constant Contact V3 client: the neutral operations, read-modify-write, and the error mapping.
+
+Rules (reference §1, §4, §7; DESIGN §14.5):
+- the contact UUID is the person's id; a new consenting person is `POST /contacts` with our
+  list, and a 409 ("Email already exists for contact <id>") turns into an update of that id;
+- an existing person is `GET` with every sub-resource, merged, then `PUT` whole: PUT nulls
+  every core field it is not sent, so the fields we do not own are sent back as they were;
+- `sign_up_form` is never called: it re-subscribes people who unsubscribed;
+- permission is only ever lowered by a PUT (`unsubscribed`); the way back after an
+  unsubscribe is the one resubscribe email (`PUT /contacts/resubscribe/{id}`);
+- errors are arrays of `{error_key, error_message}`, except 401 and 429 (single objects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from app import metrics
+from app.emailkey import email_key
+from app.providers.base import (
+    Audience,
+    AudienceMissing,
+    AuthError,
+    BatchOutcome,
+    ContactPayload,
+    ErrorKind,
+    InboundEvent,
+    InboundKind,
+    MemberPage,
+    PermanentError,
+    ProviderError,
+    QuotaExhausted,
+    RemoteMember,
+    RemoteRef,
+    RemoteStatus,
+    RequestLimiter,
+    ThrottledError,
+    TransientError,
+)
+from app.providers.constantcontact.spec import PROVIDER, STATUS_MAP
+
+LIVE_API_BASE = "https://api.cc.email/v3"
+UUID_PATTERN = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+DUPLICATE = re.compile(r"already exists for contact ([0-9a-fA-F-]{36})")
+INCLUDE = "custom_fields,list_memberships,phone_numbers,street_addresses,taggings,notes"
+PAGE_LIMIT = 500
+# Core contact properties a field map may name; anything else is a custom field (UUID or name).
+CORE_FIELDS = frozenset({"first_name", "last_name", "job_title", "company_name", "phone_number"})
+# Properties the API sets itself: never sent back in a PUT.
+READ_ONLY = frozenset({"contact_id", "created_at", "updated_at", "deleted_at", "create_source"})
+EMAIL_READ_ONLY = frozenset(
+    {"created_at", "updated_at", "opt_in_source", "opt_in_date", "opt_out_source", "opt_out_date"}
+)
+# Activities end in one of these states (reference §3).
+FINAL_STATES = frozenset({"completed", "cancelled", "failed", "timed_out"})
+ACTIVITY_POLL_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+ACTIVITY_TIMEOUT_SECONDS = 600.0
+
+
+class TokenSource(Protocol):
+    """Hands out a live access token; `stale` forces a renewal of that (rejected) token."""
+
+    async def access_token(self, *, stale: str | None = None) -> str:
+        """A token to send now."""
+
+
+def check_live_base(api_base: str) -> str:
+    """Live mode: only `https://api.cc.email/v3` (DESIGN §14.5 host rule)."""
+    parts = urlsplit(api_base.rstrip("/"))
+    if f"{parts.scheme}://{parts.netloc}{parts.path}" != LIVE_API_BASE:
+        raise ValueError(f"Refusing API endpoint {api_base!r}: expected {LIVE_API_BASE}.")
+    return LIVE_API_BASE
+
+
+def _loads(content: bytes) -> Any:
+    try:
+        return orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def first_error(body: Any) -> tuple[str, str]:
+    """(error_key, error_message) of an error body: an array, or a single object."""
+    if isinstance(body, list):
+        body = body[0] if body else {}
+    if not isinstance(body, dict):
+        return "", ""
+    key = str(body.get("error_key") or body.get("error") or "")
+    message = str(body.get("error_message") or body.get("error_description") or "")
+    return key, message
+
+
+def _classify(message: str) -> ErrorKind:
+    low = message.lower()
+    if "email" in low and ("valid" in low or "format" in low or "address" in low):
+        return ErrorKind.invalid_email
+    if "custom_field" in low or "custom field" in low:
+        return ErrorKind.merge_fields
+    if "unsubscribed" in low or "resubscribe" in low:
+        return ErrorKind.compliance
+    return ErrorKind.invalid
+
+
+def error_from(response: httpx.Response, *, op: str) -> ProviderError:
+    """The ProviderError a non-2xx Constant Contact answer means (keys, not wording)."""
+    status = response.status_code
+    key, text = first_error(_loads(response.content))
+    message = f"{status} {key or response.reason_phrase}: {text}".strip().rstrip(":")
+    if status == 429:
+        retry = response.headers.get("Retry-After")
+        retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+        if key == "quota_exceeded":
+            return QuotaExhausted(message, status=status, scope="application")
+        return ThrottledError(message, status=status, retry_after=retry_after)
+    if status == 401:
+        return AuthError(message, status=status)
+    if status == 403:
+        # A missing scope or privilege, or the application deactivated: a reconnect.
+        return AuthError(message, status=status)
+    if status >= 500:
+        return TransientError(message, status=status)
+    if status == 404:
+        if op in ("audience", "list"):
+            return AudienceMissing(message, status=status)
+        return PermanentError(ErrorKind.not_found, message, status=status)
+    if status == 409:
+        return PermanentError(ErrorKind.member_exists, message, status=status)
+    if status == 400:
+        return PermanentError(_classify(text), message, status=status)
+    return PermanentError(ErrorKind.invalid, message, status=status)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value[:10]).replace(tzinfo=UTC)
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def iso(value: datetime) -> str:
+    """A filter time as the API reads it (second precision, UTC)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def permission_of(contact: Mapping[str, Any]) -> str:
+    """The contact's permission_to_send ("" when it has no e-mail address)."""
+    block = contact.get("email_address")
+    return str(block.get("permission_to_send") or "") if isinstance(block, dict) else ""
+
+
+def address_of(contact: Mapping[str, Any]) -> str:
+    """The contact's e-mail address."""
+    block = contact.get("email_address")
+    return str(block.get("address") or "") if isinstance(block, dict) else ""
+
+
+def status_of(contact: Mapping[str, Any], list_id: str | None) -> RemoteStatus:
+    """The neutral status of a contact in our list: its permission, or archived when it is
+    deleted or off the list (consent untouched)."""
+    permission = permission_of(contact)
+    if contact.get("deleted_at"):
+        return STATUS_MAP["deleted"]
+    if permission in ("unsubscribed", "temp_hold"):
+        return STATUS_MAP[permission]
+    lists = contact.get("list_memberships")
+    if list_id is not None and isinstance(lists, list) and list_id not in lists:
+        return STATUS_MAP["off_list"]
+    return STATUS_MAP.get(permission, RemoteStatus.subscribed)
+
+
+def _phone(contact: Mapping[str, Any]) -> str | None:
+    for phone in contact.get("phone_numbers") or []:
+        if isinstance(phone, dict) and phone.get("phone_number"):
+            return str(phone["phone_number"])
+    return None
+
+
+class ConstantContactClient:
+    """One Constant Contact account's V3 API over a shared keep-alive transport."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        api_base: str,
+        access_token: str | None = None,
+        tokens: TokenSource | None = None,
+        timeout: float = 30.0,
+        limiter: RequestLimiter | None = None,
+    ) -> None:
+        self._transport = transport
+        self._base = api_base.rstrip("/")
+        parts = urlsplit(self._base)
+        # `_links.next.href` is host-relative and starts with /v3: joined to the origin (and
+        # to the sandbox's mount prefix, which is the base without its /v3).
+        self._origin = self._base.removesuffix("/v3")
+        self._host = f"{parts.scheme}://{parts.netloc}"
+        self._token = access_token
+        self._tokens = tokens
+        self._timeout = timeout
+        self._limiter = limiter
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
+        self._tag_ids: dict[str, str] | None = None  # tag name → id
+        self._fields: dict[str, str] | None = None  # custom field name/label/id → id
+        self._field_names: dict[str, str] = {}  # custom field id → its name (imports)
+        self._lock = asyncio.Lock()
+        self._cursors: dict[tuple[Any, ...], str] = {}
+        self.requests = 0  # requests sent (the quota they spend), for metrics and tests
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def _access_token(self, stale: str | None = None) -> str:
+        if self._tokens is not None:
+            self._token = await self._tokens.access_token(stale=stale)
+        if not self._token:
+            raise AuthError("no Constant Contact access token; reconnect")
+        return self._token
+
+    async def _send(self, request: httpx.Request, *, op: str) -> httpx.Response:
+        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
+        start = time.perf_counter()
+        try:
+            async with slot:
+                self.requests += 1
+                response = await self._transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx.TimeoutException as exc:
+            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
+            raise TransientError(f"timeout after {self._timeout:.0f}s") from exc
+        except httpx.HTTPError as exc:
+            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "connection_error").inc()
+            raise TransientError(f"connection error: {type(exc).__name__}") from exc
+        finally:
+            metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
+        return response
+
+    def _fail(self, response: httpx.Response, *, op: str) -> ProviderError:
+        error = error_from(response, op=op)
+        outcome = type(error).__name__.removesuffix("Error").lower()
+        metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, outcome).inc()
+        if isinstance(error, ThrottledError):
+            metrics.THROTTLE_EVENTS.labels(PROVIDER).inc()
+        return error
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        ok: tuple[int, ...] = (),
+    ) -> tuple[int, Any]:
+        """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
+        renews the token once (it expired early or was revoked), then is an AuthError."""
+        url = path if path.startswith("http") else self._base + path
+        stale: str | None = None
+        for attempt in (1, 2):
+            token = await self._access_token(stale)
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": "audience-sync/0.1",
+            }
+            content = None
+            if json is not None:
+                content = orjson.dumps(json)
+                headers["Content-Type"] = "application/json"
+            request = httpx.Request(
+                method,
+                url,
+                params=dict(params) if params else None,
+                headers=headers,
+                content=content,
+                extensions=self._extensions,
+            )
+            response = await self._send(request, op=op)
+            if response.status_code == 401 and attempt == 1 and self._tokens is not None:
+                stale = token
+                continue
+            if 200 <= response.status_code < 300 or response.status_code in ok:
+                metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
+                return response.status_code, _loads(response.content)
+            raise self._fail(response, op=op)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _next_url(self, body: Any) -> str | None:
+        links = body.get("_links") if isinstance(body, dict) else None
+        nxt = links.get("next") if isinstance(links, dict) else None
+        href = nxt.get("href") if isinstance(nxt, dict) else None
+        if not isinstance(href, str) or not href:
+            return None
+        if href.startswith("http"):
+            # Never follow a link off the API's host.
+            return href if href.startswith(self._host + "/") else None
+        return self._origin + href if href.startswith("/v3/") else self._base + href
+
+    # --- account and lists ----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """The cheapest authenticated call: the user's privileges (no scope needed)."""
+        await self._request("GET", "/account/user/privileges", op="ping")
+
+    async def account_summary(self) -> dict[str, Any]:
+        """`GET /account/summary` (account_read): the organization's name and account id."""
+        _, body = await self._request("GET", "/account/summary", op="account")
+        return body if isinstance(body, dict) else {}
+
+    async def list_audiences(self) -> list[Audience]:
+        """Every contact list with its active membership count."""
+        out: list[Audience] = []
+        url: str | None = "/contact_lists"
+        params: dict[str, Any] | None = {
+            "limit": 1000,
+            "include_membership_count": "active",
+            "status": "active",
+        }
+        while url:
+            _, body = await self._request("GET", url, op="lists", params=params)
+            for item in (body or {}).get("lists") or []:
+                out.append(
+                    Audience(
+                        id=str(item["list_id"]),
+                        name=str(item.get("name") or item["list_id"]),
+                        member_count=int(item.get("membership_count") or 0),
+                    )
+                )
+            url, params = self._next_url(body), None
+        return out
+
+    async def get_audience(self, audience_id: str) -> Audience:
+        """One contact list; AudienceMissing when it does not exist (or was deleted)."""
+        _, body = await self._request(
+            "GET",
+            f"/contact_lists/{audience_id}",
+            op="audience",
+            params={"include_membership_count": "active"},
+        )
+        if not isinstance(body, dict) or body.get("deleted_at"):
+            raise AudienceMissing(f"contact list {audience_id} was deleted")
+        return Audience(
+            id=str(body["list_id"]),
+            name=str(body.get("name") or audience_id),
+            member_count=int(body.get("membership_count") or 0),
+        )
+
+    # --- tags and custom fields -------------------------------------------------------
+
+    async def tag_ids(self, names: list[str], *, create: bool) -> dict[str, str]:
+        """Tag name → id for `names`; missing tags are created when `create` (ours then)."""
+        if not names:
+            return {}
+        async with self._lock:
+            if self._tag_ids is None or any(n not in self._tag_ids for n in names):
+                self._tag_ids = await self._all_tags()
+            known = self._tag_ids
+            for name in names:
+                if name in known or not create:
+                    continue
+                status, body = await self._request(
+                    "POST", "/contact_tags", op="tags", json={"name": name}, ok=(409,)
+                )
+                if status == 409:  # created meanwhile elsewhere
+                    known.update(await self._all_tags())
+                else:
+                    known[name] = str(body["tag_id"])
+            return {n: known[n] for n in names if n in known}
+
+    async def _all_tags(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        url: str | None = "/contact_tags"
+        params: dict[str, Any] | None = {"limit": 500}
+        while url:
+            _, body = await self._request("GET", url, op="tags", params=params)
+            for tag in (body or {}).get("tags") or []:
+                out[str(tag["name"])] = str(tag["tag_id"])
+            url, params = self._next_url(body), None
+        return out
+
+    async def custom_fields(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        """Every custom field of the account (≤ 100)."""
+        out: list[dict[str, Any]] = []
+        url: str | None = "/contact_custom_fields"
+        params: dict[str, Any] | None = {"limit": 100}
+        while url:
+            _, body = await self._request("GET", url, op="custom_fields", params=params)
+            out.extend((body or {}).get("custom_fields") or [])
+            url, params = self._next_url(body), None
+        self._learn_fields(out)
+        return out
+
+    async def create_custom_field(self, label: str, kind: str = "string") -> dict[str, Any]:
+        """A new custom field (`label` shown in the UI; `name` derived from it)."""
+        _, body = await self._request(
+            "POST",
+            "/contact_custom_fields",
+            op="custom_fields",
+            json={"label": label, "type": kind},
+        )
+        self._fields = None
+        return body if isinstance(body, dict) else {}
+
+    def _learn_fields(self, fields: list[dict[str, Any]]) -> None:
+        index: dict[str, str] = {}
+        for f in fields:
+            fid = str(f.get("custom_field_id") or "")
+            if not fid:
+                continue
+            index[fid] = fid
+            for key in (f.get("name"), f.get("label")):
+                if key:
+                    index.setdefault(str(key), fid)
+                    index.setdefault(str(key).lower(), fid)
+            self._field_names[fid] = str(f.get("name") or f.get("label") or fid)
+        self._fields = index
+
+    async def _field_index(self) -> dict[str, str]:
+        if self._fields is None:
+            async with self._lock:
+                if self._fields is None:
+                    await self.custom_fields()
+        return self._fields or {}
+
+    async def _custom_id(self, key: str) -> str:
+        if UUID_PATTERN.match(key):
+            return key
+        index = await self._field_index()
+        found = index.get(key) or index.get(key.lower())
+        if found is None:
+            raise PermanentError(
+                ErrorKind.merge_fields, f"Constant Contact has no custom field {key!r}"
+            )
+        return found
+
+    # --- contacts: reading -----------------------------------------------------------------
+
+    async def get_contact(self, contact_id: str) -> dict[str, Any] | None:
+        """A contact with every sub-resource; None when it does not exist."""
+        status, body = await self._request(
+            "GET", f"/contacts/{contact_id}", op="get", params={"include": INCLUDE}, ok=(404,)
+        )
+        return body if status == 200 and isinstance(body, dict) else None
+
+    async def find_contact(self, email: str) -> dict[str, Any] | None:
+        """The contact with this address in any state, deleted ones included (CF7's bug)."""
+        _, body = await self._request(
+            "GET",
+            "/contacts",
+            op="find",
+            params={"email": email.strip(), "status": "all", "include": INCLUDE, "limit": 1},
+        )
+        contacts = (body or {}).get("contacts") or []
+        return contacts[0] if contacts else None
+
+    async def _resolve(self, email: str, remote: RemoteRef | None) -> dict[str, Any] | None:
+        if remote is not None and remote.remote_id:
+            found = await self.get_contact(remote.remote_id)
+            if found is not None:
+                return found
+        # Never pushed, or vanished: re-resolve by address.
+        return await self.find_contact(remote.email if remote is not None else email)
+
+    async def _member(
+        self,
+        contact: Mapping[str, Any],
+        list_id: str | None,
+        *,
+        created: bool = False,
+        tags: Mapping[str, str] | None = None,
+        status: RemoteStatus | None = None,
+        refs: Mapping[str, Any] | None = None,
+    ) -> RemoteMember:
+        names = {v: k for k, v in (self._tag_ids or {}).items()}
+        taggings = contact.get("taggings")
+        tag_names = (
+            [names.get(str(t), str(t)) for t in taggings] if isinstance(taggings, list) else []
+        )
+        out_refs: dict[str, Any] = dict(refs or {})
+        if tags is not None:
+            out_refs["tags"] = dict(tags)
+        return RemoteMember(
+            email_address=address_of(contact),
+            remote_id=str(contact.get("contact_id") or ""),
+            status=(status or status_of(contact, list_id)).value,
+            tags=tag_names,
+            last_changed=_parse_time(contact.get("updated_at")),
+            fields=self.fields_of(contact),
+            created=created,
+            refs=out_refs,
+        )
+
+    def fields_of(self, contact: Mapping[str, Any]) -> dict[str, Any]:
+        """A contact's values by our field ids: core names, custom fields by id and name."""
+        out: dict[str, Any] = {}
+        for key in ("first_name", "last_name", "job_title", "company_name"):
+            if contact.get(key) is not None:
+                out[key] = contact[key]
+        phone = _phone(contact)
+        if phone is not None:
+            out["phone_number"] = phone
+        for item in contact.get("custom_fields") or []:
+            if isinstance(item, dict) and item.get("custom_field_id"):
+                fid = str(item["custom_field_id"])
+                out[fid] = item.get("value")
+                name = self._field_names.get(fid)
+                if name:
+                    out[name] = item.get("value")
+        return out
+
+    # --- contacts: writing -----------------------------------------------------------------
+
+    async def _custom_values(self, fields: Mapping[str, Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, value in fields.items():
+            if key in CORE_FIELDS:
+                continue
+            out[await self._custom_id(key)] = render_value(value)
+        return out
+
+    async def _new_body(
+        self, audience_id: str, member: ContactPayload, tag_ids: Mapping[str, str]
+    ) -> dict[str, Any]:
+        consenting = member.consent_if_new in ("subscribed", "pending")
+        body: dict[str, Any] = {
+            "email_address": {
+                "address": member.email_address,
+                # The CRM holds this person's yes (or, for an update-only call, their no).
+                "permission_to_send": "explicit" if consenting else "unsubscribed",
+            },
+            "create_source": "Account",
+            "list_memberships": [audience_id],
+        }
+        _core_into(body, member.fields)
+        custom = await self._custom_values(member.fields)
+        if custom:
+            body["custom_fields"] = [
+                {"custom_field_id": k, "value": v} for k, v in sorted(custom.items())
+            ]
+        if tag_ids:
+            body["taggings"] = sorted(set(tag_ids.values()))
+        return body
+
+    async def _put_body(
+        self,
+        contact: Mapping[str, Any],
+        member: ContactPayload | None,
+        *,
+        permission: str | None = None,
+        lists: list[str] | None = None,
+        taggings: list[str] | None = None,
+        address: str | None = None,
+    ) -> dict[str, Any]:
+        """The full PUT body: everything the contact holds, ours changed, read-only dropped."""
+        body = {k: v for k, v in contact.items() if k not in READ_ONLY and not k.startswith("_")}
+        block = dict(contact.get("email_address") or {})
+        block = {k: v for k, v in block.items() if k not in EMAIL_READ_ONLY}
+        block.pop("confirm_status", None)
+        if address is not None:
+            block["address"] = address
+        if permission is not None:
+            block["permission_to_send"] = permission
+        body["email_address"] = block
+        body["update_source"] = "Account"
+        for sub in ("phone_numbers", "street_addresses"):
+            items = body.get(sub)
+            if isinstance(items, list):
+                body[sub] = [_writable(i) for i in items if isinstance(i, dict)]
+        body.pop("notes", None)  # notes never sync (and PUT would replace them)
+        body.pop("sms_channel", None)
+        if member is not None:
+            _core_into(body, member.fields, phones=body.get("phone_numbers"))
+            custom = await self._custom_values(member.fields)
+            theirs = [
+                {"custom_field_id": c["custom_field_id"], "value": c.get("value")}
+                for c in contact.get("custom_fields") or []
+                if isinstance(c, dict) and c.get("custom_field_id") not in custom
+            ]
+            body["custom_fields"] = theirs + [
+                {"custom_field_id": k, "value": v} for k, v in sorted(custom.items())
+            ]
+        if lists is not None:
+            body["list_memberships"] = lists
+        if taggings is not None:
+            body["taggings"] = taggings
+        return body
+
+    async def _put(self, contact_id: str, body: dict[str, Any], *, op: str) -> dict[str, Any]:
+        _, answer = await self._request("PUT", f"/contacts/{contact_id}", op=op, json=body)
+        return answer if isinstance(answer, dict) else {}
+
+    async def _create(
+        self, audience_id: str, member: ContactPayload
+    ) -> tuple[dict[str, Any] | None, dict[str, str], str | None]:
+        """POST /contacts; (contact, our tag ids, None) or (None, …, existing id) on a 409."""
+        tag_ids = await self.tag_ids(list(member.tags), create=True)
+        body = await self._new_body(audience_id, member, tag_ids)
+        status, answer = await self._request("POST", "/contacts", op="create", json=body, ok=(409,))
+        if status == 409:
+            _, text = first_error(answer)
+            match = DUPLICATE.search(text)
+            return None, tag_ids, match.group(1) if match else ""
+        contact = dict(answer or {})
+        # The 201 echoes core properties only: what we set on the sub-resources is known.
+        contact.setdefault("list_memberships", [audience_id])
+        contact.setdefault("taggings", body.get("taggings") or [])
+        contact.setdefault("custom_fields", body.get("custom_fields") or [])
+        return contact, tag_ids, None
+
+    async def upsert_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
+        """New: POST with our list; existing: GET, merge, PUT whole (consent only lowered)."""
+        contact = await self._resolve(member.email_address, remote)
+        if contact is None:
+            created, tag_ids, existing = await self._create(audience_id, member)
+            if created is not None:
+                return await self._member(created, audience_id, created=True, tags=tag_ids)
+            if existing:
+                contact = await self.get_contact(existing)
+            if contact is None:
+                contact = await self.find_contact(member.email_address)
+            if contact is None:
+                raise TransientError("Constant Contact reported a duplicate it does not show")
+        if (remote is None or not remote.remote_id) and member.consent is None:
+            if permission_of(contact) == "unsubscribed" and not contact.get("deleted_at"):
+                # Never pushed by us, opted out there: the person's decision, which the CRM
+                # takes (consent follows); nothing is sent.
+                raise PermanentError(
+                    ErrorKind.compliance, "unsubscribed at Constant Contact", status=409
+                )
+        return await self._update(audience_id, contact, member, join=True, remote=remote)
+
+    async def update_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
+        """Update an existing person only (never creates); PermanentError(not_found) if gone."""
+        contact = await self._resolve(member.email_address, remote)
+        if contact is None:
+            raise PermanentError(ErrorKind.not_found, "the contact is not at Constant Contact")
+        return await self._update(audience_id, contact, member, join=False, remote=remote)
+
+    async def _update(
+        self,
+        audience_id: str,
+        contact: dict[str, Any],
+        member: ContactPayload,
+        *,
+        join: bool,
+        remote: RemoteRef | None,
+    ) -> RemoteMember:
+        contact_id = str(contact["contact_id"])
+        current = permission_of(contact)
+        wanted = member.consent
+        permission: str | None = current or None
+        resubscribe = False
+        if wanted == "unsubscribed":
+            permission = "unsubscribed"
+        elif wanted in ("subscribed", "pending"):
+            if current == "unsubscribed":
+                resubscribe = True  # never a PUT up: the one resubscribe email
+            elif current == "not_set":
+                permission = "explicit"
+        lists = [str(x) for x in contact.get("list_memberships") or []]
+        on_list = audience_id in lists
+        deleted = bool(contact.get("deleted_at"))
+        if (
+            (
+                (join or wanted in ("subscribed", "pending"))
+                and not on_list
+                and current != "unsubscribed"
+            )
+            or deleted
+            and not on_list
+            and join
+        ):
+            lists = [*lists, audience_id]
+        body = await self._put_body(contact, member, permission=permission, lists=lists)
+        if email_key(address_of(contact)) != email_key(member.email_address):
+            body["email_address"]["address"] = member.email_address
+        answer = await self._put(contact_id, body, op="update")
+        merged = {**contact, **answer}
+        merged.setdefault("list_memberships", lists)
+        merged["list_memberships"] = answer.get("list_memberships", lists)
+        merged["taggings"] = answer.get("taggings", contact.get("taggings") or [])
+        merged["custom_fields"] = answer.get("custom_fields", body.get("custom_fields") or [])
+        refs = dict(remote.refs) if remote is not None else {}
+        if resubscribe:
+            return await self._resubscribe(audience_id, merged, refs)
+        return await self._member(merged, audience_id, refs=refs)
+
+    async def _resubscribe(
+        self, audience_id: str, contact: dict[str, Any], refs: dict[str, Any]
+    ) -> RemoteMember:
+        """The only way back after an unsubscribe: one confirmation email, once."""
+        contact_id = str(contact["contact_id"])
+        if refs.get("resubscribe_sent"):
+            return await self._member(
+                contact, audience_id, status=RemoteStatus.unsubscribed, refs=refs
+            )
+        status, _ = await self._request(
+            "PUT",
+            f"/contacts/resubscribe/{contact_id}",
+            op="resubscribe",
+            json={"list_ids": [audience_id]},
+            ok=(409,),
+        )
+        refs = {**refs, "resubscribe_sent": True}
+        # 409: the one email was already used; the person stays unsubscribed until they act.
+        shown = RemoteStatus.pending if status < 300 else RemoteStatus.unsubscribed
+        return await self._member(contact, audience_id, status=shown, refs=refs)
+
+    async def batch_upsert(
+        self, audience_id: str, members: list[ContactPayload]
+    ) -> list[BatchOutcome]:
+        """People with a consent change go one by one; the rest in one import activity."""
+        return await self._bulk(audience_id, members)
+
+    async def _bulk(self, audience_id: str, members: list[ContactPayload]) -> list[BatchOutcome]:
+        outcomes: dict[str, BatchOutcome] = {}
+        importable: list[ContactPayload] = []
+        for m in members:
+            key = email_key(m.email_address) or m.email_address
+            if m.consent is not None or len(m.email_address) > 50:
+                outcomes[key] = await self._one(audience_id, m)
+            else:
+                importable.append(m)
+        if importable:
+            outcomes.update(await self._import(audience_id, importable))
+        return [
+            outcomes.get(k) or BatchOutcome(k, error=PermanentError(ErrorKind.invalid, "lost"))
+            for k in (email_key(m.email_address) or m.email_address for m in members)
+        ]
+
+    async def _one(self, audience_id: str, member: ContactPayload) -> BatchOutcome:
+        key = email_key(member.email_address) or member.email_address
+        try:
+            return BatchOutcome(key, state=await self.upsert_member(audience_id, member))
+        except PermanentError as exc:
+            return BatchOutcome(key, error=exc)
+
+    async def _import(
+        self, audience_id: str, members: list[ContactPayload]
+    ) -> dict[str, BatchOutcome]:
+        """One `contacts_json_import` activity polled to completion, then our list read back
+        for the ids; what it could not add (unsubscribed people) is reported per contact."""
+        await self._field_index()
+        rows = []
+        for m in members:
+            row: dict[str, Any] = {"email": m.email_address}
+            for key, value in m.fields.items():
+                if key in CORE_FIELDS:
+                    row["phone" if key == "phone_number" else key] = render_value(value)
+                else:
+                    fid = await self._custom_id(key)
+                    row[f"cf:{self._field_names.get(fid, key)}"] = render_value(value)
+            rows.append(row)
+        started = datetime.now(UTC)
+        _, activity = await self._request(
+            "POST",
+            "/activities/contacts_json_import",
+            op="import",
+            json={"import_data": rows, "list_ids": [audience_id]},
+        )
+        done = await self.wait_activity(activity)
+        if done.get("state") != "completed":
+            raise TransientError(f"the import activity ended {done.get('state')}")
+        wanted = {email_key(m.email_address) or m.email_address: m for m in members}
+        found: dict[str, dict[str, Any]] = {}
+        since = started.replace(microsecond=0).timestamp() - 2
+        url: str | None = "/contacts"
+        params: dict[str, Any] | None = {
+            "lists": audience_id,
+            "status": "all",
+            "updated_after": iso(datetime.fromtimestamp(since, UTC)),
+            "include": "list_memberships,taggings,custom_fields,phone_numbers",
+            "limit": PAGE_LIMIT,
+        }
+        while url and len(found) < len(wanted):
+            _, body = await self._request("GET", url, op="list", params=params)
+            for contact in (body or {}).get("contacts") or []:
+                k = email_key(address_of(contact))
+                if k in wanted:
+                    found[k] = contact
+            url, params = self._next_url(body), None
+        out: dict[str, BatchOutcome] = {}
+        for key, m in wanted.items():
+            contact = found.get(key)
+            if contact is None:
+                # Not on our list after the import: look once (unsubscribed people are not
+                # added; the CRM learns their opt-out).
+                contact = await self.find_contact(m.email_address)
+                if contact is None:
+                    out[key] = BatchOutcome(
+                        key, error=PermanentError(ErrorKind.invalid_email, "not imported")
+                    )
+                    continue
+                if permission_of(contact) == "unsubscribed":
+                    out[key] = BatchOutcome(
+                        key,
+                        error=PermanentError(
+                            ErrorKind.compliance,
+                            "unsubscribed at Constant Contact: not added to the list",
+                        ),
+                    )
+                    continue
+                out[key] = await self._one(audience_id, m)
+                continue
+            if m.tags:
+                out[key] = await self._one(audience_id, m)  # its tags by a full update
+                continue
+            out[key] = BatchOutcome(key, state=await self._member(contact, audience_id))
+        return out
+
+    async def wait_activity(self, activity: Any) -> dict[str, Any]:
+        """Poll an activity until it ends (reference §3)."""
+        if not isinstance(activity, dict) or not activity.get("activity_id"):
+            raise TransientError("the activity answer carries no activity_id")
+        current = activity
+        waited = 0.0
+        step = 0
+        while current.get("state") not in FINAL_STATES:
+            pause = ACTIVITY_POLL_SECONDS[min(step, len(ACTIVITY_POLL_SECONDS) - 1)]
+            await asyncio.sleep(pause)
+            waited += pause
+            step += 1
+            if waited > ACTIVITY_TIMEOUT_SECONDS:
+                raise TransientError("the activity did not finish in time")
+            _, body = await self._request(
+                "GET", f"/activities/{activity['activity_id']}", op="activity"
+            )
+            current = body if isinstance(body, dict) else {}
+        return current
+
+    async def update_tags(
+        self,
+        audience_id: str,
+        email: str,
+        *,
+        add: list[str],
+        remove: list[str],
+        remote: RemoteRef | None = None,
+    ) -> Mapping[str, Any] | None:
+        """Tag by id (created when missing); remove only the ids we set; one GET + PUT."""
+        contact = await self._resolve(email, remote)
+        if contact is None:
+            raise PermanentError(ErrorKind.not_found, "the contact is not at Constant Contact")
+        ours: dict[str, str] = dict((remote.refs.get("tags") if remote else None) or {})
+        added = await self.tag_ids(add, create=True)
+        drop = {ours[n] for n in remove if n in ours}
+        if remove and any(n not in ours for n in remove):
+            # Tags we pushed before their ids were recorded: resolved by name.
+            drop |= set(
+                (await self.tag_ids([n for n in remove if n not in ours], create=False)).values()
+            )
+        current = [str(t) for t in contact.get("taggings") or []]
+        taggings = [t for t in current if t not in drop]
+        taggings += [t for t in added.values() if t not in taggings]
+        if taggings != current:
+            body = await self._put_body(contact, None, taggings=taggings)
+            await self._put(str(contact["contact_id"]), body, op="tags")
+        ours.update(added)
+        for name in remove:
+            ours.pop(name, None)
+        return {"tags": ours}
+
+    async def move_member(
+        self,
+        audience_id: str,
+        old_email: str,
+        member: ContactPayload,
+        *,
+        remote: RemoteRef | None = None,
+    ) -> RemoteMember:
+        """Change the address of the contact (its id and history stay)."""
+        contact = await self._resolve(old_email, remote)
+        if contact is None:
+            raise PermanentError(ErrorKind.not_found, "the old address is not at Constant Contact")
+        body = await self._put_body(contact, member, address=member.email_address)
+        answer = await self._put(str(contact["contact_id"]), body, op="move")
+        merged = {**contact, **answer}
+        merged["custom_fields"] = answer.get("custom_fields", body.get("custom_fields") or [])
+        return await self._member(merged, audience_id, refs=dict(remote.refs) if remote else {})
+
+    async def archive_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> bool:
+        """Leave our list; the contact, its consent and its other lists stay."""
+        contact = await self._resolve(email, remote)
+        if contact is None:
+            return False
+        lists = [str(x) for x in contact.get("list_memberships") or []]
+        if audience_id not in lists:
+            return False
+        body = await self._put_body(contact, None, lists=[x for x in lists if x != audience_id])
+        await self._put(str(contact["contact_id"]), body, op="archive")
+        return True
+
+    async def forget_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> None:
+        """`DELETE /contacts/{id}` (GDPR); absent is fine."""
+        contact_id = remote.remote_id if remote is not None else None
+        if not contact_id:
+            found = await self.find_contact(email)
+            if found is None:
+                return
+            contact_id = str(found["contact_id"])
+        await self._request("DELETE", f"/contacts/{contact_id}", op="forget", ok=(404,))
+
+    # --- reading pages ---------------------------------------------------------------------
+
+    async def list_members(
+        self,
+        audience_id: str,
+        *,
+        offset: int = 0,
+        count: int = 1000,
+        since_last_changed: datetime | None = None,
+        status: str | None = None,
+    ) -> MemberPage:
+        """Members of our list by cursor; `offset` continues where the previous page ended."""
+        query: dict[str, Any] = {
+            "lists": audience_id,
+            "include": "list_memberships,taggings,custom_fields,phone_numbers",
+            "include_count": "true",
+            "limit": min(PAGE_LIMIT, max(1, count)),
+        }
+        if since_last_changed is not None:
+            query["updated_after"] = iso(since_last_changed)
+        base = (audience_id, query.get("updated_after"), status)
+        url: str | None = self._cursors.pop((*base, offset), None) if offset else None
+        params: Mapping[str, Any] | None = None if url else query
+        if url is None:
+            url = "/contacts"
+            if offset:
+                # No cursor for this offset (another process read the page before): walk.
+                skipped = 0
+                while url and skipped < offset:
+                    _, body = await self._request("GET", url, op="list", params=params)
+                    skipped += len((body or {}).get("contacts") or [])
+                    url, params = self._next_url(body), None
+                if not url:
+                    return MemberPage(members=[], total_items=skipped)
+        members: list[RemoteMember] = []
+        total = 0
+        while url and len(members) < count:
+            _, body = await self._request("GET", url, op="list", params=params)
+            total = int((body or {}).get("contacts_count") or total)
+            for contact in (body or {}).get("contacts") or []:
+                member = await self._member(contact, audience_id)
+                if status is None or member.status == status:
+                    members.append(member)
+            url, params = self._next_url(body), None
+        if url:
+            self._cursors[(*base, offset + len(members))] = url
+        else:
+            total = offset + len(members)
+        return MemberPage(members=members, total_items=max(total, offset + len(members)))
+
+    async def pull_changes(self, audience_id: str, since: datetime) -> list[InboundEvent]:
+        """What changed since `since` as neutral events (no webhooks exist, reference §6):
+        opt-outs of the account (`optout_after`), then changes on our list (`updated_after`):
+        bounce holds, people's own sign-ups, and every other change as `profile` (the pull
+        compares addresses with the mirror by contact id: an address change)."""
+        events: list[InboundEvent] = []
+        after = iso(since)
+        url: str | None = "/contacts"
+        params: dict[str, Any] | None = {
+            "status": "unsubscribed",
+            "optout_after": after,
+            "include": "list_memberships",
+            "limit": PAGE_LIMIT,
+        }
+        seen: set[str] = set()
+        while url:
+            _, body = await self._request("GET", url, op="pull", params=params)
+            for contact in (body or {}).get("contacts") or []:
+                block = contact.get("email_address") or {}
+                at = _parse_time(block.get("opt_out_date")) or _parse_time(
+                    contact.get("updated_at")
+                )
+                seen.add(str(contact.get("contact_id")))
+                events.append(
+                    self._event(
+                        InboundKind.unsubscribe,
+                        "unsubscribe",
+                        contact,
+                        at,
+                        reason=block.get("opt_out_reason"),
+                    )
+                )
+            url, params = self._next_url(body), None
+        url, params = (
+            "/contacts",
+            {
+                "lists": audience_id,
+                "status": "all",
+                "updated_after": after,
+                "include": "list_memberships,custom_fields,phone_numbers",
+                "limit": PAGE_LIMIT,
+            },
+        )
+        while url:
+            _, body = await self._request("GET", url, op="pull", params=params)
+            for contact in (body or {}).get("contacts") or []:
+                if str(contact.get("contact_id")) in seen:
+                    continue
+                block = contact.get("email_address") or {}
+                permission = permission_of(contact)
+                at = _parse_time(contact.get("updated_at")) or since
+                if permission == "temp_hold":
+                    events.append(self._event(InboundKind.cleaned, "bounce", contact, at))
+                elif permission == "unsubscribed":
+                    events.append(self._event(InboundKind.unsubscribe, "unsubscribe", contact, at))
+                elif (
+                    permission == "explicit"
+                    and block.get("opt_in_source") == "Contact"
+                    and (_parse_time(block.get("opt_in_date")) or at) > since
+                    and contact.get("update_source") == "Contact"
+                ):
+                    events.append(self._event(InboundKind.subscribe, "signup", contact, at))
+                else:
+                    events.append(self._event(InboundKind.profile, "profile", contact, at))
+            url, params = self._next_url(body), None
+        return events
+
+    def _event(
+        self,
+        kind: InboundKind,
+        name: str,
+        contact: Mapping[str, Any],
+        at: datetime | None,
+        *,
+        reason: Any = None,
+    ) -> InboundEvent:
+        fired = at or datetime.now(UTC)
+        return InboundEvent(
+            kind=kind,
+            type=name,
+            fired_at=fired,
+            email=address_of(contact) or None,
+            reason=str(reason) if reason else None,
+            fields=self.fields_of(contact),
+            payload={
+                "contact_id": str(contact.get("contact_id") or ""),
+                "email": address_of(contact),
+                "permission_to_send": permission_of(contact),
+                "updated_at": contact.get("updated_at"),
+            },
+        )
+
+
+def render_value(value: Any) -> str:
+    """A neutral value as Constant Contact stores it: text; a list joined with ", "."""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _writable(item: Mapping[str, Any]) -> dict[str, Any]:
+    drop = {"created_at", "updated_at", "create_source", "update_source"}
+    return {k: v for k, v in item.items() if k not in drop}
+
+
+def _core_into(body: dict[str, Any], fields: Mapping[str, Any], *, phones: Any = None) -> None:
+    """Our core fields into a contact body; an empty value of ours clears theirs (PUT)."""
+    for key in ("first_name", "last_name", "job_title", "company_name"):
+        if key in fields:
+            body[key] = render_value(fields[key])[:50]
+    if "phone_number" in fields:
+        number = render_value(fields["phone_number"])[:25]
+        kept = [p for p in phones or [] if isinstance(p, dict)]
+        if kept:
+            kept[0] = {**kept[0], "phone_number": number}
+            body["phone_numbers"] = kept
+        else:
+            body["phone_numbers"] = [{"phone_number": number, "kind": "mobile"}]
