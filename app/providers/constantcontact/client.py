@@ -647,13 +647,14 @@ class ConstantContactClient:
                 contact = await self.find_contact(member.email_address)
             if contact is None:
                 raise TransientError("Constant Contact reported a duplicate it does not show")
-        if (remote is None or not remote.remote_id) and member.consent is None:
-            if permission_of(contact) == "unsubscribed" and not contact.get("deleted_at"):
-                # Never pushed by us, opted out there: the person's decision, which the CRM
-                # takes (consent follows); nothing is sent.
-                raise PermanentError(
-                    ErrorKind.compliance, "unsubscribed at Constant Contact", status=409
-                )
+        never_pushed = remote is None or not remote.remote_id
+        opted_out = permission_of(contact) == "unsubscribed" and not contact.get("deleted_at")
+        if never_pushed and opted_out and member.consent is None:
+            # Never pushed by us, opted out there: the person's decision, which the CRM takes
+            # (consent follows); nothing is sent.
+            raise PermanentError(
+                ErrorKind.compliance, "unsubscribed at Constant Contact", status=409
+            )
         return await self._update(audience_id, contact, member, join=True, remote=remote)
 
     async def update_member(
