@@ -37,6 +37,13 @@ class MailchimpMode(StrEnum):
     sandbox = "sandbox"
 
 
+class MauticMode(StrEnum):
+    """`sandbox` talks to the built-in Mautic emulator, `live` to the operator's instances."""
+
+    live = "live"
+    sandbox = "sandbox"
+
+
 class ContactKind(StrEnum):
     """The kinds of contact the CRM holds (SYNC_KINDS chooses which are pushed)."""
 
@@ -101,6 +108,20 @@ class Settings(BaseSettings):
     CONSTANTCONTACT_PKCE: bool = True  # PKCE on a confidential app too (off if it refuses)
     CONSTANTCONTACT_BULK_QUOTA_SHARE: float = Field(default=0.8, gt=0, le=1)
     CONSTANTCONTACT_TIMEOUT_SECONDS: float = 30.0
+
+    # --- Mautic --------------------------------------------------------------------------
+    MAUTIC_MODE: MauticMode | None = None  # default: sandbox unless an instance is configured
+    MAUTIC_SANDBOX_URL: str | None = None  # where the worker reaches the Mautic sandbox
+    # Single tenant: one instance and an admin-created OAuth2 client for MAUTIC_OWNER.
+    MAUTIC_BASE_URL: str | None = None
+    MAUTIC_CLIENT_ID: str | None = None
+    MAUTIC_CLIENT_SECRET: SecretStr = SecretStr("")
+    MAUTIC_OWNER: str | None = None
+    MAUTIC_AUDIENCE_ID: str | None = None  # the segment id
+    # Self-hosted instances often live on private addresses; the operator may allow them.
+    MAUTIC_ALLOW_PRIVATE_HOSTS: bool = False
+    MAUTIC_MAX_CONCURRENCY: int = Field(default=4, ge=1, le=10)
+    MAUTIC_TIMEOUT_SECONDS: float = 30.0
 
     # --- what syncs ----------------------------------------------------------------------
     FIELD_MAP: Annotated[FieldMap, NoDecode] = Field(default_factory=FieldMap)
@@ -190,6 +211,10 @@ class Settings(BaseSettings):
             self.CONSTANTCONTACT_MODE = (
                 MailchimpMode.live if self.CONSTANTCONTACT_CLIENT_ID else MailchimpMode.sandbox
             )
+
+        if self.MAUTIC_MODE is None:
+            configured = bool(self.MAUTIC_BASE_URL) or bool(self.MAUTIC_CLIENT_ID)
+            self.MAUTIC_MODE = MauticMode.live if configured else MauticMode.sandbox
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.ENVIRONMENT is not Environment.production
         if self.ENVIRONMENT is Environment.development:
@@ -244,6 +269,13 @@ class Settings(BaseSettings):
         return f"http://{_loopback(self.HOST)}:{self.PORT}/_sandbox/mailchimp"
 
     @property
+    def mautic_sandbox_url(self) -> str:
+        """Base URL of the Mautic sandbox (the instance root) as the worker reaches it."""
+        if self.MAUTIC_SANDBOX_URL:
+            return self.MAUTIC_SANDBOX_URL.rstrip("/")
+        return f"http://{_loopback(self.HOST)}:{self.PORT}/_sandbox/mautic"
+
+    @property
     def oauth_base(self) -> str:
         """Where the OAuth authorize/token/metadata endpoints live."""
         if self.MAILCHIMP_OAUTH_BASE:
@@ -264,6 +296,7 @@ class Settings(BaseSettings):
 
 
 MAILCHIMP_SANDBOX_PREFIX = "/_sandbox/mailchimp"  # where `serve` mounts the Mailchimp sandbox
+MAUTIC_SANDBOX_PREFIX = "/_sandbox/mautic"  # where `serve` mounts the Mautic sandbox
 
 
 def _loopback(host: str) -> str:

@@ -43,7 +43,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
     from app.console.routes import mount as mount_console
 
     mount_console(app)
-    if not settings.is_sandbox:
+    from app.providers import registry
+
+    if not any(p.connect.sandbox(settings) for p in registry.all_providers()):
         return
     from app.sandbox.kit import SANDBOXES, build
 

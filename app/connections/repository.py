@@ -60,6 +60,24 @@ class ConnectionRepository:
             .values(credentials=ciphertext)
         )
 
+    async def credentials_of(
+        self, connection_id: uuid.UUID, *, lock: bool = False, lock_timeout: float = 0.0
+    ) -> RowMapping | None:
+        """The connection's status and ciphertext; with `lock`, the row is locked until the
+        transaction ends (one token renewal per connection at a time, DESIGN §14.4) and the
+        wait gives up after `lock_timeout` seconds (0: no limit)."""
+        stmt = select(connections.c.id, connections.c.status, connections.c.credentials).where(
+            connections.c.id == connection_id
+        )
+        if lock:
+            if lock_timeout > 0:
+                # A lock held longer than a token request means something is stuck: fail
+                # (the send retries) rather than hang a worker.
+                ms = int(lock_timeout * 1000)
+                await self.session.execute(text(f"SET LOCAL lock_timeout = {ms}"))
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).mappings().first()
+
     async def by_id(self, connection_id: uuid.UUID) -> RowMapping | None:
         """A connection by id (background work that was handed the id)."""
         stmt = select(connections).where(connections.c.id == connection_id)

@@ -44,6 +44,7 @@ from app.connections.schemas import (
     RunAccepted,
     SyncRunOut,
 )
+from app.connections.tokens import token_source
 from app.connections.webhook_registration import direct, webhook_url
 from app.db import session_scope
 from app.errors import (
@@ -181,8 +182,10 @@ def client_for(
     settings: Settings,
     transport: httpx.AsyncBaseTransport,
     row: RowMapping,
+    maker: Reader,
 ) -> ProviderClient:
-    """A client for a stored connection (credentials decrypted in memory only)."""
+    """A client for a stored connection (credentials decrypted in memory only); an expiring
+    token is renewed through `maker`'s sessions, one process at a time (DESIGN §14.4)."""
     name = provider.spec.display_name
     try:
         creds = decrypt_credentials(settings, row["credentials"])
@@ -200,6 +203,7 @@ def client_for(
                 timeout=provider.connect.timeout(settings),
                 sandbox=provider.connect.sandbox(settings),
                 dc=row["dc"],
+                tokens=token_source(maker, settings, provider, row["id"], creds),
             )
         )
     except ValueError as exc:
@@ -401,7 +405,7 @@ class ConnectionService:
                     status_code=502,
                 ) from None
         if previous is not None and (audience is None or previous["audience_id"] != audience.id):
-            await self._retire_webhook(provider, settings, transport, previous)
+            await self._retire_webhook(provider, settings, transport, previous, reader)
 
         repo = ConnectionRepository(session)
         if not await repo.consume_state(nonce=claims.nonce, owner_id=claims.owner_id):
@@ -501,7 +505,7 @@ class ConnectionService:
         """The connected account's audiences, as the provider lists them now."""
         row = await self._read(reader, provider, owner_id)
         try:
-            return await client_for(provider, settings, transport, row).list_audiences()
+            return await client_for(provider, settings, transport, row, reader).list_audiences()
         except EndpointRefused as exc:
             await _mark_endpoint_refused(reader, row, exc)
             raise
@@ -526,7 +530,7 @@ class ConnectionService:
         """
         row = await self._read(reader, provider, owner_id)
         try:
-            client = client_for(provider, settings, transport, row)
+            client = client_for(provider, settings, transport, row, reader)
         except EndpointRefused as exc:
             await _mark_endpoint_refused(reader, row, exc)
             raise
@@ -544,7 +548,7 @@ class ConnectionService:
             raise provider_failure(provider, exc) from None
         except FieldsRefused as exc:
             raise fields_refused(provider, exc) from None
-        await self._retire_webhook(provider, settings, transport, row)
+        await self._retire_webhook(provider, settings, transport, row, reader)
         repo = ConnectionRepository(session)
         current = await repo.lock(row["id"])
         if current is None:
@@ -585,7 +589,7 @@ class ConnectionService:
         webhook_id: str | None = None
         error: str | None = None
         try:
-            client = client_for(provider, settings, transport, row)
+            client = client_for(provider, settings, transport, row, maker)
             # A passing failure (5xx, timeout, throttle) is retried a few times right away;
             # a refusal is recorded at once, and every reconcile run tries again.
             async for attempt in AsyncRetrying(
@@ -619,12 +623,13 @@ class ConnectionService:
         settings: Settings,
         transport: httpx.AsyncBaseTransport,
         row: RowMapping,
+        reader: Reader,
     ) -> None:
         """Delete our webhook from the connection's current audience (best effort)."""
         if not row["audience_id"] or provider.spec.capabilities.inbound != "webhook":
             return
         try:
-            client = client_for(provider, settings, transport, row)
+            client = client_for(provider, settings, transport, row, reader)
             await provider.inbound.remove_webhooks(
                 client,
                 row["audience_id"],
@@ -717,7 +722,7 @@ class ConnectionService:
         connection with its credentials, queue, mirror and runs. Members stay at the
         provider."""
         row = await self._read(reader, provider, owner_id)
-        await self._retire_webhook(provider, settings, transport, row)
+        await self._retire_webhook(provider, settings, transport, row, reader)
         await ConnectionRepository(session).delete(row["id"])
         log.info(
             "connections.disconnected",

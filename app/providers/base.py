@@ -456,6 +456,12 @@ class ProviderClient(Protocol):
         is given (the reconcile pages all; the pull reads changes since its watermark)."""
 
 
+#: The credentials keys of an expiring access token (DESIGN §14.4): the token, and when it
+#: expires (seconds since the epoch, wall clock: every process reads the same row).
+ACCESS_TOKEN = "access_token"
+EXPIRES_AT = "expires_at"
+
+
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """What a client factory gets to build a client for one stored connection.
@@ -680,7 +686,10 @@ class ConnectFlow(Protocol):
     async def refresh(
         self, settings: Settings, credentials: Mapping[str, Any]
     ) -> dict[str, Any] | None:
-        """New credentials before the access token expires, or None when nothing expires."""
+        """New credentials (with `ACCESS_TOKEN` and `EXPIRES_AT`, and a rotated refresh token
+        where the provider rotates them), or None when nothing expires. Called by the core
+        only (`app.connections.tokens`), one process per connection at a time; AuthError when
+        the grant is refused (`invalid_grant`, a revoked client)."""
 
     async def prepare_audience(self, client: Any, audience_id: str, mapping: Any) -> list[str]:
         """Create the provider fields `mapping` (a MappingConfig) needs and the audience lacks,

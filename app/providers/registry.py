@@ -7,7 +7,7 @@ Adding a provider adds its package, its sandbox and one `_register(...)` line be
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from app import metrics
@@ -138,3 +138,38 @@ def _mailchimp() -> Provider:
 
 
 _register(_mailchimp())
+
+
+def _mautic() -> Provider:
+    from app.providers.mautic import connect, inbound, mapping, spec
+
+    def seed() -> SandboxSeed | None:
+        try:
+            from app.sandbox.mautic import constants as c
+        except ImportError:  # pragma: no cover - the sandbox ships with the service
+            return None
+        return SandboxSeed(
+            credentials={
+                "client_id": c.DEFAULT_CLIENT_ID,
+                "client_secret": c.DEFAULT_CLIENT_SECRET,
+            },
+            audience_id=str(c.DEMO_SEGMENT_ID),
+            audience_name=c.DEMO_SEGMENT_NAME,
+            account_name="Mautic sandbox",
+        )
+
+    return Provider(
+        spec=spec.SPEC,
+        client=connect.client_factory,
+        mapping=mapping.from_settings,
+        inbound=inbound.MauticInbound(),
+        connect=connect.MauticConnect(sandbox_seed=seed),
+        configured_limits=lambda settings: replace(
+            spec.SPEC.limits, concurrency_per_account=settings.MAUTIC_MAX_CONCURRENCY
+        ),
+        sandbox_seed=seed,
+        sandbox_app="app.sandbox.mautic:create_app",
+    )
+
+
+# _register(_mautic())  # STEP2

@@ -37,7 +37,8 @@ from app.connections.notices import (
     REASON_QUOTA,
     REASON_UNAVAILABLE,
 )
-from app.db import to_libpq_url
+from app.connections.tokens import token_source
+from app.db import make_sessionmaker, to_libpq_url
 from app.providers import registry
 from app.providers.base import (
     AudienceMissing,
@@ -219,6 +220,7 @@ class SyncEngine:
     ) -> None:
         self.db = db
         self.settings = settings
+        self._sessions = make_sessionmaker(db)  # token renewals (app.connections.tokens)
         self.options = options or EngineOptions.from_settings(settings)
         self.me = worker_id or worker_identity()
         self._own_transport = transport is None
@@ -527,17 +529,22 @@ class SyncEngine:
         gate = GateLimiter(
             self.slots.gate(row["account_key"], cap=cap), margin=self.options.timeout + 2.0
         )
+        credentials = decrypt_credentials(self.settings, row["credentials"])
         # The factory applies the provider's host rule outside its sandbox (DESIGN §8).
         return provider.client(
             ClientConfig(
                 transport=self.transport,
                 api_endpoint=row["api_endpoint"],
-                credentials=decrypt_credentials(self.settings, row["credentials"]),
+                credentials=credentials,
                 timeout=self.options.timeout,
                 sandbox=provider.connect.sandbox(self.settings),
                 dc=row["dc"],
                 limiter=ConnectionLimits(
                     self.limits if binding is not None else None, binding, gate=gate.slot
+                ),
+                # Expiring tokens are renewed by one process per connection (DESIGN §14.4).
+                tokens=token_source(
+                    self._sessions, self.settings, provider, row["id"], credentials
                 ),
             )
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ import orjson
 
 from app import metrics
 from app.emailkey import email_key
+from app.fieldmap import FieldRule, FieldsRefused
 from app.providers.base import (
     Audience,
     AudienceMissing,
@@ -36,6 +37,7 @@ from app.providers.base import (
     RemoteStatus,
     RequestLimiter,
     ThrottledError,
+    TokenSource,
     TransientError,
 )
 from app.providers.mautic.mapping import field_value
@@ -44,6 +46,15 @@ from app.providers.mautic.spec import BATCH_SIZE, OUR_DNC_COMMENT, PROVIDER, STA
 # A token is renewed this long before Mautic says it expires (clock skew, a slow request).
 TOKEN_MARGIN_SECONDS = 60.0
 REASON_VERBS = {1: "unsubscribed", 2: "bounced", 3: "manual"}
+# FIELD_MAP types → the Mautic field types that hold them, and what a missing one is created as
+# (a list is stored `|`-joined in a text field: multiselect needs its options declared first).
+FIELD_ACCEPTS = {
+    "text": ("text", "textarea", "email", "tel", "url", "select", "lookup", "multiselect"),
+    "number": ("number",),
+    "date": ("date", "datetime"),
+    "list": ("text", "textarea", "multiselect"),
+}
+FIELD_CREATE_AS = {"text": "text", "number": "number", "date": "date", "list": "text"}
 # Token-endpoint error types that mean the client id/secret are not (or no longer) accepted.
 AUTH_TYPES = frozenset({"invalid_client", "unauthorized_client", "invalid_grant", "access_denied"})
 
@@ -193,9 +204,14 @@ class MauticClient:
         client_secret: str,
         timeout: float = 30.0,
         limiter: RequestLimiter | None = None,
+        tokens: TokenSource | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         self._transport = transport
+        # The secret our webhook's deliveries are signed with (kept in the credentials).
+        self.webhook_secret = webhook_secret
         self._limiter = limiter
+        self._tokens = tokens
         root = base_url.rstrip("/").removesuffix("/api")
         self._token_url = root + "/oauth/v2/token"
         self._base = root + "/api"
@@ -213,7 +229,7 @@ class MauticClient:
     # --- plumbing -----------------------------------------------------------------------
 
     async def _send(self, request: httpx.Request, *, op: str) -> httpx.Response:
-        slot = self._limiter.slot() if self._limiter is not None else contextlib.nullcontext()
+        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
         start = time.perf_counter()
         try:
             async with slot:
@@ -241,7 +257,11 @@ class MauticClient:
         return error
 
     async def fetch_token(self) -> str:
-        """A client_credentials access token (cached until shortly before it expires)."""
+        """The access token: the core's (`tokens`, renewed before expiry by one process per
+        connection), else a client_credentials token of our own, cached until shortly before
+        it expires (a connect check, before anything is stored)."""
+        if self._tokens is not None:
+            return await self._tokens.access_token()
         if self._token and time.monotonic() < self._token_expires:
             return self._token
         async with self._token_lock:
@@ -249,7 +269,21 @@ class MauticClient:
                 return self._token
             return await self._fetch_token()
 
+    async def _renew(self, rejected: str) -> None:
+        # After a 401: the token expired early or was revoked; one new one, then AuthError.
+        if self._tokens is not None:
+            await self._tokens.access_token(stale=rejected)
+        elif self._token == rejected:
+            self._token = None
+
     async def _fetch_token(self) -> str:
+        token, lifetime = await self.request_token()
+        self._token = token
+        self._token_expires = time.monotonic() + max(lifetime - TOKEN_MARGIN_SECONDS, 0.0)
+        return token
+
+    async def request_token(self) -> tuple[str, float]:
+        """A new client_credentials token and its lifetime in seconds (no caching)."""
         # Credentials in the form body: Basic would meet the Basic-auth switch (403).
         request = httpx.Request(
             "POST",
@@ -269,11 +303,8 @@ class MauticClient:
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise TransientError("the token endpoint answered without an access token")
-        lifetime = float(body.get("expires_in") or 3600)
-        self._token = token
-        self._token_expires = time.monotonic() + max(lifetime - TOKEN_MARGIN_SECONDS, 0.0)
         metrics.PROVIDER_REQUESTS.labels(PROVIDER, "token", "ok").inc()
-        return token
+        return token, float(body.get("expires_in") or 3600)
 
     async def _request(
         self,
@@ -308,14 +339,104 @@ class MauticClient:
             )
             response = await self._send(request, op=op)
             if response.status_code == 401 and attempt == 1:
-                if self._token == token:
-                    self._token = None
+                await self._renew(token)
                 continue
             if 200 <= response.status_code < 300 or response.status_code in ok:
                 metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
                 return response.status_code, _loads(response.content)
             raise self._fail(response, op=op)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- webhooks (`/api/hooks`) -----------------------------------------------------------
+
+    async def list_hooks(self) -> list[dict[str, Any]]:
+        """Every webhook of the instance."""
+        hooks: list[dict[str, Any]] = []
+        start = 0
+        while True:
+            _, body = await self._request(
+                "GET", "/hooks", op="webhook", params={"start": start, "limit": 100}
+            )
+            found = (body or {}).get("hooks") or {}
+            items = list(found.values()) if isinstance(found, dict) else list(found)
+            hooks.extend(h for h in items if isinstance(h, dict))
+            total = int((body or {}).get("total") or 0)
+            start += len(items)
+            if not items or start >= total:
+                return hooks
+
+    async def create_hook(
+        self, *, name: str, url: str, triggers: Iterable[str], secret: str
+    ) -> str:
+        """Create a published webhook signed with `secret`; its id."""
+        body = {
+            "name": name,
+            "webhookUrl": url,
+            "triggers": list(triggers),
+            "secret": secret,
+            "isPublished": True,
+            "eventsOrderbyDir": "ASC",
+        }
+        _, answer = await self._request("POST", "/hooks/new", op="webhook", json=body)
+        return str(((answer or {}).get("hook") or {}).get("id") or "")
+
+    async def delete_hook(self, hook_id: str) -> bool:
+        """Delete a webhook; False when it was already gone."""
+        status, _ = await self._request(
+            "DELETE", f"/hooks/{hook_id}/delete", op="webhook", ok=(404,)
+        )
+        return status != 404
+
+    # --- contact fields (FIELD_MAP, DESIGN §14.7) ------------------------------------------
+
+    async def list_fields(self) -> dict[str, dict[str, Any]]:
+        """Every contact field by alias."""
+        _, body = await self._request(
+            "GET", "/fields/contact", op="fields", params={"limit": 0, "minimal": 1}
+        )
+        found = (body or {}).get("fields") or {}
+        items = found.values() if isinstance(found, dict) else found
+        return {str(f.get("alias")): f for f in items if isinstance(f, dict)}
+
+    async def ensure_fields(self, rules: Iterable[FieldRule]) -> list[str]:
+        """Create the contact fields the map needs and the instance lacks; the aliases created.
+        A field of a type that cannot hold its entry, or a creation Mautic refuses, raises
+        FieldsRefused naming the entry (nothing is created then)."""
+        rules = list(rules)
+        existing = await self.list_fields()
+        problems, missing = [], []
+        for rule in rules:
+            have = existing.get(rule.field)
+            if have is None:
+                missing.append(rule)
+            elif str(have.get("type") or "text") not in FIELD_ACCEPTS.get(rule.type.value, ()):
+                problems.append(
+                    f"FIELD_MAP entry {PROVIDER}.{rule.source}: the contact field {rule.field}"
+                    f" is of type {have.get('type')}, which cannot hold a {rule.type.value} value"
+                )
+        if problems:
+            raise FieldsRefused(problems)
+        created = []
+        for rule in missing:
+            body = {
+                "label": rule.display_name,
+                "alias": rule.field,
+                "type": FIELD_CREATE_AS.get(rule.type.value, "text"),
+                "object": "lead",
+                "group": "core",
+            }
+            try:
+                await self._request("POST", "/fields/contact/new", op="fields", json=body)
+            except PermanentError as exc:
+                problems.append(
+                    f"FIELD_MAP entry {PROVIDER}.{rule.source}: Mautic refused to create the"
+                    f" contact field {rule.field} ({exc.message})"
+                )
+            else:
+                created.append(rule.field)
+        if problems:
+            raise FieldsRefused(problems)
+        return created
 
     # --- account and segments ------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Mautic webhook deliveries: the signature over the raw body and the neutral events they mean.
 
-Only verification and parsing exist yet; registering our hook (`/api/hooks`) and the
-`InboundAdapter` the registry needs are still to write (issue 14 item 5).
+`MauticInbound` is the registry's adapter: it verifies and parses deliveries and keeps our
+hook (`/api/hooks`) registered, signed with the connection's secret.
 
 A delivery is `{trigger: [item, …], …}` (several types in one POST in queue mode; the "Send
 test payload" button adds a top-level `timestamp`), signed `Webhook-Signature` = base64
@@ -12,16 +12,24 @@ HMAC-SHA256 of the exact bytes (reference §7.3-7.4). Bounces and unsubscribes a
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
-from app.providers.base import BadSignature, InboundEvent, InboundKind, MalformedPayload
-from app.providers.mautic.client import contact_fields, email_dnc, is_ours
+from app.providers.base import (
+    BadSignature,
+    InboundEvent,
+    InboundKind,
+    MalformedPayload,
+    WebhookCall,
+)
+from app.providers.mautic.client import MauticClient, contact_fields, email_dnc, is_ours
 
 MAX_BODY = 1_000_000
 SIGNATURE_HEADER = "webhook-signature"
@@ -72,6 +80,16 @@ def _event(trigger: str, item: dict[str, Any]) -> InboundEvent:
             kind = InboundKind.ignored  # the echo of our own opt-out
     elif trigger == "mautic.lead_post_save_update":
         kind = InboundKind.profile
+    elif trigger == "mautic.form_on_submit":
+        # A person signing up through a Mautic form (a new lead with referral=mautic). Not
+        # `lead_post_save_new`: our own API creations fire that one too.
+        submission = item.get("submission")
+        lead = submission.get("lead") if isinstance(submission, dict) else None
+        if isinstance(lead, dict):
+            contact = lead
+            fields = contact_fields(lead)
+            email = fields.get("email") if isinstance(fields.get("email"), str) else None
+            kind = InboundKind.subscribe
     elif trigger == "mautic.lead_post_delete":
         kind = InboundKind.archived  # gone from Mautic, not an opt-out
     return InboundEvent(
@@ -102,3 +120,100 @@ def parse(body: bytes, *, headers: Mapping[str, str], secret: str | None) -> lis
             continue
         events.extend(_event(trigger, item) for item in items if isinstance(item, dict))
     return events
+
+
+# --- our webhook ---------------------------------------------------------------------------
+
+# What carries the person's decisions: DNC changes (unsubscribe, bounce, complaint), form
+# signups, deletes and edits. `lead_post_save_new` is left out: our own creations fire it.
+TRIGGERS = (
+    "mautic.lead_channel_subscription_changed",
+    "mautic.form_on_submit",
+    "mautic.lead_post_save_update",
+    "mautic.lead_post_delete",
+)
+EVENT_TYPES = frozenset(TRIGGERS)
+HOOK_NAME = "Audience Sync"
+
+
+def _is_ours(hook: Mapping[str, Any], webhook_token: str) -> bool:
+    path = urlsplit(str(hook.get("webhookUrl") or "")).path
+    return path.endswith(f"/api/webhooks/mautic/{webhook_token}")
+
+
+def _is_right(hook: Mapping[str, Any], url: str, secret: str | None) -> bool:
+    return (
+        hook.get("webhookUrl") == url
+        and set(hook.get("triggers") or []) == set(TRIGGERS)
+        and hook.get("secret") == secret
+        and hook.get("isPublished") in (True, 1, "1")
+    )
+
+
+class MauticInbound:
+    """Mautic's side of inbound: signed JSON deliveries, our hook kept right."""
+
+    event_types = EVENT_TYPES
+    media_type = "application/json"
+
+    def parse(
+        self, body: bytes, *, headers: Mapping[str, str], secret: str | None
+    ) -> list[InboundEvent]:
+        """Verify the signature over the raw bytes, then every event of the delivery."""
+        return parse(body, headers=headers, secret=secret)
+
+    def dedupe_key(self, connection_id: str, event: InboundEvent, body: bytes) -> str:
+        """Per event, not per delivery: queue mode regroups events into other POSTs, and a
+        duplicated delivery repeats the same items (type, time, contact, values)."""
+        canonical = orjson.dumps(event.payload, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(canonical).hexdigest()
+        return f"mautic:{connection_id}:{event.type}:{digest}"
+
+    async def ensure_webhook(
+        self,
+        client: Any,
+        audience_id: str,
+        *,
+        url: str,
+        webhook_token: str,
+        call: WebhookCall,
+    ) -> str | None:
+        """Exactly one published hook of ours at `url`, with our triggers and secret; an
+        unpublished one (Mautic stops hooks after failures) is replaced."""
+        mc: MauticClient = client
+        hooks: list[dict[str, Any]] = await call(mc.list_hooks)
+        ours = [h for h in hooks if _is_ours(h, webhook_token)]
+        keep = next((h for h in ours if _is_right(h, url, mc.webhook_secret)), None)
+        for hook in ours:
+            if hook is not keep:
+                await call(functools.partial(mc.delete_hook, str(hook["id"])))
+        if keep is not None:
+            return str(keep["id"])
+        secret = mc.webhook_secret
+        if not secret:
+            raise ValueError("the connection has no webhook secret (reconnect Mautic)")
+        created: str = await call(
+            functools.partial(
+                mc.create_hook, name=HOOK_NAME, url=url, triggers=TRIGGERS, secret=secret
+            )
+        )
+        return created
+
+    async def remove_webhooks(
+        self,
+        client: Any,
+        audience_id: str,
+        *,
+        webhook_token: str,
+        known_id: str | None,
+        call: WebhookCall,
+    ) -> int:
+        """Delete our hook(s) (disconnect, segment change); one already gone is fine."""
+        mc: MauticClient = client
+        hooks: list[dict[str, Any]] = await call(mc.list_hooks)
+        ids = {str(h["id"]) for h in hooks if _is_ours(h, webhook_token)}
+        if known_id:
+            ids.add(known_id)
+        for hook_id in sorted(ids):
+            await call(functools.partial(mc.delete_hook, hook_id))
+        return len(ids)

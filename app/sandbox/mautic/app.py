@@ -263,7 +263,10 @@ def create_app(
     `state_file`: a JSON snapshot of the data (contacts, segments, hooks, clients, tokens),
     loaded now and saved when the app stops, so `serve` keeps its Mautic across restarts.
     """
-    state = MauticState(config or MauticConfig())
+    if config is None:
+        # Mounted by the service (a state file): the demo segment and campaign exist.
+        config = MauticConfig(demo_data=state_file is not None)
+    state = MauticState(config)
     if state_file is not None:
         try:
             if snapshot.load(state, state_file):

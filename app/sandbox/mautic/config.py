@@ -55,6 +55,9 @@ class MauticConfig(Knobs):
     locale: str = "en"
     # The API user's role: `read_only` answers the permission 403 to every write.
     api_role: str = "admin"
+    # A fresh instance holds the demo segment and campaign (constants.DEMO_*): on when the
+    # service mounts the sandbox, so its demo owner's connection has a segment to sync to.
+    demo_data: bool = False
     # Points the reference marks [unverified]: each is a knob with the emulator's choice.
     token_scope: str | None = None
     token_accepts_json_body: bool = True

@@ -15,3 +15,10 @@ ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "mautic"
 
 VERSION_HEADER = "Mautic-Version"
+
+# The demo data of a sandbox mounted by the service (`demo_data`): segment 1 is the demo
+# owner's audience, campaign 1 the one qualified leads are enrolled in (README, `make run`).
+DEMO_SEGMENT_ID = 1
+DEMO_SEGMENT_NAME = "Audience Sync"
+DEMO_CAMPAIGN_ID = 1
+DEMO_CAMPAIGN_NAME = "Qualified leads"

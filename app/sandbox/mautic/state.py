@@ -131,6 +131,9 @@ class MauticState:
             public_id=c.USER_CLIENT_ID,
             secret=c.USER_CLIENT_SECRET,
         )
+        if self.config.demo_data:
+            self.instance.save_segment(None, {"name": c.DEMO_SEGMENT_NAME}, self.admin, put=False)
+            self.instance.create_campaign(c.DEMO_CAMPAIGN_NAME, actor=self.admin)
 
     def reset(self) -> None:
         """A fresh instance with the configuration of startup; the clock back to now."""

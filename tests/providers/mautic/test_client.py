@@ -412,7 +412,7 @@ class Slots:
         self._sem = asyncio.Semaphore(n)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, op: str | None = None) -> AsyncIterator[None]:
         async with self._sem:
             yield
 
