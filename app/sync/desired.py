@@ -19,7 +19,16 @@ from typing import Any
 from app.providers.base import PRESENT_STATUSES, ContactPayload
 from app.providers.mapping import MappingConfig, digest_of, merge_fields
 
-__all__ = ["Action", "MappingConfig", "MirrorOp", "Plan", "digest_of", "merge_fields"]
+__all__ = [
+    "Action",
+    "MappingConfig",
+    "MirrorOp",
+    "Plan",
+    "creates",
+    "digest_of",
+    "merge_fields",
+    "unknown_to_mirror",
+]
 
 # Statuses under which the member exists at the provider and can be updated.
 PRESENT = PRESENT_STATUSES
@@ -106,8 +115,14 @@ def plan_key(
     forget: bool,
     cfg: MappingConfig,
     intent: Sequence[str] = (),
+    may_exist: bool = False,
 ) -> Plan:
-    """Decide what the provider must be told about `key` (DESIGN §5's table)."""
+    """Decide what the provider must be told about `key` (DESIGN §5's table).
+
+    `may_exist`: a send that could create (or revive) the person was cut short before its
+    completion, so the provider may hold them although the mirror says absent (or archived);
+    see `creates`.
+    """
     plan = _plan_key(
         key,
         contact=contact,
@@ -116,6 +131,7 @@ def plan_key(
         forget=forget,
         cfg=cfg,
         intent=intent,
+        may_exist=may_exist,
     )
     plan.owned_tags = owned_tags(mirror, intent)
     return plan
@@ -130,6 +146,7 @@ def _plan_key(
     forget: bool,
     cfg: MappingConfig,
     intent: Sequence[str],
+    may_exist: bool = False,
 ) -> Plan:
     if forget:
         return Plan(key, Action.forget, contact=contact, mirror=mirror, target_email=key)
@@ -141,11 +158,25 @@ def _plan_key(
         if pushed and mirror is not None and mirror.get("remote_status") in PRESENT:
             target = mirror.get("pushed_email") or key
             return Plan(key, Action.archive, mirror=mirror, target_email=target)
+        if may_exist and unknown_to_mirror(mirror):
+            # We may have created (or revived) them: what we pushed goes, as above.
+            return Plan(key, Action.archive, mirror=mirror, target_email=key)
         op = MirrorOp.delete if mirror is not None and not pushed else MirrorOp.keep
         return Plan(key, Action.noop, mirror=mirror, mirror_op=op)
     if tombstoned:
         return Plan(key, Action.noop, contact=contact, mirror=mirror, mirror_op=MirrorOp.forgotten)
-    return _plan_contact(key, contact, mirror, cfg, intent)
+    return _plan_contact(key, contact, mirror, cfg, intent, may_exist)
+
+
+def creates(plan: Plan) -> bool:
+    """True when the plan's send may create or revive the person at the provider: an upsert
+    the mirror does not know a present member for. The engine records it before the call."""
+    return plan.action is Action.upsert and unknown_to_mirror(plan.mirror)
+
+
+def unknown_to_mirror(mirror: Mapping[str, Any] | None) -> bool:
+    """The mirror holds no present member: never pushed, gone, or archived."""
+    return effective_status(mirror) in (None, "archived")
 
 
 def _plan_contact(
@@ -154,6 +185,7 @@ def _plan_contact(
     mirror: Mapping[str, Any] | None,
     cfg: MappingConfig,
     intent: Sequence[str] = (),
+    may_exist: bool = False,
 ) -> Plan:
     email: str = contact["email"]
     fields = merge_fields(contact, cfg)
@@ -173,6 +205,11 @@ def _plan_contact(
         )
         return Plan(key, action, contact, mirror, payload, digest, tags, target_email=email)
 
+    if not consent and may_exist and remote in (None, "archived"):
+        # A create (or revival) of ours may have reached the provider before a crash, and the
+        # person has withdrawn consent since: unsubscribe them there, never creating anyone
+        # (an update; the provider's not-found ends it).
+        return plan(Action.update, status="unsubscribed", status_if_new="unsubscribed")
     if remote is None:
         if not consent:
             # Never create a member without consent; a stale mirror row goes.

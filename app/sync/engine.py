@@ -60,6 +60,7 @@ from app.sync.desired import (
     Action,
     MirrorOp,
     Plan,
+    creates,
     is_movable,
     plan_key,
     plan_move,
@@ -660,28 +661,34 @@ class SyncEngine:
                 hashes=[tombstone_key(k) for k in keys],
             )
         plans = self._plan(rows, data, ctx.mapping)
-        await self._record_tag_intent(ctx, plans)
+        await self._record_intent(ctx, rows, plans)
         attempts = {r.email_key: r.attempts for r in rows}
         return await self._execute(ctx, plans, attempts, step)
 
-    async def _record_tag_intent(self, ctx: ConnectionContext, plans: list[Plan]) -> None:
-        """Before any call, record the tags the sends are about to push that are not yet
-        known to be ours: a crash after the provider applied them must not orphan them."""
+    async def _record_intent(
+        self, ctx: ConnectionContext, rows: list[Claimed], plans: list[Plan]
+    ) -> None:
+        """Before any call, record what a crash after the provider's answer must not lose:
+        the tags the sends are about to push that are not yet known to be ours, and the keys
+        whose send may create the person (the mirror learns of them only at completion)."""
         intents = {
             plan.key: plan.tags
             for plan in plans
             if plan.action in (Action.upsert, Action.update, Action.tags, Action.move)
             and set(plan.tags) - set(plan.owned_tags)
         }
-        if intents:
+        already = {r.email_key for r in rows if r.create_intent}
+        creating = [p.key for p in plans if creates(p) and p.key not in already]
+        if intents or creating:
             async with self.db.begin() as conn:
-                await QueueRepository(conn).record_tag_intent(
-                    me=self.me, connection_id=ctx.id, intents=intents
+                await QueueRepository(conn).record_intent(
+                    me=self.me, connection_id=ctx.id, intents=intents, creates=creating
                 )
 
     def _plan(self, rows: list[Claimed], data: GroupData, cfg: MappingConfig) -> list[Plan]:
         claimed = {r.email_key: r for r in rows}
         intent = {r.email_key: r.tag_intent for r in rows}
+        may_exist = {r.email_key for r in rows if r.create_intent}
         plans: list[Plan] = []
         handled: set[str] = set()
         for row in rows:
@@ -727,6 +734,7 @@ class SyncEngine:
                     forget=row.forget,
                     cfg=cfg,
                     intent=intent[row.email_key],
+                    may_exist=row.email_key in may_exist,
                 )
             )
         return plans
@@ -1064,6 +1072,9 @@ class SyncEngine:
         archived = await self._call(
             ctx, lambda: ctx.client.archive_member(ctx.audience_id, email, remote=ref)
         )
+        if not archived and plan.mirror is None:
+            # A create cut short that never happened: there was nobody to archive.
+            return Outcome(plan.key, "done", mirror_delete=True, synced=True)
         status = "archived" if archived else (plan.mirror or {}).get("remote_status")
         return Outcome(
             plan.key, "done", mirror={"contact_id": None, "remote_status": status}, synced=True

@@ -80,14 +80,19 @@ class SyncQueue(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     leased_by: Mapped[str | None] = mapped_column(Text)
     forget: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    # Tags a send was about to push, written before the call: if the worker dies after the
-    # provider applied them but before the completion recorded them in sync_state, they are
-    # still known to be ours, and a later removal removes them (issue 11, item 1).
     # Times the row parked since its last change, and when it first did: parked rows are
     # re-armed on a slow schedule (available_at), and the notice shows rows stuck for long.
     parks: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Tags a send was about to push, written before the call: if the worker dies after the
+    # provider applied them but before the completion recorded them in sync_state, they are
+    # still known to be ours, and a later removal removes them (issue 11, item 1).
     tag_intent: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    # A send about to create (or revive) the person at the provider, written before the call
+    # like tag_intent: after a crash the mirror does not know the person exists, and a resend
+    # for a contact that lost consent (or was deleted) meanwhile must still unsubscribe
+    # (archive) them rather than treat them as never pushed (promise 2).
+    create_intent: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     enqueued_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

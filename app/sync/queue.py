@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ class Claimed:
     attempts: int
     priority: int
     tag_intent: tuple[str, ...] = ()
+    create_intent: bool = False  # a send cut short may have created the person (see models)
 
 
 @dataclass(slots=True)
@@ -69,7 +70,7 @@ _CLAIM = text(
     ) pick
     WHERE q.connection_id = pick.connection_id AND q.email_key = pick.email_key
     RETURNING q.connection_id, q.email_key, q.seq, q.contact_id, q.forget, q.attempts, q.priority,
-              q.tag_intent
+              q.tag_intent, q.create_intent
     """
 )
 
@@ -101,14 +102,17 @@ _RENEW = text(
 )
 
 # Tags about to be pushed, added to what the row already records (a resend after a crash may
-# push yet other tags; every one of them may now be at the provider).
-_TAG_INTENT = text(
+# push yet other tags; every one of them may now be at the provider); and whether the send may
+# create the person, kept once set (a create that was cut short may have happened).
+_INTENT = text(
     """
     UPDATE sync_queue q
-    SET tag_intent = ARRAY(SELECT DISTINCT unnest(q.tag_intent || i.tags) ORDER BY 1)
+    SET tag_intent = ARRAY(SELECT DISTINCT unnest(q.tag_intent || i.tags) ORDER BY 1),
+        create_intent = q.create_intent OR i.creates
     FROM (
-        SELECT r.email_key, ARRAY(SELECT jsonb_array_elements_text(r.tags)) AS tags
-        FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(email_key text, tags jsonb)
+        SELECT r.email_key, ARRAY(SELECT jsonb_array_elements_text(r.tags)) AS tags, r.creates
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+            AS r(email_key text, tags jsonb, creates boolean)
     ) i
     WHERE q.connection_id = :conn AND q.email_key = i.email_key AND q.leased_by = :me
     """
@@ -275,7 +279,8 @@ _COMPLETE = text(
             last_error = CASE WHEN o.kind = 'retry' AND q.seq = o.seq
                               THEN o.error ELSE q.last_error END,
             -- done (the row changed meanwhile): sync_state now records what we pushed
-            tag_intent = CASE WHEN o.kind = 'done' THEN '{}'::text[] ELSE q.tag_intent END
+            tag_intent = CASE WHEN o.kind = 'done' THEN '{}'::text[] ELSE q.tag_intent END,
+            create_intent = CASE WHEN o.kind = 'done' THEN false ELSE q.create_intent END
         FROM o
         WHERE q.connection_id = :conn AND q.email_key = o.email_key
           AND NOT (o.kind = 'done' AND q.seq = o.seq)
@@ -333,7 +338,13 @@ class QueueRepository:
             },
         )
         return [
-            Claimed(**{**row, "tag_intent": tuple(row["tag_intent"] or ())})
+            Claimed(
+                **{
+                    **row,
+                    "tag_intent": tuple(row["tag_intent"] or ()),
+                    "create_intent": bool(row["create_intent"]),
+                }
+            )
             for row in result.mappings()
         ]
 
@@ -368,15 +379,24 @@ class QueueRepository:
             },
         )
 
-    async def record_tag_intent(
-        self, *, me: str, connection_id: uuid.UUID, intents: dict[str, list[str]]
+    async def record_intent(
+        self,
+        *,
+        me: str,
+        connection_id: uuid.UUID,
+        intents: dict[str, list[str]],
+        creates: Iterable[str] = (),
     ) -> None:
-        """Record, before the call, the tags each key's send is about to push."""
-        if intents:
-            rows = [{"email_key": k, "tags": tags} for k, tags in intents.items()]
-            await self.conn.execute(
-                _TAG_INTENT, {"me": me, "conn": connection_id, "rows": _dumps(rows)}
-            )
+        """Record, before the call, the tags each key's send is about to push and the keys
+        whose send may create the person at the provider."""
+        creating = set(creates)
+        rows = [
+            {"email_key": k, "tags": intents.get(k, []), "creates": k in creating}
+            for k in sorted(set(intents) | creating)
+        ]
+        if rows:
+            params = {"me": me, "conn": connection_id, "rows": _dumps(rows)}
+            await self.conn.execute(_INTENT, params)
 
     async def rearm_parked(self, *, limit: int = 1000) -> int:
         """Make parked rows whose retry time has come ready again; NOTIFY when any moved."""

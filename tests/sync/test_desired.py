@@ -15,6 +15,7 @@ from app.sync.desired import (
     Action,
     MappingConfig,
     MirrorOp,
+    creates,
     digest_of,
     merge_fields,
     plan_key,
@@ -72,6 +73,7 @@ def plan(c: dict[str, Any] | None, m: dict[str, Any] | None, **kw: Any) -> Any:
         tombstoned=kw.pop("tombstoned", False),
         forget=kw.pop("forget", False),
         cfg=kw.pop("cfg", CFG),
+        may_exist=kw.pop("may_exist", False),
     )
 
 
@@ -199,6 +201,46 @@ class TestGone:
         p = plan(contact(), None, tombstoned=True)
         assert p.action is Action.noop
         assert p.mirror_op is MirrorOp.forgotten
+
+
+class TestACreateCutShort:
+    """A send that could create the person was cut short (crash before completion): the
+    provider may hold them although the mirror does not say so (`may_exist`)."""
+
+    def test_a_create_is_an_intent_to_record_and_an_update_is_not(self) -> None:
+        c = contact()
+        assert creates(plan(c, None))
+        assert creates(plan(c, mirror_for(c, remote_status="archived")))
+        assert not creates(plan(contact(first_name="Ava"), mirror_for(c)))
+
+    @pytest.mark.parametrize("remote", [None, "archived"])
+    def test_consent_withdrawn_since_unsubscribes_without_creating(
+        self, remote: str | None
+    ) -> None:
+        c = contact(newsletter_opt_in=False)
+        m = None if remote is None else mirror_for(c, remote_status=remote)
+        p = plan(c, m, may_exist=True)
+        assert p.action is Action.update  # never creates: the provider's not-found ends it
+        assert p.payload is not None
+        assert p.payload.consent == "unsubscribed"
+        assert p.payload.consent_if_new == "unsubscribed"
+
+    def test_still_consenting_is_the_same_create_again(self) -> None:
+        p = plan(contact(), None, may_exist=True)
+        assert p.action is Action.upsert
+        assert p.payload is not None and p.payload.consent is None
+
+    def test_deleted_since_is_archived(self) -> None:
+        p = plan(None, None, may_exist=True)
+        assert p.action is Action.archive
+        assert p.target_email == "ada@example.com"
+
+    def test_a_person_the_mirror_knows_is_planned_as_usual(self) -> None:
+        c = contact(newsletter_opt_in=False)
+        m = mirror_for(c, remote_status="unsubscribed")
+        assert plan(c, m, may_exist=True).action is Action.noop
+        learned = mirror_for(c, remote_status="cleaned", pushed_digest=None)  # from a webhook
+        assert plan(None, learned, may_exist=True).action is Action.noop
 
 
 class TestMapping:

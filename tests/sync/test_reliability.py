@@ -181,6 +181,66 @@ async def test_tags_pushed_before_a_crash_stay_ours(
     assert sorted(t["name"] for t in member["tags"]) == sorted(then_tags)
 
 
+@pytest.mark.parametrize("then", ["opt_out", "delete"])
+async def test_a_member_created_before_a_crash_follows_the_contact_after_it(
+    runtime: Runtime,
+    settings: Settings,
+    sync_settings: Settings,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+    then: str,
+) -> None:
+    """The provider created the member (subscribed) but the completion never happened, so
+    the mirror does not know it exists. The person then withdraws consent (or the contact is
+    deleted) before the resend: the resend must unsubscribe (archive) them, not treat them as
+    never pushed and leave them subscribed until a reconcile (promise 2)."""
+    headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
+    body = {"email": "consent@example.com", "newsletter_opt_in": True, "tags": ["a"]}
+    created = await api.post("/api/contacts", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    contact_id = created.json()["id"]
+    assert settings.DATABASE_URL
+    async with database_proxy(settings.DATABASE_URL) as proxy:
+        db = create_engine(proxy.url_for(settings.DATABASE_URL), pool_size=2, pool_timeout=2)
+        transport = CrashAfterAnswer(proxy, "PUT")
+        engine = SyncEngine(
+            db,
+            sync_settings.model_copy(update={"SYNC_LEASE_SECONDS": 6}),
+            transport=transport,
+        )
+        try:
+            async with running(engine):
+                await asyncio.wait_for(transport.crashed.wait(), timeout=30)
+                await wait_for(lambda: _no_groups(engine), within=30)
+                member = (await sandbox.members())["consent@example.com"]
+                assert member["status"] == "subscribed"
+                assert await fetch(runtime, "SELECT * FROM sync_state") == []
+                if then == "opt_out":
+                    r = await api.patch(
+                        f"/api/contacts/{contact_id}",
+                        json={"newsletter_opt_in": False},
+                        headers=headers,
+                    )
+                    assert r.status_code == 200, r.text
+                else:
+                    r = await api.delete(f"/api/contacts/{contact_id}", headers=headers)
+                    assert r.status_code == 204, r.text
+                await proxy.start()
+                await wait_for(lambda: queue_empty(runtime), within=60)
+        finally:
+            await db.dispose()
+    member = (await sandbox.members())["consent@example.com"]
+    assert member["status"] == ("unsubscribed" if then == "opt_out" else "archived")
+    puts = [
+        r
+        for r in (await sandbox.http.get("/_control/requests")).json()["requests"]
+        if r["method"] == "PUT" and "/members/" in r["path"]
+    ]
+    assert len(puts) == 1  # the resend never re-created (or re-subscribed) the person
+
+
 async def test_parked_rows_are_retried_by_themselves_on_a_slow_schedule(
     runtime: Runtime,
     sandbox: Sandbox,
