@@ -45,7 +45,7 @@ from app.connections.schemas import (
     SyncRunOut,
 )
 from app.connections.tokens import token_source
-from app.connections.webhook_registration import direct, webhook_url
+from app.connections.webhook_registration import direct, one_at_a_time, webhook_url
 from app.db import session_scope
 from app.errors import (
     BadGateway,
@@ -592,20 +592,21 @@ class ConnectionService:
             client = client_for(provider, settings, transport, row, maker)
             # A passing failure (5xx, timeout, throttle) is retried a few times right away;
             # a refusal is recorded at once, and every reconcile run tries again.
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((TransientError, ThrottledError)),
-                stop=stop_after_attempt(3),
-                wait=wait_exponential(multiplier=0.5, max=4.0),
-                reraise=True,
-            ):
-                with attempt:
-                    webhook_id = await provider.inbound.ensure_webhook(
-                        client,
-                        row["audience_id"],
-                        url=url,
-                        webhook_token=row["webhook_token"],
-                        call=direct,
-                    )
+            async with one_at_a_time(maker.begin, connection_id):
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type((TransientError, ThrottledError)),
+                    stop=stop_after_attempt(3),
+                    wait=wait_exponential(multiplier=0.5, max=4.0),
+                    reraise=True,
+                ):
+                    with attempt:
+                        webhook_id = await provider.inbound.ensure_webhook(
+                            client,
+                            row["audience_id"],
+                            url=url,
+                            webhook_token=row["webhook_token"],
+                            call=direct,
+                        )
         except (ProviderError, Conflict, ValueError) as exc:
             error = f"Webhook not registered: {getattr(exc, 'message', None) or exc}"
             log.warning(

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.config import ContactKind, Settings
-from app.connections.webhook_registration import webhook_url
+from app.connections.webhook_registration import one_at_a_time, webhook_url
 from app.fieldmap import FieldsRefused
 from app.providers.base import (
     AudienceMissing,
@@ -603,19 +603,24 @@ class Reconciler:
     # --- steps -------------------------------------------------------------------------------
 
     async def _call(
-        self, engine: SyncEngine, ctx: ConnectionContext, fn: Callable[[], Awaitable[T]]
+        self,
+        engine: SyncEngine,
+        ctx: ConnectionContext,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        attempts: int = CALL_ATTEMPTS,
     ) -> T:
         """One request (the client's limiter holds the account's slot), retried a few times."""
         gate = engine.slots.gate(ctx.account_key)
-        for attempt in range(1, CALL_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 result = await fn()
             except ThrottledError as exc:
                 gate.throttled(exc.retry_after)  # the gate holds requests through the cool-down
-                if attempt == CALL_ATTEMPTS:
+                if attempt == attempts:
                     raise
             except TransientError:
-                if attempt == CALL_ATTEMPTS or engine.stopping:
+                if attempt == attempts or engine.stopping:
                     raise
                 await asyncio.sleep(engine.options.backoff.delay(attempt))
             else:
@@ -639,13 +644,7 @@ class Reconciler:
         webhook_id: str | None = None
         error: str | None = None
         try:
-            webhook_id = await ctx.provider.inbound.ensure_webhook(
-                ctx.client,
-                ctx.audience_id,
-                url=url,
-                webhook_token=token,
-                call=lambda fn: self._call(engine, ctx, fn),
-            )
+            webhook_id = await self._keep_webhook(engine, ctx, run, url, token)
         except (AuthError, AudienceMissing):
             raise
         except ProviderError as exc:
@@ -667,6 +666,28 @@ class Reconciler:
                     "audience": ctx.audience_id,
                 },
             )
+
+    async def _keep_webhook(
+        self, engine: SyncEngine, ctx: ConnectionContext, run: Run, url: str, token: str
+    ) -> str | None:
+        """`ensure_webhook` under the connection's webhook lock, retried whole: a create that
+        timed out may have been applied, so it is never re-sent blindly — the retry lists the
+        webhooks again and keeps the one that exists (no duplicate to delete later)."""
+        for attempt in range(1, CALL_ATTEMPTS + 1):
+            try:
+                async with one_at_a_time(engine.db.begin, run.connection_id):
+                    return await ctx.provider.inbound.ensure_webhook(
+                        ctx.client,
+                        ctx.audience_id,
+                        url=url,
+                        webhook_token=token,
+                        call=lambda fn: self._call(engine, ctx, fn, attempts=1),
+                    )
+            except (TransientError, ThrottledError):
+                if attempt == CALL_ATTEMPTS or engine.stopping:
+                    raise
+                await asyncio.sleep(engine.options.backoff.delay(attempt))
+        raise AssertionError("unreachable")
 
     async def _ensure_fields(self, engine: SyncEngine, ctx: ConnectionContext, run: Run) -> None:
         """Create merge fields the field map needs and the audience lacks (deleted since, or a

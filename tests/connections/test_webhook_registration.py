@@ -113,3 +113,118 @@ class TestRegistrationFailure:
         assert "Webhook not registered" in lines[0]
         state = await _webhook_state(runtime)
         assert state is not None and state["webhook_error"].startswith("Webhook not registered:")
+
+
+class TestOneWebhook:
+    async def test_registrations_at_once_create_one_webhook_and_delete_none(
+        self, serve: Callable[..., Any], runtime: Runtime, sandbox: Sandbox
+    ) -> None:
+        """The connect's background registration, another API replica's and a reconcile run
+        all keep the webhook at once: one is created, none is created twice and deleted (the
+        duplicate a later Sync Now would delete)."""
+        import asyncio
+
+        from app.connections.service import connection_service
+
+        async with serve() as svc:
+            r = await svc.http.post(
+                "/api/integrations/mailchimp/credentials",
+                json={"api_key": DEFAULT_API_KEY},
+                headers=svc.auth(),
+            )
+            assert r.status_code == 200, r.text
+            (row,) = await fetch(runtime, "SELECT id FROM connections")
+            transport = httpx.AsyncHTTPTransport()
+            try:
+                await asyncio.gather(
+                    *(
+                        connection_service.register_webhook(
+                            maker=runtime.sessionmaker,
+                            settings=svc.settings,
+                            transport=transport,
+                            connection_id=row["id"],
+                        )
+                        for _ in range(3)
+                    ),
+                    run_reconcile(runtime, svc.settings),
+                )
+            finally:
+                await transport.aclose()
+            await wait_for(lambda: _registered(runtime), within=20)
+        assert len(await sandbox_webhooks(sandbox)) == 1
+        hooks = [r for r in await sandbox.requests() if "/webhooks" in r["path"]]
+        assert len([r for r in hooks if r["method"] == "POST"]) == 1
+        assert [r for r in hooks if r["method"] == "DELETE"] == []
+        (state,) = await fetch(runtime, "SELECT webhook_id FROM connections")
+        assert state["webhook_id"] == (await sandbox_webhooks(sandbox))[0]["id"]
+
+
+async def _registered(runtime: Runtime) -> bool:
+    state = await _webhook_state(runtime)
+    return bool(state and state["webhook_id"])
+
+
+class TimeoutAfterCreate(httpx.AsyncBaseTransport):
+    """Forwards requests; the first webhook create is applied by the provider but its answer
+    never arrives (a read timeout)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.timed_out = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if (
+            request.method == "POST"
+            and request.url.path.endswith("/webhooks")
+            and not self.timed_out
+        ):
+            await response.aread()
+            self.timed_out = True
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_create_whose_answer_was_lost_is_not_sent_again(
+    serve: Callable[..., Any], runtime: Runtime, sandbox: Sandbox
+) -> None:
+    """The reconcile's retry lists the webhooks again and keeps the one the lost answer
+    created, rather than creating a second (which the next run would delete)."""
+    import asyncio
+
+    from app.sync.engine import SyncEngine
+    from app.sync.reconcile import Reconciler
+
+    async with serve() as svc:
+        r = await svc.http.post(
+            "/api/integrations/mailchimp/credentials",
+            json={"api_key": DEFAULT_API_KEY},
+            headers=svc.auth(),
+        )
+        assert r.status_code == 200, r.text
+        await wait_for(lambda: _registered(runtime), within=20)
+        for hook in await sandbox_webhooks(sandbox):  # someone deletes it at Mailchimp
+            await sandbox.api("DELETE", f"/lists/{hook['list_id']}/webhooks/{hook['id']}")
+        await sandbox.clear_requests()
+        transport = TimeoutAfterCreate()
+        engine = SyncEngine(runtime.engine, svc.settings, transport=transport)
+        stop = asyncio.Event()
+        slots = asyncio.create_task(engine.slots.run(stop))
+        try:
+            await Reconciler(svc.settings).run_once(engine)
+        finally:
+            stop.set()
+            engine.slots.wake.set()
+            await slots
+            await engine.aclose()
+            await transport.aclose()
+        assert transport.timed_out
+    hooks = [r for r in await sandbox.requests() if "/webhooks" in r["path"]]
+    assert len([r for r in hooks if r["method"] == "POST"]) == 1
+    assert [r for r in hooks if r["method"] == "DELETE"] == []
+    (hook,) = await sandbox_webhooks(sandbox)
+    (state,) = await fetch(runtime, "SELECT webhook_id, webhook_error FROM connections")
+    assert state == {"webhook_id": hook["id"], "webhook_error": None}

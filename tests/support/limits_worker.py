@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 
 import httpx
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -44,7 +45,11 @@ async def main(
             while todo:
                 todo.pop()
                 await limiter.take(binding)
-                statuses.append((await http.get(path, params={"by": name})).status_code)
+                # When the limiter let the request go (no await in between): the rate is the
+                # limiter's promise about this moment; the arrival at the server adds that
+                # server's own scheduling delay, which on a loaded machine bunches requests.
+                params = {"by": name, "sent": repr(time.time())}
+                statuses.append((await http.get(path, params=params)).status_code)
 
         # Open the lanes' keep-alive connections first (unmetered): a connection's setup would
         # delay the first request of each lane by more than the rest and bunch it up.

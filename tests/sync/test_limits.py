@@ -281,11 +281,16 @@ def _report(out_err: tuple[bytes, bytes]) -> dict[str, Any]:
 
 
 def _hit_app(log: list[tuple[float, str]], limit: int) -> Starlette:
-    """An endpoint limited to `limit` requests in any sliding second; 429 beyond."""
+    """An endpoint limited to `limit` requests in any sliding second; 429 beyond.
+
+    A request's time is when the worker's limiter let it go (`sent`, the shared wall clock of
+    both processes), not when this server's loop got round to it: on a machine loaded by other
+    work that loop stalls and then handles queued requests together, a bunching made here.
+    """
 
     async def hit(request: Request) -> JSONResponse:
-        now = time.monotonic()
-        recent = sum(1 for t, _ in log if t > now - 1.0)
+        now = float(request.query_params["sent"])
+        recent = sum(1 for t, _ in log if now - 1.0 < t <= now)
         log.append((now, request.query_params.get("by", "")))
         if recent >= limit:
             return JSONResponse({"message": "Too Many Requests"}, status_code=429)
