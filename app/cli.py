@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,8 +16,6 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-sandbox_cli = typer.Typer(help="Local emulators of providers.", no_args_is_help=True)
-cli.add_typer(sandbox_cli, name="sandbox")
 
 DEMO_OWNER = "demo"
 
@@ -123,171 +122,144 @@ def import_csv(
     run_cli_import(get_settings(), file, owner)
 
 
-@sandbox_cli.command("mailchimp")
-def sandbox_mailchimp(
+@dataclass(frozen=True, slots=True)
+class _SandboxFlags:
+    """The flags one sandbox of `app.sandbox.kit.SANDBOXES` takes, and how its
+    `app.sandbox.<package>.cli.serve_sandbox` takes them: as keywords (`flat`), or gathered
+    in one dict keyword (`group`: Mautic's `knobs`, Constant Contact's `changes`)."""
+
+    flat: frozenset[str]
+    grouped: frozenset[str] = frozenset()
+    group: str | None = None
+    faults: tuple[str, ...] = ()  # the --fault-<kind> flags, sent as `fault_rates`
+
+
+_FLAGS = {
+    "mailchimp": _SandboxFlags(
+        flat=frozenset(
+            {
+                "latency_ms",
+                "latency_per_member_ms",
+                "max_in_flight",
+                "seed",
+                "fault_rates",
+                "timeout_seconds",
+                "state_file",
+            }
+        ),
+        faults=("429", "403", "503", "timeout"),
+    ),
+    "mautic": _SandboxFlags(
+        flat=frozenset({"basic_auth", "queue_mode", "token_lifetime"}),
+        grouped=frozenset(
+            {"latency_ms", "latency_per_item_ms", "max_in_flight", "seed", "fault_rates"}
+        ),
+        group="knobs",
+        faults=("429", "500", "503", "timeout"),
+    ),
+    "constantcontact": _SandboxFlags(
+        flat=frozenset({"state_file"}),
+        grouped=frozenset(
+            {"latency_ms", "rate_per_second", "daily_quota", "access_token_ttl_seconds", "seed"}
+        ),
+        group="changes",
+    ),
+    "activecampaign": _SandboxFlags(
+        flat=frozenset({"latency_ms", "rate_limit_per_second", "seed", "fault_rates"}),
+        faults=("429", "403", "503", "timeout"),
+    ),
+}
+
+
+_FAULT_KINDS = ("429", "403", "500", "503", "timeout")
+
+
+def _sandbox_kwargs(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of `name`'s serve_sandbox from the flags given (None, False or 0: not
+    given); a flag that sandbox does not take is a usage error naming it."""
+    spec = _FLAGS.get(name, _SandboxFlags(flat=frozenset()))  # host and port only
+    faults = {kind: given.pop(f"fault_{kind}") for kind in _FAULT_KINDS}
+    values = {k: v for k, v in given.items() if v is not None and v is not False}
+    wrong = [f"--{k.replace('_', '-')}" for k in values if k not in spec.flat | spec.grouped]
+    wrong += [f"--fault-{k}" for k, rate in faults.items() if rate and k not in spec.faults]
+    if wrong:
+        raise typer.BadParameter(f"the {name} sandbox does not take {', '.join(wrong)}")
+    if any(faults.values()):
+        values["fault_rates"] = {k: v for k, v in faults.items() if v}
+    out = {k: v for k, v in values.items() if k in spec.flat}
+    if spec.group is not None:
+        out[spec.group] = {k: v for k, v in values.items() if k in spec.grouped}
+    return out
+
+
+@cli.command("sandbox")
+def sandbox(
+    name: Annotated[str, typer.Argument(help="mailchimp, mautic, constantcontact, …")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8025,
-    latency_ms: Annotated[float | None, typer.Option(help="Base latency L0 per request.")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind (mailchimp 8025, mautic 8026, …).")
+    ] = None,
+    latency_ms: Annotated[float | None, typer.Option(help="Base latency per request.")] = None,
     latency_per_member_ms: Annotated[
-        float | None, typer.Option(help="Extra latency c per member in a request.")
+        float | None, typer.Option(help="mailchimp: extra latency per member in a request.")
+    ] = None,
+    latency_per_item_ms: Annotated[
+        float | None, typer.Option(help="mautic: extra latency per item of a batch.")
     ] = None,
     max_in_flight: Annotated[
-        int | None, typer.Option(help="Requests in flight per account before 429.")
+        int | None, typer.Option(help="mailchimp, mautic: requests in flight before 429/503.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
     fault_429: Annotated[float, typer.Option(help="Rate of injected 429s (0-1).")] = 0.0,
-    fault_403: Annotated[float, typer.Option(help="Rate of injected body-less 403s.")] = 0.0,
+    fault_403: Annotated[
+        float, typer.Option(help="mailchimp, activecampaign: rate of injected 403s.")
+    ] = 0.0,
+    fault_500: Annotated[float, typer.Option(help="mautic: rate of injected 500s.")] = 0.0,
     fault_503: Annotated[float, typer.Option(help="Rate of injected 503s.")] = 0.0,
     fault_timeout: Annotated[float, typer.Option(help="Rate of injected timeouts.")] = 0.0,
     timeout_seconds: Annotated[
-        float | None, typer.Option(help="How long an injected timeout holds a request.")
+        float | None, typer.Option(help="mailchimp: how long an injected timeout holds.")
     ] = None,
     state_file: Annotated[
-        Path | None, typer.Option(help="JSON snapshot: loaded at start, saved at exit.")
+        Path | None,
+        typer.Option(help="mailchimp, constantcontact: JSON snapshot, loaded and saved."),
     ] = None,
-) -> None:
-    """Serve the Mailchimp sandbox alone."""
-    from app.sandbox.mailchimp.cli import serve_sandbox
-
-    serve_sandbox(
-        host=host,
-        port=port,
-        latency_ms=latency_ms,
-        latency_per_member_ms=latency_per_member_ms,
-        max_in_flight=max_in_flight,
-        seed=seed,
-        fault_rates={
-            "429": fault_429,
-            "403": fault_403,
-            "503": fault_503,
-            "timeout": fault_timeout,
-        },
-        timeout_seconds=timeout_seconds,
-        state_file=state_file,
-    )
-
-
-@sandbox_cli.command("mautic")
-def sandbox_mautic(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8026,
     basic_auth: Annotated[
-        bool, typer.Option(help="Enable HTTP Basic auth (Mautic's api_enable_basic_auth).")
+        bool, typer.Option(help="mautic: HTTP Basic auth (api_enable_basic_auth).")
     ] = False,
     queue_mode: Annotated[
-        bool, typer.Option(help="Queue webhooks (command_process) instead of sending at once.")
+        bool, typer.Option(help="mautic: queue webhooks (command_process), not send at once.")
     ] = False,
     token_lifetime: Annotated[
-        float | None, typer.Option(help="Access-token lifetime in seconds (default 3600).")
+        float | None, typer.Option(help="mautic: access-token lifetime in seconds (3600).")
     ] = None,
-    latency_ms: Annotated[float | None, typer.Option(help="Base latency per request.")] = None,
-    latency_per_item_ms: Annotated[
-        float | None, typer.Option(help="Extra latency per item of a batch.")
-    ] = None,
-    max_in_flight: Annotated[
-        int | None, typer.Option(help="Requests served at once before 503.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
-    fault_429: Annotated[float, typer.Option(help="Rate of injected 429s (0-1).")] = 0.0,
-    fault_500: Annotated[float, typer.Option(help="Rate of injected 500s.")] = 0.0,
-    fault_503: Annotated[float, typer.Option(help="Rate of injected 503s.")] = 0.0,
-    fault_timeout: Annotated[float, typer.Option(help="Rate of injected timeouts.")] = 0.0,
-) -> None:
-    """Serve the Mautic sandbox alone."""
-    from app.sandbox.mautic.cli import serve_sandbox
-
-    serve_sandbox(
-        host=host,
-        port=port,
-        basic_auth=basic_auth,
-        queue_mode=queue_mode,
-        token_lifetime=token_lifetime,
-        knobs={
-            "latency_ms": latency_ms,
-            "latency_per_item_ms": latency_per_item_ms,
-            "max_in_flight": max_in_flight,
-            "seed": seed,
-            "fault_rates": {
-                k: v
-                for k, v in {
-                    "429": fault_429,
-                    "500": fault_500,
-                    "503": fault_503,
-                    "timeout": fault_timeout,
-                }.items()
-                if v
-            }
-            or None,
-        },
-    )
-
-
-@sandbox_cli.command("constantcontact")
-def sandbox_constantcontact(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8027,
-    latency_ms: Annotated[float | None, typer.Option(help="Base latency per request.")] = None,
     rate_per_second: Annotated[
-        float | None, typer.Option(help="Requests a second per application before 429.")
+        float | None, typer.Option(help="constantcontact: requests a second before 429.")
     ] = None,
     daily_quota: Annotated[
-        int | None, typer.Option(help="Requests a UTC day per application before 429.")
+        int | None, typer.Option(help="constantcontact: requests a UTC day before 429.")
     ] = None,
     access_token_ttl_seconds: Annotated[
-        float | None, typer.Option(help="Lifetime of an access token.")
+        float | None, typer.Option(help="constantcontact: lifetime of an access token.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
-    state_file: Annotated[
-        Path | None, typer.Option(help="JSON snapshot: loaded at start, saved at exit.")
-    ] = None,
-) -> None:
-    """Serve the Constant Contact sandbox alone."""
-    from app.sandbox.constantcontact.cli import serve_sandbox
-
-    serve_sandbox(
-        host=host,
-        port=port,
-        state_file=state_file,
-        changes={
-            "latency_ms": latency_ms,
-            "rate_per_second": rate_per_second,
-            "daily_quota": daily_quota,
-            "access_token_ttl_seconds": access_token_ttl_seconds,
-            "seed": seed,
-        },
-    )
-
-
-@sandbox_cli.command("activecampaign")
-def sandbox_activecampaign(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8028,
-    latency_ms: Annotated[float | None, typer.Option(help="Base latency per request.")] = None,
     rate_limit_per_second: Annotated[
-        int | None, typer.Option(help="Requests a second per account before 429 (default 5).")
+        int | None, typer.Option(help="activecampaign: requests a second before 429 (5).")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the fault injection.")] = None,
-    fault_429: Annotated[float, typer.Option(help="Rate of injected 429s (0-1).")] = 0.0,
-    fault_403: Annotated[float, typer.Option(help="Rate of injected 403s.")] = 0.0,
-    fault_503: Annotated[float, typer.Option(help="Rate of injected 503s.")] = 0.0,
-    fault_timeout: Annotated[float, typer.Option(help="Rate of injected timeouts.")] = 0.0,
 ) -> None:
-    """Serve the ActiveCampaign sandbox alone."""
-    from app.sandbox.activecampaign.cli import serve_sandbox
+    """Serve one provider's sandbox alone (a sandbox of app.sandbox.kit.SANDBOXES)."""
+    flags = {k: v for k, v in locals().items() if k not in ("name", "host", "port")}
+    import importlib
+    import inspect
 
-    serve_sandbox(
-        host=host,
-        port=port,
-        latency_ms=latency_ms,
-        rate_limit_per_second=rate_limit_per_second,
-        seed=seed,
-        fault_rates={
-            "429": fault_429,
-            "403": fault_403,
-            "503": fault_503,
-            "timeout": fault_timeout,
-        },
-    )
+    from app.sandbox.kit.serve import SANDBOXES
+
+    if name not in SANDBOXES:
+        raise typer.BadParameter(f"{name!r} is not a sandbox: " + ", ".join(SANDBOXES))
+    kwargs = _sandbox_kwargs(name, flags)
+    serve_sandbox = importlib.import_module(f"app.sandbox.{SANDBOXES[name]}.cli").serve_sandbox
+    if port is None:  # the sandbox's own default port
+        port = inspect.signature(serve_sandbox).parameters["port"].default
+    serve_sandbox(host=host, port=port, **kwargs)
 
 
 def main() -> None:
