@@ -9,6 +9,7 @@ issued it for that owner (joserfc compares MACs in constant time); the nonce's r
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -79,13 +80,24 @@ class StateClaims:
 
 def _state_key(settings: Settings) -> OctKey:
     # A key of its own, derived from the token secret: a `state` is never a valid bearer token.
+    return OctKey.import_key(_derived(settings))
+
+
+def _derived(settings: Settings) -> bytes:
     secret = settings.AUTH_JWT_SECRET.get_secret_value()
     if not secret and settings.ENCRYPTION_KEYS:
         secret = settings.ENCRYPTION_KEYS[0].get_secret_value()
     if not secret:
         raise OAuthNotConfigured("AUTH_JWT_SECRET (or ENCRYPTION_KEYS) is needed to sign `state`.")
-    derived = hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
-    return OctKey.import_key(derived)
+    return hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+
+
+def pkce_verifier(settings: Settings, nonce: str) -> str:
+    """The PKCE `code_verifier` of a connect attempt (RFC 7636: 43 characters of
+    [A-Za-z0-9-_]), derived from its nonce under the state key: never stored, never sent
+    anywhere but the provider's token endpoint."""
+    mac = hmac.new(_derived(settings), b"pkce:" + nonce.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
 def new_nonce() -> str:

@@ -76,7 +76,7 @@ log = structlog.get_logger(__name__)
 # Providers the Settings page names before their package is registered in this build (shown
 # as not available); a registered provider of the same name replaces its line.
 ANNOUNCED: tuple[tuple[str, str], ...] = (
-    ("constant_contact", "Constant Contact"),
+    ("constantcontact", "Constant Contact"),
     ("activecampaign", "ActiveCampaign"),
     ("mautic", "Mautic"),
 )
@@ -214,6 +214,17 @@ def client_for(
         ) from None
 
 
+def _pkce(provider: Provider, settings: Settings, nonce: str) -> dict[str, str]:
+    """The PKCE verifier of a connect attempt, for providers that use PKCE (none otherwise).
+
+    Derived from the attempt's single-use nonce under the state key, so nothing is stored and
+    only this service can compute it: the callback recomputes it from the verified `state`.
+    """
+    if not provider.spec.connect.pkce:
+        return {}
+    return {"code_verifier": oauth.pkce_verifier(settings, nonce)}
+
+
 def _run_out(row: RowMapping) -> SyncRunOut:
     return SyncRunOut.model_validate(dict(row))
 
@@ -271,7 +282,9 @@ class ConnectionService:
         except OAuthNotConfigured as exc:
             raise OAuthNotConfigured(exc.detail, provider=provider.spec.display_name) from None
         try:
-            url = await provider.connect.authorize_url(settings, state=state)
+            url = await provider.connect.authorize_url(
+                settings, state=state, **_pkce(provider, settings, nonce)
+            )
         except ConnectRefused as exc:
             raise oauth_failure(provider, exc) from None
         expires_at = datetime.fromtimestamp(expires, UTC)
@@ -363,7 +376,9 @@ class ConnectionService:
             raise OAuthFailure("code_missing", f"{name} sent no authorization code; start again.")
 
         try:
-            account = await provider.connect.exchange_code(settings, code=code)
+            account = await provider.connect.exchange_code(
+                settings, code=code, **_pkce(provider, settings, claims.nonce)
+            )
         except ConnectRefused as exc:
             raise oauth_failure(provider, exc) from None
         client = account_client(provider, settings, transport, account)

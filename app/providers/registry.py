@@ -173,3 +173,34 @@ def _mautic() -> Provider:
 
 
 # _register(_mautic())  # STEP2
+
+
+def _constantcontact() -> Provider:
+    from app.providers.constantcontact import connect, inbound, mapping, spec
+
+    def seed() -> SandboxSeed | None:
+        try:
+            from app.sandbox.constantcontact import constants as c
+        except ImportError:  # pragma: no cover - the sandbox ships with the service
+            return None
+        return SandboxSeed(
+            credentials={"account_id": c.DEFAULT_ACCOUNT_ID},
+            audience_id=c.DEFAULT_LIST_ID,
+            audience_name=c.DEFAULT_LIST_NAME,
+            account_name="Sandbox Org",
+            oauth_client=(c.ROTATING_CLIENT_ID, c.ROTATING_CLIENT_SECRET),
+        )
+
+    return Provider(
+        spec=spec.SPEC,
+        client=connect.client_factory,
+        mapping=mapping.from_settings,
+        inbound=inbound.ConstantContactInbound(),
+        connect=connect.ConstantContactConnect(sandbox_seed=seed),
+        sandbox_seed=seed,
+        sandbox_app="app.sandbox.constantcontact:create_app",
+        configured_limits=spec.configured_limits,
+    )
+
+
+_register(_constantcontact())

@@ -31,11 +31,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.config import Settings
 from app.db import make_sessionmaker, session_scope
 from app.providers import registry
-from app.providers.base import MemberPage, ProviderError, ThrottledError
+from app.providers.base import (
+    InboundEvent,
+    InboundKind,
+    MemberPage,
+    ProviderError,
+    ThrottledError,
+)
 from app.sync.limits import request_priority
 from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import email_key
 from app.sync.slots import AccountGate, SlotsUnavailable
+from app.webhooks.handlers import handle
 from app.webhooks.inbound import (
     CLEANED,
     SUBSCRIBED,
@@ -43,6 +50,7 @@ from app.webhooks.inbound import (
     Inbound,
     InboundApplier,
 )
+from app.webhooks.repository import InboundRepository
 
 if TYPE_CHECKING:
     from app.sync.engine import ConnectionContext, SyncEngine
@@ -177,6 +185,15 @@ async def _pull(engine: SyncEngine, connection_id: uuid.UUID, every: float) -> P
         person_id=ctx.provider.person_id,
     )
     gate = engine.slots.gate(ctx.account_key)
+    if ctx.provider.spec.capabilities.inbound == "pull" and hasattr(ctx.client, "pull_changes"):
+        # No webhooks exist: the pull is the provider's only way back, as neutral events.
+        if not await _pull_events(engine, gate, ctx, row, since, result):
+            return None
+        async with engine.db.begin() as conn:
+            await conn.execute(_PULLED, {"id": connection_id, "started": started})
+        if result.outcomes:
+            log.info("sync.pull.done", connection=str(connection_id), **dict(result.outcomes))
+        return result
     offset = 0
     while True:
         page = await _fetch(engine, gate, ctx, since=since, offset=offset)
@@ -265,3 +282,111 @@ async def _apply(
             email=member.email_address, status=member.status, at=at, event="pull"
         )
         result.outcomes[outcome.value] += 1
+
+
+_BY_REMOTE_ID = text(
+    """
+    SELECT email_key, pushed_email FROM sync_state
+    WHERE connection_id = :conn AND remote_id = :rid
+    LIMIT 1
+    """
+)
+# Kinds stored and applied; a `profile` only when the CRM takes profile edits (and then, like
+# every pulled event, once per contact and change time).
+_APPLIED_KINDS = frozenset(
+    {InboundKind.unsubscribe, InboundKind.cleaned, InboundKind.complained, InboundKind.subscribe}
+)
+
+
+async def _pull_events(
+    engine: SyncEngine,
+    gate: AccountGate,
+    ctx: ConnectionContext,
+    row: Any,
+    since: datetime,
+    result: PullResult,
+) -> bool:
+    """A pull-only provider's changes since `since`, applied as its webhooks' would be:
+    stored once each in the inbox (dedupe key per contact, kind and change time) and applied
+    by the same handlers. An address changed at the provider is found by the person's id in
+    the mirror and moves the contact's email. False when the provider failed us."""
+    try:
+        feed = ctx.client.pull_changes  # type: ignore[attr-defined]  # pull-only providers
+        events: list[InboundEvent] = await feed(ctx.audience_id, since)
+        gate.succeeded()
+    except ThrottledError as exc:
+        gate.throttled(exc.retry_after)
+        log.info("sync.pull.throttled", connection=str(ctx.id))
+        return False
+    except ProviderError as exc:
+        log.warning("sync.pull.provider_failed", connection=str(ctx.id), error=exc.message)
+        return False
+    except SlotsUnavailable:
+        return False
+    settings = engine.settings
+    maker = make_sessionmaker(engine.db)
+    provider = ctx.provider
+    connection: Any = {"id": ctx.id, "owner_id": ctx.owner_id, "audience_id": ctx.audience_id}
+    for event in events:
+        result.members += 1
+        async with session_scope(maker) as session:
+            applier = InboundApplier(
+                session,
+                Inbound(
+                    connection_id=ctx.id,
+                    owner_id=ctx.owner_id,
+                    mapping=ctx.mapping,
+                    source=SOURCE,
+                    actor=f"{provider.id}:pull",
+                    signups=settings.INBOUND_SIGNUPS,
+                    provider=provider.id,
+                    person_id=provider.person_id,
+                ),
+            )
+            moved = await _email_change(session, applier, ctx, event)
+            if moved is not None:
+                result.outcomes[f"email_change_{moved.value}"] += 1
+            if event.kind not in _APPLIED_KINDS and not (
+                event.kind is InboundKind.profile and settings.INBOUND_PROFILE_UPDATES
+            ):
+                continue
+            repo = InboundRepository(session)
+            event_id = await repo.insert_event(
+                {
+                    "provider": provider.id,
+                    "connection_id": ctx.id,
+                    "event_type": event.type[:64],
+                    "fired_at": event.fired_at,
+                    "payload": event.payload,
+                    "dedupe_key": provider.inbound.dedupe_key(str(ctx.id), event, b""),
+                }
+            )
+            if event_id is None:
+                continue  # seen by an earlier pull (the windows overlap)
+            outcome = await handle(applier, event, connection=connection, settings=settings)
+            await repo.finish_event(event_id, outcome.value)
+            result.outcomes[outcome.value] += 1
+    return True
+
+
+async def _email_change(
+    session: AsyncSession, applier: InboundApplier, ctx: ConnectionContext, event: InboundEvent
+) -> Any:
+    """Move the contact's email when the provider's person (by id) now has another address."""
+    remote_id = str(event.payload.get("contact_id") or "")
+    new_key = email_key(event.email)
+    if not remote_id or new_key is None:
+        return None
+    found = (
+        (await session.execute(_BY_REMOTE_ID, {"conn": ctx.id, "rid": remote_id}))
+        .mappings()
+        .first()
+    )
+    if found is None or found["email_key"] == new_key:
+        return None
+    return await applier.email_change(
+        old_email=found["pushed_email"] or found["email_key"],
+        new_email=event.email,
+        at=event.fired_at,
+        event="email_change",
+    )

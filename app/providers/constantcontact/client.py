@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -238,13 +238,18 @@ class ConstantContactClient:
             raise AuthError("no Constant Contact access token; reconnect")
         return self._token
 
-    async def _send(self, request: httpx.Request, *, op: str) -> httpx.Response:
+    async def _send(
+        self, build: Callable[[str], httpx.Request], *, op: str, stale: str | None
+    ) -> tuple[str, httpx.Response]:
+        """One request: the slot first, then the token — a token taken before a wait for the
+        shared rate could expire in the queue."""
         slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
         start = time.perf_counter()
         try:
             async with slot:
+                token = await self._access_token(stale)
                 self.requests += 1
-                response = await self._transport.handle_async_request(request)
+                response = await self._transport.handle_async_request(build(token))
                 try:
                     await response.aread()
                 finally:
@@ -257,7 +262,7 @@ class ConstantContactClient:
             raise TransientError(f"connection error: {type(exc).__name__}") from exc
         finally:
             metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
-        return response
+        return token, response
 
     def _fail(self, response: httpx.Response, *, op: str) -> ProviderError:
         error = error_from(response, op=op)
@@ -280,19 +285,17 @@ class ConstantContactClient:
         """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
         renews the token once (it expired early or was revoked), then is an AuthError."""
         url = path if path.startswith("http") else self._base + path
-        stale: str | None = None
-        for attempt in (1, 2):
-            token = await self._access_token(stale)
+        content = orjson.dumps(json) if json is not None else None
+
+        def build(token: str) -> httpx.Request:
             headers = {
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/json",
                 "User-Agent": "audience-sync/0.1",
             }
-            content = None
-            if json is not None:
-                content = orjson.dumps(json)
+            if content is not None:
                 headers["Content-Type"] = "application/json"
-            request = httpx.Request(
+            return httpx.Request(
                 method,
                 url,
                 params=dict(params) if params else None,
@@ -300,7 +303,10 @@ class ConstantContactClient:
                 content=content,
                 extensions=self._extensions,
             )
-            response = await self._send(request, op=op)
+
+        stale: str | None = None
+        for attempt in (1, 2):
+            token, response = await self._send(build, op=op, stale=stale)
             if response.status_code == 401 and attempt == 1 and self._tokens is not None:
                 stale = token
                 continue
@@ -635,8 +641,13 @@ class ConstantContactClient:
     async def upsert_member(
         self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
     ) -> RemoteMember:
-        """New: POST with our list; existing: GET, merge, PUT whole (consent only lowered)."""
-        contact = await self._resolve(member.email_address, remote)
+        """New: POST with our list; existing: GET, merge, PUT whole (consent only lowered).
+
+        Someone the mirror does not know is created straight away (one request): the 409 of
+        an address Constant Contact already holds, deleted ones included, names the contact.
+        """
+        known = remote is not None and bool(remote.remote_id)
+        contact = await self._resolve(member.email_address, remote) if known else None
         if contact is None:
             created, tag_ids, existing = await self._create(audience_id, member)
             if created is not None:

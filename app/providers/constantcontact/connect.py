@@ -321,7 +321,9 @@ class ConstantContactConnect:
         fresh = credentials_from(token)
         if not fresh["refresh_token"]:
             fresh["refresh_token"] = refresh_token  # long-lived apps may leave it out
-        return fresh
+        # The full credentials: what was stored, the new pair over it (the core stores this).
+        out = {k: v for k, v in credentials.items() if k != "sandbox_seed"}
+        return out | fresh
 
     async def _mint(self, settings: Settings, cfg: OAuthConfig) -> dict[str, Any]:
         seed = self._seed()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from app.providers.base import (
     Capabilities,
     ConnectSpec,
@@ -9,6 +12,9 @@ from app.providers.base import (
     ProviderSpec,
     RemoteStatus,
 )
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 PROVIDER = "constantcontact"
 DISPLAY_NAME = "Constant Contact"
@@ -60,3 +66,8 @@ def spec(bulk_quota_share: float = BULK_QUOTA_SHARE) -> ProviderSpec:
 
 
 SPEC = spec()
+
+
+def configured_limits(settings: Settings) -> Limits:
+    """The limits with CONSTANTCONTACT_BULK_QUOTA_SHARE: bulk work's share of the day."""
+    return replace(SPEC.limits, bulk_quota_share=settings.CONSTANTCONTACT_BULK_QUOTA_SHARE)

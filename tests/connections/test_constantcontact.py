@@ -1,0 +1,380 @@
+"""Constant Contact end to end: the service, the worker and the sandbox over real HTTP and a
+real PostgreSQL (the OAuth popup with PKCE, contacts on the list, the pull, rotating refresh
+tokens under several workers, the quota shared by tenants and its midnight pause)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from app.config import Settings
+from app.connections.crypto import decrypt_credentials, encrypt_credentials
+from app.connections.tokens import StoredTokens
+from app.db import make_sessionmaker
+from app.main import Runtime
+from app.providers import registry
+from app.sandbox.constantcontact import (
+    DEFAULT_LIST_ID,
+    ROTATING_CLIENT_ID,
+    ROTATING_CLIENT_SECRET,
+    SandboxConfig,
+    create_app,
+)
+from app.sync.engine import SyncEngine
+from app.sync.pull import pull_connection
+from tests.conftest import fetch
+from tests.connections.conftest import OTHER, OWNER, Service, authorize, drain, run_reconcile
+from tests.sandbox.constantcontact.conftest import Sandbox as CCSandbox
+from tests.support.servers import run_server
+
+PID = "constantcontact"
+QUOTA_NOTICE = "Constant Contact's daily limit is reached; sync resumes at midnight UTC"
+
+
+@pytest.fixture
+async def cc() -> AsyncIterator[CCSandbox]:
+    """A Constant Contact sandbox on a real port (its own rate lifted: ours holds 4/s)."""
+    app = create_app(SandboxConfig(rate_per_second=1000, activity_duration_ms=20))
+    async with run_server(app, lifespan="off") as base, httpx.AsyncClient(base_url=base) as http:
+        yield CCSandbox(base, app, http)
+
+
+@pytest.fixture
+async def ccservice(serve: Callable[..., Any], cc: CCSandbox) -> AsyncIterator[Service]:
+    async with serve(
+        CONSTANTCONTACT_SANDBOX_URL=cc.base,
+        CONSTANTCONTACT_CLIENT_ID=ROTATING_CLIENT_ID,
+        CONSTANTCONTACT_CLIENT_SECRET=SecretStr(ROTATING_CLIENT_SECRET),
+        CONSTANTCONTACT_TIMEOUT_SECONDS=5.0,
+    ) as svc:
+        yield svc
+
+
+async def connect(svc: Service, owner: str = OWNER, account_id: str | None = None) -> str:
+    """The popup: POST …/connect, the sandbox's Allow (auto=1), the callback page."""
+    r = await svc.http.post(f"/api/integrations/{PID}/connect", headers=svc.auth(owner))
+    assert r.status_code == 200, r.text
+    url = str(r.json()["authorize_url"])
+    if account_id:
+        url += f"&account_id={account_id}"
+    page = await svc.http.get(await authorize(url))
+    assert page.status_code == 200, page.text
+    return url
+
+
+async def status(svc: Service, owner: str = OWNER) -> dict[str, Any]:
+    r = await svc.http.get(f"/api/integrations/{PID}", headers=svc.auth(owner))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def add_contact(svc: Service, email: str, owner: str = OWNER, **fields: Any) -> str:
+    body = {"email": email, "newsletter_opt_in": True, **fields}
+    r = await svc.http.post("/api/contacts", json=body, headers=svc.auth(owner))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def connection(runtime: Runtime, owner: str = OWNER) -> dict[str, Any]:
+    (row,) = await fetch(
+        runtime, "SELECT * FROM connections WHERE owner_id = :o AND provider = :p", o=owner, p=PID
+    )
+    return row
+
+
+async def contact(runtime: Runtime, email: str) -> dict[str, Any]:
+    (row,) = await fetch(runtime, "SELECT * FROM contacts WHERE email = :e", e=email)
+    return row
+
+
+async def pull(runtime: Runtime, settings: Settings, connection_id: Any) -> Any:
+    """One scheduled pull of the connection now (the engine's slot loop running)."""
+    return await with_engine(runtime, settings, lambda e: pull_connection(e, connection_id))
+
+
+async def with_engine(runtime: Runtime, settings: Settings, job: Callable[[Any], Any]) -> Any:
+    """Run `job(engine)` with the engine's slot loop running (requests need slots)."""
+    engine = SyncEngine(runtime.engine, settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(engine.slots.run(stop))
+    try:
+        return await job(engine)
+    finally:
+        stop.set()
+        engine.slots.wake.set()
+        await task
+        await engine.aclose()
+
+
+class TestConnect:
+    async def test_the_popup_with_pkce_connects_the_account(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        r = await ccservice.http.post(
+            f"/api/integrations/{PID}/connect", headers=ccservice.auth()
+        )
+        url = str(r.json()["authorize_url"])
+        query = parse_qs(urlsplit(url).query)
+        assert url.startswith(f"{cc.base}/oauth2/default/v1/authorize?")
+        assert query["client_id"] == [ROTATING_CLIENT_ID]
+        assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
+        assert set(query["scope"][0].split()) == {"account_read", "contact_data", "offline_access"}
+        assert query["redirect_uri"] == [f"{ccservice.url}/api/integrations/{PID}/callback"]
+        callback = await authorize(url)
+        page = await ccservice.http.get(callback)
+        assert page.status_code == 200, page.text
+        assert "postMessage(outcome, origins[i])" in page.text
+        # The code is single-use and so is the state.
+        assert (await ccservice.http.get(callback)).status_code == 400
+
+        line = await status(ccservice)
+        assert line["connected"] and line["status"] == "active" and line["notice"] is None
+        assert line["account_name"] == "Sandbox Org"
+        assert line["audience"] == {"id": DEFAULT_LIST_ID, "name": "General Interest"}
+        row = await connection(runtime)
+        assert row["account_key"] == "constantcontact:account:p07e1l8cdif9dl"
+        assert row["api_endpoint"] == f"{cc.base}/v3"
+        creds = decrypt_credentials(ccservice.settings, row["credentials"])
+        assert creds["refresh_token"] and creds["access_token"]
+        assert "refresh_token" not in row["credentials"]  # encrypted at rest
+        grants = (await cc.http.get("/_control/tokens")).json()
+        assert len(grants["grants"]) == 1
+
+        listing = await ccservice.http.get("/api/integrations", headers=ccservice.auth())
+        entry = next(e for e in listing.json()["items"] if e["provider"] == PID)
+        assert entry["available"] is True and entry["connected"] is True
+        assert [m["kind"] for m in entry["connect"]] == ["oauth"]
+
+    async def test_a_denied_popup_connects_nothing(
+        self, ccservice: Service, runtime: Runtime
+    ) -> None:
+        r = await ccservice.http.post(
+            f"/api/integrations/{PID}/connect", headers=ccservice.auth()
+        )
+        callback = await authorize(str(r.json()["authorize_url"]), decision="deny")
+        page = await ccservice.http.get(callback)
+        assert page.status_code == 400
+        assert "declined" in page.text
+        assert await fetch(runtime, "SELECT id FROM connections") == []
+
+
+class TestSync:
+    async def test_contacts_appear_unsubscribes_come_back_and_are_never_reversed(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        await add_contact(ccservice, "ann@example.com", first_name="Ann", tags=["vip"])
+        await add_contact(ccservice, "bo@example.com", first_name="Bo")
+        await drain(runtime, ccservice.settings)
+        people = await cc.dump()
+        assert people["ann@example.com"]["list_memberships"] == [DEFAULT_LIST_ID]
+        assert people["ann@example.com"]["first_name"] == "Ann"
+        assert people["ann@example.com"]["email_address"]["permission_to_send"] == "explicit"
+        assert len(people["ann@example.com"]["taggings"]) == 1
+        assert not any(
+            "sign_up_form" in r["path"]
+            for r in (await cc.http.get("/_control/requests")).json()["requests"]
+        )
+
+        # SafeUnsubscribe at Constant Contact reaches the contact by the scheduled pull.
+        assert (await cc.act("ann@example.com", "unsubscribe")).status_code == 200
+        row = await connection(runtime)
+        result = await pull(runtime, ccservice.settings, row["id"])
+        assert result is not None and result.outcomes["applied"] == 1
+        ann = await contact(runtime, "ann@example.com")
+        assert ann["newsletter_opt_in"] is False
+        # A later edit goes out, and never re-subscribes her.
+        r = await ccservice.http.patch(
+            f"/api/contacts/{ann['id']}", json={"first_name": "Annie"}, headers=ccservice.auth()
+        )
+        assert r.status_code == 200, r.text
+        await drain(runtime, ccservice.settings)
+        stored = (await cc.dump())["ann@example.com"]
+        assert stored["first_name"] == "Annie"
+        assert stored["email_address"]["permission_to_send"] == "unsubscribed"
+
+        # A person's own form signup into our list becomes a lead; an address change moves.
+        await cc.act("new@example.com", "signup", first_name="Nia")
+        await cc.act("bo@example.com", "change_email", new_email="bo2@example.com")
+        await fetch(runtime, "UPDATE connections SET last_pull_at = now() - interval '1 hour'")
+        await pull(runtime, ccservice.settings, row["id"])
+        lead = await contact(runtime, "new@example.com")
+        assert lead["kind"] == "lead" and lead["referral"] == PID
+        assert lead["first_name"] == "Nia" and lead["newsletter_opt_in"] is True
+        moved = await fetch(runtime, "SELECT email FROM contacts WHERE first_name = 'Bo'")
+        assert moved == [{"email": "bo2@example.com"}]
+
+    async def test_sync_now_and_disconnect(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        for i in range(3):
+            await add_contact(ccservice, f"s{i}@example.com")
+        await connect(ccservice)
+        await run_reconcile(runtime, ccservice.settings)
+        await drain(runtime, ccservice.settings)
+        assert {f"s{i}@example.com" for i in range(3)} <= set(await cc.dump())
+        r = await ccservice.http.post(f"/api/integrations/{PID}/sync", headers=ccservice.auth())
+        assert r.status_code in (200, 202), r.text
+        await run_reconcile(runtime, ccservice.settings)
+        gone = await ccservice.http.delete(f"/api/integrations/{PID}", headers=ccservice.auth())
+        assert gone.status_code == 204
+        assert await fetch(runtime, "SELECT id FROM connections") == []
+        people = await cc.dump()  # the contacts stay at Constant Contact
+        assert all(DEFAULT_LIST_ID in people[f"s{i}@example.com"]["list_memberships"] for i in range(3))
+
+
+class TestTokens:
+    async def _expire(self, runtime: Runtime, settings: Settings) -> dict[str, Any]:
+        row = await connection(runtime)
+        creds = decrypt_credentials(settings, row["credentials"])
+        creds["expires_at"] = 0  # due for renewal now
+        await fetch(
+            runtime,
+            "UPDATE connections SET credentials = :c WHERE id = :id",
+            c=encrypt_credentials(settings, creds),
+            id=row["id"],
+        )
+        return creds
+
+    async def test_four_workers_renewing_at_once_spend_the_refresh_token_once(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        creds = await self._expire(runtime, ccservice.settings)
+        row = await connection(runtime)
+        provider = registry.get(PID)
+        maker = make_sessionmaker(runtime.engine)
+        workers = [
+            StoredTokens(maker, ccservice.settings, provider, row["id"], initial=creds)
+            for _ in range(4)
+        ]
+        await cc.http.delete("/_control/requests")
+        tokens = await asyncio.gather(*(w.access_token() for w in workers))
+        assert len(set(tokens)) == 1 and tokens[0] != creds["access_token"]
+        log = (await cc.http.get("/_control/requests")).json()["requests"]
+        assert [r["status"] for r in log if r["path"].endswith("/token")] == [200]
+        stored = decrypt_credentials(ccservice.settings, (await connection(runtime))["credentials"])
+        assert stored["access_token"] == tokens[0]
+        assert stored["refresh_token"] != creds["refresh_token"]  # rotated, and committed
+        assert (await connection(runtime))["status"] == "active"
+        # The old refresh token is spent: reusing it is the exact invalid_grant.
+        reuse = await cc.http.post(
+            "/oauth2/default/v1/token",
+            data={"grant_type": "refresh_token", "refresh_token": creds["refresh_token"]},
+            auth=(ROTATING_CLIENT_ID, ROTATING_CLIENT_SECRET),
+        )
+        assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
+
+    async def test_tokens_expiring_every_few_seconds_under_several_workers(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await cc.configure(access_token_ttl_seconds=3)
+        await connect(ccservice)
+        for i in range(6):
+            await add_contact(ccservice, f"t{i}@example.com")
+        # Three workers drain at once while tokens keep expiring (renewed a fifth ahead).
+        await asyncio.gather(*(drain(runtime, ccservice.settings) for _ in range(3)))
+        await asyncio.sleep(3)
+        await add_contact(ccservice, "late@example.com")
+        await asyncio.gather(*(drain(runtime, ccservice.settings) for _ in range(2)))
+        assert (await connection(runtime))["status"] == "active"
+        people = await cc.dump()
+        assert {f"t{i}@example.com" for i in range(6)} | {"late@example.com"} <= set(people)
+        log = (await cc.http.get("/_control/requests")).json()["requests"]
+        token_calls = [r for r in log if r["path"].endswith("/token")]
+        assert all(r["status"] == 200 for r in token_calls)
+
+    async def test_invalid_grant_asks_for_a_reconnect(
+        self, ccservice: Service, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        creds = await self._expire(runtime, ccservice.settings)
+        creds["refresh_token"] = "spent-refresh-token"
+        row = await connection(runtime)
+        await fetch(
+            runtime,
+            "UPDATE connections SET credentials = :c WHERE id = :id",
+            c=encrypt_credentials(ccservice.settings, creds),
+            id=row["id"],
+        )
+        await add_contact(ccservice, "x@example.com")
+        await drain(runtime, ccservice.settings)
+        line = await status(ccservice)
+        assert line["status"] == "error"
+        assert line["notice"].startswith("Reconnect Constant Contact")
+        assert (await fetch(runtime, "SELECT count(*) AS n FROM sync_queue"))[0]["n"] == 1
+
+
+class TestQuota:
+    async def test_two_tenants_share_the_application_and_four_a_second(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        other = (await cc.http.post("/_control/accounts", json={"organization_name": "B"})).json()
+        await connect(ccservice, OWNER)
+        await connect(ccservice, OTHER, account_id=other["encoded_account_id"])
+        for i in range(5):
+            await add_contact(ccservice, f"a{i}@example.com", OWNER)
+            await add_contact(ccservice, f"b{i}@example.com", OTHER)
+        await cc.http.delete("/_control/requests")
+        await asyncio.gather(*(drain(runtime, ccservice.settings) for _ in range(2)))
+        log = [
+            r
+            for r in (await cc.http.get("/_control/requests")).json()["requests"]
+            if r["path"].startswith("/v3/")
+        ]
+        accounts = [r["account"] for r in log]
+        assert len(set(accounts)) == 2
+        # Both tenants are served from the start, not one after the other.
+        first = accounts[: len(accounts) // 2]
+        assert len(set(first)) == 2
+        starts = sorted(float(r["start"]) for r in log)
+        assert max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts) <= 4
+
+    async def test_a_spent_quota_pauses_until_midnight_then_everything_resumes(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        spent = (await cc.http.get("/_control/limits")).json()
+        used = max([int(v) for v in _used(spent)] or [0])
+        await cc.configure(daily_quota=used + 2)
+        for i in range(4):
+            await add_contact(ccservice, f"q{i}@example.com")
+        await drain(runtime, ccservice.settings)
+        line = await status(ccservice)
+        assert line["status"] == "paused"
+        assert line["notice"] == QUOTA_NOTICE
+        assert len(await cc.dump()) < 4
+        assert (await fetch(runtime, "SELECT count(*) AS n FROM sync_queue"))[0]["n"] >= 1
+        # Midnight UTC passes for Constant Contact and for us.
+        r = await cc.http.post("/_control/clock/advance", json={"to_next_midnight": True})
+        assert r.status_code == 200, r.text
+        await fetch(
+            runtime,
+            "UPDATE limit_buckets SET paused_until = now() - interval '1 second'"
+            " WHERE paused_until IS NOT NULL",
+        )
+        await fetch(runtime, "UPDATE connections SET next_probe_at = now()")
+        # (the rows waited for the same midnight)
+        await fetch(runtime, "UPDATE sync_queue SET available_at = now()")
+        await with_engine(runtime, ccservice.settings, lambda e: e.probe_paused())
+        assert (await status(ccservice))["status"] == "active"
+        await drain(runtime, ccservice.settings)
+        assert {f"q{i}@example.com" for i in range(4)} <= set(await cc.dump())
+        assert (await status(ccservice))["notice"] is None
+
+
+def _used(limits: dict[str, Any]) -> list[Any]:
+    spent = limits.get("used_today") or {}
+    if isinstance(spent, dict):
+        return list(spent.values())
+    return [spent]
+
+
+__all__ = ["UTC", "datetime", "timedelta"]
