@@ -285,6 +285,13 @@ class Settings(BaseSettings):
         return "https://login.mailchimp.com"
 
     @property
+    def constantcontact_sandbox_url(self) -> str:
+        """Root of the Constant Contact sandbox as the worker reaches it (API at /v3)."""
+        if self.CONSTANTCONTACT_SANDBOX_URL:
+            return self.CONSTANTCONTACT_SANDBOX_URL.rstrip("/")
+        return f"http://{_loopback(self.HOST)}:{self.PORT}/_sandbox/constantcontact"
+
+    @property
     def constantcontact_sandbox(self) -> bool:
         """True when Constant Contact traffic goes to the built-in emulator."""
         return self.CONSTANTCONTACT_MODE is MailchimpMode.sandbox

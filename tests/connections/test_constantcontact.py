@@ -377,3 +377,34 @@ def _used(limits: dict[str, Any]) -> list[Any]:
 
 
 __all__ = ["UTC", "datetime", "timedelta"]
+
+
+class TestDevelopment:
+    async def test_the_demo_owner_is_connected_to_the_sandbox_without_a_popup(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        from app.connections.service import connection_service
+        from app.db import session_scope
+
+        provider = registry.get(PID)
+        configured = provider.connect.configured(ccservice.settings, provider.sandbox_seed())
+        assert configured is not None
+        owner, account, audience = configured
+        assert owner == "demo" and audience.id == DEFAULT_LIST_ID
+        async with session_scope(make_sessionmaker(runtime.engine)) as session:
+            await connection_service.save(
+                session,
+                provider=provider,
+                settings=ccservice.settings,
+                owner_id=owner,
+                account=account,
+                audience=audience,
+            )
+        await add_contact(ccservice, "ada@example.com", owner="demo", first_name="Ada")
+        await drain(runtime, ccservice.settings)
+        assert (await cc.dump())["ada@example.com"]["list_memberships"] == [DEFAULT_LIST_ID]
+        # The first request minted the pair through the sandbox; it is stored encrypted.
+        row = await connection(runtime, "demo")
+        creds = decrypt_credentials(ccservice.settings, row["credentials"])
+        assert creds["refresh_token"] and "sandbox_seed" not in creds
+        assert row["status"] == "active"

@@ -92,7 +92,7 @@ class TestIntegrationList:
         items: list[dict[str, Any]] = r.json()["items"]
         assert [(i["provider"], i["available"], i["connected"]) for i in items] == [
             ("mailchimp", True, False),
-            ("constant_contact", False, False),
+            ("constantcontact", True, False),
             ("activecampaign", False, False),
             ("mautic", False, False),
         ]

@@ -269,7 +269,7 @@ async def test_settings_connect_choose_sync_now_and_disconnect(
     await sign_in(page, console)
     card = "#provider-mailchimp"
     await page.wait_for_selector(f"{card} button.connect")
-    for other in ("constant_contact", "activecampaign", "mautic"):
+    for other in ("constantcontact", "activecampaign", "mautic"):
         assert await page.locator(f"#provider-{other}").count() == 1
     await screenshot(page, "settings-not-connected")
 

@@ -41,7 +41,6 @@ from app.providers.constantcontact.mapping import check_rules, rules_from
 from app.providers.constantcontact.spec import DISPLAY_NAME, SCOPES
 
 LIVE_AUTH_BASE = "https://authz.constantcontact.com/oauth2/default/v1"
-SANDBOX_PREFIX = "/_sandbox/constantcontact"
 DEFAULT_TTL = 86_400
 
 
@@ -210,9 +209,7 @@ class ConstantContactConnect:
         return settings.CONSTANTCONTACT_TIMEOUT_SECONDS
 
     def _root(self, settings: Settings) -> str:
-        if settings.CONSTANTCONTACT_SANDBOX_URL:
-            return settings.CONSTANTCONTACT_SANDBOX_URL.rstrip("/")
-        return settings.sandbox_url.removesuffix("/_sandbox/mailchimp") + SANDBOX_PREFIX
+        return settings.constantcontact_sandbox_url
 
     def api_base(self, settings: Settings) -> str:
         """The V3 API base: the sandbox's, or https://api.cc.email/v3."""

@@ -12,7 +12,7 @@ const CONNECT = {
     credentialsTitle: "Use an API key instead",
     fields: [{ name: "api_key", label: "API key", type: "password", placeholder: "0123456789abcdef0123456789abcdef-us1" }],
   },
-  constant_contact: { oauth: true, fields: [] },
+  constantcontact: { oauth: true, fields: [] },
   activecampaign: {
     oauth: false,
     fields: [
