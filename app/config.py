@@ -52,6 +52,13 @@ class ContactKind(StrEnum):
     contact = "contact"
 
 
+class ActiveCampaignMode(StrEnum):
+    """`sandbox` talks to the built-in ActiveCampaign emulator, `live` to ActiveCampaign."""
+
+    live = "live"
+    sandbox = "sandbox"
+
+
 class Settings(BaseSettings):
     """Every knob of the service; names are the flat ones of DESIGN §11."""
 
@@ -149,6 +156,16 @@ class Settings(BaseSettings):
     INBOUND_SIGNUPS: bool = True
     INBOUND_PROFILE_UPDATES: bool = False
 
+    # --- ActiveCampaign ------------------------------------------------------------------
+    ACTIVECAMPAIGN_MODE: ActiveCampaignMode | None = None  # default: sandbox unless configured
+    ACTIVECAMPAIGN_SANDBOX_URL: str | None = None  # where the worker reaches its sandbox
+    # Single tenant: one account (its API URL and key) and its list for ACTIVECAMPAIGN_OWNER.
+    ACTIVECAMPAIGN_API_URL: str | None = None
+    ACTIVECAMPAIGN_API_KEY: SecretStr = SecretStr("")
+    ACTIVECAMPAIGN_OWNER: str | None = None
+    ACTIVECAMPAIGN_AUDIENCE_ID: str | None = None  # the list id
+    ACTIVECAMPAIGN_TIMEOUT_SECONDS: float = 30.0
+
     # --- processes and observability -----------------------------------------------------
     WORKER_IN_PROCESS: bool = True
     METRICS_PORT: int | None = None
@@ -217,6 +234,13 @@ class Settings(BaseSettings):
             self.MAUTIC_MODE = MauticMode.live if configured else MauticMode.sandbox
         if self.AUTO_MIGRATE is None:
             self.AUTO_MIGRATE = self.ENVIRONMENT is not Environment.production
+        if self.ACTIVECAMPAIGN_MODE is None:
+            configured = bool(self.ACTIVECAMPAIGN_API_URL) or bool(
+                self.ACTIVECAMPAIGN_API_KEY.get_secret_value()
+            )
+            self.ACTIVECAMPAIGN_MODE = (
+                ActiveCampaignMode.live if configured else ActiveCampaignMode.sandbox
+            )
         if self.ENVIRONMENT is Environment.development:
             self._fill_dev_secrets()
         else:
@@ -300,6 +324,14 @@ class Settings(BaseSettings):
     def is_sandbox(self) -> bool:
         """True when Mailchimp traffic goes to the built-in emulator."""
         return self.MAILCHIMP_MODE is MailchimpMode.sandbox
+
+    @property
+    def activecampaign_sandbox_url(self) -> str:
+        """The ActiveCampaign sandbox's account URL (clients append /api/3) as the worker
+        reaches it."""
+        if self.ACTIVECAMPAIGN_SANDBOX_URL:
+            return self.ACTIVECAMPAIGN_SANDBOX_URL.rstrip("/")
+        return f"http://{_loopback(self.HOST)}:{self.PORT}/_sandbox/activecampaign"
 
 
 MAILCHIMP_SANDBOX_PREFIX = "/_sandbox/mailchimp"  # where `serve` mounts the Mailchimp sandbox

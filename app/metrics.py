@@ -122,6 +122,14 @@ PROVIDER_OPERATIONS = (
     "list",
     "webhook",
     "merge_fields",
+    # ActiveCampaign's own (app/providers/activecampaign/client.py)
+    "lookup",
+    "membership",
+    "fields",
+    "webhooks",
+    "bulk_import",
+    "bulk_import_single",
+    "import_info",
 )
 PROVIDER_OUTCOMES = (
     "ok",

@@ -204,3 +204,32 @@ def _constantcontact() -> Provider:
 
 
 _register(_constantcontact())
+
+
+def _activecampaign() -> Provider:
+    from app.providers.activecampaign import connect, inbound, mapping, spec
+
+    def seed() -> SandboxSeed | None:
+        try:
+            from app.sandbox.activecampaign import constants as c
+        except ImportError:  # pragma: no cover - the sandbox ships with the service
+            return None
+        return SandboxSeed(
+            credentials={"api_key": c.DEFAULT_API_KEY},
+            audience_id=c.DEFAULT_LIST_ID,
+            audience_name=c.DEFAULT_LIST_NAME,
+            account_name=c.DEFAULT_ACCOUNT_NAME,
+        )
+
+    return Provider(
+        spec=spec.SPEC,
+        client=connect.client_factory,
+        mapping=mapping.from_settings,
+        inbound=inbound.ActiveCampaignInbound(),
+        connect=connect.ActiveCampaignConnect(),
+        sandbox_seed=seed,
+        sandbox_app="app.sandbox.activecampaign:create_app",
+    )
+
+
+_register(_activecampaign())

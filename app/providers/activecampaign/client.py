@@ -1,0 +1,1229 @@
+"""ActiveCampaign API v3 client: the neutral operations and the error mapping.
+
+Rules (reference §9, DESIGN §14.5):
+- people are upserted by `POST /contact/sync` and found by exact `email` lookups whose answer
+  is checked (an ignored filter returns everyone); empty values are never sent (`""` clears);
+- list membership is `contactLists`: status 1 only for a person *new to our list* who consents
+  — the real API silently re-subscribes on a 1, so a person at 2 (unsubscribed) or 3 (bounced)
+  is never sent a 1 again (the send is refused as `compliance`, "blocked"); a local opt-out is
+  status 2;
+- tags are found or created by name and added by `contactTags`; the association ids we created
+  are kept in the mirror's refs and only those are ever deleted;
+- backlogs go through `import/bulk_import` (250 contacts / 400,000 bytes a request) polled by
+  `import/info`, without any list subscription in the import (consent is decided per person
+  afterwards, as above);
+- both error-body shapes, HTML pages, empty bodies, 429 and the 503 of the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+
+from app import metrics
+from app.emailkey import email_key
+from app.providers.activecampaign.spec import (
+    ACTIVE,
+    BOUNCED,
+    BULK_MAX_BYTES,
+    BULK_MAX_CONTACTS,
+    BULK_MIN_CONTACTS,
+    OP_BULK_MULTI,
+    OP_BULK_SINGLE,
+    PROVIDER,
+    STATUS_MAP,
+    STATUS_WORDS,
+    UNCONFIRMED,
+    UNSUBSCRIBED,
+)
+from app.providers.base import (
+    Audience,
+    AudienceMissing,
+    AuthError,
+    BatchOutcome,
+    ContactPayload,
+    ErrorKind,
+    MemberPage,
+    PermanentError,
+    ProviderError,
+    RemoteMember,
+    RemoteRef,
+    RemoteStatus,
+    RequestLimiter,
+    ThrottledError,
+    TransientError,
+)
+
+PAGE_LIMIT = 100  # the API's maximum `limit`
+# Contact attributes of the record itself; every other field key is a custom field.
+STANDARD_FIELDS = ("firstName", "lastName", "phone")
+BULK_NAMES = {"firstName": "first_name", "lastName": "last_name", "phone": "phone"}
+OPTION_TYPES = frozenset({"dropdown", "checkbox", "listbox", "radio", "multiselect"})
+# Intermittent 403s happen on valid keys (reference §9.3): a 403 is asked again this often.
+FORBIDDEN_RETRIES = 3
+IMPORT_POLL_SECONDS = (0.3, 0.5, 1.0, 2.0)
+IMPORT_MAX_WAIT = 120.0
+# Any account's offset from UTC is at most 14 h: `filters[updated_after]` is sent this much
+# early, so whichever zone the API reads it in, nothing changed since `since` is missed.
+UPDATED_AFTER_MARGIN = timedelta(hours=14)
+USER_AGENT = "audience-sync/0.1"
+
+
+class BulkUnavailable(Exception):
+    """`import/bulk_import` answered an HTML 404: the account has no bulk importer."""
+
+
+class BulkRefused(PermanentError):
+    """An import refused as a whole, `reasons` naming contacts by index where it says."""
+
+    def __init__(self, message: str, reasons: list[Any], *, status: int) -> None:
+        super().__init__(ErrorKind.invalid, message, status=status)
+        self.reasons = reasons
+
+
+def _loads(content: bytes) -> Any:
+    try:
+        return orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _errors(body: Any) -> list[dict[str, Any]]:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(errors, str):
+        return [{"title": errors}]
+    return [e for e in errors or [] if isinstance(e, dict)]
+
+
+def _message(body: Any) -> str:
+    """Every `errors[].title` joined, else `message` (Singer's rule), else nothing."""
+    titles = [str(e.get("title") or "") for e in _errors(body)]
+    text = "; ".join(t for t in titles if t)
+    if not text and isinstance(body, dict):
+        text = str(body.get("message") or "")
+        reasons = body.get("failureReasons")
+        if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
+            text = f"{text} {reasons[0]}".strip()
+    return text[:300]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+def _is_bulk_rate(body: Any) -> bool:
+    return isinstance(body, dict) and "rate limit" in str(body.get("message") or "").lower()
+
+
+def error_from(
+    status: int, body: Any, headers: Mapping[str, str], *, op: str, json: bool
+) -> ProviderError:
+    """The ProviderError a non-2xx answer means (status, then the body's codes)."""
+    text = _message(body)
+    message = f"{status}: {text}" if text else f"{status}"
+    retry_after = _retry_after(headers)
+    if status == 429 or (status == 400 and _is_bulk_rate(body)):
+        return ThrottledError(message, status=status, retry_after=retry_after)
+    if status == 503 and (retry_after is not None or "ratelimit-limit" in headers):
+        # The 503 some accounts answer at the limit (mediatoolkit#18) carries the limit's
+        # headers; an outage's 503 does not.
+        return ThrottledError(message, status=status, retry_after=retry_after)
+    if status in (401, 402):
+        return AuthError(message, status=status)
+    if status == 403:
+        # A 403 after its retries: the key may be gone, or ActiveCampaign is having one of
+        # its intermittent 403s; `ping` decides which (it raises AuthError).
+        return TransientError(message, status=status)
+    if status >= 500 or status == 408:
+        return TransientError(message, status=status)
+    if status == 404:
+        if not json:
+            return TransientError(f"404 (an HTML page) for {op}", status=status)
+        if "_List" in text or op in ("audience",):
+            return AudienceMissing(message, status=status)
+        return PermanentError(ErrorKind.not_found, message, status=status)
+    errors = _errors(body)
+    codes = {str(e.get("code") or "") for e in errors}
+    pointers = {str((e.get("source") or {}).get("pointer") or "") for e in errors}
+    if "duplicate" in codes and any(p.endswith("/email") for p in pointers):
+        return PermanentError(ErrorKind.member_exists, message, status=status)
+    if "email_invalid" in codes or "field_missing" in codes:
+        return PermanentError(ErrorKind.invalid_email, message, status=status)
+    if "duplicate" in codes:
+        return PermanentError(ErrorKind.invalid, message, status=status)
+    if any("field" in p.lower() for p in pointers) or "option" in text.lower():
+        return PermanentError(ErrorKind.merge_fields, message, status=status)
+    return PermanentError(ErrorKind.invalid, message, status=status)
+
+
+def render_value(value: Any) -> str | None:
+    """A neutral value as ActiveCampaign stores it: lists as `||a||b||`, numbers as text;
+    None for an empty value (never sent: `""` would clear ActiveCampaign's)."""
+    if isinstance(value, list):
+        items = [str(v).strip() for v in value if str(v).strip()]
+        return "||" + "||".join(items) + "||" if items else None
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ActiveCampaign date (account-local ISO with offset, or `YYYY-MM-DD HH:MM:SS` UTC)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _status_word(status: int | None) -> str:
+    return STATUS_WORDS.get(status, "absent") if status is not None else "absent"
+
+
+def neutral_status(status: int | None) -> RemoteStatus:
+    """Our list's status code for a person as the neutral status (None: not on the list)."""
+    return STATUS_MAP[_status_word(status)]
+
+
+def record_fields(contact: Mapping[str, Any]) -> dict[str, Any]:
+    """The standard attributes of a contact record that we map (empty ones left out)."""
+    return {k: contact[k] for k in STANDARD_FIELDS if contact.get(k) not in (None, "")}
+
+
+class ActiveCampaignClient:
+    """One ActiveCampaign account's API (`<account URL>/api/3`, `Api-Token`)."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        api_url: str,
+        api_key: str,
+        timeout: float = 30.0,
+        limiter: RequestLimiter | None = None,
+        import_poll: tuple[float, ...] = IMPORT_POLL_SECONDS,
+        import_max_wait: float = IMPORT_MAX_WAIT,
+    ) -> None:
+        self._transport = transport
+        self._limiter = limiter
+        self._base = api_url.rstrip("/").removesuffix("/api/3").rstrip("/") + "/api/3"
+        self._key = api_key
+        self._timeout = timeout
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
+        self._import_poll = import_poll
+        self._import_max_wait = import_max_wait
+        # Caches of the account's names → ids (tags, custom fields by perstag); rebuilt on a
+        # miss, so a tag or field created elsewhere is found.
+        self._tags: dict[str, str] | None = None
+        self._tag_names: dict[str, str] = {}
+        self._fields: dict[str, dict[str, Any]] | None = None
+        self._tag_lock = asyncio.Lock()
+        self._bulk_available = True
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def _send(self, request: httpx.Request, *, op: str) -> httpx.Response:
+        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
+        start = time.perf_counter()
+        try:
+            async with slot:
+                response = await self._transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx.TimeoutException as exc:
+            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
+            raise TransientError(f"timeout after {self._timeout:.0f}s") from exc
+        except httpx.HTTPError as exc:
+            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "connection_error").inc()
+            raise TransientError(f"connection error: {type(exc).__name__}") from exc
+        finally:
+            metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
+        return response
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        json: Any = None,
+        params: Any = None,
+        need_body: bool = True,
+        forbidden_retries: int = FORBIDDEN_RETRIES,
+    ) -> tuple[int, Any]:
+        """(status, parsed body) of a 2xx answer; the error tree otherwise.
+
+        A 2xx without a JSON body where one is needed is a TransientError: ActiveCampaign
+        answers an empty 200 now and then, and the change may not have been made.
+        """
+        headers = {"Api-Token": self._key, "Accept": "application/json", "User-Agent": USER_AGENT}
+        content = None
+        if json is not None:
+            content = orjson.dumps(json)
+            headers["Content-Type"] = "application/json"
+        for attempt in range(forbidden_retries + 1):
+            request = httpx.Request(
+                method,
+                self._base + path,
+                params=params,
+                headers=headers,
+                content=content,
+                extensions=self._extensions,
+            )
+            response = await self._send(request, op=op)
+            if response.status_code == 403 and attempt < forbidden_retries:
+                await asyncio.sleep(0.1 * (attempt + 1))
+                continue
+            break
+        status = response.status_code
+        is_json = "json" in response.headers.get("content-type", "")
+        body = _loads(response.content) if is_json or response.content[:1] in (b"{", b"[") else None
+        if 200 <= status < 300:
+            if need_body and not isinstance(body, dict | list) and body is not False:
+                metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "transient").inc()
+                raise TransientError(f"{status} without a body for {op}", status=status)
+            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
+            return status, body
+        if op in (OP_BULK_MULTI, OP_BULK_SINGLE):
+            if status == 404 and not is_json:
+                raise BulkUnavailable()
+            reasons = body.get("failureReasons") if isinstance(body, dict) else None
+            if status == 400 and isinstance(reasons, list) and not _is_bulk_rate(body):
+                metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "permanent").inc()
+                raise BulkRefused(_message(body) or "import refused", reasons, status=status)
+        error = error_from(status, body, response.headers, op=op, json=is_json)
+        outcome = type(error).__name__.removesuffix("Error").lower()
+        metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, outcome).inc()
+        if isinstance(error, ThrottledError):
+            metrics.THROTTLE_EVENTS.labels(PROVIDER).inc()
+        raise error
+
+    # --- account and lists ----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """`GET /users/me` (the docs' credential check); a 403 that stays is a bad key."""
+        try:
+            await self._request("GET", "/users/me", op="ping")
+        except TransientError as exc:
+            if exc.status == 403:
+                raise AuthError(exc.message, status=403) from None
+            raise
+
+    async def list_audiences(self) -> list[Audience]:
+        """Every list of the account (paged)."""
+        out: list[Audience] = []
+        offset = 0
+        while True:
+            _, body = await self._request(
+                "GET", "/lists", op="audience", params={"limit": PAGE_LIMIT, "offset": offset}
+            )
+            lists = [x for x in (body or {}).get("lists") or [] if isinstance(x, dict)]
+            out.extend(
+                Audience(
+                    id=str(x["id"]),
+                    name=str(x.get("name") or ""),
+                    member_count=_int(x.get("subscriber_count")),
+                )
+                for x in lists
+                if x.get("id")
+            )
+            offset += len(lists)
+            total = _int(((body or {}).get("meta") or {}).get("total"))
+            if not lists or offset >= total:
+                return out
+
+    async def get_audience(self, audience_id: str) -> Audience:
+        """One list; AudienceMissing when it does not exist."""
+        try:
+            _, body = await self._request("GET", f"/lists/{audience_id}", op="audience")
+        except PermanentError as exc:
+            raise AudienceMissing(exc.message, status=exc.status) from None
+        lst = (body or {}).get("list")
+        if not isinstance(lst, dict):
+            raise AudienceMissing(f"list {audience_id} not found")
+        count = lst.get("subscriber_count")
+        if count is None:
+            _, page = await self._request(
+                "GET",
+                "/contacts",
+                op="list",
+                params={"listid": audience_id, "status": ACTIVE, "limit": 1},
+            )
+            count = ((page or {}).get("meta") or {}).get("total")
+        return Audience(
+            id=str(lst["id"]), name=str(lst.get("name") or ""), member_count=_int(count)
+        )
+
+    # --- custom fields --------------------------------------------------------------------
+
+    async def fields(self, *, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        """Every custom field by perstag (upper case) and by id: {id, type, perstag, options}."""
+        if self._fields is not None and not refresh:
+            return self._fields
+        out: dict[str, dict[str, Any]] = {}
+        offset = 0
+        while True:
+            _, body = await self._request(
+                "GET", "/fields", op="fields", params={"limit": PAGE_LIMIT, "offset": offset}
+            )
+            body = body or {}
+            options: dict[str, set[str]] = {}
+            for opt in body.get("fieldOptions") or []:
+                if isinstance(opt, dict):
+                    options.setdefault(str(opt.get("field")), set()).add(str(opt.get("value")))
+            items = [f for f in body.get("fields") or [] if isinstance(f, dict) and f.get("id")]
+            for f in items:
+                entry: dict[str, Any] = {
+                    "id": str(f["id"]),
+                    "type": str(f.get("type") or "text"),
+                    "perstag": str(f.get("perstag") or "").upper(),
+                    "title": str(f.get("title") or ""),
+                    "options": options.get(str(f["id"]), set()),
+                }
+                out[entry["id"]] = entry
+                if entry["perstag"]:
+                    out[entry["perstag"]] = entry
+            offset += len(items)
+            if not items or offset >= _int((body.get("meta") or {}).get("total")):
+                break
+        self._fields = out
+        return out
+
+    async def create_field(self, *, title: str, perstag: str, kind: str) -> dict[str, Any]:
+        """A custom field visible on every list (`fieldRels` relid 0, as the UI needs)."""
+        _, body = await self._request(
+            "POST",
+            "/fields",
+            op="fields",
+            json={"field": {"type": kind, "title": title, "perstag": perstag, "visible": 1}},
+        )
+        field = (body or {}).get("field") or {}
+        if not field.get("id"):
+            raise TransientError("ActiveCampaign answered a field create without an id")
+        await self._request(
+            "POST", "/fieldRels", op="fields", json={"fieldRel": {"field": field["id"], "relid": 0}}
+        )
+        self._fields = None
+        return dict(field)
+
+    async def _field_values(self, fields: Mapping[str, Any]) -> tuple[dict[str, str], list[dict]]:
+        """(standard attributes, `fieldValues`) of our fields; custom keys are ids or perstags.
+
+        Values of option fields that the field lacks are added as options first, so a
+        dropdown ActiveCampaign validates never refuses a value the CRM holds.
+        """
+        standard: dict[str, str] = {}
+        values: list[dict[str, Any]] = []
+        known: dict[str, dict[str, Any]] | None = None
+        for key, raw in fields.items():
+            value = render_value(raw)
+            if value is None:
+                continue
+            if key in STANDARD_FIELDS:
+                standard[key] = value
+                continue
+            if known is None:
+                known = await self.fields()
+            entry = known.get(key) or known.get(key.upper())
+            if entry is None:
+                known = await self.fields(refresh=True)
+                entry = known.get(key) or known.get(key.upper())
+            if entry is None:
+                raise PermanentError(
+                    ErrorKind.merge_fields, f"ActiveCampaign has no custom field {key!r}"
+                )
+            if entry["type"] in OPTION_TYPES:
+                wanted = [p for p in value.split("||") if p] if "||" in value else [value]
+                await self._ensure_options(entry, wanted)
+            values.append({"field": entry["id"], "value": value})
+        return standard, values
+
+    async def _ensure_options(self, entry: dict[str, Any], wanted: list[str]) -> None:
+        missing = [w for w in wanted if w not in entry["options"]]
+        if not missing:
+            return
+        await self._request(
+            "POST",
+            "/fieldOption/bulk",
+            op="fields",
+            json={
+                "fieldOptions": [{"field": entry["id"], "label": m, "value": m} for m in missing]
+            },
+        )
+        entry["options"] = set(entry["options"]) | set(missing)
+
+    # --- tags -----------------------------------------------------------------------------
+
+    async def _tag_index(self, *, refresh: bool = False) -> dict[str, str]:
+        if self._tags is not None and not refresh:
+            return self._tags
+        out: dict[str, str] = {}
+        offset = 0
+        while True:
+            _, body = await self._request(
+                "GET", "/tags", op="tags", params={"limit": PAGE_LIMIT, "offset": offset}
+            )
+            items = [t for t in (body or {}).get("tags") or [] if isinstance(t, dict)]
+            for t in items:
+                out[str(t.get("tag") or "").strip().lower()] = str(t["id"])
+                self._tag_names[str(t["id"])] = str(t.get("tag") or "")
+            offset += len(items)
+            if not items or offset >= _int(((body or {}).get("meta") or {}).get("total")):
+                break
+        self._tags = out
+        return out
+
+    async def tag_id(self, name: str) -> str:
+        """The id of the tag named `name` (names are unique case-insensitively); created when
+        missing, and a duplicate refusal (someone created it meanwhile) is a lookup."""
+        key = name.strip().lower()
+        async with self._tag_lock:
+            index = await self._tag_index()
+            if key in index:
+                return index[key]
+            _, body = await self._request(
+                "GET", "/tags", op="tags", params={"filters[search][eq]": name.strip()}
+            )
+            for t in (body or {}).get("tags") or []:
+                if isinstance(t, dict) and str(t.get("tag") or "").strip().lower() == key:
+                    index[key] = str(t["id"])
+                    return index[key]
+            try:
+                _, body = await self._request(
+                    "POST",
+                    "/tags",
+                    op="tags",
+                    json={"tag": {"tag": name.strip(), "tagType": "contact", "description": ""}},
+                )
+            except PermanentError:
+                index = await self._tag_index(refresh=True)
+                if key in index:
+                    return index[key]
+                raise
+            tag = (body or {}).get("tag") or {}
+            if not tag.get("id"):
+                raise TransientError("ActiveCampaign answered a tag create without an id")
+            index[key] = str(tag["id"])
+            self._tag_names[str(tag["id"])] = name.strip()
+            return index[key]
+
+    async def _contact_tags(self, contact_id: str) -> dict[str, str]:
+        """The contact's tags: tag id → contactTag id."""
+        _, body = await self._request("GET", f"/contacts/{contact_id}/contactTags", op="tags")
+        return {
+            str(ct.get("tag")): str(ct.get("id"))
+            for ct in (body or {}).get("contactTags") or []
+            if isinstance(ct, dict)
+        }
+
+    async def _add_tag(self, contact_id: str, tag_id: str) -> str | None:
+        """POST a contactTag; its id, or None when the contact already had it (not ours)."""
+        try:
+            _, body = await self._request(
+                "POST",
+                "/contactTags",
+                op="tags",
+                json={"contactTag": {"contact": contact_id, "tag": tag_id}},
+            )
+        except PermanentError as exc:
+            if exc.kind is ErrorKind.invalid and exc.status == 422:
+                return None  # a duplicate association: someone else's
+            raise
+        ct = (body or {}).get("contactTag") or {}
+        return str(ct["id"]) if ct.get("id") else None
+
+    async def _remove_tag(self, contact_tag_id: str) -> None:
+        try:
+            await self._request(
+                "DELETE", f"/contactTags/{contact_tag_id}", op="tags", need_body=False
+            )
+        except PermanentError as exc:
+            if exc.kind is not ErrorKind.not_found:
+                raise
+
+    async def _tag_contact(
+        self, contact_id: str, names: Iterable[str], *, present: Mapping[str, str] | None
+    ) -> dict[str, str]:
+        """Add tags by name; {name: contactTag id} of the associations we created (a tag the
+        contact already carried stays its owner's: it is not recorded as ours)."""
+        ours: dict[str, str] = {}
+        for name in names:
+            tid = await self.tag_id(name)
+            if present is not None and tid in present:
+                continue
+            ct = await self._add_tag(contact_id, tid)
+            if ct is not None:
+                ours[name] = ct
+        return ours
+
+    # --- people ---------------------------------------------------------------------------
+
+    async def find_contact(self, email: str) -> dict[str, Any] | None:
+        """The contact with exactly this address (the answer is checked: a filter the API
+        ignored returns everyone)."""
+        _, body = await self._request(
+            "GET", "/contacts", op="lookup", params={"email": email, "limit": 5}
+        )
+        key = email_key(email)
+        for contact in (body or {}).get("contacts") or []:
+            if isinstance(contact, dict) and email_key(contact.get("email")) == key:
+                return contact
+        return None
+
+    async def _list_status(self, contact_id: str, audience_id: str) -> int | None:
+        """The contact's status on our list (None: not on it)."""
+        _, body = await self._request("GET", f"/contacts/{contact_id}/contactLists", op="get")
+        for m in (body or {}).get("contactLists") or []:
+            if isinstance(m, dict) and str(m.get("list")) == str(audience_id):
+                return _int(m.get("status"), default=ACTIVE)
+        return None
+
+    async def _set_status(self, contact_id: str, audience_id: str, status: int) -> None:
+        await self._request(
+            "POST",
+            "/contactLists",
+            op="membership",
+            json={"contactList": {"list": audience_id, "contact": contact_id, "status": status}},
+        )
+
+    async def _sync(self, member: ContactPayload) -> tuple[dict[str, Any], bool]:
+        """`POST /contact/sync` with our non-empty fields; (contact, created)."""
+        standard, values = await self._field_values(member.fields)
+        body: dict[str, Any] = {"email": member.email_address, **standard}
+        if values:
+            body["fieldValues"] = values
+        status, answer = await self._request(
+            "POST", "/contact/sync", op="upsert", json={"contact": body}
+        )
+        contact = (answer or {}).get("contact")
+        if not isinstance(contact, dict) or not contact.get("id"):
+            raise TransientError("ActiveCampaign answered a sync without a contact")
+        # A create answers 201 (docs) or 200 with the short record (no `deleted`, no bounce
+        # counters); an update the full record.
+        created = status == 201 or "deleted" not in contact
+        return contact, created
+
+    def _blocked(self, status: int) -> PermanentError:
+        verb = "bounced" if status == BOUNCED else "unsubscribed"
+        return PermanentError(
+            ErrorKind.compliance,
+            f"blocked: the person {verb} at ActiveCampaign (list status {status}); "
+            "ActiveCampaign has no confirmation path, so they stay off the list",
+        )
+
+    async def _consent(
+        self,
+        contact_id: str,
+        audience_id: str,
+        member: ContactPayload,
+        *,
+        current: int | None,
+        first_push: bool,
+    ) -> int | None:
+        """Make our list's status say what the payload asks; the status it now has.
+
+        Only a person new to our list is ever given status 1; a 2 or 3 refuses any wish to
+        subscribe (`blocked`); an opt-out is a 2 (a bounce stays a 3).
+        """
+        wants = member.consent in ("subscribed", "pending") or (
+            member.consent is None
+            and (current is None or first_push)
+            and member.consent_if_new in ("subscribed", "pending")
+        )
+        if current is None:
+            if wants:
+                await self._set_status(contact_id, audience_id, ACTIVE)
+                return ACTIVE
+            return None  # nobody joins our list without consent
+        if current in (UNSUBSCRIBED, BOUNCED):
+            if wants:
+                raise self._blocked(current)
+            return current
+        if member.consent == "unsubscribed":
+            await self._set_status(contact_id, audience_id, UNSUBSCRIBED)
+            return UNSUBSCRIBED
+        return current
+
+    def _member(
+        self,
+        contact: Mapping[str, Any],
+        status: int | None,
+        *,
+        email: str,
+        created: bool,
+        refs: dict[str, Any],
+    ) -> RemoteMember:
+        tags = sorted((refs.get("tags") or {}).keys())
+        return RemoteMember(
+            email_address=str(contact.get("email") or email),
+            remote_id=str(contact["id"]),
+            status=neutral_status(status).value,
+            tags=tags,
+            last_changed=parse_time(contact.get("udate") or contact.get("cdate")),
+            fields=record_fields(contact),
+            created=created,
+            refs=refs,
+        )
+
+    async def upsert_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
+        """`contact/sync`, then our list's status by the consent rules, then (for a contact
+        we created) its tags. `tags` of the answer are the ones we hold ids of; the engine
+        adds the rest through `update_tags`, which leaves a tag the person had alone."""
+        contact, created = await self._sync(member)
+        cid = str(contact["id"])
+        current = None if created else await self._list_status(cid, audience_id)
+        first_push = remote is None or not remote.refs.get("list")
+        status = await self._consent(
+            cid, audience_id, member, current=current, first_push=first_push
+        )
+        refs: dict[str, Any] = dict(remote.refs) if remote is not None else {}
+        if remote is not None and remote.remote_id and remote.remote_id != cid:
+            refs.pop("tags", None)  # ids of another (deleted) contact's associations
+        if status is not None:
+            refs["list"] = audience_id
+        if created:
+            refs["created"] = True
+            if member.tags:
+                refs["tags"] = await self._tag_contact(cid, member.tags, present={})
+        return self._member(contact, status, email=member.email_address, created=created, refs=refs)
+
+    async def _contact_id(self, email: str, remote: RemoteRef | None) -> str | None:
+        if remote is not None and remote.remote_id:
+            return remote.remote_id
+        contact = await self.find_contact(email)
+        return str(contact["id"]) if contact else None
+
+    async def _put(self, contact_id: str, member: ContactPayload, *, op: str) -> dict[str, Any]:
+        standard, values = await self._field_values(member.fields)
+        body: dict[str, Any] = {"email": member.email_address, **standard}
+        if values:
+            body["fieldValues"] = values
+        _, answer = await self._request(
+            "PUT", f"/contacts/{contact_id}", op=op, json={"contact": body}
+        )
+        contact = (answer or {}).get("contact")
+        if not isinstance(contact, dict) or not contact.get("id"):
+            raise TransientError("ActiveCampaign answered an update without a contact")
+        return contact
+
+    async def update_member(
+        self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
+    ) -> RemoteMember:
+        """`PUT /contacts/{id}` of an existing contact (never creates), then consent."""
+        cid = await self._contact_id(member.email_address, remote)
+        if cid is None:
+            raise PermanentError(ErrorKind.not_found, "no ActiveCampaign contact has this address")
+        contact = await self._put(cid, member, op="update")
+        current = await self._list_status(cid, audience_id)
+        status = await self._consent(cid, audience_id, member, current=current, first_push=False)
+        refs: dict[str, Any] = dict(remote.refs) if remote is not None else {}
+        if status is not None:
+            refs["list"] = audience_id
+        return self._member(contact, status, email=member.email_address, created=False, refs=refs)
+
+    async def update_tags(
+        self,
+        audience_id: str,
+        email: str,
+        *,
+        add: list[str],
+        remove: list[str],
+        remote: RemoteRef | None = None,
+    ) -> Mapping[str, Any] | None:
+        """Add `add` (a tag the contact already carries is left its owner's) and delete the
+        contactTags of `remove` that we created — by their ids, never by name."""
+        if not add and not remove:
+            return None
+        cid = await self._contact_id(email, remote)
+        if cid is None:
+            raise PermanentError(ErrorKind.not_found, "no ActiveCampaign contact has this address")
+        ours: dict[str, str] = dict((remote.refs.get("tags") if remote else None) or {})
+        for name in remove:
+            ct = ours.pop(name, None)
+            if ct is not None:
+                await self._remove_tag(ct)
+        if add:
+            present = await self._contact_tags(cid)
+            ours.update(await self._tag_contact(cid, add, present=present))
+        return {"tags": ours}
+
+    async def move_member(
+        self,
+        audience_id: str,
+        old_email: str,
+        member: ContactPayload,
+        *,
+        remote: RemoteRef | None = None,
+    ) -> RemoteMember:
+        """Change the address of the contact (PUT keeps its history, lists and tags);
+        member_exists when another contact holds the new address."""
+        cid = await self._contact_id(old_email, remote)
+        if cid is None:
+            raise PermanentError(
+                ErrorKind.not_found, "no ActiveCampaign contact has the old address"
+            )
+        holder = await self.find_contact(member.email_address)
+        if holder is not None and str(holder["id"]) != cid:
+            raise PermanentError(
+                ErrorKind.member_exists,
+                f"ActiveCampaign contact {holder['id']} already has the new address",
+            )
+        contact = await self._put(cid, member, op="move")
+        current = await self._list_status(cid, audience_id)
+        status = await self._consent(cid, audience_id, member, current=current, first_push=False)
+        refs: dict[str, Any] = dict(remote.refs) if remote is not None else {}
+        if status is not None:
+            refs["list"] = audience_id
+        return self._member(contact, status, email=member.email_address, created=False, refs=refs)
+
+    async def _lists_of(self, contact_id: str) -> dict[str, int]:
+        _, body = await self._request("GET", f"/contacts/{contact_id}/contactLists", op="get")
+        return {
+            str(m.get("list")): _int(m.get("status"), default=ACTIVE)
+            for m in (body or {}).get("contactLists") or []
+            if isinstance(m, dict)
+        }
+
+    async def archive_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> bool:
+        """Take the person off our list without touching consent (DESIGN §14.5).
+
+        ActiveCampaign has no "leave the list" that is not an unsubscribe (status 2 is the
+        person's opt-out), so: a contact we created that is on no other list is deleted; any
+        other contact keeps its membership and status, and only our tags leave it. False when
+        the contact was gone or not on our list.
+        """
+        cid = await self._contact_id(email, remote)
+        if cid is None:
+            return False
+        try:
+            lists = await self._lists_of(cid)
+        except PermanentError as exc:
+            if exc.kind is ErrorKind.not_found:
+                return False
+            raise
+        if audience_id not in lists:
+            return False
+        created = bool(remote is not None and remote.refs.get("created"))
+        if created and set(lists) == {audience_id}:
+            await self._delete(cid)
+            return True
+        for ct in ((remote.refs.get("tags") if remote else None) or {}).values():
+            await self._remove_tag(str(ct))
+        return True
+
+    async def _delete(self, contact_id: str) -> None:
+        try:
+            await self._request("DELETE", f"/contacts/{contact_id}", op="forget", need_body=False)
+        except PermanentError as exc:
+            if exc.kind is not ErrorKind.not_found:
+                raise
+
+    async def forget_member(
+        self, audience_id: str, email: str, *, remote: RemoteRef | None = None
+    ) -> None:
+        """`DELETE /contacts/{id}` (GDPR); absent is fine. Looked up by address as well: the
+        id we hold may be of a contact already deleted and recreated."""
+        ids = set()
+        if remote is not None and remote.remote_id:
+            ids.add(remote.remote_id)
+        contact = await self.find_contact(email)
+        if contact is not None:
+            ids.add(str(contact["id"]))
+        for cid in sorted(ids):
+            await self._delete(cid)
+
+    # --- pages ----------------------------------------------------------------------------
+
+    async def _statuses(self, audience_id: str, ids: list[str]) -> dict[str, int]:
+        """Our list's status of each of `ids` (all on the list): three filtered reads, the
+        rest active."""
+        out = dict.fromkeys(ids, ACTIVE)
+        for status in (UNSUBSCRIBED, BOUNCED, UNCONFIRMED):
+            params: list[tuple[str, Any]] = [
+                ("listid", audience_id),
+                ("status", status),
+                ("limit", PAGE_LIMIT),
+            ]
+            params += [("ids[]", i) for i in ids]
+            _, body = await self._request("GET", "/contacts", op="list", params=params)
+            for c in (body or {}).get("contacts") or []:
+                if isinstance(c, dict) and str(c.get("id")) in out:
+                    out[str(c["id"])] = status
+        return out
+
+    async def list_members(
+        self,
+        audience_id: str,
+        *,
+        offset: int = 0,
+        count: int = 1000,
+        since_last_changed: datetime | None = None,
+        status: str | None = None,
+    ) -> MemberPage:
+        """Up to `count` contacts of our list from `offset`, by id, with their list status
+        (pages of 100); since a time by `filters[updated_after]` (sent early by the widest
+        zone offset, then filtered here by `udate`). Fields are the record's own attributes;
+        tags are not read (ours are in the mirror)."""
+        members: list[RemoteMember] = []
+        total = 0
+        position = offset
+        while len(members) < count:
+            params: dict[str, Any] = {
+                "listid": audience_id,
+                "limit": min(PAGE_LIMIT, count - len(members)),
+                "offset": position,
+                "orders[id]": "ASC",
+            }
+            if since_last_changed is not None:
+                early = since_last_changed.astimezone(UTC) - UPDATED_AFTER_MARGIN
+                params["filters[updated_after]"] = early.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+            _, body = await self._request("GET", "/contacts", op="list", params=params)
+            contacts = [
+                c for c in (body or {}).get("contacts") or [] if isinstance(c, dict) and c.get("id")
+            ]
+            total = _int(((body or {}).get("meta") or {}).get("total"))
+            if not contacts:
+                break
+            statuses = await self._statuses(audience_id, [str(c["id"]) for c in contacts])
+            for c in contacts:
+                changed = parse_time(c.get("udate") or c.get("cdate"))
+                if since_last_changed and changed and changed < since_last_changed:
+                    continue
+                members.append(
+                    self._member(c, statuses.get(str(c["id"])), email="", created=False, refs={})
+                )
+            position += len(contacts)
+            if position >= total:
+                break
+        if since_last_changed is not None:
+            members.sort(key=lambda m: m.last_changed or datetime.min.replace(tzinfo=UTC))
+            # Filtered here: the total the pull pages against is what the API counted.
+        if status is not None:
+            members = [m for m in members if m.status == status]
+        return MemberPage(members=members, total_items=total)
+
+    # --- webhooks -------------------------------------------------------------------------
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        """Every webhook of the account (paged)."""
+        out: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            _, body = await self._request(
+                "GET", "/webhooks", op="webhooks", params={"limit": PAGE_LIMIT, "offset": offset}
+            )
+            items = [w for w in (body or {}).get("webhooks") or [] if isinstance(w, dict)]
+            out += items
+            offset += len(items)
+            if not items or offset >= _int(((body or {}).get("meta") or {}).get("total")):
+                return out
+
+    async def create_webhook(
+        self, *, name: str, url: str, events: list[str], sources: list[str], listid: str
+    ) -> str:
+        """A webhook for `events` from `sources` on list `listid`; its id."""
+        _, body = await self._request(
+            "POST",
+            "/webhooks",
+            op="webhooks",
+            json={
+                "webhook": {
+                    "name": name,
+                    "url": url,
+                    "events": events,
+                    "sources": sources,
+                    "listid": listid,
+                }
+            },
+        )
+        hook = (body or {}).get("webhook") or {}
+        if not hook.get("id"):
+            raise TransientError("ActiveCampaign answered a webhook create without an id")
+        return str(hook["id"])
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        """Delete a webhook; one already gone is fine."""
+        try:
+            await self._request("DELETE", f"/webhooks/{webhook_id}", op="webhooks", need_body=False)
+        except PermanentError as exc:
+            if exc.kind is not ErrorKind.not_found:
+                raise
+
+    # --- backlogs -------------------------------------------------------------------------
+
+    async def batch_upsert(
+        self, audience_id: str, members: list[ContactPayload]
+    ) -> list[BatchOutcome]:
+        """Backlogs through `import/bulk_import` (≤ 250 contacts, ≤ 400,000 bytes a request),
+        polled to completion; then per person the consent rules (new to our list and
+        consenting → a second import that subscribes them, or `contactLists` for a few;
+        opt-outs → 2; a 2 or 3 refuses a wish to subscribe). Tags follow through
+        `update_tags`. Without a bulk importer (an HTML 404) every person is upserted alone."""
+        if not members:
+            return []
+        if len(members) < BULK_MIN_CONTACTS or not self._bulk_available:
+            return await self._singles(audience_id, members)
+        keys = [email_key(m.email_address) or m.email_address for m in members]
+        outcomes = {k: BatchOutcome(email_key=k) for k in keys}
+        try:
+            first_new = await self._next_contact_id()
+            items: list[tuple[str, ContactPayload, dict[str, Any]]] = []
+            for m, key in zip(members, keys, strict=True):
+                try:
+                    items.append((key, m, await self._bulk_item(m)))
+                except PermanentError as exc:
+                    outcomes[key].error = exc
+            failed, ids = await self._import([item for _, _, item in items])
+        except BulkUnavailable:
+            self._bulk_available = False
+            return await self._singles(audience_id, members)
+        by_key: dict[str, ContactPayload] = {}
+        for key, m, item in items:
+            if str(item["email"]).lower() in failed:
+                outcomes[key].error = PermanentError(
+                    ErrorKind.invalid_email, f"ActiveCampaign's import refused {item['email']}"
+                )
+            else:
+                by_key[key] = m
+        await self._settle(audience_id, by_key, outcomes, ids, first_new)
+        return [outcomes[k] for k in keys]
+
+    async def _singles(self, audience_id: str, members: list[ContactPayload]) -> list[BatchOutcome]:
+        out = []
+        for m in members:
+            key = email_key(m.email_address) or m.email_address
+            try:
+                out.append(BatchOutcome(key, state=await self.upsert_member(audience_id, m)))
+            except PermanentError as exc:
+                out.append(BatchOutcome(key, error=exc))
+        return out
+
+    async def _next_contact_id(self) -> int:
+        """The id the next contact will be given at least (ids only grow): contacts above it
+        after our import were created by it."""
+        _, body = await self._request(
+            "GET", "/contacts", op="list", params={"orders[id]": "DESC", "limit": 1}
+        )
+        contacts = (body or {}).get("contacts") or []
+        return _int(contacts[0].get("id")) + 1 if contacts else 1
+
+    async def _bulk_item(self, member: ContactPayload) -> dict[str, Any]:
+        standard, values = await self._field_values(member.fields)
+        item: dict[str, Any] = {"email": member.email_address}
+        item.update({BULK_NAMES[k]: v for k, v in standard.items()})
+        if values:
+            item["fields"] = [{"id": int(v["field"]), "value": v["value"]} for v in values]
+        return item
+
+    async def _import(self, items: list[dict[str, Any]]) -> tuple[set[str], list[str]]:
+        """Import `items` in requests of ≤ 250 contacts and ≤ 400,000 bytes, each polled to
+        completion; (the addresses refused, lower case; the ids of the contacts imported)."""
+        failed: set[str] = set()
+        done: list[str] = []
+        for chunk in _chunks(items):
+            refused, ids = await self._import_chunk(chunk)
+            failed |= refused
+            done += ids
+        return failed, done
+
+    async def _import_chunk(self, chunk: list[dict[str, Any]]) -> tuple[set[str], list[str]]:
+        refused: set[str] = set()
+        while chunk:
+            op = OP_BULK_SINGLE if len(chunk) == 1 else OP_BULK_MULTI
+            body = {"contacts": chunk, "exclude_automations": False}
+            try:
+                _, answer = await self._request("POST", "/import/bulk_import", op=op, json=body)
+            except BulkRefused as exc:
+                # Refused as a whole for some contacts (by index): the rest go again.
+                bad = {
+                    _int(r.get("contact"), default=-1) for r in exc.reasons if isinstance(r, dict)
+                }
+                bad.discard(-1)
+                if not bad:
+                    raise TransientError(f"bulk import refused: {exc.message}") from None
+                refused |= {str(chunk[i]["email"]).lower() for i in bad if i < len(chunk)}
+                chunk = [item for i, item in enumerate(chunk) if i not in bad]
+                continue
+            batch = str((answer or {}).get("batchId") or "")
+            if not batch:
+                raise TransientError("ActiveCampaign queued an import without a batchId")
+            failed, ids = await self._wait(batch)
+            return refused | failed, ids
+        return refused, []
+
+    async def _wait(self, batch: str) -> tuple[set[str], list[str]]:
+        waited = 0.0
+        step = 0
+        while True:
+            delay = self._import_poll[min(step, len(self._import_poll) - 1)]
+            await asyncio.sleep(delay)
+            waited += delay
+            step += 1
+            _, info = await self._request(
+                "GET", "/import/info", op="import_info", params={"batchId": batch}
+            )
+            # Polled within a second of queuing the answer may be `false` (reference §5.2).
+            status = info.get("status") if isinstance(info, dict) else None
+            if status == "completed":
+                failed = {str(e).lower() for e in info.get("failure") or []}
+                return failed, [str(i) for i in info.get("success") or []]
+            if status in ("failed", "interrupted"):
+                raise TransientError(f"bulk import {batch} {status}")
+            if waited >= self._import_max_wait:
+                raise TransientError(f"bulk import {batch} still {status or 'queued'}")
+
+    async def _records(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Contact records by id (pages of 100), keyed by email key."""
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), PAGE_LIMIT):
+            params: list[tuple[str, Any]] = [("limit", PAGE_LIMIT)]
+            params += [("ids[]", x) for x in ids[i : i + PAGE_LIMIT]]
+            _, body = await self._request("GET", "/contacts", op="list", params=params)
+            for c in (body or {}).get("contacts") or []:
+                if isinstance(c, dict) and c.get("id") and (k := email_key(c.get("email"))):
+                    out[k] = c
+        return out
+
+    async def _on_list(self, audience_id: str, ids: list[str]) -> dict[str, int]:
+        """Our list's status of those of `ids` that are on it."""
+        out: dict[str, int] = {}
+        for i in range(0, len(ids), PAGE_LIMIT):
+            params: list[tuple[str, Any]] = [("listid", audience_id), ("limit", PAGE_LIMIT)]
+            params += [("ids[]", x) for x in ids[i : i + PAGE_LIMIT]]
+            _, body = await self._request("GET", "/contacts", op="list", params=params)
+            present = [
+                str(c["id"])
+                for c in (body or {}).get("contacts") or []
+                if isinstance(c, dict) and c.get("id")
+            ]
+            if present:
+                out.update(await self._statuses(audience_id, present))
+        return out
+
+    async def _settle(
+        self,
+        audience_id: str,
+        by_key: dict[str, ContactPayload],
+        outcomes: dict[str, BatchOutcome],
+        ids: list[str],
+        first_new: int,
+    ) -> None:
+        """After the data import: read the imported records and our list's statuses (pages of
+        100), then apply the consent rules person by person."""
+        contacts = await self._records(ids)
+        missing = [k for k in by_key if k not in contacts]
+        for key in missing:  # not in the import's list of ids (a lagging answer): look up
+            found = await self.find_contact(by_key[key].email_address)
+            if found is not None:
+                contacts[key] = found
+        on_list = await self._on_list(
+            audience_id, [str(contacts[k]["id"]) for k in by_key if k in contacts]
+        )
+        subscribe: list[str] = []
+        for key, member in by_key.items():
+            contact = contacts.get(key)
+            if contact is None:
+                outcomes[key].error = PermanentError(
+                    ErrorKind.invalid_email, "ActiveCampaign's import did not take this contact"
+                )
+                continue
+            cid = str(contact["id"])
+            created = _int(cid) >= first_new
+            current = on_list.get(cid)
+            wish = member.consent or member.consent_if_new
+            if current is None and wish in ("subscribed", "pending"):
+                subscribe.append(key)
+                continue
+            try:
+                status = await self._consent(
+                    cid, audience_id, member, current=current, first_push=True
+                )
+            except PermanentError as exc:
+                outcomes[key].error = exc
+                continue
+            refs: dict[str, Any] = {"list": audience_id} if status is not None else {}
+            if created:
+                refs["created"] = True
+            outcomes[key].state = self._member(
+                contact, status, email=member.email_address, created=created, refs=refs
+            )
+        if not subscribe:
+            return
+        # Nobody here is on our list in any status, so an import that subscribes them cannot
+        # re-subscribe anyone; fewer than the docs' minimum go one by one.
+        refused: set[str] = set()
+        if len(subscribe) >= BULK_MIN_CONTACTS:
+            listid: Any = int(audience_id) if audience_id.isdigit() else audience_id
+            items = [
+                {"email": by_key[k].email_address, "subscribe": [{"listid": listid}]}
+                for k in subscribe
+            ]
+            refused, _ = await self._import(items)
+        else:
+            for k in subscribe:
+                await self._set_status(str(contacts[k]["id"]), audience_id, ACTIVE)
+        for k in subscribe:
+            member, contact = by_key[k], contacts[k]
+            if member.email_address.lower() in refused:
+                outcomes[k].error = PermanentError(
+                    ErrorKind.compliance, "ActiveCampaign's import refused the subscription"
+                )
+                continue
+            cid = str(contact["id"])
+            created = _int(cid) >= first_new
+            refs = {"list": audience_id, **({"created": True} if created else {})}
+            outcomes[k].state = self._member(
+                contact, ACTIVE, email=member.email_address, created=created, refs=refs
+            )
+
+
+def _chunks(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Requests of at most 250 contacts and 400,000 bytes (with room for the envelope)."""
+    out: list[list[dict[str, Any]]] = []
+    chunk: list[dict[str, Any]] = []
+    size = 64
+    for item in items:
+        n = len(orjson.dumps(item)) + 1
+        if chunk and (len(chunk) >= BULK_MAX_CONTACTS or size + n > BULK_MAX_BYTES):
+            out.append(chunk)
+            chunk, size = [], 64
+        chunk.append(item)
+        size += n
+    if chunk:
+        out.append(chunk)
+    return out
+
+
+def _int(value: Any, *, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

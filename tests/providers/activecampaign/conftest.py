@@ -1,0 +1,100 @@
+"""Fixtures of the ActiveCampaign client tests: the sandbox over real HTTP and a client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from app.providers.activecampaign.client import ActiveCampaignClient
+from app.providers.base import ContactPayload
+from app.sandbox.activecampaign import DEFAULT_API_KEY, DEFAULT_LIST_ID, AcConfig, create_app
+from app.sandbox.activecampaign.app import ActiveCampaignSandbox
+from app.sandbox.activecampaign.state import AcState
+from tests.support.servers import run_server
+
+LIST = DEFAULT_LIST_ID
+
+
+@dataclass
+class Ac:
+    """The running sandbox: its URL, its state, the control API and the raw API."""
+
+    url: str
+    state: AcState
+    http: httpx.AsyncClient
+    api: httpx.AsyncClient
+
+    async def configure(self, **changes: Any) -> None:
+        response = await self.http.patch("/_control/config", json=changes)
+        assert response.status_code == 200, response.text
+
+    async def act(self, action: str, email: str, list_id: str = LIST, **body: Any) -> None:
+        response = await self.http.post(
+            f"/_control/lists/{list_id}/actions/{action}", json={"email": email, **body}
+        )
+        assert response.status_code == 200, response.text
+
+    async def dump(self, list_id: str = LIST) -> list[dict[str, Any]]:
+        response = await self.http.get(f"/_control/lists/{list_id}/contacts")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        return body.get("contacts", body) if isinstance(body, dict) else body  # type: ignore[no-any-return]
+
+    async def person(self, email: str) -> dict[str, Any] | None:
+        response = await self.http.get("/_control/accounts/sandbox/contacts")
+        body = response.json()
+        items = body.get("contacts", body) if isinstance(body, dict) else body
+        return next((c for c in items if c["email"].lower() == email.lower()), None)
+
+    async def requests(self) -> list[dict[str, Any]]:
+        body = (await self.http.get("/_control/requests")).json()
+        return body.get("requests", body) if isinstance(body, dict) else body  # type: ignore[no-any-return]
+
+    async def new_list(self, name: str) -> str:
+        response = await self.http.post(
+            "/_control/accounts/sandbox/lists", json={"name": name}
+        )
+        assert response.status_code in (200, 201), response.text
+        body = response.json()
+        return str((body.get("list") or body)["id"])
+
+
+@pytest.fixture
+def sandbox() -> ActiveCampaignSandbox:
+    # The 5/s limit has its own tests; functional tests run unthrottled and fast imports.
+    return create_app(AcConfig(rate_limit_per_second=10_000, import_stage_seconds=0.05))
+
+
+@pytest.fixture
+async def ac(sandbox: ActiveCampaignSandbox) -> AsyncIterator[Ac]:
+    async with (
+        run_server(sandbox, lifespan="off") as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+        httpx.AsyncClient(
+            base_url=f"{url}/api/3", headers={"Api-Token": DEFAULT_API_KEY}, timeout=10
+        ) as api,
+    ):
+        yield Ac(url, sandbox.state.sandbox, http, api)
+
+
+@pytest.fixture
+async def client(ac: Ac) -> AsyncIterator[ActiveCampaignClient]:
+    async with httpx.AsyncHTTPTransport() as transport:
+        yield ActiveCampaignClient(
+            transport,
+            api_url=ac.url,
+            api_key=DEFAULT_API_KEY,
+            timeout=10,
+            import_poll=(0.05, 0.1),
+        )
+
+
+def payload(email: str, **kw: Any) -> ContactPayload:
+    """A payload with our usual defaults (a new person subscribes)."""
+    kw.setdefault("fields", {})
+    kw.setdefault("consent_if_new", "subscribed")
+    return ContactPayload(email_address=email, **kw)

@@ -1,0 +1,96 @@
+"""Backlogs through `import/bulk_import` against the sandbox: chunks, polling, per-contact
+refusals, consent decided per person afterwards, the fallback without a bulk importer."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.providers.activecampaign.client import ActiveCampaignClient, _chunks
+from app.providers.base import ErrorKind, RemoteStatus
+from tests.providers.activecampaign.conftest import LIST, Ac, payload
+
+
+def people(n: int, prefix: str = "bulk") -> list:
+    return [
+        payload(f"{prefix}{i}@example.com", fields={"firstName": f"N{i}", "lastName": "B"})
+        for i in range(n)
+    ]
+
+
+class TestBulkImport:
+    async def test_a_backlog_lands_subscribed_in_few_requests(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        outcomes = await client.batch_upsert(LIST, people(40))
+        assert all(o.state is not None and o.error is None for o in outcomes)
+        assert {o.state.status for o in outcomes if o.state} == {RemoteStatus.subscribed}
+        assert all(o.state.refs.get("created") for o in outcomes if o.state)
+        dump = await ac.dump()
+        assert len(dump) == 40 and {p["lists"][LIST]["status"] for p in dump} == {1}
+        assert {p["first_name"] for p in dump} == {f"N{i}" for i in range(40)}
+        requests = await ac.requests()
+        assert len(requests) < 20  # not 3 a person
+        assert not [r for r in requests if r["path"].endswith("/contactLists")]
+
+    async def test_nobody_unsubscribed_or_bounced_is_subscribed_again(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        await client.batch_upsert(LIST, people(12))
+        await ac.act("unsubscribe", "bulk1@example.com")
+        await ac.act("bounce", "bulk2@example.com")
+        again = [payload(p.email_address, fields={"firstName": "Z"}) for p in people(12)]
+        outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, again)}
+        for key in ("bulk1@example.com", "bulk2@example.com"):
+            assert outcomes[key].error is not None
+            assert outcomes[key].error.kind is ErrorKind.compliance
+        dump = {p["email"]: p for p in await ac.dump()}
+        assert dump["bulk1@example.com"]["lists"][LIST]["status"] == 2
+        assert dump["bulk2@example.com"]["lists"][LIST]["status"] == 3
+        assert all(p["lists"][LIST]["resubscribed"] == 0 for p in dump.values())
+        assert dump["bulk3@example.com"]["first_name"] == "Z"
+
+    async def test_a_refused_address_is_rejected_the_rest_land(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        batch = people(11)
+        batch.insert(4, payload("broken@example"))
+        outcomes = await client.batch_upsert(LIST, batch)
+        bad = [o for o in outcomes if o.error is not None]
+        assert [o.email_key for o in bad] == ["broken@example"]
+        assert bad[0].error is not None and bad[0].error.kind is ErrorKind.invalid_email
+        assert len(await ac.dump()) == 11
+
+    async def test_without_a_bulk_importer_everyone_goes_alone(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        await ac.configure(bulk_import_enabled=False)
+        outcomes = await client.batch_upsert(LIST, people(12))
+        assert all(o.state is not None for o in outcomes)
+        assert len(await ac.dump()) == 12
+
+    @pytest.mark.parametrize("form", ["false", "status_false"])
+    async def test_an_early_false_from_import_info_is_waited_out(
+        self, ac: Ac, client: ActiveCampaignClient, form: str
+    ) -> None:
+        await ac.configure(import_info_false_seconds=0.2, import_info_false_form=form)
+        outcomes = await client.batch_upsert(LIST, people(10))
+        assert all(o.state is not None for o in outcomes)
+
+    async def test_a_few_go_through_contact_sync(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        outcomes = await client.batch_upsert(LIST, people(3))
+        assert all(o.state is not None for o in outcomes)
+        imports = (await ac.http.get("/_control/imports")).json()["imports"]
+        assert imports == []
+
+
+def test_chunks_respect_count_and_bytes() -> None:
+    items = [{"email": f"{i}@example.com"} for i in range(600)]
+    assert [len(c) for c in _chunks(items)] == [250, 250, 100]
+    big = [{"email": f"{i}@example.com", "x": "y" * 3000} for i in range(300)]
+    chunks = _chunks(big)
+    import orjson
+
+    assert all(len(orjson.dumps({"contacts": c})) < 400_000 for c in chunks)
+    assert sum(len(c) for c in chunks) == 300
