@@ -5,7 +5,9 @@ tombstone flag, and gets back a Plan. Nothing here ever turns an unsubscribed, c
 forgotten person back into a subscriber: only a local re-opt-in made *after* the provider's
 change becomes `pending` — the provider's confirmation path (Mailchimp's double opt-in email,
 Constant Contact's resubscribe email); where the provider has none (`reoptin == "none"`) the
-person stays unsubscribed. Fields come from the provider's `MappingConfig` (its field rules).
+wish goes as `subscribed` and the provider's client refuses it for an opt-out the person made,
+so they stay unsubscribed and the contact's sync says why. Fields come from the provider's
+`MappingConfig` (its field rules).
 """
 
 from __future__ import annotations
@@ -227,8 +229,10 @@ def _plan_contact(
     remote_at = mirror.get("remote_changed_at") if mirror else None
     if consent:
         if remote == "unsubscribed" and _later(changed_at, remote_at):
-            # The only way back after an unsubscribe: the provider's confirmation path.
-            status = "pending" if cfg.reoptin != "none" else None
+            # The only way back after an unsubscribe: the provider's confirmation path. Where
+            # it has none, the wish is still sent: the client refuses it (compliance, the
+            # contact's sync says `blocked` and why) or lifts only an opt-out of our own.
+            status = "pending" if cfg.reoptin != "none" else "subscribed"
         elif remote == "transactional" and _later(changed_at, remote_at):
             status = new_status
     elif remote in CONSENTED:

@@ -93,7 +93,7 @@ class TestIntegrationList:
         assert [(i["provider"], i["available"], i["connected"]) for i in items] == [
             ("mailchimp", True, False),
             ("constantcontact", True, False),
-            ("activecampaign", False, False),
+            ("activecampaign", True, False),
             ("mautic", False, False),
         ]
         assert items[0]["name"] == "Mailchimp"

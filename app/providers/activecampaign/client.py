@@ -642,18 +642,15 @@ class ActiveCampaignClient:
         member: ContactPayload,
         *,
         current: int | None,
-        first_push: bool,
+        wants: bool,
     ) -> int | None:
         """Make our list's status say what the payload asks; the status it now has.
 
-        Only a person new to our list is ever given status 1; a 2 or 3 refuses any wish to
-        subscribe (`blocked`); an opt-out is a 2 (a bounce stays a 3).
+        `wants` is true when the CRM holds the person as consenting (an upsert). Only a
+        person new to our list is ever given status 1; at 2 or 3 a consenting contact is
+        refused (`blocked`: ActiveCampaign has no confirmation path, and a 1 would silently
+        re-subscribe them); an opt-out is a 2 (a bounce stays a 3).
         """
-        wants = member.consent in ("subscribed", "pending") or (
-            member.consent is None
-            and (current is None or first_push)
-            and member.consent_if_new in ("subscribed", "pending")
-        )
         if current is None:
             if wants:
                 await self._set_status(contact_id, audience_id, ACTIVE)
@@ -667,6 +664,13 @@ class ActiveCampaignClient:
             await self._set_status(contact_id, audience_id, UNSUBSCRIBED)
             return UNSUBSCRIBED
         return current
+
+    @staticmethod
+    def _wants(member: ContactPayload) -> bool:
+        """An upsert's payload: the CRM holds the person as consenting (unless it says not)."""
+        if member.consent is not None:
+            return member.consent in ("subscribed", "pending")
+        return member.consent_if_new in ("subscribed", "pending")
 
     def _member(
         self,
@@ -698,9 +702,8 @@ class ActiveCampaignClient:
         contact, created = await self._sync(member)
         cid = str(contact["id"])
         current = None if created else await self._list_status(cid, audience_id)
-        first_push = remote is None or not remote.refs.get("list")
         status = await self._consent(
-            cid, audience_id, member, current=current, first_push=first_push
+            cid, audience_id, member, current=current, wants=self._wants(member)
         )
         refs: dict[str, Any] = dict(remote.refs) if remote is not None else {}
         if remote is not None and remote.remote_id and remote.remote_id != cid:
@@ -741,7 +744,9 @@ class ActiveCampaignClient:
             raise PermanentError(ErrorKind.not_found, "no ActiveCampaign contact has this address")
         contact = await self._put(cid, member, op="update")
         current = await self._list_status(cid, audience_id)
-        status = await self._consent(cid, audience_id, member, current=current, first_push=False)
+        status = await self._consent(
+            cid, audience_id, member, current=current, wants=member.consent in ("subscribed",)
+        )
         refs: dict[str, Any] = dict(remote.refs) if remote is not None else {}
         if status is not None:
             refs["list"] = audience_id
@@ -796,7 +801,9 @@ class ActiveCampaignClient:
             )
         contact = await self._put(cid, member, op="move")
         current = await self._list_status(cid, audience_id)
-        status = await self._consent(cid, audience_id, member, current=current, first_push=False)
+        status = await self._consent(
+            cid, audience_id, member, current=current, wants=member.consent in ("subscribed",)
+        )
         refs: dict[str, Any] = dict(remote.refs) if remote is not None else {}
         if status is not None:
             refs["list"] = audience_id
@@ -1158,13 +1165,12 @@ class ActiveCampaignClient:
             cid = str(contact["id"])
             created = _int(cid) >= first_new
             current = on_list.get(cid)
-            wish = member.consent or member.consent_if_new
-            if current is None and wish in ("subscribed", "pending"):
+            if current is None and self._wants(member):
                 subscribe.append(key)
                 continue
             try:
                 status = await self._consent(
-                    cid, audience_id, member, current=current, first_push=True
+                    cid, audience_id, member, current=current, wants=self._wants(member)
                 )
             except PermanentError as exc:
                 outcomes[key].error = exc

@@ -183,7 +183,7 @@ class ActiveCampaignConnect:
 
     def sandbox(self, settings: Settings) -> bool:
         """True when ActiveCampaign traffic goes to the built-in emulator."""
-        return settings.ACTIVECAMPAIGN_MODE is ActiveCampaignMode.sandbox
+        return ActiveCampaignMode.sandbox == settings.ACTIVECAMPAIGN_MODE
 
     def timeout(self, settings: Settings) -> float:
         """Seconds an ActiveCampaign request may take."""

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.config import ActiveCampaignMode
 from app.providers.activecampaign.client import ActiveCampaignClient
 from app.providers.base import ContactPayload
 from app.sandbox.activecampaign import DEFAULT_API_KEY, DEFAULT_LIST_ID, AcConfig, create_app
@@ -55,9 +56,7 @@ class Ac:
         return body.get("requests", body) if isinstance(body, dict) else body  # type: ignore[no-any-return]
 
     async def new_list(self, name: str) -> str:
-        response = await self.http.post(
-            "/_control/accounts/sandbox/lists", json={"name": name}
-        )
+        response = await self.http.post("/_control/accounts/sandbox/lists", json={"name": name})
         assert response.status_code in (200, 201), response.text
         body = response.json()
         return str((body.get("list") or body)["id"])
@@ -98,3 +97,75 @@ def payload(email: str, **kw: Any) -> ContactPayload:
     kw.setdefault("fields", {})
     kw.setdefault("consent_if_new", "subscribed")
     return ContactPayload(email_address=email, **kw)
+
+
+# --- the service over TCP (ActiveCampaign's deliveries must reach it) ------------------------
+
+FIELD_MAP = {
+    "activecampaign": {
+        "custom_fields.dietary": {"field": "DIETARY", "type": "list", "label": "Dietary"},
+        "custom_fields.badge_name": {"field": "BADGE_NAME", "label": "Badge name"},
+    }
+}
+
+
+@dataclass
+class Service:
+    """The service on a real port, and its settings."""
+
+    url: str
+    http: httpx.AsyncClient
+    settings: Any
+    auth: Any
+
+    async def connect(self, ac: Ac, owner: str = "owner-a", **body: Any) -> httpx.Response:
+        return await self.http.post(
+            "/api/integrations/activecampaign/credentials",
+            json={"api_url": ac.url, "api_key": DEFAULT_API_KEY, **body},
+            headers=self.auth(owner),
+        )
+
+    async def create(self, owner: str = "owner-a", **contact: Any) -> dict[str, Any]:
+        contact.setdefault("newsletter_opt_in", True)
+        r = await self.http.post("/api/contacts", json=contact, headers=self.auth(owner))
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def patch(self, contact_id: str, owner: str = "owner-a", **changes: Any) -> None:
+        r = await self.http.patch(
+            f"/api/contacts/{contact_id}", json=changes, headers=self.auth(owner)
+        )
+        assert r.status_code == 200, r.text
+
+    async def get(self, contact_id: str, owner: str = "owner-a") -> dict[str, Any]:
+        r = await self.http.get(f"/api/contacts/{contact_id}", headers=self.auth(owner))
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def service(settings: Any, runtime: Any, auth: Any, ac: Ac) -> AsyncIterator[Service]:
+    from app.fieldmap import load_field_map
+    from app.main import create_app
+    from tests.support.servers import free_port
+
+    port = free_port()
+    configured = settings.model_copy(
+        update={
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+            "FIELD_MAP": load_field_map(FIELD_MAP),
+            "ACTIVECAMPAIGN_MODE": ActiveCampaignMode.sandbox,
+            "ACTIVECAMPAIGN_SANDBOX_URL": ac.url,
+            "ACTIVECAMPAIGN_TIMEOUT_SECONDS": 5.0,
+            "MAILCHIMP_TIMEOUT_SECONDS": 5.0,
+            "SYNC_BACKOFF_BASE_SECONDS": 0.05,
+            "SYNC_BACKOFF_MAX_SECONDS": 0.5,
+            "SYNC_POLL_INTERVAL_SECONDS": 0.2,
+        }
+    )
+    app = create_app(configured, runtime=runtime)
+    async with (
+        run_server(app, port=port) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        yield Service(url=url, http=http, settings=configured, auth=auth)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -80,17 +82,21 @@ class TestUpsert:
     ) -> None:
         m = await client.upsert_member(LIST, payload("u@example.com"))
         await ac.act("unsubscribe", "u@example.com")
-        # A field edit with consent left alone: stays unsubscribed, no error.
-        again = await client.upsert_member(
-            LIST, payload("u@example.com", fields={"firstName": "U"}), remote=ref(m)
+        # An edit of a contact the CRM holds as opted out: stays unsubscribed, no error.
+        again = await client.update_member(
+            LIST,
+            payload("u@example.com", fields={"firstName": "U"}, consent_if_new="unsubscribed"),
+            remote=ref(m),
         )
         assert again.status == RemoteStatus.unsubscribed
-        # An explicit wish to subscribe is refused: ActiveCampaign has no way back.
-        with pytest.raises(PermanentError) as err:
-            await client.upsert_member(
-                LIST, payload("u@example.com", consent="subscribed"), remote=ref(m)
-            )
-        assert err.value.kind is ErrorKind.compliance and "blocked" in err.value.message
+        # A consenting contact (an upsert, with or without an explicit wish) is refused:
+        # ActiveCampaign has no way back, and a 1 would silently re-subscribe the person.
+        for consent in (None, "subscribed"):
+            with pytest.raises(PermanentError) as err:
+                await client.upsert_member(
+                    LIST, payload("u@example.com", consent=consent), remote=ref(m)
+                )
+            assert err.value.kind is ErrorKind.compliance and "blocked" in err.value.message
         person = await ac.person("u@example.com")
         assert person is not None
         assert person["lists"][LIST]["status"] == 2 and person["lists"][LIST]["resubscribed"] == 0
@@ -117,8 +123,10 @@ class TestUpsert:
     ) -> None:
         m = await client.upsert_member(LIST, payload("x@example.com"))
         await ac.act("bounce", "x@example.com")
-        again = await client.upsert_member(
-            LIST, payload("x@example.com", fields={"lastName": "X"}), remote=ref(m)
+        again = await client.update_member(
+            LIST,
+            payload("x@example.com", fields={"lastName": "X"}, consent_if_new="unsubscribed"),
+            remote=ref(m),
         )
         assert again.status == RemoteStatus.cleaned
         with pytest.raises(PermanentError):
@@ -243,7 +251,9 @@ class TestMoveArchiveForget:
         self, ac: Ac, client: ActiveCampaignClient
     ) -> None:
         m = await client.upsert_member(LIST, payload("old@example.com"))
-        moved = await client.move_member(LIST, "old@example.com", payload("new@example.com"), remote=ref(m))
+        moved = await client.move_member(
+            LIST, "old@example.com", payload("new@example.com"), remote=ref(m)
+        )
         assert moved.remote_id == m.remote_id and moved.status == RemoteStatus.subscribed
         assert await ac.person("old@example.com") is None
         assert await ac.person("new@example.com") is not None
@@ -254,7 +264,9 @@ class TestMoveArchiveForget:
         m = await client.upsert_member(LIST, payload("one@example.com"))
         await client.upsert_member(LIST, payload("two@example.com"))
         with pytest.raises(PermanentError) as err:
-            await client.move_member(LIST, "one@example.com", payload("two@example.com"), remote=ref(m))
+            await client.move_member(
+                LIST, "one@example.com", payload("two@example.com"), remote=ref(m)
+            )
         assert err.value.kind is ErrorKind.member_exists
 
     async def test_archive_deletes_only_our_list_only_contact(
@@ -266,8 +278,12 @@ class TestMoveArchiveForget:
         other = await ac.new_list("Other")
         await ac.act("signup", "theirs@example.com", list_id=other)
         theirs = await client.upsert_member(LIST, payload("theirs@example.com"))
-        await client.update_tags(LIST, "theirs@example.com", add=["y"], remove=[], remote=ref(theirs))
-        tagged = await client.update_tags(LIST, "theirs@example.com", add=[], remove=[], remote=ref(theirs))
+        await client.update_tags(
+            LIST, "theirs@example.com", add=["y"], remove=[], remote=ref(theirs)
+        )
+        tagged = await client.update_tags(
+            LIST, "theirs@example.com", add=[], remove=[], remote=ref(theirs)
+        )
         assert tagged is None
         person = await ac.person("theirs@example.com")
         assert person is not None
@@ -295,7 +311,9 @@ class TestPages:
         self, ac: Ac, client: ActiveCampaignClient
     ) -> None:
         for i in range(5):
-            await client.upsert_member(LIST, payload(f"p{i}@example.com", fields={"firstName": f"P{i}"}))
+            await client.upsert_member(
+                LIST, payload(f"p{i}@example.com", fields={"firstName": f"P{i}"})
+            )
         await ac.act("unsubscribe", "p1@example.com")
         await ac.act("bounce", "p2@example.com")
         await ac.act("status", "p3@example.com", status=0)
@@ -317,7 +335,7 @@ class TestPages:
         await client.upsert_member(LIST, payload("early@example.com"))
         await ac.http.post("/_control/clock", json={"advance_seconds": 3600})
         page = await client.list_members(LIST, count=1000)
-        since = max(m.last_changed for m in page.members if m.last_changed) 
+        since = max(m.last_changed for m in page.members if m.last_changed)
         assert since is not None
         await ac.http.post("/_control/clock", json={"advance_seconds": 60})
         await ac.act("unsubscribe", "early@example.com")
@@ -332,11 +350,12 @@ class TestPages:
 
 
 class TestErrors:
-    async def test_429_is_throttled_with_retry_after(self, ac: Ac, client: ActiveCampaignClient) -> None:
+    async def test_429_is_throttled_with_retry_after(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
         await ac.configure(rate_limit_per_second=1)
         with pytest.raises(ThrottledError) as err:
-            for _ in range(5):
-                await client.ping()
+            await asyncio.gather(*(client.ping() for _ in range(5)))
         assert err.value.retry_after is not None and err.value.status == 429
 
     async def test_503_at_the_limit_is_throttled_and_an_outage_transient(
@@ -344,15 +363,16 @@ class TestErrors:
     ) -> None:
         await ac.configure(rate_limit_per_second=1, rate_limit_status=503)
         with pytest.raises(ThrottledError) as err:
-            for _ in range(5):
-                await client.ping()
+            await asyncio.gather(*(client.ping() for _ in range(5)))
         assert err.value.status == 503
         await ac.configure(rate_limit_per_second=10_000, fault_rates={"503": 1.0})
         with pytest.raises(TransientError):
             await client.list_audiences()
 
     @pytest.mark.parametrize("body", ["html", "empty"])
-    async def test_5xx_bodies_are_transient(self, ac: Ac, client: ActiveCampaignClient, body: str) -> None:
+    async def test_5xx_bodies_are_transient(
+        self, ac: Ac, client: ActiveCampaignClient, body: str
+    ) -> None:
         await ac.configure(error_body_5xx=body, fault_rates={"500": 1.0})
         with pytest.raises(TransientError):
             await client.upsert_member(LIST, payload("e@example.com"))

@@ -1,0 +1,223 @@
+"""The flows a user meets with ActiveCampaign, end to end: the service and the sandbox over
+real HTTP, real PostgreSQL, the worker draining the queue, the sandbox at its real 5/s."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from app.main import Runtime
+from app.sandbox.activecampaign import DEFAULT_API_KEY
+from tests.conftest import fetch
+from tests.connections.conftest import drain as drain_once
+from tests.connections.conftest import run_reconcile
+from tests.providers.activecampaign.conftest import LIST, Ac, Service
+from tests.support.sync import wait_for
+
+
+async def drain(runtime: Runtime, settings: Any) -> None:
+    """Run the worker until nothing is owed (a throttled row waits out its short defer)."""
+
+    async def empty() -> bool:
+        await drain_once(runtime, settings)
+        rows = await fetch(runtime, "SELECT count(*) AS n FROM sync_queue WHERE state = 'ready'")
+        return int(rows[0]["n"]) == 0
+
+    await wait_for(empty, within=60, every=0.2)
+
+
+async def webhook_registered(runtime: Runtime) -> bool:
+    rows = await fetch(runtime, "SELECT webhook_id FROM connections")
+    return bool(rows and rows[0]["webhook_id"])
+
+
+async def connected(service: Service, ac: Ac, runtime: Runtime) -> dict[str, Any]:
+    r = await service.connect(ac)
+    assert r.status_code == 200, r.text
+    await wait_for(lambda: webhook_registered(runtime), within=20)
+    return dict(r.json())
+
+
+async def person(ac: Ac, email: str) -> dict[str, Any]:
+    found = await ac.person(email)
+    assert found is not None, email
+    return found
+
+
+async def polite(ac: Ac, path: str, body: dict[str, Any]) -> Any:
+    """A POST by another ActiveCampaign user, which waits out the account's 5/s like us."""
+    for _ in range(20):
+        r = await ac.api.post(path, json=body)
+        if r.status_code != 429:
+            assert r.status_code in (200, 201), r.text
+            return r
+        await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+    raise AssertionError("still throttled")
+
+
+def line(contact: dict[str, Any]) -> dict[str, Any]:
+    (sync,) = [s for s in contact["sync"] if s["provider"] == "activecampaign"]
+    return dict(sync)
+
+
+class TestConnect:
+    async def test_connect_checks_stores_encrypted_and_registers_the_webhook(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        body = await connected(service, ac, runtime)
+        assert body["connected"] is True and body["audience"]["id"] == LIST
+        assert DEFAULT_API_KEY not in str(body)
+        rows = await fetch(runtime, "SELECT credentials::text AS c, account_key FROM connections")
+        assert DEFAULT_API_KEY not in rows[0]["c"]
+        hooks = (await ac.http.get("/_control/accounts")).json()["accounts"][0]["webhooks"]
+        assert len(hooks) == 1 and hooks[0]["listid"] == LIST
+        assert "api" not in hooks[0]["sources"]
+        assert hooks[0]["url"].startswith(service.url + "/api/webhooks/activecampaign/")
+        # The field map's custom fields were created on connect.
+        fields = {f["perstag"] for f in (await ac.api.get("/fields")).json()["fields"]}
+        assert {"DIETARY", "BADGE_NAME"} <= fields
+
+    async def test_a_wrong_key_stores_nothing(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        r = await service.connect(ac, api_key="not-the-key-0000")
+        assert r.status_code == 422, r.text
+        assert await fetch(runtime, "SELECT id FROM connections") == []
+
+    async def test_several_lists_need_a_choice(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        other = await ac.new_list("Second")
+        r = await service.connect(ac)
+        assert r.status_code == 200, r.text
+        assert r.json()["audience"] is None
+        chosen = await service.http.put(
+            "/api/integrations/activecampaign/audience",
+            json={"audience_id": other},
+            headers=service.auth(),
+        )
+        assert chosen.status_code == 200, chosen.text
+
+
+class TestFlow:
+    async def test_contacts_fields_tags_unsubscribe_bounce_delete(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        await connected(service, ac, runtime)
+        await ac.configure(rate_limit_per_second=5)
+        await asyncio.sleep(1.1)  # the connect's own requests leave the sliding second
+        await ac.http.delete("/_control/requests")
+        ada = await service.create(
+            email="ada@example.com",
+            first_name="Ada",
+            tags=["vip"],
+            custom_fields={"dietary": "vegan;nut free", "badge_name": "Ada L."},
+        )
+        bob = await service.create(email="bob@example.com", first_name="Bob")
+        await drain(runtime, service.settings)
+        p = await person(ac, "ada@example.com")
+        assert p["lists"][LIST]["status"] == 1 and p["first_name"] == "Ada"
+        values = {v["perstag"]: v["value"] for v in p["fields"].values()}
+        assert values == {"DIETARY": "||vegan||nut free||", "BADGE_NAME": "Ada L."}
+        assert set(p["tags"].values()) == {"vip"}
+        assert line(await service.get(ada["id"]))["status"] == "synced"
+
+        # A tag added at ActiveCampaign survives our updates, ours come and go.
+        tag = (await polite(ac, "/tags", {"tag": {"tag": "speaker"}})).json()["tag"]
+        await polite(ac, "/contactTags", {"contactTag": {"contact": p["id"], "tag": tag["id"]}})
+        await service.patch(ada["id"], first_name="Ada B.", tags=["member"])
+        await drain(runtime, service.settings)
+        p = await person(ac, "ada@example.com")
+        assert set(p["tags"].values()) == {"member", "speaker"}
+        assert p["first_name"] == "Ada B."
+
+        # Unsubscribe at ActiveCampaign reaches the contact; later edits never lift it.
+        await ac.act("unsubscribe", "ada@example.com")
+
+        async def opted_out() -> bool:
+            return (await service.get(ada["id"]))["newsletter_opt_in"] is False
+
+        await wait_for(opted_out, within=10)
+        await service.patch(ada["id"], first_name="Ada C.")
+        await drain(runtime, service.settings)
+        await service.patch(ada["id"], newsletter_opt_in=True)
+        await drain(runtime, service.settings)
+        p = await person(ac, "ada@example.com")
+        assert p["lists"][LIST]["status"] == 2 and p["lists"][LIST]["resubscribed"] == 0
+        assert p["first_name"] == "Ada C."
+        sync = line(await service.get(ada["id"]))
+        assert sync["error"] and sync["error"].startswith("blocked")
+
+        # A bounce reaches the contact's email status.
+        await ac.act("bounce", "bob@example.com")
+
+        async def bounced() -> bool:
+            return (await service.get(bob["id"]))["email_status"] == "bounced"
+
+        await wait_for(bounced, within=10)
+        await service.patch(bob["id"], first_name="Robert")
+        await drain(runtime, service.settings)
+        p = await person(ac, "bob@example.com")
+        assert p["lists"][LIST]["status"] == 3 and p["lists"][LIST]["resubscribed"] == 0
+
+        # Delete: a contact we created, on no other list, goes.
+        r = await service.http.delete(f"/api/contacts/{bob['id']}", headers=service.auth())
+        assert r.status_code == 204
+        await drain(runtime, service.settings)
+        assert await ac.person("bob@example.com") is None
+        # Never more than 5 requests a second from us: our only 429s are the ones the other
+        # user's requests (above) caused.
+        ours = [x for x in await ac.requests() if x["status"] == 429]
+        assert len(ours) <= 2
+
+    async def test_signup_creates_a_lead_and_email_change_moves(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        await connected(service, ac, runtime)
+        await ac.act("signup", "new@example.com", first_name="Nia")
+
+        async def lead() -> bool:
+            rows = await fetch(runtime, "SELECT kind, referral FROM contacts")
+            return bool(rows) and rows[0]["kind"] == "lead"
+
+        await wait_for(lead, within=10)
+        rows = await fetch(runtime, "SELECT referral, first_name FROM contacts")
+        assert rows[0]["referral"] == "activecampaign" and rows[0]["first_name"] == "Nia"
+
+        moved = await service.create(email="old@example.com")
+        await drain(runtime, service.settings)
+        before = await person(ac, "old@example.com")
+        await service.patch(moved["id"], email="renamed@example.com")
+        await drain(runtime, service.settings)
+        after = await person(ac, "renamed@example.com")
+        assert after["id"] == before["id"] and await ac.person("old@example.com") is None
+
+    async def test_sync_now_adopts_imports_opt_outs_and_disconnect_keeps_contacts(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        # People at ActiveCampaign before we connect: one matching, one who unsubscribed.
+        for email in ("same@example.com", "gone@example.com"):
+            await ac.act("signup", email, first_name="Same")
+        await ac.act("unsubscribe", "gone@example.com")
+        await service.create(email="same@example.com", first_name="Same")
+        await service.create(email="gone@example.com", first_name="Same")
+        await connected(service, ac, runtime)
+        r = await service.http.post("/api/integrations/activecampaign/sync", headers=service.auth())
+        assert r.status_code in (200, 202), r.text
+        await run_reconcile(runtime, service.settings)
+        await drain(runtime, service.settings)
+        rows = await fetch(runtime, "SELECT email, newsletter_opt_in FROM contacts ORDER BY email")
+        assert [(r["email"], r["newsletter_opt_in"]) for r in rows] == [
+            ("gone@example.com", False),
+            ("same@example.com", True),
+        ]
+        p = await person(ac, "gone@example.com")
+        assert p["lists"][LIST]["status"] == 2 and p["lists"][LIST]["resubscribed"] == 0
+
+        gone = await service.http.delete("/api/integrations/activecampaign", headers=service.auth())
+        assert gone.status_code == 204
+        hooks = (await ac.http.get("/_control/accounts")).json()["accounts"][0]["webhooks"]
+        assert hooks == []
+        assert len(await ac.dump()) == 2  # the contacts stay at ActiveCampaign
+        again = await service.connect(ac)
+        assert again.status_code == 200
