@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -74,6 +75,11 @@ IMPORT_MAX_WAIT = 120.0
 # early, so whichever zone the API reads it in, nothing changed since `since` is missed.
 UPDATED_AFTER_MARGIN = timedelta(hours=14)
 USER_AGENT = "audience-sync/0.1"
+# Inside a backlog every request is idempotent (an import is an upsert by address, reads are
+# reads, a 1 goes only to people on no status of our list): a passing failure is asked again
+# here, since one lost answer would otherwise send the whole batch round again.
+BATCH_RETRIES = (0.1, 0.3, 0.9, 2.0)
+_patient: contextvars.ContextVar[bool] = contextvars.ContextVar("ac_patient", default=False)
 
 
 class BulkUnavailable(Exception):
@@ -265,6 +271,31 @@ class ActiveCampaignClient:
         return response
 
     async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        json: Any = None,
+        params: Any = None,
+        need_body: bool = True,
+    ) -> tuple[int, Any]:
+        """One request; within a backlog (`_patient`) a transient failure is retried a few
+        times in place (every backlog request is idempotent)."""
+        # Never a status change: a 1 asked again could meet a person who just unsubscribed.
+        delays = BATCH_RETRIES if _patient.get() and op != "membership" else ()
+        for delay in (*delays, None):
+            try:
+                return await self._request_once(
+                    method, path, op=op, json=json, params=params, need_body=need_body
+                )
+            except TransientError:
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request_once(
         self,
         method: str,
         path: str,
@@ -998,6 +1029,13 @@ class ActiveCampaignClient:
             return []
         if len(members) < BULK_MIN_CONTACTS or not self._bulk_available:
             return await self._singles(audience_id, members)
+        token = _patient.set(True)
+        try:
+            return await self._bulk(audience_id, members)
+        finally:
+            _patient.reset(token)
+
+    async def _bulk(self, audience_id: str, members: list[ContactPayload]) -> list[BatchOutcome]:
         keys = [email_key(m.email_address) or m.email_address for m in members]
         outcomes = {k: BatchOutcome(email_key=k) for k in keys}
         try:
@@ -1011,7 +1049,11 @@ class ActiveCampaignClient:
             failed, ids = await self._import([item for _, _, item in items])
         except BulkUnavailable:
             self._bulk_available = False
-            return await self._singles(audience_id, members)
+            token = _patient.set(False)
+            try:
+                return await self._singles(audience_id, members)
+            finally:
+                _patient.reset(token)
         by_key: dict[str, ContactPayload] = {}
         for key, m, item in items:
             if str(item["email"]).lower() in failed:
