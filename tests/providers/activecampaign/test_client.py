@@ -395,3 +395,41 @@ class TestErrors:
         with pytest.raises(PermanentError) as err:
             await client.upsert_member(LIST, payload("not-an-email"))
         assert err.value.kind is ErrorKind.invalid_email
+
+
+class TestErrorShapes:
+    """The error tree from bodies the sandbox has no knob for (pure, no HTTP)."""
+
+    def test_both_shapes_and_the_bulk_rate_body(self) -> None:
+        from app.providers.activecampaign.client import error_from
+
+        dup = {
+            "errors": [
+                {
+                    "title": "Email address already exists in the system",
+                    "code": "duplicate",
+                    "source": {"pointer": "/data/attributes/email"},
+                }
+            ]
+        }
+        e = error_from(422, dup, {}, op="move", json=True)
+        assert isinstance(e, PermanentError) and e.kind is ErrorKind.member_exists
+        e = error_from(
+            404, {"message": "No Result found for _List with id 4"}, {}, op="x", json=True
+        )
+        assert isinstance(e, AudienceMissing)
+        e = error_from(
+            404,
+            {"errors": [{"title": "Not Found", "detail": "Contact not found"}]},
+            {},
+            op="x",
+            json=True,
+        )
+        assert isinstance(e, PermanentError) and e.kind is ErrorKind.not_found
+        e = error_from(422, {"errors": "Bulk operation failed."}, {}, op="fields", json=True)
+        assert isinstance(e, PermanentError) and "Bulk operation failed." in e.message
+        rate = {"success": 0, "message": "Rate limit exceeded.", "failureReasons": ["Up to 100"]}
+        e = error_from(400, rate, {"retry-after": "60"}, op="bulk_import", json=True)
+        assert isinstance(e, ThrottledError) and e.retry_after == 60.0
+        assert isinstance(error_from(402, {}, {}, op="x", json=True), AuthError)
+        assert isinstance(error_from(404, None, {}, op="x", json=False), TransientError)

@@ -221,3 +221,58 @@ class TestFlow:
         assert len(await ac.dump()) == 2  # the contacts stay at ActiveCampaign
         again = await service.connect(ac)
         assert again.status_code == 200
+
+
+class TestPullAndTenants:
+    async def test_the_pull_brings_what_a_lost_delivery_missed(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        from app.sync.engine import SyncEngine
+        from app.sync.pull import pull_connection
+
+        await connected(service, ac, runtime)
+        ada = await service.create(email="ada@example.com")
+        bob = await service.create(email="bob@example.com")
+        await drain(runtime, service.settings)
+        # Our receiver is gone (the hook deleted): ActiveCampaign never retries a delivery.
+        for hook in (await ac.api.get("/webhooks")).json()["webhooks"]:
+            await ac.api.delete(f"/webhooks/{hook['id']}")
+        await ac.act("unsubscribe", "ada@example.com")
+        await ac.act("bounce", "bob@example.com")
+        assert (await service.get(ada["id"]))["newsletter_opt_in"] is True
+        engine = SyncEngine(runtime.engine, service.settings)
+        stop = asyncio.Event()
+        slots = asyncio.create_task(engine.slots.run(stop))
+        try:
+            (conn,) = await fetch(runtime, "SELECT id FROM connections")
+            result = await pull_connection(engine, conn["id"])
+        finally:
+            stop.set()
+            engine.slots.wake.set()
+            await slots
+            await engine.aclose()
+        assert result is not None and result.outcomes["applied"] == 2
+        assert (await service.get(ada["id"]))["newsletter_opt_in"] is False
+        assert (await service.get(bob["id"]))["email_status"] == "bounced"
+        writes = [r for r in await ac.requests() if r["method"] != "GET"]
+        assert not [r for r in writes if r["path"].endswith("/contactLists")][2:]
+
+    async def test_two_owners_two_accounts_never_mix(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        created = await ac.http.post(
+            "/_control/accounts", json={"id": "other", "api_key": "other0key" + "1" * 55}
+        )
+        assert created.status_code == 201, created.text
+        other_key = created.json()["api_key"]
+        other_list = created.json()["lists"][0]["id"]
+        await connected(service, ac, runtime)
+        r = await service.connect(ac, owner="owner-b", api_key=other_key)
+        assert r.status_code == 200, r.text
+        await service.create(email="a@example.com")
+        await service.create(owner="owner-b", email="b@example.com")
+        await drain(runtime, service.settings)
+        assert [p["email"] for p in await ac.dump()] == ["a@example.com"]
+        assert [p["email"] for p in await ac.dump(other_list)] == ["b@example.com"]
+        keys = await fetch(runtime, "SELECT DISTINCT account_key FROM connections")
+        assert len(keys) == 1  # one account URL: the 5/s is the account's, shared
