@@ -928,8 +928,8 @@ class ActiveCampaignClient:
     ) -> MemberPage:
         """Up to `count` contacts of our list from `offset`, by id, with their list status
         (pages of 100); since a time by `filters[updated_after]` (sent early by the widest
-        zone offset, then filtered here by `udate`). Fields are the record's own attributes;
-        tags are not read (ours are in the mirror)."""
+        zone offset: a few more contacts read, none missed). Fields are the record's own
+        attributes; tags are not read (ours are in the mirror)."""
         members: list[RemoteMember] = []
         total = 0
         position = offset
@@ -952,9 +952,8 @@ class ActiveCampaignClient:
                 break
             statuses = await self._statuses(audience_id, [str(c["id"]) for c in contacts])
             for c in contacts:
-                changed = parse_time(c.get("udate") or c.get("cdate"))
-                if since_last_changed and changed and changed < since_last_changed:
-                    continue
+                # Not filtered by `udate` here: the pull pages by what it is given, and a
+                # status it already holds is no news to it.
                 members.append(
                     self._member(c, statuses.get(str(c["id"])), email="", created=False, refs={})
                 )
@@ -963,7 +962,6 @@ class ActiveCampaignClient:
                 break
         if since_last_changed is not None:
             members.sort(key=lambda m: m.last_changed or datetime.min.replace(tzinfo=UTC))
-            # Filtered here: the total the pull pages against is what the API counted.
         if status is not None:
             members = [m for m in members if m.status == status]
         return MemberPage(members=members, total_items=total)
