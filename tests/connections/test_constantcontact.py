@@ -22,6 +22,9 @@ from app.main import Runtime
 from app.providers import registry
 from app.sandbox.constantcontact import (
     DEFAULT_LIST_ID,
+    LONG_LIVED_CLIENT_ID,
+    LONG_LIVED_CLIENT_SECRET,
+    PKCE_CLIENT_ID,
     ROTATING_CLIENT_ID,
     ROTATING_CLIENT_SECRET,
     SandboxConfig,
@@ -161,6 +164,59 @@ class TestConnect:
         assert await fetch(runtime, "SELECT id FROM connections") == []
 
 
+@pytest.mark.parametrize(
+    ("knob", "pkce", "client"),
+    [
+        ("allowed", True, "rotating"),
+        ("required", True, "rotating"),
+        ("forbidden", False, "rotating"),
+        ("allowed", True, "long_lived"),
+        ("allowed", True, "public"),
+    ],
+)
+async def test_the_popup_under_every_pkce_rule_and_app_kind(
+    serve: Callable[..., Any],
+    cc: CCSandbox,
+    runtime: Runtime,
+    knob: str,
+    pkce: bool,
+    client: str,
+) -> None:
+    """PKCE on a confidential app is unverified (reference §0.3): CONSTANTCONTACT_PKCE follows
+    the app; a public PKCE app has no secret; long-lived apps hand the same refresh token."""
+    await cc.configure(pkce_on_confidential=knob, id_token="always")
+    ids = {
+        "rotating": (ROTATING_CLIENT_ID, ROTATING_CLIENT_SECRET),
+        "long_lived": (LONG_LIVED_CLIENT_ID, LONG_LIVED_CLIENT_SECRET),
+        "public": (PKCE_CLIENT_ID, ""),
+    }[client]
+    async with serve(
+        CONSTANTCONTACT_SANDBOX_URL=cc.base,
+        CONSTANTCONTACT_CLIENT_ID=ids[0],
+        CONSTANTCONTACT_CLIENT_SECRET=SecretStr(ids[1]),
+        CONSTANTCONTACT_PKCE=pkce,
+    ) as svc:
+        url = await connect(svc)
+        assert ("code_challenge=" in url) is (pkce or client == "public")
+        assert (await status(svc))["status"] == "active"
+        row = await connection(runtime)
+        creds = decrypt_credentials(svc.settings, row["credentials"])
+        creds["expires_at"] = 0
+        await fetch(
+            runtime,
+            "UPDATE connections SET credentials = :c WHERE id = :id",
+            c=encrypt_credentials(svc.settings, creds),
+            id=row["id"],
+        )
+        await add_contact(svc, "pk@example.com")
+        await drain(runtime, svc.settings)  # renews first, then sends
+        assert "pk@example.com" in await cc.dump()
+        renewed = decrypt_credentials(svc.settings, (await connection(runtime))["credentials"])
+        assert renewed["access_token"] != creds["access_token"]
+        same = renewed["refresh_token"] == creds["refresh_token"]
+        assert same is (client == "long_lived")
+
+
 class TestSync:
     async def test_contacts_appear_unsubscribes_come_back_and_are_never_reversed(
         self, ccservice: Service, cc: CCSandbox, runtime: Runtime
@@ -206,6 +262,38 @@ class TestSync:
         assert lead["first_name"] == "Nia" and lead["newsletter_opt_in"] is True
         moved = await fetch(runtime, "SELECT email FROM contacts WHERE first_name = 'Bo'")
         assert moved == [{"email": "bo2@example.com"}]
+
+    async def test_a_backlog_goes_by_import_and_later_edits_find_the_contacts(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        for i in range(60):
+            await add_contact(ccservice, f"bulk{i}@example.com", first_name=f"B{i}")
+        await cc.http.delete("/_control/requests")
+        await drain(runtime, ccservice.settings)
+        log = [
+            f"{r['method']} {r['path']}"
+            for r in (await cc.http.get("/_control/requests")).json()["requests"]
+        ]
+        assert log.count("POST /v3/activities/contacts_json_import") >= 1
+        assert len(log) <= 10, log  # 60 people in a handful of requests, not 120
+        people = await cc.dump()
+        assert all(
+            DEFAULT_LIST_ID in people[f"bulk{i}@example.com"]["list_memberships"] for i in range(60)
+        )
+        # An edit of one of them later: the contact is found (its id learnt) and updated.
+        bulk = await contact(runtime, "bulk7@example.com")
+        r = await ccservice.http.patch(
+            f"/api/contacts/{bulk['id']}", json={"last_name": "Later"}, headers=ccservice.auth()
+        )
+        assert r.status_code == 200, r.text
+        await drain(runtime, ccservice.settings)
+        stored = (await cc.dump())["bulk7@example.com"]
+        assert stored["last_name"] == "Later" and stored["first_name"] == "B7"
+        (mirror,) = await fetch(
+            runtime, "SELECT remote_id FROM sync_state WHERE email_key = 'bulk7@example.com'"
+        )
+        assert mirror["remote_id"] == stored["contact_id"]
 
     async def test_sync_now_and_disconnect(
         self, ccservice: Service, cc: CCSandbox, runtime: Runtime
@@ -270,10 +358,12 @@ class TestTokens:
         )
         assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
 
+    @pytest.mark.parametrize("revoke", [False, True])
     async def test_tokens_expiring_every_few_seconds_under_several_workers(
-        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime, revoke: bool
     ) -> None:
-        await cc.configure(access_token_ttl_seconds=3)
+        # Whether a refresh revokes the old access tokens is unverified: both ways hold.
+        await cc.configure(access_token_ttl_seconds=3, revoke_access_on_refresh=revoke)
         await connect(ccservice)
         for i in range(6):
             await add_contact(ccservice, f"t{i}@example.com")

@@ -65,7 +65,7 @@ EMAIL_READ_ONLY = frozenset(
 )
 # Activities end in one of these states (reference §3).
 FINAL_STATES = frozenset({"completed", "cancelled", "failed", "timed_out"})
-ACTIVITY_POLL_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+ACTIVITY_POLL_SECONDS = (0.5, 1.0, 2.0, 5.0)
 ACTIVITY_TIMEOUT_SECONDS = 600.0
 
 
@@ -803,6 +803,28 @@ class ConstantContactClient:
         if done.get("state") != "completed":
             raise TransientError(f"the import activity ended {done.get('state')}")
         wanted = {email_key(m.email_address) or m.email_address: m for m in members}
+        raw = done.get("status")
+        counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        clean = not int(counts.get("cannot_add_to_list_count") or 0) and not int(
+            counts.get("error_count") or 0
+        )
+        if clean and not any(m.tags for m in members) and not done.get("activity_errors"):
+            # Everyone is on our list: no page is read back (the quota is the bottleneck).
+            # Their ids are learnt on their next update (a POST's 409 names the contact).
+            return {
+                key: BatchOutcome(
+                    key,
+                    state=RemoteMember(
+                        email_address=m.email_address,
+                        remote_id="",
+                        status=RemoteStatus.subscribed.value,
+                        tags=[],
+                        last_changed=started,
+                        fields=dict(m.fields),
+                    ),
+                )
+                for key, m in wanted.items()
+            }
         found: dict[str, dict[str, Any]] = {}
         since = started.replace(microsecond=0).timestamp() - 2
         url: str | None = "/contacts"
