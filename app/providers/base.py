@@ -31,13 +31,19 @@ ProviderError
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import httpx
+
+from app import metrics
 
 if TYPE_CHECKING:
     import httpx
@@ -363,6 +369,58 @@ class RequestLimiter(Protocol):
         `op` is the client's label of the request; a spec's `EndpointRate` with that `op`
         applies to it besides the account's and the application's limits.
         """
+
+
+async def send(
+    transport: httpx.AsyncBaseTransport,
+    request: httpx.Request,
+    *,
+    provider: str,
+    op: str,
+    limiter: RequestLimiter | None,
+    timeout_seconds: float,
+) -> httpx.Response:
+    """One request on the wire, under the limiter's slot (held until the body is read).
+
+    The request carries its own timeouts (its extensions; `timeout_seconds` names them in the
+    message). Timeouts and connection errors become TransientError; the request's latency and those
+    outcomes are counted per provider and `op`. The caller counts the answer: `answered_ok`,
+    or `refused` with the error its status means.
+    """
+    slot = limiter.slot(op) if limiter is not None else contextlib.nullcontext()
+    start = time.perf_counter()
+    try:
+        async with slot:
+            response = await transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+    except httpx.TimeoutException as exc:
+        metrics.PROVIDER_REQUESTS.labels(provider, op, "timeout").inc()
+        message = f"timeout after {timeout_seconds:.0f}s ({type(exc).__name__})"
+        raise TransientError(message) from exc
+    except httpx.HTTPError as exc:
+        metrics.PROVIDER_REQUESTS.labels(provider, op, "connection_error").inc()
+        raise TransientError(f"connection error: {type(exc).__name__}: {exc}") from exc
+    finally:
+        metrics.PROVIDER_LATENCY.labels(provider, op).observe(time.perf_counter() - start)
+    return response
+
+
+def answered_ok(provider: str, op: str) -> None:
+    """Count a request the provider answered as asked."""
+    metrics.PROVIDER_REQUESTS.labels(provider, op, "ok").inc()
+
+
+def refused(provider: str, op: str, error: ProviderError) -> ProviderError:
+    """Count a request the provider refused, by the error's class (a throttle also as a
+    throttle event); the error, to raise."""
+    outcome = type(error).__name__.removesuffix("Error").lower()
+    metrics.PROVIDER_REQUESTS.labels(provider, op, outcome).inc()
+    if isinstance(error, ThrottledError):
+        metrics.THROTTLE_EVENTS.labels(provider).inc()
+    return error
 
 
 class ProviderClient(Protocol):

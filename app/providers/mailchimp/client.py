@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import re
-import time
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,7 +12,6 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from app import metrics
 from app.emailkey import email_key
 from app.providers.base import (
     Audience,
@@ -31,6 +28,9 @@ from app.providers.base import (
     RequestLimiter,
     ThrottledError,
     TransientError,
+    answered_ok,
+    refused,
+    send,
 )
 
 PROVIDER = "mailchimp"
@@ -242,34 +242,18 @@ class MailchimpClient:
             content=content,
             extensions=self._extensions,
         )
-        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
-        start = time.perf_counter()
-        try:
-            async with slot:
-                response = await self._transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except httpx.TimeoutException as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
-            raise TransientError(
-                f"timeout after {self._timeout:.0f}s ({type(exc).__name__})"
-            ) from exc
-        except httpx.HTTPError as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "connection_error").inc()
-            raise TransientError(f"connection error: {type(exc).__name__}: {exc}") from exc
-        finally:
-            metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
+        response = await send(
+            self._transport,
+            request,
+            provider=PROVIDER,
+            op=op,
+            limiter=self._limiter,
+            timeout_seconds=self._timeout,
+        )
         if 200 <= response.status_code < 300 or response.status_code in ok_extra:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
+            answered_ok(PROVIDER, op)
             return response
-        error = error_from_response(response, op=op)
-        outcome = type(error).__name__.removesuffix("Error").lower()
-        metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, outcome).inc()
-        if isinstance(error, ThrottledError):
-            metrics.THROTTLE_EVENTS.labels(PROVIDER).inc()
-        raise error
+        raise refused(PROVIDER, op, error_from_response(response, op=op))
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
