@@ -69,7 +69,7 @@ BULK_NAMES = {"firstName": "first_name", "lastName": "last_name", "phone": "phon
 OPTION_TYPES = frozenset({"dropdown", "checkbox", "listbox", "radio", "multiselect"})
 # Intermittent 403s happen on valid keys (reference §9.3): a 403 is asked again this often.
 FORBIDDEN_RETRIES = 3
-IMPORT_POLL_SECONDS = (0.3, 0.5, 1.0, 2.0)
+IMPORT_POLL_SECONDS = (1.0, 0.5, 1.0, 2.0)  # each poll is a request of the 5/s
 IMPORT_MAX_WAIT = 120.0
 # Any account's offset from UTC is at most 14 h: `filters[updated_after]` is sent this much
 # early, so whichever zone the API reads it in, nothing changed since `since` is missed.
@@ -799,9 +799,15 @@ class ActiveCampaignClient:
         cid = await self._contact_id(email, remote)
         if cid is None:
             raise PermanentError(ErrorKind.not_found, "no ActiveCampaign contact has this address")
-        ours: dict[str, str] = dict((remote.refs.get("tags") if remote else None) or {})
+        ours: dict[str, str | None] = dict((remote.refs.get("tags") if remote else None) or {})
+        present: dict[str, str] | None = None
         for name in remove:
-            ct = ours.pop(name, None)
+            if name not in ours:
+                continue  # not ours: never removed
+            ct = ours.pop(name)
+            if ct is None:  # tagged by our import: its association id is looked up
+                present = present if present is not None else await self._contact_tags(cid)
+                ct = present.get(await self.tag_id(name))
             if ct is not None:
                 await self._remove_tag(ct)
         if add:
@@ -873,8 +879,12 @@ class ActiveCampaignClient:
         if created and set(lists) == {audience_id}:
             await self._delete(cid)
             return True
-        for ct in ((remote.refs.get("tags") if remote else None) or {}).values():
-            await self._remove_tag(str(ct))
+        ours = dict((remote.refs.get("tags") if remote else None) or {})
+        present = await self._contact_tags(cid) if None in ours.values() else {}
+        for name, ct in ours.items():
+            ct = ct or present.get(await self.tag_id(name))
+            if ct:
+                await self._remove_tag(str(ct))
         return True
 
     async def _delete(self, contact_id: str) -> None:
@@ -1191,9 +1201,9 @@ class ActiveCampaignClient:
             found = await self.find_contact(by_key[key].email_address)
             if found is not None:
                 contacts[key] = found
-        on_list = await self._on_list(
-            audience_id, [str(contacts[k]["id"]) for k in by_key if k in contacts]
-        )
+        # A contact our import created is on no list: only the others' statuses are read.
+        existing = [str(c["id"]) for k, c in contacts.items() if _int(c["id"]) < first_new]
+        on_list = await self._on_list(audience_id, existing)
         subscribe: list[str] = []
         for key, member in by_key.items():
             contact = contacts.get(key)
@@ -1221,31 +1231,53 @@ class ActiveCampaignClient:
             outcomes[key].state = self._member(
                 contact, status, email=member.email_address, created=created, refs=refs
             )
-        if not subscribe:
-            return
-        # Nobody here is on our list in any status, so an import that subscribes them cannot
-        # re-subscribe anyone; fewer than the docs' minimum go one by one.
+        if subscribe:
+            await self._subscribe(audience_id, subscribe, by_key, contacts, outcomes, first_new)
+
+    async def _subscribe(
+        self,
+        audience_id: str,
+        keys: list[str],
+        by_key: dict[str, ContactPayload],
+        contacts: dict[str, dict[str, Any]],
+        outcomes: dict[str, BatchOutcome],
+        first_new: int,
+    ) -> None:
+        """Put consenting people who are on no status of our list on it. Nobody here can be
+        re-subscribed, so an import may do it (fewer than the docs' minimum go one by one);
+        the import also tags the contacts it created — no tag of theirs can be claimed, and
+        the association ids are looked up when one of them is to go (refs hold None)."""
         refused: set[str] = set()
-        if len(subscribe) >= BULK_MIN_CONTACTS:
+        tagged: set[str] = set()
+        if len(keys) >= BULK_MIN_CONTACTS:
             listid: Any = int(audience_id) if audience_id.isdigit() else audience_id
-            items = [
-                {"email": by_key[k].email_address, "subscribe": [{"listid": listid}]}
-                for k in subscribe
-            ]
+            items = []
+            for k in keys:
+                item: dict[str, Any] = {
+                    "email": by_key[k].email_address,
+                    "subscribe": [{"listid": listid}],
+                }
+                if by_key[k].tags and _int(contacts[k]["id"]) >= first_new:
+                    item["tags"] = list(by_key[k].tags)
+                    tagged.add(k)
+                items.append(item)
             refused, _ = await self._import(items)
         else:
-            for k in subscribe:
+            for k in keys:
                 await self._set_status(str(contacts[k]["id"]), audience_id, ACTIVE)
-        for k in subscribe:
+        for k in keys:
             member, contact = by_key[k], contacts[k]
             if member.email_address.lower() in refused:
                 outcomes[k].error = PermanentError(
                     ErrorKind.compliance, "ActiveCampaign's import refused the subscription"
                 )
                 continue
-            cid = str(contact["id"])
-            created = _int(cid) >= first_new
-            refs = {"list": audience_id, **({"created": True} if created else {})}
+            created = _int(contact["id"]) >= first_new
+            refs: dict[str, Any] = {"list": audience_id}
+            if created:
+                refs["created"] = True
+            if k in tagged:
+                refs["tags"] = dict.fromkeys(member.tags)
             outcomes[k].state = self._member(
                 contact, ACTIVE, email=member.email_address, created=created, refs=refs
             )

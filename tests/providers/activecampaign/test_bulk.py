@@ -94,3 +94,46 @@ def test_chunks_respect_count_and_bytes() -> None:
 
     assert all(len(orjson.dumps({"contacts": c})) < 400_000 for c in chunks)
     assert sum(len(c) for c in chunks) == 300
+
+
+class TestBulkTags:
+    async def test_new_contacts_are_tagged_by_the_import_and_ours_can_go(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        from app.providers.base import RemoteRef
+
+        batch = [payload(f"tg{i}@example.com", tags=["vip", "2026"]) for i in range(20)]
+        outcomes = await client.batch_upsert(LIST, batch)
+        states = [o.state for o in outcomes]
+        assert all(s is not None and s.tags == ["2026", "vip"] for s in states)
+        dump = {p["email"]: p for p in await ac.dump()}
+        assert all(set(p["tags"].values()) == {"vip", "2026"} for p in dump.values())
+        requests = await ac.requests()
+        assert len(requests) < 20  # no request per person, tags included
+        state = states[0]
+        assert state is not None
+        ref = RemoteRef(email=state.email_address, remote_id=state.remote_id, refs=state.refs)
+        refs = await client.update_tags(
+            LIST, state.email_address, add=[], remove=["vip"], remote=ref
+        )
+        assert refs == {"tags": {"2026": None}}
+        person = await ac.person(state.email_address)
+        assert person is not None and set(person["tags"].values()) == {"2026"}
+
+    async def test_an_existing_contact_keeps_its_own_tag_unclaimed(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        other = await ac.new_list("Other")
+        await ac.act("signup", "known@example.com", list_id=other)
+        person = await ac.person("known@example.com")
+        assert person is not None
+        tag = (await ac.api.post("/tags", json={"tag": {"tag": "vip"}})).json()["tag"]
+        await ac.api.post(
+            "/contactTags", json={"contactTag": {"contact": person["id"], "tag": tag["id"]}}
+        )
+        batch = [payload(f"n{i}@example.com", tags=["vip"]) for i in range(12)]
+        batch.append(payload("known@example.com", tags=["vip"]))
+        outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, batch)}
+        known = outcomes["known@example.com"].state
+        assert known is not None and "tags" not in known.refs and not known.created
+        assert known.status == "subscribed"

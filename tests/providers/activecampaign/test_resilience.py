@@ -175,7 +175,7 @@ async def test_thirty_percent_faults_converge_exactly(
     )
     await seed(runtime, 12, prefix="s", tags=True)  # singles: sync, status, tags
     await drain(runtime, settings)
-    await seed(runtime, 60, prefix="b")  # a backlog: bulk import
+    await seed(runtime, 60, prefix="b", tags=True)  # a backlog: bulk import, tags in it
     await drain(runtime, settings)
     await ac.configure(fault_rates={})
     await assert_mirrors(runtime, ac)
