@@ -6,6 +6,8 @@ The routes find the sandbox's state at `request.app.state.sandbox`; it must sati
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -50,6 +52,53 @@ async def read_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("the body must be a JSON object")
     return data
+
+
+class DeliveryLog(Protocol):
+    """A sandbox's outgoing webhook deliveries, as `/_control/webhook-deliveries` shows them."""
+
+    @property
+    def log(self) -> Iterable[dict[str, Any]]: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def clear(self) -> None: ...
+
+
+def deliveries_response(request: Request, hub: DeliveryLog) -> Response:
+    """`GET`: every delivery so far and how many are still to send; `DELETE`: forget them."""
+    if request.method == "DELETE":
+        hub.clear()
+        return Response(status_code=204)
+    entries = list(hub.log)
+    body = {"deliveries": entries, "total_items": len(entries), "pending": hub.pending}
+    return json_response(body)
+
+
+@dataclass(frozen=True, slots=True)
+class PersonAction:
+    """A person's action asked of the control API: `POST …/actions/{action}` `{"email": …}`."""
+
+    name: str
+    email: str
+    data: dict[str, Any]
+
+
+async def person_action(request: Request, actions: tuple[str, ...]) -> PersonAction | Response:
+    """The action the request asks for, or the error answer: an action not in `actions` is
+    404, a body that is not an object or carries no `email` is 400."""
+    name = request.path_params["action"]
+    if name not in actions:
+        return error(404, f"unknown action; one of {', '.join(actions)}")
+    try:
+        data = await read_object(request)
+    except ValueError as exc:
+        return error(400, str(exc))
+    email = data.get("email")
+    if not isinstance(email, str) or not email.strip():
+        return error(400, "email is required")
+    return PersonAction(name, email, data)
 
 
 def controlled(request: Request) -> Controlled:

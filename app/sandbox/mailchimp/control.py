@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.sandbox.kit import control_routes, error, json_response, read_object
+from app.sandbox.kit.control import deliveries_response, person_action
 from app.sandbox.mailchimp import clock, render
 from app.sandbox.mailchimp.api import base_url
 from app.sandbox.mailchimp.errors import ApiError
@@ -142,16 +143,10 @@ async def action(request: Request) -> Response:
     aud = state.lists.get(request.path_params["list_id"])
     if aud is None:
         return _error(404, "unknown list")
-    name = request.path_params["action"]
-    if name not in ACTIONS:
-        return _error(404, f"unknown action; one of {', '.join(ACTIONS)}")
-    try:
-        data = await _body(request)
-    except ValueError as exc:
-        return _error(400, str(exc))
-    email = data.get("email")
-    if not isinstance(email, str) or not email.strip():
-        return _error(400, "email is required")
+    asked = await person_action(request, ACTIONS)
+    if isinstance(asked, Response):
+        return asked
+    name, email, data = asked.name, asked.email, asked.data
     source = data.get("source", "user")
     if source not in ("user", "admin"):
         return _error(400, "source is user or admin")
@@ -169,12 +164,7 @@ async def action(request: Request) -> Response:
 
 
 async def deliveries(request: Request) -> Response:
-    state = _state(request)
-    if request.method == "DELETE":
-        state.hub.clear()
-        return Response(status_code=204)
-    entries = list(state.hub.log)
-    return _json({"deliveries": entries, "total_items": len(entries), "pending": state.hub.pending})
+    return deliveries_response(request, _state(request).hub)
 
 
 routes = [
