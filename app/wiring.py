@@ -31,11 +31,12 @@ __all__ = ["SANDBOX_PREFIX", "check_config", "field_map_providers"]
 def routers(settings: Settings) -> list[APIRouter]:
     """Routers beyond contacts and ops."""
     from app.admin.routes import router as admin_router
+    from app.connections.mapping_routes import router as mappings_router
     from app.connections.routes import router as connections_router
     from app.console.routes import router as console_router
     from app.webhooks.routes import router as webhooks_router
 
-    return [connections_router, webhooks_router, admin_router, console_router]
+    return [mappings_router, connections_router, webhooks_router, admin_router, console_router]
 
 
 def mount(app: FastAPI, settings: Settings) -> None:

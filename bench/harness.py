@@ -199,8 +199,9 @@ async def seed(
             await conn.execute(
                 text(
                     """
-                    INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)
-                    SELECT :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
+                    INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id,
+                        priority)
+                    SELECT :conn, :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
                     """
                 ),
                 {"conn": connection_id, "owner": owner, "prio": priority},

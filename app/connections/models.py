@@ -5,8 +5,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, Text, UniqueConstraint, func, text
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -57,6 +66,35 @@ class Connection(Base):
     last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_full_sync_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_pull_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AudienceMapping(Base):
+    """One audience of a connection and the rule choosing which contacts it holds.
+
+    The rule is evaluated at send time (desired state): `kinds`, `tags_any` and `tags_all`
+    are each a constraint when set (NULL: unconstrained); all three NULL is the rule "all".
+    The default mapping a connection gets with its first audience takes the connection's id,
+    so the queue and mirror rows written before mappings existed keep their key.
+    """
+
+    __tablename__ = "audience_mappings"
+    __table_args__ = (UniqueConstraint("connection_id", "audience_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    audience_id: Mapped[str] = mapped_column(Text)
+    audience_name: Mapped[str | None] = mapped_column(Text)
+    kinds: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    tags_any: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    tags_all: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    # Our webhook on this audience (the default mapping's lives on the connection row).
+    webhook_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

@@ -95,11 +95,24 @@ class ConnectionRepository:
         return (await self.session.execute(stmt)).mappings().one()
 
     async def drop_sync_rows(self, connection_id: uuid.UUID) -> None:
-        """Forget the queue and the mirror of a connection (audience change, disconnect)."""
-        for table in ("sync_queue", "sync_state", "sync_tombstones"):
+        """Forget the queue and the mirror of the connection's default mapping, and its
+        tombstones (its audience changed); other mappings keep theirs."""
+        for table in ("sync_queue", "sync_state"):
             await self.session.execute(
-                text(f"DELETE FROM {table} WHERE connection_id = :id"), {"id": connection_id}
+                text(f"DELETE FROM {table} WHERE connection_id = :id AND mapping_id = :id"),
+                {"id": connection_id},
             )
+        await self.session.execute(
+            text("DELETE FROM sync_tombstones WHERE connection_id = :id"), {"id": connection_id}
+        )
+
+    async def drop_other_mappings(self, connection_id: uuid.UUID) -> None:
+        """Remove every mapping but the default one, with their queue and mirror rows (a
+        reconnect into another audience starts afresh)."""
+        await self.session.execute(
+            text("DELETE FROM audience_mappings WHERE connection_id = :id AND id <> :id"),
+            {"id": connection_id},
+        )
 
     async def counts(self, connection_id: uuid.UUID) -> RowMapping:
         """Pending (queued) and failed (parked or rejected) counts."""
@@ -219,19 +232,22 @@ class ConnectionRepository:
         kind: str,
         dry_run: bool,
         audience_id: str,
+        mapping_id: uuid.UUID | None = None,
     ) -> RowMapping | None:
-        """Queue a run; None when one of that kind (live or dry) is already under way."""
+        """Queue a run of a mapping (default: the connection's default mapping); None when
+        one of that kind (live or dry) is already under way for it."""
         stmt = (
             pg_insert(sync_runs)
             .values(
                 connection_id=connection_id,
+                mapping_id=mapping_id or connection_id,
                 owner_id=owner_id,
                 kind=kind,
                 dry_run=dry_run,
                 progress={"audience_id": audience_id, "pages_done": 0, "staged": 0},
             )
             .on_conflict_do_nothing(
-                index_elements=["connection_id", "dry_run"],
+                index_elements=["connection_id", "mapping_id", "dry_run"],
                 # A literal predicate: the planner must prove it implies the partial index's.
                 index_where=text("state IN ('queued', 'running')"),
             )
@@ -239,17 +255,25 @@ class ConnectionRepository:
         )
         return (await self.session.execute(stmt)).mappings().first()
 
-    async def active_run(self, connection_id: uuid.UUID, *, dry_run: bool) -> RowMapping | None:
-        """The queued or running run of the connection (live or dry)."""
+    async def active_run(
+        self, connection_id: uuid.UUID, *, dry_run: bool, mapping_id: uuid.UUID | None = None
+    ) -> RowMapping | None:
+        """The queued or running run of a mapping of the connection (live or dry)."""
         stmt = select(sync_runs).where(
             sync_runs.c.connection_id == connection_id,
+            sync_runs.c.mapping_id == (mapping_id or connection_id),
             sync_runs.c.dry_run == dry_run,
             sync_runs.c.state.in_(ACTIVE_RUN_STATES),
         )
         return (await self.session.execute(stmt)).mappings().first()
 
     async def last_requested_run(
-        self, connection_id: uuid.UUID, *, dry_run: bool, kind: str
+        self,
+        connection_id: uuid.UUID,
+        *,
+        dry_run: bool,
+        kind: str,
+        mapping_id: uuid.UUID | None = None,
     ) -> RowMapping | None:
         """The newest run of this kind the user asked for, with its age in seconds."""
         age = func.extract("epoch", func.now() - sync_runs.c.created_at).label("age_seconds")
@@ -257,6 +281,7 @@ class ConnectionRepository:
             select(sync_runs, age)
             .where(
                 sync_runs.c.connection_id == connection_id,
+                sync_runs.c.mapping_id == (mapping_id or connection_id),
                 sync_runs.c.dry_run == dry_run,
                 sync_runs.c.kind == kind,
             )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from app.config import ContactKind
 
 ConnectionStatus = Literal["needs_audience", "active", "paused", "error"]
 
@@ -61,6 +63,10 @@ class IntegrationStatus(BaseModel):
         default=None, description="Why the webhook is not registered (None once it is)."
     )
     last_run: SyncRunOut | None = None
+    mappings: list[MappingOut] = Field(
+        default_factory=list,
+        description="Every audience mapping of the connection (the default one first).",
+    )
 
 
 class CredentialFieldOut(BaseModel):
@@ -137,3 +143,91 @@ class OAuthOutcome(BaseModel):
     audiences: int = 0
     error: str | None = None
     detail: str | None = None
+
+
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class AudienceRuleIn(BaseModel):
+    """Which contacts an audience holds: `{"all": true}`, or any of `kinds`, `tags_any`
+    (at least one of the tags), `tags_all` (every one of them); given together, each holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: bool | None = None
+    kinds: list[ContactKind] | None = Field(default=None, max_length=3)
+    tags_any: list[Tag] | None = Field(default=None, max_length=100)
+    tags_all: list[Tag] | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        constrained = bool(self.kinds or self.tags_any or self.tags_all)
+        if self.all and constrained:
+            raise ValueError("a rule is either all, or kinds and tags, not both")
+        if not self.all and not constrained:
+            raise ValueError(
+                'the rule is empty: give {"all": true}, or kinds, tags_any or tags_all'
+            )
+        return self
+
+    def columns(self) -> dict[str, list[str] | None]:
+        """The rule as audience_mappings columns (None: unconstrained)."""
+        if self.all:
+            return {"kinds": None, "tags_any": None, "tags_all": None}
+        return {
+            "kinds": sorted({k.value for k in self.kinds}) if self.kinds else None,
+            "tags_any": sorted({t.lower() for t in self.tags_any}) if self.tags_any else None,
+            "tags_all": sorted({t.lower() for t in self.tags_all}) if self.tags_all else None,
+        }
+
+
+class AudienceRuleOut(BaseModel):
+    """A mapping's rule as stored."""
+
+    all: bool
+    kinds: list[str] | None = None
+    tags_any: list[str] | None = None
+    tags_all: list[str] | None = None
+
+
+class MappingCreate(BaseModel):
+    """Body of POST /api/integrations/{provider}/audiences/mappings."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    audience_id: str = Field(min_length=1, max_length=64)
+    rule: AudienceRuleIn
+
+
+class MappingUpdate(BaseModel):
+    """Body of PUT /api/integrations/{provider}/audiences/mappings/{id}: the whole mapping."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    audience_id: str = Field(min_length=1, max_length=64)
+    rule: AudienceRuleIn
+
+
+class MappingOut(BaseModel):
+    """One audience of the connection, the rule choosing its contacts, and its sync state."""
+
+    id: uuid.UUID
+    audience: AudienceRef
+    rule: AudienceRuleOut
+    default: bool = Field(description="The connection's own audience (PUT …/audience moves it).")
+    members: int = Field(description="Contacts the mirror says are present in this audience.")
+    pending: int = 0
+    failed: int = 0
+    webhook_registered: bool = False
+    last_run: SyncRunOut | None = None
+
+
+class MappingList(BaseModel):
+    """GET /api/integrations/{provider}/audiences/mappings."""
+
+    items: list[MappingOut]
+
+
+# The status models name MappingOut before it is defined.
+IntegrationStatus.model_rebuild()
+IntegrationEntry.model_rebuild()

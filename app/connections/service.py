@@ -31,16 +31,19 @@ from app.connections.crypto import (
     encrypt_credentials,
     rotate_credentials,
 )
+from app.connections.mapping_repository import MappingRepository
 from app.connections.notices import REASON_ENDPOINT, notice_for_provider
 from app.connections.oauth import OAuthFailure, OAuthNotConfigured
 from app.connections.repository import ConnectionRepository
 from app.connections.schemas import (
     AudienceRef,
+    AudienceRuleOut,
     ConnectMethod,
     ConnectStart,
     CredentialFieldOut,
     IntegrationEntry,
     IntegrationStatus,
+    MappingOut,
     RunAccepted,
     SyncRunOut,
 )
@@ -227,6 +230,22 @@ def _pkce(provider: Provider, settings: Settings, nonce: str) -> dict[str, str]:
 
 def _run_out(row: RowMapping) -> SyncRunOut:
     return SyncRunOut.model_validate(dict(row))
+
+
+def mapping_out(row: RowMapping) -> MappingOut:
+    """An audience mapping as the API shows it (a row of MappingRepository.list)."""
+    constrained = {k: row[k] for k in ("kinds", "tags_any", "tags_all")}
+    return MappingOut(
+        id=row["id"],
+        audience=AudienceRef(id=row["audience_id"], name=row["audience_name"]),
+        rule=AudienceRuleOut(all=not any(constrained.values()), **constrained),
+        default=row["is_default"],
+        members=row["members"],
+        pending=row["pending"],
+        failed=row["failed"],
+        webhook_registered=row["webhook_id"] is not None,
+        last_run=SyncRunOut.model_validate(row["last_run"]) if row["last_run"] else None,
+    )
 
 
 class ConnectionService:
@@ -482,6 +501,7 @@ class ConnectionService:
         if previous is not None and not same_audience:
             await repo.cancel_runs(row["id"], "the audience changed")
             await repo.drop_sync_rows(row["id"])
+            await repo.drop_other_mappings(row["id"])
         if audience is not None and not same_audience:
             kind = RUN_INITIAL if previous is None or not previous["audience_id"] else None
             await self._start_full_sync(repo, row, kind or RUN_AUDIENCE_CHANGE)
@@ -642,15 +662,37 @@ class ConnectionService:
         reader: Reader,
     ) -> None:
         """Delete our webhook from the connection's current audience (best effort)."""
-        if not row["audience_id"] or provider.spec.capabilities.inbound != "webhook":
+        await self.retire_webhook(
+            provider,
+            settings,
+            transport,
+            row,
+            reader,
+            audience_id=row["audience_id"],
+            webhook_id=row["webhook_id"],
+        )
+
+    async def retire_webhook(
+        self,
+        provider: Provider,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        row: RowMapping,
+        reader: Reader,
+        *,
+        audience_id: str | None,
+        webhook_id: str | None,
+    ) -> None:
+        """Delete our webhook from one audience of the connection (best effort)."""
+        if not audience_id or provider.spec.capabilities.inbound != "webhook":
             return
         try:
             client = client_for(provider, settings, transport, row, reader)
             await provider.inbound.remove_webhooks(
                 client,
-                row["audience_id"],
+                audience_id,
                 webhook_token=row["webhook_token"],
-                known_id=row["webhook_id"],
+                known_id=webhook_id,
                 call=direct,
             )
         except (ProviderError, Conflict, ValueError) as exc:
@@ -670,8 +712,10 @@ class ConnectionService:
         settings: Settings,
         owner_id: str,
         dry_run: bool,
+        mapping_id: uuid.UUID | None = None,
     ) -> RunAccepted:
-        """Queue a reconcile run; the one under way when there is one; 429 within the hour."""
+        """Queue a reconcile run of one audience mapping (default: the connection's own
+        audience); the one under way when there is one; 429 within the hour."""
         name = provider.spec.display_name
         repo = ConnectionRepository(session)
         found = await repo.get(owner_id, provider.id)
@@ -687,11 +731,19 @@ class ConnectionService:
                 notice_for_provider(row["status"], row["status_reason"], provider.id)
                 or f"Reconnect {name}."
             )
-        active = await repo.active_run(row["id"], dry_run=dry_run)
+        audience_id = row["audience_id"]
+        if mapping_id is not None:
+            mapping = await MappingRepository(session).get(row["id"], mapping_id)
+            if mapping is None:
+                raise NotFound("No such audience mapping.")
+            audience_id = mapping["audience_id"]
+        active = await repo.active_run(row["id"], dry_run=dry_run, mapping_id=mapping_id)
         if active is not None:
             return RunAccepted(run_id=active["id"], state=active["state"], dry_run=dry_run)
         interval = settings.SYNC_NOW_MIN_INTERVAL_SECONDS
-        last = await repo.last_requested_run(row["id"], dry_run=dry_run, kind=RUN_SYNC_NOW)
+        last = await repo.last_requested_run(
+            row["id"], dry_run=dry_run, kind=RUN_SYNC_NOW, mapping_id=mapping_id
+        )
         if last is not None and last["state"] != "cancelled" and last["age_seconds"] < interval:
             wait = max(1, math.ceil(interval - float(last["age_seconds"])))
             what = "A dry run" if dry_run else "Sync Now"
@@ -706,7 +758,8 @@ class ConnectionService:
             owner_id=owner_id,
             kind=RUN_SYNC_NOW,
             dry_run=dry_run,
-            audience_id=row["audience_id"],
+            audience_id=audience_id,
+            mapping_id=mapping_id,
         )
         if run is None:  # pragma: no cover - the row lock serialises requests
             raise Conflict("A sync is already under way.")
@@ -739,6 +792,20 @@ class ConnectionService:
         provider."""
         row = await self._read(reader, provider, owner_id)
         await self._retire_webhook(provider, settings, transport, row, reader)
+        async with reader() as read:
+            others = [
+                m for m in await MappingRepository(read).list(row["id"]) if not m["is_default"]
+            ]
+        for other in others:
+            await self.retire_webhook(
+                provider,
+                settings,
+                transport,
+                row,
+                reader,
+                audience_id=other["audience_id"],
+                webhook_id=other["webhook_id"],
+            )
         await ConnectionRepository(session).delete(row["id"])
         log.info(
             "connections.disconnected",
@@ -778,6 +845,7 @@ class ConnectionService:
             webhook_registered=row["webhook_id"] is not None,
             webhook_error=row["webhook_error"] if row["webhook_id"] is None else None,
             last_run=_run_out(last) if last is not None else None,
+            mappings=[mapping_out(m) for m in await MappingRepository(session).list(row["id"])],
         )
 
     async def integrations(self, session: AsyncSession, *, owner_id: str) -> list[IntegrationEntry]:

@@ -75,18 +75,20 @@ _CREATE_TABLES = (
 )
 
 # The queue upsert of app.sync.outbox._ENQUEUE, set-based and at bulk priority: one row per
-# (connection with an audience) × touched contact. Live work keeps its priority (LEAST); a
-# parked or backed-off row is re-armed, exactly as a change made through the API does. The
-# API's coalescing hold (a key sent moments ago waits SYNC_COALESCE_SECONDS) is left out: an
-# import touches each contact once, so its rows are due at once. Rows are written in a fixed
-# (connection, key) order, which keeps concurrent writers of the same keys out of lock
-# cycles as far as the order can; a deadlock that still happens replays the chunk.
+# audience mapping (of a connection with an audience) × touched contact. Live work keeps its
+# priority (LEAST); a parked or backed-off row is re-armed, exactly as a change made through
+# the API does. The API's coalescing hold (a key sent moments ago waits
+# SYNC_COALESCE_SECONDS) is left out: an import touches each contact once, so its rows are
+# due at once. Rows are written in a fixed (connection, mapping, key) order, which keeps
+# concurrent writers of the same keys out of lock cycles as far as the order can; a deadlock
+# that still happens replays the chunk.
 _IMPORT_ROWS = """
-    SELECT conn.id, x.email_key, x.id, {priority}, false, now()
+    SELECT conn.id, m.id, x.email_key, x.id, {priority}, false, now()
     FROM {source} x
     CROSS JOIN connections conn
+    JOIN audience_mappings m ON m.connection_id = conn.id
     WHERE conn.owner_id = :owner_id AND conn.audience_id IS NOT NULL
-    ORDER BY conn.id, x.email_key
+    ORDER BY conn.id, m.id, x.email_key
 """
 _ENQUEUE_FROM = f"queued AS ({queue_upsert(_IMPORT_ROWS)})"
 

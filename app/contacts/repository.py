@@ -25,9 +25,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.connections.models import Connection
+from app.connections.models import AudienceMapping, Connection
 from app.contacts.models import Contact, ContactChange
 from app.emailkey import email_key
+from app.providers.mapping import AudienceRule, rule_sql
 from app.sync.models import SyncQueue, SyncState
 from app.sync.outbox import ENQUEUE_CTES, enqueue_params
 
@@ -46,7 +47,8 @@ _RECORD_CHANGE = text(
         VALUES (CAST(:change_contact_id AS uuid), :owner_id, :op, :fields, :source, :actor)
     ),
     {ENQUEUE_CTES}
-    SELECT c.id AS connection_id, c.provider, c.audience_id,
+    SELECT c.id AS connection_id, c.provider, COALESCE(m.audience_id, c.audience_id) AS audience_id,
+           m.id AS mapping_id, m.audience_name, m.kinds, m.tags_any, m.tags_all,
            queued.connection_id IS NOT NULL AS in_queue,
            queued.state, queued.last_error,
            s.connection_id IS NOT NULL AS in_mirror,
@@ -54,10 +56,13 @@ _RECORD_CHANGE = text(
            (SELECT count(*) FROM queued) AS queued_rows,
            (SELECT count(*) FROM notified) AS notified
     FROM connections c
-    LEFT JOIN queued ON queued.connection_id = c.id AND queued.email_key = :sync_key
-    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = :sync_key
+    LEFT JOIN audience_mappings m ON m.connection_id = c.id
+    LEFT JOIN queued ON queued.connection_id = c.id AND queued.mapping_id = m.id
+        AND queued.email_key = :sync_key
+    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.mapping_id = m.id
+        AND s.email_key = :sync_key
     WHERE c.owner_id = :owner_id
-    ORDER BY c.provider
+    ORDER BY c.provider, m.id <> c.id, m.created_at
     """
 ).bindparams(bindparam("fields", type_=JSONB))
 
@@ -165,9 +170,16 @@ class ContactRepository:
         tag: str | None,
         kind: str | None,
         company: str | None = None,
+        rule: AudienceRule | None = None,
     ) -> Sequence[Row]:
-        """A page of the owner's contacts in creation order, `limit + 1` rows at most."""
+        """A page of the owner's contacts in creation order, `limit + 1` rows at most
+        (`rule`: only the contacts with an email an audience mapping's rule selects)."""
         stmt = select(contacts).where(contacts.c.owner_id == owner_id)
+        if rule is not None:
+            stmt = stmt.where(
+                contacts.c.email_key.is_not(None),
+                text(rule_sql("contacts")).bindparams(**rule.sql_params()),
+            )
         if after is not None:
             stmt = stmt.where(tuple_(contacts.c.created_at, contacts.c.id) > tuple_(*after))
         if q:
@@ -190,6 +202,18 @@ class ContactRepository:
             stmt = stmt.where(func.lower(contacts.c.company) == company.strip().lower())
         stmt = stmt.order_by(contacts.c.created_at, contacts.c.id).limit(limit + 1)
         return (await self.session.execute(stmt)).mappings().all()
+
+    async def mapping(self, owner_id: str, mapping_id: uuid.UUID) -> Row | None:
+        """An audience mapping of one of the owner's connections (None: unknown, or not
+        the owner's)."""
+        mapping = cast(Table, AudienceMapping.__table__)
+        conn = cast(Table, Connection.__table__)
+        stmt = (
+            select(mapping)
+            .join(conn, conn.c.id == mapping.c.connection_id)
+            .where(mapping.c.id == mapping_id, conn.c.owner_id == owner_id)
+        )
+        return (await self.session.execute(stmt)).mappings().first()
 
     async def add_change(
         self,
@@ -257,30 +281,45 @@ class ContactRepository:
     async def sync_rows(
         self, owner_id: str, keys: Sequence[str]
     ) -> tuple[list[Row], dict[tuple[uuid.UUID, str], Row], dict[tuple[uuid.UUID, str], Row]]:
-        """The owner's connections, and their queue and mirror rows for `keys`."""
+        """The owner's connections, one row per audience mapping (`mapping_id` None for a
+        connection without an audience), and the mappings' queue and mirror rows for `keys`,
+        by (mapping id, key)."""
         conn = cast(Table, Connection.__table__)
+        mapping = cast(Table, AudienceMapping.__table__)
         queue = cast(Table, SyncQueue.__table__)
         state = cast(Table, SyncState.__table__)
         connections = list(
             (
                 await self.session.execute(
-                    select(conn.c.id, conn.c.provider, conn.c.audience_id)
+                    select(
+                        conn.c.id,
+                        conn.c.provider,
+                        func.coalesce(mapping.c.audience_id, conn.c.audience_id).label(
+                            "audience_id"
+                        ),
+                        mapping.c.id.label("mapping_id"),
+                        mapping.c.audience_name,
+                        mapping.c.kinds,
+                        mapping.c.tags_any,
+                        mapping.c.tags_all,
+                    )
+                    .select_from(conn.outerjoin(mapping, mapping.c.connection_id == conn.c.id))
                     .where(conn.c.owner_id == owner_id)
-                    .order_by(conn.c.provider)
+                    .order_by(conn.c.provider, mapping.c.id != conn.c.id, mapping.c.created_at)
                 )
             ).mappings()
         )
         if not connections or not keys:
             return connections, {}, {}
-        ids = [c["id"] for c in connections]
+        ids = list({c["id"] for c in connections})
         queued = await self.session.execute(
-            select(
-                queue.c.connection_id, queue.c.email_key, queue.c.state, queue.c.last_error
-            ).where(queue.c.connection_id.in_(ids), queue.c.email_key.in_(keys))
+            select(queue.c.mapping_id, queue.c.email_key, queue.c.state, queue.c.last_error).where(
+                queue.c.connection_id.in_(ids), queue.c.email_key.in_(keys)
+            )
         )
         mirrored = await self.session.execute(
             select(
-                state.c.connection_id,
+                state.c.mapping_id,
                 state.c.email_key,
                 state.c.remote_status,
                 state.c.last_synced_at,
@@ -290,6 +329,6 @@ class ContactRepository:
         )
         return (
             connections,
-            {(r["connection_id"], r["email_key"]): r for r in queued.mappings()},
-            {(r["connection_id"], r["email_key"]): r for r in mirrored.mappings()},
+            {(r["mapping_id"], r["email_key"]): r for r in queued.mappings()},
+            {(r["mapping_id"], r["email_key"]): r for r in mirrored.mappings()},
         )

@@ -110,6 +110,10 @@ async def list_contacts(
         str | None,
         Query(max_length=200, pattern=NO_NUL, description="The company, ignoring case."),
     ] = None,
+    audience: Annotated[
+        uuid.UUID | None,
+        Query(description="An audience mapping's id: only the contacts its rule selects."),
+    ] = None,
 ) -> ContactPage:
     """Contacts in creation order, `limit` at a time; pass `next_cursor` for the next page."""
     return await contact_service.list_page(
@@ -121,6 +125,7 @@ async def list_contacts(
         tag=tag,
         kind=kind,
         company=company,
+        audience=audience,
     )
 
 

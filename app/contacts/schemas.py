@@ -154,11 +154,18 @@ class ContactUpdate(_ContactFields):
 
 
 class ContactSync(BaseModel):
-    """The sync state of one contact at one connection."""
+    """The sync state of one contact in one audience mapping of a connection."""
 
     connection_id: uuid.UUID
     provider: str
     audience_id: str | None
+    mapping_id: uuid.UUID | None = Field(
+        default=None, description="The audience mapping (None: no audience chosen yet)."
+    )
+    audience_name: str | None = None
+    in_audience: bool | None = Field(
+        default=None, description="Whether the mapping's rule selects the contact now."
+    )
     status: SyncStatus
     remote_status: str | None = None
     last_synced_at: datetime | None = None

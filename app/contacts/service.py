@@ -25,6 +25,7 @@ from app.contacts.schemas import (
     SyncStatus,
 )
 from app.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
+from app.providers.mapping import AudienceRule
 from app.sync.outbox import email_key
 
 # Columns the audit and the diff consider; generated and bookkeeping columns are not fields.
@@ -286,13 +287,27 @@ class ContactService:
         tag: str | None,
         kind: str | None,
         company: str | None = None,
+        audience: uuid.UUID | None = None,
     ) -> ContactPage:
-        """A page of contacts with their sync lines."""
+        """A page of contacts with their sync lines (`audience`: those a mapping selects)."""
         repo = ContactRepository(session)
         after = decode_cursor(cursor) if cursor else None
+        rule = None
+        if audience is not None:
+            mapping = await repo.mapping(owner_id, audience)
+            if mapping is None:
+                raise NotFound(f"No audience mapping {audience}.")
+            rule = AudienceRule.of(mapping)
         rows = list(
             await repo.page(
-                owner_id, limit=limit, after=after, q=q, tag=tag, kind=kind, company=company
+                owner_id,
+                limit=limit,
+                after=after,
+                q=q,
+                tag=tag,
+                kind=kind,
+                company=company,
+                rule=rule,
             )
         )
         more = len(rows) > limit
@@ -310,11 +325,11 @@ class ContactService:
         for row in rows:
             lines = []
             for conn in connections:
-                k = (conn["id"], row["email_key"])
+                k = (conn["mapping_id"], row["email_key"])
                 queue, mirror = (
                     (queued.get(k), mirrored.get(k)) if row["email_key"] else (None, None)
                 )
-                lines.append(_sync_line(conn["id"], conn, queue, mirror))
+                lines.append(_sync_line(conn["id"], conn, queue, mirror, row))
             out.append(ContactOut.model_validate({**row, "sync": lines}))
         return out
 
@@ -328,7 +343,11 @@ class Written:
 
 
 def _sync_line(
-    connection_id: uuid.UUID, conn: Row, queue: Row | None, mirror: Row | None
+    connection_id: uuid.UUID,
+    conn: Row,
+    queue: Row | None,
+    mirror: Row | None,
+    contact: Row | None = None,
 ) -> ContactSync:
     status = _sync_status(queue, mirror)
     error = None
@@ -340,6 +359,11 @@ def _sync_line(
         connection_id=connection_id,
         provider=conn["provider"],
         audience_id=conn["audience_id"],
+        mapping_id=conn["mapping_id"],
+        audience_name=conn["audience_name"],
+        in_audience=AudienceRule.of(conn).matches(contact)
+        if contact is not None and conn["mapping_id"] is not None
+        else None,
         status=status,
         remote_status=mirror["remote_status"] if mirror else None,
         last_synced_at=mirror["last_synced_at"] if mirror else None,
@@ -356,6 +380,7 @@ def _out(row: Row, lines: Sequence[Row]) -> ContactOut:
             line,
             line if line["in_queue"] else None,
             line if line["in_mirror"] else None,
+            row,
         )
         for line in lines
     ]

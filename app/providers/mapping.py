@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,6 +32,74 @@ def _equal(cfg: MappingConfig, ours: Mapping[str, Any], theirs: Mapping[str, Any
     return all(theirs.get(k) == v for k, v in ours.items())
 
 
+@dataclass(slots=True, frozen=True)
+class AudienceRule:
+    """Which contacts an audience mapping holds; each set constraint must hold (all: none).
+
+    Tags compare case-insensitively, as the CRM deduplicates them.
+    """
+
+    kinds: frozenset[str] | None = None
+    tags_any: frozenset[str] | None = None  # at least one of these tags
+    tags_all: frozenset[str] | None = None  # every one of these tags
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> AudienceRule:
+        """The rule of an `audience_mappings` row (its kinds, tags_any, tags_all columns)."""
+
+        def norm(values: Any, *, lower: bool) -> frozenset[str] | None:
+            if not values:
+                return None
+            return frozenset(v.lower() if lower else v for v in values)
+
+        return cls(
+            kinds=norm(row.get("kinds"), lower=False),
+            tags_any=norm(row.get("tags_any"), lower=True),
+            tags_all=norm(row.get("tags_all"), lower=True),
+        )
+
+    @property
+    def is_all(self) -> bool:
+        """True for the rule "all" (every contact the deployment syncs)."""
+        return self.kinds is None and self.tags_any is None and self.tags_all is None
+
+    def matches(self, contact: Mapping[Any, Any]) -> bool:
+        """True when the contact belongs in the mapping's audience now."""
+        if self.kinds is not None and contact.get("kind", "contact") not in self.kinds:
+            return False
+        if self.tags_any is None and self.tags_all is None:
+            return True
+        tags = {t.lower() for t in contact.get("tags") or ()}
+        if self.tags_any is not None and not (tags & self.tags_any):
+            return False
+        return self.tags_all is None or self.tags_all <= tags
+
+    def sql_params(self) -> dict[str, list[str] | None]:
+        """Bind parameters of RULE_SQL."""
+        return {
+            "rule_kinds": sorted(self.kinds) if self.kinds is not None else None,
+            "rule_tags_any": sorted(self.tags_any) if self.tags_any is not None else None,
+            "rule_tags_all": sorted(self.tags_all) if self.tags_all is not None else None,
+        }
+
+
+def rule_sql(alias: str) -> str:
+    """AudienceRule.matches in SQL, for a contacts row named `alias` (parameters:
+    AudienceRule.sql_params())."""
+    return f"""(
+    (CAST(:rule_kinds AS text[]) IS NULL OR {alias}.kind = ANY(CAST(:rule_kinds AS text[])))
+    AND (CAST(:rule_tags_any AS text[]) IS NULL
+         OR ARRAY(SELECT lower(t) FROM unnest({alias}.tags) AS t)
+            && CAST(:rule_tags_any AS text[]))
+    AND (CAST(:rule_tags_all AS text[]) IS NULL
+         OR ARRAY(SELECT lower(t) FROM unnest({alias}.tags) AS t)
+            @> CAST(:rule_tags_all AS text[]))
+)"""
+
+
+RULE_SQL = rule_sql("c")
+
+
 @dataclass(slots=True)
 class MappingConfig:
     """Operator-level field mapping (DESIGN §5 mapped fields, §14.7) and what syncs at all."""
@@ -45,10 +113,14 @@ class MappingConfig:
     reoptin: Reoptin = "double_opt_in"  # the provider's spec.capabilities.reoptin
     # The provider's "a member read back already holds what we send" (reconcile adoption).
     same: Matcher = _equal
+    # The audience mapping's rule: a contact it leaves out is absent from that audience.
+    rule: AudienceRule = field(default_factory=AudienceRule)
 
     def syncs(self, contact: Mapping[str, Any]) -> bool:
-        """True when the contact's kind is one that is pushed."""
-        return self.kinds is None or contact.get("kind", "contact") in self.kinds
+        """True when the contact's kind is one that is pushed and the mapping's rule holds."""
+        if self.kinds is not None and contact.get("kind", "contact") not in self.kinds:
+            return False
+        return self.rule.matches(contact)
 
     @property
     def consent_if_new(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import random
 import time
@@ -53,7 +54,7 @@ from app.providers.base import (
     TransientError,
     tombstone_key,
 )
-from app.providers.mapping import MappingConfig
+from app.providers.mapping import AudienceRule, MappingConfig
 from app.providers.registry import Provider
 from app.sync.backoff import Backoff
 from app.sync.desired import (
@@ -124,7 +125,8 @@ class Halt(Exception):
 
 @dataclass
 class ConnectionContext:
-    """What a worker keeps per connection: its provider, client, gate and failure streak."""
+    """What a worker keeps per audience mapping of a connection: its provider, client, gate
+    and failure streak (`id` is the connection's, `audience_id` and `mapping` the mapping's)."""
 
     id: uuid.UUID
     owner_id: str
@@ -138,6 +140,13 @@ class ConnectionContext:
     halted: str | None = None
     last_error: str | None = None
     binding: Binding | None = None  # its rate and quota buckets (None: only the slots)
+    # The audience mapping; the default one has the connection's id.
+    mapping_id: uuid.UUID | None = None
+
+    @property
+    def mapping_key(self) -> uuid.UUID:
+        """The mapping the queue and mirror rows of this context are keyed by."""
+        return self.mapping_id or self.id
 
 
 DEFAULT_ACCOUNT_CONCURRENCY = 10
@@ -256,8 +265,8 @@ class SyncEngine:
         # down, are orphans: given back as soon as the database answers, never renewed.
         # Counted: a row released by a group's step may be claimed again by a new group
         # before the first group has let go of its own hold on it.
-        self._held: Counter[tuple[uuid.UUID, str]] = Counter()
-        self._orphans: dict[tuple[uuid.UUID, str], Claimed] = {}
+        self._held: Counter[tuple[uuid.UUID, uuid.UUID, str]] = Counter()
+        self._orphans: dict[tuple[uuid.UUID, uuid.UUID, str], Claimed] = {}
         self._orphaned = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -293,10 +302,13 @@ class SyncEngine:
         """True once stop() was called."""
         return self._stop.is_set()
 
-    async def connection_context(self, connection_id: uuid.UUID) -> ConnectionContext | None:
+    async def connection_context(
+        self, connection_id: uuid.UUID, mapping_id: uuid.UUID | None = None
+    ) -> ConnectionContext | None:
         """The client and account of a connection, for periodic jobs (requests they make go
         through `self.slots.gate(ctx.account_key)`); None when its credentials are unusable."""
-        return (await self._contexts([connection_id])).get(connection_id)
+        key = mapping_id or connection_id  # the default mapping has the connection's id
+        return (await self._contexts([key])).get(key)
 
     async def run(self, *, grace_seconds: float = 30.0) -> None:
         """Run until stop(): claim, send, complete; then finish in-flight groups and let go."""
@@ -410,20 +422,21 @@ class SyncEngine:
                 )
         if not claimed:
             return False
-        self._held.update((row.connection_id, row.email_key) for row in claimed)
+        self._held.update((row.connection_id, row.mapping_id, row.email_key) for row in claimed)
         self._row_lease_deadline = max(
             self._row_lease_deadline, time.monotonic() + self.options.lease_seconds
         )
+        # A group is one audience mapping's rows of one priority: one audience per send.
         groups: dict[tuple[uuid.UUID, int], list[Claimed]] = defaultdict(list)
         for row in claimed:
-            groups[(row.connection_id, min(row.priority, PRIORITY_BULK))].append(row)
+            groups[(row.mapping_id, min(row.priority, PRIORITY_BULK))].append(row)
         try:
-            contexts = await self._contexts(list({conn_id for conn_id, _ in groups}))
+            contexts = await self._contexts(list({mapping_id for mapping_id, _ in groups}))
         except Exception:
             await self._let_go(claimed)  # the database went away between claim and start
             raise
-        for (conn_id, priority), rows in groups.items():
-            ctx = contexts.get(conn_id)
+        for (mapping_id, priority), rows in groups.items():
+            ctx = contexts.get(mapping_id)
             if ctx is None:
                 await self._let_go(rows)
                 continue
@@ -449,25 +462,31 @@ class SyncEngine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, timeout))
 
-    async def _contexts(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, ConnectionContext]:
+    async def _contexts(
+        self, mapping_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, ConnectionContext]:
+        """Contexts by audience mapping id (a connection's default mapping has its id)."""
         async with self.db.connect() as conn:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT id, provider, owner_id, account_key, api_endpoint, dc, auth_kind,"
-                        " credentials, audience_id, status, updated_at FROM connections"
-                        " WHERE id = ANY(CAST(:ids AS uuid[]))"
+                        "SELECT c.id, c.provider, c.owner_id, c.account_key, c.api_endpoint,"
+                        " c.dc, c.auth_kind, c.credentials, m.audience_id, c.status,"
+                        " GREATEST(c.updated_at, m.updated_at) AS updated_at,"
+                        " m.id AS mapping_id, m.kinds, m.tags_any, m.tags_all"
+                        " FROM audience_mappings m JOIN connections c ON c.id = m.connection_id"
+                        " WHERE m.id = ANY(CAST(:ids AS uuid[])) AND c.audience_id IS NOT NULL"
                     ),
-                    {"ids": [str(i) for i in ids]},
+                    {"ids": [str(i) for i in mapping_ids]},
                 )
             ).mappings()
             out: dict[uuid.UUID, ConnectionContext] = {}
             for row in rows:
-                cached = self.contexts.get(row["id"])
+                cached = self.contexts.get(row["mapping_id"])
                 if cached is not None and cached.version == row["updated_at"]:
                     if row["status"] == "active":
                         cached.halted = None
-                    out[row["id"]] = cached
+                    out[row["mapping_id"]] = cached
                     continue
                 try:
                     provider = registry.get(row["provider"])
@@ -489,10 +508,11 @@ class SyncEngine:
                     version=row["updated_at"],
                     binding=binding,
                     provider=provider,
-                    mapping=self.mapping(provider),
+                    mapping=dataclasses.replace(self.mapping(provider), rule=AudienceRule.of(row)),
+                    mapping_id=row["mapping_id"],
                 )
-                self.contexts[row["id"]] = ctx
-                out[row["id"]] = ctx
+                self.contexts[row["mapping_id"]] = ctx
+                out[row["mapping_id"]] = ctx
             return out
 
     def mapping(self, provider: Provider) -> MappingConfig:
@@ -595,6 +615,7 @@ class SyncEngine:
             await QueueRepository(conn).complete(
                 me=self.me,
                 connection_id=ctx.id,
+                mapping_id=ctx.mapping_key,
                 owner_id=ctx.owner_id,
                 claimed=rows,
                 outcomes=outcomes,
@@ -620,12 +641,12 @@ class SyncEngine:
                 await QueueRepository(conn).release(me=self.me, rows=rows)
         except Exception as exc:
             log.warning("sync.release_failed", rows=len(rows), error=repr(exc))
-            self._orphans.update(((r.connection_id, r.email_key), r) for r in rows)
+            self._orphans.update(((r.connection_id, r.mapping_id, r.email_key), r) for r in rows)
             self._orphaned.set()
 
     def _unhold(self, rows: Iterable[Claimed]) -> None:
         for r in rows:
-            key = (r.connection_id, r.email_key)
+            key = (r.connection_id, r.mapping_id, r.email_key)
             self._held[key] -= 1
             if self._held[key] <= 0:
                 del self._held[key]
@@ -635,7 +656,7 @@ class SyncEngine:
         async with self.db.begin() as conn:
             await QueueRepository(conn).release(me=self.me, rows=orphans)
         for r in orphans:
-            self._orphans.pop((r.connection_id, r.email_key), None)
+            self._orphans.pop((r.connection_id, r.mapping_id, r.email_key), None)
         log.info("sync.orphans_released", rows=len(orphans))
         self._wake.set()  # claim them again now
 
@@ -655,6 +676,7 @@ class SyncEngine:
         async with self.db.connect() as conn:
             data = await QueueRepository(conn).load(
                 connection_id=ctx.id,
+                mapping_id=ctx.mapping_key,
                 owner_id=ctx.owner_id,
                 keys=keys,
                 contact_ids=hints,
@@ -682,7 +704,11 @@ class SyncEngine:
         if intents or creating:
             async with self.db.begin() as conn:
                 await QueueRepository(conn).record_intent(
-                    me=self.me, connection_id=ctx.id, intents=intents, creates=creating
+                    me=self.me,
+                    connection_id=ctx.id,
+                    mapping_id=ctx.mapping_key,
+                    intents=intents,
+                    creates=creating,
                 )
 
     def _plan(self, rows: list[Claimed], data: GroupData, cfg: MappingConfig) -> list[Plan]:
@@ -700,7 +726,9 @@ class SyncEngine:
             if contact is None or not new_key or new_key == row.email_key:
                 continue
             if not cfg.syncs(contact):
-                continue  # a kind SYNC_KINDS leaves out: the old key is archived, not moved
+                # A kind SYNC_KINDS or the mapping's rule leaves out: the old key is archived,
+                # not moved.
+                continue
             target = claimed.get(new_key)
             if target is None or target.forget or new_key in handled:
                 continue
@@ -1204,9 +1232,10 @@ class SyncEngine:
                     "provider": ctx.provider.id,
                 },
             )
-            for (conn_id,) in paused.all():
-                other = self.contexts.get(conn_id)
-                if other is not None:
+            paused_ids = {conn_id for (conn_id,) in paused.all()}
+            # Contexts are per audience mapping: halt every mapping of those connections.
+            for other in self.contexts.values():
+                if other.id in paused_ids:
                     other.halted = "paused"
         ctx.halted = ctx.halted or "paused"
         return LimitPaused(notice, until=until, scope="quota")
@@ -1426,9 +1455,9 @@ class SyncEngine:
                 )
                 await conn.execute(text("SELECT pg_notify(:ch, '')"), {"ch": NOTIFY_CHANNEL})
         if resumed:
-            ctx = self.contexts.get(connection_id)
-            if ctx is not None:
-                ctx.halted, ctx.failure_streak = None, 0
+            for ctx in self.contexts.values():
+                if ctx.id == connection_id:
+                    ctx.halted, ctx.failure_streak = None, 0
             log.info("sync.connection_resumed", connection=str(connection_id))
 
 

@@ -67,6 +67,12 @@ class SyncQueue(Base):
     connection_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
     )
+    # The audience mapping the row is for (DESIGN §3: keyed per mapping).
+    mapping_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("audience_mappings.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
     email_key: Mapped[str] = mapped_column(Text, primary_key=True)
     contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     seq: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
@@ -114,6 +120,11 @@ class SyncState(Base):
 
     connection_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    mapping_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("audience_mappings.id", ondelete="CASCADE"),
+        primary_key=True,
     )
     email_key: Mapped[str] = mapped_column(Text, primary_key=True)
     contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
@@ -192,10 +203,11 @@ class SyncRun(Base):
     __tablename__ = "sync_runs"
     __table_args__ = (
         Index("ix_sync_runs_connection_id_created_at", "connection_id", "created_at"),
-        # At most one live run (and one dry run) per connection, whichever replica asked.
+        # At most one live run (and one dry run) per mapping, whichever replica asked.
         Index(
-            "uq_sync_runs_connection_id_dry_run_active",
+            "uq_sync_runs_connection_id_mapping_id_dry_run_active",
             "connection_id",
+            "mapping_id",
             "dry_run",
             unique=True,
             postgresql_where=text("state IN ('queued', 'running')"),
@@ -210,6 +222,10 @@ class SyncRun(Base):
     )
     connection_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    # The audience mapping the run reconciles (NULL only for runs older than mappings).
+    mapping_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("audience_mappings.id", ondelete="CASCADE")
     )
     owner_id: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(Text)  # sync_now | initial | audience_change | pull

@@ -18,7 +18,8 @@ NOTIFY_CHANNEL = "sync_queue"
 def queue_upsert(select: str, *, only_parked: bool = False) -> str:
     """The one queue upsert every writer uses (API, import, reconcile), as SQL text.
 
-    `select` yields (connection_id, email_key, contact_id, priority, forget, available_at).
+    `select` yields (connection_id, mapping_id, email_key, contact_id, priority, forget,
+    available_at).
     On conflict a new change re-arms the row: `seq` moves on (so the worker knows a row it is
     sending changed meanwhile), attempts reset, a parked row is ready again, live priority
     wins, and `forget` is sticky (an erasure request is never undone by a later write).
@@ -29,9 +30,9 @@ def queue_upsert(select: str, *, only_parked: bool = False) -> str:
     condition = "WHERE q.state = 'parked'" if only_parked else ""
     return f"""
         INSERT INTO sync_queue AS q
-            (connection_id, email_key, contact_id, priority, forget, available_at)
+            (connection_id, mapping_id, email_key, contact_id, priority, forget, available_at)
         {select}
-        ON CONFLICT (connection_id, email_key) DO UPDATE SET
+        ON CONFLICT (connection_id, mapping_id, email_key) DO UPDATE SET
             seq = q.seq + 1,
             parks = 0,
             parked_at = NULL,
@@ -43,21 +44,25 @@ def queue_upsert(select: str, *, only_parked: bool = False) -> str:
             last_error = NULL,
             available_at = EXCLUDED.available_at
         {condition}
-        RETURNING q.connection_id, q.email_key, q.state, q.last_error, q.available_at,
+        RETURNING q.connection_id, q.mapping_id, q.email_key, q.state, q.last_error, q.available_at,
                   q.xmax = 0 AS inserted
     """
 
 
-# A row per (connection with an audience) × key of an API write.
+# A row per audience mapping (of a connection with an audience) × key of an API write. Every
+# mapping gets the row whatever its rule: the rule is evaluated at send time, so a contact
+# that stopped matching is archived from that audience and one that started matching joins.
 # Coalescing hold: a key sent less than `hold` seconds ago waits until that much time has
 # passed, so a contact edited over and over is sent once per hold with its latest state
 # (DESIGN §1.4), while a change to a quiet contact goes at once.
 _API_ROWS = """
-    SELECT c.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
+    SELECT c.id, m.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
            GREATEST(now(), s.last_synced_at + make_interval(secs => :hold))
     FROM connections c
+    JOIN audience_mappings m ON m.connection_id = c.id
     CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
-    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.email_key = k.email_key
+    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.mapping_id = m.id
+        AND s.email_key = k.email_key
     WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
 """
 
@@ -76,7 +81,7 @@ _API_ROWS = """
 # or is the worker's own to look at again.
 ENQUEUE_CTES = f"""
     queue_before AS (
-        SELECT q.connection_id, q.email_key, q.state, q.available_at
+        SELECT q.connection_id, q.mapping_id, q.email_key, q.state, q.available_at
         FROM sync_queue q JOIN connections c ON c.id = q.connection_id
         WHERE c.owner_id = :owner_id AND q.email_key = ANY(CAST(:keys AS text[]))
     ),
@@ -85,7 +90,7 @@ ENQUEUE_CTES = f"""
         SELECT pg_notify(:channel, '')
         WHERE EXISTS (
             SELECT FROM queued
-            LEFT JOIN queue_before b USING (connection_id, email_key)
+            LEFT JOIN queue_before b USING (connection_id, mapping_id, email_key)
             WHERE queued.inserted
                OR b.connection_id IS NULL
                OR b.state <> 'ready'

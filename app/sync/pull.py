@@ -86,7 +86,15 @@ _KNOWN = text(
            s.remote_status, s.remote_changed_at
     FROM unnest(CAST(:keys AS text[])) AS k(email_key)
     LEFT JOIN contacts c ON c.owner_id = :owner AND c.email_key = k.email_key
-    LEFT JOIN sync_state s ON s.connection_id = :conn AND s.email_key = k.email_key
+    LEFT JOIN sync_state s ON s.connection_id = :conn AND s.mapping_id = :mapping
+        AND s.email_key = k.email_key
+    """
+)
+# Every audience of the connection is pulled, the default mapping's first.
+_MAPPINGS = text(
+    """
+    SELECT id FROM audience_mappings WHERE connection_id = :id
+    ORDER BY id <> connection_id, created_at
     """
 )
 _PULLED = text(
@@ -168,43 +176,43 @@ async def _pull(engine: SyncEngine, connection_id: uuid.UUID, every: float) -> P
     last = row["last_pull_at"]
     if every and last is not None and row["now"] - last < timedelta(seconds=every):
         return None  # another worker pulled it meanwhile
-    ctx = await engine.connection_context(connection_id)
-    if ctx is None:
-        return None
+    async with engine.db.connect() as conn:
+        mapping_ids = [m for (m,) in await conn.execute(_MAPPINGS, {"id": connection_id})]
     started: datetime = row["now"]
     since = ((last or row["created_at"]) - PULL_OVERLAP).replace(microsecond=0)
     result = PullResult(connection_id)
     maker = make_sessionmaker(engine.db)
-    inbound = Inbound(
-        connection_id=connection_id,
-        owner_id=row["owner_id"],
-        mapping=ctx.mapping,
-        source=SOURCE,
-        actor=f"{ctx.provider.id}:pull",
-        provider=ctx.provider.id,
-        person_id=ctx.provider.person_id,
-    )
-    gate = engine.slots.gate(ctx.account_key)
-    if ctx.provider.spec.capabilities.inbound == "pull" and hasattr(ctx.client, "pull_changes"):
-        # No webhooks exist: the pull is the provider's only way back, as neutral events.
-        if not await _pull_events(engine, gate, ctx, row, since, result):
+    for mapping_id in mapping_ids:
+        ctx = await engine.connection_context(connection_id, mapping_id)
+        if ctx is None:
             return None
-        async with engine.db.begin() as conn:
-            await conn.execute(_PULLED, {"id": connection_id, "started": started})
-        if result.outcomes:
-            log.info("sync.pull.done", connection=str(connection_id), **dict(result.outcomes))
-        return result
-    offset = 0
-    while True:
-        page = await _fetch(engine, gate, ctx, since=since, offset=offset)
-        if page is None:
-            return None  # retried at the next round; last_pull_at stays
-        async with session_scope(maker) as session:
-            await _apply(session, inbound, page, started, result)
-        offset += len(page.members)
-        result.members += len(page.members)
-        if not page.members or offset >= page.total_items:
-            break
+        inbound = Inbound(
+            connection_id=connection_id,
+            mapping_id=mapping_id,
+            owner_id=row["owner_id"],
+            mapping=ctx.mapping,
+            source=SOURCE,
+            actor=f"{ctx.provider.id}:pull",
+            provider=ctx.provider.id,
+            person_id=ctx.provider.person_id,
+        )
+        gate = engine.slots.gate(ctx.account_key)
+        if ctx.provider.spec.capabilities.inbound == "pull" and hasattr(ctx.client, "pull_changes"):
+            # No webhooks exist: the pull is the provider's only way back, as neutral events.
+            if not await _pull_events(engine, gate, ctx, row, since, result):
+                return None
+            continue
+        offset = 0
+        while True:
+            page = await _fetch(engine, gate, ctx, since=since, offset=offset)
+            if page is None:
+                return None  # retried at the next round; last_pull_at stays
+            async with session_scope(maker) as session:
+                await _apply(session, inbound, page, started, result)
+            offset += len(page.members)
+            result.members += len(page.members)
+            if not page.members or offset >= page.total_items:
+                break
     async with engine.db.begin() as conn:
         await conn.execute(_PULLED, {"id": connection_id, "started": started})
     if result.outcomes:
@@ -260,7 +268,12 @@ async def _apply(
         for r in (
             await session.execute(
                 _KNOWN,
-                {"keys": keys, "owner": inbound.owner_id, "conn": inbound.connection_id},
+                {
+                    "keys": keys,
+                    "owner": inbound.owner_id,
+                    "conn": inbound.connection_id,
+                    "mapping": inbound.mirror_mapping,
+                },
             )
         ).mappings()
     }
@@ -287,7 +300,7 @@ async def _apply(
 _BY_REMOTE_ID = text(
     """
     SELECT email_key, pushed_email FROM sync_state
-    WHERE connection_id = :conn AND remote_id = :rid
+    WHERE connection_id = :conn AND mapping_id = :mapping AND remote_id = :rid
     LIMIT 1
     """
 )
@@ -334,6 +347,7 @@ async def _pull_events(
                 session,
                 Inbound(
                     connection_id=ctx.id,
+                    mapping_id=ctx.mapping_key,
                     owner_id=ctx.owner_id,
                     mapping=ctx.mapping,
                     source=SOURCE,
@@ -378,7 +392,11 @@ async def _email_change(
     if not remote_id or new_key is None:
         return None
     found = (
-        (await session.execute(_BY_REMOTE_ID, {"conn": ctx.id, "rid": remote_id}))
+        (
+            await session.execute(
+                _BY_REMOTE_ID, {"conn": ctx.id, "mapping": ctx.mapping_key, "rid": remote_id}
+            )
+        )
         .mappings()
         .first()
     )

@@ -20,6 +20,7 @@ class Claimed:
     """A queue row this worker leased, with the `seq` it had when claimed."""
 
     connection_id: uuid.UUID
+    mapping_id: uuid.UUID
     email_key: str
     seq: int
     contact_id: uuid.UUID | None
@@ -53,7 +54,7 @@ _CLAIM = text(
     UPDATE sync_queue q
     SET lease_until = now() + make_interval(secs => :lease), leased_by = :me
     FROM (
-        SELECT q2.connection_id, q2.email_key
+        SELECT q2.connection_id, q2.mapping_id, q2.email_key
         FROM sync_queue q2
         JOIN connections c ON c.id = q2.connection_id
         WHERE q2.state = 'ready'
@@ -68,9 +69,10 @@ _CLAIM = text(
         LIMIT :limit
         FOR UPDATE OF q2 SKIP LOCKED
     ) pick
-    WHERE q.connection_id = pick.connection_id AND q.email_key = pick.email_key
-    RETURNING q.connection_id, q.email_key, q.seq, q.contact_id, q.forget, q.attempts, q.priority,
-              q.tag_intent, q.create_intent
+    WHERE q.connection_id = pick.connection_id AND q.mapping_id = pick.mapping_id
+      AND q.email_key = pick.email_key
+    RETURNING q.connection_id, q.mapping_id, q.email_key, q.seq, q.contact_id, q.forget,
+              q.attempts, q.priority, q.tag_intent, q.create_intent
     """
 )
 
@@ -82,22 +84,24 @@ _NEXT_DUE = text(
     """
 )
 
-# Pairs, not two ANY lists: a cross product could release another group's row.
+# Triples, not three ANY lists: a cross product could release another group's row.
 _RELEASE = text(
     """
     UPDATE sync_queue q SET lease_until = NULL, leased_by = NULL
-    FROM unnest(CAST(:conns AS uuid[]), CAST(:keys AS text[])) AS r(connection_id, email_key)
+    FROM unnest(CAST(:conns AS uuid[]), CAST(:maps AS uuid[]), CAST(:keys AS text[]))
+        AS r(connection_id, mapping_id, email_key)
     WHERE q.leased_by = :me AND q.connection_id = r.connection_id
-      AND q.email_key = r.email_key
+      AND q.mapping_id = r.mapping_id AND q.email_key = r.email_key
     """
 )
 
 _RENEW = text(
     """
     UPDATE sync_queue q SET lease_until = now() + make_interval(secs => :lease)
-    FROM unnest(CAST(:conns AS uuid[]), CAST(:keys AS text[])) AS h(connection_id, email_key)
+    FROM unnest(CAST(:conns AS uuid[]), CAST(:maps AS uuid[]), CAST(:keys AS text[]))
+        AS h(connection_id, mapping_id, email_key)
     WHERE q.leased_by = :me AND q.connection_id = h.connection_id
-      AND q.email_key = h.email_key
+      AND q.mapping_id = h.mapping_id AND q.email_key = h.email_key
     """
 )
 
@@ -114,7 +118,8 @@ _INTENT = text(
         FROM jsonb_to_recordset(CAST(:rows AS jsonb))
             AS r(email_key text, tags jsonb, creates boolean)
     ) i
-    WHERE q.connection_id = :conn AND q.email_key = i.email_key AND q.leased_by = :me
+    WHERE q.connection_id = :conn AND q.mapping_id = :mapping AND q.email_key = i.email_key
+      AND q.leased_by = :me
     """
 )
 
@@ -124,7 +129,7 @@ _INTENT = text(
 _REARM_PARKED = text(
     """
     WITH due AS (
-        SELECT q.connection_id, q.email_key FROM sync_queue q
+        SELECT q.connection_id, q.mapping_id, q.email_key FROM sync_queue q
         JOIN connections c ON c.id = q.connection_id
         WHERE q.state = 'parked' AND q.available_at <= now() AND c.status = 'active'
         ORDER BY q.available_at
@@ -132,7 +137,8 @@ _REARM_PARKED = text(
         FOR UPDATE OF q SKIP LOCKED
     ), moved AS (
         UPDATE sync_queue q SET state = 'ready', attempts = 0, available_at = now()
-        FROM due WHERE q.connection_id = due.connection_id AND q.email_key = due.email_key
+        FROM due WHERE q.connection_id = due.connection_id AND q.mapping_id = due.mapping_id
+            AND q.email_key = due.email_key
         RETURNING 1
     )
     SELECT count(*) AS n, CASE WHEN count(*) > 0 THEN pg_notify(:channel, '') END AS notified
@@ -164,7 +170,8 @@ _LOAD_CONTACTS = text(
 _LOAD_MIRROR = text(
     """
     SELECT * FROM sync_state
-    WHERE connection_id = :conn AND email_key = ANY(CAST(:keys AS text[]))
+    WHERE connection_id = :conn AND mapping_id = :mapping
+      AND email_key = ANY(CAST(:keys AS text[]))
     """
 )
 
@@ -178,10 +185,10 @@ _LOAD_TOMBSTONES = text(
 # Outcomes travel as one JSON document: one statement per table, whatever the batch size.
 _MIRROR_UPSERT = text(
     """
-    INSERT INTO sync_state AS s (connection_id, email_key, contact_id, remote_id, pushed_email,
-        pushed_digest, pushed_tags, remote_status, remote_changed_at, last_synced_at,
+    INSERT INTO sync_state AS s (connection_id, mapping_id, email_key, contact_id, remote_id,
+        pushed_email, pushed_digest, pushed_tags, remote_status, remote_changed_at, last_synced_at,
         error_kind, error, remote_refs)
-    SELECT :conn, r.email_key, r.contact_id, r.remote_id, r.pushed_email, r.pushed_digest,
+    SELECT :conn, :mapping, r.email_key, r.contact_id, r.remote_id, r.pushed_email, r.pushed_digest,
         ARRAY(SELECT jsonb_array_elements_text(COALESCE(r.pushed_tags, '[]'::jsonb))),
         r.remote_status, r.remote_changed_at, now(), r.error_kind, r.error,
         COALESCE(r.remote_refs, '{}'::jsonb)
@@ -189,7 +196,7 @@ _MIRROR_UPSERT = text(
         remote_id text, pushed_email text, pushed_digest text, pushed_tags jsonb,
         remote_status text, remote_changed_at timestamptz, error_kind text, error text,
         remote_refs jsonb)
-    ON CONFLICT (connection_id, email_key) DO UPDATE SET
+    ON CONFLICT (connection_id, mapping_id, email_key) DO UPDATE SET
         contact_id = EXCLUDED.contact_id,
         remote_id = COALESCE(EXCLUDED.remote_id, s.remote_id),
         -- Refs a send reports are merged over the known ones (a client drops one with null).
@@ -210,7 +217,11 @@ _MIRROR_UPSERT = text(
 )
 
 _MIRROR_DELETE = text(
-    "DELETE FROM sync_state WHERE connection_id = :conn AND email_key = ANY(CAST(:keys AS text[]))"
+    """
+    DELETE FROM sync_state
+    WHERE connection_id = :conn AND mapping_id = :mapping
+      AND email_key = ANY(CAST(:keys AS text[]))
+    """
 )
 
 _TOMBSTONES = text(
@@ -253,7 +264,7 @@ _COMPLETE = text(
             AS o(email_key text, seq bigint, kind text, delay float8, error text)
     ), done AS (
         DELETE FROM sync_queue q USING o
-        WHERE q.connection_id = :conn AND q.email_key = o.email_key
+        WHERE q.connection_id = :conn AND q.mapping_id = :mapping AND q.email_key = o.email_key
           AND o.kind = 'done' AND q.seq = o.seq
         RETURNING q.email_key
     ), rest AS (
@@ -282,7 +293,7 @@ _COMPLETE = text(
             tag_intent = CASE WHEN o.kind = 'done' THEN '{}'::text[] ELSE q.tag_intent END,
             create_intent = CASE WHEN o.kind = 'done' THEN false ELSE q.create_intent END
         FROM o
-        WHERE q.connection_id = :conn AND q.email_key = o.email_key
+        WHERE q.connection_id = :conn AND q.mapping_id = :mapping AND q.email_key = o.email_key
           AND NOT (o.kind = 'done' AND q.seq = o.seq)
           AND q.leased_by = :me
         RETURNING q.state
@@ -361,21 +372,27 @@ class QueueRepository:
                 {
                     "me": me,
                     "conns": [str(r.connection_id) for r in rows],
+                    "maps": [str(r.mapping_id) for r in rows],
                     "keys": [r.email_key for r in rows],
                 },
             )
 
     async def renew(
-        self, *, me: str, held: Sequence[tuple[uuid.UUID, str]], lease_seconds: float
+        self,
+        *,
+        me: str,
+        held: Sequence[tuple[uuid.UUID, uuid.UUID, str]],
+        lease_seconds: float,
     ) -> None:
-        """Extend the leases of these (connection, key) rows, and only these."""
+        """Extend the leases of these (connection, mapping, key) rows, and only these."""
         await self.conn.execute(
             _RENEW,
             {
                 "me": me,
                 "lease": lease_seconds,
-                "conns": [str(c) for c, _ in held],
-                "keys": [k for _, k in held],
+                "conns": [str(c) for c, _, _ in held],
+                "maps": [str(m) for _, m, _ in held],
+                "keys": [k for _, _, k in held],
             },
         )
 
@@ -384,6 +401,7 @@ class QueueRepository:
         *,
         me: str,
         connection_id: uuid.UUID,
+        mapping_id: uuid.UUID,
         intents: dict[str, list[str]],
         creates: Iterable[str] = (),
     ) -> None:
@@ -395,7 +413,7 @@ class QueueRepository:
             for k in sorted(set(intents) | creating)
         ]
         if rows:
-            params = {"me": me, "conn": connection_id, "rows": _dumps(rows)}
+            params = {"me": me, "conn": connection_id, "mapping": mapping_id, "rows": _dumps(rows)}
             await self.conn.execute(_INTENT, params)
 
     async def rearm_parked(self, *, limit: int = 1000) -> int:
@@ -421,6 +439,7 @@ class QueueRepository:
         self,
         *,
         connection_id: uuid.UUID,
+        mapping_id: uuid.UUID,
         owner_id: str,
         keys: Sequence[str],
         contact_ids: Sequence[uuid.UUID],
@@ -440,7 +459,8 @@ class QueueRepository:
             c["email_key"] for c in data.contacts_by_id.values() if c["email_key"]
         }
         mirrors = await self.conn.execute(
-            _LOAD_MIRROR, {"conn": connection_id, "keys": sorted(mirror_keys)}
+            _LOAD_MIRROR,
+            {"conn": connection_id, "mapping": mapping_id, "keys": sorted(mirror_keys)},
         )
         data.mirrors = {row["email_key"]: row for row in mirrors.mappings()}
         tombs = await self.conn.execute(
@@ -454,6 +474,7 @@ class QueueRepository:
         *,
         me: str,
         connection_id: uuid.UUID,
+        mapping_id: uuid.UUID,
         owner_id: str,
         claimed: Sequence[Claimed],
         outcomes: dict[str, Outcome],
@@ -465,11 +486,14 @@ class QueueRepository:
         upserts = [o.mirror | {"email_key": o.key} for o in outcomes.values() if o.mirror]
         if upserts:
             await self.conn.execute(
-                _MIRROR_UPSERT, {"conn": connection_id, "rows": _dumps(upserts)}
+                _MIRROR_UPSERT,
+                {"conn": connection_id, "mapping": mapping_id, "rows": _dumps(upserts)},
             )
         deletes = [o.key for o in outcomes.values() if o.mirror_delete]
         if deletes:
-            await self.conn.execute(_MIRROR_DELETE, {"conn": connection_id, "keys": deletes})
+            await self.conn.execute(
+                _MIRROR_DELETE, {"conn": connection_id, "mapping": mapping_id, "keys": deletes}
+            )
         tombstones = [o.tombstone for o in outcomes.values() if o.tombstone]
         if tombstones:
             await self.conn.execute(_TOMBSTONES, {"conn": connection_id, "ids": tombstones})
@@ -500,6 +524,7 @@ class QueueRepository:
                     _COMPLETE,
                     {
                         "conn": connection_id,
+                        "mapping": mapping_id,
                         "rows": _dumps(rows),
                         "me": me,
                         "max": max_attempts,
@@ -522,6 +547,7 @@ class QueueRepository:
                 {
                     "me": me,
                     "conns": [str(connection_id)] * len(rows),
+                    "maps": [str(mapping_id)] * len(rows),
                     "keys": [r["email_key"] for r in rows],
                 },
             )

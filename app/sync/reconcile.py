@@ -56,7 +56,7 @@ from app.providers.base import (
     ThrottledError,
     TransientError,
 )
-from app.providers.mapping import MappingConfig
+from app.providers.mapping import RULE_SQL, MappingConfig
 from app.sync.limits import request_priority
 from app.sync.models import PRIORITY_BULK
 from app.sync.outbox import (
@@ -114,6 +114,7 @@ class Run:
 
     id: uuid.UUID
     connection_id: uuid.UUID
+    mapping_id: uuid.UUID | None
     owner_id: str
     kind: str
     dry_run: bool
@@ -141,18 +142,19 @@ _CLAIM = text(
         started_at = COALESCE(r.started_at, now()), error = NULL
     FROM (
         SELECT r2.id FROM sync_runs r2 JOIN connections c ON c.id = r2.connection_id
+        JOIN audience_mappings m ON m.id = r2.mapping_id
         WHERE (r2.state = 'queued'
                OR (r2.state = 'running' AND (r2.lease_until < now()
                                              OR r2.leased_by = ANY(CAST(:dead AS text[])))))
           AND c.status = 'active' AND c.audience_id IS NOT NULL
-          AND r2.progress ->> 'audience_id' = c.audience_id
+          AND r2.progress ->> 'audience_id' = m.audience_id
         ORDER BY r2.created_at
         LIMIT 1
         FOR UPDATE OF r2 SKIP LOCKED
     ) pick
     WHERE r.id = pick.id
-    RETURNING r.id, r.connection_id, r.owner_id, r.kind, r.dry_run, r.attempts, r.progress,
-        r.started_at
+    RETURNING r.id, r.connection_id, r.mapping_id, r.owner_id, r.kind, r.dry_run, r.attempts,
+        r.progress, r.started_at
     """
 )
 _RELEASE = text(
@@ -210,6 +212,13 @@ _WEBHOOK = text(
     WHERE id = :id AND audience_id = :audience
     """
 )
+# Another mapping's audience: its webhook is the mapping's (the URL and token are the same).
+_MAPPING_WEBHOOK = text(
+    """
+    UPDATE audience_mappings SET webhook_id = :webhook_id
+    WHERE id = :mapping AND audience_id = :audience AND id <> connection_id
+    """
+)
 _CONTACTS = text(
     """
     SELECT id, kind, email, email_key, first_name, last_name, company, phone, addr1, addr2,
@@ -247,7 +256,7 @@ _LOCK_RUN = text(
 # matched. Rows the worker or the user changed after the listing began are skipped: what we
 # saw is older than what they know.
 _PLAN = text(
-    """
+    f"""
     CREATE TEMP TABLE reconcile_plan ON COMMIT DROP AS
     WITH staged AS (
         SELECT s.email_key, s.remote_id, s.status, s.tags AS remote_tags, s.last_changed,
@@ -256,7 +265,7 @@ _PLAN = text(
             c.newsletter_opt_in AS opt_in, c.email_status,
             (c.newsletter_opt_in AND c.email_status = 'ok') AS consent,
             c.newsletter_changed_at AS consent_at, c.newsletter_unsubscribed_at AS opted_out_at,
-            c.kind = ANY(CAST(:kinds AS text[])) AS in_scope,
+            (c.kind = ANY(CAST(:kinds AS text[])) AND {RULE_SQL}) AS in_scope,
             m.remote_status AS mirror_status, m.remote_changed_at AS mirror_changed_at,
             m.last_synced_at AS mirror_synced_at,
             -- Ours: pushed by us and not archived by us since (a member we archived that is
@@ -265,14 +274,16 @@ _PLAN = text(
                 AS ours
         FROM reconcile_members s
         LEFT JOIN contacts c ON c.owner_id = :owner AND c.email_key = s.email_key
-        LEFT JOIN sync_state m ON m.connection_id = :conn AND m.email_key = s.email_key
+        LEFT JOIN sync_state m ON m.connection_id = :conn AND m.mapping_id = :mapping
+            AND m.email_key = s.email_key
         WHERE s.run_id = :run
     ), classified AS (
         SELECT *,
             CASE
                 WHEN contact_id IS NULL THEN 'remote_only'
                 WHEN mirror_synced_at > :started OR consent_at > :started THEN 'skipped'
-                -- A kind SYNC_KINDS leaves out: the member we pushed is queued (the worker
+                -- A kind SYNC_KINDS or the mapping's rule leaves out: the member we pushed is
+                -- queued (the worker
                 -- archives it, as after a local delete); the person's own unsubscribe or
                 -- bounce still becomes the CRM's consent, below.
                 WHEN NOT in_scope AND status NOT IN ('unsubscribed', 'cleaned') THEN
@@ -315,7 +326,7 @@ _PLAN = text(
     FROM contacts c
     WHERE c.owner_id = :owner AND c.email_key IS NOT NULL
       AND c.newsletter_opt_in AND c.email_status = 'ok'
-      AND c.kind = ANY(CAST(:kinds AS text[]))
+      AND c.kind = ANY(CAST(:kinds AS text[])) AND {RULE_SQL}
       AND NOT EXISTS (SELECT 1 FROM reconcile_members s
                       WHERE s.run_id = :run AND s.email_key = c.email_key)
     """
@@ -379,15 +390,16 @@ _CONSENT = text(
 )
 _MIRROR = text(
     """
-    INSERT INTO sync_state AS m (connection_id, email_key, contact_id, remote_id, pushed_email,
-        pushed_digest, pushed_tags, remote_status, remote_changed_at, last_synced_at)
-    SELECT :conn, p.email_key, p.contact_id, p.remote_id,
+    INSERT INTO sync_state AS m (connection_id, mapping_id, email_key, contact_id, remote_id,
+        pushed_email, pushed_digest, pushed_tags, remote_status, remote_changed_at,
+        last_synced_at)
+    SELECT :conn, :mapping, p.email_key, p.contact_id, p.remote_id,
         CASE WHEN p.adopt THEN p.contact_email END,
         CASE WHEN p.adopt THEN p.desired_digest END,
         CASE WHEN p.adopt THEN p.contact_tags ELSE '{}'::text[] END,
         p.status, p.last_changed, now()
     FROM reconcile_plan p WHERE p.mirror_write
-    ON CONFLICT (connection_id, email_key) DO UPDATE SET
+    ON CONFLICT (connection_id, mapping_id, email_key) DO UPDATE SET
         contact_id = EXCLUDED.contact_id,
         remote_id = EXCLUDED.remote_id,
         pushed_email = COALESCE(EXCLUDED.pushed_email, m.pushed_email),
@@ -416,7 +428,8 @@ _MIRROR = text(
 _STALE_MIRROR = text(
     """
     DELETE FROM sync_state m USING reconcile_plan p
-    WHERE p.category = 'local_only' AND m.connection_id = :conn AND m.email_key = p.email_key
+    WHERE p.category = 'local_only' AND m.connection_id = :conn AND m.mapping_id = :mapping
+      AND m.email_key = p.email_key
       AND m.remote_status IN ('subscribed', 'unsubscribed', 'cleaned', 'pending',
                               'transactional')
       AND (m.last_synced_at IS NULL OR m.last_synced_at < :started)
@@ -425,7 +438,7 @@ _STALE_MIRROR = text(
 # Bulk priority: live changes go first. A row already queued keeps its seq (the worker sends
 # the current state anyway); a parked one is re-armed: Sync Now is a retry.
 _PLANNED_ROWS = """
-    SELECT :conn, p.email_key, p.contact_id, :priority, false, now()
+    SELECT :conn, :mapping, p.email_key, p.contact_id, :priority, false, now()
     FROM reconcile_plan p WHERE p.enqueue
 """
 _ENQUEUE = text(
@@ -556,7 +569,7 @@ class Reconciler:
         started = time.monotonic()
         ctx: ConnectionContext | None = None
         try:
-            ctx = await engine.connection_context(run.connection_id)
+            ctx = await engine.connection_context(run.connection_id, run.mapping_id)
             if ctx is None:
                 await self._fail(engine, run, "the connection's credentials are unusable")
                 return
@@ -665,6 +678,10 @@ class Reconciler:
                     "id": run.connection_id,
                     "audience": ctx.audience_id,
                 },
+            )
+            await conn.execute(
+                _MAPPING_WEBHOOK,
+                {"webhook_id": webhook_id, "mapping": ctx.mapping_key, "audience": ctx.audience_id},
             )
 
     async def _keep_webhook(
@@ -817,10 +834,12 @@ class Reconciler:
         params = {
             "run": run.id,
             "conn": run.connection_id,
+            "mapping": ctx.mapping_key,
             "owner": ctx.owner_id,
             "started": run.started_at,
             "kinds": sorted(cfg.kinds if cfg.kinds is not None else (k.value for k in ContactKind)),
             "provider": ctx.provider.id,
+            **cfg.rule.sql_params(),
         }
         async with db.begin() as conn:
             if (await conn.execute(_LOCK_RUN, {"id": run.id, "me": me})).first() is None:
@@ -849,11 +868,11 @@ class Reconciler:
     @staticmethod
     async def _write(conn: AsyncConnection, params: dict[str, Any]) -> None:
         await conn.execute(_CONSENT, {"owner": params["owner"], "provider": params["provider"]})
-        await conn.execute(_MIRROR, {"conn": params["conn"]})
-        await conn.execute(_STALE_MIRROR, {"conn": params["conn"], "started": params["started"]})
+        target = {"conn": params["conn"], "mapping": params["mapping"]}
+        await conn.execute(_MIRROR, target)
+        await conn.execute(_STALE_MIRROR, {**target, "started": params["started"]})
         await conn.execute(
-            _ENQUEUE,
-            {"conn": params["conn"], "priority": PRIORITY_BULK, "channel": NOTIFY_CHANNEL},
+            _ENQUEUE, {**target, "priority": PRIORITY_BULK, "channel": NOTIFY_CHANNEL}
         )
 
     # --- endings -----------------------------------------------------------------------------

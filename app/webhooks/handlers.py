@@ -29,10 +29,19 @@ _STATUS = {
 
 
 async def handle(
-    applier: InboundApplier, event: InboundEvent, *, connection: RowMapping, settings: Settings
+    applier: InboundApplier,
+    event: InboundEvent,
+    *,
+    connection: RowMapping,
+    settings: Settings,
+    audience_id: str | None = None,
 ) -> Outcome:
-    """Apply one stored event; the outcome says what it did."""
-    audience = connection["audience_id"]
+    """Apply one stored event; the outcome says what it did.
+
+    `audience_id`: the audience of the mapping the applier writes the mirror of (default:
+    the connection's own audience).
+    """
+    audience = audience_id or connection["audience_id"]
     if audience is None or (event.audience_id and event.audience_id != audience):
         # A webhook left behind on another audience: its people are not this mirror's.
         return Outcome.ignored

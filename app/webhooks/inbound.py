@@ -86,6 +86,14 @@ class Inbound:
     provider: str = ""  # the provider id; a lead made from a signup has it as `referral`
     # The provider's person id derivable from an email key (Mailchimp's subscriber hash).
     person_id: Callable[[str], str | None] = lambda _key: None
+    # The audience mapping whose audience the facts come from (None: the default mapping).
+    mapping_id: uuid.UUID | None = None
+
+    @property
+    def mirror_mapping(self) -> uuid.UUID:
+        """The mapping whose mirror rows the facts update (the default one has the
+        connection's id)."""
+        return self.mapping_id or self.connection_id
 
 
 def newer_than(local: datetime | None, at: datetime) -> bool:
@@ -105,6 +113,8 @@ class InboundApplier:
         self.session = session
         self.inbound = inbound
         self.repo = InboundRepository(session)
+        # The mirror rows of the audience mapping the facts are about.
+        self.mirrors = self.repo.mirror_of(inbound.mirror_mapping)
         self.contacts = ContactRepository(session)
 
     # --- status: unsubscribe, cleaned, subscribe, and the pull ----------------------------
@@ -125,7 +135,7 @@ class InboundApplier:
             return Outcome.invalid
         conn = self.inbound.connection_id
         # Lock order mirror → contact, as the worker's completion takes them.
-        mirror = await self.repo.mirror(conn, key)
+        mirror = await self.mirrors.mirror(conn, key)
         contact = await self.repo.contact_by_key(self.inbound.owner_id, key)
         created = False
         if contact is None:
@@ -195,7 +205,7 @@ class InboundApplier:
         contact_id = contact["id"] if contact is not None else None
         if mirror is not None and newer_than(mirror["remote_changed_at"], at):
             if contact_id is not None and mirror["contact_id"] != contact_id:
-                await self.repo.save_mirror(
+                await self.mirrors.save_mirror(
                     self.inbound.connection_id, key, {**mirror, "contact_id": contact_id}
                 )
             return
@@ -227,7 +237,7 @@ class InboundApplier:
                 pushed_digest=self._digest(contact),
                 pushed_tags=list(contact["tags"] or []),
             )
-        await self.repo.save_mirror(self.inbound.connection_id, key, values)
+        await self.mirrors.save_mirror(self.inbound.connection_id, key, values)
 
     async def _create_lead(
         self, email: str, key: str, merges: Mapping[str, Any], at: datetime, event: str | None
@@ -273,7 +283,7 @@ class InboundApplier:
         key = email_key(email)
         if key is None:
             return Outcome.invalid
-        mirror = await self.repo.mirror(self.inbound.connection_id, key)
+        mirror = await self.mirrors.mirror(self.inbound.connection_id, key)
         contact = await self.repo.contact_by_key(self.inbound.owner_id, key)
         if contact is None:
             return Outcome.unknown_contact
@@ -293,7 +303,7 @@ class InboundApplier:
         contact = await self._update(contact, diff, at=at, event=event, extra={})
         if mirror is not None and mirror["pushed_digest"] == before_digest:
             # The member held our data and now holds the person's edit, which we took.
-            await self.repo.save_mirror(
+            await self.mirrors.save_mirror(
                 self.inbound.connection_id,
                 key,
                 {**mirror, "contact_id": contact["id"], "pushed_digest": self._digest(contact)},
@@ -322,9 +332,9 @@ class InboundApplier:
         if address is None:
             return Outcome.invalid
         conn, owner = self.inbound.connection_id, self.inbound.owner_id
-        old_mirror = await self.repo.mirror(conn, old_key)
+        old_mirror = await self.mirrors.mirror(conn, old_key)
         if new_key != old_key:
-            await self.repo.mirror(conn, new_key)  # lock it: it is about to be replaced
+            await self.mirrors.mirror(conn, new_key)  # lock it: it is about to be replaced
         contact = await self.repo.contact_by_key(owner, old_key)
         if contact is None:
             moved = await self.repo.contact_by_key(owner, new_key)
@@ -356,8 +366,8 @@ class InboundApplier:
                 else old_mirror["pushed_digest"],
             )
             if new_key != old_key:
-                await self.repo.delete_mirror(conn, old_key)
-            await self.repo.save_mirror(conn, new_key, renamed)
+                await self.mirrors.delete_mirror(conn, old_key)
+            await self.mirrors.save_mirror(conn, new_key, renamed)
         await self._enqueue_if_owed(new_key, contact)
         return Outcome.applied
 
@@ -412,7 +422,7 @@ class InboundApplier:
     async def _enqueue_if_owed(self, key: str, contact: RowMapping) -> None:
         """Queue the key only when the planner, given the new rows, would call the provider."""
         conn = self.inbound.connection_id
-        mirror = await self.repo.mirror(conn, key)
+        mirror = await self.mirrors.mirror(conn, key)
         plan = plan_key(
             key,
             contact=dict(contact),

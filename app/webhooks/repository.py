@@ -13,12 +13,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.connections.models import Connection
+from app.connections.models import AudienceMapping, Connection
 from app.contacts.models import Contact
 from app.sync.models import SyncState, SyncTombstone
 from app.webhooks.models import WEBHOOK_TOKEN_HASH, WebhookEvent
 
 connections = cast(Table, Connection.__table__)
+mappings = cast(Table, AudienceMapping.__table__)
 contacts = cast(Table, Contact.__table__)
 events = cast(Table, WebhookEvent.__table__)
 mirror = cast(Table, SyncState.__table__)
@@ -123,36 +124,20 @@ class InboundRepository:
 
     # --- the mirror -------------------------------------------------------------------------
 
-    async def mirror(self, connection_id: uuid.UUID, key: str) -> RowMapping | None:
-        """The mirror row of a key, locked."""
-        stmt = (
-            select(mirror)
-            .where(mirror.c.connection_id == connection_id, mirror.c.email_key == key)
-            .with_for_update()
+    async def mapping_for(
+        self, connection_id: uuid.UUID, audience_id: str | None
+    ) -> RowMapping | None:
+        """The connection's audience mapping of `audience_id` (None: unknown or not given)."""
+        if not audience_id:
+            return None
+        stmt = select(mappings.c.id, mappings.c.audience_id).where(
+            mappings.c.connection_id == connection_id, mappings.c.audience_id == audience_id
         )
         return (await self.session.execute(stmt)).mappings().first()
 
-    async def save_mirror(
-        self, connection_id: uuid.UUID, key: str, values: Mapping[str, Any]
-    ) -> None:
-        """Write the whole mirror row of a key (insert or replace)."""
-        row = {c: values.get(c) for c in MIRROR_COLUMNS}
-        row["pushed_tags"] = list(values.get("pushed_tags") or [])
-        row["remote_refs"] = dict(values.get("remote_refs") or {})
-        stmt = pg_insert(mirror).values(
-            connection_id=connection_id, email_key=key, last_synced_at=func.now(), **row
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["connection_id", "email_key"],
-            set_={**{c: stmt.excluded[c] for c in MIRROR_COLUMNS}, "last_synced_at": func.now()},
-        )
-        await self.session.execute(stmt)
-
-    async def delete_mirror(self, connection_id: uuid.UUID, key: str) -> None:
-        """Drop the mirror row of a key."""
-        await self.session.execute(
-            delete(mirror).where(mirror.c.connection_id == connection_id, mirror.c.email_key == key)
-        )
+    def mirror_of(self, mapping_id: uuid.UUID) -> MappingMirror:
+        """The mirror rows of one audience mapping."""
+        return MappingMirror(self.session, mapping_id)
 
     async def is_tombstoned(self, connection_id: uuid.UUID, remote_id: str) -> bool:
         """True when the address was permanently deleted at the provider by us."""
@@ -168,3 +153,51 @@ class InboundRepository:
                 tombstones.c.connection_id == connection_id, tombstones.c.remote_id == remote_id
             )
         )
+
+
+class MappingMirror:
+    """The mirror rows (sync_state) of one audience mapping, inside the caller's transaction.
+
+    `connection_id` is the connection the mapping belongs to: the default mapping has the
+    connection's id, and every other one is looked up with the row it writes.
+    """
+
+    def __init__(self, session: AsyncSession, mapping_id: uuid.UUID) -> None:
+        self.session = session
+        self.mapping_id = mapping_id
+
+    def _where(self, connection_id: uuid.UUID, key: str) -> Any:
+        return (
+            (mirror.c.connection_id == connection_id)
+            & (mirror.c.mapping_id == self.mapping_id)
+            & (mirror.c.email_key == key)
+        )
+
+    async def mirror(self, connection_id: uuid.UUID, key: str) -> RowMapping | None:
+        """The mirror row of a key, locked."""
+        stmt = select(mirror).where(self._where(connection_id, key)).with_for_update()
+        return (await self.session.execute(stmt)).mappings().first()
+
+    async def save_mirror(
+        self, connection_id: uuid.UUID, key: str, values: Mapping[str, Any]
+    ) -> None:
+        """Write the whole mirror row of a key (insert or replace)."""
+        row = {c: values.get(c) for c in MIRROR_COLUMNS}
+        row["pushed_tags"] = list(values.get("pushed_tags") or [])
+        row["remote_refs"] = dict(values.get("remote_refs") or {})
+        stmt = pg_insert(mirror).values(
+            connection_id=connection_id,
+            mapping_id=self.mapping_id,
+            email_key=key,
+            last_synced_at=func.now(),
+            **row,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["connection_id", "mapping_id", "email_key"],
+            set_={**{c: stmt.excluded[c] for c in MIRROR_COLUMNS}, "last_synced_at": func.now()},
+        )
+        await self.session.execute(stmt)
+
+    async def delete_mirror(self, connection_id: uuid.UUID, key: str) -> None:
+        """Drop the mirror row of a key."""
+        await self.session.execute(delete(mirror).where(self._where(connection_id, key)))

@@ -140,9 +140,12 @@ class WebhookService:
                 metrics.WEBHOOK_EVENTS.labels(pid, label, Outcome.duplicate.value).inc()
                 received = Received(None, Outcome.duplicate)
                 continue
+            # An event of another mapped audience updates that mapping's mirror.
+            mapping = await repo.mapping_for(connection["id"], event.audience_id)
             applier = InboundApplier(
                 session,
                 Inbound(
+                    mapping_id=mapping["id"] if mapping is not None else None,
                     connection_id=connection["id"],
                     owner_id=connection["owner_id"],
                     mapping=provider.mapping(settings),
@@ -153,7 +156,13 @@ class WebhookService:
                     person_id=provider.person_id,
                 ),
             )
-            outcome = await handle(applier, event, connection=connection, settings=settings)
+            outcome = await handle(
+                applier,
+                event,
+                connection=connection,
+                settings=settings,
+                audience_id=mapping["audience_id"] if mapping is not None else None,
+            )
             await repo.finish_event(event_id, outcome.value)
             metrics.WEBHOOK_EVENTS.labels(pid, label, outcome.value).inc()
             log.info(

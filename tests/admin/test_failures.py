@@ -50,7 +50,8 @@ async def test_limit_caps_each_list(
 async def test_rows_still_being_retried_are_not_failures(
     client: httpx.AsyncClient, auth: Auth, scenario: dict[str, uuid.UUID], runtime: Runtime
 ) -> None:
-    c = scenario["c"]
+    # A connection with an audience (queue rows belong to one of its audience mappings).
+    c = scenario["d"]
     await add_queue_row(runtime, c, "later@example.com", attempts=2, last_error="timeout")
     rows = await fetch(runtime, "SELECT state FROM sync_queue WHERE connection_id = :c", c=c)
     assert rows == [{"state": "ready"}]

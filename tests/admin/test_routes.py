@@ -64,9 +64,9 @@ async def add_queue_row(
     await fetch(
         runtime,
         """
-        INSERT INTO sync_queue (connection_id, email_key, state, attempts, last_error,
+        INSERT INTO sync_queue (connection_id, mapping_id, email_key, state, attempts, last_error,
                                 lease_until, leased_by, enqueued_at, available_at)
-        VALUES (:conn, :key, :state, :attempts, :err,
+        VALUES (:conn, :conn, :key, :state, :attempts, :err,
                 now() + CAST(:lease AS interval),
                 CASE WHEN CAST(:lease AS interval) IS NULL THEN NULL ELSE 'worker-1' END,
                 now() - CAST(:age AS interval), now() + interval '10 minutes')
@@ -87,9 +87,9 @@ async def add_mirror_row(
     await fetch(
         runtime,
         """
-        INSERT INTO sync_state (connection_id, email_key, remote_status, error_kind, error,
-                                last_synced_at)
-        VALUES (:conn, :key,
+        INSERT INTO sync_state (connection_id, mapping_id, email_key, remote_status, error_kind,
+                                error, last_synced_at)
+        VALUES (:conn, :conn, :key,
                 CASE WHEN :rejected THEN 'rejected' ELSE 'subscribed' END,
                 CASE WHEN :rejected THEN 'invalid_email' END,
                 CASE WHEN :rejected THEN 'looks fake or invalid' END,

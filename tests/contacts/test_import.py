@@ -246,8 +246,8 @@ class TestQueue:
         # A live change of grace is already waiting: it keeps its priority, seq moves on.
         await fetch(
             runtime,
-            "INSERT INTO sync_queue (connection_id, email_key, priority, state, attempts)"
-            " VALUES (:c, 'grace@example.com', 0, 'parked', 5)",
+            "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority, state,"
+            " attempts) VALUES (:c, :c, 'grace@example.com', 0, 'parked', 5)",
             c=conn_id,
         )
         heard: list[str] = []

@@ -70,6 +70,10 @@ class TestCreate:
                 "connection_id": conn_id,
                 "provider": "mailchimp",
                 "audience_id": "aud1",
+                # The connection's default audience mapping has its id.
+                "mapping_id": conn_id,
+                "audience_name": None,
+                "in_audience": True,
                 "status": "pending",
                 "remote_status": None,
                 "last_synced_at": None,

@@ -30,8 +30,8 @@ async def _queue(runtime: Runtime, connection_id: Any, n: int, priority: int) ->
     await fetch(
         runtime,
         """
-        INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)
-        SELECT :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
+        INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id, priority)
+        SELECT :conn, :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
         ON CONFLICT DO NOTHING
         """,
         conn=connection_id,

@@ -26,7 +26,8 @@ async def test_a_row_changed_while_its_completion_waits_is_released(
 ) -> None:
     await fetch(
         runtime,
-        "INSERT INTO sync_queue (connection_id, email_key, priority) VALUES (:c, :k, 0)",
+        "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
+        " VALUES (:c, :c, :k, 0)",
         c=connection["id"],
         k=KEY,
     )
@@ -45,6 +46,7 @@ async def test_a_row_changed_while_its_completion_waits_is_released(
             return await QueueRepository(conn).complete(
                 me="worker-1",
                 connection_id=connection["id"],
+                mapping_id=connection["id"],
                 owner_id=connection["owner_id"],
                 claimed=claimed,
                 outcomes={KEY: Outcome(KEY, "done")},

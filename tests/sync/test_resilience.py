@@ -43,8 +43,8 @@ async def seed_contacts(runtime: Runtime, connection_id: Any, n: int, *, prefix:
     await fetch(
         runtime,
         """
-        INSERT INTO sync_queue (connection_id, email_key, contact_id)
-        SELECT :conn, email_key, id FROM contacts WHERE owner_id = :owner
+        INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id)
+        SELECT :conn, :conn, email_key, id FROM contacts WHERE owner_id = :owner
         ON CONFLICT DO NOTHING
         """,
         conn=connection_id,

@@ -196,6 +196,8 @@ export function mount(root, ctx) {
     const counts = h("p", { class: "muted counts" });
     entry.refs.counts = counts;
     const children = [head, statusLine, counts];
+    // Several audiences (mappings): each with the rule that chooses its contacts.
+    if (item.mappings && item.mappings.length > 1) children.push(mappingList(item.mappings));
     if (item.status === "error") {
       const how = howToConnect(item);
       children.push(
@@ -229,6 +231,32 @@ export function mount(root, ctx) {
     );
     children.push(actions, formError, h("p", { class: "muted small" }, "Contacts sync automatically; Sync Now compares everything once (at most once an hour)."));
     fill(card, ...children);
+  }
+
+  /** The connection's audiences and their rules (docs/audiences.md). */
+  function mappingList(mappings) {
+    const ruleText = (rule) => {
+      if (rule.all) return "every contact";
+      const parts = [];
+      if (rule.kinds) parts.push(`kind: ${rule.kinds.join(" or ")}`);
+      if (rule.tags_any) parts.push(`tagged ${rule.tags_any.join(" or ")}`);
+      if (rule.tags_all) parts.push(`tagged ${rule.tags_all.join(" and ")}`);
+      return parts.join("; ");
+    };
+    return h(
+      "ul",
+      { class: "mappings" },
+      mappings.map((m) =>
+        h(
+          "li",
+          { class: "mapping", "data-mapping": m.id },
+          h("strong", {}, m.audience.name || m.audience.id),
+          ` — ${ruleText(m.rule)} · ${m.members} member${m.members === 1 ? "" : "s"}`,
+          m.pending ? ` · ${m.pending} waiting` : null,
+          m.failed ? ` · ${m.failed} could not be sent` : null,
+        ),
+      ),
+    );
   }
 
   /** Update what changes with time alone: "… ago", counts, the Sync Now countdown. */
