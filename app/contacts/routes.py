@@ -94,7 +94,7 @@ async def import_other_methods() -> None:
     raise MethodNotAllowed("Import a file with POST.", allow="POST")
 
 
-@router.get("", response_model=ContactPage, responses=problem_responses(401, 422))
+@router.get("", response_model=ContactPage, responses=problem_responses(401, 404, 422))
 async def list_contacts(
     owner_id: OwnerDep,
     session: SessionDep,
