@@ -141,9 +141,10 @@ def error_from(
     retry_after = _retry_after(headers)
     if status == 429 or (status == 400 and _is_bulk_rate(body)):
         return ThrottledError(message, status=status, retry_after=retry_after)
-    if status == 503 and (retry_after is not None or "ratelimit-limit" in headers):
-        # The 503 some accounts answer at the limit (mediatoolkit#18) carries the limit's
-        # headers; an outage's 503 does not.
+    if status == 503 and (retry_after is not None or headers.get("ratelimit-remaining") == "0"):
+        # The 503 some accounts answer at the limit (mediatoolkit#18) says when to come back
+        # and that nothing remains; an outage's does not (even where RateLimit-* headers are
+        # on every answer).
         return ThrottledError(message, status=status, retry_after=retry_after)
     if status in (401, 402):
         return AuthError(message, status=status)

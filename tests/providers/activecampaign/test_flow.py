@@ -204,8 +204,12 @@ class TestFlow:
         await connected(service, ac, runtime)
         r = await service.http.post("/api/integrations/activecampaign/sync", headers=service.auth())
         assert r.status_code in (200, 202), r.text
+        await ac.http.delete("/_control/requests")
         await run_reconcile(runtime, service.settings)
         await drain(runtime, service.settings)
+        # The matching person is adopted and the opted-out one imported: no write at all.
+        writes = [r for r in await ac.requests() if r["method"] != "GET"]
+        assert [r["path"] for r in writes if "webhooks" not in r["path"]] == []
         rows = await fetch(runtime, "SELECT email, newsletter_opt_in FROM contacts ORDER BY email")
         assert [(r["email"], r["newsletter_opt_in"]) for r in rows] == [
             ("gone@example.com", False),
