@@ -68,6 +68,7 @@ from app.sync.desired import (
     tag_diff,
 )
 from app.sync.limits import (
+    BULK_SHARE_SPENT,
     Binding,
     ConnectionLimits,
     Limiter,
@@ -818,6 +819,10 @@ class SyncEngine:
         except LimitPaused as exc:  # a spent quota: the rows wait for its reset, unburnt
             delay = exc.retry_after or 60.0
             ctx.last_error = exc.message[:500]
+            if not exc.message.startswith(BULK_SHARE_SPENT):
+                # The whole day's quota (not only bulk work's share): nothing goes until it
+                # resets, so every connection of the provider says so (the calm notice).
+                await self._pause_for_quota(ctx, exc.until, exc.message)
             return {
                 k: Outcome(k, "defer", delay=delay, error=exc.message)
                 for p in plans
@@ -1213,8 +1218,13 @@ class SyncEngine:
         log.warning("sync.quota_spent", connection=str(ctx.id), until=until.isoformat())
         if ctx.binding is not None:
             await self.limits.pause(ctx.binding, until=until, reason=notice)
-        # Every connection of the provider shares the application's quota: each is paused with
-        # the notice, and probed at midnight (its ping resumes it; a refusal keeps it paused).
+        await self._pause_for_quota(ctx, until, exc.message)
+        return LimitPaused(notice, until=until, scope="quota")
+
+    async def _pause_for_quota(self, ctx: ConnectionContext, until: datetime, error: str) -> None:
+        """Every connection of the provider shares the application's quota: each is paused
+        with the notice, and probed at `until` (its ping resumes it; a refusal keeps it
+        paused)."""
         async with self.db.begin() as conn:
             paused = await conn.execute(
                 text(
@@ -1227,7 +1237,7 @@ class SyncEngine:
                 ),
                 {
                     "reason": REASON_QUOTA,
-                    "error": exc.message[:500],
+                    "error": error[:500],
                     "until": until,
                     "provider": ctx.provider.id,
                 },
@@ -1238,7 +1248,6 @@ class SyncEngine:
                 if other.id in paused_ids:
                     other.halted = "paused"
         ctx.halted = ctx.halted or "paused"
-        return LimitPaused(notice, until=until, scope="quota")
 
     async def _cooldown(self, ctx: ConnectionContext, seconds: float) -> None:
         # Other workers skip the connection while it cools down (claim filters on it).

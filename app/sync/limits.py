@@ -139,6 +139,10 @@ class LimitPaused(ThrottledError):
         self.scope = scope
 
 
+# The pause reason of bulk work past its share of a day's quota (live work still goes).
+BULK_SHARE_SPENT = "bulk share of the quota spent"
+
+
 def next_utc_midnight(now: datetime | None = None) -> datetime:
     """00:00 UTC of the next day, when daily quotas reset."""
     now = now or datetime.now(UTC)
@@ -362,7 +366,7 @@ async def grant(
             cap = b.quota if priority <= PRIORITY_LIVE else math.floor(b.quota * b.bulk_share)
             n = min(n, cap - used[b.key])
             if n <= 0:
-                reason = "daily quota spent" if cap == b.quota else "bulk share of the quota spent"
+                reason = "daily quota spent" if cap == b.quota else BULK_SHARE_SPENT
                 raise Paused(next_utc_midnight(now), reason, b.key)
         start = max([now] + [rows[b.key]["next_at"] or now for b in buckets])
         times = [start + timedelta(seconds=i * spacing) for i in range(n)]

@@ -458,6 +458,32 @@ class TestQuota:
         assert {f"q{i}@example.com" for i in range(4)} <= set(await cc.dump())
         assert (await status(ccservice))["notice"] is None
 
+    async def test_our_own_count_of_the_day_pauses_before_constant_contact_must(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        await add_contact(ccservice, "first@example.com")
+        await drain(runtime, ccservice.settings)  # the application's bucket exists now
+        await fetch(
+            runtime,
+            "UPDATE limit_buckets SET quota_used = 10000,"
+            " quota_day = CAST(timezone('UTC', now()) AS date) WHERE quota_day IS NOT NULL",
+        )
+        await add_contact(ccservice, "second@example.com")
+        await drain(runtime, ccservice.settings)
+        line = await status(ccservice)
+        assert line["status"] == "paused" and line["notice"] == QUOTA_NOTICE
+        assert "second@example.com" not in await cc.dump()
+        # Bulk work past its share only waits: live changes still go, nobody is paused.
+        await fetch(runtime, "UPDATE connections SET status = 'active', status_reason = NULL")
+        await fetch(
+            runtime, "UPDATE limit_buckets SET quota_used = 8000 WHERE quota_day IS NOT NULL"
+        )
+        await fetch(runtime, "UPDATE sync_queue SET available_at = now()")
+        await drain(runtime, ccservice.settings)
+        assert "second@example.com" in await cc.dump()
+        assert (await status(ccservice))["status"] == "active"
+
 
 def _used(limits: dict[str, Any]) -> list[Any]:
     spent = limits.get("used_today") or {}

@@ -1,0 +1,349 @@
+"""P3 and P7 — Constant Contact under its application limits (BENCHMARKS.md).
+
+P3: N consenting contacts queued for one tenant (bulk priority), then drained by 3 worker
+    processes (`audience-sync worker`) against the Constant Contact sandbox in its own process
+    (4 requests/s and 10,000 a day, by the application). Figures: requests per 1,000 contacts,
+    the most requests in any 1 s window of the sandbox's log, requests beyond the day's bulk
+    share (0.8 × 10,000).
+P7: the sandbox's access tokens expire every 10 s (rotating refresh tokens); 4 worker
+    processes drain a steady trickle of live changes for the run's length. Figures:
+    `invalid_grant` answers of the token endpoint, connections left in `error`, requests
+    refused for an expired token (401) per refresh.
+
+    .venv/bin/python -m bench.p_constantcontact p3 --contacts 100000
+    .venv/bin/python -m bench.p_constantcontact p7 --seconds 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from app.db import create_engine
+from bench import harness
+
+OWNER = "bench"
+QUOTA, SHARE = 10_000, 0.8
+
+
+@contextmanager
+def cc_sandbox(**flags: Any) -> Iterator[str]:
+    """`audience-sync sandbox constantcontact` on a free port; its base URL."""
+    port = harness.free_port()
+    cmd = [sys.executable, "-m", "app.cli", "sandbox", "constantcontact", "--port", str(port)]
+    for key, value in flags.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(
+        cmd, cwd=harness.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{url}/_control/config", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        httpx.patch(f"{url}/_control/config", json={"request_log_size": 1_000_000}, timeout=10)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def settings_for(db_url: str, cc_url: str) -> Any:
+    from pydantic import SecretStr
+
+    from app.sandbox.constantcontact import ROTATING_CLIENT_ID, ROTATING_CLIENT_SECRET
+
+    return harness.bench_settings(
+        db_url,
+        "http://127.0.0.1:9/unused",
+        CONSTANTCONTACT_SANDBOX_URL=cc_url,
+        CONSTANTCONTACT_CLIENT_ID=ROTATING_CLIENT_ID,
+        CONSTANTCONTACT_CLIENT_SECRET=SecretStr(ROTATING_CLIENT_SECRET),
+    )
+
+
+async def connect(engine: Any, settings: Any, owner: str) -> uuid.UUID:
+    """`owner` connected to the sandbox's account (its first token minted on first use)."""
+    from sqlalchemy import text
+
+    from app.connections.service import connection_service
+    from app.db import make_sessionmaker, session_scope
+    from app.providers import registry
+
+    provider = registry.get("constantcontact")
+    owner_, account, audience = provider.connect.configured(settings, provider.sandbox_seed())
+    async with session_scope(make_sessionmaker(engine)) as session:
+        row = await connection_service.save(
+            session,
+            provider=provider,
+            settings=settings,
+            owner_id=owner,
+            account=account,
+            audience=audience,
+        )
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM sync_queue"))
+        await conn.execute(text("DELETE FROM sync_runs"))  # measure the drain, not a reconcile
+    return uuid.UUID(str(row["id"]))
+
+
+async def seed(engine: Any, owner: str, n: int, conn_id: uuid.UUID, priority: int) -> None:
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                """
+                INSERT INTO contacts (owner_id, email, email_key, first_name, last_name,
+                                      newsletter_opt_in, newsletter_changed_at)
+                SELECT :owner, 'p' || g || '@example.com', 'p' || g || '@example.com',
+                       'First' || g, 'Last' || g, true, now()
+                FROM generate_series(1, :n) AS g
+                """
+            ),
+            {"owner": owner, "n": n},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)"
+                " SELECT :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner"
+            ),
+            {"conn": conn_id, "owner": owner, "prio": priority},
+        )
+        await conn.execute(text("ANALYZE"))
+
+
+def workers(db_url: str, settings: Any, cc_url: str, n: int) -> list[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": db_url,
+        "AUTH_JWT_SECRET": settings.AUTH_JWT_SECRET.get_secret_value(),
+        "ENCRYPTION_KEYS": settings.ENCRYPTION_KEYS[0].get_secret_value(),
+        "MAILCHIMP_MODE": "sandbox",
+        "CONSTANTCONTACT_MODE": "sandbox",
+        "CONSTANTCONTACT_SANDBOX_URL": cc_url,
+        "CONSTANTCONTACT_CLIENT_ID": settings.CONSTANTCONTACT_CLIENT_ID,
+        "CONSTANTCONTACT_CLIENT_SECRET": settings.CONSTANTCONTACT_CLIENT_SECRET.get_secret_value(),
+        "AUTO_MIGRATE": "false",
+        "LOG_LEVEL": "WARNING",
+        "SYNC_PULL_INTERVAL_SECONDS": "0",
+        "DATA_DIR": tempfile.mkdtemp(prefix="p-cc-"),
+    }
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            cwd=harness.ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(n)
+    ]
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=60)
+
+
+def api_log(cc_url: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{cc_url}/_control/requests", timeout=60).json()
+    return [r for r in body["requests"] if str(r.get("path", "")).startswith("/v3/")]
+
+
+def max_per_second(log: list[dict[str, Any]]) -> int:
+    starts = sorted(float(r["start"]) for r in log)
+    best, j = 0, 0
+    for i, s in enumerate(starts):
+        while starts[j] < s - 1.0 + 1e-9:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def p3(args: argparse.Namespace) -> dict[str, Any]:
+    from app.sync.models import PRIORITY_BULK
+
+    with harness.scratch_database() as db_url, cc_sandbox() as cc_url:
+        settings = settings_for(db_url, cc_url)
+        engine = create_engine(db_url, pool_size=2)
+
+        async def prepare() -> None:
+            conn_id = await connect(engine, settings, OWNER)
+            await seed(engine, OWNER, args.contacts, conn_id, PRIORITY_BULK)
+            await engine.dispose()
+
+        asyncio.run(prepare())
+        start = time.perf_counter()
+        procs = workers(db_url, settings, cc_url, args.workers)
+        try:
+            while True:
+                depth = asyncio.run(_depth(db_url))
+                if depth == 0 or time.perf_counter() - start > args.limit:
+                    break
+                time.sleep(1.0)
+        finally:
+            stop(procs)
+        seconds = time.perf_counter() - start
+        log = api_log(cc_url)
+        contacts = httpx.get(f"{cc_url}/_control/contacts", timeout=120).json()["total_items"]
+    used = len(log)
+    return {
+        "contacts": args.contacts,
+        "workers": args.workers,
+        "seconds": seconds,
+        "left_in_queue": depth,
+        "contacts_at_constant_contact": contacts,
+        "requests": used,
+        "requests_per_1000_contacts": used * 1000 / max(1, args.contacts),
+        "max_requests_in_any_1s": max_per_second(log),
+        "requests_beyond_bulk_share": max(0, used - int(QUOTA * SHARE)),
+        "by_path": _by_path(log),
+    }
+
+
+def _by_path(log: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in log:
+        path = str(r["path"])
+        key = f"{r['method']} {'/v3/activities/{id}' if path.count('/') == 3 and '/activities/' in path and 'import' not in path else path}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+async def _depth(db_url: str) -> int:
+    engine = create_engine(db_url, pool_size=1)
+    try:
+        return await harness.queue_depth(engine)
+    finally:
+        await engine.dispose()
+
+
+def p7(args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    with harness.scratch_database() as db_url, cc_sandbox() as cc_url:
+        httpx.patch(
+            f"{cc_url}/_control/config", json={"access_token_ttl_seconds": 10}, timeout=10
+        ).raise_for_status()
+        settings = settings_for(db_url, cc_url)
+        engine = create_engine(db_url, pool_size=2)
+        asyncio.run(_prepare_p7(engine, settings))
+        procs = workers(db_url, settings, cc_url, args.workers)
+        start = time.perf_counter()
+        sent = 0
+        try:
+            while time.perf_counter() - start < args.seconds:
+                asyncio.run(_live_changes(db_url, OWNER, sent, args.rate))
+                sent += args.rate
+                time.sleep(1.0)
+            time.sleep(5.0)
+        finally:
+            stop(procs)
+        grants = httpx.get(f"{cc_url}/_control/tokens", timeout=60).json()["grants"]
+        log = api_log(cc_url)
+
+        async def status() -> list[Any]:
+            e = create_engine(db_url, pool_size=1)
+            try:
+                async with e.connect() as conn:
+                    return list(
+                        (await conn.execute(text("SELECT status FROM connections"))).scalars()
+                    )
+            finally:
+                await e.dispose()
+
+        states = asyncio.run(status())
+    refreshes = sum(max(0, len(g["chain"]) - 1) for g in grants)
+    refused = sum(1 for r in log if r.get("status") == 401)
+    return {
+        "seconds": args.seconds,
+        "workers": args.workers,
+        "live_changes": sent,
+        "refreshes": refreshes,
+        "grants_revoked": sum(1 for g in grants if g["revoked"]),
+        "connections_in_error": sum(1 for s in states if s == "error"),
+        "requests_401": refused,
+        "refused_per_refresh": refused / max(1, refreshes),
+        "api_requests": len(log),
+    }
+
+
+async def _prepare_p7(engine: Any, settings: Any) -> None:
+    await connect(engine, settings, OWNER)
+    await engine.dispose()
+
+
+async def _live_changes(db_url: str, owner: str, offset: int, n: int) -> None:
+    """n new consenting contacts (the outbox's own write path: contact + queue row)."""
+    from sqlalchemy import text
+
+    engine = create_engine(db_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            conn_id = (
+                await conn.execute(
+                    text("SELECT id FROM connections WHERE owner_id = :o"), {"o": owner}
+                )
+            ).scalar_one()
+            await conn.execute(
+                text(
+                    """
+                    WITH c AS (
+                        INSERT INTO contacts (owner_id, email, email_key, newsletter_opt_in,
+                                              newsletter_changed_at)
+                        SELECT :owner, 'l' || g || '@example.com', 'l' || g || '@example.com',
+                               true, now()
+                        FROM generate_series(:a, :b) AS g
+                        RETURNING id, email_key)
+                    INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)
+                    SELECT :conn, email_key, id, 0 FROM c
+                    """
+                ),
+                {"owner": owner, "a": offset + 1, "b": offset + n, "conn": conn_id},
+            )
+            await conn.execute(text("SELECT pg_notify('sync_queue', '')"))
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="which", required=True)
+    a = sub.add_parser("p3")
+    a.add_argument("--contacts", type=int, default=100_000)
+    a.add_argument("--workers", type=int, default=3)
+    a.add_argument("--limit", type=float, default=3600.0)
+    b = sub.add_parser("p7")
+    b.add_argument("--seconds", type=float, default=300.0)
+    b.add_argument("--workers", type=int, default=4)
+    b.add_argument("--rate", type=int, default=1)
+    args = parser.parse_args()
+    facts = harness.machine() | {"loadavg_before": os.getloadavg()}
+    figures = p3(args) if args.which == "p3" else p7(args)
+    facts["loadavg_after"] = os.getloadavg()
+    out = {"benchmark": args.which.upper(), "machine": facts, **figures}
+    for key, value in figures.items():
+        print(f"{key}: {value}")
+    print(harness.write_result(f"{args.which}_constantcontact", out))
+
+
+if __name__ == "__main__":
+    main()
