@@ -118,8 +118,9 @@ async def seed(engine: Any, conn_id: uuid.UUID, n: int) -> None:
         await conn.execute(
             text(
                 """
-                INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)
-                SELECT :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
+                INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id,
+                                        priority)
+                SELECT :conn, :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
                 """
             ),
             {"conn": conn_id, "owner": OWNER, "prio": PRIORITY_BULK},
