@@ -70,6 +70,7 @@ def settings_for(db_url: str, cc_url: str) -> Any:
     return harness.bench_settings(
         db_url,
         "http://127.0.0.1:9/unused",
+        CONSTANTCONTACT_MODE="sandbox",
         CONSTANTCONTACT_SANDBOX_URL=cc_url,
         CONSTANTCONTACT_CLIENT_ID=ROTATING_CLIENT_ID,
         CONSTANTCONTACT_CLIENT_SECRET=SecretStr(ROTATING_CLIENT_SECRET),
@@ -119,8 +120,9 @@ async def seed(engine: Any, owner: str, n: int, conn_id: uuid.UUID, priority: in
         )
         await conn.execute(
             text(
-                "INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)"
-                " SELECT :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner"
+                "INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id,"
+                " priority) SELECT :conn, :conn, email_key, id, :prio FROM contacts"
+                " WHERE owner_id = :owner"
             ),
             {"conn": conn_id, "owner": owner, "prio": priority},
         )
@@ -215,6 +217,7 @@ def p3(args: argparse.Namespace) -> dict[str, Any]:
         "requests_per_1000_contacts": used * 1000 / max(1, args.contacts),
         "max_requests_in_any_1s": max_per_second(log),
         "requests_beyond_bulk_share": max(0, used - int(QUOTA * SHARE)),
+        "answers_429": sum(1 for r in log if r.get("status") == 429),
         "by_path": _by_path(log),
     }
 
@@ -311,10 +314,11 @@ async def _live_changes(db_url: str, owner: str, offset: int, n: int) -> None:
                                               newsletter_changed_at)
                         SELECT :owner, 'l' || g || '@example.com', 'l' || g || '@example.com',
                                true, now()
-                        FROM generate_series(:a, :b) AS g
+                        FROM generate_series(CAST(:a AS int), CAST(:b AS int)) AS g
                         RETURNING id, email_key)
-                    INSERT INTO sync_queue (connection_id, email_key, contact_id, priority)
-                    SELECT :conn, email_key, id, 0 FROM c
+                    INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id,
+                        priority)
+                    SELECT :conn, :conn, email_key, id, 0 FROM c
                     """
                 ),
                 {"owner": owner, "a": offset + 1, "b": offset + n, "conn": conn_id},

@@ -865,11 +865,46 @@ class ConstantContactClient:
                     continue
                 out[key] = await self._one(audience_id, m)
                 continue
-            if m.tags:
-                out[key] = await self._one(audience_id, m)  # its tags by a full update
-                continue
             out[key] = BatchOutcome(key, state=await self._member(contact, audience_id))
+        await self._tag_in_bulk(audience_id, wanted, found, out)
         return out
+
+    async def _tag_in_bulk(
+        self,
+        audience_id: str,
+        wanted: Mapping[str, ContactPayload],
+        found: Mapping[str, dict[str, Any]],
+        out: dict[str, BatchOutcome],
+    ) -> None:
+        """The imported people's tags: one `contacts_taggings_add` activity per set of tags
+        (up to 500 contacts each), polled to completion; the ids we set go to the mirror."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for key, member in wanted.items():
+            outcome = out.get(key)
+            if member.tags and outcome is not None and outcome.state is not None and key in found:
+                groups.setdefault(tuple(sorted(set(member.tags))), []).append(key)
+        for names, keys in groups.items():
+            tag_ids = await self.tag_ids(list(names), create=True)
+            for start in range(0, len(keys), PAGE_LIMIT):
+                chunk = keys[start : start + PAGE_LIMIT]
+                contact_ids = [str(found[k]["contact_id"]) for k in chunk]
+                _, activity = await self._request(
+                    "POST",
+                    "/activities/contacts_taggings_add",
+                    op="tags",
+                    json={
+                        "source": {"contact_ids": contact_ids},
+                        "tag_ids": sorted(set(tag_ids.values())),
+                    },
+                )
+                done = await self.wait_activity(activity)
+                if done.get("state") != "completed":
+                    raise TransientError(f"the tagging activity ended {done.get('state')}")
+                for k in chunk:
+                    state = out[k].state
+                    assert state is not None
+                    state.tags = sorted(set(state.tags) | set(names))
+                    state.refs = {**state.refs, "tags": {**state.refs.get("tags", {}), **tag_ids}}
 
     async def wait_activity(self, activity: Any) -> dict[str, Any]:
         """Poll an activity until it ends (reference §3)."""

@@ -275,6 +275,23 @@ async def test_a_backlog_goes_through_one_import_activity(
     assert sorted(a["status"]["cannot_add_to_list_count"] for a in imports) == [0, 1]
 
 
+async def test_a_tagged_backlog_is_tagged_by_activities(
+    cc: Sandbox, client: ConstantContactClient
+) -> None:
+    people = [payload(f"tg{i}@example.com", tags=[f"t{i % 2}"]) for i in range(40)]
+    await cc.http.delete("/_control/requests")
+    outcomes = await client.batch_upsert(LIST, people)
+    assert all(o.state is not None for o in outcomes)
+    log = await paths(cc)
+    assert log.count("POST /v3/activities/contacts_taggings_add") == 2
+    assert len(log) < 15  # not 40 updates
+    stored = await cc.dump()
+    first = outcomes[0].state
+    assert first is not None and set(first.refs["tags"]) == {"t0"}
+    assert stored["tg0@example.com"]["taggings"] == [first.refs["tags"]["t0"]]
+    assert first.remote_id == stored["tg0@example.com"]["contact_id"]
+
+
 async def test_pages_follow_cursors(cc: Sandbox, client: ConstantContactClient) -> None:
     for i in range(7):
         await client.upsert_member(LIST, payload(f"m{i}@example.com"))
