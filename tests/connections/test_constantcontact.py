@@ -295,6 +295,62 @@ class TestSync:
         )
         assert mirror["remote_id"] == stored["contact_id"]
 
+    async def test_re_opt_in_email_change_delete_and_a_tag_of_theirs(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        cid = await add_contact(ccservice, "re@example.com", tags=["ours"])
+        mid = await add_contact(ccservice, "mv@example.com")
+        did = await add_contact(ccservice, "del@example.com")
+        await drain(runtime, ccservice.settings)
+        # A tag set at Constant Contact survives our later edits.
+        api = await cc.api()
+        async with api:
+            theirs = (await api.post("/contact_tags", json={"name": "theirs"})).json()["tag_id"]
+            person = (await cc.dump())["re@example.com"]
+            got = (
+                await api.get(f"/contacts/{person['contact_id']}", params={"include": "taggings"})
+            ).json()
+            body = {k: v for k, v in got.items() if k not in ("contact_id", "created_at")}
+            body |= {"update_source": "Account", "taggings": [*got["taggings"], theirs]}
+            assert (
+                await api.put(f"/contacts/{person['contact_id']}", json=body)
+            ).status_code == 200
+        # The person unsubscribes there; the pull brings it; the CRM re-opts in later.
+        await cc.act("re@example.com", "unsubscribe")
+        await pull(runtime, ccservice.settings, (await connection(runtime))["id"])
+        assert (await contact(runtime, "re@example.com"))["newsletter_opt_in"] is False
+        await asyncio.sleep(1.1)  # the re-opt-in is surely after the unsubscribe (1 s stamps)
+        r = await ccservice.http.patch(
+            f"/api/contacts/{cid}",
+            json={"newsletter_opt_in": True, "tags": []},
+            headers=ccservice.auth(),
+        )
+        assert r.status_code == 200, r.text
+        # A local address change and a delete.
+        r = await ccservice.http.patch(
+            f"/api/contacts/{mid}", json={"email": "moved@example.com"}, headers=ccservice.auth()
+        )
+        assert r.status_code == 200, r.text
+        r = await ccservice.http.delete(f"/api/contacts/{did}", headers=ccservice.auth())
+        assert r.status_code in (200, 204), r.text
+        await drain(runtime, ccservice.settings)
+        await drain(runtime, ccservice.settings)
+        people = await cc.dump()
+        emails = (await cc.http.get("/_control/emails")).json()["emails"]
+        assert [e["kind"] for e in emails] == ["resubscribe"]  # once
+        again = people["re@example.com"]
+        assert again["email_address"]["permission_to_send"] in (
+            "pending_confirmation",
+            "unsubscribed",
+        )
+        assert again["taggings"] == [theirs]  # ours removed, theirs kept
+        assert "mv@example.com" not in people
+        assert people["moved@example.com"]["list_memberships"] == [DEFAULT_LIST_ID]
+        gone = people["del@example.com"]
+        assert DEFAULT_LIST_ID not in gone["list_memberships"]  # off our list, not unsubscribed
+        assert gone["email_address"]["permission_to_send"] == "explicit"
+
     async def test_sync_now_and_disconnect(
         self, ccservice: Service, cc: CCSandbox, runtime: Runtime
     ) -> None:

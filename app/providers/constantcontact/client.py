@@ -502,8 +502,14 @@ class ConstantContactClient:
         status: RemoteStatus | None = None,
         refs: Mapping[str, Any] | None = None,
     ) -> RemoteMember:
-        names = {v: k for k, v in (self._tag_ids or {}).items()}
         taggings = contact.get("taggings")
+        if isinstance(taggings, list) and taggings:
+            known = set((self._tag_ids or {}).values())
+            if any(str(t) not in known for t in taggings):
+                # Tags are named in the neutral vocabulary: learn the account's (once).
+                async with self._lock:
+                    self._tag_ids = await self._all_tags()
+        names = {v: k for k, v in (self._tag_ids or {}).items()}
         tag_names = (
             [names.get(str(t), str(t)) for t in taggings] if isinstance(taggings, list) else []
         )
