@@ -139,9 +139,13 @@ def to_event(form: dict[str, Any]) -> InboundEvent:
     )
 
 
-def _is_ours(hook: Mapping[str, Any], webhook_token: str) -> bool:
+def _is_ours(hook: Mapping[str, Any], webhook_token: str, list_id: str | None = None) -> bool:
+    """Our hook (by the token in its URL); for one list when `list_id` is given (webhooks are
+    account-wide, and a connection may map several lists, each with its own hook)."""
     path = urlsplit(str(hook.get("url") or "")).path
-    return path.endswith(f"/api/webhooks/{PROVIDER}/{webhook_token}")
+    if not path.endswith(f"/api/webhooks/{PROVIDER}/{webhook_token}"):
+        return False
+    return list_id is None or str(hook.get("listid") or "0") in (list_id, "0")
 
 
 class ActiveCampaignInbound:
@@ -170,7 +174,7 @@ class ActiveCampaignInbound:
         webhook_token: str,
         call: WebhookCall,
     ) -> str | None:
-        """A fresh webhook of ours for the list, then every older one of ours deleted.
+        """A fresh webhook of ours for the list, then every older one of ours for it deleted.
 
         Always recreated: a hook ActiveCampaign deactivated (after a 410) still shows in the
         API and only delete-and-recreate revives it; the moment both exist a delivery may
@@ -189,7 +193,7 @@ class ActiveCampaignInbound:
             )
         )
         for hook in hooks:
-            if _is_ours(hook, webhook_token) and str(hook.get("id")) != created:
+            if _is_ours(hook, webhook_token, audience_id) and str(hook.get("id")) != created:
                 await call(functools.partial(ac.delete_webhook, str(hook["id"])))
         return created
 
@@ -202,10 +206,11 @@ class ActiveCampaignInbound:
         known_id: str | None,
         call: WebhookCall,
     ) -> int:
-        """Delete our webhook(s) (disconnect, list change); one already gone is fine."""
+        """Delete our webhook(s) of the list (disconnect, list change); one already gone is
+        fine."""
         ac: ActiveCampaignClient = client
         hooks: list[dict[str, Any]] = await call(ac.list_webhooks)
-        ids = {str(h["id"]) for h in hooks if _is_ours(h, webhook_token)}
+        ids = {str(h["id"]) for h in hooks if _is_ours(h, webhook_token, audience_id)}
         if known_id:
             ids.add(known_id)
         for hook_id in sorted(ids):

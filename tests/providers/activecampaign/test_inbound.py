@@ -130,3 +130,20 @@ class TestWebhook:
         await inbound.ensure_webhook(client, LIST, url=url, webhook_token="tok", call=direct)
         assert [h.active for h in ac.state.accounts["sandbox"].webhooks.values()] == [True]
         await client.upsert_member(LIST, payload("w@example.com"))  # api source: no delivery
+
+
+async def test_each_mapped_list_keeps_its_own_hook(ac: Ac, client: ActiveCampaignClient) -> None:
+    other = await ac.new_list("Second")
+    url = "http://127.0.0.1:9/api/webhooks/activecampaign/tok"
+    a = await inbound.ensure_webhook(client, LIST, url=url, webhook_token="tok", call=direct)
+    b = await inbound.ensure_webhook(client, other, url=url, webhook_token="tok", call=direct)
+    a2 = await inbound.ensure_webhook(client, LIST, url=url, webhook_token="tok", call=direct)
+    hooks = {h["id"]: h["listid"] for h in await client.list_webhooks()}
+    assert hooks == {b: other, a2: LIST} and a not in hooks
+    assert (
+        await inbound.remove_webhooks(
+            client, other, webhook_token="tok", known_id=None, call=direct
+        )
+        == 1
+    )
+    assert [h["listid"] for h in await client.list_webhooks()] == [LIST]
