@@ -119,7 +119,7 @@ async def seed(engine: Any, conn_id: uuid.UUID, n: int) -> None:
             text(
                 """
                 INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id,
-                    priority)
+                                        priority)
                 SELECT :conn, :conn, email_key, id, :prio FROM contacts WHERE owner_id = :owner
                 """
             ),
