@@ -98,14 +98,20 @@ class CrashAfterAnswer(httpx.AsyncBaseTransport):
     """Forwards requests; after the first answer to `method`, the database "dies" before the
     worker can record the completion (what a SIGKILL at that moment leaves behind)."""
 
-    def __init__(self, proxy: DatabaseProxy, method: str) -> None:
+    def __init__(self, proxy: DatabaseProxy, method: str, *, batch: bool = False) -> None:
         self.inner = httpx.AsyncHTTPTransport()
-        self.proxy, self.method = proxy, method
+        self.proxy, self.method, self.batch = proxy, method, batch
         self.crashed = asyncio.Event()
+
+    def _mine(self, request: httpx.Request) -> bool:
+        path = request.url.path.rstrip("/")
+        if self.batch:  # the batch endpoint: POST /lists/{id}
+            return request.method == "POST" and path.rsplit("/", 2)[-2] == "lists"
+        return request.method == self.method and "/members/" in path
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
-        mine = request.method == self.method and "/members/" in request.url.path
+        mine = self._mine(request)
         if mine and not self.crashed.is_set():
             await response.aread()
             self.crashed.set()
@@ -239,6 +245,57 @@ async def test_a_member_created_before_a_crash_follows_the_contact_after_it(
         if r["method"] == "PUT" and "/members/" in r["path"]
     ]
     assert len(puts) == 1  # the resend never re-created (or re-subscribed) the person
+
+
+async def test_a_batch_that_created_members_before_a_crash_is_followed_after_it(
+    runtime: Runtime,
+    settings: Settings,
+    sync_settings: Settings,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    api: httpx.AsyncClient,
+    token_for: Callable[..., str],
+) -> None:
+    """The same on the batch path: 60 members created by one batch call, the completion lost;
+    five people withdraw consent before the resend, which unsubscribes exactly them."""
+    await seed_contacts(runtime, connection["id"], 60)
+    assert settings.DATABASE_URL
+    headers = {"Authorization": f"Bearer {token_for(OWNER)}"}
+    out = [f"c{i}@example.com" for i in range(1, 6)]
+    async with database_proxy(settings.DATABASE_URL) as proxy:
+        db = create_engine(proxy.url_for(settings.DATABASE_URL), pool_size=2, pool_timeout=2)
+        transport = CrashAfterAnswer(proxy, "POST", batch=True)
+        engine = SyncEngine(
+            db,
+            sync_settings.model_copy(update={"SYNC_LEASE_SECONDS": 6}),
+            transport=transport,
+        )
+        try:
+            async with running(engine):
+                await asyncio.wait_for(transport.crashed.wait(), timeout=30)
+                await wait_for(lambda: _no_groups(engine), within=30)
+                members = await sandbox.members()
+                assert {m["status"] for m in members.values()} == {"subscribed"}
+                assert len(members) == 60
+                assert await fetch(runtime, "SELECT * FROM sync_state") == []
+                for email in out:
+                    (row,) = await fetch(
+                        runtime, "SELECT id FROM contacts WHERE email_key = :k", k=email
+                    )
+                    r = await api.patch(
+                        f"/api/contacts/{row['id']}",
+                        json={"newsletter_opt_in": False},
+                        headers=headers,
+                    )
+                    assert r.status_code == 200, r.text
+                await proxy.start()
+                await wait_for(lambda: queue_empty(runtime), within=60)
+        finally:
+            await db.dispose()
+    members = await sandbox.members()
+    assert {k for k, m in members.items() if m["status"] == "unsubscribed"} == set(out)
+    assert sum(1 for m in members.values() if m["status"] == "subscribed") == 55
+    await assert_mirrors_database(runtime, sandbox, OWNER)
 
 
 async def test_parked_rows_are_retried_by_themselves_on_a_slow_schedule(
