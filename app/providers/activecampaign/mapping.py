@@ -22,6 +22,8 @@ DEFAULT_RULES: tuple[FieldRule, ...] = (
     FieldRule(source="first_name", field="firstName", label="First Name"),
     FieldRule(source="last_name", field="lastName", label="Last Name"),
     FieldRule(source="phone", field="phone", label="Phone"),
+    # ActiveCampaign's own `orgname` is deprecated (Accounts replaced it): a custom field.
+    FieldRule(source="company", field="COMPANY", label="Company"),
 )
 
 

@@ -113,8 +113,10 @@ class TestFlow:
             tags=["vip"],
             custom_fields={"dietary": "vegan;nut free", "badge_name": "Ada L."},
         )
-        bob = await service.create(email="bob@example.com", first_name="Bob")
+        bob = await service.create(email="bob@example.com", first_name="Bob", company="Acme")
         await drain(runtime, service.settings)
+        b = await person(ac, "bob@example.com")
+        assert {v["perstag"]: v["value"] for v in b["fields"].values()} == {"COMPANY": "Acme"}
         p = await person(ac, "ada@example.com")
         assert p["lists"][LIST]["status"] == 1 and p["first_name"] == "Ada"
         values = {v["perstag"]: v["value"] for v in p["fields"].values()}
