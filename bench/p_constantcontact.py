@@ -328,6 +328,173 @@ async def _live_changes(db_url: str, owner: str, offset: int, n: int) -> None:
         await engine.dispose()
 
 
+def p4(args: argparse.Namespace) -> dict[str, Any]:
+    """Ten tenants on one application: t0 imports `contacts`, t1..t9 make `rate` live
+    changes a second each; change → Constant Contact latency from the mirror's
+    `last_synced_at` (the provider answered before it is written) minus the contact's
+    creation, both on the database's clock."""
+    from sqlalchemy import text
+
+    from app.sync.models import PRIORITY_BULK
+
+    with harness.scratch_database() as db_url, cc_sandbox() as cc_url:
+        settings = settings_for(db_url, cc_url)
+        accounts = [
+            httpx.post(
+                f"{cc_url}/_control/accounts", json={"organization_name": f"T{i}"}, timeout=10
+            ).json()
+            for i in range(1, 10)
+        ]
+        engine = create_engine(db_url, pool_size=2)
+
+        async def prepare() -> list[uuid.UUID]:
+            ids = [await connect(engine, settings, "t0")]
+            for i, acc in enumerate(accounts, start=1):
+                lists = httpx.get(f"{cc_url}/_control/accounts", timeout=10).json()["accounts"]
+                mine = next(
+                    a for a in lists if a["encoded_account_id"] == acc["encoded_account_id"]
+                )
+                ids.append(
+                    await connect_account(
+                        engine,
+                        settings,
+                        f"t{i}",
+                        mine["encoded_account_id"],
+                        mine["lists"][0]["list_id"],
+                    )
+                )
+            await seed(engine, "t0", args.contacts, ids[0], PRIORITY_BULK)
+            await engine.dispose()
+            return ids
+
+        ids = asyncio.run(prepare())
+        procs = workers(db_url, settings, cc_url, args.workers)
+        start = time.perf_counter()
+        sent = 0
+        try:
+            time.sleep(3.0)
+            while time.perf_counter() - start < args.seconds:
+                tick = time.perf_counter()
+                asyncio.run(_live_for(db_url, ids[1:], sent, args.rate))
+                sent += args.rate
+                time.sleep(max(0.0, 1.0 - (time.perf_counter() - tick)))
+            time.sleep(args.settle)
+        finally:
+            stop(procs)
+
+        async def latencies() -> list[Any]:
+            e = create_engine(db_url, pool_size=1)
+            try:
+                async with e.connect() as conn:
+                    return list(
+                        (
+                            await conn.execute(
+                                text(
+                                    """
+                                    SELECT c.owner_id,
+                                           EXTRACT(EPOCH FROM s.last_synced_at - c.created_at)
+                                    FROM contacts c LEFT JOIN sync_state s
+                                      ON s.contact_id = c.id
+                                    WHERE c.owner_id <> 't0'
+                                    """
+                                )
+                            )
+                        ).all()
+                    )
+            finally:
+                await e.dispose()
+
+        rows = asyncio.run(latencies())
+        log = api_log(cc_url)
+    done = sorted(float(r[1]) for r in rows if r[1] is not None)
+    per_tenant: dict[str, int] = {}
+    for owner, lat in rows:
+        if lat is not None:
+            per_tenant[owner] = per_tenant.get(owner, 0) + 1
+    p99 = done[min(len(done) - 1, int(len(done) * 0.99))] if done else None
+    counts = sorted(per_tenant.values())
+    return {
+        "seconds": args.seconds,
+        "live_rate_per_tenant": args.rate,
+        "live_changes": len(rows),
+        "live_delivered": len(done),
+        "p50_seconds": done[len(done) // 2] if done else None,
+        "p99_seconds": p99,
+        "slowest_over_fastest_tenant": (counts[0] / counts[-1]) if counts else None,
+        "bulk_requests": sum(1 for r in log if r.get("account") == "p07e1l8cdif9dl"),
+        "requests": len(log),
+        "max_requests_in_any_1s": max_per_second(log),
+        "answers_429": sum(1 for r in log if r.get("status") == 429),
+    }
+
+
+async def connect_account(
+    engine: Any, settings: Any, owner: str, account_id: str, list_id: str
+) -> uuid.UUID:
+    from app.connections.service import connection_service
+    from app.db import make_sessionmaker, session_scope
+    from app.providers import registry
+    from app.providers.base import Account, Audience
+
+    provider = registry.get("constantcontact")
+    account = Account(
+        api_base=f"{settings.constantcontact_sandbox_url}/v3",
+        account_key=f"constantcontact:account:{account_id}",
+        credentials={"sandbox_seed": True, "account_id": account_id},
+        auth_kind="oauth",
+        account_name=owner,
+    )
+    async with session_scope(make_sessionmaker(engine)) as session:
+        row = await connection_service.save(
+            session,
+            provider=provider,
+            settings=settings,
+            owner_id=owner,
+            account=account,
+            audience=Audience(id=list_id, name="list", member_count=0),
+        )
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(text("DELETE FROM sync_queue"))
+        await conn.execute(text("DELETE FROM sync_runs"))
+    return uuid.UUID(str(row["id"]))
+
+
+async def _live_for(db_url: str, conn_ids: list[uuid.UUID], offset: int, n: int) -> None:
+    from sqlalchemy import text
+
+    engine = create_engine(db_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            for conn_id in conn_ids:
+                owner = (
+                    await conn.execute(
+                        text("SELECT owner_id FROM connections WHERE id = :i"), {"i": conn_id}
+                    )
+                ).scalar_one()
+                await conn.execute(
+                    text(
+                        """
+                        WITH c AS (
+                            INSERT INTO contacts (owner_id, email, email_key, newsletter_opt_in,
+                                                  newsletter_changed_at)
+                            SELECT :owner, :owner || '-' || g || '@example.com',
+                                   :owner || '-' || g || '@example.com', true, now()
+                            FROM generate_series(CAST(:a AS int), CAST(:b AS int)) AS g
+                            RETURNING id, email_key)
+                        INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id,
+                            priority)
+                        SELECT :conn, :conn, email_key, id, 0 FROM c
+                        """
+                    ),
+                    {"owner": owner, "a": offset + 1, "b": offset + n, "conn": conn_id},
+                )
+            await conn.execute(text("SELECT pg_notify('sync_queue', '')"))
+    finally:
+        await engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="which", required=True)
@@ -335,13 +502,19 @@ def main() -> None:
     a.add_argument("--contacts", type=int, default=100_000)
     a.add_argument("--workers", type=int, default=3)
     a.add_argument("--limit", type=float, default=3600.0)
+    c = sub.add_parser("p4")
+    c.add_argument("--contacts", type=int, default=100_000)
+    c.add_argument("--workers", type=int, default=3)
+    c.add_argument("--seconds", type=float, default=60.0)
+    c.add_argument("--rate", type=int, default=1)
+    c.add_argument("--settle", type=float, default=20.0)
     b = sub.add_parser("p7")
     b.add_argument("--seconds", type=float, default=300.0)
     b.add_argument("--workers", type=int, default=4)
     b.add_argument("--rate", type=int, default=1)
     args = parser.parse_args()
     facts = harness.machine() | {"loadavg_before": os.getloadavg()}
-    figures = p3(args) if args.which == "p3" else p7(args)
+    figures = {"p3": p3, "p4": p4, "p7": p7}[args.which](args)
     facts["loadavg_after"] = os.getloadavg()
     out = {"benchmark": args.which.upper(), "machine": facts, **figures}
     for key, value in figures.items():

@@ -310,7 +310,7 @@ class ConstantContactConnect:
         cfg = self.oauth_config(settings)
         refresh_token = str(credentials.get("refresh_token") or "")
         if not refresh_token and credentials.get("sandbox_seed") and self.sandbox(settings):
-            token = await self._mint(settings, cfg)
+            token = await self._mint(settings, cfg, credentials.get("account_id"))
         elif not refresh_token:
             raise AuthError("no refresh token is stored; reconnect Constant Contact")
         else:
@@ -322,10 +322,12 @@ class ConstantContactConnect:
         out = {k: v for k, v in credentials.items() if k != "sandbox_seed"}
         return out | fresh
 
-    async def _mint(self, settings: Settings, cfg: OAuthConfig) -> dict[str, Any]:
+    async def _mint(self, settings: Settings, cfg: OAuthConfig, account_id: Any) -> dict[str, Any]:
         seed = self._seed()
         body = {"client_id": cfg.client_id}
-        if seed is not None and seed.credentials.get("account_id"):
+        if account_id:
+            body["account_id"] = str(account_id)
+        elif seed is not None and seed.credentials.get("account_id"):
             body["account_id"] = str(seed.credentials["account_id"])
         try:
             async with httpx2.AsyncClient(timeout=cfg.timeout) as http:
