@@ -598,11 +598,17 @@ class ActiveCampaignClient:
                 raise
 
     async def _tag_contact(
-        self, contact_id: str, names: Iterable[str], *, present: Mapping[str, str] | None
+        self,
+        contact_id: str,
+        names: Iterable[str],
+        *,
+        present: Mapping[str, str] | None,
+        ours: dict[str, str] | None = None,
     ) -> dict[str, str]:
         """Add tags by name; {name: contactTag id} of the associations we created (a tag the
-        contact already carried stays its owner's: it is not recorded as ours)."""
-        ours: dict[str, str] = {}
+        contact already carried stays its owner's: it is not recorded as ours), filled into
+        `ours` as they are made, so a failure half-way keeps what was done."""
+        ours = {} if ours is None else ours
         for name in names:
             tid = await self.tag_id(name)
             if present is not None and tid in present:
@@ -745,7 +751,12 @@ class ActiveCampaignClient:
         if created:
             refs["created"] = True
             if member.tags:
-                refs["tags"] = await self._tag_contact(cid, member.tags, present={})
+                # A failure here must not fail the create: a resend would find the contact
+                # and no longer know we created it. Tags not set are the engine's to add.
+                made: dict[str, str] = {}
+                with contextlib.suppress(TransientError, ThrottledError):
+                    await self._tag_contact(cid, member.tags, present={}, ours=made)
+                refs["tags"] = made
         return self._member(contact, status, email=member.email_address, created=created, refs=refs)
 
     async def _contact_id(self, email: str, remote: RemoteRef | None) -> str | None:
