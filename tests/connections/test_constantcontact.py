@@ -153,6 +153,32 @@ class TestConnect:
         assert entry["available"] is True and entry["connected"] is True
         assert [m["kind"] for m in entry["connect"]] == ["oauth"]
 
+    async def test_several_lists_ask_which_one(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        made = await cc.http.post(
+            "/_control/accounts/p07e1l8cdif9dl/lists", json={"name": "Newsletter"}
+        )
+        other = made.json()["list_id"]
+        await connect(ccservice)
+        line = await status(ccservice)
+        assert line["status"] == "needs_audience" and line["audience"] is None
+        assert line["notice"] == "Choose the Constant Contact contact list to sync to."
+        listed = await ccservice.http.get(
+            f"/api/integrations/{PID}/audiences", headers=ccservice.auth()
+        )
+        assert listed.status_code == 200, listed.text
+        r = await ccservice.http.put(
+            f"/api/integrations/{PID}/audience",
+            json={"audience_id": other},
+            headers=ccservice.auth(),
+        )
+        assert r.status_code == 200, r.text
+        assert (await status(ccservice))["audience"] == {"id": other, "name": "Newsletter"}
+        await add_contact(ccservice, "nl@example.com")
+        await drain(runtime, ccservice.settings)
+        assert (await cc.dump())["nl@example.com"]["list_memberships"] == [other]
+
     async def test_a_denied_popup_connects_nothing(
         self, ccservice: Service, runtime: Runtime
     ) -> None:
