@@ -74,6 +74,13 @@ _DUE = text(
     LIMIT :limit
     """
 )
+_ACTIVE_BY_PROVIDER = text(
+    "SELECT provider, count(*) FROM connections WHERE status = 'active' GROUP BY provider"
+)
+# A quota shared by every tenant: the scheduled pulls may spend this share of a day's, each
+# quiet pull costing this many requests (Constant Contact: opt-outs, then our list's changes).
+PULL_QUOTA_SHARE = 0.1
+PULL_REQUESTS = 2
 _CONNECTION = text(
     """
     SELECT id, owner_id, status, audience_id, last_pull_at, created_at, now() AS now
@@ -129,14 +136,32 @@ async def pull_due(engine: SyncEngine) -> None:
     every = engine.settings.SYNC_PULL_INTERVAL_SECONDS
     if every <= 0:
         return
+    due: list[tuple[uuid.UUID, float]] = []
     async with engine.db.connect() as conn:
-        params = {"every": every, "limit": 100, "providers": list(registry.ids())}
-        due = [r for (r,) in await conn.execute(_DUE, params)]
-    for connection_id in due:
+        counts: dict[str, int] = {
+            str(p): int(n) for p, n in (await conn.execute(_ACTIVE_BY_PROVIDER)).all()
+        }
+        for provider in registry.all_providers():
+            interval = pull_interval(
+                every, provider.spec.limits.daily_quota_per_application, counts.get(provider.id, 0)
+            )
+            params = {"every": interval, "limit": 100, "providers": [provider.id]}
+            due += [(r, interval) for (r,) in await conn.execute(_DUE, params)]
+    for connection_id, interval in due:
         try:
-            await pull_connection(engine, connection_id, every=every)
+            await pull_connection(engine, connection_id, every=interval)
         except Exception:  # one connection's failure must not starve the others
             log.exception("sync.pull.failed", connection=str(connection_id))
+
+
+def pull_interval(every: float, daily_quota: int | None, connections: int) -> float:
+    """Seconds between two pulls of a connection: SYNC_PULL_INTERVAL_SECONDS, stretched where
+    a daily quota is shared by every tenant (Constant Contact) so that all pulls together
+    spend at most PULL_QUOTA_SHARE of it (a quiet pull costs PULL_REQUESTS requests)."""
+    if not daily_quota or connections <= 0:
+        return every
+    budget = daily_quota * PULL_QUOTA_SHARE
+    return max(every, connections * PULL_REQUESTS * 86_400 / budget)
 
 
 async def pull_connection(

@@ -134,3 +134,12 @@ async def test_an_unknown_custom_field_is_a_field_error(client: ConstantContactC
     with pytest.raises(PermanentError) as err:
         await client.upsert_member(LIST, payload("c@example.com", fields={"no_such": "x"}))
     assert err.value.kind is ErrorKind.merge_fields
+
+
+def test_the_pull_interval_stretches_with_tenants_of_a_shared_quota() -> None:
+    from app.sync.pull import pull_interval
+
+    assert pull_interval(900, None, 500) == 900  # no shared quota: as configured
+    assert pull_interval(900, 10_000, 1) == 900
+    # 50 tenants × 2 requests a pull within a tenth of 10,000 a day: every 2.4 h each.
+    assert pull_interval(900, 10_000, 50) == pytest.approx(8640)
