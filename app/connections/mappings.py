@@ -9,7 +9,9 @@ and a member we pushed that the rule now leaves out is archived (consent untouch
 
 from __future__ import annotations
 
+import builtins
 import uuid
+from typing import cast
 
 import httpx
 import structlog
@@ -30,12 +32,13 @@ from app.connections.service import (
     provider_failure,
 )
 from app.errors import Conflict, NotFound, Unprocessable
-from app.providers.base import Audience, AudienceMissing, ProviderError
+from app.providers.base import Audience, AudienceMissing, InterestGroups, ProviderError
 from app.providers.registry import Provider
 
 log = structlog.get_logger(__name__)
 
 RUN_RULE_CHANGE = "rule_change"
+INTEREST_CATEGORY = "Preferences"  # where interests created on the operator's request go
 
 
 def _invalid(field: str, message: str, detail: str) -> Unprocessable:
@@ -79,11 +82,14 @@ class MappingService:
         audience = await self._audience(
             provider, settings, transport, reader, conn, body.audience_id
         )
+        interests = await self._interests(
+            provider, settings, transport, reader, conn, audience.id, body.interests
+        )
         row = await repo.insert(
             conn["id"],
             audience_id=audience.id,
             audience_name=audience.name,
-            rule=body.rule.columns(),
+            rule={**body.rule.columns(), "interests": interests},
         )
         if row is None:  # pragma: no cover - the connection lock serialises writers
             raise self._already_mapped(provider, body.audience_id)
@@ -127,6 +133,14 @@ class MappingService:
             )
             values |= {"audience_id": audience.id, "audience_name": audience.name}
         same_rule = all(current[k] == v for k, v in rule.items())
+        interests = await self._interests(
+            provider, settings, transport, reader, conn, body.audience_id, body.interests
+        )
+        if interests != list(current["interests"] or []):
+            # A new interest map is reconciled like a new rule: members whose interests
+            # differ are queued, the others adopted.
+            values["interests"] = interests
+            same_rule = False
         if not moved and same_rule:
             return await self._out(session, conn["id"], mapping_id)
         if moved:
@@ -230,6 +244,52 @@ class MappingService:
             ) from None
         except ProviderError as exc:
             raise provider_failure(provider, exc) from None
+
+    @staticmethod
+    async def _interests(
+        provider: Provider,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport,
+        reader: Reader,
+        conn: RowMapping,
+        audience_id: str,
+        wanted: dict[str, str | None],
+    ) -> builtins.list[dict[str, str]]:
+        """The interest map as stored: every id checked against the audience, missing ones
+        (null) created; 422 for an unknown id or a provider without interest groups."""
+        if not wanted:
+            return []
+        client = client_for(provider, settings, transport, conn, reader)
+        if not hasattr(client, "list_interests"):
+            raise _invalid(
+                "interests",
+                "not supported",
+                f"{provider.spec.display_name} has no interest groups to map preferences to.",
+            )
+        groups = cast(InterestGroups, client)
+        try:
+            known = {i.id: i for i in await groups.list_interests(audience_id)}
+            out: builtins.list[dict[str, str]] = []
+            for name, interest_id in wanted.items():
+                if interest_id is None:
+                    existing = next((i for i in known.values() if i.name == name), None)
+                    made = existing or await groups.create_interest(
+                        audience_id, name, category=INTEREST_CATEGORY
+                    )
+                    out.append({"name": name, "id": made.id, "label": made.name})
+                    continue
+                found = known.get(interest_id)
+                if found is None:
+                    raise _invalid(
+                        f"interests.{name}",
+                        "unknown interest",
+                        f"The {provider.spec.audience_noun} {audience_id} has no interest"
+                        f" {interest_id}.",
+                    )
+                out.append({"name": name, "id": found.id, "label": found.name})
+        except ProviderError as exc:
+            raise provider_failure(provider, exc) from None
+        return out
 
     @staticmethod
     async def _start_run(

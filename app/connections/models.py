@@ -15,7 +15,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -93,6 +93,11 @@ class AudienceMapping(Base):
     kinds: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     tags_any: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     tags_all: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    # The operator's map of preference names to the audience's interests:
+    # [{"name": preference, "id": interest id, "label": the interest's name there}].
+    interests: Mapped[list[dict[str, str]]] = mapped_column(
+        JSONB, server_default=text("'[]'::jsonb")
+    )
     # Our webhook on this audience (the default mapping's lives on the connection row).
     webhook_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

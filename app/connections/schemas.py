@@ -190,6 +190,9 @@ class AudienceRuleOut(BaseModel):
     tags_all: list[str] | None = None
 
 
+InterestId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
 class MappingCreate(BaseModel):
     """Body of POST /api/integrations/{provider}/audiences/mappings."""
 
@@ -197,15 +200,16 @@ class MappingCreate(BaseModel):
 
     audience_id: str = Field(min_length=1, max_length=64)
     rule: AudienceRuleIn
+    interests: dict[Tag, InterestId | None] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="Preference name → the audience's interest id (Mailchimp interest groups);"
+        " null creates an interest of that name (category 'Preferences').",
+    )
 
 
-class MappingUpdate(BaseModel):
+class MappingUpdate(MappingCreate):
     """Body of PUT /api/integrations/{provider}/audiences/mappings/{id}: the whole mapping."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    audience_id: str = Field(min_length=1, max_length=64)
-    rule: AudienceRuleIn
 
 
 class MappingOut(BaseModel):
@@ -220,6 +224,9 @@ class MappingOut(BaseModel):
     failed: int = 0
     webhook_registered: bool = False
     last_run: SyncRunOut | None = None
+    interests: dict[str, str] = Field(
+        default_factory=dict, description="Preference name → interest id."
+    )
 
 
 class MappingList(BaseModel):

@@ -60,6 +60,10 @@ class Contact(Base):
     zip: Mapped[str | None] = mapped_column(Text)
     country: Mapped[str | None] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    # The person's preferences (names an audience mapping may map to Mailchimp interests),
+    # and when they last changed here or at the provider (the newer side wins).
+    preferences: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    preferences_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     custom_fields: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     notes: Mapped[str | None] = mapped_column(Text)
     newsletter_opt_in: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))

@@ -74,6 +74,11 @@ class _ContactFields(BaseModel):
     zip: Annotated[str, StringConstraints(strip_whitespace=True, max_length=20)] | None = None
     country: ShortText | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    preferences: list[Tag] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description="The person's preferences (names an audience may map to interest groups).",
+    )
     custom_fields: dict[
         Annotated[str, StringConstraints(min_length=1, max_length=64)],
         CustomValue,
@@ -97,7 +102,7 @@ class _ContactFields(BaseModel):
     def _email(cls, value: str | None) -> str | None:
         return normalise_email(value)
 
-    @field_validator("tags")
+    @field_validator("tags", "preferences")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
         return clean_tags(value)
@@ -142,12 +147,13 @@ class ContactUpdate(_ContactFields):
 
     kind: Kind | None = None
     tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)  # type: ignore[assignment]
+    preferences: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)  # type: ignore[assignment]
     custom_fields: (
         dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], CustomValue] | None
     ) = Field(default=None, max_length=MAX_CUSTOM_FIELDS)  # type: ignore[assignment]
     newsletter_opt_in: StrictBool | None = None  # type: ignore[assignment]
 
-    @field_validator("tags")
+    @field_validator("tags", "preferences")
     @classmethod
     def _tags(cls, value: list[str] | None) -> list[str] | None:  # type: ignore[override]
         return None if value is None else clean_tags(value)
@@ -190,6 +196,8 @@ class ContactOut(BaseModel):
     zip: str | None
     country: str | None
     tags: list[str]
+    preferences: list[str] = Field(default_factory=list)
+    preferences_changed_at: datetime | None = None
     custom_fields: dict[str, Any]
     notes: str | None
     newsletter_opt_in: bool

@@ -43,6 +43,7 @@ FIELD_NAMES = (
     "zip",
     "country",
     "tags",
+    "preferences",
     "custom_fields",
     "notes",
     "newsletter_opt_in",
@@ -117,6 +118,8 @@ class ContactService:
         values = data.model_dump()
         if data.newsletter_opt_in:
             values["newsletter_changed_at"] = datetime.now(UTC)
+        if data.preferences:
+            values["preferences_changed_at"] = datetime.now(UTC)
         row = await repo.insert(owner_id, values)
         if row is None:
             existing = await repo.id_by_email_key(owner_id, email_key(data.email) or "")
@@ -170,7 +173,9 @@ class ContactService:
             if must_have in sent and sent[must_have] is None:
                 raise Unprocessable(f"{must_have} cannot be null.")
         sent = {
-            k: ([] if k == "tags" else {}) if v is None and k in ("tags", "custom_fields") else v
+            k: ([] if k in ("tags", "preferences") else {})
+            if v is None and k in ("tags", "preferences", "custom_fields")
+            else v
             for k, v in sent.items()
         }
         diff = {k: v for k, v in sent.items() if row[k] != v}
@@ -202,6 +207,9 @@ class ContactService:
                     extra={"existing_id": str(other)},
                 )
         values = dict(diff)
+        if "preferences" in diff:
+            # The newer side wins against the provider's (interest groups): remember when.
+            values["preferences_changed_at"] = datetime.now(UTC)
         if "newsletter_opt_in" in diff:
             now = datetime.now(UTC)
             values["newsletter_changed_at"] = now

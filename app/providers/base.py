@@ -191,6 +191,9 @@ class ContactPayload:
     consent_if_new: str
     consent: str | None = None
     tags: list[str] = field(default_factory=list)
+    # Interest groups (Mailchimp): only the mapped interest ids, each chosen or not; ids we
+    # do not map are never sent, so the provider keeps them as the person set them.
+    interests: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -227,6 +230,7 @@ class RemoteMember:
     fields: dict[str, Any] = field(default_factory=dict)
     created: bool = False
     refs: dict[str, Any] = field(default_factory=dict)
+    interests: dict[str, bool] | None = None  # interest id -> chosen (None: not read)
 
 
 @dataclass(slots=True)
@@ -245,6 +249,26 @@ class Audience:
     id: str
     name: str
     member_count: int
+
+
+@dataclass(slots=True)
+class Interest:
+    """An interest group a person may choose in an audience (Mailchimp: an interest of a
+    category); a contact's preference names map onto them."""
+
+    id: str
+    name: str
+    category: str
+
+
+class InterestGroups(Protocol):
+    """The interest groups of an audience, for a provider that has them (Mailchimp)."""
+
+    async def list_interests(self, audience_id: str) -> list[Interest]:
+        """Every interest of every category of the audience."""
+
+    async def create_interest(self, audience_id: str, name: str, *, category: str) -> Interest:
+        """Add an interest (and its category when missing)."""
 
 
 @dataclass(slots=True)
@@ -589,6 +613,8 @@ class InboundEvent:
     reason: str | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
     audience_id: str | None = None
+    # The interest names the person has chosen, when the delivery says (None: it does not).
+    interests: list[str] | None = None
 
 
 class MalformedPayload(ValueError):

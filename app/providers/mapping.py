@@ -10,7 +10,7 @@ methods; which provider field a value lands in is the rules' business.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,24 @@ def rule_sql(alias: str) -> str:
 RULE_SQL = rule_sql("c")
 
 
+@dataclass(slots=True, frozen=True)
+class InterestMap:
+    """A preference name mapped to one interest of the mapping's audience."""
+
+    name: str  # the contact's preference
+    id: str  # the provider's interest id
+    label: str  # the interest's name at the provider (what its webhooks say)
+
+
+def interest_maps(rows: Any) -> tuple[InterestMap, ...]:
+    """The `audience_mappings.interests` column as InterestMaps."""
+    return tuple(
+        InterestMap(name=str(r["name"]), id=str(r["id"]), label=str(r.get("label") or r["id"]))
+        for r in rows or ()
+        if isinstance(r, dict) and r.get("name") and r.get("id")
+    )
+
+
 @dataclass(slots=True)
 class MappingConfig:
     """Operator-level field mapping (DESIGN §5 mapped fields, §14.7) and what syncs at all."""
@@ -115,6 +133,38 @@ class MappingConfig:
     same: Matcher = _equal
     # The audience mapping's rule: a contact it leaves out is absent from that audience.
     rule: AudienceRule = field(default_factory=AudienceRule)
+    # The mapping's preference names → interests; only these interests are ever sent.
+    interests: tuple[InterestMap, ...] = ()
+
+    def interest_payload(self, contact: Mapping[str, Any]) -> dict[str, bool]:
+        """The mapped interests of the contact: chosen or not (empty: nothing mapped)."""
+        if not self.interests:
+            return {}
+        chosen = {p.casefold() for p in contact.get("preferences") or ()}
+        return {m.id: m.name.casefold() in chosen for m in self.interests}
+
+    def chosen_by_labels(self, labels: Sequence[str]) -> set[str]:
+        """The mapped preference names whose interests a delivery lists as chosen."""
+        picked = {label.casefold() for label in labels}
+        return {m.name for m in self.interests if m.label.casefold() in picked}
+
+    def chosen_by_ids(self, interests: Mapping[str, bool]) -> set[str]:
+        """The mapped preference names whose interests a member has chosen."""
+        return {m.name for m in self.interests if interests.get(m.id)}
+
+    def merged_preferences(self, current: Sequence[str], chosen: set[str]) -> list[str]:
+        """The contact's preferences with the mapped ones replaced by `chosen` (the others,
+        which this audience does not map, are kept)."""
+        mapped = {m.name.casefold() for m in self.interests}
+        kept = [p for p in current if p.casefold() not in mapped]
+        return kept + sorted(chosen, key=str.casefold)
+
+    def contact_digest(self, contact: Mapping[str, Any]) -> str | None:
+        """The digest the planner computes for a contact (None without an email)."""
+        email = contact.get("email")
+        if not email:
+            return None
+        return digest_of(email, merge_fields(contact, self), self.interest_payload(contact))
 
     def syncs(self, contact: Mapping[str, Any]) -> bool:
         """True when the contact's kind is one that is pushed and the mapping's rule holds."""
@@ -186,9 +236,17 @@ def merge_fields(contact: Mapping[str, Any], cfg: MappingConfig) -> dict[str, An
     return out
 
 
-def digest_of(email: str, fields: Mapping[str, Any]) -> str:
-    """A stable hash of what we send as data (address and mapped fields)."""
-    blob = orjson.dumps({"e": email, "m": fields}, option=orjson.OPT_SORT_KEYS)
+def digest_of(
+    email: str, fields: Mapping[str, Any], interests: Mapping[str, bool] | None = None
+) -> str:
+    """A stable hash of what we send as data (address, mapped fields, mapped interests).
+
+    Without interests the hash is what it always was: nothing is re-sent for mappings
+    without an interest map."""
+    doc: dict[str, Any] = {"e": email, "m": fields}
+    if interests:
+        doc["i"] = interests
+    blob = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 

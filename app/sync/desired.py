@@ -191,7 +191,8 @@ def _plan_contact(
 ) -> Plan:
     email: str = contact["email"]
     fields = merge_fields(contact, cfg)
-    digest = digest_of(email, fields)
+    interests = cfg.interest_payload(contact)  # only the mapping's interests, if any
+    digest = digest_of(email, fields, interests)
     tags = list(contact.get("tags") or [])
     consent = bool(contact.get("newsletter_opt_in")) and contact.get("email_status") == "ok"
     new_status = cfg.consent_if_new
@@ -204,6 +205,7 @@ def _plan_contact(
             consent_if_new=status_if_new,
             consent=status,
             tags=tags,
+            interests=interests,
         )
         return Plan(key, action, contact, mirror, payload, digest, tags, target_email=email)
 
@@ -271,6 +273,7 @@ def plan_move(
         fields=merge_fields(contact, cfg),
         consent_if_new="subscribed" if consent else "unsubscribed",
         tags=list(contact.get("tags") or []),
+        interests=cfg.interest_payload(contact),
     )
     return Plan(
         new_key,
@@ -278,7 +281,7 @@ def plan_move(
         contact=contact,
         mirror=old_mirror,
         payload=payload,
-        digest=digest_of(contact["email"], payload.fields),
+        digest=digest_of(contact["email"], payload.fields, payload.interests),
         tags=list(contact.get("tags") or []),
         target_email=old_mirror.get("pushed_email") or old_key,
         move_from=old_key,

@@ -54,7 +54,7 @@ from app.providers.base import (
     TransientError,
     tombstone_key,
 )
-from app.providers.mapping import AudienceRule, MappingConfig
+from app.providers.mapping import AudienceRule, MappingConfig, interest_maps
 from app.providers.registry import Provider
 from app.sync.backoff import Backoff
 from app.sync.desired import (
@@ -474,7 +474,7 @@ class SyncEngine:
                         "SELECT c.id, c.provider, c.owner_id, c.account_key, c.api_endpoint,"
                         " c.dc, c.auth_kind, c.credentials, m.audience_id, c.status,"
                         " GREATEST(c.updated_at, m.updated_at) AS updated_at,"
-                        " m.id AS mapping_id, m.kinds, m.tags_any, m.tags_all"
+                        " m.id AS mapping_id, m.kinds, m.tags_any, m.tags_all, m.interests"
                         " FROM audience_mappings m JOIN connections c ON c.id = m.connection_id"
                         " WHERE m.id = ANY(CAST(:ids AS uuid[])) AND c.audience_id IS NOT NULL"
                     ),
@@ -509,7 +509,11 @@ class SyncEngine:
                     version=row["updated_at"],
                     binding=binding,
                     provider=provider,
-                    mapping=dataclasses.replace(self.mapping(provider), rule=AudienceRule.of(row)),
+                    mapping=dataclasses.replace(
+                        self.mapping(provider),
+                        rule=AudienceRule.of(row),
+                        interests=interest_maps(row["interests"]),
+                    ),
                     mapping_id=row["mapping_id"],
                 )
                 self.contexts[row["mapping_id"]] = ctx

@@ -140,6 +140,8 @@ class SyncState(Base):
     pushed_tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
     remote_status: Mapped[str | None] = mapped_column(Text)
     remote_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the provider's side of the person's preferences (interests) last changed, as seen.
+    remote_preferences_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error_kind: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)

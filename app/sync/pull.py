@@ -276,6 +276,56 @@ async def _fetch(
     return None
 
 
+_PREFERENCES = text(
+    """
+    SELECT email_key, preferences FROM contacts
+    WHERE owner_id = :owner AND email_key = ANY(CAST(:keys AS text[]))
+    """
+)
+
+
+async def _apply_interests(
+    session: AsyncSession,
+    inbound: Inbound,
+    page: MemberPage,
+    started: datetime,
+    result: PullResult,
+) -> None:
+    """Members whose mapped interests differ from the contact's preferences: the newer side
+    wins (InboundApplier.preferences)."""
+    cfg = inbound.mapping
+    members = [m for m in page.members if m.interests is not None]
+    keys = sorted({k for m in members if (k := email_key(m.email_address))})
+    if not keys:
+        return
+    prefs = {
+        r["email_key"]: r["preferences"]
+        for r in (
+            await session.execute(_PREFERENCES, {"keys": keys, "owner": inbound.owner_id})
+        ).mappings()
+    }
+    applier = InboundApplier(session, inbound)
+    for member in members:
+        key = email_key(member.email_address) or ""
+        if key not in prefs or member.interests is None:
+            continue
+        chosen = cfg.chosen_by_ids(member.interests)
+        current = {
+            m.name
+            for m in cfg.interests
+            if m.name.casefold() in {p.casefold() for p in prefs[key] or ()}
+        }
+        if chosen == current:
+            continue
+        outcome = await applier.preferences(
+            email=member.email_address,
+            chosen=chosen,
+            at=member.last_changed or started,
+            event="pull",
+        )
+        result.outcomes[f"preferences_{outcome.value}"] += 1
+
+
 async def _apply(
     session: AsyncSession,
     inbound: Inbound,
@@ -284,6 +334,8 @@ async def _apply(
     result: PullResult,
 ) -> None:
     """Apply the statuses of one page that tell the CRM something it does not know."""
+    if inbound.mapping.interests:
+        await _apply_interests(session, inbound, page, started, result)
     members = [m for m in page.members if m.status in PULLED_STATUSES]
     keys = sorted({k for m in members if (k := email_key(m.email_address))})
     if not keys:

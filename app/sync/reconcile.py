@@ -222,7 +222,7 @@ _MAPPING_WEBHOOK = text(
 _CONTACTS = text(
     """
     SELECT id, kind, email, email_key, first_name, last_name, company, phone, addr1, addr2,
-        city, state, zip, country, referral, custom_fields
+        city, state, zip, country, referral, custom_fields, tags, preferences
     FROM contacts WHERE owner_id = :owner AND email_key = ANY(CAST(:keys AS text[]))
     """
 )
@@ -477,8 +477,14 @@ def stage_records(
         equal = False
         if contact is not None and cfg.syncs(contact):
             fields = cfg.payload_fields(contact)
-            digest = cfg.digest(contact["email"], fields)
-            equal = cfg.matches(fields, m.fields)
+            digest = cfg.contact_digest(contact)
+            # Mapped interests must hold what we send too (Mailchimp interest groups).
+            wanted = cfg.interest_payload(contact)
+            equal = cfg.matches(fields, m.fields) and (
+                not wanted
+                or m.interests is not None
+                and all(m.interests.get(k, False) == v for k, v in wanted.items())
+            )
         records.append(
             (
                 key,

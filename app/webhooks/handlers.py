@@ -65,9 +65,19 @@ async def handle(
                 email=event.email, status=SUBSCRIBED, at=at, merges=event.fields, event=kind
             )
         case InboundKind.profile:
+            outcome = Outcome.ignored
+            if event.interests is not None and applier.inbound.mapping.interests:
+                # The person's preferences are theirs to change (interest groups, both ways).
+                chosen = applier.inbound.mapping.chosen_by_labels(event.interests)
+                outcome = await applier.preferences(
+                    email=event.email, chosen=chosen, at=at, event=kind
+                )
             if not settings.INBOUND_PROFILE_UPDATES:
-                return Outcome.ignored  # the CRM owns contact data (DESIGN §1.1)
-            return await applier.profile(email=event.email, merges=event.fields, at=at, event=kind)
+                return outcome  # the CRM owns contact data (DESIGN §1.1)
+            fields = await applier.profile(
+                email=event.email, merges=event.fields, at=at, event=kind
+            )
+            return outcome if fields in (Outcome.unchanged, Outcome.ignored) else fields
         case InboundKind.email_change:
             return await applier.email_change(
                 old_email=event.email, new_email=event.new_email, at=at, event=kind

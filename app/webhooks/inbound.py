@@ -38,7 +38,7 @@ from app.contacts.repository import ContactRepository
 from app.contacts.schemas import normalise_email
 from app.contacts.service import FIELD_NAMES
 from app.providers.base import tombstone_key
-from app.providers.mapping import PROFILE_COLUMNS, MappingConfig, digest_of, merge_fields
+from app.providers.mapping import PROFILE_COLUMNS, MappingConfig
 from app.sync.desired import Action, plan_key
 from app.sync.outbox import email_key, enqueue
 from app.webhooks.repository import InboundRepository
@@ -374,10 +374,81 @@ class InboundApplier:
     # --- shared ---------------------------------------------------------------------------
 
     def _digest(self, contact: Any) -> str | None:
-        email = contact.get("email")
-        if not email:
-            return None
-        return digest_of(email, merge_fields(contact, self.inbound.mapping))
+        return self.inbound.mapping.contact_digest(contact)
+
+    # --- preferences (interest groups) ------------------------------------------------------
+
+    async def preferences(
+        self,
+        *,
+        email: str | None,
+        chosen: set[str],
+        at: datetime,
+        event: str | None,
+    ) -> Outcome:
+        """The person's mapped preferences at the provider are `chosen` since `at`.
+
+        The newer side wins: the contact takes them unless its preferences changed after
+        `at` (then the CRM's are sent back). Either way the decision is audited, and the
+        mirror records what the member holds so nothing echoes.
+        """
+        key = email_key(email)
+        if key is None:
+            return Outcome.invalid
+        conn = self.inbound.connection_id
+        cfg = self.inbound.mapping
+        mirror = await self.mirrors.mirror(conn, key)
+        contact = await self.repo.contact_by_key(self.inbound.owner_id, key)
+        if contact is None:
+            return Outcome.unknown_contact
+        current = list(contact["preferences"] or [])
+        wanted = cfg.merged_preferences(current, chosen)
+        if {p.casefold() for p in wanted} == {p.casefold() for p in current}:
+            if mirror is not None:
+                await self.mirrors.save_mirror(conn, key, {**mirror, "remote_preferences_at": at})
+            return Outcome.unchanged
+        if newer_than(contact["preferences_changed_at"], at):
+            # The CRM changed them later: keep ours, and send them again (the member now
+            # differs from what the mirror says we pushed).
+            await self.contacts.add_change(
+                owner_id=self.inbound.owner_id,
+                contact_id=contact["id"],
+                op="update",
+                fields=self._audit(
+                    {"kept": {"preferences": current}, "provider": {"preferences": wanted}},
+                    at=at,
+                    event=event,
+                    extra={"decision": "crm_newer"},
+                ),
+                source=self.inbound.source,
+                actor=self.inbound.actor,
+            )
+            if mirror is not None and mirror["pushed_digest"] is not None:
+                await self.mirrors.save_mirror(
+                    conn,
+                    key,
+                    {**mirror, "pushed_digest": "interests-differ", "remote_preferences_at": at},
+                )
+            await enqueue(
+                self.session, owner_id=self.inbound.owner_id, keys=[key], contact_id=contact["id"]
+            )
+            return Outcome.stale
+        before_digest = self._digest(contact)
+        contact = await self._update(
+            contact,
+            {"preferences": wanted, "preferences_changed_at": at},
+            at=at,
+            event=event,
+            extra={"decision": "provider_newer"},
+        )
+        if mirror is not None:
+            values = {**mirror, "contact_id": contact["id"], "remote_preferences_at": at}
+            if mirror["pushed_digest"] == before_digest:
+                # The member held our data and now holds the person's choice, which we took.
+                values["pushed_digest"] = self._digest(contact)
+            await self.mirrors.save_mirror(conn, key, values)
+        await self._enqueue_if_owed(key, contact)
+        return Outcome.applied
 
     def _audit(
         self, fields: dict[str, Any], *, at: datetime, event: str | None, extra: dict[str, Any]

@@ -27,6 +27,7 @@ tombstones = cast(Table, SyncTombstone.__table__)
 
 MIRROR_COLUMNS = (
     "contact_id",
+    "remote_preferences_at",
     "remote_id",
     "remote_refs",
     "pushed_email",
@@ -130,7 +131,7 @@ class InboundRepository:
         """The connection's audience mapping of `audience_id` (None: unknown or not given)."""
         if not audience_id:
             return None
-        stmt = select(mappings.c.id, mappings.c.audience_id).where(
+        stmt = select(mappings).where(
             mappings.c.connection_id == connection_id, mappings.c.audience_id == audience_id
         )
         return (await self.session.execute(stmt)).mappings().first()

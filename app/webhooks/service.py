@@ -19,6 +19,7 @@ from app.config import Settings
 from app.errors import AppError, NotFound, Unauthorized
 from app.providers import registry
 from app.providers.base import BadSignature, InboundEvent, MalformedPayload
+from app.providers.mapping import AudienceRule, interest_maps
 from app.providers.registry import Provider
 from app.webhooks.handlers import handle
 from app.webhooks.inbound import Inbound, InboundApplier, Outcome
@@ -148,7 +149,15 @@ class WebhookService:
                     mapping_id=mapping["id"] if mapping is not None else None,
                     connection_id=connection["id"],
                     owner_id=connection["owner_id"],
-                    mapping=provider.mapping(settings),
+                    # The mapping's rule and interest map, so the facts are read as the
+                    # worker plans that audience.
+                    mapping=dataclasses.replace(
+                        provider.mapping(settings),
+                        rule=AudienceRule.of(mapping),
+                        interests=interest_maps(mapping["interests"]),
+                    )
+                    if mapping is not None
+                    else provider.mapping(settings),
                     source=f"webhook:{pid}",
                     actor=f"webhook_event:{event_id}",
                     signups=settings.INBOUND_SIGNUPS,

@@ -20,6 +20,7 @@ from app.providers.base import (
     BatchOutcome,
     ContactPayload,
     ErrorKind,
+    Interest,
     MemberPage,
     PermanentError,
     ProviderError,
@@ -45,7 +46,7 @@ BATCH_FIELDS = ",".join(
 AUDIENCE_OPS = frozenset({"ping", "audience", "batch", "upsert", "list", "webhook", "merge_fields"})
 MEMBER_FIELDS = (
     "members.id,members.email_address,members.status,members.tags,members.last_changed,"
-    "members.merge_fields,total_items"
+    "members.merge_fields,members.interests,total_items"
 )
 
 
@@ -105,6 +106,7 @@ def member_state(body: dict[str, Any], *, created: bool = False) -> RemoteMember
         last_changed=_parse_time(body.get("last_changed")),
         fields=body.get("merge_fields") or {},
         created=created,
+        interests=dict(body["interests"]) if isinstance(body.get("interests"), dict) else None,
     )
 
 
@@ -330,6 +332,8 @@ class MailchimpClient:
             body["status"] = member.consent
         if with_tags and member.tags:
             body["tags"] = member.tags
+        if member.interests:
+            body["interests"] = member.interests
         return body
 
     async def upsert_member(
@@ -352,6 +356,8 @@ class MailchimpClient:
         body: dict[str, Any] = {"merge_fields": merge_values(member.fields)}
         if member.consent:
             body["status"] = member.consent
+        if member.interests:
+            body["interests"] = member.interests
         response = await self._request(
             "PATCH",
             f"/lists/{audience_id}/members/{subscriber_hash(member.email_address)}",
@@ -509,6 +515,53 @@ class MailchimpClient:
             members=[member_state(m) for m in body.get("members") or []],
             total_items=int(body.get("total_items") or 0),
         )
+
+    # --- interest groups ----------------------------------------------------------------
+
+    async def list_interests(self, audience_id: str) -> list[Interest]:
+        """Every interest of every interest category of the audience."""
+        base = f"/lists/{audience_id}/interest-categories"
+        cats = (
+            self._json(await self._request("GET", base, op="audience", params={"count": 1000})).get(
+                "categories"
+            )
+            or []
+        )
+        out: list[Interest] = []
+        for cat in cats:
+            body = self._json(
+                await self._request(
+                    "GET", f"{base}/{cat['id']}/interests", op="audience", params={"count": 1000}
+                )
+            )
+            out += [
+                Interest(id=i["id"], name=i["name"], category=cat.get("title", ""))
+                for i in body.get("interests") or []
+            ]
+        return out
+
+    async def create_interest(self, audience_id: str, name: str, *, category: str) -> Interest:
+        """Add an interest to the category titled `category` (created when missing)."""
+        base = f"/lists/{audience_id}/interest-categories"
+        cats = (
+            self._json(await self._request("GET", base, op="audience", params={"count": 1000})).get(
+                "categories"
+            )
+            or []
+        )
+        found = next((c for c in cats if c.get("title") == category), None)
+        if found is None:
+            found = self._json(
+                await self._request(
+                    "POST", base, op="audience", json={"title": category, "type": "checkboxes"}
+                )
+            )
+        made = self._json(
+            await self._request(
+                "POST", f"{base}/{found['id']}/interests", op="audience", json={"name": name}
+            )
+        )
+        return Interest(id=made["id"], name=made["name"], category=category)
 
     # --- merge fields -------------------------------------------------------------------
 

@@ -132,6 +132,7 @@ def to_event(event: MailchimpEvent) -> InboundEvent:
     reason: str | None = None
     new_email: str | None = None
     fields: dict[str, Any] = {}
+    interests: list[str] | None = None
     match event.type:
         case "unsubscribe":
             # action=delete: the member was removed (archived) in Mailchimp, not unsubscribed.
@@ -150,6 +151,7 @@ def to_event(event: MailchimpEvent) -> InboundEvent:
         case "profile":
             kind = InboundKind.profile
             fields = _merges(event)
+            interests = _interests(fields)
         case "upemail":
             kind = InboundKind.email_change
             email, new_email = event.text("old_email"), event.text("new_email")
@@ -163,7 +165,20 @@ def to_event(event: MailchimpEvent) -> InboundEvent:
         reason=reason,
         fields=fields,
         audience_id=event.text("list_id"),
+        interests=interests,
     )
+
+
+def _interests(merges: dict[str, Any]) -> list[str] | None:
+    """The chosen interest names: INTERESTS (comma-joined), else every GROUPINGS' groups."""
+    joined = merges.get("INTERESTS")
+    if not isinstance(joined, str):
+        groupings = merges.get("GROUPINGS")
+        if not isinstance(groupings, dict):
+            return None
+        parts = [g.get("groups") for g in groupings.values() if isinstance(g, dict)]
+        joined = ", ".join(p for p in parts if isinstance(p, str) and p)
+    return [name.strip() for name in joined.split(",") if name.strip()]
 
 
 # --- the audience webhook ------------------------------------------------------------------

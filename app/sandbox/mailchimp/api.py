@@ -257,6 +257,8 @@ class MarketingApi:
             return self._merge_fields(method, parts, query, data, account, base)
         if sub == "webhooks":
             return await self._webhooks(method, parts, data, account, base)
+        if sub == "interest-categories":
+            return self._interests(method, parts, data, account)
         if sub == "tag-search" and n == 3:
             denied = self._allow(method, "GET")
             if denied:
@@ -269,6 +271,59 @@ class MarketingApi:
                 if name.lower().startswith(prefix)
             ]
             return 200, {"tags": tags, "total_items": len(tags)}, []
+        raise errors.not_found()
+
+    def _interests(self, method: str, parts: list[str], data: Any, account: Account) -> Result:
+        """Interest categories and their interests (groups), read and created."""
+        aud = self.state.audience_for(account, parts[1])
+        n = len(parts)
+
+        def category(cat: Any) -> dict[str, Any]:
+            return {
+                "list_id": aud.id,
+                "id": cat.id,
+                "title": cat.title,
+                "display_order": cat.display_order,
+                "type": cat.type,
+            }
+
+        def interest(i: Any) -> dict[str, Any]:
+            return {
+                "category_id": i.category_id,
+                "list_id": aud.id,
+                "id": i.id,
+                "name": i.name,
+                "subscriber_count": str(
+                    sum(1 for m in aud.members.values() if m.interests.get(i.id))
+                ),
+                "display_order": i.display_order,
+            }
+
+        body = data if isinstance(data, dict) else {}
+        if n == 3:
+            denied = self._allow(method, "GET, POST")
+            if denied:
+                return denied
+            if method == "POST":
+                cat = aud.add_interest_category(
+                    str(body.get("title") or ""), body.get("type") or "checkboxes"
+                )
+                return 200, category(cat), []
+            cats = [category(x) for x in aud.interest_categories.values()]
+            return 200, {"list_id": aud.id, "categories": cats, "total_items": len(cats)}, []
+        cat_obj = aud.interest_categories.get(parts[3])
+        if cat_obj is None:
+            raise errors.not_found()
+        if n == 4:
+            return self._allow(method, "GET") or (200, category(cat_obj), [])
+        if n == 5 and parts[4] == "interests":
+            denied = self._allow(method, "GET, POST")
+            if denied:
+                return denied
+            if method == "POST":
+                return 200, interest(aud.add_interest(cat_obj.id, str(body.get("name") or ""))), []
+            items = [interest(i) for i in aud.interests.values() if i.category_id == cat_obj.id]
+            return 200, {"interests": items, "total_items": len(items)}, []
         raise errors.not_found()
 
     @staticmethod

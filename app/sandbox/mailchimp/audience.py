@@ -157,6 +157,28 @@ class Member:
     status_before_archive: str | None = None
     source: str = "API - Generic"
     unsubscribe_reason: str = ""
+    # interest id -> chosen (EMPTY until a write sets one; ids of the audience only)
+    interests: Mapping[str, bool] = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(slots=True)
+class InterestCategory:
+    """A group title of an audience ("Preferences"), whose interests people choose."""
+
+    id: str
+    title: str
+    type: str = "checkboxes"
+    display_order: int = 0
+
+
+@dataclass(slots=True)
+class Interest:
+    """One interest (group name) of a category."""
+
+    id: str
+    category_id: str
+    name: str
+    display_order: int = 0
 
 
 @dataclass(slots=True)
@@ -246,6 +268,8 @@ class Audience:
         self.tag_ids: dict[str, int] = {}
         self.next_tag_id = 1000 + (web_id % 1000) * 100
         self.webhooks: dict[str, Webhook] = {}
+        self.interest_categories: dict[str, InterestCategory] = {}
+        self.interests: dict[str, Interest] = {}  # by id, in creation order
         self.version = 0
         self._query_cache: tuple[tuple[Any, ...], list[Member]] | None = None
         if default_fields:
@@ -518,11 +542,61 @@ class Audience:
             raise errors.merge_fields(field_errors)
         return result
 
+    # -- interest groups -------------------------------------------------------------------
+
+    def add_interest_category(self, title: str, type_: str = "checkboxes") -> InterestCategory:
+        """A new interest category (title unique in the audience, as Mailchimp insists)."""
+        title = (title or "").strip()
+        if not title:
+            raise errors.schema([{"field": "title", "message": "This value should not be blank."}])
+        if any(cat.title == title for cat in self.interest_categories.values()):
+            raise errors.invalid(f'Cannot add "{title}" because it already exists on the list.')
+        cat = InterestCategory(
+            id=self.ids.hex(10),
+            title=title,
+            type=type_,
+            display_order=len(self.interest_categories),
+        )
+        self.interest_categories[cat.id] = cat
+        return cat
+
+    def add_interest(self, category_id: str, name: str) -> Interest:
+        """A new interest of a category."""
+        if category_id not in self.interest_categories:
+            raise errors.not_found()
+        name = (name or "").strip()
+        if not name:
+            raise errors.schema([{"field": "name", "message": "This value should not be blank."}])
+        if any(i.category_id == category_id and i.name == name for i in self.interests.values()):
+            raise errors.invalid(f'Cannot add "{name}" because it already exists on the list.')
+        order = sum(1 for i in self.interests.values() if i.category_id == category_id)
+        interest = Interest(
+            id=self.ids.hex(10), category_id=category_id, name=name, display_order=order
+        )
+        self.interests[interest.id] = interest
+        return interest
+
+    def chosen_interests(self, member: Member) -> list[Interest]:
+        """The interests the member has chosen, in the audience's order."""
+        return [i for i in self.interests.values() if member.interests.get(i.id)]
+
     def _check_interests(self, body: dict[str, Any]) -> None:
         interests = body.get("interests")
         if interests:
-            first = next(iter(interests))
-            raise errors.invalid(f"Invalid interest ID: '{first}'.")
+            for interest_id, value in interests.items():
+                if interest_id not in self.interests or not isinstance(value, bool):
+                    raise errors.invalid(f"Invalid interest ID: '{interest_id}'.")
+
+    @staticmethod
+    def _apply_interests(member: Member, body: dict[str, Any]) -> bool:
+        """Set the interests a write names (only those); True when one changed."""
+        interests = body.get("interests")
+        if not interests:
+            return False
+        changed = any(member.interests.get(k, False) != v for k, v in interests.items())
+        if changed:
+            member.interests = {**member.interests, **interests}
+        return changed
 
     @staticmethod
     def _timestamp(value: Any) -> str | None:
@@ -586,6 +660,7 @@ class Audience:
             merge=merges,
         )
         self._apply_scalars(member, body)
+        self._apply_interests(member, body)
         if status == "subscribed" and not member.timestamp_opt:
             member.timestamp_opt = clock.iso(now)
         tags = body.get("tags") or []
@@ -684,6 +759,8 @@ class Audience:
         if profile:
             member.merge = merges
         if self._apply_scalars(member, body):
+            profile = True
+        if self._apply_interests(member, body):
             profile = True
         if status is not None:
             event = self._set_status(member, status, now)
@@ -1075,11 +1152,24 @@ class Audience:
         *,
         new_email: str | None = None,
         merge_fields: dict[str, Any] | None = None,
+        interests: list[str] | None = None,
         source: str = "user",
         now: float | None = None,
     ) -> Member:
-        """What a person does in Mailchimp (a link, a bounce, a form); fires as `source`."""
+        """What a person does in Mailchimp (a link, a bounce, a form); fires as `source`.
+
+        `interests`: the interest names the person ticks on the form (signup, profile); every
+        other interest of the audience is then unticked, as the hosted form does.
+        """
         now = clock.now() if now is None else now
+        chosen: dict[str, bool] | None = None
+        if interests is not None:
+            by_name = {i.name: i.id for i in self.interests.values()}
+            unknown = [n for n in interests if n not in by_name]
+            if unknown:
+                raise errors.invalid(f"Unknown interest: '{unknown[0]}'.")
+            picked = {by_name[n] for n in interests}
+            chosen = {i: i in picked for i in self.interests}
         if merge_fields is not None:
             errs = self._schema_errors({"merge_fields": merge_fields}, tags=False, nullable=False)
             if errs:
@@ -1147,7 +1237,7 @@ class Audience:
         elif action == "profile":
             self._update(
                 member,
-                {"merge_fields": merge_fields or {}},
+                {"merge_fields": merge_fields or {}, **({"interests": chosen} if chosen else {})},
                 status=None,
                 skip_merge_validation=True,
                 now=now,

@@ -156,6 +156,7 @@ async def action(request: Request) -> Response:
             email,
             new_email=data.get("new_email"),
             merge_fields=data.get("merge_fields"),
+            interests=data.get("interests"),
             source=source,
         )
     except ApiError as exc:

@@ -96,6 +96,12 @@ def member(m: Member, aud: Audience, base: str) -> dict[str, Any]:
         "source": m.source,
         "tags_count": len(m.tags),
         "tags": [{"id": tag_ids[name], "name": name} for name in m.tags],
+        # Mailchimp shows every interest of the audience, chosen or not.
+        **(
+            {"interests": {i: bool(m.interests.get(i)) for i in aud.interests}}
+            if aud.interests
+            else {}
+        ),
         "list_id": aud.id,
         "_links": member_links(base, aud.id, m.hash),
     }

@@ -65,6 +65,18 @@ def payload(
             items += [(f"data[merges][{tag}][{k}]", str(value.get(k, ""))) for k in ADDRESS_KEYS]
         else:
             items.append((f"data[merges][{tag}]", str(value)))
+    if audience.interests:
+        # Interests as Mailchimp posts them: every chosen name comma-joined, and per category.
+        chosen = audience.chosen_interests(member)
+        items.append(("data[merges][INTERESTS]", ", ".join(i.name for i in chosen)))
+        for n, cat in enumerate(audience.interest_categories.values()):
+            names = [i.name for i in chosen if i.category_id == cat.id]
+            items += [
+                (f"data[merges][GROUPINGS][{n}][id]", cat.id),
+                (f"data[merges][GROUPINGS][{n}][unique_id]", cat.id),
+                (f"data[merges][GROUPINGS][{n}][name]", cat.title),
+                (f"data[merges][GROUPINGS][{n}][groups]", ", ".join(names)),
+            ]
     items += [("data[ip_opt]", member.ip_opt), ("data[web_id]", str(member.web_id))]
     if event == "subscribe":
         items.append(("data[ip_signup]", member.ip_signup))
