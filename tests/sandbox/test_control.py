@@ -139,6 +139,47 @@ async def test_state_file_keeps_members(tmp_path: Path) -> None:
         assert new.json()["unique_email_id"] != stay.json()["unique_email_id"]
 
 
+async def test_state_file_keeps_interest_groups(tmp_path: Path) -> None:
+    path = tmp_path / "sandbox.json"
+    base = f"{LIST}/interest-categories"
+    first = create_app(state_file=path)
+    async with LifespanManager(first):
+        transport = httpx.ASGITransport(app=first)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://sb", auth=("x", DEFAULT_API_KEY)
+        ) as client:
+            cat = (await client.post(base, json={"title": "Topics"})).json()
+            interest = (
+                await client.post(f"{base}/{cat['id']}/interests", json={"name": "Weekly"})
+            ).json()
+            put = await client.put(
+                member_url("pick@example.com"),
+                json={
+                    "email_address": "pick@example.com",
+                    "status_if_new": "subscribed",
+                    "interests": {interest["id"]: True},
+                },
+            )
+            assert put.json()["interests"] == {interest["id"]: True}
+    second = create_app(state_file=path)
+    transport = httpx.ASGITransport(app=second)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://sb", auth=("x", DEFAULT_API_KEY)
+    ) as client:
+        cats = (await client.get(base)).json()["categories"]
+        assert [c["title"] for c in cats] == ["Topics"]
+        names = (await client.get(f"{base}/{cat['id']}/interests")).json()["interests"]
+        assert [i["name"] for i in names] == ["Weekly"]
+        member = (await client.get(member_url("pick@example.com"))).json()
+        assert member["interests"] == {interest["id"]: True}
+        unknown = await client.put(
+            member_url("pick@example.com"),
+            json={"email_address": "pick@example.com", "interests": {"nope": True}},
+        )
+        assert unknown.status_code == 400
+        assert unknown.json()["detail"] == "Invalid interest ID: 'nope'."
+
+
 async def test_mounted_urls_follow_root_path() -> None:
     service = FastAPI()
     service.mount("/_sandbox/mailchimp", create_app())

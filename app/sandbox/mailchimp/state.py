@@ -17,7 +17,15 @@ import orjson
 from app.sandbox.kit import Clock, Gate, InFlight, RequestLog
 from app.sandbox.mailchimp import clock, errors
 from app.sandbox.mailchimp import constants as c
-from app.sandbox.mailchimp.audience import Audience, IdSource, Member, MergeField, Webhook
+from app.sandbox.mailchimp.audience import (
+    Audience,
+    IdSource,
+    Interest,
+    InterestCategory,
+    Member,
+    MergeField,
+    Webhook,
+)
 from app.sandbox.mailchimp.config import SandboxConfig
 from app.sandbox.mailchimp.errors import ApiError
 from app.sandbox.mailchimp.webhooks import WebhookHub
@@ -295,6 +303,10 @@ class SandboxState:
                         "members": [_slots(m) for m in aud.members.values()],
                         "forgotten": aud.forgotten,
                         "webhooks": [_slots(w) for w in aud.webhooks.values()],
+                        "interest_categories": [
+                            _slots(cat) for cat in aud.interest_categories.values()
+                        ],
+                        "interests": [_slots(i) for i in aud.interests.values()],
                     }
                 )
             data = {k: v for k, v in account.__dict__.items() if k != "lists"}
@@ -349,6 +361,11 @@ class SandboxState:
                 for w in item["webhooks"]:
                     webhook = Webhook(**w)
                     aud.webhooks[webhook.id] = webhook
+                # Older snapshots have no interest groups.
+                for cat in item.get("interest_categories", ()):
+                    aud.interest_categories[cat["id"]] = InterestCategory(**cat)
+                for i in item.get("interests", ()):
+                    aud.interests[i["id"]] = Interest(**i)
                 account.lists[aud.id] = aud
                 self.lists[aud.id] = aud
                 self.ids.used.add(aud.id)
