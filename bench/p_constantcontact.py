@@ -377,7 +377,7 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
                 tick = time.perf_counter()
                 asyncio.run(_live_for(db_url, ids[1:], sent, args.rate))
                 sent += args.rate
-                time.sleep(max(0.0, 1.0 - (time.perf_counter() - tick)))
+                time.sleep(max(0.0, args.tick - (time.perf_counter() - tick)))
             time.sleep(args.settle)
         finally:
             stop(procs)
@@ -415,7 +415,7 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
     counts = sorted(per_tenant.values())
     return {
         "seconds": args.seconds,
-        "live_rate_per_tenant": args.rate,
+        "live_rate_per_tenant": args.rate / args.tick,
         "live_changes": len(rows),
         "live_delivered": len(done),
         "p50_seconds": done[len(done) // 2] if done else None,
@@ -508,6 +508,7 @@ def main() -> None:
     c.add_argument("--seconds", type=float, default=60.0)
     c.add_argument("--rate", type=int, default=1)
     c.add_argument("--settle", type=float, default=20.0)
+    c.add_argument("--tick", type=float, default=1.0, help="seconds between two rounds")
     b = sub.add_parser("p7")
     b.add_argument("--seconds", type=float, default=300.0)
     b.add_argument("--workers", type=int, default=4)
