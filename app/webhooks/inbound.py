@@ -155,7 +155,7 @@ class InboundApplier:
         if status == SUBSCRIBED:
             # A person who signs up again by themselves lifts our "never push again" mark.
             await self.repo.drop_tombstone(conn, tombstone_key(key))
-        await self._enqueue_if_owed(key, contact)
+        await self._enqueue_if_owed(key, contact, changed=bool(changes) or created)
         if created:
             return Outcome.created
         if changes:
@@ -308,7 +308,7 @@ class InboundApplier:
                 key,
                 {**mirror, "contact_id": contact["id"], "pushed_digest": self._digest(contact)},
             )
-        await self._enqueue_if_owed(key, contact)
+        await self._enqueue_if_owed(key, contact, changed=True)
         return Outcome.applied
 
     # --- email change -------------------------------------------------------------------
@@ -490,9 +490,19 @@ class InboundApplier:
         )
         return new
 
-    async def _enqueue_if_owed(self, key: str, contact: RowMapping) -> None:
-        """Queue the key only when the planner, given the new rows, would call the provider."""
+    async def _enqueue_if_owed(
+        self, key: str, contact: RowMapping, *, changed: bool = False
+    ) -> None:
+        """Queue the key when the planner, given the new rows, would call the provider; and
+        whenever the event `changed` the contact while the owner has other connections: the
+        other providers must hear it too (an opt-out at one is the CRM's opt-out), and this
+        connection's own row then plans a noop (no echo)."""
         conn = self.inbound.connection_id
+        if changed and await self.repo.has_other_connection(self.inbound.owner_id, conn):
+            await enqueue(
+                self.session, owner_id=self.inbound.owner_id, keys=[key], contact_id=contact["id"]
+            )
+            return
         mirror = await self.mirrors.mirror(conn, key)
         plan = plan_key(
             key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -143,8 +144,11 @@ class Service:
         return r.json()  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-async def service(settings: Any, runtime: Any, auth: Any, ac: Ac) -> AsyncIterator[Service]:
+@contextlib.asynccontextmanager
+async def serving(
+    settings: Any, runtime: Any, auth: Any, ac: Ac, **overrides: Any
+) -> AsyncIterator[Service]:
+    """The service over TCP, aimed at this test's ActiveCampaign sandbox."""
     from app.fieldmap import load_field_map
     from app.main import create_app
     from tests.support.servers import free_port
@@ -161,6 +165,7 @@ async def service(settings: Any, runtime: Any, auth: Any, ac: Ac) -> AsyncIterat
             "SYNC_BACKOFF_BASE_SECONDS": 0.05,
             "SYNC_BACKOFF_MAX_SECONDS": 0.5,
             "SYNC_POLL_INTERVAL_SECONDS": 0.2,
+            **overrides,
         }
     )
     app = create_app(configured, runtime=runtime)
@@ -169,3 +174,9 @@ async def service(settings: Any, runtime: Any, auth: Any, ac: Ac) -> AsyncIterat
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
         yield Service(url=url, http=http, settings=configured, auth=auth)
+
+
+@pytest.fixture
+async def service(settings: Any, runtime: Any, auth: Any, ac: Ac) -> AsyncIterator[Service]:
+    async with serving(settings, runtime, auth, ac) as svc:
+        yield svc

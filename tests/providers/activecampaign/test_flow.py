@@ -282,3 +282,47 @@ class TestPullAndTenants:
         assert [p["email"] for p in await ac.dump(other_list)] == ["b@example.com"]
         keys = await fetch(runtime, "SELECT DISTINCT account_key FROM connections")
         assert len(keys) == 1  # one account URL: the 5/s is the account's, shared
+
+
+async def test_an_unsubscribe_at_activecampaign_reaches_mailchimp_too(
+    settings: Any, runtime: Runtime, auth: Any, ac: Ac
+) -> None:
+    """One owner, two providers: the person's opt-out at one is the CRM's, sent to the other."""
+    import httpx as _httpx
+
+    from app.sandbox.mailchimp import DEFAULT_API_KEY as MC_KEY
+    from app.sandbox.mailchimp import DEFAULT_LIST_ID as MC_LIST
+    from app.sandbox.mailchimp import create_app as mailchimp_app
+    from tests.providers.activecampaign.conftest import serving
+    from tests.support.servers import run_server
+
+    async with (
+        run_server(mailchimp_app(), lifespan="off") as mc_url,
+        _httpx.AsyncClient(base_url=mc_url, timeout=10) as mc,
+        serving(settings, runtime, auth, ac, MAILCHIMP_SANDBOX_URL=mc_url) as service,
+    ):
+        await connected(service, ac, runtime)
+        r = await service.http.post(
+            "/api/integrations/mailchimp/credentials",
+            json={"api_key": MC_KEY},
+            headers=service.auth(),
+        )
+        assert r.status_code == 200, r.text
+        ada = await service.create(email="ada@example.com", first_name="Ada")
+        await drain(runtime, service.settings)
+
+        async def mc_status() -> str:
+            body = (await mc.get(f"/_control/lists/{MC_LIST}/members")).json()
+            return str(body["members"][0]["status"]) if body["members"] else "absent"
+
+        assert await mc_status() == "subscribed"
+        await ac.act("unsubscribe", "ada@example.com")
+
+        async def opted_out() -> bool:
+            return (await service.get(ada["id"]))["newsletter_opt_in"] is False
+
+        await wait_for(opted_out, within=10)
+        await drain(runtime, service.settings)
+        assert await mc_status() == "unsubscribed"
+        p = await person(ac, "ada@example.com")
+        assert p["lists"][LIST]["status"] == 2  # and nothing echoed back to ActiveCampaign
