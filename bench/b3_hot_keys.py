@@ -5,7 +5,10 @@ the sandbox's request log (bodies recorded) shows, per member, the order of what
 Figures: member-sends ÷ changes; ordering violations (a member receiving a lower VER after a
 higher one); final state equal to the database.
 
-    .venv/bin/python -m bench.b3_hot_keys --contacts 2000 --changes 50000
+    .venv/bin/python -m bench.b3_hot_keys --contacts 2000 --changes 50000 [--mappings 3]
+
+`--mappings N`: the connection syncs N audiences (its own and N-1 more, rule "all"): every
+change is owed to each; sends are counted over all of them, equality checked in each.
 """
 
 from __future__ import annotations
@@ -63,24 +66,42 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=50_000)
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--mappings", type=int, default=1)
     args = parser.parse_args()
     with harness.scratch_database() as db_url, harness.sandbox_process() as sandbox:
         sandbox.configure(
             latency_ms=args.latency_ms, record_bodies=True, request_log_size=2_000_000
         )
         auth = ("bench", DEFAULT_API_KEY)
-        httpx.post(
-            f"{sandbox.url}/3.0/lists/{DEFAULT_LIST_ID}/merge-fields",
-            json={"name": "Version", "tag": "VER", "type": "text"},
-            auth=auth,
-            timeout=30,
-        ).raise_for_status()
+        lists = [DEFAULT_LIST_ID]
+        account = httpx.get(f"{sandbox.url}/_control/accounts", timeout=30).json()["accounts"][0]
+        for k in range(1, args.mappings):
+            made = httpx.post(
+                f"{sandbox.url}/_control/accounts/{account['id']}/lists",
+                json={"name": f"Audience {k + 1}"},
+                timeout=30,
+            )
+            made.raise_for_status()
+            lists.append(made.json()["id"])
+        for list_id in lists:
+            httpx.post(
+                f"{sandbox.url}/3.0/lists/{list_id}/merge-fields",
+                json={"name": "Version", "tag": "VER", "type": "text"},
+                auth=auth,
+                timeout=30,
+            ).raise_for_status()
         with service(db_url, sandbox.url, MAILCHIMP_MERGE_FIELD_MAP="v=VER") as (base, token):
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=base, headers=headers, timeout=60) as api:
                 api.post(
-                    "/api/integrations/mailchimp/api-key", json={"api_key": DEFAULT_API_KEY}
+                    "/api/integrations/mailchimp/api-key",
+                    json={"api_key": DEFAULT_API_KEY, "audience_id": DEFAULT_LIST_ID},
                 ).raise_for_status()
+                for list_id in lists[1:]:
+                    api.post(
+                        "/api/integrations/mailchimp/audiences/mappings",
+                        json={"audience_id": list_id, "rule": {"all": True}},
+                    ).raise_for_status()
                 ids = []
                 for i in range(args.contacts):
                     r = api.post(
@@ -105,9 +126,12 @@ def main() -> None:
                     time.sleep(0.25)
             tail_seconds = time.perf_counter() - drain_start
             log = sandbox.requests()["requests"]
-        members = httpx.get(
-            f"{sandbox.url}/_control/lists/{DEFAULT_LIST_ID}/members", timeout=120
-        ).json()["members"]
+        members_by_list = {
+            list_id: httpx.get(
+                f"{sandbox.url}/_control/lists/{list_id}/members", timeout=120
+            ).json()["members"]
+            for list_id in lists
+        }
 
     email_of = {cid: f"hot{i}@example.com" for i, cid in enumerate(ids)}
     sends = 0
@@ -127,19 +151,24 @@ def main() -> None:
                 continue
             got = True
             sends += 1
-            email = item["email_address"].lower()
+            # Per audience: each mapping's member has its own order.
+            email = entry["path"].split("/")[3] + ":" + item["email_address"].lower()
             if int(ver) < seen.get(email, -1):
                 violations += 1
             seen[email] = max(seen.get(email, -1), int(ver))
         calls += got
-    remote = {
-        m["email_address"].lower(): m["merge_fields"].get("VER")
-        for m in members
-        if "email_address" in m
-    }
-    equal = sum(
-        1 for cid, email in email_of.items() if str(remote.get(email)) == str(counters.get(cid, 0))
-    )
+    equal = 0
+    for members in members_by_list.values():
+        remote = {
+            m["email_address"].lower(): m["merge_fields"].get("VER")
+            for m in members
+            if "email_address" in m
+        }
+        equal += sum(
+            1
+            for cid, email in email_of.items()
+            if str(remote.get(email)) == str(counters.get(cid, 0))
+        )
     result: dict[str, Any] = {
         "contacts": args.contacts,
         "changes": args.changes,
@@ -151,7 +180,8 @@ def main() -> None:
         "write_calls": calls,
         "sends_per_change": sends / args.changes,
         "ordering_violations": violations,
-        "final_equal_pct": 100.0 * equal / len(email_of),
+        "final_equal_pct": 100.0 * equal / (len(email_of) * len(lists)),
+        "mappings": len(lists),
         # Requests in flight at the sandbox on average while it was busy, and their duration.
         "wire": harness.wire_figures([e for e in log if e["method"] != "GET"]),
     }

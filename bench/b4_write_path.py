@@ -121,7 +121,7 @@ def serve_sync_in_request(port: int, provider: str) -> None:
 # --- the benchmark ------------------------------------------------------------------------
 
 
-async def _setup_owners(url: str) -> None:
+async def _setup_owners(url: str, mappings: int = 1) -> None:
     await execute(
         url,
         """
@@ -132,6 +132,17 @@ async def _setup_owners(url: str) -> None:
         """,
         OUTBOX_OWNER,
         uuid.uuid4().hex,
+    )
+    # More audiences of the same connection (issue 17): each write queues a row per mapping.
+    await execute(
+        url,
+        """
+        INSERT INTO audience_mappings (connection_id, audience_id, audience_name)
+        SELECT c.id, 'bench-audience-' || n, 'Bench ' || n
+        FROM connections c, generate_series(2, $2) AS n WHERE c.owner_id = $1
+        """,
+        OUTBOX_OWNER,
+        mappings,
     )
 
 
@@ -210,6 +221,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds (every arm in each)")
     parser.add_argument("--provider-latency-ms", type=float, default=100.0)
     parser.add_argument(
+        "--mappings", type=int, default=1, help="audiences of the outbox owner's connection"
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=50.0,
@@ -242,7 +256,7 @@ def run(args: argparse.Namespace) -> None:
     from app.config import Settings
 
     with scratch_database(args.server_url, "audience_sync_b4") as db:
-        asyncio.run(_setup_owners(db))
+        asyncio.run(_setup_owners(db, args.mappings))
         secret = secrets.token_urlsafe(48)
         env = {
             "DATABASE_URL": db,
@@ -359,6 +373,7 @@ def run(args: argparse.Namespace) -> None:
                 "runs": args.runs,
                 "provider_latency_ms": args.provider_latency_ms,
                 "open_loop_rate": args.rate,
+                "mappings": args.mappings,
                 "service_command": api_command,
             },
             "bars": BARS,
