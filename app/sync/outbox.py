@@ -64,6 +64,7 @@ _API_ROWS = """
     LEFT JOIN sync_state s ON s.connection_id = c.id AND s.mapping_id = m.id
         AND s.email_key = k.email_key
     WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
+      AND m.id IS DISTINCT FROM CAST(:skip_mapping AS uuid)
 """
 
 # The API's upsert and its NOTIFY as CTEs (`queue_before`, `queued`, `notified`) for a WITH
@@ -143,11 +144,14 @@ async def enqueue(
     contact_id: uuid.UUID | None,
     priority: int = PRIORITY_LIVE,
     forget: bool = False,
+    skip_mapping: uuid.UUID | None = None,
 ) -> int:
-    """Queue a sync of `keys` for every connection of the owner that has an audience."""
+    """Queue a sync of `keys` for every audience mapping of the owner's connections (but
+    `skip_mapping`: inbound facts need not go back to the audience they came from)."""
     params = enqueue_params(
         owner_id=owner_id, keys=keys, contact_id=contact_id, priority=priority, forget=forget
     )
+    params["skip_mapping"] = str(skip_mapping) if skip_mapping else None
     if not params["keys"]:
         return 0
     result = await session.execute(_ENQUEUE, params)
@@ -171,4 +175,5 @@ def enqueue_params(
         "forget": forget,
         "hold": _coalesce["seconds"],
         "channel": NOTIFY_CHANNEL,
+        "skip_mapping": None,
     }

@@ -368,7 +368,7 @@ class InboundApplier:
             if new_key != old_key:
                 await self.mirrors.delete_mirror(conn, old_key)
             await self.mirrors.save_mirror(conn, new_key, renamed)
-        await self._enqueue_if_owed(new_key, contact)
+        await self._enqueue_if_owed(new_key, contact, changed=True, old_key=old_key)
         return Outcome.applied
 
     # --- shared ---------------------------------------------------------------------------
@@ -447,7 +447,7 @@ class InboundApplier:
                 # The member held our data and now holds the person's choice, which we took.
                 values["pushed_digest"] = self._digest(contact)
             await self.mirrors.save_mirror(conn, key, values)
-        await self._enqueue_if_owed(key, contact)
+        await self._enqueue_if_owed(key, contact, changed=True)
         return Outcome.applied
 
     def _audit(
@@ -491,18 +491,29 @@ class InboundApplier:
         return new
 
     async def _enqueue_if_owed(
-        self, key: str, contact: RowMapping, *, changed: bool = False
+        self,
+        key: str,
+        contact: RowMapping,
+        *,
+        changed: bool = False,
+        old_key: str | None = None,
     ) -> None:
-        """Queue the key when the planner, given the new rows, would call the provider; and
-        whenever the event `changed` the contact while the owner has other connections: the
-        other providers must hear it too (an opt-out at one is the CRM's opt-out), and this
-        connection's own row then plans a noop (no echo)."""
-        conn = self.inbound.connection_id
-        if changed and await self.repo.has_other_connection(self.inbound.owner_id, conn):
+        """Queue the key only when the planner, given the new rows, would call the provider.
+
+        `changed`: the fact changed the contact, so every *other* audience mapping (of this
+        connection and of the owner's other connections) owes a send — the person's consent or
+        data is the contact's, not one audience's; this mapping's own row stays unqueued (the
+        provider already holds it: no echo). `old_key`: the address it moved from.
+        """
+        if changed:
             await enqueue(
-                self.session, owner_id=self.inbound.owner_id, keys=[key], contact_id=contact["id"]
+                self.session,
+                owner_id=self.inbound.owner_id,
+                keys=[key, old_key],
+                contact_id=contact["id"],
+                skip_mapping=self.inbound.mirror_mapping,
             )
-            return
+        conn = self.inbound.connection_id
         mirror = await self.mirrors.mirror(conn, key)
         plan = plan_key(
             key,

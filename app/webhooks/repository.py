@@ -68,19 +68,6 @@ class InboundRepository:
 
     # --- connections and the inbox ---------------------------------------------------------
 
-    async def has_other_connection(self, owner_id: str, connection_id: uuid.UUID) -> bool:
-        """True when the owner has another connection with an audience."""
-        stmt = (
-            select(connections.c.id)
-            .where(
-                connections.c.owner_id == owner_id,
-                connections.c.id != connection_id,
-                connections.c.audience_id.is_not(None),
-            )
-            .limit(1)
-        )
-        return (await self.session.execute(stmt)).first() is not None
-
     async def connections_by_token_hash(self, provider: str, digest: bytes) -> Sequence[RowMapping]:
         """Connections whose token hashes to `digest` (the caller compares tokens itself)."""
         token_hash = WEBHOOK_TOKEN_HASH

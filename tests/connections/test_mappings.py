@@ -10,8 +10,8 @@ import pytest
 from app.main import Runtime
 from app.sandbox.mailchimp import DEFAULT_API_KEY, DEFAULT_LIST_ID
 from tests.conftest import fetch
-from tests.connections.conftest import OTHER, Service, drain, run_reconcile
-from tests.support.sync import Sandbox
+from tests.connections.conftest import OTHER, Service, drain, run_reconcile, sandbox_webhooks
+from tests.support.sync import Sandbox, wait_for
 
 BASE = "/api/integrations/mailchimp/audiences/mappings"
 
@@ -335,3 +335,71 @@ class TestIsolation:
     async def test_not_connected_is_404(self, service: Service) -> None:
         r = await service.http.get(BASE, headers=service.auth())
         assert r.status_code == 404
+
+
+class TestInboundAndWebhooks:
+    async def test_a_mapped_audience_has_our_webhook_and_its_events_update_its_mirror(
+        self,
+        service: Service,
+        sandbox: Sandbox,
+        runtime: Runtime,
+        two_audiences: dict[str, Any],
+    ) -> None:
+        vip_list = two_audiences["vip_list"]
+        assert len(await sandbox_webhooks(sandbox, vip_list)) == 1
+        vip = next(m for m in await mappings(service) if m["id"] == two_audiences["vip"])
+        assert vip["webhook_registered"] is True
+        c = await contact(service, "both2@example.com", tags=["news", "vip"])
+        await drain(runtime, service.settings)
+        # The person unsubscribes from the VIP audience only.
+        r = await sandbox.http.post(
+            f"/_control/lists/{vip_list}/actions/unsubscribe", json={"email": "both2@example.com"}
+        )
+        assert r.status_code == 200, r.text
+
+        async def arrived() -> bool:
+            rows = await fetch(
+                runtime, "SELECT newsletter_opt_in FROM contacts WHERE id = :id", id=c["id"]
+            )
+            return rows[0]["newsletter_opt_in"] is False
+
+        await wait_for(arrived, within=20)
+        mirrors = {
+            str(r["mapping_id"]): r["remote_status"]
+            for r in await fetch(
+                runtime,
+                "SELECT mapping_id, remote_status FROM sync_state WHERE email_key = :k",
+                k="both2@example.com",
+            )
+        }
+        assert mirrors == {
+            two_audiences["vip"]: "unsubscribed",
+            two_audiences["default"]: "subscribed",
+        }
+        # Consent is the contact's one flag: the other audience follows at the next send.
+        await drain(runtime, service.settings)
+        assert (await list_members(sandbox, DEFAULT_LIST_ID))["both2@example.com"][
+            "status"
+        ] == "unsubscribed"
+
+    async def test_deleting_a_mapping_retires_its_webhook_and_leaves_its_members(
+        self,
+        service: Service,
+        sandbox: Sandbox,
+        runtime: Runtime,
+        two_audiences: dict[str, Any],
+    ) -> None:
+        await contact(service, "stays@example.com", tags=["vip"])
+        await drain(runtime, service.settings)
+        r = await service.http.delete(f"{BASE}/{two_audiences['vip']}", headers=service.auth())
+        assert r.status_code == 204, r.text
+        assert await sandbox_webhooks(sandbox, two_audiences["vip_list"]) == []
+        vip = await list_members(sandbox, two_audiences["vip_list"])
+        assert vip["stays@example.com"]["status"] == "subscribed"
+        left = await fetch(
+            runtime,
+            "SELECT count(*) AS n FROM sync_state WHERE mapping_id = :m",
+            m=two_audiences["vip"],
+        )
+        assert left == [{"n": 0}]
+        assert [m["id"] for m in await mappings(service)] == [two_audiences["default"]]
