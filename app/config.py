@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.fieldmap import FieldMap, load_field_map
@@ -42,6 +50,59 @@ class MauticMode(StrEnum):
 
     live = "live"
     sandbox = "sandbox"
+
+
+class MauticEnrollmentRule(BaseModel):
+    """One MAUTIC_ENROLLMENT rule (DESIGN §14.6): a contact whose lead status is one of
+    `lead_status_in` and whose numeric custom field `score_field` is at least `min_score` is
+    added to campaign `campaign_id` once, at send time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    campaign_id: int = Field(gt=0)
+    lead_status_in: tuple[str, ...] | None = Field(default=None, min_length=1)
+    min_score: float | None = None
+    score_field: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _complete(self) -> MauticEnrollmentRule:
+        if self.lead_status_in is None and self.min_score is None:
+            raise ValueError("names no condition (lead_status_in or min_score)")
+        if self.min_score is not None and not self.score_field:
+            raise ValueError("min_score needs score_field (the numeric custom field)")
+        if self.score_field and self.min_score is None:
+            raise ValueError("score_field needs min_score")
+        return self
+
+
+def parse_enrollment(value: Any) -> tuple[MauticEnrollmentRule, ...]:
+    """MAUTIC_ENROLLMENT (a JSON array of rules); ValueError naming the rule that is wrong."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return ()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"MAUTIC_ENROLLMENT is not JSON: {exc.msg}") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError("MAUTIC_ENROLLMENT must be a JSON array of rules")
+    rules = []
+    for i, item in enumerate(value, start=1):
+        if isinstance(item, MauticEnrollmentRule):
+            rules.append(item)
+            continue
+        try:
+            rules.append(MauticEnrollmentRule.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(
+                (".".join(str(p) for p in e["loc"]) + ": " if e["loc"] else "") + e["msg"]
+                for e in exc.errors()
+            )
+            raise ValueError(f"MAUTIC_ENROLLMENT rule {i} ({item!r}): {problems}") from None
+    return tuple(rules)
 
 
 class ContactKind(StrEnum):
@@ -129,6 +190,9 @@ class Settings(BaseSettings):
     MAUTIC_ALLOW_PRIVATE_HOSTS: bool = False
     MAUTIC_MAX_CONCURRENCY: int = Field(default=4, ge=1, le=10)
     MAUTIC_TIMEOUT_SECONDS: float = 30.0
+    # Campaign enrollment rules (JSON array, DESIGN §14.6): a bad rule refuses to start.
+    # Unset in development against the sandbox: the sandbox's demo campaign's rule.
+    MAUTIC_ENROLLMENT: Annotated[tuple[MauticEnrollmentRule, ...] | None, NoDecode] = None
 
     # --- what syncs ----------------------------------------------------------------------
     FIELD_MAP: Annotated[FieldMap, NoDecode] = Field(default_factory=FieldMap)
@@ -199,6 +263,11 @@ class Settings(BaseSettings):
     def _parse_field_map(cls, value: Any) -> Any:
         # JSON inline or a file path; the error names the entry (FieldMapError is a ValueError).
         return load_field_map(value)
+
+    @field_validator("MAUTIC_ENROLLMENT", mode="before")
+    @classmethod
+    def _parse_enrollment(cls, value: Any) -> Any:
+        return None if value is None else parse_enrollment(value)
 
     @field_validator("SYNC_KINDS", mode="before")
     @classmethod

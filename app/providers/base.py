@@ -62,6 +62,10 @@ class ErrorKind(StrEnum):
     forgotten = "forgotten"  # erased at the provider: never pushed again (tombstone)
     merge_fields = "merge_fields"  # a field value the provider refuses (any provider's fields)
     member_exists = "member_exists"  # a move onto an address the audience already has
+    # A move the provider would turn into a merge of two people (Mautic merges a contact
+    # edited onto another's address): refused, the old person left as they are; the new
+    # address is not written to until the contact's address changes again.
+    collision = "collision"
     not_found = "not_found"  # the person is not (or no longer) at the provider
     invalid = "invalid"
 
@@ -184,6 +188,10 @@ class ContactPayload:
     - list membership: the audience id passed beside the payload to every client call is the
       list the person must be on (Mailchimp audience, Constant Contact list, ActiveCampaign
       list, Mautic segment).
+    - `campaigns`: campaigns the person newly qualifies for under the provider's enrollment
+      rules (`MappingConfig.campaigns`; Mautic's MAUTIC_ENROLLMENT) and that we never enrolled
+      them in: the client adds them once and reports each in `RemoteMember.refs` as
+      `campaign_ref(id): True`, so the planner never asks again (never re-added, never removed).
     """
 
     email_address: str
@@ -194,6 +202,13 @@ class ContactPayload:
     # Interest groups (Mailchimp): only the mapped interest ids, each chosen or not; ids we
     # do not map are never sent, so the provider keeps them as the person set them.
     interests: dict[str, bool] = field(default_factory=dict)
+    campaigns: list[str] = field(default_factory=list)
+
+
+def campaign_ref(campaign_id: str) -> str:
+    """The mirror's `remote_refs` key that records our enrollment in a campaign (one key per
+    campaign: refs merge key by key)."""
+    return f"campaign:{campaign_id}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -615,6 +630,10 @@ class InboundEvent:
     audience_id: str | None = None
     # The interest names the person has chosen, when the delivery says (None: it does not).
     interests: list[str] | None = None
+    # The provider's id of the person when the delivery carries it (Mautic's contact id): a
+    # profile event whose address differs from what the mirror holds for that id is an
+    # address changed at the provider (Mautic sends no "email changed" event).
+    person_id: str | None = None
 
 
 class MalformedPayload(ValueError):

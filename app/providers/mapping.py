@@ -133,6 +133,9 @@ class MappingConfig:
     same: Matcher = _equal
     # The audience mapping's rule: a contact it leaves out is absent from that audience.
     rule: AudienceRule = field(default_factory=AudienceRule)
+    # Campaigns a contact qualifies for under the provider's enrollment rules (evaluated at
+    # send time; Mautic's MAUTIC_ENROLLMENT); None: the provider enrolls nobody.
+    campaigns: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
     # The mapping's preference names → interests; only these interests are ever sent.
     interests: tuple[InterestMap, ...] = ()
 

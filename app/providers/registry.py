@@ -172,9 +172,6 @@ def _mautic() -> Provider:
     )
 
 
-# _register(_mautic())  # STEP2
-
-
 def _constantcontact() -> Provider:
     from app.providers.constantcontact import connect, inbound, mapping, spec
 
@@ -233,3 +230,4 @@ def _activecampaign() -> Provider:
 
 
 _register(_activecampaign())
+_register(_mautic())

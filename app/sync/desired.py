@@ -18,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from app.providers.base import PRESENT_STATUSES, ContactPayload
+from app.providers.base import PRESENT_STATUSES, ContactPayload, ErrorKind, campaign_ref
 from app.providers.mapping import MappingConfig, digest_of, merge_fields
 
 __all__ = [
@@ -167,6 +167,11 @@ def _plan_key(
         return Plan(key, Action.noop, mirror=mirror, mirror_op=op)
     if tombstoned:
         return Plan(key, Action.noop, contact=contact, mirror=mirror, mirror_op=MirrorOp.forgotten)
+    if mirror is not None and mirror.get("error_kind") == ErrorKind.collision:
+        # A move the provider would have turned into a merge of two people: it stays refused
+        # (the contact's `sync` says so) until the address changes again. Sending to the new
+        # address would write onto the other person.
+        return Plan(key, Action.noop, contact=contact, mirror=mirror)
     return _plan_contact(key, contact, mirror, cfg, intent, may_exist)
 
 
@@ -198,6 +203,15 @@ def _plan_contact(
     new_status = cfg.consent_if_new
     remote = effective_status(mirror)
 
+    # Campaigns the contact newly qualifies for (enrollment rules, DESIGN §14.6): only with
+    # consent, and only those the mirror does not record us enrolling them in.
+    refs = (mirror or {}).get("remote_refs") or {}
+    campaigns = [
+        c
+        for c in (cfg.campaigns(contact) if cfg.campaigns and consent else ())
+        if not refs.get(campaign_ref(c))
+    ]
+
     def plan(action: Action, status: str | None = None, status_if_new: str = new_status) -> Plan:
         payload = ContactPayload(
             email_address=email,
@@ -206,6 +220,7 @@ def _plan_contact(
             consent=status,
             tags=tags,
             interests=interests,
+            campaigns=campaigns if action is Action.upsert else [],
         )
         return Plan(key, action, contact, mirror, payload, digest, tags, target_email=email)
 
@@ -247,7 +262,7 @@ def _plan_contact(
     tags_changed = sorted(tags) != sorted(mirror.get("pushed_tags") or []) or bool(
         set(intent) - set(tags)
     )
-    if not fields_changed and status is None:
+    if not fields_changed and status is None and not campaigns:
         if tags_changed:
             return plan(Action.tags)
         return Plan(key, Action.noop, contact, mirror, digest=digest, tags=tags)

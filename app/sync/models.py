@@ -110,6 +110,13 @@ class SyncState(Base):
     __tablename__ = "sync_state"
     __table_args__ = (
         Index("ix_sync_state_contact_id", "contact_id"),
+        # Inbound events naming the provider's person id (an address changed at Mautic).
+        Index(
+            "ix_sync_state_connection_id_mapping_id_remote_id",
+            "connection_id",
+            "mapping_id",
+            "remote_id",
+        ),
         Index(
             "ix_sync_state_connection_id_error_kind",
             "connection_id",

@@ -65,6 +65,12 @@ async def handle(
                 email=event.email, status=SUBSCRIBED, at=at, merges=event.fields, event=kind
             )
         case InboundKind.profile:
+            if event.person_id and event.email:
+                moved = await applier.moved_at_provider(
+                    person_id=event.person_id, email=event.email, at=at, event=kind
+                )
+                if moved is not None:
+                    return moved
             outcome = Outcome.ignored
             if event.interests is not None and applier.inbound.mapping.interests:
                 # The person's preferences are theirs to change (interest groups, both ways).

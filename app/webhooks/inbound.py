@@ -371,6 +371,24 @@ class InboundApplier:
         await self._enqueue_if_owed(new_key, contact, changed=True, old_key=old_key)
         return Outcome.applied
 
+    async def moved_at_provider(
+        self, *, person_id: str, email: str, at: datetime, event: str | None
+    ) -> Outcome | None:
+        """A profile event for a person the mirror holds under another address: their
+        address changed at the provider (an email change); None when it did not."""
+        key = email_key(email)
+        if key is None:
+            return None
+        found = await self.mirrors.mirror_by_remote_id(self.inbound.connection_id, person_id)
+        if found is None or found["email_key"] == key:
+            return None
+        return await self.email_change(
+            old_email=found["pushed_email"] or found["email_key"],
+            new_email=email,
+            at=at,
+            event=event,
+        )
+
     # --- shared ---------------------------------------------------------------------------
 
     def _digest(self, contact: Any) -> str | None:

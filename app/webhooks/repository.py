@@ -78,6 +78,7 @@ class InboundRepository:
             connections.c.audience_id,
             connections.c.status,
             connections.c.webhook_token,
+            connections.c.credentials,  # a signing provider's secret (decrypted in memory)
         ).where(token_hash == digest, connections.c.provider == provider)
         return (await self.session.execute(stmt)).mappings().all()
 
@@ -202,3 +203,19 @@ class MappingMirror:
     async def delete_mirror(self, connection_id: uuid.UUID, key: str) -> None:
         """Drop the mirror row of a key."""
         await self.session.execute(delete(mirror).where(self._where(connection_id, key)))
+
+    async def mirror_by_remote_id(
+        self, connection_id: uuid.UUID, remote_id: str
+    ) -> RowMapping | None:
+        """The mirror row of the provider's person id (the first, should two claim it)."""
+        stmt = (
+            select(mirror)
+            .where(
+                mirror.c.connection_id == connection_id,
+                mirror.c.mapping_id == self.mapping_id,
+                mirror.c.remote_id == remote_id,
+            )
+            .order_by(mirror.c.email_key)
+            .limit(1)
+        )
+        return (await self.session.execute(stmt)).mappings().first()

@@ -62,7 +62,8 @@ async def receive(
         raise UnsupportedMediaType(
             f"A {found.spec.display_name} delivery is {expected}, not {media_type or 'empty'}."
         )
-    body = await read_body(request)
+    # A provider may post larger deliveries (Mautic: up to 10 full contacts in one POST).
+    body = await read_body(request, getattr(found.inbound, "max_body", MAX_BODY_BYTES))
     received = await webhook_service.receive(
         session,
         provider=found,

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.config import Settings
+from app.connections.crypto import CredentialsError, decrypt_credentials
 from app.errors import AppError, NotFound, Unauthorized
 from app.providers import registry
 from app.providers.base import BadSignature, InboundEvent, MalformedPayload
@@ -75,6 +76,18 @@ def _clamped(event: InboundEvent) -> InboundEvent:
     return event
 
 
+def _signing_secret(settings: Settings, provider: Provider, connection: RowMapping) -> str | None:
+    """The secret a signing provider's deliveries are checked against (kept encrypted in the
+    connection's credentials as `webhook_secret`); None when it does not sign."""
+    if not provider.spec.capabilities.webhook_signature:
+        return None
+    try:
+        secret = decrypt_credentials(settings, connection["credentials"]).get("webhook_secret")
+    except CredentialsError:
+        return None  # unreadable: every delivery is refused (401) until a reconnect
+    return str(secret) if secret else None
+
+
 class WebhookService:
     """Receive provider webhooks."""
 
@@ -112,7 +125,7 @@ class WebhookService:
         name, pid = provider.spec.display_name, provider.id
         try:
             events = provider.inbound.parse(
-                body, headers=headers, secret=connection.get("webhook_secret")
+                body, headers=headers, secret=_signing_secret(settings, provider, connection)
             )
         except BadSignature as exc:
             refused("bad_request", pid)

@@ -90,11 +90,12 @@ class TestIntegrationList:
         r = await service.http.get("/api/integrations", headers=service.auth())
         assert r.status_code == 200
         items: list[dict[str, Any]] = r.json()["items"]
+        # Registered providers first (registration order), then those only announced.
         assert [(i["provider"], i["available"], i["connected"]) for i in items] == [
             ("mailchimp", True, False),
             ("constantcontact", True, False),
             ("activecampaign", True, False),
-            ("mautic", False, False),
+            ("mautic", True, False),
         ]
         assert items[0]["name"] == "Mailchimp"
 

@@ -39,6 +39,7 @@ from app.providers.base import (
     ThrottledError,
     TokenSource,
     TransientError,
+    campaign_ref,
 )
 from app.providers.mautic.mapping import field_value
 from app.providers.mautic.spec import BATCH_SIZE, OUR_DNC_COMMENT, PROVIDER, STATUS_MAP
@@ -132,9 +133,21 @@ def is_ours(dnc: Mapping[str, Any] | None) -> bool:
     return dnc is not None and dnc.get("reason") == 3 and dnc.get("comments") == OUR_DNC_COMMENT
 
 
+def is_complaint(dnc: Mapping[str, Any] | None) -> bool:
+    """True for a feedback-loop complaint: Mautic records it as reason 1 (unsubscribed) with
+    the feedback's text (`abuse`, a spam report) as the comment."""
+    if dnc is None or int(dnc.get("reason") or 0) != 1:
+        return False
+    comment = str(dnc.get("comments") or "").lower()
+    return any(word in comment for word in ("abuse", "spam", "complain", "feedback loop"))
+
+
 def status_of(contact: Mapping[str, Any]) -> RemoteStatus:
-    """The neutral status of a contact in our segment: its email DNC reason, mapped."""
+    """The neutral status of a contact in our segment: its email DNC reason, mapped (a
+    complaint is told apart by its comment)."""
     dnc = email_dnc(contact)
+    if is_complaint(dnc):
+        return RemoteStatus.complained
     verb = "contactable" if dnc is None else REASON_VERBS.get(int(dnc.get("reason") or 1), "")
     return STATUS_MAP.get(verb or "unsubscribed", RemoteStatus.unsubscribed)
 
@@ -228,11 +241,20 @@ class MauticClient:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    async def _send(self, request: httpx.Request, *, op: str) -> httpx.Response:
+    async def _send(
+        self, request: httpx.Request, *, op: str, authorize: bool = False
+    ) -> httpx.Response:
+        """One request within the limiter's slot. `authorize`: the token is taken once the slot
+        is ours, so time spent waiting for a slot never sends a token that expired meanwhile
+        (`request.extensions["token"]` says which one went)."""
         slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
         start = time.perf_counter()
         try:
             async with slot:
+                if authorize:
+                    token = await self.fetch_token()
+                    request.headers["Authorization"] = f"Bearer {token}"
+                    request.extensions["token"] = token
                 response = await self._transport.handle_async_request(request)
                 try:
                     await response.aread()
@@ -319,12 +341,7 @@ class MauticClient:
         """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
         fetches a new token once (it expired or was revoked early), then is an AuthError."""
         for attempt in (1, 2):
-            token = await self.fetch_token()
-            headers = {
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "User-Agent": "audience-sync/0.1",
-            }
+            headers = {"Accept": "application/json", "User-Agent": "audience-sync/0.1"}
             content = None
             if json is not None:
                 content = orjson.dumps(json)
@@ -335,11 +352,11 @@ class MauticClient:
                 params=params,
                 headers=headers,
                 content=content,
-                extensions=self._extensions,
+                extensions=dict(self._extensions),
             )
-            response = await self._send(request, op=op)
+            response = await self._send(request, op=op, authorize=True)
             if response.status_code == 401 and attempt == 1:
-                await self._renew(token)
+                await self._renew(str(request.extensions.get("token") or ""))
                 continue
             if 200 <= response.status_code < 300 or response.status_code in ok:
                 metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
@@ -588,7 +605,25 @@ class MauticClient:
             refs["created"] = True
         dnc = email_dnc(contact)
         refs["dnc"] = is_ours(dnc)
+        refs |= await self._enroll(str(contact["id"]), member.campaigns)
         return member_of(contact, created=created, refs=refs)
+
+    async def _enroll(self, contact_id: str, campaigns: Iterable[str]) -> dict[str, Any]:
+        """Add the contact to each campaign it newly qualifies for (DESIGN §14.6); the refs
+        that record it. A campaign that does not exist is the operator's error: logged in the
+        metrics, not recorded, the contact's sync unharmed."""
+        refs: dict[str, Any] = {}
+        for campaign_id in campaigns:
+            try:
+                await self._request(
+                    "POST",
+                    f"/campaigns/{campaign_id}/contact/{contact_id}/add",
+                    op="campaign",
+                )
+            except PermanentError:
+                continue
+            refs[campaign_ref(campaign_id)] = True
+        return refs
 
     async def upsert_member(
         self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
@@ -689,6 +724,7 @@ class MauticClient:
             refs: dict[str, Any] = {"segment": audience_id, "dnc": is_ours(email_dnc(contact))}
             if created:
                 refs["created"] = True
+            refs |= await self._enroll(cid, member.campaigns)
             outcomes[i].state = member_of(contact, created=created, refs=refs)
         return outcomes
 
@@ -728,7 +764,7 @@ class MauticClient:
         holder = await self.find_contact(member.email_address)
         if holder is not None and str(holder["id"]) != contact_id:
             raise PermanentError(
-                ErrorKind.member_exists,
+                ErrorKind.collision,
                 f"Mautic contact {holder['id']} already has the new address; refusing the "
                 "merge Mautic would make",
             )

@@ -33,6 +33,7 @@ from app.providers.base import (
 )
 from app.providers.mautic.client import MauticClient
 from app.providers.mautic.mapping import alias_problems, rules_from
+from app.providers.mautic.spec import PROVIDER
 
 Resolver = Callable[[str], Iterable[str]]
 
@@ -218,5 +219,18 @@ class MauticConnect:
         return await client.ensure_fields(mapping.fields)
 
     def check_mapping(self, settings: Settings) -> list[str]:
-        """Every FIELD_MAP `mautic` entry Mautic cannot hold, named."""
-        return alias_problems(rules_from(settings.FIELD_MAP))
+        """Every FIELD_MAP `mautic` entry Mautic cannot hold, and every MAUTIC_ENROLLMENT rule
+        whose score field is not a numeric custom field of FIELD_MAP's, named."""
+        problems = alias_problems(rules_from(settings.FIELD_MAP))
+        non_numeric = {
+            r.custom_key
+            for r in settings.FIELD_MAP.rules(PROVIDER, ())
+            if r.is_custom and r.type.value != "number"
+        }
+        for i, rule in enumerate(settings.MAUTIC_ENROLLMENT or (), start=1):
+            if rule.score_field and rule.score_field in non_numeric:
+                problems.append(
+                    f"MAUTIC_ENROLLMENT rule {i}: score_field {rule.score_field!r} is mapped"
+                    " as a non-numeric field in FIELD_MAP"
+                )
+        return problems

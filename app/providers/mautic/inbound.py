@@ -29,9 +29,15 @@ from app.providers.base import (
     MalformedPayload,
     WebhookCall,
 )
-from app.providers.mautic.client import MauticClient, contact_fields, email_dnc, is_ours
+from app.providers.mautic.client import (
+    MauticClient,
+    contact_fields,
+    email_dnc,
+    is_complaint,
+    is_ours,
+)
 
-MAX_BODY = 1_000_000
+MAX_BODY = 512 * 1024
 SIGNATURE_HEADER = "webhook-signature"
 # Channel statuses (reference §2.4) → the neutral effect; `manual` is ours or a Mautic user's.
 SUBSCRIPTION_KINDS = {
@@ -76,8 +82,11 @@ def _event(trigger: str, item: dict[str, Any]) -> InboundEvent:
         status = str(item.get("new_status") or "")
         kind = SUBSCRIPTION_KINDS.get(status, InboundKind.ignored)
         reason = status
-        if status == "manual" and is_ours(email_dnc(contact)):
+        dnc = email_dnc(contact)
+        if status == "manual" and is_ours(dnc):
             kind = InboundKind.ignored  # the echo of our own opt-out
+        elif status == "unsubscribed" and is_complaint(dnc):
+            kind, reason = InboundKind.complained, "abuse"
     elif trigger == "mautic.lead_post_save_update":
         kind = InboundKind.profile
     elif trigger == "mautic.form_on_submit":
@@ -100,6 +109,7 @@ def _event(trigger: str, item: dict[str, Any]) -> InboundEvent:
         email=email,
         reason=reason,
         fields={k: v for k, v in fields.items() if k != "email"},
+        person_id=str(contact["id"]) if contact.get("id") else None,
     )
 
 
@@ -155,6 +165,7 @@ class MauticInbound:
 
     event_types = EVENT_TYPES
     media_type = "application/json"
+    max_body = MAX_BODY  # queue mode posts up to 10 events, each a whole contact
 
     def parse(
         self, body: bytes, *, headers: Mapping[str, str], secret: str | None

@@ -4,10 +4,10 @@ back compare with what we send."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from app.config import Settings
+from app.config import Environment, MauticEnrollmentRule, MauticMode, Settings
 from app.fieldmap import FieldMap, FieldRule
 from app.providers.mapping import MappingConfig, kinds_from
 from app.providers.mautic.spec import PROVIDER
@@ -48,13 +48,78 @@ def alias_problems(rules: tuple[FieldRule, ...]) -> list[str]:
     return problems
 
 
+def _score(contact: Mapping[str, Any], field: str) -> float | None:
+    custom = contact.get("custom_fields") or {}
+    value = custom.get(field) if isinstance(custom, Mapping) else None
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None  # not a number: the rule does not match (never a guess)
+
+
+def qualifies(rule: MauticEnrollmentRule, contact: Mapping[str, Any]) -> bool:
+    """Whether a contact matches an enrollment rule (lead status in the list, score at least
+    the minimum; a missing or non-numeric score never matches)."""
+    if rule.lead_status_in is not None:
+        status = str(contact.get("lead_status") or "").strip().lower()
+        if status not in {s.lower() for s in rule.lead_status_in}:
+            return False
+    if rule.min_score is not None and rule.score_field:
+        score = _score(contact, rule.score_field)
+        if score is None or score < rule.min_score:
+            return False
+    return True
+
+
+def enrollment(
+    rules: tuple[MauticEnrollmentRule, ...],
+) -> Callable[[Mapping[str, Any]], tuple[str, ...]] | None:
+    """MAUTIC_ENROLLMENT as the planner asks it: the campaigns a contact qualifies for."""
+    if not rules:
+        return None
+
+    def campaigns(contact: Mapping[str, Any]) -> tuple[str, ...]:
+        found = [str(r.campaign_id) for r in rules if qualifies(r, contact)]
+        return tuple(dict.fromkeys(found))
+
+    return campaigns
+
+
+# Development against the sandbox with MAUTIC_ENROLLMENT unset: qualified leads scoring 70+
+# (custom field `score`) join the sandbox's demo campaign (its DEMO_CAMPAIGN_ID), so the
+# README's first steps show an enrollment.
+DEMO_ENROLLMENT = (
+    MauticEnrollmentRule(
+        campaign_id=1,
+        lead_status_in=("qualified", "converted"),
+        min_score=70,
+        score_field="score",
+    ),
+)
+
+
+def enrollment_rules(settings: Settings) -> tuple[MauticEnrollmentRule, ...]:
+    """MAUTIC_ENROLLMENT; unset in development against the sandbox, the demo rule."""
+    if settings.MAUTIC_ENROLLMENT is not None:
+        return settings.MAUTIC_ENROLLMENT
+    demo = (
+        settings.ENVIRONMENT is Environment.development
+        and settings.MAUTIC_MODE is MauticMode.sandbox
+    )
+    return DEMO_ENROLLMENT if demo else ()
+
+
 def from_settings(settings: Settings) -> MappingConfig:
-    """The deployment's Mautic mapping (FIELD_MAP, SYNC_KINDS); Mautic has no double opt-in."""
+    """The deployment's Mautic mapping (FIELD_MAP, SYNC_KINDS, MAUTIC_ENROLLMENT); Mautic has
+    no double opt-in."""
     return MappingConfig(
         fields=rules_from(settings.FIELD_MAP),
         kinds=kinds_from(settings),
         reoptin="none",
         same=same_fields,
+        campaigns=enrollment(enrollment_rules(settings)),
     )
 
 

@@ -360,7 +360,7 @@ class TestMove:
         other = await mautic.new_contact(email="b@x.com")
         with pytest.raises(PermanentError) as err:
             await client.move_member(mautic.segment, "a@x.com", payload("b@x.com"))
-        assert err.value.kind is ErrorKind.member_exists
+        assert err.value.kind is ErrorKind.collision
         assert await mautic.exists(other["id"]) and await mautic.exists(state.remote_id)
 
 
