@@ -7,7 +7,7 @@ from app.config import Settings
 # Providers of DESIGN §14 whose packages are being built and not yet registered: FIELD_MAP may
 # already name them (a deployment prepares its map before upgrading). Each provider's id
 # leaves this set when its `_register(...)` line lands; the registry is the truth.
-NOT_YET_REGISTERED = frozenset({"mautic"})
+NOT_YET_REGISTERED: frozenset[str] = frozenset()
 
 
 def field_map_providers() -> frozenset[str]:

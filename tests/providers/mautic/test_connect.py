@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from app.providers.base import ClientConfig
+from app.config import Environment, MauticMode, Settings
+from app.providers import registry
+from app.providers.base import ClientConfig, ConnectRefused
+from app.providers.mautic import mapping
 from app.providers.mautic.connect import MauticCredentials, client_factory, instance_url
 from app.sandbox.mautic import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from app.sandbox.mautic.constants import DEMO_CAMPAIGN_ID, DEMO_SEGMENT_ID
 from tests.providers.mautic.conftest import Mautic
 
 
@@ -88,3 +92,53 @@ async def test_the_factory_builds_a_client_that_reaches_the_sandbox(mautic: Maut
         )
         with pytest.raises(ValueError):
             client_factory(live)
+
+
+def test_the_demo_owner_and_a_single_tenant_are_configured_from_settings(
+    settings: Settings,
+) -> None:
+    provider = registry.get("mautic")
+    seed = provider.sandbox_seed()
+    assert seed is not None and seed.audience_id == str(DEMO_SEGMENT_ID)
+    dev = settings.model_copy(
+        update={
+            "ENVIRONMENT": Environment.development,
+            "MAUTIC_MODE": MauticMode.sandbox,
+            "MAUTIC_SANDBOX_URL": "http://127.0.0.1:9/_sandbox/mautic",
+        }
+    )
+    owner, account, audience = provider.connect.configured(dev, seed) or (None, None, None)
+    assert owner == "demo" and audience is not None and audience.id == str(DEMO_SEGMENT_ID)
+    assert account is not None and account.api_base == "http://127.0.0.1:9/_sandbox/mautic"
+    # The demo enrollment rule targets the sandbox's demo campaign.
+    assert mapping.enrollment_rules(dev)[0].campaign_id == DEMO_CAMPAIGN_ID
+    assert mapping.enrollment_rules(settings) == ()
+    # Live, single tenant: MAUTIC_* for MAUTIC_OWNER, the URL by the host rule.
+    live = settings.model_copy(
+        update={
+            "MAUTIC_MODE": MauticMode.live,
+            "MAUTIC_BASE_URL": "https://127.0.0.1",
+            "MAUTIC_CLIENT_ID": "1_abc",
+            "MAUTIC_CLIENT_SECRET": SecretStr("s3cret"),
+            "MAUTIC_OWNER": "crm",
+            "MAUTIC_AUDIENCE_ID": "7",
+        }
+    )
+    with pytest.raises(ConnectRefused) as refused:
+        provider.connect.configured(live, None)
+    assert refused.value.field == "MAUTIC_BASE_URL"
+    allowed = live.model_copy(
+        update={"MAUTIC_BASE_URL": "https://localhost/api", "MAUTIC_ALLOW_PRIVATE_HOSTS": True}
+    )
+    owner, account, audience = provider.connect.configured(allowed, None) or (None, None, None)
+    assert owner == "crm" and audience is not None and audience.id == "7"
+    assert account is not None and account.api_base == "https://localhost"
+    assert account.credentials["client_secret"] == "s3cret"
+    assert account.credentials["webhook_secret"]
+
+
+def test_mautic_max_concurrency_is_the_per_instance_cap(settings: Settings) -> None:
+    provider = registry.get("mautic")
+    assert provider.limits(settings).concurrency_per_account == 4
+    two = settings.model_copy(update={"MAUTIC_MAX_CONCURRENCY": 2})
+    assert provider.limits(two).concurrency_per_account == 2
