@@ -162,3 +162,25 @@ async def test_sigkill_mid_drain_loses_nothing(
     await assert_mautic_mirrors_database(runtime, mautic)
     parked = await fetch(runtime, "SELECT count(*) AS n FROM sync_queue WHERE state = 'parked'")
     assert parked[0]["n"] == 0
+
+
+async def test_a_backlog_goes_in_batches_of_200_and_converges_through_faults(
+    runtime: Runtime,
+    mautic: Mautic,
+    mautic_settings: Settings,
+    mautic_connection: dict[str, Any],
+) -> None:
+    await mautic.configure(seed=3, fault_rates={"503": 0.1, "500": 0.05})
+    await seed_contacts(runtime, mautic_connection["id"], 450)
+    # SYNC_BATCH_SIZE 500 is above Mautic's 200: the client sends at most 200 a request.
+    settings = mautic_settings.model_copy(
+        update={"SYNC_BATCH_SIZE": 500, "SYNC_MAX_ATTEMPTS": 50, "SYNC_PAUSE_AFTER_FAILURES": 50}
+    )
+    async with running(SyncEngine(runtime.engine, settings)):
+        await wait_for(lambda: queue_empty(runtime), within=120)
+    await mautic.configure(fault_rates={"503": 0, "500": 0})
+    await assert_mautic_mirrors_database(runtime, mautic)
+    log = await mautic.requests()
+    batches = [r for r in log if "/contacts/batch/new" in str(r["path"])]
+    assert max(r["items"] for r in batches) == 200
+    assert all(r["status"] != 500 or r.get("fault") for r in batches)  # never the 200-cap 500

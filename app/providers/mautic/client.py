@@ -663,9 +663,15 @@ class MauticClient:
         self, audience_id: str, members: list[ContactPayload]
     ) -> list[BatchOutcome]:
         """`POST /contacts/batch/new` (≤ 200, each an upsert), per-item `statusCodes`, then
-        consent per person where asked and one batch add to our segment."""
+        consent per person where asked and one batch add to our segment. More than 200 (the
+        engine's SYNC_BATCH_SIZE may be 500) go as consecutive batches of 200: one more is an
+        HTTP 500 for the whole batch."""
         if len(members) > BATCH_SIZE:
-            raise ValueError(f"Mautic takes at most {BATCH_SIZE} contacts a batch")
+            outcomes: list[BatchOutcome] = []
+            for start in range(0, len(members), BATCH_SIZE):
+                chunk = members[start : start + BATCH_SIZE]
+                outcomes += await self.batch_upsert(audience_id, chunk)
+            return outcomes
         if not members:
             return []
         _, body = await self._request(
@@ -682,7 +688,7 @@ class MauticClient:
             contacts = dict(enumerate(contacts))
         if isinstance(errors, list):
             errors = dict(enumerate(errors))
-        outcomes: list[BatchOutcome] = []
+        outcomes = []
         done: list[tuple[int, dict[str, Any], bool]] = []
         for i, member in enumerate(members):
             key = email_key(member.email_address) or member.email_address

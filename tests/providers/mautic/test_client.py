@@ -222,12 +222,15 @@ class TestBatch:
         assert await mautic.segment_ids(old.state.remote_id) == {mautic.segment}
         assert (await mautic.contact(old.state.remote_id))["fields"]["all"]["lastname"] == "Kept"
 
-    async def test_two_hundred_at_most(self, mautic: Mautic, client: MauticClient) -> None:
-        members = [payload(f"p{i}@x.com") for i in range(200)]
+    async def test_two_hundred_a_request_at_most(
+        self, mautic: Mautic, client: MauticClient
+    ) -> None:
+        members = [payload(f"p{i}@x.com") for i in range(201)]
         outcomes = await client.batch_upsert(mautic.segment, members)
+        assert [o.email_key for o in outcomes] == [f"p{i}@x.com" for i in range(201)]
         assert all(o.state is not None for o in outcomes)
-        with pytest.raises(ValueError):
-            await client.batch_upsert(mautic.segment, [*members, payload("one@x.com")])
+        sizes = [r["items"] for r in await mautic.requests() if "batch/new" in str(r["path"])]
+        assert sizes == [200, 1]
 
     async def test_consent_in_a_batch(self, mautic: Mautic, client: MauticClient) -> None:
         await mautic.new_contact(email="gone@x.com")
