@@ -329,18 +329,21 @@ class TestTokenExpiryDuringADrain:
     async def test_two_workers_across_expiry_and_early_revocation_fail_no_send(
         self, connected: Service, mautic: Mautic, runtime: Runtime
     ) -> None:
-        # Tokens live 2 s and each request takes 60 ms: the drain outlives several tokens.
-        await mautic.configure(access_token_lifetime_seconds=2, latency_ms=60)
+        # Tokens live 2 s and each request takes 80 ms: the drain (about 80 requests, 4 at a
+        # time) outlives a token and meets every early revocation.
+        await mautic.configure(access_token_lifetime_seconds=2, latency_ms=80)
         crm = Crm(connected)
-        emails = [f"p{i}@example.com" for i in range(24)]
+        emails = [f"p{i}@example.com" for i in range(40)]
         for email in emails:
             await crm.create(email=email, first_name="P")
         await mautic.http.delete("/_control/requests")
 
         async def revoke() -> None:
             # Tokens revoked early too (a 401 mid-drain): renewed once, the send retried.
-            for _ in range(3):
-                await asyncio.sleep(0.7)
+            # (Spaced well beyond a request's time: one revoked twice within its own retry
+            # would be a revoked client, which is an error.)
+            for wait in (0.3, 0.7):
+                await asyncio.sleep(wait)
                 await mautic.http.post("/_control/tokens/expire")
 
         engines = [create_async_engine(runtime.engine.url) for _ in range(2)]
@@ -353,7 +356,8 @@ class TestTokenExpiryDuringADrain:
             for e in engines:
                 await e.dispose()
         people = await remote(mautic)
-        assert all(int(mautic.segment) in people[e]["segments"] for e in emails)
+        state = await fetch(runtime, "SELECT status, last_error FROM connections")
+        assert all(int(mautic.segment) in people[e]["segments"] for e in emails), state
         failed = await fetch(
             runtime,
             "SELECT (SELECT count(*) FROM sync_queue) AS queued,"
