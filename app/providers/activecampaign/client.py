@@ -71,6 +71,7 @@ OPTION_TYPES = frozenset({"dropdown", "checkbox", "listbox", "radio", "multisele
 FORBIDDEN_RETRIES = 3
 IMPORT_POLL_SECONDS = (1.0, 0.5, 1.0, 2.0)  # each poll is a request of the 5/s
 IMPORT_MAX_WAIT = 120.0
+THROTTLE_WAITS = 5  # a client without the shared limiter waits out this many 429s a request
 # Any account's offset from UTC is at most 14 h: `filters[updated_after]` is sent this much
 # early, so whichever zone the API reads it in, nothing changed since `since` is missed.
 UPDATED_AFTER_MARGIN = timedelta(hours=14)
@@ -284,17 +285,27 @@ class ActiveCampaignClient:
         """One request; within a backlog (`_patient`) a transient failure is retried a few
         times in place (every backlog request is idempotent)."""
         # Never a status change: a 1 asked again could meet a person who just unsubscribed.
-        delays = BATCH_RETRIES if _patient.get() and op != "membership" else ()
-        for delay in (*delays, None):
+        delays: tuple[float, ...] = BATCH_RETRIES if _patient.get() and op != "membership" else ()
+        throttles = 0
+        while True:
             try:
                 return await self._request_once(
                     method, path, op=op, json=json, params=params, need_body=need_body
                 )
-            except TransientError:
-                if delay is None:
+            except ThrottledError as exc:
+                # Without the shared limiter (connect: ping, lists, the field map's fields
+                # before anything is stored) nobody else waits for the account: we do, as
+                # long as ActiveCampaign asks; with it, the engine cools the account down.
+                wait = exc.retry_after if exc.retry_after is not None else 1.0
+                if self._limiter is not None or throttles >= THROTTLE_WAITS or wait > 10:
                     raise
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+                throttles += 1
+                await asyncio.sleep(wait)
+            except TransientError:
+                if not delays:
+                    raise
+                await asyncio.sleep(delays[0])
+                delays = delays[1:]
 
     async def _request_once(
         self,

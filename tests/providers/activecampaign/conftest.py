@@ -93,6 +93,22 @@ async def client(ac: Ac) -> AsyncIterator[ActiveCampaignClient]:
         )
 
 
+class Unlimited:
+    """A RequestLimiter that admits everything (the engine's limiter, minus its limits)."""
+
+    def slot(self, op: str | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+async def limited(ac: Ac) -> AsyncIterator[ActiveCampaignClient]:
+    """A client as the engine builds it (a limiter given): throttles are the engine's."""
+    async with httpx.AsyncHTTPTransport() as transport:
+        yield ActiveCampaignClient(
+            transport, api_url=ac.url, api_key=DEFAULT_API_KEY, timeout=10, limiter=Unlimited()
+        )
+
+
 def payload(email: str, **kw: Any) -> ContactPayload:
     """A payload with our usual defaults (a new person subscribes)."""
     kw.setdefault("fields", {})

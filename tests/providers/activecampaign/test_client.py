@@ -351,19 +351,26 @@ class TestPages:
 
 class TestErrors:
     async def test_429_is_throttled_with_retry_after(
-        self, ac: Ac, client: ActiveCampaignClient
+        self, ac: Ac, limited: ActiveCampaignClient
     ) -> None:
         await ac.configure(rate_limit_per_second=1)
         with pytest.raises(ThrottledError) as err:
-            await asyncio.gather(*(client.ping() for _ in range(5)))
+            await asyncio.gather(*(limited.ping() for _ in range(5)))
         assert err.value.retry_after is not None and err.value.status == 429
 
-    async def test_503_at_the_limit_is_throttled_and_an_outage_transient(
+    async def test_without_the_shared_limiter_a_429_is_waited_out(
         self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        # Connect-time calls (no limiter yet) pace themselves by ActiveCampaign's Retry-After.
+        await ac.configure(rate_limit_per_second=2)
+        await asyncio.gather(*(client.ping() for _ in range(5)))
+
+    async def test_503_at_the_limit_is_throttled_and_an_outage_transient(
+        self, ac: Ac, client: ActiveCampaignClient, limited: ActiveCampaignClient
     ) -> None:
         await ac.configure(rate_limit_per_second=1, rate_limit_status=503)
         with pytest.raises(ThrottledError) as err:
-            await asyncio.gather(*(client.ping() for _ in range(5)))
+            await asyncio.gather(*(limited.ping() for _ in range(5)))
         assert err.value.status == 503
         await ac.configure(rate_limit_per_second=10_000, fault_rates={"503": 1.0})
         with pytest.raises(TransientError):

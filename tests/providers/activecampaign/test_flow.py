@@ -77,6 +77,16 @@ class TestConnect:
         fields = {f["perstag"] for f in (await ac.api.get("/fields")).json()["fields"]}
         assert {"DIETARY", "BADGE_NAME"} <= fields
 
+    async def test_connect_at_the_real_five_a_second(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        # ping, lists, fields and three field creates (+ their fieldRels) before storing:
+        # more than 5 in a second, paced by ActiveCampaign's Retry-After.
+        await ac.configure(rate_limit_per_second=5)
+        await connected(service, ac, runtime)
+        fields = {f["perstag"] for f in (await ac.api.get("/fields")).json()["fields"]}
+        assert {"COMPANY", "DIETARY", "BADGE_NAME"} <= fields
+
     async def test_a_wrong_key_stores_nothing(
         self, service: Service, ac: Ac, runtime: Runtime
     ) -> None:
