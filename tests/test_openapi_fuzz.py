@@ -31,8 +31,28 @@ schema = schemathesis.openapi.from_dict(
     create_app(make_settings("postgresql+asyncpg://unused@127.0.0.1/unused")).openapi()
 )
 
+
+@schemathesis.check
+def not_a_server_error_but_an_absent_provider(
+    ctx: Any, response: Any, case: schemathesis.Case
+) -> bool | None:
+    """A 5xx is a defect, except the documented 503 a connect answers when the provider is
+    not answering: no sandbox listens on a port here (the app runs in-process), so a
+    credentials body that passes validation reaches nobody."""
+    if response.status_code == 503:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if body.get("type", "").endswith("/unavailable") and "not answering" in body.get(
+            "detail", ""
+        ):
+            return None
+    return schemathesis.checks.not_a_server_error(ctx, response, case)
+
+
 CHECKS = [
-    schemathesis.checks.not_a_server_error,
+    not_a_server_error_but_an_absent_provider,
     schemathesis.checks.status_code_conformance,
     schemathesis.checks.content_type_conformance,
     schemathesis.checks.response_schema_conformance,
