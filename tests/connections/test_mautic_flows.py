@@ -329,12 +329,11 @@ class TestTokenExpiryDuringADrain:
     async def test_two_workers_across_expiry_and_early_revocation_fail_no_send(
         self, connected: Service, mautic: Mautic, runtime: Runtime
     ) -> None:
-        # Tokens live 4 s and each request takes 100 ms: the drain (about 120 requests, 4 at a
-        # time) outlives a token and meets every early revocation. (A 2 s token left a loaded
-        # CI machine less than its 0.4 s renewal margin between taking a token and using it.)
-        await mautic.configure(access_token_lifetime_seconds=4, latency_ms=100)
+        # Tokens live 2 s and each request takes 80 ms: the drain (about 80 requests, 4 at a
+        # time) outlives a token and meets every early revocation.
+        await mautic.configure(access_token_lifetime_seconds=2, latency_ms=80)
         crm = Crm(connected)
-        emails = [f"p{i}@example.com" for i in range(60)]
+        emails = [f"p{i}@example.com" for i in range(40)]
         for email in emails:
             await crm.create(email=email, first_name="P")
         await mautic.http.delete("/_control/requests")
