@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from app.config import Settings
 
-# Providers of DESIGN §14 whose packages are being built and not yet registered: FIELD_MAP may
-# already name them (a deployment prepares its map before upgrading). Each provider's id
-# leaves this set when its `_register(...)` line lands; the registry is the truth.
-NOT_YET_REGISTERED: frozenset[str] = frozenset()
-
 
 def field_map_providers() -> frozenset[str]:
-    """The provider ids FIELD_MAP may name: every registered one (and those on their way)."""
+    """The provider ids FIELD_MAP may name: every registered one."""
     from app.providers import registry
 
-    return frozenset(registry.ids()) | NOT_YET_REGISTERED
+    return frozenset(registry.ids())
 
 
 def check_config(settings: Settings) -> None:
