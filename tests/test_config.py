@@ -60,7 +60,11 @@ class TestPlaceholderSecretsOutsideDevelopment:
             (None, "ENCRYPTION_KEYS (Fernet keys"),
             ("changeme", "ENCRYPTION_KEYS (Fernet keys"),
             ("not-a-fernet-key", "ENCRYPTION_KEYS must be url-safe base64 32-byte Fernet keys"),
-            (f"{GOOD_KEY},also-not-a-key", "ENCRYPTION_KEYS must be url-safe base64"),
+            pytest.param(
+                f"{GOOD_KEY},also-not-a-key",
+                "ENCRYPTION_KEYS must be url-safe base64",
+                id="a-good-key-then-a-bad-one",
+            ),
         ],
     )
     def test_missing_or_bad_encryption_keys_are_refused(

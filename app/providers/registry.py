@@ -1,14 +1,15 @@
 """Every provider this service knows, by id: its spec, client factory, mapping, inbound and
 connect flow (DESIGN §14). The only module outside `app/providers/<id>/` that imports them.
 
-Adding a provider adds its package, its sandbox and one `_register(...)` line below.
+Adding a provider adds its package, its sandbox, one builder below and its name in the last line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from app import metrics
 from app.providers.base import (
@@ -107,22 +108,35 @@ __all__ = ["Provider", "UnknownProvider", "all_providers", "find", "get", "ids",
 # --- the providers -------------------------------------------------------------------------
 
 
+def _sandbox_seed(
+    sandbox: str, build: Callable[[Any], SandboxSeed]
+) -> Callable[[], SandboxSeed | None]:
+    """The emulator's default account, built lazily from `app.sandbox.<sandbox>.constants`."""
+
+    def seed() -> SandboxSeed | None:
+        try:
+            constants = import_module(f"app.sandbox.{sandbox}.constants")
+        except ImportError:  # pragma: no cover - the sandbox ships with the service
+            return None
+        return build(constants)
+
+    return seed
+
+
 def _mailchimp() -> Provider:
     from app.providers.mailchimp import connect, inbound, mapping, spec
     from app.providers.mailchimp.client import subscriber_hash
 
-    def seed() -> SandboxSeed | None:
-        try:
-            from app.sandbox.mailchimp import constants as c
-        except ImportError:  # pragma: no cover - the sandbox ships with the service
-            return None
-        return SandboxSeed(
+    seed = _sandbox_seed(
+        "mailchimp",
+        lambda c: SandboxSeed(
             credentials={"api_key": c.DEFAULT_API_KEY},
             audience_id=c.DEFAULT_LIST_ID,
             audience_name=c.DEFAULT_LIST_NAME,
             account_name=c.DEFAULT_ACCOUNT_NAME,
             oauth_client=(c.DEFAULT_CLIENT_ID, c.DEFAULT_CLIENT_SECRET),
-        )
+        ),
+    )
 
     return Provider(
         spec=spec.SPEC,
@@ -137,18 +151,12 @@ def _mailchimp() -> Provider:
     )
 
 
-_register(_mailchimp())
-
-
 def _mautic() -> Provider:
     from app.providers.mautic import connect, inbound, mapping, spec
 
-    def seed() -> SandboxSeed | None:
-        try:
-            from app.sandbox.mautic import constants as c
-        except ImportError:  # pragma: no cover - the sandbox ships with the service
-            return None
-        return SandboxSeed(
+    seed = _sandbox_seed(
+        "mautic",
+        lambda c: SandboxSeed(
             credentials={
                 "client_id": c.DEFAULT_CLIENT_ID,
                 "client_secret": c.DEFAULT_CLIENT_SECRET,
@@ -156,7 +164,8 @@ def _mautic() -> Provider:
             audience_id=str(c.DEMO_SEGMENT_ID),
             audience_name=c.DEMO_SEGMENT_NAME,
             account_name="Mautic sandbox",
-        )
+        ),
+    )
 
     return Provider(
         spec=spec.SPEC,
@@ -175,18 +184,16 @@ def _mautic() -> Provider:
 def _constantcontact() -> Provider:
     from app.providers.constantcontact import connect, inbound, mapping, spec
 
-    def seed() -> SandboxSeed | None:
-        try:
-            from app.sandbox.constantcontact import constants as c
-        except ImportError:  # pragma: no cover - the sandbox ships with the service
-            return None
-        return SandboxSeed(
+    seed = _sandbox_seed(
+        "constantcontact",
+        lambda c: SandboxSeed(
             credentials={"account_id": c.DEFAULT_ACCOUNT_ID},
             audience_id=c.DEFAULT_LIST_ID,
             audience_name=c.DEFAULT_LIST_NAME,
             account_name="Sandbox Org",
             oauth_client=(c.ROTATING_CLIENT_ID, c.ROTATING_CLIENT_SECRET),
-        )
+        ),
+    )
 
     return Provider(
         spec=spec.SPEC,
@@ -200,23 +207,18 @@ def _constantcontact() -> Provider:
     )
 
 
-_register(_constantcontact())
-
-
 def _activecampaign() -> Provider:
     from app.providers.activecampaign import connect, inbound, mapping, spec
 
-    def seed() -> SandboxSeed | None:
-        try:
-            from app.sandbox.activecampaign import constants as c
-        except ImportError:  # pragma: no cover - the sandbox ships with the service
-            return None
-        return SandboxSeed(
+    seed = _sandbox_seed(
+        "activecampaign",
+        lambda c: SandboxSeed(
             credentials={"api_key": c.DEFAULT_API_KEY},
             audience_id=c.DEFAULT_LIST_ID,
             audience_name=c.DEFAULT_LIST_NAME,
             account_name=c.DEFAULT_ACCOUNT_NAME,
-        )
+        ),
+    )
 
     return Provider(
         spec=spec.SPEC,
@@ -229,5 +231,6 @@ def _activecampaign() -> Provider:
     )
 
 
-_register(_activecampaign())
-_register(_mautic())
+# Registration order is the Settings page's order.
+for _build in (_mailchimp, _constantcontact, _activecampaign, _mautic):
+    _register(_build())
