@@ -10,6 +10,16 @@ process together stays at or under the rate without a database round trip per re
 Where a bucket is shared by several tenants (one application, many connections), claims in
 `limit_claims` make grants fair: a live claim of any tenant goes before bulk work of every
 tenant, and within a priority the tenant served longest ago goes next (round-robin).
+
+Token times alone cannot keep an application's "R requests in any W seconds" where the
+provider counts, at its arrival times: a process starved between its token and its send (a
+loaded machine, a slow event loop, the network) sends late, and its request lands together
+with other processes' punctual ones. So an application rate also has R window slots in
+`limit_window`: each token is bound to a slot, and a slot is handed out again only W seconds
+after its last request was *answered* (the answer is reported with the process's next grant,
+or on its own a moment later). Any R + 1 requests share a slot, and the later of those two
+was sent at least W after the earlier one arrived: at most R arrive in any W seconds,
+however late anything is sent.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import contextlib
 import contextvars
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -167,6 +178,8 @@ class Bucket:
     interval: float  # seconds between two tokens, headroom included
     quota: int | None = None
     bulk_share: float = 1.0
+    window: int = 0  # window slots: at most this many requests in any `period` (0: none)
+    period: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,17 +221,27 @@ def bind(
     for rate in spec.rates:
         suffix = f":{rate.endpoint}" if rate.endpoint else ""
         k = key(rate.scope, suffix)
-        bucket = Bucket(k, rate.interval / headroom)
+        # An application's rate is shared by processes and tenants alike: its window slots
+        # keep it where the provider counts (module docstring).
+        shared = rate.scope is Scope.application
+        bucket = Bucket(
+            k,
+            rate.interval / headroom,
+            window=rate.requests if shared else 0,
+            period=rate.per_seconds if shared else 0.0,
+        )
         target = endpoints.setdefault(rate.endpoint, {}) if rate.endpoint else general
-        if k in target:  # two rates on one key: the stricter wins
-            bucket = Bucket(k, max(bucket.interval, target[k].interval))
+        if k in target and target[k].interval > bucket.interval:  # two rates: the stricter
+            bucket = target[k]
         target[k] = bucket
     quota_keys: tuple[str, ...] = ()
     if spec.daily_quota is not None:
         q = spec.daily_quota
         k = key(q.scope)
-        prev = general.get(k)
-        general[k] = Bucket(k, prev.interval if prev else 0.0, q.requests, q.bulk_share)
+        prev = general.get(k) or Bucket(k, 0.0)
+        general[k] = Bucket(
+            k, prev.interval, q.requests, q.bulk_share, window=prev.window, period=prev.period
+        )
         quota_keys = (k,)
         record_quota_limit(provider, q.requests)  # the quota alert's denominator
     return Binding(
@@ -300,6 +323,70 @@ _FORGET_CLAIMS = text("UPDATE limit_claims SET wanted = 0 WHERE worker = :me AND
 _PRUNE_CLAIMS = text(
     "DELETE FROM limit_claims WHERE seen_at < clock_timestamp() - interval '10 minutes'"
 )
+_WINDOW_ENSURE = text(
+    """
+    INSERT INTO limit_window (key, slot)
+    SELECT u.key, g FROM unnest(CAST(:keys AS text[]), CAST(:sizes AS int[])) AS u(key, n),
+         generate_series(0, u.n - 1) AS g
+    ON CONFLICT DO NOTHING
+    """
+)
+_WINDOW_SLOTS = text(
+    """
+    SELECT key, slot, free_at FROM limit_window
+    WHERE key = ANY(CAST(:keys AS text[])) ORDER BY key, free_at NULLS FIRST, slot
+    """
+)
+_WINDOW_TAKE = text(
+    """
+    UPDATE limit_window w SET ticket = u.ticket, token_at = u.at, free_at = u.free_at
+    FROM unnest(CAST(:keys AS text[]), CAST(:slots AS int[]), CAST(:tickets AS text[]),
+                CAST(:ats AS timestamptz[]), CAST(:free_ats AS timestamptz[]))
+         AS u(key, slot, ticket, at, free_at)
+    WHERE w.key = u.key AND w.slot = u.slot
+    """
+)
+# A slot whose request was answered is free `period` after the database hears of it (so after
+# the answer, whatever the clocks); one whose token went unused, once that token's time is past.
+_WINDOW_REPORT = text(
+    """
+    UPDATE limit_window w SET ticket = NULL,
+        free_at = CASE WHEN u.sent THEN clock_timestamp() + make_interval(secs => u.period)
+                       ELSE GREATEST(clock_timestamp(), w.token_at) END
+    FROM unnest(CAST(:keys AS text[]), CAST(:slots AS int[]), CAST(:tickets AS text[]),
+                CAST(:sents AS boolean[]), CAST(:periods AS float8[]))
+         AS u(key, slot, ticket, sent, period)
+    WHERE w.key = u.key AND w.slot = u.slot AND w.ticket = u.ticket
+    """
+)
+# How long a slot stays taken when its request is never reported (its process died): longer
+# than any request may take, so a live process's slot is never handed out twice.
+WINDOW_HOLD = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A window slot's use ended: its request was answered (`sent`) or its token went unused."""
+
+    key: str
+    slot: int
+    ticket: str
+    sent: bool
+    period: float
+
+
+async def _report(conn: Any, reports: list[Report]) -> None:
+    if reports:
+        await conn.execute(
+            _WINDOW_REPORT,
+            {
+                "keys": [r.key for r in reports],
+                "slots": [r.slot for r in reports],
+                "tickets": [r.ticket for r in reports],
+                "sents": [r.sent for r in reports],
+                "periods": [r.period for r in reports],
+            },
+        )
 
 
 @dataclass(slots=True)
@@ -309,6 +396,10 @@ class Grant:
     times: list[float]
     now: float = 0.0
     ahead: bool = False  # nothing granted: another claim goes first
+    # Per token: its ticket and window slots (key, slot), when its buckets have windows.
+    slots: list[tuple[str, tuple[tuple[str, int], ...]]] = field(default_factory=list)
+    # Nothing granted: every window slot is taken; the earliest one known to come free.
+    window_full_until: float | None = None
 
 
 class Paused(Exception):
@@ -330,18 +421,26 @@ async def grant(
     horizon: float,
     fresh: float,
     pending: int | None = None,
+    reports: list[Report] | None = None,
 ) -> Grant:
     """Take up to `wanted` tokens from every bucket at once, spaced by the strictest interval.
 
     At most `horizon` seconds of tokens are handed out per grant (at least one), so a grant to
     one tenant never holds the others back by more than that. `pending` (default `wanted`)
     is how many requests wait: what the grant leaves unserved stays claimed, so work of a
-    lower priority keeps waiting while ours does.
+    lower priority keeps waiting while ours does. `reports` (window slots of these buckets
+    whose use ended) are applied first. A token of a bucket with a window also takes one of
+    its slots that is free by `horizon`, and is not due before that slot is free.
     """
     keys = [b.key for b in buckets]
+    windowed = [b for b in buckets if b.window > 0]
     async with engine.begin() as conn:
         await conn.execute(_ENSURE, {"keys": keys})
         rows = {r["key"]: r for r in (await conn.execute(_LOCK, {"keys": keys})).mappings()}
+        if windowed:
+            sizes = {"keys": [b.key for b in windowed], "sizes": [b.window for b in windowed]}
+            await conn.execute(_WINDOW_ENSURE, sizes)
+            await _report(conn, reports or [])
         params = {"keys": keys, "tenant": tenant, "prio": priority, "me": me}
         await conn.execute(_CLAIM, {**params, "wanted": wanted})
         head = (await conn.execute(_AHEAD, {**params, "fresh": fresh})).mappings().one()
@@ -369,8 +468,56 @@ async def grant(
                 reason = "daily quota spent" if cap == b.quota else BULK_SHARE_SPENT
                 raise Paused(next_utc_midnight(now), reason, b.key)
         start = max([now] + [rows[b.key]["next_at"] or now for b in buckets])
-        times = [start + timedelta(seconds=i * spacing) for i in range(n)]
+        free: list[list[tuple[int, datetime | None]]] = []
+        if windowed:
+            by_key: dict[str, list[tuple[int, datetime | None]]] = {b.key: [] for b in windowed}
+            size = {b.key: b.window for b in windowed}
+            reach = now + timedelta(seconds=horizon)
+            earliest: datetime | None = None
+            for r in (await conn.execute(_WINDOW_SLOTS, {"keys": list(by_key)})).mappings():
+                if r["slot"] >= size[r["key"]]:
+                    continue  # the rate was lowered since
+                if r["free_at"] is None or r["free_at"] <= reach:
+                    by_key[r["key"]].append((r["slot"], r["free_at"]))
+                elif earliest is None or r["free_at"] < earliest:
+                    earliest = r["free_at"]
+            free = list(by_key.values())
+            n = min([n] + [len(f) for f in free])
+            if n <= 0:
+                wait = (earliest or reach).timestamp()
+                return Grant([], now=now.timestamp(), window_full_until=wait)
+        times: list[datetime] = []
+        for i in range(n):
+            at = start if i == 0 else times[-1] + timedelta(seconds=spacing)
+            for f in free:
+                slot_free = f[i][1]
+                if slot_free is not None and slot_free > at:
+                    at = slot_free
+            times.append(at)
         last = times[-1]
+        tickets: list[tuple[str, tuple[tuple[str, int], ...]]] = []
+        if windowed:
+            tickets = [
+                (
+                    f"{me}/{uuid.uuid4().hex[:12]}",
+                    tuple((b.key, free[j][i][0]) for j, b in enumerate(windowed)),
+                )
+                for i in range(n)
+            ]
+            hold = {b.key: WINDOW_HOLD + b.period for b in windowed}
+            uses = [
+                (k, s, t, at) for (t, ks), at in zip(tickets, times, strict=True) for k, s in ks
+            ]
+            await conn.execute(
+                _WINDOW_TAKE,
+                {
+                    "keys": [u[0] for u in uses],
+                    "slots": [u[1] for u in uses],
+                    "tickets": [u[2] for u in uses],
+                    "ats": [u[3] for u in uses],
+                    "free_ats": [u[3] + timedelta(seconds=hold[u[0]]) for u in uses],
+                },
+            )
         await conn.execute(
             _TAKE,
             {
@@ -388,10 +535,19 @@ async def grant(
         await conn.execute(
             _SERVED, {**params, "n": n, "pending": wanted if pending is None else pending}
         )
-        return Grant([t.timestamp() for t in times], now=now.timestamp())
+        return Grant([t.timestamp() for t in times], now=now.timestamp(), slots=tickets)
 
 
 # --- this process's side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Token:
+    """Leave to send one request at `at` (local wall time), in the window slots it names."""
+
+    at: float
+    ticket: str | None = None
+    slots: tuple[tuple[str, int, float], ...] = ()  # (bucket key, slot, period)
 
 
 @dataclass(eq=False)
@@ -401,8 +557,8 @@ class _Pool:
     buckets: tuple[Bucket, ...]
     tenant: str
     priority: int
-    tokens: deque[float] = field(default_factory=deque)  # local wall times they may be spent
-    waiters: deque[asyncio.Future[float]] = field(default_factory=deque)
+    tokens: deque[Token] = field(default_factory=deque)
+    waiters: deque[asyncio.Future[Token]] = field(default_factory=deque)
     asker: asyncio.Task[None] | None = None
     paused: Paused | None = None
     recheck_at: float = 0.0  # a pause is believed until then, then asked about again
@@ -430,6 +586,7 @@ class Limiter:
         fresh: float = 1.0,
         poll: float = 0.05,
         pause_recheck: float = 30.0,
+        report_delay: float = 0.05,
     ) -> None:
         self.engine = engine
         self.me = me
@@ -438,38 +595,103 @@ class Limiter:
         self.fresh = fresh
         self.poll = poll
         self.pause_recheck = pause_recheck
+        self.report_delay = report_delay
         self._pools: dict[tuple[tuple[str, ...], str, int], _Pool] = {}
         # (the database's clock minus ours, at most; when that was measured)
         self._skew_sample: tuple[float, float] = (-math.inf, 0.0)
         self.grants = 0  # database grants made (for metrics and tests)
+        self._reports: list[Report] = []  # window slots whose use ended, not yet told
+        self._reporter: asyncio.Task[None] | None = None
+        self._out: set[Token] = set()  # tokens spent whose requests are not answered yet
+        self._released = False
 
-    async def take(self, binding: Binding, *, endpoint: str | None = None) -> None:
-        """Wait until one request to `endpoint` may go; LimitPaused while a bucket is paused."""
+    @contextlib.asynccontextmanager
+    async def request(
+        self, binding: Binding, *, endpoint: str | None = None
+    ) -> AsyncIterator[None]:
+        """Held for one request, from its token until its answer is read."""
+        token = await self.take(binding, endpoint=endpoint)
+        try:
+            yield
+        finally:
+            if token is not None:
+                self.done(token)
+
+    async def take(self, binding: Binding, *, endpoint: str | None = None) -> Token | None:
+        """Wait until one request to `endpoint` may go; LimitPaused while a bucket is paused.
+
+        A token with window slots must be handed back with `done` once the request is
+        answered (or failed); `request` does both.
+        """
         buckets = binding.buckets(endpoint)
         if not buckets:
-            return
+            return None
         priority = PRIORITY_LIVE if request_priority.get() <= PRIORITY_LIVE else PRIORITY_BULK
         pool = self._pool(buckets, binding.tenant, priority)
         while True:
             self._raise_if_paused(pool)
-            at = self._local_token(pool)
-            if at is None:
-                fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            token = self._local_token(pool)
+            if token is None:
+                fut: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
                 pool.waiters.append(fut)
                 self._ensure_asker(pool)
                 try:
-                    at = await fut
+                    token = await fut
+                except asyncio.CancelledError:
+                    if fut.done() and not fut.cancelled():
+                        self.done(fut.result(), sent=False)
+                    raise
                 finally:
                     with contextlib.suppress(ValueError):
                         pool.waiters.remove(fut)
-            now = time.time()
-            if now > at + pool.slack:
-                continue  # handed over too late (a busy loop): it would bunch; take another
-            if at > now:
-                await asyncio.sleep(at - now)
-                if time.time() > at + pool.slack:
-                    continue  # woke up too late (a busy loop): the same
+            try:
+                now = time.time()
+                if now > token.at + pool.slack:
+                    # Handed over too late (a busy loop): it would bunch; take another.
+                    self.done(token, sent=False)
+                    continue
+                if token.at > now:
+                    await asyncio.sleep(token.at - now)
+                    if time.time() > token.at + pool.slack:
+                        self.done(token, sent=False)  # woke up too late: the same
+                        continue
+            except BaseException:
+                self.done(token, sent=False)
+                raise
+            if token.slots:
+                self._out.add(token)
+            return token
+
+    def done(self, token: Token, *, sent: bool = True) -> None:
+        """The request of `token` was answered or failed (`sent`), or never sent."""
+        self._out.discard(token)
+        if token.ticket is None:
             return
+        self._requeue([Report(k, s, token.ticket, sent, per) for k, s, per in token.slots])
+
+    def _requeue(self, reports: list[Report]) -> None:
+        if not reports or self._released:  # released: told already, as answered
+            return
+        self._reports += reports
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.create_task(self._report_soon(), name="limits-report")
+
+    async def _report_soon(self) -> None:
+        """Tell the database which window slots came free, unless a grant tells it first."""
+        delay = self.report_delay
+        while self._reports:
+            await asyncio.sleep(delay)
+            batch, self._reports = self._reports, []
+            if not batch:
+                continue
+            try:
+                async with self.engine.begin() as conn:
+                    await _report(conn, batch)
+                delay = self.report_delay
+            except Exception as exc:  # the database may be away: the slots wait for it
+                log.warning("sync.limits.report_failed", error=repr(exc))
+                self._reports = batch + self._reports
+                delay = min(2.0, max(delay, 0.05) * 2)
 
     async def pause(self, binding: Binding, *, until: datetime, reason: str) -> None:
         """Pause every quota bucket of the binding until `until` (the provider said so)."""
@@ -480,16 +702,27 @@ class Limiter:
             await conn.execute(_PAUSE, {"keys": keys, "until": until, "reason": reason})
         for pool in self._pools.values():
             if any(b.key in keys for b in pool.buckets):
-                pool.tokens.clear()
+                while pool.tokens:
+                    self.done(pool.tokens.popleft(), sent=False)
                 self._fail(pool, Paused(until, reason, keys[0]), recheck=self.pause_recheck)
 
     async def release(self) -> None:
-        """Withdraw this process's claims (shutdown), so no one waits for them to go stale."""
+        """Withdraw this process's claims and window slots (shutdown), so no one waits for
+        them to go stale."""
         for pool in self._pools.values():
             if pool.asker is not None:
                 pool.asker.cancel()
+            while pool.tokens:
+                self.done(pool.tokens.popleft(), sent=False)
+        for token in list(self._out):
+            self.done(token)  # cut off: it may have arrived, so its slot waits its period
+        if self._reporter is not None:
+            self._reporter.cancel()
+        batch, self._reports = self._reports, []
+        self._released = True
         with contextlib.suppress(Exception):
             async with self.engine.begin() as conn:
+                await _report(conn, batch)
                 await conn.execute(_FORGET_CLAIMS, {"me": self.me})
                 await conn.execute(_PRUNE_CLAIMS)
 
@@ -528,13 +761,13 @@ class Limiter:
             raise LimitPaused(p.reason, until=p.until, scope=p.key)
         pool.paused = None
 
-    @staticmethod
-    def _local_token(pool: _Pool) -> float | None:
+    def _local_token(self, pool: _Pool) -> Token | None:
         now = time.time()
         while pool.tokens:
-            at = pool.tokens.popleft()
-            if now <= at + pool.slack:
-                return at
+            token = pool.tokens.popleft()
+            if now <= token.at + pool.slack:
+                return token
+            self.done(token, sent=False)
         return None
 
     def _ensure_asker(self, pool: _Pool) -> None:
@@ -551,6 +784,8 @@ class Limiter:
     async def _ask(self, pool: _Pool) -> None:
         """Ask the database for tokens while anyone in this process waits for them."""
         delay = self.poll
+        keys = {b.key for b in pool.buckets}
+        periods = {b.key: b.period for b in pool.buckets}
         while True:
             live = [w for w in pool.waiters if not w.done()]
             if not live:
@@ -559,6 +794,9 @@ class Limiter:
             # asking for as many as last time keeps a steady tenant's share steady.
             pending = max(0, len(live) - len(pool.tokens))
             wanted = min(self.max_chunk, max(pending, pool.last_granted))
+            # The window slots of these buckets that came free ride along with the grant.
+            reports = [r for r in self._reports if r.key in keys]
+            self._reports = [r for r in self._reports if r.key not in keys]
             try:
                 if self._skew_sample[0] == -math.inf:
                     await self._sync_clock()
@@ -572,13 +810,16 @@ class Limiter:
                     horizon=self.horizon,
                     fresh=self.fresh,
                     pending=pending,
+                    reports=reports,
                 )
                 self._learn_skew(result.now, time.time())
             except Paused as exc:
+                self._requeue(reports)  # the grant rolled back: told on their own
                 self._fail(pool, exc, recheck=self.pause_recheck)
                 return
             except Exception as exc:  # the database may be away: keep the waiters waiting
                 log.warning("sync.limits.grant_failed", error=repr(exc))
+                self._requeue(reports)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
@@ -586,21 +827,31 @@ class Limiter:
             if result.ahead:
                 await asyncio.sleep(self.poll)
                 continue
+            if result.window_full_until is not None:
+                # Every window slot is taken: ask again as the first one comes free within the
+                # horizon, or soon, should an answer free one that is still out.
+                due = result.window_full_until - self._skew - self.horizon - time.time()
+                await asyncio.sleep(min(max(due, self.poll), 4 * self.poll))
+                continue
             self.grants += 1
             pool.last_granted = len(result.times)
             skew = self._skew
             spacing = max(b.interval for b in pool.buckets)
-            for db_at in result.times:
+            for i, db_at in enumerate(result.times):
                 # Never closer to our previous token than the spacing, should the skew
                 # estimate have moved between two grants.
                 at = max(db_at - skew, pool.last_at + spacing)
                 pool.last_at = at
+                token = Token(at)
+                if result.slots:
+                    ticket, slots = result.slots[i]
+                    token = Token(at, ticket, tuple((k, s, periods[k]) for k, s in slots))
                 while pool.waiters and pool.waiters[0].done():
                     pool.waiters.popleft()
                 if pool.waiters:
-                    pool.waiters.popleft().set_result(at)
+                    pool.waiters.popleft().set_result(token)
                 else:
-                    pool.tokens.append(at)
+                    pool.tokens.append(token)
             if result.times:
                 # Ask again when the last token is nearly due: earlier only books further ahead,
                 # later leaves the bucket idle for a round trip.
@@ -608,8 +859,7 @@ class Limiter:
                 due = pool.last_at - lead
                 await asyncio.sleep(max(0.0, due - time.time()))
 
-    @staticmethod
-    def _fail(pool: _Pool, exc: Paused, *, recheck: float) -> None:
+    def _fail(self, pool: _Pool, exc: Paused, *, recheck: float) -> None:
         pool.paused = exc
         pool.recheck_at = time.monotonic() + recheck
         while pool.waiters:
@@ -629,8 +879,11 @@ class ConnectionLimits:
     @contextlib.asynccontextmanager
     async def slot(self, op: str | None = None) -> AsyncIterator[None]:
         """Held for one request on the wire (`op`: its endpoint rate, if any); the token is
-        taken with the slot already held, so it is spent the moment it is due."""
+        taken with the slot already held, so it is spent the moment it is due, and handed
+        back when the answer is read."""
         async with self.gate() if self.gate is not None else contextlib.nullcontext():
             if self.limiter is not None and self.binding is not None:
-                await self.limiter.take(self.binding, endpoint=op)
-            yield
+                async with self.limiter.request(self.binding, endpoint=op):
+                    yield
+            else:
+                yield

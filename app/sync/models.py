@@ -192,6 +192,19 @@ class LimitBucket(Base):
     pause_reason: Mapped[str | None] = mapped_column(Text)
 
 
+class LimitWindowSlot(Base):
+    """One of an application rate's R window slots: taken by a token until its request is
+    answered, then free again `period` seconds later (DESIGN §14.3, app/sync/limits.py)."""
+
+    __tablename__ = "limit_window"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    ticket: Mapped[str | None] = mapped_column(Text)  # the token holding it
+    token_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    free_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class LimitClaim(Base):
     """A worker's demand for a bucket's tokens on behalf of a tenant: fairness between them."""
 

@@ -1,21 +1,25 @@
 """A worker process for the limits test: sends N requests through the shared rate limit.
 
-Run as `python -m tests.support.limits_worker DATABASE_URL BASE_URL N RATE NAME [PATH [TOKEN]]`;
-prints the status codes it got, one JSON line. With PATH (and an ActiveCampaign `Api-Token`)
-the rate is the account's, shared by both workers as one account.
+Run as `python -m tests.support.limits_worker DATABASE_URL BASE_URL N RATE NAME [LATE [PATH
+[TOKEN]]]`; prints the status codes it got, one JSON line. With LATE (a number of seconds) the
+process is made late between its token and its send: every lane waits up to LATE seconds on
+every third request, and every fifth request blocks the whole process (its event loop) for
+LATE seconds, as a starved process on a loaded machine does. With PATH (and an
+ActiveCampaign `Api-Token`) the rate is the account's, shared by both workers as one account.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 
 import httpx
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.sync.limits import Limiter, LimitSpec, Rate, Scope, bind
+from app.sync.limits import ConnectionLimits, Limiter, LimitSpec, Rate, Scope, bind
 
 
 async def main(
@@ -24,10 +28,11 @@ async def main(
     n: int,
     rate: int,
     name: str,
+    late: float = 0.0,
     path: str = "/hit",
     token: str | None = None,
 ) -> None:
-    """Send `n` requests from 4 lanes, each after taking a token of the shared scope."""
+    """Send `n` requests from 4 lanes, each inside the limiter's slot of the shared scope."""
     engine = create_async_engine(database_url, pool_size=2)
     limiter = Limiter(engine, me=name)
     if token:  # one provider account, its rate per account
@@ -36,23 +41,25 @@ async def main(
     else:
         spec = LimitSpec(rates=(Rate(rate, scope=Scope.application),))
         binding = bind(spec, provider="test", account=name, application="app", tenant=name)
+    limits = ConnectionLimits(limiter, binding)
     headers = {"Api-Token": token} if token else {}
     statuses: list[int] = []
     todo = list(range(n))
+    dice = random.Random(name)
     async with httpx.AsyncClient(base_url=base_url, timeout=30, headers=headers) as http:
 
         async def lane() -> None:
             while todo:
-                todo.pop()
-                await limiter.take(binding)
-                # When the limiter let the request go (no await in between): the rate is the
-                # limiter's promise about this moment; the arrival at the server adds that
-                # server's own scheduling delay, which on a loaded machine bunches requests.
-                params = {"by": name, "sent": repr(time.time())}
-                statuses.append((await http.get(path, params=params)).status_code)
+                i = todo.pop()
+                async with limits.slot():
+                    if late and i % 5 == 0:
+                        time.sleep(late)  # noqa: ASYNC251 - the whole process starved, on purpose
+                    elif late and i % 3 == 0:
+                        await asyncio.sleep(dice.uniform(0, late))  # this lane late
+                    response = await http.get(path, params={"by": name})
+                statuses.append(response.status_code)
 
-        # Open the lanes' keep-alive connections first (unmetered): a connection's setup would
-        # delay the first request of each lane by more than the rest and bunch it up.
+        # Open the lanes' keep-alive connections first (unmetered).
         await asyncio.gather(*(http.get("/_control" if token else "/warm") for _ in range(4)))
         await asyncio.gather(*(lane() for _ in range(4)))
     await limiter.release()
@@ -62,4 +69,7 @@ async def main(
 
 if __name__ == "__main__":
     url, base, count, r, who = sys.argv[1:6]
-    asyncio.run(main(url, base, int(count), int(r), who, *sys.argv[6:8]))
+    extra = sys.argv[6:9]
+    asyncio.run(
+        main(url, base, int(count), int(r), who, float(extra[0] or 0) if extra else 0.0, *extra[1:])
+    )
