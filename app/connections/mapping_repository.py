@@ -19,6 +19,10 @@ mappings = cast(Table, AudienceMapping.__table__)
 _LIST = text(
     """
     SELECT m.*, m.id = m.connection_id AS is_default,
+        -- The default mapping's webhook is the connection's (registered on connect).
+        CASE WHEN m.id = m.connection_id
+             THEN (SELECT c.webhook_id FROM connections c WHERE c.id = m.connection_id)
+             ELSE m.webhook_id END AS registered_webhook,
         (SELECT count(*) FROM sync_state s
          WHERE s.connection_id = m.connection_id AND s.mapping_id = m.id
            AND s.remote_status = ANY(CAST(:present AS text[]))) AS members,

@@ -243,7 +243,7 @@ def mapping_out(row: RowMapping) -> MappingOut:
         members=row["members"],
         pending=row["pending"],
         failed=row["failed"],
-        webhook_registered=row["webhook_id"] is not None,
+        webhook_registered=row["registered_webhook"] is not None,
         last_run=SyncRunOut.model_validate(row["last_run"]) if row["last_run"] else None,
         interests={i["name"]: i["id"] for i in row["interests"] or []},
     )

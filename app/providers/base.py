@@ -226,6 +226,9 @@ class RemoteRef:
     email: str
     remote_id: str | None = None
     refs: Mapping[str, Any] = field(default_factory=dict)
+    # An archive of a contact the CRM still holds (a rule or SYNC_KINDS leaves it out): leave
+    # the audience only; never delete the person, even one we created.
+    keep_person: bool = False
 
 
 @dataclass(slots=True)
@@ -630,6 +633,9 @@ class InboundEvent:
     audience_id: str | None = None
     # The interest names the person has chosen, when the delivery says (None: it does not).
     interests: list[str] | None = None
+    # The same by the provider's ids (Constant Contact: the lists the person is on), when
+    # the delivery names them by id rather than by name (None: it does not say).
+    interest_ids: list[str] | None = None
     # The provider's id of the person when the delivery carries it (Mautic's contact id): a
     # profile event whose address differs from what the mirror holds for that id is an
     # address changed at the provider (Mautic sends no "email changed" event).

@@ -74,6 +74,9 @@ class Plan:
     # Tags that are ours to remove: what the mirror says we pushed, plus what a send that was
     # cut short was about to push (see `owned_tags`).
     owned_tags: list[str] = field(default_factory=list)
+    # An archive of a contact that still exists here (a rule or SYNC_KINDS leaves it out):
+    # it leaves the audience, and the person is never deleted at the provider.
+    keep_person: bool = False
 
 
 def owned_tags(mirror: Mapping[str, Any] | None, intent: Sequence[str] = ()) -> list[str]:
@@ -152,14 +155,18 @@ def _plan_key(
 ) -> Plan:
     if forget:
         return Plan(key, Action.forget, contact=contact, mirror=mirror, target_email=key)
-    if contact is not None and not cfg.syncs(contact):
-        # A kind SYNC_KINDS leaves out: what we pushed goes as after a local delete.
+    left_out = contact is not None and not cfg.syncs(contact)
+    if left_out:
+        # A kind SYNC_KINDS or the mapping's rule leaves out: what we pushed leaves the
+        # audience as after a local delete, but the person stays at the provider.
         contact = None
     if contact is None:
         pushed = mirror is not None and mirror.get("pushed_digest") is not None
         if pushed and mirror is not None and mirror.get("remote_status") in PRESENT:
             target = mirror.get("pushed_email") or key
-            return Plan(key, Action.archive, mirror=mirror, target_email=target)
+            return Plan(
+                key, Action.archive, mirror=mirror, target_email=target, keep_person=left_out
+            )
         if may_exist and unknown_to_mirror(mirror):
             # We may have created (or revived) them: what we pushed goes, as above.
             return Plan(key, Action.archive, mirror=mirror, target_email=key)

@@ -436,16 +436,26 @@ class SyncEngine:
         except Exception:
             await self._let_go(claimed)  # the database went away between claim and start
             raise
+        # The mappings of one connection run one after another: a person leaving one audience
+        # while joining another must not race (a leave deletes a person we created only when
+        # they are in no other audience of ours; a join running meanwhile would be lost).
+        chains: dict[uuid.UUID, list[tuple[ConnectionContext, list[Claimed], int]]] = {}
         for (mapping_id, priority), rows in groups.items():
             ctx = contexts.get(mapping_id)
             if ctx is None:
                 await self._let_go(rows)
                 continue
             self._outstanding[ctx.account_key] += len(rows)
-            task = asyncio.create_task(self._process(ctx, rows, priority))
+            chains.setdefault(ctx.id, []).append((ctx, rows, priority))
+        for chain in chains.values():
+            task = asyncio.create_task(self._chain(chain))
             self._groups.add(task)
             task.add_done_callback(self._group_done)
         return True
+
+    async def _chain(self, chain: list[tuple[ConnectionContext, list[Claimed], int]]) -> None:
+        for ctx, rows, priority in chain:
+            await self._process(ctx, rows, priority)
 
     def _group_done(self, task: asyncio.Task[None]) -> None:
         self._groups.discard(task)
@@ -1487,4 +1497,5 @@ def _ref(plan: Plan) -> RemoteRef | None:
         email=mirror.get("pushed_email") or plan.target_email or plan.key,
         remote_id=mirror.get("remote_id"),
         refs=mirror.get("remote_refs") or {},
+        keep_person=plan.keep_person,
     )

@@ -899,7 +899,11 @@ class ActiveCampaignClient:
         if audience_id not in lists:
             return False
         created = bool(remote is not None and remote.refs.get("created"))
-        if created and set(lists) == {audience_id}:
+        if (
+            created
+            and set(lists) == {audience_id}
+            and not (remote is not None and remote.keep_person)
+        ):
             await self._delete(cid)
             return True
         ours = dict((remote.refs.get("tags") if remote else None) or {})

@@ -816,7 +816,11 @@ class MauticClient:
                 return False
             raise
         created = bool(remote is not None and remote.refs.get("created"))
-        if created and segments == {audience_id}:
+        if (
+            created
+            and segments == {audience_id}
+            and not (remote is not None and remote.keep_person)
+        ):
             await self._delete(contact_id)
         return True
 
