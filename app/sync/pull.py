@@ -438,7 +438,8 @@ async def _pull_events(
             if moved is not None:
                 result.outcomes[f"email_change_{moved.value}"] += 1
             if event.kind not in _APPLIED_KINDS and not (
-                event.kind is InboundKind.profile and settings.INBOUND_PROFILE_UPDATES
+                event.kind is InboundKind.profile
+                and (settings.INBOUND_PROFILE_UPDATES or _tells_preferences(ctx, event))
             ):
                 continue
             repo = InboundRepository(session)
@@ -458,6 +459,13 @@ async def _pull_events(
             await repo.finish_event(event_id, outcome.value)
             result.outcomes[outcome.value] += 1
     return True
+
+
+def _tells_preferences(ctx: ConnectionContext, event: InboundEvent) -> bool:
+    """A profile event that says which mapped preferences the person holds."""
+    if not ctx.mapping.interests:
+        return False
+    return event.interests is not None or event.interest_ids is not None
 
 
 async def _email_change(

@@ -72,9 +72,14 @@ async def handle(
                 if moved is not None:
                     return moved
             outcome = Outcome.ignored
-            if event.interests is not None and applier.inbound.mapping.interests:
+            cfg = applier.inbound.mapping
+            if cfg.interests and (event.interests is not None or event.interest_ids is not None):
                 # The person's preferences are theirs to change (interest groups, both ways).
-                chosen = applier.inbound.mapping.chosen_by_labels(event.interests)
+                chosen = (
+                    cfg.chosen_by_labels(event.interests)
+                    if event.interests is not None
+                    else cfg.chosen_by_ids(dict.fromkeys(event.interest_ids or (), True))
+                )
                 outcome = await applier.preferences(
                     email=event.email, chosen=chosen, at=at, event=kind
                 )

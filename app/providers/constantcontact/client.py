@@ -36,6 +36,7 @@ from app.providers.base import (
     ErrorKind,
     InboundEvent,
     InboundKind,
+    Interest,
     MemberPage,
     PermanentError,
     ProviderError,
@@ -54,6 +55,8 @@ UUID_PATTERN = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 DUPLICATE = re.compile(r"already exists for contact ([0-9a-fA-F-]{36})")
+# What the lists offered as preferences are shown as (Constant Contact lists have no category).
+LISTS_CATEGORY = "Contact lists"
 INCLUDE = "custom_fields,list_memberships,phone_numbers,street_addresses,taggings,notes"
 PAGE_LIMIT = 500
 # Core contact properties a field map may name; anything else is a custom field (UUID or name).
@@ -376,6 +379,27 @@ class ConstantContactClient:
             member_count=int(body.get("membership_count") or 0),
         )
 
+    # --- preferences: the other contact lists a person may choose (preference page) ------
+
+    async def list_interests(self, audience_id: str) -> list[Interest]:
+        """The account's other contact lists: what a person picks on Constant Contact's email
+        preference page, so what a preference name may map to (the audience itself is not a
+        preference)."""
+        return [
+            Interest(id=a.id, name=a.name, category=LISTS_CATEGORY)
+            for a in await self.list_audiences()
+            if a.id != audience_id
+        ]
+
+    async def create_interest(self, audience_id: str, name: str, *, category: str) -> Interest:
+        """A new contact list named `name` (lists have no categories at Constant Contact)."""
+        _, body = await self._request(
+            "POST", "/contact_lists", op="lists", json={"name": name, "favorite": False}
+        )
+        if not isinstance(body, dict) or not body.get("list_id"):
+            raise TransientError("Constant Contact answered a list create without its id")
+        return Interest(id=str(body["list_id"]), name=str(body.get("name") or name), category="")
+
     # --- tags and custom fields -------------------------------------------------------
 
     async def tag_ids(self, names: list[str], *, create: bool) -> dict[str, str]:
@@ -516,6 +540,7 @@ class ConstantContactClient:
         out_refs: dict[str, Any] = dict(refs or {})
         if tags is not None:
             out_refs["tags"] = dict(tags)
+        lists = contact.get("list_memberships")
         return RemoteMember(
             email_address=address_of(contact),
             remote_id=str(contact.get("contact_id") or ""),
@@ -525,6 +550,8 @@ class ConstantContactClient:
             fields=self.fields_of(contact),
             created=created,
             refs=out_refs,
+            # Preferences are list memberships: every list the person is on is "chosen".
+            interests={str(x): True for x in lists} if isinstance(lists, list) else None,
         )
 
     def fields_of(self, contact: Mapping[str, Any]) -> dict[str, Any]:
@@ -566,7 +593,7 @@ class ConstantContactClient:
                 "permission_to_send": "explicit" if consenting else "unsubscribed",
             },
             "create_source": "Account",
-            "list_memberships": [audience_id],
+            "list_memberships": with_preferences([audience_id], member.interests),
         }
         _core_into(body, member.fields)
         custom = await self._custom_values(member.fields)
@@ -639,7 +666,7 @@ class ConstantContactClient:
             return None, tag_ids, match.group(1) if match else ""
         contact = dict(answer or {})
         # The 201 echoes core properties only: what we set on the sub-resources is known.
-        contact.setdefault("list_memberships", [audience_id])
+        contact.setdefault("list_memberships", body["list_memberships"])
         contact.setdefault("taggings", body.get("taggings") or [])
         contact.setdefault("custom_fields", body.get("custom_fields") or [])
         return contact, tag_ids, None
@@ -718,6 +745,7 @@ class ConstantContactClient:
             and join
         ):
             lists = [*lists, audience_id]
+        lists = with_preferences(lists, member.interests)
         body = await self._put_body(contact, member, permission=permission, lists=lists)
         if email_key(address_of(contact)) != email_key(member.email_address):
             body["email_address"]["address"] = member.email_address
@@ -764,7 +792,8 @@ class ConstantContactClient:
         importable: list[ContactPayload] = []
         for m in members:
             key = email_key(m.email_address) or m.email_address
-            if m.consent is not None or len(m.email_address) > 50:
+            # An import only adds to lists: preferences (lists to leave too) go one by one.
+            if m.consent is not None or m.interests or len(m.email_address) > 50:
                 outcomes[key] = await self._one(audience_id, m)
             else:
                 importable.append(m)
@@ -1135,6 +1164,7 @@ class ConstantContactClient:
         reason: Any = None,
     ) -> InboundEvent:
         fired = at or datetime.now(UTC)
+        lists = contact.get("list_memberships")
         return InboundEvent(
             kind=kind,
             type=name,
@@ -1142,6 +1172,10 @@ class ConstantContactClient:
             email=address_of(contact) or None,
             reason=str(reason) if reason else None,
             fields=self.fields_of(contact),
+            # The lists the person is on: the preferences they chose on the preference page.
+            interest_ids=[str(x) for x in lists]
+            if kind is InboundKind.profile and isinstance(lists, list)
+            else None,
             payload={
                 "contact_id": str(contact.get("contact_id") or ""),
                 "email": address_of(contact),
@@ -1149,6 +1183,14 @@ class ConstantContactClient:
                 "updated_at": contact.get("updated_at"),
             },
         )
+
+
+def with_preferences(lists: list[str], preferences: Mapping[str, bool]) -> list[str]:
+    """The list memberships with the mapped preference lists as the payload says (chosen:
+    on it, not chosen: off it); every other list stays as it is."""
+    out = [x for x in lists if preferences.get(x) is not False]
+    out += [x for x, chosen in preferences.items() if chosen and x not in out]
+    return out
 
 
 def render_value(value: Any) -> str:

@@ -28,6 +28,7 @@ ACTIONS = (
     "delete_by_user",
     "profile",
     "change_email",
+    "preferences",
 )
 
 
@@ -446,6 +447,14 @@ def _act(
             if value is not None and (not isinstance(value, str) or len(value) > 50):
                 raise errors.validation(f"{key} does not have a valid value")
             setattr(contact, key, value)
+        contact.update_source = "Contact"
+        contact.updated_at = now
+    elif name == "preferences":
+        # The person's email preference page: the lists they stay on (`list_ids`).
+        raw = data.get("list_ids")
+        if not isinstance(raw, list):
+            raise errors.validation("list_ids must be a list of list ids")
+        contact.list_memberships = contacts.parse_lists(account, raw)
         contact.update_source = "Contact"
         contact.updated_at = now
     elif name == "change_email":
