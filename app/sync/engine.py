@@ -414,9 +414,11 @@ class SyncEngine:
                 max_priority=PRIORITY_LIVE,
             )
             if len(claimed) < limit:
+                # A full claim of bulk rows whatever the live ones took: live rows eating into
+                # it would leave remainders of the backlog too small for a batch.
                 claimed += await repo.claim(
                     me=self.me,
-                    limit=limit - len(claimed),
+                    limit=limit,
                     lease_seconds=self.options.lease_seconds,
                     skip_accounts=sorted(blocked | full),
                     max_priority=PRIORITY_BULK,
@@ -866,9 +868,12 @@ class SyncEngine:
         self, ctx: ConnectionContext, plans: list[Plan], attempts: dict[str, int], message: str
     ) -> dict[str, Outcome]:
         out = {}
+        # One delay for a whole failed batch: rows jittered apart come due a few at a time and
+        # would be claimed in groups too small for a batch (a backlog gone one by one).
+        attempt = max((attempts.get(k, 0) for p in plans for k in _keys(p)), default=0) + 1
+        delay = self.options.backoff.delay(attempt)
         for p in plans:
             for k in _keys(p):
-                delay = self.options.backoff.delay(attempts.get(k, 0) + 1)
                 out[k] = Outcome(k, "retry", delay=delay, error=message[:500])
         ctx.last_error = message[:500]
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from app.main import Runtime
 from app.sync.engine import SyncEngine
 from tests.conftest import fetch
-from tests.support.sync import Sandbox, queue_empty
+from tests.support.sync import Sandbox, queue_empty, wait_for
 from tests.sync.conftest import OWNER
 
 pytestmark = pytest.mark.usefixtures("connection")
@@ -337,6 +338,108 @@ class TestBatch:
         reqs = await sandbox.requests()
         assert len(reqs) <= 3
         assert (await sandbox.members())["hot@example.com"]["merge_fields"]["FNAME"] == "v100"
+
+
+async def backlog(
+    runtime: Runtime,
+    connection: dict[str, Any],
+    n: int,
+    *,
+    prefix: str,
+    due_in: float = 0.0,
+    step: float = 0.0,
+) -> list[str]:
+    """n consenting contacts queued at bulk priority, the i-th due `due_in + i·step` s from now."""
+    rows = await fetch(
+        runtime,
+        """
+        WITH c AS (
+            INSERT INTO contacts (owner_id, email, email_key, first_name, newsletter_opt_in,
+                                  newsletter_changed_at)
+            SELECT :owner, :prefix || g || '@example.com', :prefix || g || '@example.com',
+                   'B' || g, true, now()
+            FROM generate_series(1, :n) AS g
+            RETURNING id, email_key
+        )
+        INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id, priority,
+                                available_at)
+        SELECT :conn, :conn, c.email_key, c.id, 1,
+               now() + make_interval(secs => :due + :step * row_number() OVER (ORDER BY c.id))
+        FROM c RETURNING email_key
+        """,
+        owner=OWNER,
+        prefix=prefix,
+        n=n,
+        conn=connection["id"],
+        due=due_in,
+        step=step,
+    )
+    return [r["email_key"] for r in rows]
+
+
+def singles(requests: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """The paths of single-member requests for any of `keys`."""
+    hashes = {h(k) for k in keys}
+    return [r["path"] for r in requests if r["path"].rsplit("/", 1)[-1] in hashes]
+
+
+class TestBacklogStaysBulk:
+    """A backlog goes by batch while live changes interleave with it; live changes go alone."""
+
+    async def test_live_rows_do_not_leave_a_remainder_of_the_backlog_alone(
+        self,
+        crm: Api,
+        sandbox: Sandbox,
+        make_engine: Engine,
+        runtime: Runtime,
+        connection: dict[str, Any],
+    ) -> None:
+        keys = await backlog(runtime, connection, 300, prefix="bk")
+        await crm.create(email="live@example.com")  # claimed first, beside the backlog
+        await sandbox.clear_requests()
+        await drain(make_engine, SYNC_CLAIM_SIZE=100)
+        reqs = await sandbox.requests()
+        assert singles(reqs, keys) == []
+        batches = [r for r in reqs if r["method"] == "POST" and r["path"].endswith(sandbox.list_id)]
+        assert len(batches) == 3  # 100 each, not 99 + 100 + 100 + 1 alone
+        assert singles(reqs, ["live@example.com"])  # the live change went alone
+        members = await sandbox.members()
+        assert all(members[k]["status"] == "subscribed" for k in keys)
+        assert await queue_empty(runtime)
+
+    async def test_a_failed_batch_is_retried_by_batch_while_live_changes_go_alone(
+        self,
+        crm: Api,
+        sandbox: Sandbox,
+        make_engine: Engine,
+        runtime: Runtime,
+        connection: dict[str, Any],
+    ) -> None:
+        # The first batch meets an outage; its rows are retried about 1 s later. Spread by
+        # their own jitter, the worker (woken by live changes) used to claim them a few at a
+        # time, and groups under the threshold went one request a member.
+        keys = await backlog(runtime, connection, 60, prefix="br")
+        await sandbox.clear_requests()
+        await sandbox.configure(outage_seconds=0.5)
+        engine = make_engine(SYNC_BACKOFF_BASE_SECONDS=1.0, SYNC_BACKOFF_MAX_SECONDS=2.0)
+        task = asyncio.create_task(engine.run(grace_seconds=5))
+        try:
+            for i in range(8):
+                await crm.create(email=f"live{i}@example.com")
+                await asyncio.sleep(0.1)
+            await wait_for(lambda: queue_empty(runtime), within=30)
+        finally:
+            engine.stop()
+            await task
+            await engine.aclose()
+        reqs = await sandbox.requests()
+        batches = [r for r in reqs if r["method"] == "POST" and r["path"].endswith(sandbox.list_id)]
+        assert [r["status"] for r in batches][0] == 503  # the failure happened
+        assert singles(reqs, keys) == []
+        assert [r["status"] for r in batches][1:] == [200]  # all 60 again, in one batch
+        members = await sandbox.members()
+        assert all(members[k]["status"] == "subscribed" for k in keys)
+        assert all(f"live{i}@example.com" in members for i in range(8))
 
 
 class TestCoalescingHold:
