@@ -163,10 +163,16 @@ class StoredTokens:
         self._margin = margin
         self._creds: dict[str, Any] | None = dict(initial) if initial is not None else None
         self._lock = asyncio.Lock()
+        # Tokens the provider refused (401) in this process: their stored expiry still says
+        # valid (a revocation, an early expiry), so without this every request taking the
+        # cached token while the renewal runs would be sent only to be refused again.
+        self._refused: set[str] = set()
 
     def _valid(self, rejected: str | None = None) -> dict[str, Any] | None:
         creds = self._creds
         if creds is None or needs_renewal(creds, rejected=rejected, margin=self._margin):
+            return None
+        if creds.get(ACCESS_TOKEN) in self._refused:
             return None
         return creds
 
@@ -199,6 +205,10 @@ class StoredTokens:
 
     async def renewed(self, rejected: str) -> Mapping[str, Any]:
         """Credentials with a token other than `rejected` (renewed unless someone did)."""
+        # Marked before waiting for the lock: callers of `credentials()` meanwhile wait for
+        # the renewal instead of sending the refused token.
+        if rejected:
+            self._refused.add(rejected)
         async with self._lock:
             found = self._valid(rejected)
             if found is None:
@@ -210,6 +220,8 @@ class StoredTokens:
                     rejected=rejected,
                     margin=self._margin,
                 )
+                # Only the newest refusal can matter again: the set stays small.
+                self._refused = {rejected} if rejected else set()
             return found
 
 

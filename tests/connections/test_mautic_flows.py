@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -326,38 +326,62 @@ class TestWebhookRefusals:
 
 
 class TestTokenExpiryDuringADrain:
+    @pytest.mark.parametrize(
+        ("lifetime", "latency_ms", "people"), [(2, 80, 70), (3, 120, 70), (4, 100, 100)]
+    )
     async def test_two_workers_across_expiry_and_early_revocation_fail_no_send(
-        self, connected: Service, mautic: Mautic, runtime: Runtime
+        self,
+        connected: Service,
+        mautic: Mautic,
+        runtime: Runtime,
+        lifetime: int,
+        latency_ms: int,
+        people: int,
     ) -> None:
-        # Tokens live 2 s and each request takes 80 ms: the drain (about 80 requests, 4 at a
-        # time) outlives a token and meets every early revocation.
-        await mautic.configure(access_token_lifetime_seconds=2, latency_ms=80)
+        # Short tokens and slow requests; one send and one segment add a person (batches
+        # off), 4 at a time: the drain outlives a token at least once.
+        await mautic.configure(access_token_lifetime_seconds=lifetime, latency_ms=latency_ms)
         crm = Crm(connected)
-        emails = [f"p{i}@example.com" for i in range(40)]
+        emails = [f"p{i}@example.com" for i in range(people)]
         for email in emails:
             await crm.create(email=email, first_name="P")
+        # The token of the connect (minted before the knob, an hour's) goes: every later
+        # one is short, so the drain meets expiries, not only the revocations below.
+        await mautic.http.post("/_control/tokens/expire")
         await mautic.http.delete("/_control/requests")
 
+        def sent(n: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                log = await mautic.requests()
+                return sum(1 for r in log if str(r["path"]).startswith("/api")) >= n
+
+            return check
+
         async def revoke() -> None:
-            # Tokens revoked early too (a 401 mid-drain): renewed once, the send retried.
-            # (Spaced well beyond a request's time: one revoked twice within its own retry
-            # would be a revoked client, which is an error.)
-            for wait in (0.3, 0.7):
-                await asyncio.sleep(wait)
+            # Tokens revoked early too (a 401 mid-drain), once the drain is under way and
+            # again a few requests later (a retry may meet the second): each 401 renews
+            # the token it refused, and the send is retried.
+            for after in (people // 2, people):
+                await wait_for(sent(after), within=60, every=0.02)
                 await mautic.http.post("/_control/tokens/expire")
 
+        settings = connected.settings.model_copy(update={"SYNC_BATCH_THRESHOLD": 10_000})
         engines = [create_async_engine(runtime.engine.url) for _ in range(2)]
-        workers = [SyncEngine(e, connected.settings) for e in engines]
+        # Two identities, as two worker processes have (one identity would share leases).
+        workers = [
+            SyncEngine(e, settings, worker_id=f"token-test-{i}") for i, e in enumerate(engines)
+        ]
         try:
-            await asyncio.gather(revoke(), *(w.run_until_idle(limit_seconds=60) for w in workers))
+            await asyncio.gather(revoke(), *(w.run_until_idle(limit_seconds=90) for w in workers))
         finally:
             for w in workers:
                 await w.aclose()
             for e in engines:
                 await e.dispose()
-        people = await remote(mautic)
+        found = await remote(mautic)
         state = await fetch(runtime, "SELECT status, last_error FROM connections")
-        assert all(int(mautic.segment) in people[e]["segments"] for e in emails), state
+        assert all(int(mautic.segment) in found[e]["segments"] for e in emails), state
+        assert all(found[e]["fields"]["all"]["firstname"] == "P" for e in emails)
         failed = await fetch(
             runtime,
             "SELECT (SELECT count(*) FROM sync_queue) AS queued,"
@@ -365,9 +389,22 @@ class TestTokenExpiryDuringADrain:
             " (SELECT status FROM connections) AS status",
         )
         assert failed == [{"queued": 0, "rejected": 0, "status": "active"}]
-        tokens = [r for r in await mautic.requests() if "/oauth/v2/token" in str(r.get("path"))]
-        # One renewal per expiry or revocation, not one per worker or per request.
-        assert 2 <= len(tokens) <= 8, len(tokens)
+        log = await mautic.requests()
+        api = [r for r in log if str(r["path"]).startswith("/api")]
+        tokens = [r for r in log if str(r["path"]) == "/oauth/v2/token"]
+        span = max(r["end"] for r in api) - min(r["start"] for r in api)
+        assert span > lifetime, span  # the drain did outlive a token
+        # Renewed before expiry and once per revocation, not once per worker or request:
+        # the first token, the two revocations, and one per 4/5 of a life of the drain
+        # (two workers may each renew when their turns straddle an expiry).
+        expiries = int(span / (0.8 * lifetime)) + 1
+        assert 3 <= len(tokens) <= 3 + 2 * expiries, (len(tokens), span)
+        # 401s only where a token was revoked or went stale: at most the requests in flight
+        # (4) and one per worker at each of the three revocations, none at a natural expiry.
+        refused = [r for r in api if r["status"] == 401]
+        assert len(refused) <= 3 * (4 + 2), len(refused)
+        # Nothing sent twice beyond those retries: one send and one segment add a person.
+        assert len(api) - len(refused) == 2 * people, len(api)
 
 
 class TestEnrollment:

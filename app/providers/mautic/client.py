@@ -46,6 +46,8 @@ from app.providers.mautic.spec import BATCH_SIZE, OUR_DNC_COMMENT, PROVIDER, STA
 
 # A token is renewed this long before Mautic says it expires (clock skew, a slow request).
 TOKEN_MARGIN_SECONDS = 60.0
+# 401s one request may answer with a renewal and a retry (each for a different token).
+RENEWALS_PER_REQUEST = 2
 REASON_VERBS = {1: "unsubscribed", 2: "bounced", 3: "manual"}
 # FIELD_MAP types → the Mautic field types that hold them, and what a missing one is created as
 # (a list is stored `|`-joined in a text field: multiselect needs its options declared first).
@@ -339,8 +341,10 @@ class MauticClient:
         ok: tuple[int, ...] = (),
     ) -> tuple[int, Any]:
         """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
-        fetches a new token once (it expired or was revoked early), then is an AuthError."""
-        for attempt in (1, 2):
+        renews the token it refused (expired or revoked early) and retries; a 401 of a token
+        already refused, or beyond RENEWALS_PER_REQUEST renewals, is an AuthError."""
+        refused: set[str] = set()
+        while True:
             headers = {"Accept": "application/json", "User-Agent": "audience-sync/0.1"}
             content = None
             if json is not None:
@@ -355,14 +359,22 @@ class MauticClient:
                 extensions=dict(self._extensions),
             )
             response = await self._send(request, op=op, authorize=True)
-            if response.status_code == 401 and attempt == 1:
-                await self._renew(str(request.extensions.get("token") or ""))
+            token = str(request.extensions.get("token") or "")
+            if (
+                response.status_code == 401
+                and token not in refused
+                and len(refused) < RENEWALS_PER_REQUEST
+            ):
+                # A retry that waited for a slot can meet a second early revocation: its new
+                # token is refused too, and renewing it again is still one renewal per 401. A
+                # revoked client shows at the token endpoint (invalid_client → AuthError).
+                refused.add(token)
+                await self._renew(token)
                 continue
             if 200 <= response.status_code < 300 or response.status_code in ok:
                 metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
                 return response.status_code, _loads(response.content)
             raise self._fail(response, op=op)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # --- webhooks (`/api/hooks`) -----------------------------------------------------------
 

@@ -504,6 +504,40 @@ class TestErrorMapping:
             await unit.ping()
         assert route.call_count == 2 and api.routes[0].call_count == 2
 
+    async def test_a_retry_whose_new_token_is_revoked_too_renews_again(
+        self, api: respx.MockRouter, unit: MauticClient
+    ) -> None:
+        # The retry waited for a slot and met a second early revocation: a 401 for another
+        # token than the first, renewed and retried too, never an error.
+        api.post("/oauth/v2/token").mock(
+            side_effect=[
+                httpx.Response(200, json={"access_token": t, "expires_in": 3600})
+                for t in ("t1", "t2", "t3")
+            ]
+        )
+        body = {"errors": [{"message": "x", "code": 401, "type": "invalid_grant"}]}
+        route = api.get("/api/contacts").mock(
+            side_effect=[httpx.Response(401, json=body)] * 2 + [httpx.Response(200, json={})]
+        )
+        await unit.ping()
+        sent = [c.request.headers["authorization"] for c in route.calls]
+        assert sent == ["Bearer t1", "Bearer t2", "Bearer t3"]
+
+    async def test_401s_beyond_two_renewals_are_an_auth_error(
+        self, api: respx.MockRouter, unit: MauticClient
+    ) -> None:
+        api.post("/oauth/v2/token").mock(
+            side_effect=[
+                httpx.Response(200, json={"access_token": f"t{i}", "expires_in": 3600})
+                for i in range(5)
+            ]
+        )
+        body = {"errors": [{"message": "x", "code": 401, "type": "invalid_grant"}]}
+        route = api.get("/api/contacts").respond(401, json=body)
+        with pytest.raises(AuthError):
+            await unit.ping()
+        assert route.call_count == 3
+
     async def test_429_with_an_html_content_type(
         self, api: respx.MockRouter, unit: MauticClient
     ) -> None:

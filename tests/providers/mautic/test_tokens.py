@@ -134,6 +134,25 @@ async def test_a_401_renews_once_for_every_process_and_the_call_succeeds(
     assert await _token_requests(mautic) == 1
 
 
+async def test_while_a_refused_token_is_renewed_no_caller_is_handed_it(
+    runtime: Runtime, mautic_settings: Settings, mautic: Mautic
+) -> None:
+    row = await _connect(runtime, mautic_settings, mautic)
+    first = await fresh_credentials(runtime.sessionmaker, mautic_settings, PROVIDER, row["id"])
+    tokens = StoredTokens(runtime.sessionmaker, mautic_settings, PROVIDER, row["id"], initial=first)
+    # Revoked early: its stored expiry (an hour) still says valid. One request met the 401
+    # and renews; the others asking meanwhile must wait for the new token, not send the old.
+    await mautic.http.post("/_control/tokens/expire")
+    await mautic.http.delete("/_control/requests")
+    old = first[ACCESS_TOKEN]
+    renewing = asyncio.create_task(tokens.access_token(stale=old))
+    await asyncio.sleep(0)  # the renewal has started
+    meanwhile = await asyncio.gather(*(tokens.access_token() for _ in range(3)))
+    new = await renewing
+    assert new != old and meanwhile == [new] * 3
+    assert await _token_requests(mautic) == 1
+
+
 async def test_a_refused_renewal_puts_the_connection_in_error_with_reconnect_mautic(
     runtime: Runtime, mautic_settings: Settings, mautic: Mautic
 ) -> None:
