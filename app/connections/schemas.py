@@ -203,8 +203,9 @@ class MappingCreate(BaseModel):
     interests: dict[Tag, InterestId | None] = Field(
         default_factory=dict,
         max_length=100,
-        description="Preference name → the audience's interest id (Mailchimp interest groups);"
-        " null creates an interest of that name (category 'Preferences').",
+        description="Preference name → what the person chooses it by: a Mailchimp interest id"
+        " of the audience, another Constant Contact list id, another Mautic segment id;"
+        " null creates one of that name.",
     )
 
 

@@ -636,6 +636,9 @@ class InboundEvent:
     # The same by the provider's ids (Constant Contact: the lists the person is on), when
     # the delivery names them by id rather than by name (None: it does not say).
     interest_ids: list[str] | None = None
+    # A change rather than the whole choice (Mautic: one segment joined or left): interest
+    # id → chosen now. The interests it does not name stay as the contact has them.
+    interest_changes: dict[str, bool] | None = None
     # The provider's id of the person when the delivery carries it (Mautic's contact id): a
     # profile event whose address differs from what the mirror holds for that id is an
     # address changed at the provider (Mautic sends no "email changed" event).

@@ -155,6 +155,16 @@ class MappingConfig:
         """The mapped preference names whose interests a member has chosen."""
         return {m.name for m in self.interests if interests.get(m.id)}
 
+    def chosen_after(self, current: Sequence[str], changes: Mapping[str, bool]) -> set[str]:
+        """The mapped preference names the contact holds after `changes` (interest id →
+        chosen now) at the provider; mapped interests the change does not name stay."""
+        held = {p.casefold() for p in current}
+        chosen = {m.name for m in self.interests if m.name.casefold() in held}
+        for m in self.interests:
+            if m.id in changes:
+                (chosen.add if changes[m.id] else chosen.discard)(m.name)
+        return chosen
+
     def merged_preferences(self, current: Sequence[str], chosen: set[str]) -> list[str]:
         """The contact's preferences with the mapped ones replaced by `chosen` (the others,
         which this audience does not map, are kept)."""

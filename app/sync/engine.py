@@ -438,9 +438,10 @@ class SyncEngine:
         except Exception:
             await self._let_go(claimed)  # the database went away between claim and start
             raise
-        # The mappings of one connection run one after another: a person leaving one audience
-        # while joining another must not race (a leave deletes a person we created only when
-        # they are in no other audience of ours; a join running meanwhile would be lost).
+        # The mappings of one connection run one after another: the audiences of one account
+        # share the person (ActiveCampaign and Mautic: one contact, its tags, its lists or
+        # segments), so a leave of one audience must not read that person while a join of
+        # another is half done.
         chains: dict[uuid.UUID, list[tuple[ConnectionContext, list[Claimed], int]]] = {}
         for (mapping_id, priority), rows in groups.items():
             ctx = contexts.get(mapping_id)
@@ -450,9 +451,14 @@ class SyncEngine:
             self._outstanding[ctx.account_key] += len(rows)
             chains.setdefault(ctx.id, []).append((ctx, rows, priority))
         for chain in chains.values():
-            task = asyncio.create_task(self._chain(chain))
-            self._groups.add(task)
-            task.add_done_callback(self._group_done)
+            # A connection with one mapping keeps its groups (live, bulk) side by side.
+            parts = (
+                [chain] if len({c.mapping_key for c, _, _ in chain}) > 1 else [[g] for g in chain]
+            )
+            for part in parts:
+                task = asyncio.create_task(self._chain(part))
+                self._groups.add(task)
+                task.add_done_callback(self._group_done)
         return True
 
     async def _chain(self, chain: list[tuple[ConnectionContext, list[Claimed], int]]) -> None:

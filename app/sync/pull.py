@@ -465,7 +465,11 @@ def _tells_preferences(ctx: ConnectionContext, event: InboundEvent) -> bool:
     """A profile event that says which mapped preferences the person holds."""
     if not ctx.mapping.interests:
         return False
-    return event.interests is not None or event.interest_ids is not None
+    return (
+        event.interests is not None
+        or event.interest_ids is not None
+        or event.interest_changes is not None
+    )
 
 
 async def _email_change(

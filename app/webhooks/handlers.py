@@ -73,7 +73,16 @@ async def handle(
                     return moved
             outcome = Outcome.ignored
             cfg = applier.inbound.mapping
-            if cfg.interests and (event.interests is not None or event.interest_ids is not None):
+            if cfg.interests and event.interest_changes is not None:
+                # One preference joined or left (Mautic's segment change).
+                outcome = await applier.preferences(
+                    email=event.email,
+                    chosen=None,
+                    changes=event.interest_changes,
+                    at=at,
+                    event=kind,
+                )
+            elif cfg.interests and (event.interests is not None or event.interest_ids is not None):
                 # The person's preferences are theirs to change (interest groups, both ways).
                 chosen = (
                     cfg.chosen_by_labels(event.interests)

@@ -400,11 +400,13 @@ class InboundApplier:
         self,
         *,
         email: str | None,
-        chosen: set[str],
+        chosen: set[str] | None,
         at: datetime,
         event: str | None,
+        changes: Mapping[str, bool] | None = None,
     ) -> Outcome:
-        """The person's mapped preferences at the provider are `chosen` since `at`.
+        """The person's mapped preferences at the provider are `chosen` since `at` (or, for
+        a provider that tells a change, the contact's with `changes` applied).
 
         The newer side wins: the contact takes them unless its preferences changed after
         `at` (then the CRM's are sent back). Either way the decision is audited, and the
@@ -420,6 +422,8 @@ class InboundApplier:
         if contact is None:
             return Outcome.unknown_contact
         current = list(contact["preferences"] or [])
+        if chosen is None:
+            chosen = cfg.chosen_after(current, changes or {})
         wanted = cfg.merged_preferences(current, chosen)
         if {p.casefold() for p in wanted} == {p.casefold() for p in current}:
             if mirror is not None:

@@ -129,12 +129,15 @@ class InboundRepository:
     async def mapping_for(
         self, connection_id: uuid.UUID, audience_id: str | None
     ) -> RowMapping | None:
-        """The connection's audience mapping of `audience_id` (None: unknown or not given)."""
+        """The connection's audience mapping of `audience_id`; a delivery that names no
+        audience (Mautic's) is the default mapping's, whose rule and preference map then
+        apply (None: unknown)."""
         if not audience_id:
-            return None
-        stmt = select(mappings).where(
-            mappings.c.connection_id == connection_id, mappings.c.audience_id == audience_id
-        )
+            stmt = select(mappings).where(mappings.c.id == connection_id)
+        else:
+            stmt = select(mappings).where(
+                mappings.c.connection_id == connection_id, mappings.c.audience_id == audience_id
+            )
         return (await self.session.execute(stmt)).mappings().first()
 
     def mirror_of(self, mapping_id: uuid.UUID) -> MappingMirror:

@@ -10,7 +10,7 @@ import pytest
 from app.main import Runtime
 from tests.conftest import fetch
 from tests.connections import test_mautic_flows as flows
-from tests.connections.conftest import Service, drain, run_reconcile
+from tests.connections.conftest import Service, drain, run_reconcile, wait_for
 from tests.connections.test_mautic_flows import Crm, remote
 from tests.providers.mautic.conftest import Mautic
 
@@ -122,3 +122,146 @@ class TestMappings:
             runtime, "SELECT state FROM sync_runs WHERE id = :id", id=r.json()["run_id"]
         )
         assert done["state"] == "done"
+
+
+WRITES = ("PUT", "PATCH", "POST", "DELETE")
+
+
+@pytest.fixture
+async def prefs(connected: Service, mautic: Mautic, runtime: Runtime) -> dict[str, str]:
+    """Three more segments; the default mapping maps two of them as preferences."""
+    await settle(runtime, connected)
+    ids = {
+        "weekly": await mautic.new_segment("Weekly news"),
+        "offers": await mautic.new_segment("Offers"),
+        "events": await mautic.new_segment("Events"),  # not ours
+    }
+    (default,) = (await connected.http.get(BASE, headers=connected.auth())).json()["items"]
+    r = await connected.http.put(
+        f"{BASE}/{default['id']}",
+        json={
+            "audience_id": mautic.segment,
+            "rule": {"all": True},
+            "interests": {"weekly": ids["weekly"], "offers": ids["offers"]},
+        },
+        headers=connected.auth(),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["interests"] == {"weekly": ids["weekly"], "offers": ids["offers"]}
+    await settle(runtime, connected)
+    return ids
+
+
+async def mautic_writes(mautic: Mautic) -> list[dict[str, Any]]:
+    return [r for r in await mautic.requests() if r["method"] in WRITES and "/api/" in r["path"]]
+
+
+async def changes_of(runtime: Runtime, contact_id: str) -> list[dict[str, Any]]:
+    return await fetch(
+        runtime,
+        "SELECT source, fields FROM contact_changes WHERE contact_id = :id AND op = 'update'"
+        " ORDER BY id",
+        id=contact_id,
+    )
+
+
+class TestPreferences:
+    async def test_preferences_go_out_as_segments_and_other_segments_stay(
+        self, connected: Service, mautic: Mautic, runtime: Runtime, prefs: dict[str, str]
+    ) -> None:
+        crm = Crm(connected)
+        c = await crm.create(email="pref@example.com", preferences=["weekly"])
+        await drain(runtime, connected.settings)
+        got = (await remote(mautic))["pref@example.com"]
+        assert segments(got) == {mautic.segment, prefs["weekly"]}
+        # The person joins a segment we do not map…
+        await mautic.act("preferences", "pref@example.com", add=[prefs["events"]])
+        # …and the CRM changes the preferences: only the mapped segments follow.
+        await crm.patch(c["id"], preferences=["offers"])
+        await drain(runtime, connected.settings)
+        got = (await remote(mautic))["pref@example.com"]
+        assert segments(got) == {mautic.segment, prefs["offers"], prefs["events"]}
+        assert not got.get("doNotContact")
+        assert (await crm.get(c["id"]))["newsletter_opt_in"] is True
+
+    async def test_the_persons_change_at_the_preference_centre_comes_back_without_echo(
+        self, connected: Service, mautic: Mautic, runtime: Runtime, prefs: dict[str, str]
+    ) -> None:
+        crm = Crm(connected)
+        c = await crm.create(email="back@example.com", preferences=["weekly", "vip-dinner"])
+        await drain(runtime, connected.settings)
+        await mautic.http.delete("/_control/requests")
+        await mautic.act(
+            "preferences", "back@example.com", add=[prefs["offers"]], remove=[prefs["weekly"]]
+        )
+
+        async def arrived() -> bool:
+            return (await crm.get(c["id"]))["preferences"] == ["vip-dinner", "offers"]
+
+        await wait_for(arrived, within=10)
+        changes = await changes_of(runtime, c["id"])
+        assert changes and all(ch["source"] == "webhook:mautic" for ch in changes)
+        assert {ch["fields"]["decision"] for ch in changes} == {"provider_newer"}
+        assert changes[-1]["fields"]["after"]["preferences"] == ["vip-dinner", "offers"]
+        # No echo: nothing is written back.
+        await drain(runtime, connected.settings)
+        assert await mautic_writes(mautic) == []
+        got = (await remote(mautic))["back@example.com"]
+        assert segments(got) == {mautic.segment, prefs["offers"]}
+
+    async def test_a_newer_local_change_wins_and_the_next_send_restores_it(
+        self, connected: Service, mautic: Mautic, runtime: Runtime, prefs: dict[str, str]
+    ) -> None:
+        crm = Crm(connected)
+        c = await crm.create(email="crm@example.com", preferences=["weekly"])
+        await drain(runtime, connected.settings)
+        await fetch(
+            runtime,
+            "UPDATE contacts SET preferences_changed_at = now() + interval '1 hour' WHERE id = :id",
+            id=c["id"],
+        )
+        await mautic.act("preferences", "crm@example.com", remove=[prefs["weekly"]])
+
+        async def recorded() -> bool:
+            return any(
+                ch["fields"].get("decision") == "crm_newer"
+                for ch in await changes_of(runtime, c["id"])
+            )
+
+        await wait_for(recorded, within=10)
+        assert (await crm.get(c["id"]))["preferences"] == ["weekly"]
+        await drain(runtime, connected.settings)
+        got = (await remote(mautic))["crm@example.com"]
+        assert segments(got) == {mautic.segment, prefs["weekly"]}
+
+    async def test_an_unknown_segment_is_422_and_a_null_one_is_created_on_the_centre(
+        self, connected: Service, mautic: Mautic, runtime: Runtime, prefs: dict[str, str]
+    ) -> None:
+        before = await fetch(runtime, "SELECT * FROM audience_mappings")
+        (default,) = (await connected.http.get(BASE, headers=connected.auth())).json()["items"]
+        for bad in ("9999", mautic.segment):
+            r = await connected.http.put(
+                f"{BASE}/{default['id']}",
+                json={
+                    "audience_id": mautic.segment,
+                    "rule": {"all": True},
+                    "interests": {"x": bad},
+                },
+                headers=connected.auth(),
+            )
+            assert r.status_code == 422, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+        assert await fetch(runtime, "SELECT * FROM audience_mappings") == before
+        r = await connected.http.put(
+            f"{BASE}/{default['id']}",
+            json={
+                "audience_id": mautic.segment,
+                "rule": {"all": True},
+                "interests": {"weekly": prefs["weekly"], "members-only": None},
+            },
+            headers=connected.auth(),
+        )
+        assert r.status_code == 200, r.text
+        made = r.json()["interests"]["members-only"]
+        segment = (await mautic.api.get(f"/segments/{made}")).json()["list"]
+        assert segment["name"] == "members-only" and segment["isPreferenceCenter"] is True

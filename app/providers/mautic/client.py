@@ -29,6 +29,7 @@ from app.providers.base import (
     BatchOutcome,
     ContactPayload,
     ErrorKind,
+    Interest,
     MemberPage,
     PermanentError,
     ProviderError,
@@ -44,6 +45,8 @@ from app.providers.base import (
 from app.providers.mautic.mapping import field_value
 from app.providers.mautic.spec import BATCH_SIZE, OUR_DNC_COMMENT, PROVIDER, STATUS_MAP
 
+# The category a segment on the preference centre is offered under (a preference's map).
+PREFERENCE_CENTRE = "Preference centre"
 # A token is renewed this long before Mautic says it expires (clock skew, a slow request).
 TOKEN_MARGIN_SECONDS = 60.0
 # 401s one request may answer with a renewal and a retry (each for a different token).
@@ -475,7 +478,39 @@ class MauticClient:
 
     async def list_audiences(self) -> list[Audience]:
         """Every segment (paged by id); counts as `get_audience` reads them are not fetched."""
-        audiences: list[Audience] = []
+        return [
+            Audience(id=str(s["id"]), name=str(s.get("name") or ""), member_count=0)
+            for s in await self._segments()
+        ]
+
+    async def list_interests(self, audience_id: str) -> list[Interest]:
+        """The other segments, which a preference name may map to: those on the preference
+        centre (`isPreferenceCenter`) are what the person can change themselves."""
+        return [
+            Interest(
+                id=str(s["id"]),
+                name=str(s.get("name") or ""),
+                category=PREFERENCE_CENTRE if s.get("isPreferenceCenter") else "Segments",
+            )
+            for s in await self._segments()
+            if str(s["id"]) != str(audience_id)
+        ]
+
+    async def create_interest(self, audience_id: str, name: str, *, category: str) -> Interest:
+        """A new segment named `name`, shown on the preference centre."""
+        _, body = await self._request(
+            "POST",
+            "/segments/new",
+            op="audience",
+            json={"name": name, "isPublished": True, "isPreferenceCenter": True},
+        )
+        segment = (body or {}).get("list")
+        if not isinstance(segment, dict) or not segment.get("id"):
+            raise TransientError("Mautic answered a segment create without its id")
+        return Interest(id=str(segment["id"]), name=name, category=PREFERENCE_CENTRE)
+
+    async def _segments(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         start = 0
         while True:
             _, body = await self._request(
@@ -486,14 +521,10 @@ class MauticClient:
             )
             lists = (body or {}).get("lists") or {}
             items = list(lists.values()) if isinstance(lists, dict) else list(lists)
-            audiences.extend(
-                Audience(id=str(s["id"]), name=str(s.get("name") or ""), member_count=0)
-                for s in items
-                if isinstance(s, dict) and s.get("id")
-            )
+            out.extend(s for s in items if isinstance(s, dict) and s.get("id"))
             start += len(items)
             if not items or start >= int((body or {}).get("total") or 0):
-                return audiences
+                return out
 
     async def _segment(self, audience_id: str) -> dict[str, Any]:
         _, body = await self._request("GET", f"/segments/{audience_id}", op="audience")
@@ -618,7 +649,31 @@ class MauticClient:
         dnc = email_dnc(contact)
         refs["dnc"] = is_ours(dnc)
         refs |= await self._enroll(str(contact["id"]), member.campaigns)
-        return member_of(contact, created=created, refs=refs)
+        state = member_of(contact, created=created, refs=refs)
+        state.interests = await self._preferences(str(contact["id"]), member.interests)
+        return state
+
+    async def _preferences(
+        self, contact_id: str, wanted: Mapping[str, bool]
+    ) -> dict[str, bool] | None:
+        """Make the mapped preference segments say what the payload asks (joined when
+        chosen, left when not; no other segment touched); the segments now held (None: no
+        preferences are mapped, nothing read)."""
+        if not wanted:
+            return None
+        held = await self._segment_ids(contact_id)
+        for segment_id, chosen in wanted.items():
+            if chosen and segment_id not in held:
+                await self._add_to_segment(segment_id, contact_id)
+                held.add(segment_id)
+            elif not chosen and segment_id in held:
+                await self._request(
+                    "POST",
+                    f"/segments/{segment_id}/contact/{contact_id}/remove",
+                    op="segment_remove",
+                )
+                held.discard(segment_id)
+        return dict.fromkeys(held, True)
 
     async def _enroll(self, contact_id: str, campaigns: Iterable[str]) -> dict[str, Any]:
         """Add the contact to each campaign it newly qualifies for (DESIGN §14.6); the refs
@@ -743,7 +798,13 @@ class MauticClient:
             if created:
                 refs["created"] = True
             refs |= await self._enroll(cid, member.campaigns)
-            outcomes[i].state = member_of(contact, created=created, refs=refs)
+            state = member_of(contact, created=created, refs=refs)
+            try:
+                state.interests = await self._preferences(cid, member.interests)
+            except PermanentError as exc:
+                outcomes[i].error = exc
+                continue
+            outcomes[i].state = state
         return outcomes
 
     async def update_tags(

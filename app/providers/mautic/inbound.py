@@ -101,6 +101,8 @@ def _event(trigger: str, item: dict[str, Any]) -> InboundEvent:
             kind = InboundKind.subscribe
     elif trigger == "mautic.lead_post_delete":
         kind = InboundKind.archived  # gone from Mautic, not an opt-out
+    elif trigger == "mautic.lead_list_change":
+        return _segment_change(item, email)
     return InboundEvent(
         kind=kind,
         type=trigger,
@@ -110,6 +112,30 @@ def _event(trigger: str, item: dict[str, Any]) -> InboundEvent:
         reason=reason,
         fields={k: v for k, v in fields.items() if k != "email"},
         person_id=str(contact["id"]) if contact.get("id") else None,
+    )
+
+
+def _segment_change(item: dict[str, Any], email: str | None) -> InboundEvent:
+    """A segment joined or left: a preference change when a mapping maps that segment
+    (the preference centre), nothing otherwise. It carries no fields (not a data edit)."""
+    segment = item.get("segment")
+    segment_id = segment.get("id") if isinstance(segment, dict) else None
+    action = item.get("action")
+    if segment_id is None or action not in ("added", "removed"):
+        return InboundEvent(
+            kind=InboundKind.ignored,
+            type="mautic.lead_list_change",
+            fired_at=_fired_at(item),
+            payload=item,
+            email=email,
+        )
+    return InboundEvent(
+        kind=InboundKind.profile,
+        type="mautic.lead_list_change",
+        fired_at=_fired_at(item),
+        payload=item,
+        email=email,
+        interest_changes={str(segment_id): action == "added"},
     )
 
 
@@ -135,12 +161,14 @@ def parse(body: bytes, *, headers: Mapping[str, str], secret: str | None) -> lis
 # --- our webhook ---------------------------------------------------------------------------
 
 # What carries the person's decisions: DNC changes (unsubscribe, bounce, complaint), form
-# signups, deletes and edits. `lead_post_save_new` is left out: our own creations fire it.
+# signups, deletes, edits and segment changes (the preference centre's segments).
+# `lead_post_save_new` is left out: our own creations fire it.
 TRIGGERS = (
     "mautic.lead_channel_subscription_changed",
     "mautic.form_on_submit",
     "mautic.lead_post_save_update",
     "mautic.lead_post_delete",
+    "mautic.lead_list_change",
 )
 EVENT_TYPES = frozenset(TRIGGERS)
 HOOK_NAME = "Audience Sync"

@@ -16,7 +16,16 @@ from app.sandbox.mautic import errors, render
 from app.sandbox.mautic.model import BOUNCED, UNSUBSCRIBED, Contact
 from app.sandbox.mautic.state import MauticState
 
-ACTIONS = ("unsubscribe", "bounce", "complaint", "signup", "profile", "change-email", "resubscribe")
+ACTIONS = (
+    "unsubscribe",
+    "bounce",
+    "complaint",
+    "signup",
+    "profile",
+    "change-email",
+    "resubscribe",
+    "preferences",
+)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -185,6 +194,14 @@ async def action(request: Request) -> Response:
             )
         elif name == "resubscribe":
             inst.dnc(contact, str(data.get("channel") or "email"), add=False)
+        elif name == "preferences":
+            # The preference centre: the person joins (`add`) or leaves (`remove`) segments.
+            for key, add in (("add", True), ("remove", False)):
+                ids = data.get(key) or []
+                if not isinstance(ids, list):
+                    return _error(400, f"{key} must be a list of segment ids")
+                for segment_id in ids:
+                    inst.segment_member(inst.segment(segment_id), contact, add=add)
         elif name == "profile":
             fields = data.get("fields") or {}
             if not isinstance(fields, dict):
