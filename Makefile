@@ -26,8 +26,11 @@ $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 run: $(VENV)/.stamp-base  ## the service with its worker (embedded Postgres + sandbox by default)
 	$(BIN)/audience-sync serve
 
+# One pytest worker a CPU (pytest-xdist); PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= auto
+
 test: $(VENV)/.stamp-dev  ## the whole suite (TEST_DATABASE_URL, else an embedded Postgres)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 worker: $(VENV)/.stamp-base
 	$(BIN)/audience-sync worker
