@@ -118,3 +118,21 @@ class TestMappings:
             runtime, "SELECT state FROM sync_runs WHERE id = :id", id=r.json()["run_id"]
         )
         assert done["state"] == "done"
+
+    async def test_a_preference_map_is_422_until_activecampaign_lists_are_built_as_preferences(
+        self, service: Service, runtime: Runtime, two_lists: dict[str, Any]
+    ) -> None:
+        before = await fetch(runtime, "SELECT * FROM audience_mappings ORDER BY id")
+        r = await service.http.put(
+            f"{BASE}/{two_lists['vip']}",
+            json={
+                "audience_id": two_lists["vip_list"],
+                "rule": {"tags_any": ["vip"]},
+                "interests": {"weekly": LIST},
+            },
+            headers=service.auth(),
+        )
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["errors"][0]["field"] == "interests"
+        assert await fetch(runtime, "SELECT * FROM audience_mappings ORDER BY id") == before
