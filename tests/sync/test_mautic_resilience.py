@@ -24,8 +24,9 @@ from tests.conftest import fetch
 from tests.providers.mautic import conftest as mautic_fixtures
 from tests.providers.mautic.conftest import Mautic
 from tests.support.sync import queue_empty, wait_for
+from tests.support.workers import worker, worker_env
 from tests.sync.conftest import OWNER
-from tests.sync.test_resilience import running, seed_contacts, worker, worker_env
+from tests.sync.test_resilience import running, seed_contacts
 
 mautic = mautic_fixtures.mautic
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +17,7 @@ from app.main import Runtime
 from app.sync.engine import SyncEngine
 from tests.conftest import fetch
 from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, wait_for
+from tests.support.workers import worker, worker_env
 from tests.sync.conftest import OWNER
 
 pytestmark = pytest.mark.usefixtures("connection")
@@ -50,53 +48,6 @@ async def seed_contacts(runtime: Runtime, connection_id: Any, n: int, *, prefix:
         conn=connection_id,
         owner=OWNER,
     )
-
-
-def worker_env(settings: Settings, **extra: Any) -> dict[str, str]:
-    """Environment of an `audience-sync worker` process sharing the test's database."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MAILCHIMP_", "SYNC_", "DATABASE_URL", "ENCRYPTION", "AUTH_"))
-    }
-    env.update(
-        {
-            "ENVIRONMENT": "test",
-            "DATABASE_URL": str(settings.DATABASE_URL),
-            "AUTH_JWT_SECRET": settings.AUTH_JWT_SECRET.get_secret_value(),
-            "ENCRYPTION_KEYS": ",".join(k.get_secret_value() for k in settings.ENCRYPTION_KEYS),
-            "MAILCHIMP_MODE": "sandbox",
-            "MAILCHIMP_SANDBOX_URL": str(settings.MAILCHIMP_SANDBOX_URL),
-            "MAILCHIMP_TIMEOUT_SECONDS": str(settings.MAILCHIMP_TIMEOUT_SECONDS),
-            "AUTO_MIGRATE": "false",
-            "LOG_LEVEL": "WARNING",
-            "DATA_DIR": tempfile.mkdtemp(prefix="as-worker-"),
-            "SYNC_POLL_INTERVAL_SECONDS": "0.2",
-            "SYNC_BACKOFF_BASE_SECONDS": "0.05",
-            "SYNC_BACKOFF_MAX_SECONDS": "0.5",
-        }
-    )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-@asynccontextmanager
-async def worker(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "worker",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_sigkill_mid_drain_loses_nothing(
@@ -177,7 +128,7 @@ async def test_sigterm_finishes_in_flight_and_releases(
     await sandbox.configure(latency_ms=50)
     await seed_contacts(runtime, connection["id"], 400)
     env = worker_env(sync_settings, SYNC_BATCH_THRESHOLD=100000, SYNC_CLAIM_SIZE=50)
-    async with worker(env) as proc:
+    async with worker(env, stderr=asyncio.subprocess.PIPE) as proc:
         await wait_for(lambda: _count(runtime, "SELECT count(*) AS n FROM sync_state"), within=30)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), timeout=30)

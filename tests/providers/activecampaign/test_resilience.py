@@ -4,13 +4,8 @@ injected faults, and two worker processes that together never exceed the account
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from app.main import Runtime
@@ -18,6 +13,7 @@ from tests.conftest import fetch
 from tests.providers.activecampaign.conftest import LIST, Ac, Service
 from tests.providers.activecampaign.test_flow import connected, drain
 from tests.support.sync import queue_empty, wait_for
+from tests.support.workers import worker, worker_env
 
 OWNER = "owner-a"
 
@@ -67,52 +63,6 @@ async def assert_mirrors(runtime: Runtime, ac: Ac) -> None:
     assert parked[0]["n"] == 0
 
 
-def worker_env(settings: Any, **extra: Any) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MAILCHIMP_", "ACTIVECAMPAIGN_", "SYNC_", "DATABASE_URL"))
-    }
-    env.update(
-        {
-            "ENVIRONMENT": "test",
-            "DATABASE_URL": str(settings.DATABASE_URL),
-            "AUTH_JWT_SECRET": settings.AUTH_JWT_SECRET.get_secret_value(),
-            "ENCRYPTION_KEYS": ",".join(k.get_secret_value() for k in settings.ENCRYPTION_KEYS),
-            "MAILCHIMP_MODE": "sandbox",
-            "ACTIVECAMPAIGN_MODE": "sandbox",
-            "AUTO_MIGRATE": "false",
-            "LOG_LEVEL": "WARNING",
-            "DATA_DIR": tempfile.mkdtemp(prefix="as-worker-"),
-            "SYNC_POLL_INTERVAL_SECONDS": "0.2",
-            "SYNC_BACKOFF_BASE_SECONDS": "0.05",
-            "SYNC_BACKOFF_MAX_SECONDS": "0.5",
-            "SYNC_PULL_INTERVAL_SECONDS": "0",
-        }
-    )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-@asynccontextmanager
-async def worker(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "worker",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def quiet(ac: Ac) -> None:
     """The account at its real 5/s, the connect's own burst out of the sliding second."""
     await ac.configure(rate_limit_per_second=5)
@@ -137,7 +87,7 @@ async def test_sigkill_during_a_bulk_drain_loses_nothing(
     await quiet(ac)
     await ac.configure(import_stage_seconds=0.5)
     await seed(runtime, 300, prefix="k")
-    env = worker_env(service.settings)
+    env = worker_env(service.settings, ACTIVECAMPAIGN_MODE="sandbox", SYNC_PULL_INTERVAL_SECONDS=0)
     ids = [r["id"] for r in await fetch(runtime, "SELECT id FROM contacts ORDER BY email")]
     rng = random.Random(7)
     for kill in range(4):
@@ -187,7 +137,13 @@ async def test_two_workers_never_exceed_five_a_second(
     await connected(service, ac, runtime)
     await quiet(ac)
     await seed(runtime, 30, prefix="w")
-    env = worker_env(service.settings, SYNC_BATCH_THRESHOLD=100000, SYNC_CLAIM_SIZE=5)
+    env = worker_env(
+        service.settings,
+        ACTIVECAMPAIGN_MODE="sandbox",
+        SYNC_PULL_INTERVAL_SECONDS=0,
+        SYNC_BATCH_THRESHOLD=100000,
+        SYNC_CLAIM_SIZE=5,
+    )
     async with worker(env), worker(env):
         await wait_for(lambda: queue_empty(runtime), within=120, every=0.5)
     requests = await ac.requests()
