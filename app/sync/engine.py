@@ -256,6 +256,7 @@ class SyncEngine:
         self._wake = asyncio.Event()
         self._groups: set[asyncio.Task[None]] = set()
         self._outstanding: dict[str, int] = defaultdict(int)
+        self._outstanding_live: dict[str, int] = defaultdict(int)  # of those, live rows
         self._row_lease_deadline = 0.0
         self._last_periodic: dict[int, float] = {}
         self._bg: list[asyncio.Task[Any]] = []
@@ -402,6 +403,12 @@ class SyncEngine:
         cooling = {a for a, g in self.slots.gates.items() if g.cooldown_until > now}
         starved = {a for a, until in self._starved_until.items() if until > now}
         blocked = cooling | starved
+        # Live changes arriving faster than the account takes them one by one wait in the
+        # queue once a batch's worth is in hand: claimed a few at a time they would all go
+        # alone (a fan-out burst at a 5/s provider, 4 requests a contact); together, by batch.
+        swamped = {
+            a for a, n in self._outstanding_live.items() if n >= self.options.batch_threshold
+        }
         limit = self.options.claim_size
         async with self.db.begin() as conn:
             repo = QueueRepository(conn)
@@ -410,7 +417,7 @@ class SyncEngine:
                 me=self.me,
                 limit=limit,
                 lease_seconds=self.options.lease_seconds,
-                skip_accounts=sorted(blocked),
+                skip_accounts=sorted(blocked | swamped),
                 max_priority=PRIORITY_LIVE,
             )
             if len(claimed) < limit:
@@ -420,7 +427,7 @@ class SyncEngine:
                     me=self.me,
                     limit=limit,
                     lease_seconds=self.options.lease_seconds,
-                    skip_accounts=sorted(blocked | full),
+                    skip_accounts=sorted(blocked | full | swamped),  # its claim takes live rows too
                     max_priority=PRIORITY_BULK,
                 )
         if not claimed:
@@ -449,6 +456,8 @@ class SyncEngine:
                 await self._let_go(rows)
                 continue
             self._outstanding[ctx.account_key] += len(rows)
+            if priority == PRIORITY_LIVE:
+                self._outstanding_live[ctx.account_key] += len(rows)
             chains.setdefault(ctx.id, []).append((ctx, rows, priority))
         for chain in chains.values():
             # A connection with one mapping keeps its groups (live, bulk) side by side.
@@ -628,6 +637,10 @@ class SyncEngine:
             self._outstanding[ctx.account_key] -= len(rows)
             if self._outstanding[ctx.account_key] <= 0:
                 del self._outstanding[ctx.account_key]
+            if priority == PRIORITY_LIVE:
+                self._outstanding_live[ctx.account_key] -= len(rows)
+                if self._outstanding_live[ctx.account_key] <= 0:
+                    del self._outstanding_live[ctx.account_key]
 
     async def _complete(
         self, ctx: ConnectionContext, rows: list[Claimed], outcomes: dict[str, Outcome]

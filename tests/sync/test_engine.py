@@ -348,6 +348,7 @@ async def backlog(
     prefix: str,
     due_in: float = 0.0,
     step: float = 0.0,
+    priority: int = 1,
 ) -> list[str]:
     """n consenting contacts queued at bulk priority, the i-th due `due_in + i·step` s from now."""
     rows = await fetch(
@@ -363,7 +364,7 @@ async def backlog(
         )
         INSERT INTO sync_queue (connection_id, mapping_id, email_key, contact_id, priority,
                                 available_at)
-        SELECT :conn, :conn, c.email_key, c.id, 1,
+        SELECT :conn, :conn, c.email_key, c.id, :priority,
                now() + make_interval(secs => :due + :step * row_number() OVER (ORDER BY c.id))
         FROM c RETURNING email_key
         """,
@@ -373,6 +374,7 @@ async def backlog(
         conn=connection["id"],
         due=due_in,
         step=step,
+        priority=priority,
     )
     return [r["email_key"] for r in rows]
 
@@ -440,6 +442,33 @@ class TestBacklogStaysBulk:
         members = await sandbox.members()
         assert all(members[k]["status"] == "subscribed" for k in keys)
         assert all(f"live{i}@example.com" in members for i in range(8))
+
+    async def test_live_changes_faster_than_singles_go_wait_for_a_batch(
+        self, sandbox: Sandbox, make_engine: Engine, runtime: Runtime, connection: dict[str, Any]
+    ) -> None:
+        # A fan-out burst: live changes arrive far faster than the account takes them one by
+        # one (10 in flight, 1 s each). Claimed as they came, every one went alone.
+        await sandbox.configure(latency_ms=1000)
+        await sandbox.clear_requests()
+        engine = make_engine()
+        task = asyncio.create_task(engine.run(grace_seconds=5))
+        keys: list[str] = []
+        try:
+            for i in range(30):
+                keys += await backlog(runtime, connection, 10, prefix=f"burst{i}-", priority=0)
+                await asyncio.sleep(0.05)
+            await wait_for(lambda: queue_empty(runtime), within=60)
+        finally:
+            engine.stop()
+            await task
+            await engine.aclose()
+        reqs = await sandbox.requests()
+        alone = singles(reqs, keys)
+        batches = [r for r in reqs if r["method"] == "POST" and r["path"].endswith(sandbox.list_id)]
+        assert batches, "the burst never went by batch"
+        assert len(alone) < 100, len(alone)  # about a batch's worth, not all 300
+        members = await sandbox.members()
+        assert all(members[k]["status"] == "subscribed" for k in keys)
 
 
 class TestCoalescingHold:
