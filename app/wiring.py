@@ -72,7 +72,7 @@ async def on_startup(app: FastAPI, rt: Runtime) -> None:
     """Shared HTTP transport, configured connection, in-process worker; print the banner."""
     from app.connections.service import ensure_configured_connection
     from app.db import session_scope
-    from app.sync.engine import build_transport
+    from app.providers.transport import build_transport
     from app.sync.runner import start_in_process
 
     rt.extras.setdefault("transport", build_transport())

@@ -32,6 +32,7 @@ ProviderError
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,6 +45,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import httpx
 
 from app import metrics
+from app.providers.transport import (
+    Answer,
+    ExchangeFailed,
+    ExchangeTimeout,
+    LeanTransport,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -439,27 +446,92 @@ async def send(
             finally:
                 await response.aclose()
     except httpx.TimeoutException as exc:
-        metrics.PROVIDER_REQUESTS.labels(provider, op, "timeout").inc()
+        _requests(provider, op, "timeout").inc()
         message = f"timeout after {timeout_seconds:.0f}s ({type(exc).__name__})"
         raise TransientError(message) from exc
     except httpx.HTTPError as exc:
-        metrics.PROVIDER_REQUESTS.labels(provider, op, "connection_error").inc()
+        _requests(provider, op, "connection_error").inc()
         raise TransientError(f"connection error: {type(exc).__name__}: {exc}") from exc
     finally:
-        metrics.PROVIDER_LATENCY.labels(provider, op).observe(time.perf_counter() - start)
+        _latency(provider, op).observe(time.perf_counter() - start)
     return response
+
+
+async def exchange(
+    transport: httpx.AsyncBaseTransport,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    content: bytes | None,
+    provider: str,
+    op: str,
+    limiter: RequestLimiter | None,
+    timeout_seconds: float,
+) -> Answer:
+    """`send()` for a client on a hot path: on a `LeanTransport` the request goes out without
+    httpx's objects; on any other transport (respx, httpx's own) it is an httpx.Request.
+
+    The same contract as `send()`: the limiter's slot covers the wire, timeouts and connection
+    errors become TransientError, latency and those outcomes are counted.
+    """
+    if not isinstance(transport, LeanTransport):
+        request = httpx.Request(
+            method,
+            url,
+            headers=headers,
+            content=content,
+            extensions={"timeout": dict.fromkeys(_TIMEOUTS, timeout_seconds)},
+        )
+        return await send(
+            transport,
+            request,
+            provider=provider,
+            op=op,
+            limiter=limiter,
+            timeout_seconds=timeout_seconds,
+        )
+    slot = limiter.slot(op) if limiter is not None else contextlib.nullcontext()
+    start = time.perf_counter()
+    try:
+        async with slot:
+            return await transport.exchange(
+                method, url, headers=headers, content=content, timeout_seconds=timeout_seconds
+            )
+    except ExchangeTimeout as exc:
+        _requests(provider, op, "timeout").inc()
+        raise TransientError(f"timeout after {timeout_seconds:.0f}s ({exc})") from exc
+    except ExchangeFailed as exc:
+        _requests(provider, op, "connection_error").inc()
+        raise TransientError(f"connection error: {exc}") from exc
+    finally:
+        _latency(provider, op).observe(time.perf_counter() - start)
+
+
+_TIMEOUTS = ("connect", "read", "write", "pool")
+
+
+# A metric's child per label tuple, looked up once: `labels()` costs more than the increment.
+@functools.cache
+def _requests(provider: str, op: str, outcome: str) -> Any:
+    return metrics.PROVIDER_REQUESTS.labels(provider, op, outcome)
+
+
+@functools.cache
+def _latency(provider: str, op: str) -> Any:
+    return metrics.PROVIDER_LATENCY.labels(provider, op)
 
 
 def answered_ok(provider: str, op: str) -> None:
     """Count a request the provider answered as asked."""
-    metrics.PROVIDER_REQUESTS.labels(provider, op, "ok").inc()
+    _requests(provider, op, "ok").inc()
 
 
 def refused(provider: str, op: str, error: ProviderError) -> ProviderError:
     """Count a request the provider refused, by the error's class (a throttle also as a
     throttle event); the error, to raise."""
     outcome = type(error).__name__.removesuffix("Error").lower()
-    metrics.PROVIDER_REQUESTS.labels(provider, op, outcome).inc()
+    _requests(provider, op, outcome).inc()
     if isinstance(error, ThrottledError):
         metrics.THROTTLE_EVENTS.labels(provider).inc()
     return error

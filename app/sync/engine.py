@@ -56,6 +56,7 @@ from app.providers.base import (
 )
 from app.providers.mapping import AudienceRule, MappingConfig, interest_maps
 from app.providers.registry import Provider
+from app.providers.transport import build_transport
 from app.sync.backoff import Backoff
 from app.sync.desired import (
     Action,
@@ -200,17 +201,6 @@ class EngineOptions:
             throttle_cooldown=settings.SYNC_THROTTLE_COOLDOWN_SECONDS,
             probe_max_interval=settings.SYNC_PROBE_MAX_INTERVAL_SECONDS,
         )
-
-
-def build_transport() -> httpx.AsyncBaseTransport:
-    """One keep-alive transport per process: aiohttp's costs a quarter of httpx's own CPU."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30)
-    try:
-        from httpx_aiohttp import AiohttpTransport
-
-        return AiohttpTransport(limits=limits)
-    except ImportError:  # pragma: no cover - the dependency is declared; keep httpx's own
-        return httpx.AsyncHTTPTransport(limits=limits)
 
 
 Periodic = Callable[["SyncEngine"], Awaitable[None]]

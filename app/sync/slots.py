@@ -202,7 +202,7 @@ class AccountGate:
                 waiter.future.cancel()
             raise
         finally:
-            with contextlib.suppress(ValueError):
+            if waiter.queued:  # refill() took it off its line when it handed it a slot
                 (self._live if live else self._bulk).remove(waiter)
 
     def refill(self) -> None:
@@ -213,10 +213,12 @@ class AccountGate:
                 waiter = line[0]
                 if waiter.future.done():
                     line.popleft()
+                    waiter.queued = False
                     continue
                 if self.in_flight >= self.allowed(now, waiter.margin):
                     return
                 line.popleft()
+                waiter.queued = False
                 self.in_flight += 1
                 waiter.future.set_result(None)
 
@@ -271,6 +273,9 @@ class AccountGate:
 class _Waiter:
     future: asyncio.Future[None]
     margin: float
+    # Still on its line. Checked before removing it: a failed deque.remove formats the
+    # waiter's repr (its future's, callbacks and all) into the ValueError, on every slot.
+    queued: bool = True
 
 
 class SlotManager:

@@ -158,6 +158,35 @@ async def test_live_requests_go_before_bulk(runtime: Runtime) -> None:
     await asyncio.gather(holder, live, *bulk)
     assert order[:2] == ["first", "live"]
     assert sorted(order[2:]) == ["bulk0", "bulk1", "bulk2"]
+    # Every waiter handed a slot left its line: none is counted as waiting any more.
+    assert gate.waiters == 0
+    assert gate.in_flight == 0
+    await m.release_all()
+
+
+async def test_a_waiter_that_gives_up_leaves_its_line(runtime: Runtime) -> None:
+    m = SlotManager(runtime.engine, me="host:6:6", cap=1, ttl=30)
+    gate = m.gate("acct")
+    release = asyncio.Event()
+
+    async def use() -> None:
+        async with gate.slot(margin=0.0):
+            await release.wait()
+
+    holder = asyncio.create_task(use())
+    await asyncio.sleep(0.01)
+    await m.tick()
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(use())
+    await asyncio.sleep(0.01)
+    assert gate.waiters == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert gate.waiters == 0
+    release.set()
+    await holder
+    assert gate.in_flight == 0
     await m.release_all()
 
 
