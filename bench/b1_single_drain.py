@@ -39,8 +39,7 @@ async def engine_run(db_url: str, sandbox: harness.SandboxProcess, n: int) -> fl
         start = time.perf_counter()
         cpu = time.process_time()
         async with harness.running_engine(sync):
-            while await harness.queue_depth(engine) > 0:
-                await asyncio.sleep(0.05)
+            await harness.wait_drained(db_url)
             drained = time.perf_counter() - start
         elapsed = time.perf_counter() - start
         LAST_CPU[0] = (time.process_time() - cpu) / n
