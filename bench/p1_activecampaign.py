@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import subprocess
 import sys
 import time
@@ -198,8 +199,13 @@ async def run(db_url: str, url: str, n: int) -> dict[str, Any]:
     log = httpx.get(f"{url}/_control/requests", timeout=120).json()["requests"]
     dump = httpx.get(f"{url}/_control/lists/1/contacts", timeout=300).json()["contacts"]
     statuses: dict[int, int] = {}
+    by_path: dict[str, int] = {}
     for r in log:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        # Where the requests went: ids folded, so the bulk path's reads and polls show apart.
+        path = re.sub(r"/\d+", "/{id}", str(r["path"]).split("?")[0])
+        key = f"{r['method']} {path}"
+        by_path[key] = by_path.get(key, 0) + 1
     latencies.sort()
     rate = n / elapsed
     return {
@@ -211,6 +217,7 @@ async def run(db_url: str, url: str, n: int) -> dict[str, Any]:
         "requests": len(log),
         "requests_per_1000_contacts": 1000 * len(log) / n,
         "statuses": statuses,
+        "requests_by_path": dict(sorted(by_path.items(), key=lambda kv: -kv[1])),
         "on_list": len(dump),
         "tagged_twice": sum(1 for c in dump if len(c["tags"]) == 2),
         "with_fields": sum(1 for c in dump if len(c["fields"]) == 2),
