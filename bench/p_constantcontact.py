@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import subprocess
 import sys
@@ -392,7 +393,9 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
                                 text(
                                     """
                                     SELECT c.owner_id,
-                                           EXTRACT(EPOCH FROM s.last_synced_at - c.created_at)
+                                           EXTRACT(EPOCH FROM s.last_synced_at - c.created_at),
+                                           EXTRACT(EPOCH FROM c.created_at),
+                                           EXTRACT(EPOCH FROM s.last_synced_at)
                                     FROM contacts c LEFT JOIN sync_state s
                                       ON s.contact_id = c.id
                                     WHERE c.owner_id <> 't0'
@@ -408,7 +411,7 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
         log = api_log(cc_url)
     done = sorted(float(r[1]) for r in rows if r[1] is not None)
     per_tenant: dict[str, int] = {}
-    for owner, lat in rows:
+    for owner, lat, _, _ in rows:
         if lat is not None:
             per_tenant[owner] = per_tenant.get(owner, 0) + 1
     p99 = done[min(len(done) - 1, int(len(done) * 0.99))] if done else None
@@ -422,10 +425,32 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
         "p99_seconds": p99,
         "slowest_over_fastest_tenant": (counts[0] / counts[-1]) if counts else None,
         "bulk_requests": sum(1 for r in log if r.get("account") == "p07e1l8cdif9dl"),
+        # t0's requests that arrived while some live change was waiting (created, not synced
+        # yet): what live-before-bulk leaves to bulk work when live work is there.
+        "bulk_requests_while_live_waited": _while_waiting(
+            [float(r["start"]) for r in log if r.get("account") == "p07e1l8cdif9dl"],
+            [(float(r[2]), float(r[3]) if r[3] is not None else math.inf) for r in rows],
+        ),
+        "live_request_service_seconds_p50": _median(
+            [
+                float(r["end"]) - float(r["start"])
+                for r in log
+                if r.get("account") != "p07e1l8cdif9dl" and "end" in r
+            ]
+        ),
         "requests": len(log),
         "max_requests_in_any_1s": max_per_second(log),
         "answers_429": sum(1 for r in log if r.get("status") == 429),
     }
+
+
+def _while_waiting(starts: list[float], spans: list[tuple[float, float]]) -> int:
+    """How many of `starts` fall inside any of `spans` (from, to)."""
+    return sum(1 for s in starts if any(a <= s < b for a, b in spans))
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 async def connect_account(
