@@ -360,6 +360,10 @@ class Limits:
     daily_quota_per_application: int | None = None  # requests a UTC day (Constant Contact 10k)
     bulk_quota_share: float = 1.0  # the share of the daily quota bulk work may spend
     endpoint_rates: tuple[EndpointRate, ...] = ()  # ActiveCampaign bulk_import 100/min
+    # Ops (the clients' request labels) that finish work already sent — the second step of a
+    # batch: at the account's gate they go ahead of new bulk requests, since the rows they
+    # complete are held until they land (Mautic's segment add after a batch).
+    first_ops: frozenset[str] = frozenset()
 
 
 Reoptin = Literal["double_opt_in", "resubscribe_email", "none"]

@@ -106,18 +106,22 @@ _priority = request_priority
 
 
 class GateLimiter:
-    """A connection's client's limiter: the account gate, live groups first."""
+    """A connection's client's limiter: the account gate, live groups first (and the
+    provider's `first_ops`, which finish work already sent)."""
 
-    def __init__(self, gate: AccountGate, *, margin: float) -> None:
+    def __init__(
+        self, gate: AccountGate, *, margin: float, first: frozenset[str] = frozenset()
+    ) -> None:
         self.gate = gate
         self.margin = margin
+        self.first = first
 
-    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def slot(self, op: str | None = None) -> contextlib.AbstractAsyncContextManager[None]:
         """One request slot of the account (SlotsUnavailable when starved)."""
         return self.gate.slot(
             margin=self.margin,
             starve_after=STARVE_SECONDS,
-            live=_priority.get() == PRIORITY_LIVE,
+            live=_priority.get() == PRIORITY_LIVE or op in self.first,
         )
 
 
@@ -570,7 +574,9 @@ class SyncEngine:
         spec = self._limit_spec(provider)
         cap = min(spec.concurrency or self.options.max_concurrency, self.options.max_concurrency)
         gate = GateLimiter(
-            self.slots.gate(row["account_key"], cap=cap), margin=self.options.timeout + 2.0
+            self.slots.gate(row["account_key"], cap=cap),
+            margin=self.options.timeout + 2.0,
+            first=provider.spec.limits.first_ops,
         )
         credentials = decrypt_credentials(self.settings, row["credentials"])
         # The factory applies the provider's host rule outside its sandbox (DESIGN §8).

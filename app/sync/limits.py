@@ -874,14 +874,14 @@ class ConnectionLimits:
 
     limiter: Limiter | None
     binding: Binding | None
-    gate: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None
+    gate: Callable[[str | None], contextlib.AbstractAsyncContextManager[None]] | None = None
 
     @contextlib.asynccontextmanager
     async def slot(self, op: str | None = None) -> AsyncIterator[None]:
         """Held for one request on the wire (`op`: its endpoint rate, if any); the token is
         taken with the slot already held, so it is spent the moment it is due, and handed
         back when the answer is read."""
-        async with self.gate() if self.gate is not None else contextlib.nullcontext():
+        async with self.gate(op) if self.gate is not None else contextlib.nullcontext():
             if self.limiter is not None and self.binding is not None:
                 async with self.limiter.request(self.binding, endpoint=op):
                     yield

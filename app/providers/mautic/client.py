@@ -51,7 +51,12 @@ PREFERENCE_CENTRE = "Preference centre"
 TOKEN_MARGIN_SECONDS = 60.0
 # 401s one request may answer with a renewal and a retry (each for a different token).
 RENEWALS_PER_REQUEST = 2
+# Ids in one `segments/{id}/contacts/add`. The API sets no limit, but Mautic adds each id in
+# PHP within the request's time: an add stays the size of the engine's largest batch.
+SEGMENT_ADD_MAX_IDS = 500
 REASON_VERBS = {1: "unsubscribed", 2: "bounced", 3: "manual"}
+# A batch's contact ids waiting for a segment add, and where its answer goes.
+Pending = tuple[list[int], "asyncio.Future[dict[str, Any]]"]
 # FIELD_MAP types → the Mautic field types that hold them, and what a missing one is created as
 # (a list is stored `|`-joined in a text field: multiselect needs its options declared first).
 FIELD_ACCEPTS = {
@@ -239,6 +244,10 @@ class MauticClient:
         self._token_expires = 0.0
         # One fetch at a time: callers waiting on an expired token share the new one.
         self._token_lock = asyncio.Lock()
+        # Segment adds of batches waiting for one in flight, by segment: the next add carries
+        # them all (one request for several batches, not one each).
+        self._adds: dict[str, list[Pending]] = {}
+        self._add_locks: dict[str, asyncio.Lock] = {}
         self._timeout = timeout
         self._extensions = {
             "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
@@ -775,17 +784,11 @@ class MauticClient:
                 raise failure
             outcomes.append(BatchOutcome(email_key=key, error=failure))
         ids = [int(c["id"]) for _, c, _ in done]
-        if ids:
-            _, added = await self._request(
-                "POST", f"/segments/{audience_id}/contacts/add", op="segment_add", json={"ids": ids}
-            )
-            details = (added or {}).get("details") or {}
-        else:
-            details = {}
+        details = await self._add_ids(audience_id, ids) if ids else {}
         for i, contact, created in done:
             member = members[i]
             cid = str(contact["id"])
-            if isinstance(details, dict) and details.get(cid, {}).get("success") is False:
+            if details.get(cid, {}).get("success") is False:
                 outcomes[i].error = PermanentError(ErrorKind.not_found, f"contact {cid} is gone")
                 continue
             consent = member.consent_if_new if created else member.consent
@@ -806,6 +809,56 @@ class MauticClient:
                 continue
             outcomes[i].state = state
         return outcomes
+
+    async def _add_ids(self, audience_id: str, ids: list[int]) -> dict[str, Any]:
+        """Add contacts to the segment by one batch add; the `details` by contact id. Batches
+        finishing while an add is in flight join the next one (up to SEGMENT_ADD_MAX_IDS):
+        whoever holds the segment's lock sends everything queued, the others wait for it."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        entry = (ids, future)
+        queue = self._adds.setdefault(audience_id, [])
+        queue.append(entry)
+        lock = self._add_locks.setdefault(audience_id, asyncio.Lock())
+        try:
+            while not future.done():
+                async with lock:
+                    if future.done():
+                        break
+                    taken: list[Pending] = []
+                    count = 0
+                    while queue and (not taken or count + len(queue[0][0]) <= SEGMENT_ADD_MAX_IDS):
+                        taken.append(queue.pop(0))
+                        count += len(taken[-1][0])
+                    try:
+                        await self._send_adds(audience_id, taken)
+                    except asyncio.CancelledError:
+                        # Cancelled while sending the others' ids too: the next holder does.
+                        queue[:0] = [e for e in taken if e is not entry and not e[1].done()]
+                        raise
+        except asyncio.CancelledError:
+            if entry in queue:
+                queue.remove(entry)
+            raise
+        return future.result()
+
+    async def _send_adds(self, audience_id: str, taken: list[Pending]) -> None:
+        """One batch add for the queued batches; each one's future gets the answer or the
+        error (a failed add fails every batch in it: each retries as a whole, upserts are
+        safe to repeat)."""
+        ids = [i for batch, _ in taken for i in batch]
+        try:
+            _, added = await self._request(
+                "POST", f"/segments/{audience_id}/contacts/add", op="segment_add", json={"ids": ids}
+            )
+        except Exception as exc:
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        details = (added or {}).get("details") or {}
+        for _, future in taken:
+            if not future.done():
+                future.set_result(details if isinstance(details, dict) else {})
 
     async def update_tags(
         self,

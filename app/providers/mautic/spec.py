@@ -47,7 +47,8 @@ SPEC = ProviderSpec(
         ),
         token_expires=True,
     ),
-    limits=Limits(concurrency_per_account=MAX_CONCURRENCY),
+    # A batch's segment add goes ahead of new batches: its rows wait for it.
+    limits=Limits(concurrency_per_account=MAX_CONCURRENCY, first_ops=frozenset({"segment_add"})),
     capabilities=Capabilities(
         batch_size=BATCH_SIZE,
         reoptin="none",

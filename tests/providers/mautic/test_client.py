@@ -232,6 +232,31 @@ class TestBatch:
         sizes = [r["items"] for r in await mautic.requests() if "batch/new" in str(r["path"])]
         assert sizes == [200, 1]
 
+    async def test_batches_finishing_together_share_one_segment_add(self, mautic: Mautic) -> None:
+        # Four batches at once: the first to finish sends its add; the three finishing while
+        # it is on the wire go in the next one (one add of their ids, not three).
+        await mautic.configure(latency_ms=200, record_bodies=True)
+        async with httpx.AsyncHTTPTransport() as transport:
+            c = MauticClient(
+                transport,
+                base_url=mautic.url,
+                client_id=DEFAULT_CLIENT_ID,
+                client_secret=DEFAULT_CLIENT_SECRET,
+                limiter=Slots(4),
+            )
+            await c.fetch_token()
+            groups = [[payload(f"g{g}p{i}@x.com") for i in range(50)] for g in range(4)]
+            results = await asyncio.gather(*(c.batch_upsert(mautic.segment, m) for m in groups))
+        assert all(o.state is not None and o.error is None for r in results for o in r)
+        log = await mautic.requests()
+        adds = [orjson.loads(r["body"])["ids"] for r in log if "contacts/add" in str(r["path"])]
+        assert 1 <= len(adds) < 4, adds
+        ids = sorted(i for add in adds for i in add)
+        assert ids == sorted(int(o.state.remote_id) for r in results for o in r if o.state)
+        assert len(set(ids)) == 200  # each person added once
+        members = (await mautic.http.get("/_control/contacts")).json()["contacts"]
+        assert sum(int(mautic.segment) in m["segments"] for m in members) == 200
+
     async def test_consent_in_a_batch(self, mautic: Mautic, client: MauticClient) -> None:
         await mautic.new_contact(email="gone@x.com")
         await mautic.act("bounce", "gone@x.com")
