@@ -57,8 +57,25 @@ def main() -> None:
     parser.add_argument(
         "--runners", nargs="+", default=["engine", "pgqueuer", "procrastinate", "asyncio"]
     )
+    parser.add_argument(
+        "--engine-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the engine's event loop (the peers always run on asyncio's); `audience-sync"
+        " worker` and `serve` run on uvloop",
+    )
     args = parser.parse_args()
-    results: dict[str, Any] = {"contacts": args.contacts, "cap": CAP, "by_latency": {}}
+    loop_factory = None
+    if args.engine_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    results: dict[str, Any] = {
+        "contacts": args.contacts,
+        "cap": CAP,
+        "engine_loop": args.engine_loop,
+        "by_latency": {},
+    }
     with (
         harness.scratch_database() as db_url,
         harness.sandbox_process(max_in_flight=CAP) as sandbox,
@@ -72,7 +89,8 @@ def main() -> None:
                 for _ in range(args.runs):
                     sandbox.reset()
                     if runner == "engine":
-                        seconds = asyncio.run(engine_run(db_url, sandbox, args.contacts))
+                        with asyncio.Runner(loop_factory=loop_factory) as runner_loop:
+                            seconds = runner_loop.run(engine_run(db_url, sandbox, args.contacts))
                         cpu.append(LAST_CPU[0] * 1000)
                         shutdown.append(LAST_SHUTDOWN[0])
                     else:
