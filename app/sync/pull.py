@@ -334,6 +334,7 @@ async def _apply(
     result: PullResult,
 ) -> None:
     """Apply the statuses of one page that tell the CRM something it does not know."""
+    await _apply_moves(session, inbound, page, started, result)
     if inbound.mapping.interests:
         await _apply_interests(session, inbound, page, started, result)
     members = [m for m in page.members if m.status in PULLED_STATUSES]
@@ -372,6 +373,47 @@ async def _apply(
             email=member.email_address, status=member.status, at=at, event="pull"
         )
         result.outcomes[outcome.value] += 1
+
+
+_BY_REMOTE_IDS = text(
+    """
+    SELECT remote_id, email_key, pushed_email FROM sync_state
+    WHERE connection_id = :conn AND mapping_id = :mapping
+      AND remote_id = ANY(CAST(:rids AS text[]))
+    """
+)
+
+
+async def _apply_moves(
+    session: AsyncSession,
+    inbound: Inbound,
+    page: MemberPage,
+    started: datetime,
+    result: PullResult,
+) -> None:
+    """Members whose provider id our mirror knows under another address: the person changed
+    it there and the delivery saying so was lost. The contact follows (as the webhook's
+    email change does), so the statuses below find it and our next send keeps the address."""
+    by_id = {m.remote_id: m for m in page.members if m.remote_id}
+    if not by_id:
+        return
+    rows = await session.execute(
+        _BY_REMOTE_IDS,
+        {"conn": inbound.connection_id, "mapping": inbound.mirror_mapping, "rids": list(by_id)},
+    )
+    applier = InboundApplier(session, inbound)
+    for row in rows.mappings():
+        member = by_id[row["remote_id"]]
+        key = email_key(member.email_address)
+        if key is None or key == row["email_key"]:
+            continue
+        outcome = await applier.email_change(
+            old_email=row["pushed_email"] or row["email_key"],
+            new_email=member.email_address,
+            at=member.last_changed or started,
+            event="pull",
+        )
+        result.outcomes[f"email_change_{outcome.value}"] += 1
 
 
 _BY_REMOTE_ID = text(

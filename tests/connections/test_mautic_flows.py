@@ -552,3 +552,28 @@ class TestLossyWebhooks:
         assert (await crm.get(ada["id"]))["newsletter_opt_in"] is False
         b = await crm.get(bob["id"])
         assert b["newsletter_opt_in"] is False and b["email_status"] == "bounced"
+
+    async def test_an_address_changed_at_mautic_with_the_delivery_lost_follows_by_the_pull(
+        self, connected: Service, mautic: Mautic, runtime: Runtime
+    ) -> None:
+        crm = Crm(connected)
+        bob = await crm.create(email="bob@example.com", first_name="Bob")
+        await drain(runtime, connected.settings)
+        bid = (await remote(mautic))["bob@example.com"]["id"]
+        await mautic.configure(webhook_fault_rates={"drop": 1.0})
+        await mautic.act("change-email", "bob@example.com", new_email="robert@example.com")
+        await mautic.act("unsubscribe", "robert@example.com")
+        assert (await crm.get(bob["id"]))["email"] == "bob@example.com"
+        (conn,) = await fetch(runtime, "SELECT id FROM connections")
+        async with slots_running(SyncEngine(runtime.engine, connected.settings)) as engine:
+            assert await pull_connection(engine, conn["id"]) is not None
+        # The contact follows the person's id, and the unsubscribe at the new address lands.
+        b = await crm.get(bob["id"])
+        assert b["email"] == "robert@example.com" and b["newsletter_opt_in"] is False
+        # A later edit goes to the same Mautic contact and never puts the old address back.
+        await crm.patch(bob["id"], first_name="Robert")
+        await drain(runtime, connected.settings)
+        people = await remote(mautic)
+        assert "bob@example.com" not in people
+        assert people["robert@example.com"]["id"] == bid
+        assert people["robert@example.com"]["fields"]["all"]["firstname"] == "Robert"
