@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -261,13 +263,47 @@ def clear_logs(urls: dict[str, str]) -> None:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
+def _group_pids(db: str, urls: dict[str, str]) -> dict[str, list[int]]:
+    """PostgreSQL backends of the scratch database and the sandbox processes, by group."""
+    import psutil
+    from sqlalchemy.engine import make_url
+
+    name = make_url(db).database or ""
+    ports = {url.rsplit(":", 1)[-1] for url in urls.values()}
+    out: dict[str, list[int]] = {"postgres": [], "sandboxes": []}
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info.get("cmdline") or [])
+        if line.startswith("postgres:") and f" {name} " in f"{line} ":
+            out["postgres"].append(proc.pid)
+        elif "app.cli sandbox" in line and any(f"--port {p}" in line for p in ports):
+            out["sandboxes"].append(proc.pid)
+    return out
+
+
+def _cpu(pids: list[int]) -> dict[int, float]:
+    import psutil
+
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            out[pid] = sum(psutil.Process(pid).cpu_times()[:2])
+    return out
+
+
 def _measure(
-    base: str, token: str, args: argparse.Namespace, pids: dict[str, int]
+    base: str,
+    token: str,
+    args: argparse.Namespace,
+    pids: dict[str, int],
+    scan: Callable[[], dict[str, list[int]]] | None = None,
 ) -> dict[str, Any]:
     import psutil
 
     procs = {k: psutil.Process(p) for k, p in pids.items()}
     cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
+    # Processes found again at the end: a backend born during the arm counts from zero, one
+    # that ended during it is lost (the pools keep theirs).
+    group0 = {g: _cpu(ps) for g, ps in (scan() if scan else {}).items()}
     psutil.cpu_percent(interval=None)  # the machine's busy share from here on
     spec = LoadSpec(
         url=base + "/api/contacts",
@@ -283,6 +319,9 @@ def _measure(
     for k, p in procs.items():
         out[f"{k}_cpu_share"] = (sum(p.cpu_times()[:2]) - cpu0[k]) / total
     out["machine_cpu_busy"] = psutil.cpu_percent(interval=None) / 100  # all CPUs, all users
+    for g, ps in (scan() if scan else {}).items():
+        before, after = group0.get(g, {}), _cpu(ps)
+        out[f"{g}_cpu_share"] = sum(t - before.get(p, 0.0) for p, t in after.items()) / total
     out["load_average_after"] = os.getloadavg()[0]
     return out
 
@@ -310,7 +349,10 @@ def _line(n: int, arm: str, f: dict[str, Any]) -> None:
         f"  round {n + 1} {arm:28} {f['rps']:7.0f} req/s  "
         f"p50 {f['p50_ms']:6.1f} ms  p99 {f['p99_ms']:7.1f} ms  "
         f"errors {f['errors']}  server CPU {f['server_cpu_share']:.2f}  "
-        f"worker CPU {f['worker_cpu_share']:.2f}  machine busy {f['machine_cpu_busy']:.2f}  "
+        f"worker CPU {f['worker_cpu_share']:.2f}  "
+        f"PostgreSQL CPU {f.get('postgres_cpu_share', 0):.2f}  "
+        f"sandboxes CPU {f.get('sandboxes_cpu_share', 0):.2f}  "
+        f"machine busy {f['machine_cpu_busy']:.2f}  "
         f"load {f['load_average_after']:.1f}",
         flush=True,
     )
@@ -358,11 +400,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 clear_logs(urls)
                 figures: dict[str, Any] = {}
                 pids = {"server": api.process.pid, "worker": worker.pid}
+                scan = functools.partial(_group_pids, db, urls)
                 for arm, owner in (
                     ("post/no-connection", PLAIN_OWNER),
                     ("post/fan-out", FANOUT_OWNER),
                 ):
-                    figures[arm] = _measure(api.base_url, tokens[owner], args, pids)
+                    figures[arm] = _measure(api.base_url, tokens[owner], args, pids, scan)
                     _line(n, arm, figures[arm])
                 figures["ratio"] = (
                     figures["post/fan-out"]["rps"] / figures["post/no-connection"]["rps"]
@@ -376,7 +419,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     arm = "post/fan-out, worker paused"
                     worker.send_signal(signal.SIGSTOP)
                     try:
-                        figures[arm] = _measure(api.base_url, tokens[FANOUT_OWNER], args, pids)
+                        figures[arm] = _measure(
+                            api.base_url, tokens[FANOUT_OWNER], args, pids, scan
+                        )
                     finally:
                         worker.send_signal(signal.SIGCONT)
                     _line(n, arm, figures[arm])
