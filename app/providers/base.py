@@ -236,6 +236,9 @@ class RemoteRef:
     # An archive of a contact the CRM still holds (a rule or SYNC_KINDS leaves it out): leave
     # the audience only; never delete the person, even one we created.
     keep_person: bool = False
+    # Tags another audience of the same account still pushes for the person (where tags are
+    # the person's, `Capabilities.shared_tags`): a leave never removes them.
+    keep_tags: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -380,6 +383,10 @@ class Capabilities:
       contact's `sync` says `blocked`);
     - `tag_model`: `names` (tags addressed by name) or `ids` (created when missing, removed by
       the id we set, from `RemoteRef.refs`);
+    - `shared_tags`: tags belong to the person, not to one audience (ActiveCampaign, Mautic,
+      Constant Contact: one contact for every list/segment of the account), so a tag another
+      mapping of the connection still pushes is never removed by this one; Mailchimp's are
+      per audience member;
     - `inbound`: `webhook` (events arrive; the pull catches what they miss), `pull` (no
       webhooks exist: only the scheduled pull brings changes back);
     - `webhook_signature`: deliveries carry a signature the adapter verifies.
@@ -389,6 +396,7 @@ class Capabilities:
     bulk_import: bool = False
     reoptin: Reoptin = "none"
     tag_model: Literal["names", "ids"] = "names"
+    shared_tags: bool = False
     inbound: Literal["webhook", "pull"] = "pull"
     webhook_signature: bool = False
 

@@ -77,6 +77,17 @@ class Plan:
     # An archive of a contact that still exists here (a rule or SYNC_KINDS leaves it out):
     # it leaves the audience, and the person is never deleted at the provider.
     keep_person: bool = False
+    # Tags another mapping of the connection still pushes for the person, where tags are the
+    # person's (`shared_tags`): never removed by this plan, neither by a leave nor an update.
+    kept_tags: list[str] = field(default_factory=list)
+
+
+def shared_tags(contact: Mapping[str, Any] | None, others: Sequence[MappingConfig]) -> list[str]:
+    """The contact's tags when another mapping of the connection still holds the contact
+    (its rule selects it): that mapping pushes them too, so they are not ours alone."""
+    if contact is None or not any(cfg.syncs(contact) for cfg in others):
+        return []
+    return list(contact.get("tags") or [])
 
 
 def owned_tags(mirror: Mapping[str, Any] | None, intent: Sequence[str] = ()) -> list[str]:
@@ -321,11 +332,12 @@ def is_movable(mirror: Mapping[str, Any] | None) -> bool:
 
 
 def tag_diff(
-    desired: list[str], pushed: list[str], remote: list[str] | None
+    desired: list[str], pushed: list[str], remote: list[str] | None, keep: Sequence[str] = ()
 ) -> tuple[list[str], list[str]]:
-    """Tags to activate and to deactivate; only tags we pushed are ever deactivated."""
+    """Tags to activate and to deactivate; only tags we pushed are ever deactivated, and never
+    one in `keep` (another mapping of the connection still pushes it, `shared_tags`)."""
     have = set(remote) if remote is not None else set(pushed)
-    want = set(desired)
+    want = set(desired) | set(keep)
     add = [t for t in desired if t not in have]
     remove = [t for t in pushed if t not in want and (remote is None or t in have)]
     return add, remove

@@ -66,6 +66,7 @@ from app.sync.desired import (
     is_movable,
     plan_key,
     plan_move,
+    shared_tags,
     tag_diff,
 )
 from app.sync.limits import (
@@ -715,9 +716,30 @@ class SyncEngine:
                 hashes=[tombstone_key(k) for k in keys],
             )
         plans = self._plan(rows, data, ctx.mapping)
+        await self._keep_shared_tags(ctx, plans, data)
         await self._record_intent(ctx, rows, plans)
         attempts = {r.email_key: r.attempts for r in rows}
         return await self._execute(ctx, plans, attempts, step)
+
+    async def _keep_shared_tags(
+        self, ctx: ConnectionContext, plans: list[Plan], data: GroupData
+    ) -> None:
+        """Where tags are the person's, a plan that would remove some of ours keeps those
+        another mapping of the connection still pushes for the person (`shared_tags`)."""
+        removing = [p for p in plans if set(p.owned_tags) - set(p.tags)]
+        if not removing or not ctx.provider.spec.capabilities.shared_tags:
+            return
+        async with self.db.connect() as conn:
+            rules = await QueueRepository(conn).other_rules(
+                connection_id=ctx.id, mapping_id=ctx.mapping_key
+            )
+        if not rules:
+            return
+        others = [dataclasses.replace(ctx.mapping, rule=AudienceRule.of(r)) for r in rules]
+        for plan in removing:
+            # A rule's leave plans without the contact: the person is the one still held here.
+            contact = plan.contact or data.contacts_by_key.get(plan.key)
+            plan.kept_tags = shared_tags(contact, others)
 
     async def _record_intent(
         self, ctx: ConnectionContext, rows: list[Claimed], plans: list[Plan]
@@ -1036,7 +1058,7 @@ class SyncEngine:
         self, ctx: ConnectionContext, plan: Plan, state: RemoteMember
     ) -> Outcome:
         """Tags for members that existed (the body's tags apply on create only), then done."""
-        add, remove = tag_diff(plan.tags, plan.owned_tags, state.tags)
+        add, remove = tag_diff(plan.tags, plan.owned_tags, state.tags, plan.kept_tags)
         refs: dict[str, Any] = dict(state.refs)
         if (add or remove) and state.status != "archived":
             email = state.email_address or plan.target_email or plan.key
@@ -1058,7 +1080,7 @@ class SyncEngine:
         return Outcome(plan.key, "done", mirror=mirror, synced=True)
 
     async def _tags_only(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
-        add, remove = tag_diff(plan.tags, plan.owned_tags, None)
+        add, remove = tag_diff(plan.tags, plan.owned_tags, None, plan.kept_tags)
         email = plan.target_email or plan.key
         try:
             tag_refs = await self._call(
@@ -1518,4 +1540,5 @@ def _ref(plan: Plan) -> RemoteRef | None:
         remote_id=mirror.get("remote_id"),
         refs=mirror.get("remote_refs") or {},
         keep_person=plan.keep_person,
+        keep_tags=frozenset(plan.kept_tags),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -468,6 +468,19 @@ class QueueRepository:
         )
         data.tombstones = {r for (r,) in tombs}
         return data
+
+    async def other_rules(
+        self, *, connection_id: uuid.UUID, mapping_id: uuid.UUID
+    ) -> list[Mapping[str, Any]]:
+        """The rule columns (kinds, tags_any, tags_all) of the connection's other mappings."""
+        rows = await self.conn.execute(
+            text(
+                "SELECT kinds, tags_any, tags_all FROM audience_mappings"
+                " WHERE connection_id = :conn AND id <> :mapping"
+            ),
+            {"conn": connection_id, "mapping": mapping_id},
+        )
+        return [dict(r) for r in rows.mappings()]
 
     async def complete(
         self,

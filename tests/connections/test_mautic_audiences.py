@@ -55,6 +55,10 @@ def segments(person: dict[str, Any]) -> set[str]:
     return {str(s) for s in person["segments"]}
 
 
+def tags_of(person: dict[str, Any]) -> set[str]:
+    return {t["tag"] if isinstance(t, dict) else str(t) for t in person.get("tags") or []}
+
+
 class TestMappings:
     async def test_two_mappings_by_tag_route_contacts_to_their_segments(
         self, connected: Service, mautic: Mautic, runtime: Runtime, two_segments: dict[str, Any]
@@ -102,6 +106,24 @@ class TestMappings:
         await crm.patch(c["id"], tags=["news"])
         await drain(runtime, connected.settings)
         assert segments((await remote(mautic))["mover@example.com"]) == {mautic.segment}
+
+    async def test_a_leave_keeps_the_tags_another_mapping_still_pushes(
+        self, connected: Service, mautic: Mautic, runtime: Runtime, two_segments: dict[str, Any]
+    ) -> None:
+        # Tags are the contact's, not a segment's: leaving the `news` segment must not take
+        # away `vip`, which the VIP mapping still pushes for the same person.
+        crm = Crm(connected)
+        c = await crm.create(email="both@example.com", tags=["news", "vip"])
+        await drain(runtime, connected.settings)
+        assert tags_of((await remote(mautic))["both@example.com"]) == {"news", "vip"}
+        await crm.patch(c["id"], tags=["vip", "gold"])
+        await drain(runtime, connected.settings)
+        after = (await remote(mautic))["both@example.com"]
+        assert segments(after) == {two_segments["vip_segment"]}
+        assert tags_of(after) == {"vip", "gold"}
+        await crm.patch(c["id"], tags=["vip"])
+        await drain(runtime, connected.settings)
+        assert tags_of((await remote(mautic))["both@example.com"]) == {"vip"}
 
     async def test_sync_now_per_mapping_reconciles_only_that_segment(
         self, connected: Service, runtime: Runtime, two_segments: dict[str, Any]

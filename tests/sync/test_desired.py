@@ -11,6 +11,7 @@ import pytest
 from app.fieldmap import load_field_map
 from app.providers.mailchimp.fields import DEFAULT_RULES
 from app.providers.mailchimp.fields import rules_from as mailchimp_rules
+from app.providers.mapping import AudienceRule
 from app.sync.desired import (
     Action,
     MappingConfig,
@@ -20,6 +21,7 @@ from app.sync.desired import (
     merge_fields,
     plan_key,
     plan_move,
+    shared_tags,
     tag_diff,
 )
 
@@ -353,6 +355,18 @@ class TestTags:
     def test_their_tags_survive(self) -> None:
         _, remove = tag_diff([], pushed=[], remote=["theirs"])
         assert remove == []
+
+    def test_a_tag_another_mapping_keeps_is_never_removed(self) -> None:
+        _, remove = tag_diff([], pushed=["news", "vip"], remote=None, keep=["vip"])
+        assert remove == ["news"]
+
+    def test_shared_tags_are_the_contacts_while_another_mapping_selects_it(self) -> None:
+        vip = MappingConfig(fields=DEFAULT_RULES, rule=AudienceRule(tags_any=frozenset({"vip"})))
+        gold = MappingConfig(fields=DEFAULT_RULES, rule=AudienceRule(tags_any=frozenset({"gold"})))
+        c = contact(tags=["vip", "news"])
+        assert shared_tags(c, [gold, vip]) == ["vip", "news"]
+        assert shared_tags(c, [gold]) == []
+        assert shared_tags(None, [vip]) == []
 
 
 def test_move_keeps_old_member() -> None:

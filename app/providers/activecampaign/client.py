@@ -884,7 +884,8 @@ class ActiveCampaignClient:
 
         ActiveCampaign has no "leave the list" that is not an unsubscribe (status 2 is the
         person's opt-out), so: a contact we created that is on no other list is deleted; any
-        other contact keeps its membership and status, and only our tags leave it. False when
+        other contact keeps its membership and status, and only our tags leave it (not those in
+        `remote.keep_tags`, which another mapping still pushes). False when
         the contact was gone or not on our list.
         """
         cid = await self._contact_id(email, remote)
@@ -907,6 +908,8 @@ class ActiveCampaignClient:
             await self._delete(cid)
             return True
         ours = dict((remote.refs.get("tags") if remote else None) or {})
+        for name in remote.keep_tags if remote is not None else ():
+            ours.pop(name, None)  # tags are the contact's: another list of ours still wants it
         present = await self._contact_tags(cid) if None in ours.values() else {}
         for name, ct in ours.items():
             ct = ct or present.get(await self.tag_id(name))

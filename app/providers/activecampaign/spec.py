@@ -61,6 +61,7 @@ SPEC = ProviderSpec(
         bulk_import=True,
         reoptin="none",
         tag_model="ids",
+        shared_tags=True,
         inbound="webhook",
     ),
     status_map=STATUS_MAP,

@@ -58,6 +58,7 @@ def spec(bulk_quota_share: float = BULK_QUOTA_SHARE) -> ProviderSpec:
             bulk_import=True,
             reoptin="resubscribe_email",
             tag_model="ids",
+            shared_tags=True,
             inbound="pull",
         ),
         status_map=STATUS_MAP,

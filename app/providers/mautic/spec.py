@@ -53,6 +53,7 @@ SPEC = ProviderSpec(
         batch_size=BATCH_SIZE,
         reoptin="none",
         tag_model="names",
+        shared_tags=True,
         inbound="webhook",
         webhook_signature=True,
     ),

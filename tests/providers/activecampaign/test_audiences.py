@@ -101,6 +101,26 @@ class TestMappings:
             two_lists["vip_list"]: 1,
         }
 
+    async def test_a_leave_keeps_the_tags_another_mapping_still_pushes(
+        self, service: Service, ac: Ac, runtime: Runtime, two_lists: dict[str, Any]
+    ) -> None:
+        # Tags are the contact's, not a list's: leaving the `news` list must not take away
+        # `vip`, which the VIP mapping still pushes for the same person.
+        c = await service.create(email="both@example.com", tags=["news", "vip"])
+        await drain(runtime, service.settings)
+        assert set((await person(ac, "both@example.com"))["tags"].values()) == {"news", "vip"}
+        await service.patch(c["id"], tags=["vip", "gold"])
+        await drain(runtime, service.settings)
+        after = await person(ac, "both@example.com")
+        assert set(after["tags"].values()) == {"vip", "gold"}
+        lines = {s["mapping_id"]: s for s in (await service.get(c["id"]))["sync"]}
+        assert lines[two_lists["default"]]["in_audience"] is False
+        assert lines[two_lists["vip"]]["status"] == "synced"
+        # The VIP mapping's later change still removes what nobody wants any more.
+        await service.patch(c["id"], tags=["vip"])
+        await drain(runtime, service.settings)
+        assert set((await person(ac, "both@example.com"))["tags"].values()) == {"vip"}
+
     async def test_sync_now_per_mapping_reconciles_only_that_list(
         self, service: Service, runtime: Runtime, two_lists: dict[str, Any]
     ) -> None:
