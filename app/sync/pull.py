@@ -484,6 +484,16 @@ async def _pull_events(
                 and (settings.INBOUND_PROFILE_UPDATES or _tells_preferences(ctx, event))
             ):
                 continue
+            if (
+                event.kind is InboundKind.profile
+                and not settings.INBOUND_PROFILE_UPDATES
+                and not await _preferences_news(session, ctx, event)
+            ):
+                # Read only for its preferences, and they are the ones the CRM holds (our own
+                # update coming back, mostly): nothing to store or apply. A later change of the
+                # person's has another change time, so it is read again and is news then.
+                result.outcomes["unchanged"] += 1
+                continue
             repo = InboundRepository(session)
             event_id = await repo.insert_event(
                 {
@@ -501,6 +511,32 @@ async def _pull_events(
             await repo.finish_event(event_id, outcome.value)
             result.outcomes[outcome.value] += 1
     return True
+
+
+async def _preferences_news(
+    session: AsyncSession, ctx: ConnectionContext, event: InboundEvent
+) -> bool:
+    """True when a profile event's mapped preferences differ from the contact's (an event
+    naming only changes, or no preferences, is left to the handlers)."""
+    cfg = ctx.mapping
+    if event.interests is not None:
+        chosen = cfg.chosen_by_labels(event.interests)
+    elif event.interest_ids is not None:
+        chosen = cfg.chosen_by_ids(dict.fromkeys(event.interest_ids, True))
+    else:
+        return True
+    key = email_key(event.email)
+    if key is None:
+        return True
+    row = (
+        (await session.execute(_PREFERENCES, {"keys": [key], "owner": ctx.owner_id}))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return False  # nobody the CRM holds: the handlers would ignore it too
+    held = {p.casefold() for p in row["preferences"] or ()}
+    return chosen != {m.name for m in cfg.interests if m.name.casefold() in held}
 
 
 def _tells_preferences(ctx: ConnectionContext, event: InboundEvent) -> bool:

@@ -257,6 +257,35 @@ class TestPreferences:
         await pull(runtime, ccservice.settings, conn["id"])
         assert (await get(ccservice, c["id"]))["preferences"] == ["vip-dinner", "offers"]
 
+    async def test_the_pull_stores_only_news_in_the_inbox_not_our_own_echoes(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime, prefs: dict[str, str]
+    ) -> None:
+        c = await add(ccservice, "echo@example.com", preferences=["weekly"])
+        await drain(runtime, ccservice.settings)
+        r = await ccservice.http.patch(
+            f"/api/contacts/{c['id']}",
+            json={"preferences": ["weekly", "offers"]},
+            headers=ccservice.auth(),
+        )
+        assert r.status_code == 200, r.text
+        await drain(runtime, ccservice.settings)
+        conn = await connection(runtime)
+        inbox = "SELECT event_type, outcome FROM webhook_events WHERE connection_id = :id"
+        # Our create and our update came back as profile events: they change nothing we hold.
+        await pull(runtime, ccservice.settings, conn["id"])
+        assert await fetch(runtime, inbox, id=conn["id"]) == []
+        assert (await get(ccservice, c["id"]))["preferences"] == ["weekly", "offers"]
+        # The person's own change is news: stored once and applied.
+        r = await cc.act("echo@example.com", "preferences", list_ids=[DEFAULT_LIST_ID])
+        assert r.status_code == 200, r.text
+        await pull(runtime, ccservice.settings, conn["id"])
+        assert (await get(ccservice, c["id"]))["preferences"] == []
+        (stored,) = await fetch(runtime, inbox, id=conn["id"])
+        assert stored["outcome"] == "applied"
+        # A pull over the same window stores nothing more.
+        await pull(runtime, ccservice.settings, conn["id"])
+        assert len(await fetch(runtime, inbox, id=conn["id"])) == 1
+
     async def test_a_newer_local_change_wins_and_the_next_send_restores_it(
         self, ccservice: Service, cc: CCSandbox, runtime: Runtime, prefs: dict[str, str]
     ) -> None:
