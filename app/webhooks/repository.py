@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -139,6 +139,21 @@ class InboundRepository:
                 mappings.c.connection_id == connection_id, mappings.c.audience_id == audience_id
             )
         return (await self.session.execute(stmt)).mappings().first()
+
+    async def mappings_naming(
+        self, connection_id: uuid.UUID, interest_ids: Iterable[str]
+    ) -> list[RowMapping]:
+        """The connection's audience mappings whose preference map names one of
+        `interest_ids` (a delivery naming no audience, Mautic's segment change, is read with
+        each of them)."""
+        wanted = set(interest_ids)
+        stmt = (
+            select(mappings)
+            .where(mappings.c.connection_id == connection_id)
+            .order_by(mappings.c.id)
+        )
+        rows = (await self.session.execute(stmt)).mappings().all()
+        return [m for m in rows if wanted & {str(i.get("id")) for i in m["interests"] or ()}]
 
     def mirror_of(self, mapping_id: uuid.UUID) -> MappingMirror:
         """The mirror rows of one audience mapping."""

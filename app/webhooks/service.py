@@ -155,36 +155,20 @@ class WebhookService:
                 received = Received(None, Outcome.duplicate)
                 continue
             # An event of another mapped audience updates that mapping's mirror.
-            mapping = await repo.mapping_for(connection["id"], event.audience_id)
-            applier = InboundApplier(
-                session,
-                Inbound(
-                    mapping_id=mapping["id"] if mapping is not None else None,
-                    connection_id=connection["id"],
-                    owner_id=connection["owner_id"],
-                    # The mapping's rule and interest map, so the facts are read as the
-                    # worker plans that audience.
-                    mapping=dataclasses.replace(
-                        provider.mapping(settings),
-                        rule=AudienceRule.of(mapping),
-                        interests=interest_maps(mapping["interests"]),
-                    )
-                    if mapping is not None
-                    else provider.mapping(settings),
-                    source=f"webhook:{pid}",
-                    actor=f"webhook_event:{event_id}",
-                    signups=settings.INBOUND_SIGNUPS,
-                    provider=pid,
-                    person_id=provider.person_id,
-                ),
-            )
-            outcome = await handle(
-                applier,
-                event,
-                connection=connection,
-                settings=settings,
-                audience_id=mapping["audience_id"] if mapping is not None else None,
-            )
+            targets: list[RowMapping | None] = []
+            if not event.audience_id and event.interest_changes:
+                # A preference change naming no audience (Mautic's segment change): read with
+                # every mapping whose preference map names that segment.
+                targets += await repo.mappings_naming(connection["id"], event.interest_changes)
+            if not targets:
+                targets.append(await repo.mapping_for(connection["id"], event.audience_id))
+            outcome = Outcome.ignored
+            for mapping in targets:
+                done = await self._apply(
+                    session, provider, connection, event, event_id, mapping, settings
+                )
+                if outcome is Outcome.ignored or done is Outcome.applied:
+                    outcome = done
             await repo.finish_event(event_id, outcome.value)
             metrics.WEBHOOK_EVENTS.labels(pid, label, outcome.value).inc()
             log.info(
@@ -197,6 +181,48 @@ class WebhookService:
             )
             received = Received(event_id, outcome)
         return received
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        provider: Provider,
+        connection: RowMapping,
+        event: InboundEvent,
+        event_id: int,
+        mapping: RowMapping | None,
+        settings: Settings,
+    ) -> Outcome:
+        """Apply one stored event as `mapping`'s audience reads it (None: the connection's)."""
+        pid = provider.id
+        applier = InboundApplier(
+            session,
+            Inbound(
+                mapping_id=mapping["id"] if mapping is not None else None,
+                connection_id=connection["id"],
+                owner_id=connection["owner_id"],
+                # The mapping's rule and interest map, so the facts are read as the
+                # worker plans that audience.
+                mapping=dataclasses.replace(
+                    provider.mapping(settings),
+                    rule=AudienceRule.of(mapping),
+                    interests=interest_maps(mapping["interests"]),
+                )
+                if mapping is not None
+                else provider.mapping(settings),
+                source=f"webhook:{pid}",
+                actor=f"webhook_event:{event_id}",
+                signups=settings.INBOUND_SIGNUPS,
+                provider=pid,
+                person_id=provider.person_id,
+            ),
+        )
+        return await handle(
+            applier,
+            event,
+            connection=connection,
+            settings=settings,
+            audience_id=mapping["audience_id"] if mapping is not None else None,
+        )
 
 
 webhook_service = WebhookService()

@@ -256,6 +256,51 @@ class TestPreferences:
         got = (await remote(mautic))["crm@example.com"]
         assert segments(got) == {mautic.segment, prefs["weekly"]}
 
+    async def test_a_preference_map_on_another_mapping_is_read_back(
+        self, connected: Service, mautic: Mautic, runtime: Runtime, prefs: dict[str, str]
+    ) -> None:
+        # Mautic's segment change names no audience: it is read with every mapping whose
+        # preference map names that segment, not only the default one.
+        vip_segment = await mautic.new_segment("VIP")
+        (default,) = (await connected.http.get(BASE, headers=connected.auth())).json()["items"]
+        r = await connected.http.put(
+            f"{BASE}/{default['id']}",
+            json={"audience_id": mautic.segment, "rule": {"tags_any": ["news"]}},
+            headers=connected.auth(),
+        )
+        assert r.status_code == 200, r.text
+        r = await connected.http.post(
+            BASE,
+            json={
+                "audience_id": vip_segment,
+                "rule": {"tags_any": ["vip"]},
+                "interests": {"weekly": prefs["weekly"], "offers": prefs["offers"]},
+            },
+            headers=connected.auth(),
+        )
+        assert r.status_code == 201, r.text
+        await settle(runtime, connected)
+        crm = Crm(connected)
+        c = await crm.create(email="vp@example.com", tags=["vip"], preferences=["weekly", "x"])
+        await drain(runtime, connected.settings)
+        got = (await remote(mautic))["vp@example.com"]
+        assert segments(got) == {vip_segment, prefs["weekly"]}
+        await mautic.act(
+            "preferences", "vp@example.com", add=[prefs["offers"]], remove=[prefs["weekly"]]
+        )
+
+        async def arrived() -> bool:
+            return (await crm.get(c["id"]))["preferences"] == ["x", "offers"]
+
+        await wait_for(arrived, within=10)
+        changes = await changes_of(runtime, c["id"])
+        assert {ch["fields"]["decision"] for ch in changes} == {"provider_newer"}
+        await drain(runtime, connected.settings)
+        assert segments((await remote(mautic))["vp@example.com"]) == {
+            vip_segment,
+            prefs["offers"],
+        }
+
     async def test_an_unknown_segment_is_422_and_a_null_one_is_created_on_the_centre(
         self, connected: Service, mautic: Mautic, runtime: Runtime, prefs: dict[str, str]
     ) -> None:
