@@ -250,6 +250,8 @@ class TestBatch:
         assert all(o.state is not None and o.error is None for r in results for o in r)
         log = await mautic.requests()
         adds = [orjson.loads(r["body"])["ids"] for r in log if "contacts/add" in str(r["path"])]
+        # Four batches finishing together share segment adds: four adds would mean none was
+        # shared (the old one-add-a-batch protocol); how many share depends on timing.
         assert 1 <= len(adds) < 4, adds
         ids = sorted(i for add in adds for i in add)
         assert ids == sorted(int(o.state.remote_id) for r in results for o in r if o.state)
