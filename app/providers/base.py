@@ -440,18 +440,22 @@ async def send(
     op: str,
     limiter: RequestLimiter | None,
     timeout_seconds: float,
+    authorize: Callable[[httpx.Request], Awaitable[None]] | None = None,
 ) -> httpx.Response:
     """One request on the wire, under the limiter's slot (held until the body is read).
 
     The request carries its own timeouts (its extensions; `timeout_seconds` names them in the
     message). Timeouts and connection errors become TransientError; the request's latency and those
     outcomes are counted per provider and `op`. The caller counts the answer: `answered_ok`,
-    or `refused` with the error its status means.
+    or `refused` with the error its status means. `authorize` sets the request's credentials
+    once the slot is ours: a token taken before a wait for the shared rate could expire in it.
     """
     slot = limiter.slot(op) if limiter is not None else contextlib.nullcontext()
     start = time.perf_counter()
     try:
         async with slot:
+            if authorize is not None:
+                await authorize(request)
             response = await transport.handle_async_request(request)
             try:
                 await response.aread()

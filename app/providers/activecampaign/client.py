@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,6 +59,9 @@ from app.providers.base import (
     RequestLimiter,
     ThrottledError,
     TransientError,
+    answered_ok,
+    refused,
+    send,
 )
 
 PAGE_LIMIT = 100  # the API's maximum `limit`
@@ -252,26 +254,6 @@ class ActiveCampaignClient:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    async def _send(self, request: httpx.Request, *, op: str) -> httpx.Response:
-        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
-        start = time.perf_counter()
-        try:
-            async with slot:
-                response = await self._transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except httpx.TimeoutException as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
-            raise TransientError(f"timeout after {self._timeout:.0f}s") from exc
-        except httpx.HTTPError as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "connection_error").inc()
-            raise TransientError(f"connection error: {type(exc).__name__}") from exc
-        finally:
-            metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
-        return response
-
     async def _request(
         self,
         method: str,
@@ -337,7 +319,14 @@ class ActiveCampaignClient:
                 content=content,
                 extensions=self._extensions,
             )
-            response = await self._send(request, op=op)
+            response = await send(
+                self._transport,
+                request,
+                provider=PROVIDER,
+                op=op,
+                limiter=self._limiter,
+                timeout_seconds=self._timeout,
+            )
             if response.status_code == 403 and attempt < forbidden_retries:
                 await asyncio.sleep(0.1 * (attempt + 1))
                 continue
@@ -347,9 +336,9 @@ class ActiveCampaignClient:
         body = _loads(response.content) if is_json or response.content[:1] in (b"{", b"[") else None
         if 200 <= status < 300:
             if need_body and not isinstance(body, dict | list) and body is not False:
-                metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "transient").inc()
-                raise TransientError(f"{status} without a body for {op}", status=status)
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
+                error = TransientError(f"{status} without a body for {op}", status=status)
+                raise refused(PROVIDER, op, error)
+            answered_ok(PROVIDER, op)
             return status, body
         if op in (OP_BULK_MULTI, OP_BULK_SINGLE):
             if status == 404 and not is_json:
@@ -358,12 +347,7 @@ class ActiveCampaignClient:
             if status == 400 and isinstance(reasons, list) and not _is_bulk_rate(body):
                 metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "permanent").inc()
                 raise BulkRefused(_message(body) or "import refused", reasons, status=status)
-        error = error_from(status, body, response.headers, op=op, json=is_json)
-        outcome = type(error).__name__.removesuffix("Error").lower()
-        metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, outcome).inc()
-        if isinstance(error, ThrottledError):
-            metrics.THROTTLE_EVENTS.labels(PROVIDER).inc()
-        raise error
+        raise refused(PROVIDER, op, error_from(status, body, response.headers, op=op, json=is_json))
 
     # --- account and lists ----------------------------------------------------------------
 

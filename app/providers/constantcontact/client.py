@@ -14,10 +14,8 @@ Rules (reference §1, §4, §7; DESIGN §14.5):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -25,7 +23,6 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from app import metrics
 from app.emailkey import email_key
 from app.providers.base import (
     Audience,
@@ -47,6 +44,9 @@ from app.providers.base import (
     RequestLimiter,
     ThrottledError,
     TransientError,
+    answered_ok,
+    refused,
+    send,
 )
 from app.providers.constantcontact.spec import PROVIDER, STATUS_MAP
 
@@ -242,38 +242,30 @@ class ConstantContactClient:
         return self._token
 
     async def _send(
-        self, build: Callable[[str], httpx.Request], *, op: str, stale: str | None
+        self, request: httpx.Request, *, op: str, stale: str | None
     ) -> tuple[str, httpx.Response]:
         """One request: the slot first, then the token — a token taken before a wait for the
-        shared rate could expire in the queue."""
-        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
-        start = time.perf_counter()
-        try:
-            async with slot:
-                token = await self._access_token(stale)
-                self.requests += 1
-                response = await self._transport.handle_async_request(build(token))
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except httpx.TimeoutException as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
-            raise TransientError(f"timeout after {self._timeout:.0f}s") from exc
-        except httpx.HTTPError as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "connection_error").inc()
-            raise TransientError(f"connection error: {type(exc).__name__}") from exc
-        finally:
-            metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
-        return token, response
+        shared rate could expire in the queue. Returns the token that went with it."""
+
+        async def authorize(request: httpx.Request) -> None:
+            token = await self._access_token(stale)
+            request.headers["Authorization"] = f"Bearer {token}"
+            request.extensions["token"] = token
+            self.requests += 1
+
+        response = await send(
+            self._transport,
+            request,
+            provider=PROVIDER,
+            op=op,
+            limiter=self._limiter,
+            timeout_seconds=self._timeout,
+            authorize=authorize,
+        )
+        return str(request.extensions["token"]), response
 
     def _fail(self, response: httpx.Response, *, op: str) -> ProviderError:
-        error = error_from(response, op=op)
-        outcome = type(error).__name__.removesuffix("Error").lower()
-        metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, outcome).inc()
-        if isinstance(error, ThrottledError):
-            metrics.THROTTLE_EVENTS.labels(PROVIDER).inc()
-        return error
+        return refused(PROVIDER, op, error_from(response, op=op))
 
     async def _request(
         self,
@@ -290,31 +282,25 @@ class ConstantContactClient:
         url = path if path.startswith("http") else self._base + path
         content = orjson.dumps(json) if json is not None else None
 
-        def build(token: str) -> httpx.Request:
-            headers = {
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "User-Agent": "audience-sync/0.1",
-            }
-            if content is not None:
-                headers["Content-Type"] = "application/json"
-            return httpx.Request(
+        headers = {"Accept": "application/json", "User-Agent": "audience-sync/0.1"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        stale: str | None = None
+        for attempt in (1, 2):
+            request = httpx.Request(
                 method,
                 url,
                 params=dict(params) if params else None,
                 headers=headers,
                 content=content,
-                extensions=self._extensions,
+                extensions=dict(self._extensions),
             )
-
-        stale: str | None = None
-        for attempt in (1, 2):
-            token, response = await self._send(build, op=op, stale=stale)
+            token, response = await self._send(request, op=op, stale=stale)
             if response.status_code == 401 and attempt == 1 and self._tokens is not None:
                 stale = token
                 continue
             if 200 <= response.status_code < 300 or response.status_code in ok:
-                metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
+                answered_ok(PROVIDER, op)
                 return response.status_code, _loads(response.content)
             raise self._fail(response, op=op)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -10,7 +10,6 @@ reason 3 (manual) with our comment, and only ours is ever lifted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -19,7 +18,6 @@ from typing import Any
 import httpx
 import orjson
 
-from app import metrics
 from app.emailkey import email_key
 from app.fieldmap import FieldRule, FieldsRefused
 from app.providers.base import (
@@ -40,7 +38,10 @@ from app.providers.base import (
     ThrottledError,
     TokenSource,
     TransientError,
+    answered_ok,
     campaign_ref,
+    refused,
+    send,
 )
 from app.providers.mautic.mapping import field_value
 from app.providers.mautic.spec import BATCH_SIZE, OUR_DNC_COMMENT, PROVIDER, STATUS_MAP
@@ -261,36 +262,25 @@ class MauticClient:
         """One request within the limiter's slot. `authorize`: the token is taken once the slot
         is ours, so time spent waiting for a slot never sends a token that expired meanwhile
         (`request.extensions["token"]` says which one went)."""
-        slot = self._limiter.slot(op) if self._limiter is not None else contextlib.nullcontext()
-        start = time.perf_counter()
-        try:
-            async with slot:
-                if authorize:
-                    token = await self.fetch_token()
-                    request.headers["Authorization"] = f"Bearer {token}"
-                    request.extensions["token"] = token
-                response = await self._transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except httpx.TimeoutException as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "timeout").inc()
-            raise TransientError(f"timeout after {self._timeout:.0f}s") from exc
-        except httpx.HTTPError as exc:
-            metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "connection_error").inc()
-            raise TransientError(f"connection error: {type(exc).__name__}") from exc
-        finally:
-            metrics.PROVIDER_LATENCY.labels(PROVIDER, op).observe(time.perf_counter() - start)
-        return response
+        return await send(
+            self._transport,
+            request,
+            provider=PROVIDER,
+            op=op,
+            limiter=self._limiter,
+            timeout_seconds=self._timeout,
+            authorize=self._authorize if authorize else None,
+        )
+
+    async def _authorize(self, request: httpx.Request) -> None:
+        token = await self.fetch_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        request.extensions["token"] = token
 
     def _fail(self, response: httpx.Response, *, op: str) -> ProviderError:
-        error = error_from(response.status_code, _loads(response.content), op=op)
-        outcome = type(error).__name__.removesuffix("Error").lower()
-        metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, outcome).inc()
-        if isinstance(error, ThrottledError):
-            metrics.THROTTLE_EVENTS.labels(PROVIDER).inc()
-        return error
+        return refused(
+            PROVIDER, op, error_from(response.status_code, _loads(response.content), op=op)
+        )
 
     async def fetch_token(self) -> str:
         """The access token: the core's (`tokens`, renewed before expiry by one process per
@@ -339,7 +329,7 @@ class MauticClient:
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise TransientError("the token endpoint answered without an access token")
-        metrics.PROVIDER_REQUESTS.labels(PROVIDER, "token", "ok").inc()
+        answered_ok(PROVIDER, "token")
         return token, float(body.get("expires_in") or 3600)
 
     async def _request(
@@ -355,7 +345,7 @@ class MauticClient:
         """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
         renews the token it refused (expired or revoked early) and retries; a 401 of a token
         already refused, or beyond RENEWALS_PER_REQUEST renewals, is an AuthError."""
-        refused: set[str] = set()
+        refused_tokens: set[str] = set()
         while True:
             headers = {"Accept": "application/json", "User-Agent": "audience-sync/0.1"}
             content = None
@@ -374,17 +364,17 @@ class MauticClient:
             token = str(request.extensions.get("token") or "")
             if (
                 response.status_code == 401
-                and token not in refused
-                and len(refused) < RENEWALS_PER_REQUEST
+                and token not in refused_tokens
+                and len(refused_tokens) < RENEWALS_PER_REQUEST
             ):
                 # A retry that waited for a slot can meet a second early revocation: its new
                 # token is refused too, and renewing it again is still one renewal per 401. A
                 # revoked client shows at the token endpoint (invalid_client → AuthError).
-                refused.add(token)
+                refused_tokens.add(token)
                 await self._renew(token)
                 continue
             if 200 <= response.status_code < 300 or response.status_code in ok:
-                metrics.PROVIDER_REQUESTS.labels(PROVIDER, op, "ok").inc()
+                answered_ok(PROVIDER, op)
                 return response.status_code, _loads(response.content)
             raise self._fail(response, op=op)
 
