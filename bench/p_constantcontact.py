@@ -1,4 +1,4 @@
-"""P3 and P7 — Constant Contact under its application limits (BENCHMARKS.md).
+"""P3, P4 and P7 — Constant Contact under its application limits (BENCHMARKS.md).
 
 P3: N consenting contacts queued for one tenant (bulk priority), then drained by 3 worker
     processes (`audience-sync worker`) against the Constant Contact sandbox in its own process
@@ -10,7 +10,14 @@ P7: the sandbox's access tokens expire every 10 s (rotating refresh tokens); 4 w
     `invalid_grant` answers of the token endpoint, connections left in `error`, requests
     refused for an expired token (401) per refresh.
 
+P4: ten tenants; t0's N contacts at bulk priority, the nine others make live changes in
+    rounds every `--tick` seconds once t0's import is under way. Figures: the nine's p99
+    change → Constant Contact, slowest ÷ fastest tenant; `--dump FILE` also writes the request
+    log, the latencies and a trace of live claims, limiter grants and window slots (triggers
+    in the scratch database) for a breakdown of where live changes wait.
+
     .venv/bin/python -m bench.p_constantcontact p3 --contacts 100000
+    .venv/bin/python -m bench.p_constantcontact p4 --contacts 100000 --seconds 60 --tick 3
     .venv/bin/python -m bench.p_constantcontact p7 --seconds 300
 """
 
@@ -36,6 +43,7 @@ from bench import harness
 
 OWNER = "bench"
 QUOTA, SHARE = 10_000, 0.8
+BULK_ACCOUNT = "p07e1l8cdif9dl"  # the sandbox's default account: t0's
 
 
 @contextmanager
@@ -369,11 +377,16 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
             return ids
 
         ids = asyncio.run(prepare())
+        if args.dump:
+            asyncio.run(_trace_on(db_url))
         procs = workers(db_url, settings, cc_url, args.workers)
-        start = time.perf_counter()
+        spawned = time.perf_counter()
         sent = 0
         try:
-            time.sleep(3.0)
+            # Live changes start once the import is under way (t0's first request at the
+            # sandbox): the figure is about live work beside a backlog, not worker start-up.
+            warmup = _bulk_started(cc_url, limit=args.warmup)
+            start = time.perf_counter()
             while time.perf_counter() - start < args.seconds:
                 tick = time.perf_counter()
                 asyncio.run(_live_for(db_url, ids[1:], sent, args.rate))
@@ -395,7 +408,8 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
                                     SELECT c.owner_id,
                                            EXTRACT(EPOCH FROM s.last_synced_at - c.created_at),
                                            EXTRACT(EPOCH FROM c.created_at),
-                                           EXTRACT(EPOCH FROM s.last_synced_at)
+                                           EXTRACT(EPOCH FROM s.last_synced_at),
+                                           c.email_key
                                     FROM contacts c LEFT JOIN sync_state s
                                       ON s.contact_id = c.id
                                     WHERE c.owner_id <> 't0'
@@ -409,39 +423,132 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
 
         rows = asyncio.run(latencies())
         log = api_log(cc_url)
+        trace = asyncio.run(_trace_read(db_url)) if args.dump else {}
+    if args.dump:
+        import json
+
+        with open(args.dump, "w") as fh:
+            accs = {f"t{i}": a["encoded_account_id"] for i, a in enumerate(accounts, start=1)}
+            dump = {"log": log, "rows": [[str(v) for v in r] for r in rows], "accounts": accs}
+            json.dump(dump | trace, fh)
     done = sorted(float(r[1]) for r in rows if r[1] is not None)
     per_tenant: dict[str, int] = {}
-    for owner, lat, _, _ in rows:
+    for owner, lat, *_ in rows:
         if lat is not None:
             per_tenant[owner] = per_tenant.get(owner, 0) + 1
     p99 = done[min(len(done) - 1, int(len(done) * 0.99))] if done else None
     counts = sorted(per_tenant.values())
     return {
         "seconds": args.seconds,
+        "warmup_seconds": warmup,
+        "workers_started_to_first_bulk_request": start - spawned,
         "live_rate_per_tenant": args.rate / args.tick,
         "live_changes": len(rows),
         "live_delivered": len(done),
         "p50_seconds": done[len(done) // 2] if done else None,
         "p99_seconds": p99,
         "slowest_over_fastest_tenant": (counts[0] / counts[-1]) if counts else None,
-        "bulk_requests": sum(1 for r in log if r.get("account") == "p07e1l8cdif9dl"),
+        "bulk_requests": sum(1 for r in log if r.get("account") == BULK_ACCOUNT),
         # t0's requests that arrived while some live change was waiting (created, not synced
         # yet): what live-before-bulk leaves to bulk work when live work is there.
         "bulk_requests_while_live_waited": _while_waiting(
-            [float(r["start"]) for r in log if r.get("account") == "p07e1l8cdif9dl"],
+            [float(r["start"]) for r in log if r.get("account") == BULK_ACCOUNT],
             [(float(r[2]), float(r[3]) if r[3] is not None else math.inf) for r in rows],
         ),
         "live_request_service_seconds_p50": _median(
             [
                 float(r["end"]) - float(r["start"])
                 for r in log
-                if r.get("account") != "p07e1l8cdif9dl" and "end" in r
+                if r.get("account") != BULK_ACCOUNT and "end" in r
             ]
         ),
         "requests": len(log),
         "max_requests_in_any_1s": max_per_second(log),
         "answers_429": sum(1 for r in log if r.get("status") == 429),
     }
+
+
+def _bulk_started(cc_url: str, *, limit: float) -> float:
+    """Wait until t0's first request reaches the sandbox (at most `limit` s); seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < limit:
+        if any(r.get("account") == BULK_ACCOUNT for r in api_log(cc_url)):
+            break
+        time.sleep(0.2)
+    return time.perf_counter() - began
+
+
+_TRACE = [
+    "CREATE TABLE trace_events (kind text, a text, b text, c text, at float8)",
+    """
+    CREATE FUNCTION trace_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.leased_by IS NOT NULL AND NEW.leased_by IS DISTINCT FROM OLD.leased_by
+         AND NEW.priority = 0 THEN
+        INSERT INTO trace_events VALUES ('claim', NEW.email_key, NEW.leased_by, '',
+                                         EXTRACT(EPOCH FROM clock_timestamp()));
+      END IF;
+      RETURN NEW;
+    END $$
+    """,
+    "CREATE TRIGGER trace_claim BEFORE UPDATE ON sync_queue FOR EACH ROW"
+    " EXECUTE FUNCTION trace_claim()",
+    """
+    CREATE FUNCTION trace_served() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.served_at IS DISTINCT FROM OLD.served_at THEN
+        INSERT INTO trace_events VALUES ('served', NEW.tenant, NEW.priority::text, NEW.worker,
+                                         EXTRACT(EPOCH FROM clock_timestamp()));
+      END IF;
+      RETURN NEW;
+    END $$
+    """,
+    "CREATE TRIGGER trace_served BEFORE UPDATE ON limit_claims FOR EACH ROW"
+    " EXECUTE FUNCTION trace_served()",
+    """
+    CREATE FUNCTION trace_window() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      INSERT INTO trace_events VALUES (
+        CASE WHEN NEW.ticket IS NOT NULL THEN 'take' ELSE 'report' END,
+        NEW.slot::text, COALESCE(NEW.ticket, OLD.ticket),
+        EXTRACT(EPOCH FROM COALESCE(CASE WHEN NEW.ticket IS NOT NULL THEN NEW.token_at
+                                         ELSE NEW.free_at END, clock_timestamp()))::text,
+        EXTRACT(EPOCH FROM clock_timestamp()));
+      RETURN NEW;
+    END $$
+    """,
+    "CREATE TRIGGER trace_window BEFORE UPDATE ON limit_window FOR EACH ROW"
+    " EXECUTE FUNCTION trace_window()",
+]
+
+
+async def _trace_on(db_url: str) -> None:
+    """Triggers recording live claims, limiter grants and window slots (`--dump` only)."""
+    from sqlalchemy import text
+
+    engine = create_engine(db_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            for stmt in _TRACE:
+                await conn.execute(text(stmt))
+    finally:
+        await engine.dispose()
+
+
+async def _trace_read(db_url: str) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    engine = create_engine(db_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            events = (await conn.execute(text("SELECT * FROM trace_events ORDER BY at"))).all()
+            tenants = (await conn.execute(text("SELECT id, owner_id FROM connections"))).all()
+            return {
+                "events": [list(map(str, e)) for e in events],
+                "tenants": {str(t[0]): t[1] for t in tenants},
+            }
+    finally:
+        await engine.dispose()
 
 
 def _while_waiting(starts: list[float], spans: list[tuple[float, float]]) -> int:
@@ -534,6 +641,8 @@ def main() -> None:
     c.add_argument("--rate", type=int, default=1)
     c.add_argument("--settle", type=float, default=20.0)
     c.add_argument("--tick", type=float, default=1.0, help="seconds between two rounds")
+    c.add_argument("--dump", default="", help="write the request log and latencies here")
+    c.add_argument("--warmup", type=float, default=30.0, help="most seconds to wait for t0")
     b = sub.add_parser("p7")
     b.add_argument("--seconds", type=float, default=300.0)
     b.add_argument("--workers", type=int, default=4)

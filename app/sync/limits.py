@@ -290,7 +290,11 @@ _AHEAD = text(
           AND (c.priority < :prio
                OR (c.priority = :prio AND c.tenant <> :tenant
                    AND COALESCE(s.at, '-infinity') < COALESCE(mine.at, '-infinity')))
-    ) AS ahead
+    ) AS ahead, EXISTS (
+        SELECT 1 FROM limit_claims c
+        WHERE c.key = ANY(CAST(:keys AS text[])) AND c.priority < :prio
+          AND c.seen_at > clock_timestamp() - make_interval(secs => :recent)
+    ) AS better_recent
     """
 )
 _TAKE = text(
@@ -359,6 +363,14 @@ _WINDOW_REPORT = text(
     WHERE w.key = u.key AND w.slot = u.slot AND w.ticket = u.ticket
     """
 )
+# While work of a better priority (live changes) was asked for within LIVE_RECENT seconds,
+# work of a worse one (bulk) leaves the last LIVE_RESERVE window slots of an application's rate
+# alone. Live before bulk at the token level is not enough: a slot comes back only a period
+# after its answer, so a burst of live changes arriving between two bursts would find every
+# slot cooling from bulk requests and wait a whole period; with the reserve one is ready.
+LIVE_RESERVE = 1
+LIVE_RECENT = 10.0
+
 # How long a slot stays taken when its request is never reported (its process died): longer
 # than any request may take, so a live process's slot is never handed out twice.
 WINDOW_HOLD = 120.0
@@ -422,6 +434,7 @@ async def grant(
     fresh: float,
     pending: int | None = None,
     reports: list[Report] | None = None,
+    live_recent: float = LIVE_RECENT,
 ) -> Grant:
     """Take up to `wanted` tokens from every bucket at once, spaced by the strictest interval.
 
@@ -430,7 +443,8 @@ async def grant(
     is how many requests wait: what the grant leaves unserved stays claimed, so work of a
     lower priority keeps waiting while ours does. `reports` (window slots of these buckets
     whose use ended) are applied first. A token of a bucket with a window also takes one of
-    its slots that is free by `horizon`, and is not due before that slot is free.
+    its slots that is free by `horizon`, and is not due before that slot is free; while
+    better work was asked for within `live_recent` seconds, not one of the last LIVE_RESERVE.
     """
     keys = [b.key for b in buckets]
     windowed = [b for b in buckets if b.window > 0]
@@ -443,7 +457,11 @@ async def grant(
             await _report(conn, reports or [])
         params = {"keys": keys, "tenant": tenant, "prio": priority, "me": me}
         await conn.execute(_CLAIM, {**params, "wanted": wanted})
-        head = (await conn.execute(_AHEAD, {**params, "fresh": fresh})).mappings().one()
+        head = (
+            (await conn.execute(_AHEAD, {**params, "fresh": fresh, "recent": live_recent}))
+            .mappings()
+            .one()
+        )
         now: datetime = head["now"]
         for b in buckets:
             until = rows[b.key]["paused_until"]
@@ -474,9 +492,12 @@ async def grant(
             size = {b.key: b.window for b in windowed}
             reach = now + timedelta(seconds=horizon)
             earliest: datetime | None = None
+            reserve = LIVE_RESERVE if head["better_recent"] else 0
             for r in (await conn.execute(_WINDOW_SLOTS, {"keys": list(by_key)})).mappings():
                 if r["slot"] >= size[r["key"]]:
                     continue  # the rate was lowered since
+                if size[r["key"]] > reserve and r["slot"] >= size[r["key"]] - reserve:
+                    continue  # kept for live work
                 if r["free_at"] is None or r["free_at"] <= reach:
                     by_key[r["key"]].append((r["slot"], r["free_at"]))
                 elif earliest is None or r["free_at"] < earliest:
@@ -587,8 +608,10 @@ class Limiter:
         poll: float = 0.05,
         pause_recheck: float = 30.0,
         report_delay: float = 0.05,
+        live_recent: float = LIVE_RECENT,
     ) -> None:
         self.engine = engine
+        self.live_recent = live_recent
         self.me = me
         self.horizon = horizon
         self.max_chunk = max_chunk
@@ -811,6 +834,7 @@ class Limiter:
                     fresh=self.fresh,
                     pending=pending,
                     reports=reports,
+                    live_recent=self.live_recent,
                 )
                 self._learn_skew(result.now, time.time())
             except Paused as exc:

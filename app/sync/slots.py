@@ -1,7 +1,8 @@
 """The per-account request cap across every worker process (DESIGN §6.4).
 
-Each provider account has N request slots in `provider_slots`. A worker leases slots for an
-account it has work for and runs at most as many requests as it holds; leases are renewed while
+Each provider account has N request slots in `provider_slots`. A worker leases as many slots
+of an account as its requests need (waiting or in flight, up to N) and runs at most as many
+requests as it holds, so workers with work for one account share it; leases are renewed while
 in use and released when idle, and a crashed worker's slots come back when its lease runs out
 (at once, when it ran on this host and its process is gone). So the cap holds across processes
 without a database round trip per request.
@@ -41,7 +42,8 @@ _ACQUIRE = text(
         WHERE account_key = :acct AND slot < :cap
           AND (holder IS NULL OR holder = :me OR lease_until < now()
                OR holder = ANY(CAST(:dead AS text[])))
-        ORDER BY slot
+        ORDER BY holder IS DISTINCT FROM :me, slot
+        LIMIT :want
         FOR UPDATE SKIP LOCKED
     ) f
     WHERE p.account_key = f.account_key AND p.slot = f.slot
@@ -134,6 +136,11 @@ class AccountGate:
         """Requests waiting for a slot."""
         return len(self._live) + len(self._bulk)
 
+    @property
+    def demand(self) -> int:
+        """Slots this process's requests could use now (waiting and in flight), up to the cap."""
+        return min(self.cap, self.waiters + self.in_flight)
+
     def allowed(self, now: float, margin: float) -> int:
         """How many requests may be in flight right now."""
         if now >= self.deadline - margin or now < self.cooldown_until:
@@ -168,8 +175,8 @@ class AccountGate:
         began = now
         try:
             while True:
-                if self.held == 0 and self.wants_slots is not None:
-                    self.wants_slots.set()
+                if self.held < self.demand and self.wants_slots is not None:
+                    self.wants_slots.set()  # the slot loop leases what this one needs
                 # Slot and lease changes call refill(); only a cool-down's end and the
                 # starvation limit pass by themselves, so only they need a timed wait.
                 now = time.monotonic()
@@ -331,7 +338,10 @@ class SlotManager:
     async def tick(self) -> None:
         """Acquire for accounts with demand, renew held ones, release idle ones."""
         now = time.monotonic()
-        wanting = [g for g in self.gates.values() if (g.waiters or g.in_flight) and g.held < g.cap]
+        # A worker leases only the slots its requests need (those waiting, those in flight),
+        # not every free one: another worker with work for the same account gets the rest
+        # at once, instead of starving until this one has been idle for `idle_release`.
+        wanting = [g for g in self.gates.values() if g.held < g.demand]
         idle = [
             g
             for g in self.gates.values()
@@ -368,6 +378,7 @@ class SlotManager:
                         "me": self.me,
                         "ttl": self.ttl,
                         "dead": sorted(dead),
+                        "want": max(g.held, g.demand),
                     },
                 )
                 g.held = len(rows.all())

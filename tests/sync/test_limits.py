@@ -437,3 +437,109 @@ async def test_a_request_labelled_with_an_endpoint_also_draws_from_its_rate(
     claims = await fetch(runtime, "SELECT key, served_at FROM limit_claims ORDER BY key")
     assert [r["key"] for r in claims] == ["ac:account:a1", "ac:account:a1:bulk_import"]
     assert claims[0]["served_at"] > claims[1]["served_at"]
+
+
+async def _slots_of(runtime: Runtime, prefix: str) -> list[int]:
+    rows = await fetch(
+        runtime,
+        "SELECT slot FROM limit_window WHERE ticket LIKE :p ORDER BY slot",
+        p=f"{prefix}/%",
+    )
+    return [r["slot"] for r in rows]
+
+
+async def test_bulk_work_leaves_a_window_slot_for_live_work_asked_for_lately(
+    runtime: Runtime,
+) -> None:
+    # 4 requests in any second for the application. Tenant B made a live change a moment ago;
+    # tenant A's backlog then holds every slot it may: three of the four, never the last, so
+    # B's next live change finds a slot ready instead of waiting for bulk requests' periods.
+    spec = LimitSpec(rates=(Rate(4, scope=Scope.application),))
+    a = Limiter(runtime.engine, me="proc-a", live_recent=60.0)
+    b = Limiter(runtime.engine, me="proc-b", live_recent=60.0)
+    ba = bind(spec, provider="p", account="acct-a", application="app", tenant="A")
+    bb = bind(spec, provider="p", account="acct-b", application="app", tenant="B")
+    request_priority.set(PRIORITY_LIVE)
+    async with b.request(bb):
+        pass
+    request_priority.set(PRIORITY_BULK)
+    async with contextlib.AsyncExitStack() as out:
+        for _ in range(3):
+            await out.enter_async_context(a.request(ba))
+        assert sorted(await _slots_of(runtime, "proc-a")) == [0, 1, 2]
+
+        async def bulk_request() -> None:
+            request_priority.set(PRIORITY_BULK)
+            async with a.request(ba):
+                pass
+
+        fourth = asyncio.create_task(bulk_request())
+        await asyncio.sleep(1.5)  # past the live request's period: its slot is free again
+        assert not fourth.done()  # the free slot is the reserved one
+        assert 3 not in await _slots_of(runtime, "proc-a")
+        request_priority.set(PRIORITY_LIVE)
+        async with b.request(bb):
+            assert await _slots_of(runtime, "proc-b") == [3]
+        assert not fourth.done()
+        fourth.cancel()
+        await asyncio.gather(fourth, return_exceptions=True)
+    await a.release()
+    await b.release()
+
+
+async def test_no_live_work_lately_lets_bulk_work_take_every_window_slot(
+    runtime: Runtime,
+) -> None:
+    spec = LimitSpec(rates=(Rate(4, scope=Scope.application),))
+    a = Limiter(runtime.engine, me="proc-a", live_recent=60.0)
+    ba = bind(spec, provider="p", account="acct-a", application="app", tenant="A")
+    request_priority.set(PRIORITY_BULK)
+    async with contextlib.AsyncExitStack() as out:
+        for _ in range(4):
+            await out.enter_async_context(a.request(ba))
+        assert sorted(await _slots_of(runtime, "proc-a")) == [0, 1, 2, 3]
+    await a.release()
+
+
+async def test_with_live_work_waiting_no_bulk_claim_gets_a_window_slot(
+    runtime: Runtime,
+) -> None:
+    # Every slot is out (A's bulk requests, C's live one) and B's live change waits, as does
+    # A's next bulk request. The first slot to come back goes to B, not to A's backlog.
+    spec = LimitSpec(rates=(Rate(4, scope=Scope.application),))
+    a = Limiter(runtime.engine, me="proc-a", live_recent=60.0)
+    b = Limiter(runtime.engine, me="proc-b", live_recent=60.0)
+    c = Limiter(runtime.engine, me="proc-c", live_recent=60.0)
+    ba = bind(spec, provider="p", account="acct-a", application="app", tenant="A")
+    bb = bind(spec, provider="p", account="acct-b", application="app", tenant="B")
+    bc = bind(spec, provider="p", account="acct-c", application="app", tenant="C")
+    order: list[str] = []
+
+    async def request(limiter: Limiter, binding: Any, name: str, prio: int) -> None:
+        request_priority.set(prio)
+        async with limiter.request(binding):
+            order.append(name)
+
+    request_priority.set(PRIORITY_BULK)
+    a_out = [contextlib.AsyncExitStack() for _ in range(3)]
+    for stack in a_out:  # no live work yet: bulk work may take any slot
+        await stack.enter_async_context(a.request(ba))
+    async with contextlib.AsyncExitStack() as c_out:
+        request_priority.set(PRIORITY_LIVE)
+        await c_out.enter_async_context(c.request(bc))
+        assert await _slots_of(runtime, "proc-c") == [3]
+        bulk = asyncio.create_task(request(a, ba, "A", PRIORITY_BULK))
+        await asyncio.sleep(0.3)  # A's backlog asks first
+        live = asyncio.create_task(request(b, bb, "B", PRIORITY_LIVE))
+        await asyncio.sleep(0.3)
+        assert not live.done() and not bulk.done()
+        await a_out[0].aclose()  # one bulk request answered: its slot comes back a period on
+        await live
+        assert order == ["B"]
+        assert not bulk.done()  # the other slots are still out
+        for stack in a_out[1:]:
+            await stack.aclose()
+        await bulk
+    assert order == ["B", "A"]
+    for limiter in (a, b, c):
+        await limiter.release()

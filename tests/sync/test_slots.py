@@ -72,12 +72,49 @@ async def test_a_dead_local_holders_slots_are_taken_at_once(runtime: Runtime) ->
     )
     m = SlotManager(runtime.engine, me=worker_identity(), cap=4, ttl=30)
     release = asyncio.Event()
-    tasks = await hold(m, 1, release)
+    tasks = await hold(m, 2, release)
     await m.tick()
-    assert m.gate("acct").held == 4
+    # As many of the dead holder's slots as the two requests need, without waiting for its
+    # hour-long lease.
+    assert m.gate("acct").held == 2
+    assert m.gate("acct").in_flight == 2
+    rows = await fetch(
+        runtime,
+        "SELECT holder, count(*) AS n FROM provider_slots GROUP BY holder ORDER BY holder",
+    )
+    assert {r["holder"]: r["n"] for r in rows} == {dead: 2, worker_identity(): 2}
     release.set()
     await asyncio.gather(*tasks)
     await m.release_all()
+
+
+async def test_a_worker_leases_only_the_slots_its_requests_need(runtime: Runtime) -> None:
+    # Worker A has one request for the account; worker B then gets one: both go at once. (A
+    # used to lease every free slot and keep them until it had been idle a while, so B's
+    # request waited for that, or starved and gave its rows back.)
+    a = SlotManager(runtime.engine, me="host:1:1", cap=10, ttl=30, idle_release=60.0)
+    b = SlotManager(runtime.engine, me="host:2:2", cap=10, ttl=30, idle_release=60.0)
+    release = asyncio.Event()
+    a_tasks = await hold(a, 1, release)
+    await a.tick()
+    assert (a.gate("acct").held, a.gate("acct").in_flight) == (1, 1)
+    b_tasks = await hold(b, 1, release)
+    await b.tick()
+    assert (b.gate("acct").held, b.gate("acct").in_flight) == (1, 1)
+    # More requests of A: it leases more, up to the cap less what B holds.
+    more = await hold(a, 12, release)
+    await a.tick()
+    assert a.gate("acct").held == 9 and a.gate("acct").in_flight == 9
+    rows = await fetch(
+        runtime,
+        "SELECT holder, count(*) AS n FROM provider_slots WHERE holder IS NOT NULL"
+        " GROUP BY holder ORDER BY holder",
+    )
+    assert rows == [{"holder": "host:1:1", "n": 9}, {"holder": "host:2:2", "n": 1}]
+    release.set()
+    await asyncio.gather(*a_tasks, *b_tasks, *more)
+    await a.release_all()
+    await b.release_all()
 
 
 async def test_starved_waiter_gives_up(runtime: Runtime) -> None:
