@@ -76,6 +76,14 @@ async def on_startup(app: FastAPI, rt: Runtime) -> None:
     from app.sync.runner import start_in_process
 
     rt.extras.setdefault("transport", build_transport())
+    # The API's own provider calls (connect, Settings) count against the shared limits.
+    from app.connections import limits as client_limits
+    from app.sync.limits import ProcessLimits
+    from app.sync.slots import worker_identity
+
+    limits = ProcessLimits(rt.engine, rt.settings, me=f"{worker_identity()}:api")
+    rt.extras["limits"] = limits
+    client_limits.install(limits)
     async with session_scope(rt.sessionmaker) as session:
         await ensure_configured_connection(rt.settings, session)
     if rt.settings.WORKER_IN_PROCESS:
@@ -95,6 +103,12 @@ async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
     for result in results:
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.warning("service.task_failed_on_shutdown", error=repr(result))
+    limits = rt.extras.pop("limits", None)
+    if limits is not None:
+        from app.connections import limits as client_limits
+
+        client_limits.uninstall(limits)
+        await limits.release()
     transport = rt.extras.pop("transport", None)
     if transport is not None:
         await transport.aclose()

@@ -31,6 +31,7 @@ from app.connections.crypto import (
     encrypt_credentials,
     rotate_credentials,
 )
+from app.connections.limits import limiter_for
 from app.connections.mapping_repository import MappingRepository
 from app.connections.notices import REASON_ENDPOINT, notice_for_provider
 from app.connections.oauth import OAuthFailure, OAuthNotConfigured
@@ -176,6 +177,9 @@ def account_client(
             timeout=provider.connect.timeout(settings),
             sandbox=provider.connect.sandbox(settings),
             dc=account.dc,
+            limiter=limiter_for(
+                provider, account_key=account.account_key, tenant=account.account_key
+            ),
         )
     )
 
@@ -207,6 +211,9 @@ def client_for(
                 sandbox=provider.connect.sandbox(settings),
                 dc=row["dc"],
                 tokens=token_source(maker, settings, provider, row["id"], creds),
+                limiter=limiter_for(
+                    provider, account_key=row["account_key"], tenant=str(row["id"])
+                ),
             )
         )
     except ValueError as exc:
@@ -397,7 +404,15 @@ class ConnectionService:
 
         try:
             account = await provider.connect.exchange_code(
-                settings, code=code, **_pkce(provider, settings, claims.nonce)
+                settings,
+                code=code,
+                # Before the exchange the account is unknown: the application's limits hold.
+                limiter=limiter_for(
+                    provider,
+                    account_key=f"{provider.id}:connect",
+                    tenant=f"connect:{claims.owner_id}",
+                ),
+                **_pkce(provider, settings, claims.nonce),
             )
         except ConnectRefused as exc:
             raise oauth_failure(provider, exc) from None

@@ -867,8 +867,10 @@ class ConnectFlow(Protocol):
     async def authorize_url(self, settings: Settings, *, state: str) -> str:
         """The provider's authorize page for this app, redirect URI and `state`."""
 
-    async def exchange_code(self, settings: Settings, *, code: str) -> Account:
-        """Code → tokens → the account they reach."""
+    async def exchange_code(
+        self, settings: Settings, *, code: str, limiter: RequestLimiter | None = None
+    ) -> Account:
+        """Code → tokens → the account they reach (calls to the API under `limiter`)."""
 
     def sandbox(self, settings: Settings) -> bool:
         """True when this provider's traffic goes to its built-in emulator (`<ID>_MODE`)."""

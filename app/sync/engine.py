@@ -70,6 +70,7 @@ from app.sync.desired import (
     tag_diff,
 )
 from app.sync.limits import (
+    APPLICATION,
     BULK_SHARE_SPENT,
     Binding,
     ConnectionLimits,
@@ -563,9 +564,7 @@ class SyncEngine:
             spec,
             provider=provider.id,
             account=row["account_key"],
-            # One deployment is one application at the provider (one OAuth client): every
-            # connection of this provider shares the application scope.
-            application="app",
+            application=APPLICATION,
             tenant=str(row["id"]),
         )
 

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import text
@@ -47,7 +47,15 @@ from app.providers.base import QuotaExhausted as QuotaExhausted  # re-exported f
 from app.providers.base import ThrottledError
 from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 
+if TYPE_CHECKING:
+    from app.config import Settings
+    from app.providers.registry import Provider
+
 log = structlog.get_logger(__name__)
+
+# One deployment is one application at a provider (one OAuth client): every connection of a
+# provider shares its application scope, in the workers and the API alike.
+APPLICATION = "app"
 
 # The priority of the work a request belongs to; the engine sets it per group of rows.
 request_priority: contextvars.ContextVar[int] = contextvars.ContextVar(
@@ -911,3 +919,28 @@ class ConnectionLimits:
                     yield
             else:
                 yield
+
+
+class ProcessLimits:
+    """The shared limits for a process that builds clients but runs no engine (the API):
+    one Limiter, each connection bound as the engine binds it (app.connections.limits)."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings, *, me: str) -> None:
+        self.limiter = Limiter(engine, me=me)
+        self.settings = settings
+
+    def __call__(
+        self, provider: Provider, *, account_key: str, tenant: str
+    ) -> ConnectionLimits | None:
+        """The limiter of one connection's requests; None when its provider has no rate."""
+        spec = LimitSpec.from_limits(provider.limits(self.settings))
+        if not spec.metered:
+            return None
+        binding = bind(
+            spec, provider=provider.id, account=account_key, application=APPLICATION, tenant=tenant
+        )
+        return ConnectionLimits(self.limiter, binding)
+
+    async def release(self) -> None:
+        """Withdraw the claims and window slots of this process (shutdown)."""
+        await self.limiter.release()

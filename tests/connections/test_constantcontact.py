@@ -606,3 +606,38 @@ class TestDevelopment:
         creds = decrypt_credentials(ccservice.settings, row["credentials"])
         assert creds["refresh_token"] and "sandbox_seed" not in creds
         assert row["status"] == "active"
+
+
+async def test_the_api_processs_calls_count_against_the_application_limits(
+    ccservice: Service, cc: CCSandbox, runtime: Runtime
+) -> None:
+    # Connect (the account summary, the lists, the custom fields of FIELD_MAP) and the
+    # Settings page (the lists, a list chosen) are the API process's own requests: every one
+    # of them takes a token of the application's rate and counts in the day's quota, as the
+    # workers' requests do (nothing else runs here: no worker drains the queue).
+    made = await cc.http.post("/_control/accounts/p07e1l8cdif9dl/lists", json={"name": "News"})
+    other = made.json()["list_id"]
+    await connect(ccservice)
+    listed = await ccservice.http.get(
+        f"/api/integrations/{PID}/audiences", headers=ccservice.auth()
+    )
+    assert listed.status_code == 200, listed.text
+    r = await ccservice.http.put(
+        f"/api/integrations/{PID}/audience", json={"audience_id": other}, headers=ccservice.auth()
+    )
+    assert r.status_code == 200, r.text
+    sent = [
+        f"{q['method']} {q['path']}"
+        for q in (await cc.http.get("/_control/requests")).json()["requests"]
+        if str(q["path"]).startswith("/v3/")
+    ]
+    assert "GET /v3/account/summary" in sent and "GET /v3/contact_lists" in sent, sent
+    rows = await fetch(
+        runtime,
+        "SELECT quota_used, quota_day FROM limit_buckets WHERE key = :k",
+        k="constantcontact:application:app",
+    )
+    # At least one token per request (a token handed over too late to keep the spacing is
+    # counted and not spent: the day's count may run ahead of the requests, never behind).
+    assert len(rows) == 1 and rows[0]["quota_day"] == datetime.now(UTC).date()
+    assert rows[0]["quota_used"] >= len(sent), (rows, sent)

@@ -30,6 +30,7 @@ from app.providers.base import (
     ClientConfig,
     ConnectRefused,
     ProviderClient,
+    RequestLimiter,
     SandboxSeed,
 )
 
@@ -177,7 +178,9 @@ class ActiveCampaignConnect:
         """ActiveCampaign's API has no OAuth."""
         raise NotImplementedError
 
-    async def exchange_code(self, settings: Settings, *, code: str) -> Account:
+    async def exchange_code(
+        self, settings: Settings, *, code: str, limiter: RequestLimiter | None = None
+    ) -> Account:
         """ActiveCampaign's API has no OAuth."""
         raise NotImplementedError
 

@@ -29,6 +29,7 @@ from app.providers.base import (
     ConnectRefused,
     ProviderClient,
     ProviderError,
+    RequestLimiter,
     SandboxSeed,
     TransientError,
 )
@@ -258,13 +259,19 @@ class ConstantContactConnect:
         return await authorization_url(self.oauth_config(settings), state, code_verifier)
 
     async def exchange_code(
-        self, settings: Settings, *, code: str, code_verifier: str | None = None
+        self,
+        settings: Settings,
+        *,
+        code: str,
+        code_verifier: str | None = None,
+        limiter: RequestLimiter | None = None,
     ) -> Account:
-        """Code → tokens → `account/summary` → the account."""
+        """Code → tokens → `account/summary` (under `limiter`: the application's rate and
+        quota) → the account."""
         cfg = self.oauth_config(settings)
         token = await exchange(cfg, code, code_verifier)
         credentials = credentials_from(token)
-        summary = await self._summary(settings, cfg, credentials)
+        summary = await self._summary(settings, cfg, credentials, limiter)
         account_id = str(summary.get("encoded_account_id") or "")
         if not account_id:
             raise ConnectRefused(
@@ -281,7 +288,11 @@ class ConstantContactConnect:
         )
 
     async def _summary(
-        self, settings: Settings, cfg: OAuthConfig, credentials: Mapping[str, Any]
+        self,
+        settings: Settings,
+        cfg: OAuthConfig,
+        credentials: Mapping[str, Any],
+        limiter: RequestLimiter | None = None,
     ) -> dict[str, Any]:
         async with httpx.AsyncHTTPTransport() as transport:
             client = ConstantContactClient(
@@ -289,6 +300,7 @@ class ConstantContactConnect:
                 api_base=cfg.api_base,
                 access_token=str(credentials["access_token"]),
                 timeout=cfg.timeout,
+                limiter=limiter,
             )
             try:
                 return await client.account_summary()

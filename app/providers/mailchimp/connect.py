@@ -25,6 +25,7 @@ from app.providers.base import (
     ClientConfig,
     ConnectRefused,
     ProviderClient,
+    RequestLimiter,
     SandboxSeed,
 )
 from app.providers.mailchimp.client import (
@@ -296,8 +297,11 @@ class MailchimpConnect:
         """Mailchimp's authorize page for this app."""
         return await authorization_url(self.oauth_config(settings), state)
 
-    async def exchange_code(self, settings: Settings, *, code: str) -> Account:
-        """Code → token → metadata → the account (host rule applied)."""
+    async def exchange_code(
+        self, settings: Settings, *, code: str, limiter: RequestLimiter | None = None
+    ) -> Account:
+        """Code → token → metadata → the account (host rule applied); the metadata endpoint
+        is not the API, so `limiter` has nothing to hold."""
         grant = await exchange_code(self.oauth_config(settings), code)
         return oauth_account(settings, grant)
 

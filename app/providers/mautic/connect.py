@@ -29,6 +29,7 @@ from app.providers.base import (
     ClientConfig,
     ConnectRefused,
     ProviderClient,
+    RequestLimiter,
     SandboxSeed,
 )
 from app.providers.mautic.client import MauticClient
@@ -163,7 +164,9 @@ class MauticConnect:
         """Mautic connects with client credentials only (no popup)."""
         raise NotImplementedError("Mautic connects with an instance URL and an API client")
 
-    async def exchange_code(self, settings: Settings, *, code: str) -> Account:
+    async def exchange_code(
+        self, settings: Settings, *, code: str, limiter: RequestLimiter | None = None
+    ) -> Account:
         """Mautic connects with client credentials only (no popup)."""
         raise NotImplementedError("Mautic connects with an instance URL and an API client")
 
