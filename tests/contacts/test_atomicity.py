@@ -36,19 +36,24 @@ async def client500(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def add_connection(runtime: Runtime, owner: str = "owner-a") -> None:
+async def add_connection(
+    runtime: Runtime, owner: str = "owner-a", provider: str = "mailchimp"
+) -> uuid.UUID:
     """A connection with an audience, so every write of the owner queues sync work."""
-    await fetch(
+    (row,) = await fetch(
         runtime,
         """
         INSERT INTO connections (owner_id, provider, auth_kind, credentials, account_key,
                                  api_endpoint, audience_id, webhook_token, status)
-        VALUES (:owner, 'mailchimp', 'api_key', 'x', 'acct', 'http://sandbox', 'aud1', :tok,
+        VALUES (:owner, :provider, 'api_key', 'x', :provider, 'http://sandbox', 'aud1', :tok,
                 'active')
+        RETURNING id
         """,
         owner=owner,
+        provider=provider,
         tok=uuid.uuid4().hex,
     )
+    return uuid.UUID(str(row["id"]))
 
 
 async def snapshot(runtime: Runtime) -> dict[str, list[dict[str, Any]]]:
@@ -297,5 +302,68 @@ class TestNotify:
             assert heard == ["", "", "", "marker"]
             rows = await fetch(runtime, "SELECT seq, state FROM sync_queue")
             assert rows == [{"seq": 5, "state": "ready"}]
+        finally:
+            await listener.close()
+
+    async def test_a_connection_with_work_due_is_not_woken_again(
+        self,
+        client500: httpx.AsyncClient,
+        auth: Auth,
+        runtime: Runtime,
+        database_url: str,
+    ) -> None:
+        # A burst of new contacts (P6: one row per connection each) wakes a worker when a
+        # connection has nothing due yet, not once a write; every row is still written.
+        await add_connection(runtime)
+        second = await add_connection(runtime, provider="activecampaign")
+        heard: list[str] = []
+        marker = asyncio.Event()
+
+        def on_notify(connection: Any, pid: int, channel: str, payload: str) -> None:
+            heard.append(payload)
+            if payload == "marker":
+                marker.set()
+
+        listener = await asyncpg.connect(to_libpq_url(database_url))
+        try:
+            await listener.add_listener("sync_queue", on_notify)
+            await create(client500, auth, "a@example.com")  # an empty queue: wake
+            await create(client500, auth, "b@example.com")  # both have a@ due: no NOTIFY
+            # The worker finished the second connection's rows; the first still has its own.
+            await fetch(
+                runtime,
+                "DELETE FROM sync_queue WHERE connection_id = :c RETURNING 1",
+                c=str(second),
+            )
+            await create(client500, auth, "c@example.com")  # the second has nothing: wake
+            # Rows being sent (leased) are due work in hand: the worker looks again after.
+            await fetch(
+                runtime,
+                "UPDATE sync_queue SET leased_by = 'w', lease_until = now() + interval '1 hour'"
+                " RETURNING 1",
+            )
+            await create(client500, auth, "d@example.com")  # no NOTIFY
+            await fetch(runtime, "UPDATE sync_queue SET state = 'parked' RETURNING 1")
+            await create(client500, auth, "e@example.com")  # only parked rows: wake
+            await fetch(
+                runtime,
+                "UPDATE sync_queue SET state = 'ready', leased_by = NULL, lease_until = NULL,"
+                " available_at = now() + interval '1 hour' RETURNING 1",
+            )
+            await create(client500, auth, "f@example.com")  # nothing due before an hour: wake
+            await fetch(runtime, "SELECT pg_notify('sync_queue', 'marker')")
+            await asyncio.wait_for(marker.wait(), timeout=30)
+            assert heard == ["", "", "", "", "marker"]
+            rows = await fetch(
+                runtime, "SELECT email_key, count(*) AS n FROM sync_queue GROUP BY email_key"
+            )
+            assert {r["email_key"]: r["n"] for r in rows} == {
+                "a@example.com": 1,
+                "b@example.com": 1,
+                "c@example.com": 2,
+                "d@example.com": 2,
+                "e@example.com": 2,
+                "f@example.com": 2,
+            }
         finally:
             await listener.close()
