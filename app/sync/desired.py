@@ -18,6 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from app.emailkey import email_key
 from app.providers.base import PRESENT_STATUSES, ContactPayload, ErrorKind, campaign_ref
 from app.providers.mapping import MappingConfig, digest_of, merge_fields
 
@@ -186,9 +187,17 @@ def _plan_key(
     if tombstoned:
         return Plan(key, Action.noop, contact=contact, mirror=mirror, mirror_op=MirrorOp.forgotten)
     if mirror is not None and mirror.get("error_kind") == ErrorKind.collision:
-        # A move the provider would have turned into a merge of two people: it stays refused
-        # (the contact's `sync` says so) until the address changes again. Sending to the new
-        # address would write onto the other person.
+        held = mirror.get("pushed_email")
+        if is_movable(mirror) and held and email_key(held) != key:
+            # An address change refused because the provider would merge two people: the
+            # person's record still holds `held`. Every later change tries the move again
+            # (the new address is checked again: once free, it moves); while it is taken,
+            # the rest of the change goes to the record by its id under `held`.
+            again = plan_move(key, key, contact=contact, old_mirror=mirror, cfg=cfg, intent=intent)
+            again.move_from = None
+            return again
+        # Refused before the record was kept with it (no record to address): sending to the
+        # new address would write onto the other person.
         return Plan(key, Action.noop, contact=contact, mirror=mirror)
     return _plan_contact(key, contact, mirror, cfg, intent, may_exist)
 

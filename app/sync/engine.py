@@ -1108,18 +1108,18 @@ class SyncEngine:
 
     async def _move(self, ctx: ConnectionContext, plan: Plan) -> dict[str, Outcome]:
         assert plan.payload is not None
-        assert plan.move_from is not None
-        old_key, old_email, payload = (
-            plan.move_from,
-            plan.target_email or plan.move_from,
-            plan.payload,
-        )
+        # A move retried after a refused collision has no old key: the mirror row is the new
+        # key's already (the record still holds its old address, `target_email`).
+        old_key = plan.move_from or plan.key
+        old_email, payload = plan.target_email or old_key, plan.payload
         client, audience, ref = ctx.client, ctx.audience_id, _ref(plan)
         try:
             state = await self._call(
                 ctx, lambda: client.move_member(audience, old_email, payload, remote=ref)
             )
         except PermanentError as exc:
+            if exc.kind is ErrorKind.collision:
+                return await self._address_refused(ctx, plan, old_email, exc)
             if exc.kind not in (ErrorKind.member_exists, ErrorKind.not_found):
                 raise
             # The new address is already a member (or the old one is gone): archive the old
@@ -1149,10 +1149,36 @@ class SyncEngine:
             state = await self._call(ctx, lambda: client.upsert_member(audience, payload))
             return {old_key: old_outcome, plan.key: await self._after_write(ctx, fresh, state)}
         new_outcome = await self._after_write(ctx, plan, state)
+        if old_key == plan.key:
+            return {plan.key: new_outcome}
         return {
             old_key: Outcome(old_key, "done", mirror_delete=True, synced=True),
             plan.key: new_outcome,
         }
+
+    async def _address_refused(
+        self, ctx: ConnectionContext, plan: Plan, held: str, exc: PermanentError
+    ) -> dict[str, Outcome]:
+        """The provider would merge the person into the one holding the new address: the
+        address change stays refused and shown (`rejected`, the collision's reason), and the
+        rest of the change goes to the person's record by its id under the address it holds.
+        The new key's mirror row keeps that record (pushed_email = `held`), so a delete,
+        a forget or the next change (which tries the move again) addresses it."""
+        assert plan.payload is not None
+        payload = dataclasses.replace(plan.payload, email_address=held)
+        ref = _ref(plan)
+        state = await self._call(
+            ctx, lambda: ctx.client.update_member(ctx.audience_id, payload, remote=ref)
+        )
+        outcome = await self._after_write(ctx, dataclasses.replace(plan, target_email=held), state)
+        assert outcome.mirror is not None
+        outcome.mirror.update(
+            pushed_email=held, error_kind=exc.kind.value, error=exc.message[:1000]
+        )
+        out = {plan.key: outcome}
+        if plan.move_from and plan.move_from != plan.key:
+            out[plan.move_from] = Outcome(plan.move_from, "done", mirror_delete=True, synced=True)
+        return out
 
     async def _archive(self, ctx: ConnectionContext, plan: Plan) -> Outcome:
         email = plan.target_email or plan.key

@@ -405,7 +405,9 @@ async def _apply_moves(
     for row in rows.mappings():
         member = by_id[row["remote_id"]]
         key = email_key(member.email_address)
-        if key is None or key == row["email_key"]:
+        # The address we pushed is not a change at the provider (a refused collision keeps
+        # the record's old address on the new key's row).
+        if key is None or key in (row["email_key"], email_key(row["pushed_email"])):
             continue
         outcome = await applier.email_change(
             old_email=row["pushed_email"] or row["email_key"],
@@ -567,7 +569,7 @@ async def _email_change(
         .mappings()
         .first()
     )
-    if found is None or found["email_key"] == new_key:
+    if found is None or new_key in (found["email_key"], email_key(found["pushed_email"])):
         return None
     return await applier.email_change(
         old_email=found["pushed_email"] or found["email_key"],

@@ -46,6 +46,10 @@ async def handle(
         # A webhook left behind on another audience: its people are not this mirror's.
         return Outcome.ignored
     at, kind = event.fired_at, event.type
+    if event.kind is not InboundKind.profile and await applier.someone_else(
+        event.email, event.person_id
+    ):
+        return Outcome.ignored
     match event.kind:
         case (
             InboundKind.unsubscribe
@@ -71,6 +75,8 @@ async def handle(
                 )
                 if moved is not None:
                     return moved
+            if await applier.someone_else(event.email, event.person_id):
+                return Outcome.ignored
             outcome = Outcome.ignored
             cfg = applier.inbound.mapping
             if cfg.interests and event.interest_changes is not None:

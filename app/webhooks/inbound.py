@@ -371,6 +371,17 @@ class InboundApplier:
         await self._enqueue_if_owed(new_key, contact, changed=True, old_key=old_key)
         return Outcome.applied
 
+    async def someone_else(self, email: str | None, person_id: str | None) -> bool:
+        """True when the event's person (the provider's id) is not the one the mirror holds
+        for its address: after a refused collision our contact's address belongs to another
+        person there, whose events (a delete, an unsubscribe, an edit) are not our
+        contact's."""
+        key = email_key(email)
+        if not person_id or key is None:
+            return False
+        row = await self.mirrors.mirror(self.inbound.connection_id, key)
+        return row is not None and bool(row["remote_id"]) and str(row["remote_id"]) != person_id
+
     async def moved_at_provider(
         self, *, person_id: str, email: str, at: datetime, event: str | None
     ) -> Outcome | None:
@@ -380,7 +391,9 @@ class InboundApplier:
         if key is None:
             return None
         found = await self.mirrors.mirror_by_remote_id(self.inbound.connection_id, person_id)
-        if found is None or found["email_key"] == key:
+        # Still the address we pushed: nothing moved there (a refused collision keeps the
+        # record's old address on the new key's row).
+        if found is None or key in (found["email_key"], email_key(found["pushed_email"])):
             return None
         return await self.email_change(
             old_email=found["pushed_email"] or found["email_key"],

@@ -531,6 +531,92 @@ class TestEmailChange:
         writes = [r for r in await mautic.requests() if r.get("method") != "GET"]
         assert not writes, writes
 
+    async def test_after_a_refused_collision_edits_reach_the_person_and_the_move_is_retried(
+        self, connected: Service, mautic: Mautic, runtime: Runtime
+    ) -> None:
+        crm = Crm(connected)
+        settings = connected.settings
+        ada = await crm.create(email="ada@example.com", first_name="Ada")
+        await drain(runtime, settings)
+        aid = (await remote(mautic))["ada@example.com"]["id"]
+        other = await mautic.new_contact(email="taken@example.com", firstname="Someone")
+
+        async def sync_line() -> dict[str, Any]:
+            return dict((await crm.get(ada["id"]))["sync"][0])
+
+        await crm.patch(ada["id"], email="taken@example.com")
+        await drain(runtime, settings)
+        assert (await sync_line())["error_kind"] == "collision"
+
+        # Another edit while the address is refused: it reaches Ada's record by its id,
+        # under the address it holds; the address change stays refused and shown.
+        await crm.patch(ada["id"], first_name="Augusta")
+        await drain(runtime, settings)
+        people = await remote(mautic)
+        assert people["ada@example.com"]["id"] == aid
+        assert people["ada@example.com"]["fields"]["all"]["firstname"] == "Augusta"
+        assert people["ada@example.com"]["segments"]
+        taken = people["taken@example.com"]
+        assert taken["id"] == other["id"] and taken["segments"] == []
+        assert taken["fields"]["all"]["firstname"] == "Someone"
+        sync = await sync_line()
+        assert sync["status"] == "rejected" and sync["error_kind"] == "collision"
+        assert sync["remote_status"] == "subscribed"
+        assert str(other["id"]) in sync["error"]
+
+        # Another address someone else holds: checked again, refused again.
+        third = await mautic.new_contact(email="also@example.com", firstname="Third")
+        await crm.patch(ada["id"], email="also@example.com")
+        await drain(runtime, settings)
+        people = await remote(mautic)
+        assert people["ada@example.com"]["id"] == aid
+        assert people["also@example.com"]["id"] == third["id"]
+        assert people["also@example.com"]["segments"] == []
+        assert (await sync_line())["error_kind"] == "collision"
+
+        # A free address: the move goes ahead, the refusal is gone.
+        await crm.patch(ada["id"], email="augusta@example.com")
+        await drain(runtime, settings)
+        people = await remote(mautic)
+        assert people["augusta@example.com"]["id"] == aid and "ada@example.com" not in people
+        assert people["augusta@example.com"]["fields"]["all"]["firstname"] == "Augusta"
+        sync = await sync_line()
+        assert sync["status"] == "synced" and sync["error_kind"] is None
+
+        # Refused again, then the other person lets the address go at Mautic: the next
+        # change (any field) checks again and moves the address too.
+        await crm.patch(ada["id"], email="taken@example.com")
+        await drain(runtime, settings)
+        assert (await sync_line())["error_kind"] == "collision"
+        r = await mautic.api.delete(f"/contacts/{other['id']}/delete")
+        assert r.status_code == 200, r.text
+
+        # Its delete reaches us by webhook: about that person, not about our contact.
+        async def delete_applied() -> bool:
+            rows = await fetch(
+                runtime,
+                "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.lead_post_delete'"
+                " AND processed_at IS NOT NULL",
+            )
+            return bool(rows)
+
+        await wait_for(delete_applied, within=10)
+        [event] = await fetch(
+            runtime,
+            "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.lead_post_delete'",
+        )
+        assert event["outcome"] == "ignored"
+        assert (await crm.get(ada["id"]))["newsletter_opt_in"] is True
+        await crm.patch(ada["id"], last_name="King")
+        await drain(runtime, settings)
+        people = await remote(mautic)
+        assert people["taken@example.com"]["id"] == aid and "augusta@example.com" not in people
+        assert people["taken@example.com"]["fields"]["all"]["lastname"] == "King"
+        sync = await sync_line()
+        assert sync["status"] == "synced" and sync["error_kind"] is None
+        # Nobody was merged away: the third person is still there, untouched.
+        assert people["also@example.com"]["id"] == third["id"]
+
 
 class TestLossyWebhooks:
     async def test_the_scheduled_pull_brings_back_what_a_dropped_delivery_lost(

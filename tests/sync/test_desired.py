@@ -377,3 +377,27 @@ def test_move_keeps_old_member() -> None:
     assert p.target_email == "Ada@example.com"
     assert p.payload is not None
     assert p.payload.email_address == "new@example.com"
+
+
+def test_after_a_refused_collision_every_change_tries_the_move_again() -> None:
+    # The record still holds the old address (the new key's row keeps it as pushed_email):
+    # the plan is a move from it, addressed to the record, with no other key to finish.
+    c = contact(email="taken@example.com", email_key="taken@example.com", first_name="Augusta")
+    refused = mirror_for(contact(), error_kind="collision", error="Mautic contact 2 …")
+    p = plan_key(
+        "taken@example.com", contact=c, mirror=refused, tombstoned=False, forget=False, cfg=CFG
+    )
+    assert p.action is Action.move and p.move_from is None
+    assert p.target_email == "Ada@example.com"
+    assert p.payload is not None and p.payload.email_address == "taken@example.com"
+
+
+def test_a_collision_refused_without_the_record_sends_nothing() -> None:
+    # No record kept on the row (refused before this rule): sending to the new address
+    # would write onto the other person.
+    c = contact(email="taken@example.com", email_key="taken@example.com")
+    legacy = {"remote_status": "rejected", "error_kind": "collision", "pushed_digest": None}
+    p = plan_key(
+        "taken@example.com", contact=c, mirror=legacy, tombstoned=False, forget=False, cfg=CFG
+    )
+    assert p.action is Action.noop

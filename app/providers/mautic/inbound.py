@@ -103,6 +103,9 @@ def _event(trigger: str, item: dict[str, Any]) -> InboundEvent:
         kind = InboundKind.archived  # gone from Mautic, not an opt-out
     elif trigger == "mautic.lead_list_change":
         return _segment_change(item, email)
+    # A delete's contact is serialized after removal (`id` null): the delivery's own `id`
+    # names the person.
+    person = contact.get("id") or (item.get("id") if kind is InboundKind.archived else None)
     return InboundEvent(
         kind=kind,
         type=trigger,
@@ -111,7 +114,7 @@ def _event(trigger: str, item: dict[str, Any]) -> InboundEvent:
         email=email,
         reason=reason,
         fields={k: v for k, v in fields.items() if k != "email"},
-        person_id=str(contact["id"]) if contact.get("id") else None,
+        person_id=str(person) if person else None,
     )
 
 
