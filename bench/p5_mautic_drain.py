@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 
 from app.db import create_engine
 from app.sync.engine import SyncEngine
@@ -33,6 +34,9 @@ CAP, BATCH = 4, 200
 L0_MS, C_MS = 100.0, 1.0
 
 
+SANDBOX_PID: list[int] = []
+
+
 @contextlib.contextmanager
 def mautic_process() -> Iterator[str]:
     """`audience-sync sandbox mautic` on a free port (its CPU is not ours); its root URL."""
@@ -42,6 +46,7 @@ def mautic_process() -> Iterator[str]:
         cmd, cwd=harness.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
+    SANDBOX_PID[:] = [proc.pid]
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -139,11 +144,17 @@ async def engine_run(db_url: str, url: str, n: int) -> dict[str, float]:
             await conn.execute(text("ANALYZE"))
         httpx.delete(f"{url}/_control/requests", timeout=30)
         sync = SyncEngine(engine, settings)
+        sandbox = psutil.Process(SANDBOX_PID[0])
+        cpu0, sandbox0 = time.process_time(), sandbox.cpu_times()
+        wall0 = time.time()
         start = time.perf_counter()
         async with harness.running_engine(sync):
             while await harness.queue_depth(engine) > 0:
                 await asyncio.sleep(0.2)
         elapsed = time.perf_counter() - start
+        engine_cpu = time.process_time() - cpu0
+        sandbox1 = sandbox.cpu_times()
+        sandbox_cpu = sandbox1.user + sandbox1.system - sandbox0.user - sandbox0.system
     finally:
         await engine.dispose()
     log = httpx.get(f"{url}/_control/requests", timeout=120).json()["requests"]
@@ -161,7 +172,24 @@ async def engine_run(db_url: str, url: str, n: int) -> dict[str, float]:
         "requests": len(log),
         "requests_by_kind": paths,  # type: ignore[dict-item]
         **harness.wire_figures(log),
+        # The engine's start (claim, load, plan of the first group) and the steady middle:
+        # occupancy over the whole span counts the ramp and the tail too.
+        "first_request_after_s": min(r["start"] for r in log) - wall0,
+        "occupancy_middle": _middle_occupancy(log),
+        # CPU seconds during the drain: this process (the engine, and the harness's polling)
+        # and the sandbox's process; both share the machine's cores with PostgreSQL.
+        "engine_cpu_ms_per_contact": 1000 * engine_cpu / n,
+        "sandbox_cpu_ms_per_request": 1000 * sandbox_cpu / max(1, len(log)),
     }
+
+
+def _middle_occupancy(log: list[dict[str, Any]]) -> float:
+    """Mean requests in flight over the middle 80 % of the drain's span."""
+    t0 = min(r["start"] for r in log)
+    t1 = max(r["end"] for r in log)
+    lo, hi = t0 + 0.1 * (t1 - t0), t0 + 0.9 * (t1 - t0)
+    busy = sum(max(0.0, min(r["end"], hi) - max(r["start"], lo)) for r in log)
+    return busy / (hi - lo) if hi > lo else 0.0
 
 
 def main() -> None:

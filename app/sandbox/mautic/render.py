@@ -80,12 +80,18 @@ def _field_entry(f: F.Field, value: Any, head: dict[str, Any]) -> dict[str, Any]
     return entry
 
 
-def _layout(instance: Instance) -> list[tuple[F.Field, dict[str, Any]]]:
-    """Published fields in order with their fixed entry keys, cached until a field changes."""
+Layout = list[tuple[F.Field, dict[str, Any], dict[str, Any], Any]]
+
+
+def _layout(instance: Instance) -> Layout:
+    """Published fields in order with their fixed entry keys and their entry and value when
+    empty, cached until a field changes."""
     cached = instance.layout_cache
     if cached is None or cached[0] != instance.fields_version:
         fields = sorted(instance.fields.values(), key=lambda x: (x.order, x.id))
-        cached = (instance.fields_version, [(f, _field_head(f)) for f in fields if f.is_published])
+        heads = [(f, _field_head(f)) for f in fields if f.is_published]
+        layout = [(f, h, _field_entry(f, None, h), field_value(f, None)) for f, h in heads]
+        cached = (instance.fields_version, layout)
         instance.layout_cache = cached
     return cached[1]
 
@@ -93,11 +99,19 @@ def _layout(instance: Instance) -> list[tuple[F.Field, dict[str, Any]]]:
 def contact_fields(instance: Instance, contact: Contact, *, with_all: bool) -> dict[str, Any]:
     groups: dict[str, dict[str, Any]] = {g: {} for g in F.GROUPS}
     flat: dict[str, Any] = {"id": contact.id}
-    for f, head in _layout(instance):
-        value = contact.values.get(f.alias)
-        if f.alias == "points":
-            value = contact.points
-        groups.setdefault(f.group, {})[f.alias] = _field_entry(f, value, head)
+    values = contact.values
+    for f, head, empty, empty_value in _layout(instance):
+        value = contact.points if f.alias == "points" else values.get(f.alias)
+        group = groups.get(f.group)
+        if group is None:
+            group = groups[f.group] = {}
+        if value is None:
+            # Most fields of a contact are empty: one shared entry each (rendered output is
+            # only ever serialized, never changed), not a new one per contact per request.
+            group[f.alias] = empty
+            flat[f.alias] = empty_value
+            continue
+        group[f.alias] = _field_entry(f, value, head)
         flat[f.alias] = field_value(f, value)
     out: dict[str, Any] = {g: (entries or []) for g, entries in groups.items()}
     if with_all:
