@@ -78,6 +78,7 @@ from app.sync.limits import (
     LimitPaused,
     LimitSpec,
     QuotaExhausted,
+    Scope,
     bind,
     next_utc_midnight,
     quota_notice,
@@ -257,6 +258,8 @@ class SyncEngine:
         self._last_periodic: dict[int, float] = {}
         self._bg: list[asyncio.Task[Any]] = []
         self._starved_until: dict[str, float] = {}
+        # Requests an account can have in flight, where fewer than its slots (_per_account_max).
+        self._ahead_slots: dict[str, int] = {}
         self._spawned: set[asyncio.Task[Any]] = set()
         # Rows a group of this worker is still working on: the only ones the lease keeper
         # renews. Rows whose completion (and its release) failed, say while the database was
@@ -383,10 +386,14 @@ class SyncEngine:
 
     # --- claiming -------------------------------------------------------------------------
 
-    def _per_account_max(self) -> int:
+    def _per_account_max(self, account_key: str | None = None) -> int:
         # Two full batches per slot: one in flight, one planned and waiting, so a freed slot
-        # never waits for a claim-load-plan round trip.
-        return 2 * self.options.max_concurrency * self.options.claim_size
+        # never waits for a claim-load-plan round trip. An account whose requests an
+        # application's rate admits a few at a time (its window) has that few in flight
+        # however many slots it has: more planned ahead is only CPU and lease renewals on
+        # the loop its live groups share.
+        slots = self._ahead_slots.get(account_key or "", self.options.max_concurrency)
+        return 2 * slots * self.options.claim_size
 
     async def _fill(self) -> bool:
         """Claim one batch when there is room; False when nothing was claimed."""
@@ -395,7 +402,7 @@ class SyncEngine:
         if sum(self._outstanding.values()) >= 4 * self._per_account_max():
             return False
         now = time.monotonic()
-        full = {a for a, n in self._outstanding.items() if n >= self._per_account_max()}
+        full = {a for a, n in self._outstanding.items() if n >= self._per_account_max(a)}
         cooling = {a for a, g in self.slots.gates.items() if g.cooldown_until > now}
         starved = {a for a, until in self._starved_until.items() if until > now}
         blocked = cooling | starved
@@ -573,6 +580,9 @@ class SyncEngine:
     ) -> ProviderClient:
         spec = self._limit_spec(provider)
         cap = min(spec.concurrency or self.options.max_concurrency, self.options.max_concurrency)
+        windows = [r.requests for r in spec.rates if r.scope is Scope.application]
+        if windows and min(windows) < cap:
+            self._ahead_slots[row["account_key"]] = min(windows)
         gate = GateLimiter(
             self.slots.gate(row["account_key"], cap=cap),
             margin=self.options.timeout + 2.0,

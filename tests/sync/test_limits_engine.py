@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from app.main import Runtime
+from app.sync import engine as engine_module
 from app.sync.engine import SyncEngine
-from app.sync.limits import DailyQuota, LimitSpec, Rate, next_utc_midnight
+from app.sync.limits import DailyQuota, LimitSpec, Rate, Scope, next_utc_midnight
 from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 from tests.conftest import fetch
 from tests.support.sync import Sandbox
@@ -148,3 +152,48 @@ async def test_mailchimp_max_concurrency_caps_only_mailchimp(
         assert engine._limit_spec(other).concurrency == 6
     finally:
         await engine.aclose()
+
+
+async def _claim_until_full(engine: SyncEngine) -> int:
+    """Claim like the worker's loop until the engine takes no more; the rows it holds."""
+    while await engine._fill():
+        pass
+    return sum(engine._outstanding.values())
+
+
+async def _let_go_all(engine: SyncEngine) -> None:
+    engine.stop()
+    for task in list(engine._groups):
+        task.cancel()
+    for task in list(engine._groups):
+        with contextlib.suppress(BaseException):
+            await task
+    await engine.aclose()
+
+
+async def test_a_backlog_under_an_application_window_is_planned_only_a_few_batches_ahead(
+    runtime: Runtime,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The groups wait at the account's gate (no slot loop runs here), never starving, so
+    # nothing is sent and what the engine claims is what it would plan ahead.
+    monkeypatch.setattr(engine_module, "STARVE_SECONDS", 3600.0)
+    await _queue(runtime, connection["id"], 300, PRIORITY_BULK)
+    # 4 requests in any second for the application (Constant Contact's shape): at most 4 are
+    # ever in flight, so two batches per window slot are planned, not two per account slot.
+    windowed = make_engine(SYNC_CLAIM_SIZE=5, SYNC_BATCH_THRESHOLD=100000)
+    windowed.options.limits = LimitSpec(rates=(Rate(4, scope=Scope.application),))
+    try:
+        assert await _claim_until_full(windowed) == 2 * 4 * 5
+    finally:
+        await _let_go_all(windowed)
+    await fetch(runtime, "UPDATE sync_queue SET leased_by = NULL, lease_until = NULL")
+    # A rate of the account alone: its 10 slots decide, as before.
+    per_account = make_engine(SYNC_CLAIM_SIZE=5, SYNC_BATCH_THRESHOLD=100000)
+    per_account.options.limits = LimitSpec(rates=(Rate(4),))
+    try:
+        assert await _claim_until_full(per_account) == 2 * 10 * 5
+    finally:
+        await _let_go_all(per_account)
