@@ -45,7 +45,7 @@ def queue_upsert(select: str, *, only_parked: bool = False) -> str:
             available_at = EXCLUDED.available_at
         {condition}
         RETURNING q.connection_id, q.mapping_id, q.email_key, q.state, q.last_error, q.available_at,
-                  q.xmax = 0 AS inserted
+                  q.priority, q.xmax = 0 AS inserted
     """
 
 
@@ -92,6 +92,9 @@ _API_ROWS = """
 # interval (SYNC_POLL_INTERVAL_SECONDS): the worker completes the last due row of the
 # connection and finds nothing to claim while this transaction is still open; the row then
 # waits for the worker's next look (at most the poll interval), it is never lost.
+# Only rows as urgent as the new one count: a backlog's bulk rows being sent do not bring the
+# worker back for a live change soon (an ActiveCampaign import takes seconds to complete), so a
+# live write beside a backlog still wakes it (P2: a live change within a second of its write).
 _DUE_PROBE = 8
 
 ENQUEUE_CTES = f"""
@@ -112,11 +115,12 @@ ENQUEUE_CTES = f"""
                    OR queued.available_at < b.available_at)
               AND NOT EXISTS (
                   SELECT FROM (
-                      SELECT o.state, o.available_at FROM sync_queue o
+                      SELECT o.state, o.available_at, o.priority FROM sync_queue o
                       WHERE o.connection_id = queued.connection_id
                       LIMIT {_DUE_PROBE}
                   ) o
                   WHERE o.state = 'ready' AND o.available_at <= now()
+                    AND o.priority <= queued.priority
               )
         )
     )

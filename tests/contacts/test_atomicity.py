@@ -367,3 +367,34 @@ class TestNotify:
             }
         finally:
             await listener.close()
+
+    async def test_a_live_write_beside_a_backlog_still_wakes_the_worker(
+        self,
+        client500: httpx.AsyncClient,
+        auth: Auth,
+        runtime: Runtime,
+        database_url: str,
+    ) -> None:
+        # Bulk rows being drained do not bring the worker back soon for a live change (an
+        # import takes seconds): only a due row at least as urgent spares the NOTIFY.
+        await add_connection(runtime)
+        heard: list[str] = []
+        marker = asyncio.Event()
+
+        def on_notify(connection: Any, pid: int, channel: str, payload: str) -> None:
+            heard.append(payload)
+            if payload == "marker":
+                marker.set()
+
+        listener = await asyncpg.connect(to_libpq_url(database_url))
+        try:
+            await listener.add_listener("sync_queue", on_notify)
+            await create(client500, auth, "a@example.com")  # an empty queue: wake
+            await fetch(runtime, "UPDATE sync_queue SET priority = 1 RETURNING 1")  # a backlog
+            await create(client500, auth, "b@example.com")  # live beside bulk: wake
+            await create(client500, auth, "c@example.com")  # b@ (live) is due: no NOTIFY
+            await fetch(runtime, "SELECT pg_notify('sync_queue', 'marker')")
+            await asyncio.wait_for(marker.wait(), timeout=30)
+            assert heard == ["", "", "marker"]
+        finally:
+            await listener.close()
