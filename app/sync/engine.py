@@ -104,6 +104,11 @@ STARVE_SECONDS = 5.0  # give rows back when another worker holds every slot this
 COMPLETE_STEP = 50
 LONE_THROTTLE_RETRIES = 2  # in-place retries of a request after a lone throttle
 LONE_THROTTLE_DEFER = 0.25  # seconds a row waits when its request stayed throttled
+MAINTENANCE_TICK = 0.5  # the maintenance loop's finest step
+# How often a worker looks for paused connections it did not pause itself (another process
+# paused them, or a worker that died): its own pauses and the probes it has scheduled wake it
+# at their time. Looking twice a second cost a transaction each time for nothing, mostly.
+PROBE_SWEEP_SECONDS = 5.0
 # The priority of the group a request belongs to: the gate and the rate limits read it.
 _priority = request_priority
 
@@ -210,6 +215,36 @@ class EngineOptions:
         )
 
 
+PROBE_BATCH = 10  # paused connections one pass probes
+# Due paused connections, marked as being probed (another worker's SKIP LOCKED passes them
+# by); and, from the same snapshot, the seconds until the next one not yet due.
+_PROBE_DUE = text(
+    """
+    WITH due AS (
+        UPDATE connections SET next_probe_at = now() + interval '30 seconds',
+            probe_attempts = probe_attempts + 1
+        WHERE id IN (
+            SELECT id FROM connections
+            WHERE status = 'paused' AND next_probe_at <= now()
+            ORDER BY next_probe_at LIMIT :batch FOR UPDATE SKIP LOCKED)
+        RETURNING id, probe_attempts
+    )
+    SELECT id, probe_attempts, NULL::float8 AS next_in FROM due
+    UNION ALL
+    SELECT NULL, NULL, CAST(EXTRACT(EPOCH FROM min(next_probe_at) - now()) AS float8)
+    FROM connections WHERE status = 'paused' AND next_probe_at > now()
+    """
+).bindparams(batch=PROBE_BATCH)
+
+
+def probe_delay(next_in: float | None) -> float:
+    """Seconds until the maintenance loop probes again, from what `probe_paused` returned:
+    the next scheduled probe, and at least every sweep for pauses made elsewhere."""
+    if next_in is None:
+        return PROBE_SWEEP_SECONDS
+    return min(max(0.0, next_in), PROBE_SWEEP_SECONDS)
+
+
 Periodic = Callable[["SyncEngine"], Awaitable[None]]
 Runner = Callable[["ConnectionContext", list[Plan]], Awaitable[dict[str, Outcome]]]
 
@@ -269,6 +304,7 @@ class SyncEngine:
         self._held: Counter[tuple[uuid.UUID, uuid.UUID, str]] = Counter()
         self._orphans: dict[tuple[uuid.UUID, uuid.UUID, str], Claimed] = {}
         self._orphaned = asyncio.Event()
+        self._probe_soon = asyncio.Event()  # this worker paused a connection: look now
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -1300,6 +1336,8 @@ class SyncEngine:
                     "id": connection_id,
                 },
             )
+        if status == "paused":
+            self._probe_soon.set()  # the maintenance loop learns when its first probe is due
 
     async def _quota_spent(self, ctx: ConnectionContext, exc: QuotaExhausted) -> LimitPaused:
         """The provider says the daily quota is spent: pause its whole scope (every tenant)
@@ -1339,6 +1377,7 @@ class SyncEngine:
                 if other.id in paused_ids:
                     other.halted = "paused"
         ctx.halted = ctx.halted or "paused"
+        self._probe_soon.set()
 
     async def _cooldown(self, ctx: ConnectionContext, seconds: float) -> None:
         # Other workers skip the connection while it cools down (claim filters on it).
@@ -1421,18 +1460,32 @@ class SyncEngine:
 
     async def _maintenance(self) -> None:
         """Probe paused connections, reap dead local workers, run periodic jobs."""
-        last_reap = last_rearm = time.monotonic()
+        now = time.monotonic()
+        last_reap = last_rearm = now
+        probe_at = now  # the first pass looks for paused connections at once
+        rearm_every = min(5.0, self.options.parked_retry / 2)
         while not self._bg_stop.is_set():
+            # Sleep until the next thing is due (a probe, the reap, the re-arm, a periodic
+            # job), at least a tick and at most a sweep; a pause of our own wakes it early.
+            now = time.monotonic()
+            due = [probe_at, last_reap + 5.0, last_rearm + rearm_every]
+            due += [
+                self._last_periodic.get(i, 0.0) + every
+                for i, (every, _) in enumerate(self.periodic)
+            ]
+            wait = min(max(MAINTENANCE_TICK, min(due) - now), PROBE_SWEEP_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._bg_stop.wait(), timeout=0.5)
+                await asyncio.wait_for(self._probe_soon.wait(), timeout=wait)
             if self._bg_stop.is_set():
                 return
             try:
-                await self.probe_paused()
+                if self._probe_soon.is_set() or time.monotonic() >= probe_at:
+                    self._probe_soon.clear()
+                    probe_at = time.monotonic() + probe_delay(await self.probe_paused())
                 if time.monotonic() - last_reap > 5.0:
                     await self._reap_dead_local()
                     last_reap = time.monotonic()
-                if time.monotonic() - last_rearm > min(5.0, self.options.parked_retry / 2):
+                if time.monotonic() - last_rearm > rearm_every:
                     await self.rearm_parked()
                     last_rearm = time.monotonic()
                 for i, (every, job) in enumerate(self.periodic):
@@ -1441,6 +1494,7 @@ class SyncEngine:
                         await job(self)
             except Exception as exc:
                 log.warning("sync.maintenance_failed", error=repr(exc))
+                probe_at = min(probe_at, time.monotonic() + MAINTENANCE_TICK)
 
     async def rearm_parked(self) -> int:
         """Re-arm parked rows whose slow-schedule time has come (no operator needed)."""
@@ -1470,24 +1524,18 @@ class SyncEngine:
                 log.info("sync.reaped_dead_workers", workers=dead)
                 self._wake.set()
 
-    async def probe_paused(self) -> None:
-        """Ping paused connections that are due; resume them when the provider answers."""
+    async def probe_paused(self) -> float | None:
+        """Ping paused connections that are due; resume them when the provider answers.
+
+        Returns the seconds until the next paused connection's probe is due (None: none is
+        paused), so the maintenance loop need not look before then.
+        """
         async with self.db.begin() as conn:
-            due = (
-                await conn.execute(
-                    text(
-                        """
-                        UPDATE connections SET next_probe_at = now() + interval '30 seconds',
-                            probe_attempts = probe_attempts + 1
-                        WHERE id IN (
-                            SELECT id FROM connections
-                            WHERE status = 'paused' AND next_probe_at <= now()
-                            ORDER BY next_probe_at LIMIT 10 FOR UPDATE SKIP LOCKED)
-                        RETURNING id, probe_attempts
-                        """
-                    )
-                )
-            ).all()
+            rows = (await conn.execute(_PROBE_DUE)).all()
+        due = [(conn_id, attempts) for conn_id, attempts, _ in rows if conn_id is not None]
+        later = [float(n) for conn_id, _, n in rows if conn_id is None and n is not None]
+        if len(due) >= PROBE_BATCH:
+            later.append(0.0)  # more are due than one pass takes
         for conn_id, probe_attempts in due:
             ctx = (await self._contexts([conn_id])).get(conn_id)
             if ctx is None:
@@ -1499,6 +1547,7 @@ class SyncEngine:
                     await self._resume(conn_id)  # it answers: it is up, only busy
                     continue
                 wait = min(self.options.probe_max_interval, 2.0 ** max(0, probe_attempts - 1))
+                later.append(wait)
                 async with self.db.begin() as conn:
                     await conn.execute(
                         text(
@@ -1525,6 +1574,7 @@ class SyncEngine:
                     )
             else:
                 await self._resume(conn_id)
+        return min(later) if later else None
 
     async def _resume(self, connection_id: uuid.UUID) -> None:
         """Active again; parked and backed-off rows become due with attempts reset."""
