@@ -465,6 +465,37 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
         "requests": len(log),
         "max_requests_in_any_1s": max_per_second(log),
         "answers_429": sum(1 for r in log if r.get("status") == 429),
+    } | (_trace_figures(trace["events"], args.tick) if trace else {})
+
+
+def _trace_figures(events: list[list[str]], tick: float) -> dict[str, Any]:
+    """From the `--dump` trace: live rows claimed more than once (given back unsent), and per
+    round the seconds from its first live claim to the next live limiter grant (the engine's
+    part between the outbox and the limiter)."""
+    claims: dict[str, int] = {}
+    claimed: list[float] = []
+    grants: list[float] = []
+    for kind, a, b, _, at in events:
+        if kind == "claim":
+            claims[a] = claims.get(a, 0) + 1
+            claimed.append(float(at))
+        elif kind == "served" and b == "0":
+            grants.append(float(at))
+    grants.sort()
+    first: dict[int, float] = {}
+    for t in claimed:  # rounds counted from the first claim, `tick` apart
+        n = round((t - min(claimed)) / tick)
+        first[n] = min(t, first.get(n, math.inf))
+    gaps = []
+    for t in first.values():
+        later = [g for g in grants if g >= t]
+        if later:
+            gaps.append(later[0] - t)
+    gaps.sort()
+    return {
+        "live_rows_claimed_more_than_once": sum(1 for n in claims.values() if n > 1),
+        "round_claim_to_first_live_grant_p50": gaps[len(gaps) // 2] if gaps else None,
+        "round_claim_to_first_live_grant_max": gaps[-1] if gaps else None,
     }
 
 
