@@ -117,6 +117,9 @@ ENQUEUE_CTES = f"""
                   SELECT FROM (
                       SELECT o.state, o.available_at, o.priority FROM sync_queue o
                       WHERE o.connection_id = queued.connection_id
+                      -- the key's order, so the probe reads the primary key's first entries
+                      -- (a LIMIT alone may get a sequential scan of the whole queue)
+                      ORDER BY o.mapping_id, o.email_key
                       LIMIT {_DUE_PROBE}
                   ) o
                   WHERE o.state = 'ready' AND o.available_at <= now()
