@@ -2,9 +2,10 @@
 
 The Mautic sandbox (its own process) answers in L(b) = 100 ms + 1 ms·b; the engine holds at
 most MAUTIC_MAX_CONCURRENCY (4) requests in flight, 200 contacts a batch. Bound (BENCHMARKS.md):
-cap · 200 / L(200) = 4 · 200 / 0.3 s ≈ 2,667 contacts/s. A batch of new people costs two
-requests (the batch, then one segment add of its ids: L(1) = 101 ms), so the best the protocol
-allows is 4 · 200 / 0.401 s ≈ 1,995 contacts/s (0.75 of the bound); the run reports both.
+cap · 200 / L(200) = 4 · 200 / 0.3 s ≈ 2,667 contacts/s. New people also need segment adds
+(L(1) = 101 ms each), shared by the batches that finish while one is on the wire: k batches an
+add cost 300 ms + 101 ms / k of slot time per 200 contacts. `two_request_bound_per_s` is the
+old one-add-a-batch ceiling (k = 1, 0.75 of the bound).
 
     .venv/bin/python -m bench.p5_mautic_drain --contacts 50000 --runs 1
 """
