@@ -45,7 +45,7 @@ def queue_upsert(select: str, *, only_parked: bool = False) -> str:
             available_at = EXCLUDED.available_at
         {condition}
         RETURNING q.connection_id, q.mapping_id, q.email_key, q.state, q.last_error, q.available_at,
-                  q.priority, q.xmax = 0 AS inserted
+                  q.xmax = 0 AS inserted
     """
 
 
@@ -73,30 +73,21 @@ _API_ROWS = """
 # transactional: listeners hear it only if the caller commits.
 #
 # NOTIFY only when a worker has something new to wake for: a row was created, re-armed from
-# `parked`, or made due earlier than it was, and its connection has no other row already due.
-# A row that was already waiting (ready, or being sent) was announced when it started waiting,
-# and a worker that is sending it looks again when the send completes: a NOTIFY for it would
-# only cost commit time, because PostgreSQL serialises the commits of transactions that NOTIFY
-# (a global lock held through the WAL flush). `queue_before` reads the rows as they were when
-# the statement started (every CTE shares one snapshot); a row deleted or changed by a worker
-# since then shows up as created, or is the worker's own to look at again.
-#
-# The same holds for the connection's other rows: while one of them is ready and due (being
-# sent, or waiting for the worker to claim it), a worker has that connection's work in hand or
-# in view and claims again when a send completes, so a burst of new contacts (a fan-out: one
-# row per connection) wakes it once, not once a write. Measured on the P6 write path: 32
-# writers with four connections committed 390-440 a second with a NOTIFY each, 540-690 without
-# (PostgreSQL 15, 2 vCPUs). Only the first `_DUE_PROBE` rows of the connection (in key order)
-# are looked at, so the check costs a few index entries even when a long outage has parked
-# thousands; none of them due means NOTIFY, as before. The one case it can leave to the poll
-# interval (SYNC_POLL_INTERVAL_SECONDS): the worker completes the last due row of the
-# connection and finds nothing to claim while this transaction is still open; the row then
-# waits for the worker's next look (at most the poll interval), it is never lost.
-# Only rows as urgent as the new one count: a backlog's bulk rows being sent do not bring the
-# worker back for a live change soon (an ActiveCampaign import takes seconds to complete), so a
-# live write beside a backlog still wakes it (P2: a live change within a second of its write).
-_DUE_PROBE = 8
-
+# `parked`, or made due earlier than it was. A row that was already waiting (ready, or being
+# sent) was announced when it started waiting, and a worker that is sending it looks again
+# when the send completes: a NOTIFY for it would only cost commit time, because PostgreSQL
+# serialises the commits of transactions that NOTIFY (a global lock held through the WAL
+# flush). `queue_before` reads the rows as they were when the statement started (every CTE
+# shares one snapshot); a row deleted or changed by a worker since then shows up as created,
+# or is the worker's own to look at again.
+# Not done (tried 3 December, reverted): sparing the NOTIFY when the connection has *another*
+# row already due. It did cut the commits' serialisation (32 writers, four connections:
+# 390-440 commits/s with a NOTIFY each, 540-690/s without), but any probe of "the connection's
+# rows" walks the index entries of the rows the worker deleted until vacuum removes them: with
+# a drained backlog ahead in key order the write statement went from 0.35 to ~4 ms (EXPLAIN),
+# and P6's arm with the worker paused spent 4.6-8.4 ms of PostgreSQL CPU per POST (about 1.4
+# before, measured apart). Looking up only the rows this write touches (by their full key,
+# below) costs the same whatever the queue's history.
 ENQUEUE_CTES = f"""
     queue_before AS (
         SELECT q.connection_id, q.mapping_id, q.email_key, q.state, q.available_at
@@ -109,22 +100,10 @@ ENQUEUE_CTES = f"""
         WHERE EXISTS (
             SELECT FROM queued
             LEFT JOIN queue_before b USING (connection_id, mapping_id, email_key)
-            WHERE (queued.inserted
-                   OR b.connection_id IS NULL
-                   OR b.state <> 'ready'
-                   OR queued.available_at < b.available_at)
-              AND NOT EXISTS (
-                  SELECT FROM (
-                      SELECT o.state, o.available_at, o.priority FROM sync_queue o
-                      WHERE o.connection_id = queued.connection_id
-                      -- the key's order, so the probe reads the primary key's first entries
-                      -- (a LIMIT alone may get a sequential scan of the whole queue)
-                      ORDER BY o.mapping_id, o.email_key
-                      LIMIT {_DUE_PROBE}
-                  ) o
-                  WHERE o.state = 'ready' AND o.available_at <= now()
-                    AND o.priority <= queued.priority
-              )
+            WHERE queued.inserted
+               OR b.connection_id IS NULL
+               OR b.state <> 'ready'
+               OR queued.available_at < b.available_at
         )
     )
 """
