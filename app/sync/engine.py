@@ -624,8 +624,13 @@ class SyncEngine:
         windows = [r.requests for r in spec.rates if r.scope is Scope.application]
         if windows and min(windows) < cap:
             self._ahead_slots[row["account_key"]] = min(windows)
+        # A provider that limits by rate alone: the cap is ours, and bulk requests would fill
+        # it waiting for their tokens; one slot stays a live request's (its wait is then the
+        # rate's, not a bulk request's answer). A declared concurrency is the provider's own,
+        # all of it bulk work's too.
+        reserve = 1 if spec.concurrency is None and spec.metered and cap > 1 else 0
         gate = GateLimiter(
-            self.slots.gate(row["account_key"], cap=cap),
+            self.slots.gate(row["account_key"], cap=cap, live_reserve=reserve),
             margin=self.options.timeout + 2.0,
             first=provider.spec.limits.first_ops,
         )

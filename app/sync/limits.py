@@ -9,7 +9,9 @@ process together stays at or under the rate without a database round trip per re
 
 Where a bucket is shared by several tenants (one application, many connections), claims in
 `limit_claims` make grants fair: a live claim of any tenant goes before bulk work of every
-tenant, and within a priority the tenant served longest ago goes next (round-robin).
+tenant, and within a priority the tenant served longest ago goes next (round-robin). A token
+granted is its holder's, so bulk work books only about one token ahead of now: a live request
+arriving in the middle of a backlog waits behind that one, not behind a grant's horizon.
 
 Token times alone cannot keep an application's "R requests in any W seconds" where the
 provider counts, at its arrival times: a process starved between its token and its send (a
@@ -420,6 +422,9 @@ class Grant:
     slots: list[tuple[str, tuple[tuple[str, int], ...]]] = field(default_factory=list)
     # Nothing granted: every window slot is taken; the earliest one known to come free.
     window_full_until: float | None = None
+    # Nothing granted to bulk work: the buckets are booked further ahead than it may book;
+    # ask again at this time (the database's clock).
+    not_before: float | None = None
 
 
 class Paused(Exception):
@@ -428,6 +433,31 @@ class Paused(Exception):
     def __init__(self, until: datetime, reason: str, key: str) -> None:
         super().__init__(reason)
         self.until, self.reason, self.key = until, reason, key
+
+
+# How long before its last token is due a pool asks for more (at most half a spacing).
+ASK_LEAD = 0.05
+# Bulk work books at least this far ahead (seconds), whatever the rate: a fast bucket's one
+# token is shorter than a grant's round trip, and booking less would leave the bucket idle.
+BULK_REACH_MIN = 0.1
+
+
+def bulk_reach(buckets: tuple[Bucket, ...]) -> float | None:
+    """How far ahead of now bulk work may book tokens of `buckets` (None: no limit).
+
+    One token of the finest rate among them (the account's or application's own, not a
+    slower endpoint rate), so a live request waits behind at most one bulk token already
+    granted; and a bulk request whose slower endpoint bucket is booked far ahead waits for it
+    unbooked, instead of pushing the shared bucket's next free time past an idle gap. Plus
+    the asker's lead: the next bulk token is booked just before the previous one is spent, so
+    the bucket never idles for a grant's round trip, and a live request sent with the
+    previous one finds the next to take (`Limiter._steal`).
+    """
+    intervals = [b.interval for b in buckets if b.interval > 0]
+    if not intervals:
+        return None  # a quota alone: no spacing, nothing to wait behind
+    finest = min(intervals)
+    return max(BULK_REACH_MIN, finest + min(ASK_LEAD, finest / 2))
 
 
 async def grant(
@@ -453,6 +483,8 @@ async def grant(
     whose use ended) are applied first. A token of a bucket with a window also takes one of
     its slots that is free by `horizon`, and is not due before that slot is free; while
     better work was asked for within `live_recent` seconds, not one of the last LIVE_RESERVE.
+    Bulk work gets only tokens due within `bulk_reach` of now (none: `not_before` says when
+    to ask).
     """
     keys = [b.key for b in buckets]
     windowed = [b for b in buckets if b.window > 0]
@@ -523,6 +555,17 @@ async def grant(
                 if slot_free is not None and slot_free > at:
                     at = slot_free
             times.append(at)
+        ahead = bulk_reach(buckets) if priority > PRIORITY_LIVE else None
+        if ahead is not None:
+            # Granted tokens are their holder's: a live request arriving later waits behind
+            # every one already booked. So bulk work books only `ahead` of now (about one
+            # token of the finest rate), and asks again as that comes due.
+            limit = now + timedelta(seconds=ahead)
+            n = sum(1 for at in times if at <= limit)
+            if n == 0:
+                due = (times[0] - timedelta(seconds=ahead)).timestamp()
+                return Grant([], now=now.timestamp(), not_before=due)
+            times = times[:n]
         last = times[-1]
         tickets: list[tuple[str, tuple[tuple[str, int], ...]]] = []
         if windowed:
@@ -580,6 +623,20 @@ class Token:
 
 
 @dataclass(eq=False)
+class _Sleeper:
+    """A bulk request waiting for its token's time; `robbed` is set when a live one took it."""
+
+    keys: tuple[str, ...]  # its buckets'
+    token: Token
+    robbed: asyncio.Future[None]
+
+
+def _taken(sleeper: _Sleeper) -> bool:
+    """True when a live request took the sleeper's token (not merely its wait ended)."""
+    return sleeper.robbed.done() and not sleeper.robbed.cancelled()
+
+
+@dataclass(eq=False)
 class _Pool:
     """Tokens of one set of buckets for one tenant and priority, and who waits for them."""
 
@@ -634,6 +691,8 @@ class Limiter:
         self._reports: list[Report] = []  # window slots whose use ended, not yet told
         self._reporter: asyncio.Task[None] | None = None
         self._out: set[Token] = set()  # tokens spent whose requests are not answered yet
+        # Bulk requests holding a token not due yet, by bucket keys: a live request may take it.
+        self._sleeping: dict[tuple[str, ...], list[_Sleeper]] = {}
         self._released = False
 
     @contextlib.asynccontextmanager
@@ -659,12 +718,17 @@ class Limiter:
             return None
         priority = PRIORITY_LIVE if request_priority.get() <= PRIORITY_LIVE else PRIORITY_BULK
         pool = self._pool(buckets, binding.tenant, priority)
+        keys = tuple(b.key for b in buckets)
+        robbed = False
         while True:
             self._raise_if_paused(pool)
             token = self._local_token(pool)
+            if token is None and priority == PRIORITY_LIVE:
+                token = self._steal(keys)
             if token is None:
                 fut: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
-                pool.waiters.append(fut)
+                # A bulk request whose token a live one took is next in line again.
+                pool.waiters.appendleft(fut) if robbed else pool.waiters.append(fut)
                 self._ensure_asker(pool)
                 try:
                     token = await fut
@@ -675,6 +739,7 @@ class Limiter:
                 finally:
                     with contextlib.suppress(ValueError):
                         pool.waiters.remove(fut)
+            sleeper: _Sleeper | None = None
             try:
                 now = time.time()
                 if now > token.at + pool.slack:
@@ -682,16 +747,60 @@ class Limiter:
                     self.done(token, sent=False)
                     continue
                 if token.at > now:
-                    await asyncio.sleep(token.at - now)
+                    if priority == PRIORITY_LIVE:
+                        await asyncio.sleep(token.at - now)
+                    else:
+                        sleeper = self._sleep_on(keys, token)
+                        robbed = await self._sleep(sleeper)
+                        if robbed:
+                            continue  # a live request spends it: ask for another
                     if time.time() > token.at + pool.slack:
                         self.done(token, sent=False)  # woke up too late: the same
                         continue
             except BaseException:
-                self.done(token, sent=False)
+                if sleeper is None or not _taken(sleeper):  # else it is the live one's
+                    self.done(token, sent=False)
                 raise
             if token.slots:
                 self._out.add(token)
             return token
+
+    def _sleep_on(self, keys: tuple[str, ...], token: Token) -> _Sleeper:
+        sleeper = _Sleeper(keys, token, asyncio.get_running_loop().create_future())
+        self._sleeping.setdefault(keys, []).append(sleeper)
+        return sleeper
+
+    async def _sleep(self, sleeper: _Sleeper) -> bool:
+        """Wait until the bulk token is due; True when a live request took it meanwhile."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                wait = sleeper.token.at - time.time()
+                await asyncio.wait_for(asyncio.shield(sleeper.robbed), max(0.0, wait))
+            return _taken(sleeper)
+        finally:
+            if not sleeper.robbed.done():
+                sleeper.robbed.cancel()  # no longer to be taken
+            line = self._sleeping.get(sleeper.keys)
+            if line is not None:
+                with contextlib.suppress(ValueError):
+                    line.remove(sleeper)
+
+    def _steal(self, keys: tuple[str, ...]) -> Token | None:
+        """The earliest token a bulk request of this process waits to spend on the same
+        buckets, taken for a live request (the bulk one asks again).
+
+        Granted tokens cannot go back to the database, and a live grant is due only after
+        every token already booked; the bulk request waiting for the earliest of them yields
+        it instead, so the live request waits for at most that one, and no token is lost.
+        """
+        line = self._sleeping.get(keys)
+        while line:
+            sleeper = min(line, key=lambda s: s.token.at)
+            line.remove(sleeper)
+            if not sleeper.robbed.done():
+                sleeper.robbed.set_result(None)
+                return sleeper.token
+        return None
 
     def done(self, token: Token, *, sent: bool = True) -> None:
         """The request of `token` was answered or failed (`sent`), or never sent."""
@@ -859,6 +968,12 @@ class Limiter:
             if result.ahead:
                 await asyncio.sleep(self.poll)
                 continue
+            if result.not_before is not None:
+                # Bulk work may not book that far ahead yet: ask again when it may (on the
+                # database's clock, which ours trails by at most the skew estimate).
+                due = result.not_before - self._skew - time.time()
+                await asyncio.sleep(max(due, 0.005))
+                continue
             if result.window_full_until is not None:
                 # Every window slot is taken: ask again as the first one comes free within the
                 # horizon, or soon, should an answer free one that is still out.
@@ -887,7 +1002,7 @@ class Limiter:
             if result.times:
                 # Ask again when the last token is nearly due: earlier only books further ahead,
                 # later leaves the bucket idle for a round trip.
-                lead = min(0.05, max(b.interval for b in pool.buckets) / 2)
+                lead = min(ASK_LEAD, max(b.interval for b in pool.buckets) / 2)
                 due = pool.last_at - lead
                 await asyncio.sleep(max(0.0, due - time.time()))
 

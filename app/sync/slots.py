@@ -125,6 +125,10 @@ class AccountGate:
     _answers: deque[tuple[float, bool]] = field(default_factory=deque)
     _throttles: int = 0
     wants_slots: asyncio.Event | None = None
+    # Slots bulk requests leave to live ones. Where the cap is ours (the provider limits by
+    # rate, not concurrency), bulk requests hold every slot while they wait for their
+    # tokens, and a live request would wait for one of them to be answered.
+    live_reserve: int = 0
     _live: deque[_Waiter] = field(default_factory=deque)
     _bulk: deque[_Waiter] = field(default_factory=deque)
 
@@ -147,6 +151,13 @@ class AccountGate:
             return 0
         return min(self.held, self.limit)
 
+    def allowed_bulk(self, now: float, margin: float) -> int:
+        """How many requests may be in flight when the next one is bulk: the live reserve
+        kept free, but never all of the allowance (bulk work would stall with no live work
+        to give concurrency back after a throttle)."""
+        allowed = self.allowed(now, margin)
+        return max(min(allowed, 1), allowed - self.live_reserve)
+
     @contextlib.asynccontextmanager
     async def slot(
         self, *, margin: float, starve_after: float | None = None, live: bool = True
@@ -167,7 +178,8 @@ class AccountGate:
     async def _acquire(self, *, margin: float, starve_after: float | None, live: bool) -> None:
         now = time.monotonic()
         ahead = self._live or (not live and self._bulk)
-        if not ahead and self.in_flight < self.allowed(now, margin):
+        room = self.allowed(now, margin) if live else self.allowed_bulk(now, margin)
+        if not ahead and self.in_flight < room:
             self.in_flight += 1
             return
         waiter = _Waiter(asyncio.get_running_loop().create_future(), margin)
@@ -215,14 +227,14 @@ class AccountGate:
     def refill(self) -> None:
         """Hand free slots to the next waiters, live ones first."""
         now = time.monotonic()
-        for line in (self._live, self._bulk):
+        for line, room in ((self._live, self.allowed), (self._bulk, self.allowed_bulk)):
             while line:
                 waiter = line[0]
                 if waiter.future.done():
                     line.popleft()
                     waiter.queued = False
                     continue
-                if self.in_flight >= self.allowed(now, waiter.margin):
+                if self.in_flight >= room(now, waiter.margin):
                     return
                 line.popleft()
                 waiter.queued = False
@@ -307,9 +319,12 @@ class SlotManager:
         self.gates: dict[str, AccountGate] = {}
         self.wake = asyncio.Event()
 
-    def gate(self, account_key: str, *, cap: int | None = None) -> AccountGate:
+    def gate(
+        self, account_key: str, *, cap: int | None = None, live_reserve: int = 0
+    ) -> AccountGate:
         """The gate of an account (created on first use); `cap` overrides the default cap
-        for this account (a provider's declared concurrency), the first time only."""
+        for this account (a provider's declared concurrency) and `live_reserve` keeps slots
+        for live requests, the first time only."""
         gate = self.gates.get(account_key)
         if gate is None:
             gate = AccountGate(
@@ -317,6 +332,7 @@ class SlotManager:
                 cap or self.cap,
                 wants_slots=self.wake,
                 cooldown_base=self.cooldown_base,
+                live_reserve=live_reserve,
             )
             self.gates[account_key] = gate
         return gate

@@ -8,7 +8,7 @@ import time
 
 from app.sync.engine import GateLimiter
 from app.sync.limits import request_priority
-from app.sync.models import PRIORITY_BULK
+from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 from app.sync.slots import AccountGate
 
 
@@ -55,3 +55,33 @@ async def test_without_first_ops_bulk_requests_keep_their_queue_order() -> None:
     release.set()
     await asyncio.gather(holder, *waiting)
     assert order == ["held", "batch", "segment_add"]
+
+
+async def test_bulk_requests_leave_the_live_reserve_free_but_never_stall() -> None:
+    gate = AccountGate(key="a", cap=3, held=3, deadline=time.monotonic() + 600, live_reserve=1)
+    limiter = GateLimiter(gate, margin=0.0)
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def request(name: str, priority: int) -> None:
+        request_priority.set(priority)
+        async with limiter.slot():
+            order.append(name)
+            await release.wait()
+
+    bulk = [asyncio.create_task(request(f"bulk{i}", PRIORITY_BULK)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    # Two of the three slots are bulk work's; the third waits for a live request.
+    assert order == ["bulk0", "bulk1"] and gate.in_flight == 2 and gate.waiters == 2
+    live = asyncio.create_task(request("live", PRIORITY_LIVE))
+    await asyncio.sleep(0.01)
+    assert order[-1] == "live" and gate.in_flight == 3
+    release.set()
+    await asyncio.gather(*bulk, live)
+    assert sorted(order) == ["bulk0", "bulk1", "bulk2", "bulk3", "live"]
+    # Cut to one request after a throttle, bulk work still gets it (nothing else would
+    # give the concurrency back).
+    gate.limit = 1
+    assert gate.allowed_bulk(time.monotonic(), 0.0) == 1
+    gate.limit = 3
+    assert gate.allowed_bulk(time.monotonic(), 0.0) == 2

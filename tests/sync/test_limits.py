@@ -29,6 +29,8 @@ from app.sync.limits import (
     Rate,
     Scope,
     bind,
+    bulk_reach,
+    grant,
     next_utc_midnight,
     quota_notice,
     request_priority,
@@ -36,6 +38,7 @@ from app.sync.limits import (
 from app.sync.models import PRIORITY_BULK, PRIORITY_LIVE
 from tests.conftest import fetch
 from tests.support.servers import run_server
+from tests.support.sync import wait_for
 
 CC_LIKE = LimitSpec(
     rates=(Rate(4, scope=Scope.application),), daily_quota=DailyQuota(10_000, bulk_share=0.8)
@@ -543,3 +546,143 @@ async def test_with_live_work_waiting_no_bulk_claim_gets_a_window_slot(
     assert order == ["B", "A"]
     for limiter in (a, b, c):
         await limiter.release()
+
+
+async def test_bulk_work_books_only_about_one_token_ahead_of_now(runtime: Runtime) -> None:
+    # The account's 5/s (0.222 s a token with headroom). A grant's horizon of 2 s would let
+    # bulk work book 9 tokens; a live request arriving next would wait behind all of them.
+    binding = bind(AC_LIKE, provider="ac", account="a1", application="app", tenant="t1")
+    buckets = binding.buckets(None)
+    spacing = buckets[0].interval
+    reach = bulk_reach(buckets)
+    assert reach == pytest.approx(spacing + 0.05)  # one token, and the asker's lead
+    ask = {"tenant": "t1", "me": "w1", "wanted": 8, "horizon": 2.0, "fresh": 1.0}
+    first = await grant(runtime.engine, buckets, priority=PRIORITY_BULK, **ask)
+    assert len(first.times) == 2  # now and one spacing later: no further than the reach
+    assert first.times[-1] - first.now <= reach + 1e-6
+    # Asked again at once: nothing more, and when it may come back (its next token's time
+    # less the reach).
+    again = await grant(runtime.engine, buckets, priority=PRIORITY_BULK, **ask)
+    assert again.times == [] and not again.ahead
+    assert again.not_before == pytest.approx(first.times[-1] + spacing - reach, abs=1e-3)
+    # A live request goes right after the bulk tokens already booked, not a horizon later.
+    live = await grant(runtime.engine, buckets, priority=PRIORITY_LIVE, **ask | {"me": "w2"})
+    assert live.times[0] == pytest.approx(first.times[-1] + spacing, abs=1e-3)
+    # Live work itself still books its horizon: its tokens are spent by waiting requests.
+    assert len(live.times) == 8
+
+
+async def test_a_bulk_import_waits_unbooked_while_its_endpoint_rate_is_booked_ahead(
+    runtime: Runtime,
+) -> None:
+    # 100 imports a minute (0.667 s apart) inside the account's 5/s. An import booked at the
+    # endpoint's next time would move the account's next free time past it, leaving the
+    # account idle in between and every live request behind it.
+    binding = bind(AC_LIKE, provider="ac", account="a1", application="app", tenant="t1")
+    imports = binding.buckets("bulk_import")
+    ask = {"tenant": "t1", "me": "w1", "wanted": 8, "horizon": 0.5, "fresh": 1.0}
+    first = await grant(runtime.engine, imports, priority=PRIORITY_BULK, **ask)
+    assert len(first.times) == 1
+    account_next = await _next_at(runtime, "ac:account:a1")
+    second = await grant(runtime.engine, imports, priority=PRIORITY_BULK, **ask)
+    assert second.times == [] and second.not_before is not None
+    assert second.not_before > second.now  # comes back as the endpoint's time nears
+    assert await _next_at(runtime, "ac:account:a1") == account_next  # the account untouched
+    # Other requests of the account take that time meanwhile.
+    other = await grant(runtime.engine, binding.buckets(None), priority=PRIORITY_BULK, **ask)
+    assert other.times and other.times[0] == pytest.approx(account_next.timestamp(), abs=1e-3)
+
+
+async def _next_at(runtime: Runtime, key: str) -> datetime:
+    (row,) = await fetch(runtime, "SELECT next_at FROM limit_buckets WHERE key = :k", k=key)
+    return row["next_at"]  # type: ignore[no-any-return]
+
+
+async def test_behind_a_backlog_of_two_processes_the_bucket_is_never_booked_far_ahead(
+    runtime: Runtime,
+) -> None:
+    # Two processes drain a backlog at 20/s (lanes always waiting for tokens). However their
+    # grants interleave, the bucket's next free time stays within one bulk reach and one
+    # spacing of now, so a live request asking at any moment is due that soon.
+    spec = LimitSpec(rates=(Rate(20),))
+    binding = bind(spec, provider="p", account="acct", application="app", tenant="A")
+    (bucket,) = binding.buckets(None)
+    reach = bulk_reach((bucket,))
+    assert reach is not None
+    limiters = [Limiter(runtime.engine, me=f"proc-{i}") for i in range(2)]
+    order = Order()
+    stop = asyncio.Event()
+
+    async def backlog_lane(limiter: Limiter) -> None:
+        request_priority.set(PRIORITY_BULK)
+        while not stop.is_set():
+            async with limiter.request(binding):
+                order.append("bulk")
+
+    lanes = [asyncio.create_task(backlog_lane(lim)) for lim in limiters for _ in range(8)]
+    ahead: list[float] = []
+    try:
+        await order.reached(5)
+        while len(order) < 60:
+            (row,) = await fetch(
+                runtime,
+                "SELECT extract(epoch FROM next_at - clock_timestamp()) AS ahead"
+                " FROM limit_buckets WHERE key = :k",
+                k=bucket.key,
+            )
+            ahead.append(float(row["ahead"]))
+            await asyncio.sleep(0.01)
+        live = await grant(
+            runtime.engine,
+            (bucket,),
+            tenant="A",
+            priority=PRIORITY_LIVE,
+            me="proc-live",
+            wanted=1,
+            horizon=0.5,
+            fresh=1.0,
+        )
+    finally:
+        stop.set()
+        for lane in lanes:
+            lane.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+    assert len(ahead) >= 10
+    assert max(ahead) <= reach + bucket.interval + 1e-3, ahead
+    assert live.times[0] - live.now <= reach + bucket.interval + 1e-3
+
+
+async def test_a_live_request_takes_the_token_a_bulk_request_of_its_process_waits_for(
+    runtime: Runtime,
+) -> None:
+    # A backlog's lanes each hold a token not due yet (one booked ahead). A live request of
+    # the same process takes the earliest of them instead of booking after them all; the
+    # bulk request it came from asks again, so every request still goes and no token is
+    # spent twice or lost.
+    binding = bind(AC_LIKE, provider="ac", account="a1", application="app", tenant="t1")
+    limiter = Limiter(runtime.engine, me="w1")
+    order = Order()
+    each = 4
+
+    async def backlog_lane() -> None:
+        request_priority.set(PRIORITY_BULK)
+        for _ in range(each):
+            async with limiter.request(binding):
+                order.append("bulk")
+
+    lanes = [asyncio.create_task(backlog_lane()) for _ in range(4)]
+    await order.reached(2)
+
+    async def booked() -> bool:  # a bulk request holds a token not due yet
+        return bool(limiter._sleeping.get(("ac:account:a1",)))
+
+    await wait_for(booked, within=30, every=0.005)
+    request_priority.set(PRIORITY_LIVE)
+    async with limiter.request(binding):
+        order.append("live")
+    await asyncio.gather(*lanes)
+    assert order.count("bulk") == 4 * each and order.count("live") == 1
+    # The live request never asked the database: it spent a bulk token already granted.
+    claims = await fetch(runtime, "SELECT DISTINCT priority FROM limit_claims")
+    assert claims == [{"priority": PRIORITY_BULK}]
+    assert limiter._sleeping.get(("ac:account:a1",)) == []

@@ -197,3 +197,23 @@ async def test_a_backlog_under_an_application_window_is_planned_only_a_few_batch
         assert await _claim_until_full(per_account) == 2 * 10 * 5
     finally:
         await _let_go_all(per_account)
+
+
+async def test_a_rate_limited_providers_gate_keeps_a_slot_for_live_requests(
+    connection: dict[str, Any], make_engine: Callable[..., SyncEngine]
+) -> None:
+    # Limited by rate alone (ActiveCampaign's 5/s), the account's cap is ours: one slot is
+    # kept from bulk work. A declared concurrency is the provider's own, all of it usable.
+    for limits, reserve in (
+        (LimitSpec(rates=(Rate(5),)), 1),
+        (LimitSpec(concurrency=10, rates=(Rate(5),)), 0),
+        (LimitSpec(concurrency=10), 0),
+    ):
+        engine = make_engine()
+        engine.options.limits = limits
+        try:
+            ctx = await engine.connection_context(connection["id"])
+            assert ctx is not None
+            assert engine.slots.gates[ctx.account_key].live_reserve == reserve
+        finally:
+            await engine.aclose()
