@@ -359,6 +359,9 @@ class SyncEngine:
         ]
         try:
             while not self._stop.is_set():
+                # Cleared before the claim, not after: a NOTIFY (or a group's end) arriving
+                # while the claim runs must wake the next round, not wait for the poll.
+                self._wake.clear()
                 try:
                     claimed = await self._fill()
                 except Exception as exc:
@@ -530,7 +533,6 @@ class SyncEngine:
                     due = await QueueRepository(conn).seconds_until_next_due()
                 if due is not None:
                     timeout = min(timeout, max(0.0, due))
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, timeout))
 
