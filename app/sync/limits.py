@@ -452,10 +452,14 @@ def bulk_reach(buckets: tuple[Bucket, ...]) -> float | None:
     the asker's lead: the next bulk token is booked just before the previous one is spent, so
     the bucket never idles for a grant's round trip, and a live request sent with the
     previous one finds the next to take (`Limiter._steal`).
+
+    Rates without window slots only (an account's, an endpoint's): an application's rate,
+    shared by tenants, keeps its turns (round-robin) and its window slots, whose reserve
+    already holds the last slots for live work.
     """
-    intervals = [b.interval for b in buckets if b.interval > 0]
+    intervals = [b.interval for b in buckets if b.interval > 0 and b.window == 0]
     if not intervals:
-        return None  # a quota alone: no spacing, nothing to wait behind
+        return None  # a quota or an application's window alone: not limited here
     finest = min(intervals)
     return max(BULK_REACH_MIN, finest + min(ASK_LEAD, finest / 2))
 
