@@ -1225,14 +1225,32 @@ class SyncEngine:
         assert plan.payload is not None
         payload = dataclasses.replace(plan.payload, email_address=held)
         ref = _ref(plan)
-        state = await self._call(
-            ctx, lambda: ctx.client.update_member(ctx.audience_id, payload, remote=ref)
-        )
-        outcome = await self._after_write(ctx, dataclasses.replace(plan, target_email=held), state)
-        assert outcome.mirror is not None
-        outcome.mirror.update(
-            pushed_email=held, error_kind=exc.kind.value, error=exc.message[:1000]
-        )
+        try:
+            state = await self._call(
+                ctx, lambda: ctx.client.update_member(ctx.audience_id, payload, remote=ref)
+            )
+        except PermanentError as blocked:
+            if blocked.kind is not ErrorKind.compliance:
+                raise
+            # A re-opt-in the person's own opt-out there refuses: consent follows it, and the
+            # row stays the collision's (the record still holds `held`, unsubscribed), so the
+            # planner keeps addressing that record and never the other person.
+            outcome = self._rejected(plan, blocked)
+            assert outcome.mirror is not None
+            outcome.mirror.update(
+                remote_status="unsubscribed",
+                pushed_email=held,
+                error_kind=exc.kind.value,
+                error=f"{exc.message}; {blocked.message}"[:1000],
+            )
+        else:
+            outcome = await self._after_write(
+                ctx, dataclasses.replace(plan, target_email=held), state
+            )
+            assert outcome.mirror is not None
+            outcome.mirror.update(
+                pushed_email=held, error_kind=exc.kind.value, error=exc.message[:1000]
+            )
         out = {plan.key: outcome}
         if plan.move_from and plan.move_from != plan.key:
             out[plan.move_from] = Outcome(plan.move_from, "done", mirror_delete=True, synced=True)

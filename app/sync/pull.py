@@ -36,6 +36,7 @@ from app.providers.base import (
     InboundKind,
     MemberPage,
     ProviderError,
+    RemoteMember,
     ThrottledError,
 )
 from app.sync.limits import request_priority
@@ -90,7 +91,7 @@ _CONNECTION = text(
 _KNOWN = text(
     """
     SELECT k.email_key, c.id AS contact_id, c.newsletter_opt_in, c.email_status,
-           s.remote_status, s.remote_changed_at
+           s.remote_status, s.remote_changed_at, s.remote_id
     FROM unnest(CAST(:keys AS text[])) AS k(email_key)
     LEFT JOIN contacts c ON c.owner_id = :owner AND c.email_key = k.email_key
     LEFT JOIN sync_state s ON s.connection_id = :conn AND s.mapping_id = :mapping
@@ -341,23 +342,33 @@ async def _apply(
     keys = sorted({k for m in members if (k := email_key(m.email_address))})
     if not keys:
         return
-    known = {
-        r["email_key"]: r
-        for r in (
-            await session.execute(
-                _KNOWN,
-                {
-                    "keys": keys,
-                    "owner": inbound.owner_id,
-                    "conn": inbound.connection_id,
-                    "mapping": inbound.mirror_mapping,
-                },
-            )
-        ).mappings()
-    }
+    known = await _known(session, inbound, keys)
     applier = InboundApplier(session, inbound)
+    mirrored = await _mirrored_ids(session, inbound, members)
+    todo: list[tuple[RemoteMember, str]] = []
     for member in members:
-        info = known.get(email_key(member.email_address) or "")
+        email: str | None = member.email_address
+        info = known.get(email_key(email) or "")
+        rid = member.remote_id
+        if rid and (
+            info is None
+            or info["contact_id"] is None
+            or (info["remote_id"] and str(info["remote_id"]) != rid)
+        ):
+            # The address alone misses the person (or names another): by the provider's id,
+            # as the webhooks' events (InboundApplier.attributed). Only ids the mirror holds
+            # can change the answer; the others keep the address's.
+            if rid in mirrored and email:
+                email = await applier.attributed(email, rid)
+            elif info is not None and info["remote_id"]:
+                email = None  # another person than the one the mirror holds there
+        if email is not None:
+            todo.append((member, email))
+    extra = sorted({k for _, e in todo if (k := email_key(e)) and k not in known})
+    if extra:
+        known.update(await _known(session, inbound, extra))
+    for member, email in todo:
+        info = known.get(email_key(email) or "")
         if info is None or info["contact_id"] is None:
             continue  # only contacts we know
         at = member.last_changed or started
@@ -369,10 +380,30 @@ async def _apply(
             ):
                 continue  # the CRM already agrees
             at = info["remote_changed_at"] or at
-        outcome = await applier.status(
-            email=member.email_address, status=member.status, at=at, event="pull"
-        )
+        outcome = await applier.status(email=email, status=member.status, at=at, event="pull")
         result.outcomes[outcome.value] += 1
+
+
+async def _known(session: AsyncSession, inbound: Inbound, keys: list[str]) -> dict[str, Any]:
+    """Contact and mirror facts of each key (the contact's, its row's status and id)."""
+    params = {
+        "keys": keys,
+        "owner": inbound.owner_id,
+        "conn": inbound.connection_id,
+        "mapping": inbound.mirror_mapping,
+    }
+    return {r["email_key"]: r for r in (await session.execute(_KNOWN, params)).mappings()}
+
+
+async def _mirrored_ids(
+    session: AsyncSession, inbound: Inbound, members: list[RemoteMember]
+) -> set[str]:
+    """The provider ids of `members` the mirror holds a row for."""
+    rids = sorted({m.remote_id for m in members if m.remote_id})
+    if not rids:
+        return set()
+    params = {"conn": inbound.connection_id, "mapping": inbound.mirror_mapping, "rids": rids}
+    return {str(r["remote_id"]) for r in (await session.execute(_BY_REMOTE_IDS, params)).mappings()}
 
 
 _BY_REMOTE_IDS = text(

@@ -6,6 +6,8 @@ way whichever provider (or the scheduled pull) they came from.
 
 from __future__ import annotations
 
+import dataclasses
+
 from sqlalchemy.engine import RowMapping
 
 from app.config import Settings
@@ -46,10 +48,13 @@ async def handle(
         # A webhook left behind on another audience: its people are not this mirror's.
         return Outcome.ignored
     at, kind = event.fired_at, event.type
-    if event.kind is not InboundKind.profile and await applier.someone_else(
-        event.email, event.person_id
-    ):
-        return Outcome.ignored
+    if event.kind is not InboundKind.profile and event.person_id and event.email:
+        # By the provider's id where the address alone would miss the person (or name
+        # another): see InboundApplier.attributed.
+        email = await applier.attributed(event.email, event.person_id)
+        if email is None:
+            return Outcome.ignored
+        event = dataclasses.replace(event, email=email)
     match event.kind:
         case (
             InboundKind.unsubscribe
@@ -75,8 +80,10 @@ async def handle(
                 )
                 if moved is not None:
                     return moved
-            if await applier.someone_else(event.email, event.person_id):
-                return Outcome.ignored
+                email = await applier.attributed(event.email, event.person_id)
+                if email is None:
+                    return Outcome.ignored
+                event = dataclasses.replace(event, email=email)
             outcome = Outcome.ignored
             cfg = applier.inbound.mapping
             if cfg.interests and event.interest_changes is not None:

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.contacts.repository import ContactRepository
 from app.contacts.schemas import normalise_email
 from app.contacts.service import FIELD_NAMES
-from app.providers.base import tombstone_key
+from app.providers.base import ErrorKind, tombstone_key
 from app.providers.mapping import PROFILE_COLUMNS, MappingConfig
 from app.sync.desired import Action, plan_key
 from app.sync.outbox import email_key, enqueue
@@ -220,6 +220,11 @@ class InboundApplier:
             error_kind=None,
             error=None,
         )
+        if mirror is not None and mirror["error_kind"] == ErrorKind.collision:
+            # A refused address change is not undone by a status (the person's record still
+            # holds its old address): the planner keeps retrying the move, and never writes
+            # to the other person in the meantime.
+            values.update(error_kind=mirror["error_kind"], error=mirror["error"])
         if (
             mirror is not None
             and mirror["remote_status"] == ARCHIVED
@@ -371,16 +376,34 @@ class InboundApplier:
         await self._enqueue_if_owed(new_key, contact, changed=True, old_key=old_key)
         return Outcome.applied
 
-    async def someone_else(self, email: str | None, person_id: str | None) -> bool:
-        """True when the event's person (the provider's id) is not the one the mirror holds
-        for its address: after a refused collision our contact's address belongs to another
-        person there, whose events (a delete, an unsubscribe, an edit) are not our
-        contact's."""
+    async def attributed(self, email: str, person_id: str) -> str | None:
+        """The address of ours an event about `email` applies to, given the provider's id of
+        its person; None when it is about someone else (ignored).
+
+        The email key decides, except where the provider's id says otherwise: when the
+        mirror holds another person for the address (after a refused collision our contact's
+        new address belongs to another person there, whose events are not our contact's),
+        or when no contact of the owner has the address (that person's record still holds
+        the old one) — then the contact is the one whose mirror row holds that id. Mirror
+        rows are this connection's and contacts its owner's: never across owners.
+        """
         key = email_key(email)
-        if not person_id or key is None:
-            return False
-        row = await self.mirrors.mirror(self.inbound.connection_id, key)
-        return row is not None and bool(row["remote_id"]) and str(row["remote_id"]) != person_id
+        if key is None:
+            return email
+        conn = self.inbound.connection_id
+        row = await self.mirrors.mirror(conn, key)
+        other = row is not None and bool(row["remote_id"]) and str(row["remote_id"]) != person_id
+        if not other and (
+            (row is not None and row["remote_id"])
+            or await self.repo.contact_by_key(self.inbound.owner_id, key) is not None
+        ):
+            return email
+        found = await self.mirrors.mirror_by_remote_id(conn, person_id)
+        if found is not None and found["email_key"] != key:
+            contact = await self.repo.contact_by_key(self.inbound.owner_id, found["email_key"])
+            if contact is not None:
+                return str(contact["email"])
+        return None if other else email
 
     async def moved_at_provider(
         self, *, person_id: str, email: str, at: datetime, event: str | None

@@ -25,7 +25,7 @@ from app.sandbox.mautic import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from app.sync.engine import SyncEngine
 from app.sync.pull import pull_connection
 from tests.conftest import fetch
-from tests.connections.conftest import OWNER, Service, drain, wait_for
+from tests.connections.conftest import OTHER, OWNER, Service, drain, wait_for
 from tests.providers.mautic import conftest as mautic_fixtures
 from tests.providers.mautic.conftest import Mautic
 from tests.support.sync import Sandbox
@@ -616,6 +616,135 @@ class TestEmailChange:
         assert sync["status"] == "synced" and sync["error_kind"] is None
         # Nobody was merged away: the third person is still there, untouched.
         assert people["also@example.com"]["id"] == third["id"]
+
+    async def _refused_move(
+        self, crm: Crm, mautic: Mautic, runtime: Runtime, settings: Settings
+    ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """Ada's move onto an address another Mautic person holds, refused: her record keeps
+        the old address."""
+        ada = await crm.create(email="ada@example.com", first_name="Ada")
+        await drain(runtime, settings)
+        aid = (await remote(mautic))["ada@example.com"]["id"]
+        other = await mautic.new_contact(email="taken@example.com", firstname="Someone")
+        await crm.patch(ada["id"], email="taken@example.com")
+        await drain(runtime, settings)
+        sync = (await crm.get(ada["id"]))["sync"][0]
+        assert sync["status"] == "rejected" and sync["error_kind"] == "collision"
+        return ada, aid, other
+
+    async def _never_lifted(
+        self, crm: Crm, mautic: Mautic, runtime: Runtime, settings: Settings, ada: Any, aid: Any
+    ) -> None:
+        # Later edits (even a local re-opt-in) never lift the person's do-not-contact, and
+        # the other person is never written to.
+        await crm.patch(ada["id"], first_name="Augusta", newsletter_opt_in=True)
+        await drain(runtime, settings)
+        people = await remote(mautic)
+        mine = people["ada@example.com"]
+        assert mine["id"] == aid and mine["fields"]["all"]["firstname"] == "Augusta"
+        (dnc,) = mine["doNotContact"]
+        assert dnc["reason"] == 1
+        assert people["taken@example.com"]["fields"]["all"]["firstname"] == "Someone"
+        assert people["taken@example.com"]["doNotContact"] == []
+        sync = (await crm.get(ada["id"]))["sync"][0]
+        assert sync["error_kind"] == "collision"
+        # The refused re-opt-in leaves the row addressing her record: the next edit too.
+        await crm.patch(ada["id"], last_name="King")
+        await drain(runtime, settings)
+        people = await remote(mautic)
+        assert people["ada@example.com"]["fields"]["all"]["lastname"] == "King"
+        assert people["ada@example.com"]["doNotContact"][0]["reason"] == 1
+        assert not people["taken@example.com"]["fields"]["all"].get("lastname")
+        assert (await crm.get(ada["id"]))["newsletter_opt_in"] is False
+
+    async def test_while_a_move_is_refused_the_persons_unsubscribe_reaches_the_contact(
+        self, connected: Service, mautic: Mautic, runtime: Runtime
+    ) -> None:
+        crm = Crm(connected)
+        settings = connected.settings
+        ada, aid, _other = await self._refused_move(crm, mautic, runtime, settings)
+        # Another owner's contact has the old address: never matched across owners.
+        r = await connected.http.post(
+            "/api/contacts",
+            json={"email": "ada@example.com", "newsletter_opt_in": True},
+            headers=connected.auth(OTHER),
+        )
+        assert r.status_code == 201, r.text
+        theirs = r.json()["id"]
+        # The person unsubscribes at Mautic: the webhook names their record (by its id)
+        # under the address it still holds, which no contact of ours has any more.
+        await mautic.act("unsubscribe", "ada@example.com")
+
+        async def opted_out() -> bool:
+            return (await crm.get(ada["id"]))["newsletter_opt_in"] is False
+
+        await wait_for(opted_out, within=10)
+        [event] = await fetch(
+            runtime,
+            "SELECT outcome FROM webhook_events"
+            " WHERE event_type = 'mautic.lead_channel_subscription_changed'",
+        )
+        assert event["outcome"] == "applied"
+        r = await connected.http.get(f"/api/contacts/{theirs}", headers=connected.auth(OTHER))
+        assert r.status_code == 200 and r.json()["newsletter_opt_in"] is True, r.text
+        await self._never_lifted(crm, mautic, runtime, settings, ada, aid)
+
+        # A form signup under the old address is her record's (Mautic matches it by email):
+        # the contact found by its id, no lead made of the address.
+        await mautic.act("signup", "ada@example.com", fields={"firstname": "Augusta"})
+
+        async def signup_applied() -> bool:
+            rows = await fetch(
+                runtime,
+                "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.form_on_submit'"
+                " AND processed_at IS NOT NULL",
+            )
+            return bool(rows)
+
+        await wait_for(signup_applied, within=10)
+        [signup] = await fetch(
+            runtime, "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.form_on_submit'"
+        )
+        assert signup["outcome"] != "created"
+        assert (
+            await fetch(
+                runtime,
+                "SELECT id FROM contacts WHERE email = 'ada@example.com' AND owner_id = :owner",
+                owner=OWNER,
+            )
+            == []
+        )
+
+    async def test_while_a_move_is_refused_the_pull_attributes_statuses_by_id(
+        self, connected: Service, mautic: Mautic, runtime: Runtime
+    ) -> None:
+        crm = Crm(connected)
+        settings = connected.settings
+        ada, aid, _other = await self._refused_move(crm, mautic, runtime, settings)
+        await mautic.configure(webhook_fault_rates={"drop": 1.0})
+        (conn,) = await fetch(runtime, "SELECT id FROM connections")
+
+        # The other person (who holds the contact's new address) unsubscribes: not ours.
+        await mautic.act("unsubscribe", "taken@example.com")
+        async with slots_running(SyncEngine(runtime.engine, settings)) as engine:
+            assert await pull_connection(engine, conn["id"]) is not None
+        assert (await crm.get(ada["id"]))["newsletter_opt_in"] is True
+
+        # Our person unsubscribes under the address their record still holds: by its id.
+        await mautic.act("unsubscribe", "ada@example.com")
+        async with slots_running(SyncEngine(runtime.engine, settings)) as engine:
+            assert await pull_connection(engine, conn["id"]) is not None
+        assert (await crm.get(ada["id"]))["newsletter_opt_in"] is False
+        # Later edits never lift it (the other person's own DNC stays theirs).
+        await crm.patch(ada["id"], first_name="Augusta", newsletter_opt_in=True)
+        await drain(runtime, settings)
+        people = await remote(mautic)
+        mine = people["ada@example.com"]
+        assert mine["id"] == aid and mine["fields"]["all"]["firstname"] == "Augusta"
+        (dnc,) = mine["doNotContact"]
+        assert dnc["reason"] == 1
+        assert people["taken@example.com"]["fields"]["all"]["firstname"] == "Someone"
+        assert (await crm.get(ada["id"]))["sync"][0]["error_kind"] == "collision"
 
 
 class TestLossyWebhooks:
