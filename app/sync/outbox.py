@@ -84,9 +84,9 @@ _API_ROWS = """
 # row already due. It did cut the commits' serialisation (32 writers, four connections:
 # 390-440 commits/s with a NOTIFY each, 540-690/s without), but any probe of "the connection's
 # rows" walks the index entries of the rows the worker deleted until vacuum removes them: with
-# a drained backlog ahead in key order the write statement went from 0.35 to ~4 ms (EXPLAIN),
-# and P6's arm with the worker paused spent 4.6-8.4 ms of PostgreSQL CPU per POST (about 1.4
-# before, measured apart). Looking up only the rows this write touches (by their full key,
+# a drained backlog ahead in key order the write statement went from 0.35 to ~4 ms (EXPLAIN,
+# 909 buffers), a cost without bound (P6 itself did not separate it from other costs; see
+# docs/benchmarks.md). Looking up only the rows this write touches (by their full key,
 # below) costs the same whatever the queue's history.
 ENQUEUE_CTES = f"""
     queue_before AS (
