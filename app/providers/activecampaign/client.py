@@ -278,8 +278,12 @@ class ActiveCampaignClient:
                 # Without the shared limiter (connect: ping, lists, the field map's fields
                 # before anything is stored) nobody else waits for the account: we do, as
                 # long as ActiveCampaign asks; with it, the engine cools the account down.
+                # A read inside a backlog waits too: failing it would fail an import already
+                # made, and the batch's retry could no longer tell the people that import
+                # created (P1: a 429 on the record read sent 1,000 contacts one by one).
                 wait = exc.retry_after if exc.retry_after is not None else 1.0
-                if self._limiter is not None or throttles >= THROTTLE_WAITS or wait > 10:
+                in_place = self._limiter is None or (_patient.get() and method == "GET")
+                if not in_place or throttles >= THROTTLE_WAITS or wait > 10:
                     raise
                 throttles += 1
                 await asyncio.sleep(wait)

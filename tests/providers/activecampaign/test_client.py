@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from app.providers.activecampaign.client import ActiveCampaignClient
+from app.providers.activecampaign.client import ActiveCampaignClient, _patient
 from app.providers.base import (
     AudienceMissing,
     AuthError,
@@ -364,6 +364,22 @@ class TestErrors:
         # Connect-time calls (no limiter yet) pace themselves by ActiveCampaign's Retry-After.
         await ac.configure(rate_limit_per_second=2)
         await asyncio.gather(*(client.ping() for _ in range(5)))
+
+    async def test_in_a_backlog_a_read_refused_for_the_rate_is_asked_again(
+        self, ac: Ac, limited: ActiveCampaignClient
+    ) -> None:
+        # A read inside a bulk import (its records, their ids) waits a 429 out in place:
+        # failing it would fail an import already made, and the batch's retry could no
+        # longer tell the people that import created.
+        await ac.configure(rate_limit_per_second=2)
+        token = _patient.set(True)
+        try:
+            await asyncio.gather(*(limited.list_audiences() for _ in range(5)))
+        finally:
+            _patient.reset(token)
+        # Outside a backlog the engine cools the account down instead.
+        with pytest.raises(ThrottledError):
+            await asyncio.gather(*(limited.list_audiences() for _ in range(5)))
 
     async def test_503_at_the_limit_is_throttled_and_an_outage_transient(
         self, ac: Ac, client: ActiveCampaignClient, limited: ActiveCampaignClient
