@@ -116,6 +116,18 @@ async def connected(service: Service, mautic: Mautic) -> Service:
     return service
 
 
+async def processed_event(runtime: Runtime, event_type: str) -> dict[str, Any]:
+    """The webhook event of `event_type`, once the receiver has applied it."""
+    sql = "SELECT outcome, processed_at FROM webhook_events WHERE event_type = :t"
+
+    async def applied() -> bool:
+        return any(r["processed_at"] is not None for r in await fetch(runtime, sql, t=event_type))
+
+    await wait_for(applied, within=10)
+    [event] = await fetch(runtime, sql, t=event_type)
+    return event
+
+
 async def _has_hook(mautic: Mautic) -> bool:
     return any("/api/webhooks/mautic/" in h["webhookUrl"] for h in await hooks(mautic))
 
@@ -592,19 +604,7 @@ class TestEmailChange:
         assert r.status_code == 200, r.text
 
         # Its delete reaches us by webhook: about that person, not about our contact.
-        async def delete_applied() -> bool:
-            rows = await fetch(
-                runtime,
-                "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.lead_post_delete'"
-                " AND processed_at IS NOT NULL",
-            )
-            return bool(rows)
-
-        await wait_for(delete_applied, within=10)
-        [event] = await fetch(
-            runtime,
-            "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.lead_post_delete'",
-        )
+        event = await processed_event(runtime, "mautic.lead_post_delete")
         assert event["outcome"] == "ignored"
         assert (await crm.get(ada["id"]))["newsletter_opt_in"] is True
         await crm.patch(ada["id"], last_name="King")
@@ -693,18 +693,7 @@ class TestEmailChange:
         # the contact found by its id, no lead made of the address.
         await mautic.act("signup", "ada@example.com", fields={"firstname": "Augusta"})
 
-        async def signup_applied() -> bool:
-            rows = await fetch(
-                runtime,
-                "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.form_on_submit'"
-                " AND processed_at IS NOT NULL",
-            )
-            return bool(rows)
-
-        await wait_for(signup_applied, within=10)
-        [signup] = await fetch(
-            runtime, "SELECT outcome FROM webhook_events WHERE event_type = 'mautic.form_on_submit'"
-        )
+        signup = await processed_event(runtime, "mautic.form_on_submit")
         assert signup["outcome"] != "created"
         assert (
             await fetch(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from app.main import Runtime
+from app.sync.engine import SyncEngine
 from tests.conftest import fetch
 
 
@@ -115,3 +117,15 @@ async def assert_mirrors_database(
         elif exact_tags and tags != set(c["tags"]):
             problems.append(f"{c['email']}: stale tags {sorted(tags - set(c['tags']))}")
     assert not problems, f"{len(problems)} differences, e.g. {problems[:5]}"
+
+
+@asynccontextmanager
+async def running(engine: SyncEngine) -> AsyncIterator[SyncEngine]:
+    """The engine running in a task; stopped (in-flight work finished) and closed after."""
+    task = asyncio.create_task(engine.run(grace_seconds=5))
+    try:
+        yield engine
+    finally:
+        engine.stop()
+        await task
+        await engine.aclose()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,20 +11,9 @@ import pytest
 from app.main import Runtime
 from app.sync.engine import PROBE_SWEEP_SECONDS, SyncEngine, probe_delay
 from tests.conftest import fetch
-from tests.support.sync import Sandbox, wait_for
+from tests.support.sync import Sandbox, running, wait_for
 
 pytestmark = pytest.mark.usefixtures("connection")
-
-
-@asynccontextmanager
-async def running(engine: SyncEngine) -> AsyncIterator[SyncEngine]:
-    task = asyncio.create_task(engine.run(grace_seconds=5))
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        await task
-        await engine.aclose()
 
 
 async def status(runtime: Runtime, connection_id: Any) -> str:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,22 +16,11 @@ from app.main import Runtime
 from app.sync.engine import COMPLETE_STEP, SyncEngine
 from tests.conftest import fetch
 from tests.support.dbproxy import DatabaseProxy, database_proxy
-from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, wait_for
+from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, running, wait_for
 from tests.sync.conftest import OWNER
 from tests.sync.test_resilience import seed_contacts
 
 pytestmark = pytest.mark.usefixtures("connection")
-
-
-@asynccontextmanager
-async def running(engine: SyncEngine) -> AsyncIterator[SyncEngine]:
-    task = asyncio.create_task(engine.run(grace_seconds=5))
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        await task
-        await engine.aclose()
 
 
 async def _n(runtime: Runtime, sql: str) -> int:

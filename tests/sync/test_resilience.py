@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from app.config import Settings
 from app.main import Runtime
 from app.sync.engine import SyncEngine
 from tests.conftest import fetch
-from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, wait_for
+from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, running, wait_for
 from tests.support.workers import worker, worker_env
 from tests.sync.conftest import OWNER
 
@@ -149,17 +148,6 @@ async def test_sigterm_finishes_in_flight_and_releases(
 
 async def _count(runtime: Runtime, sql: str) -> bool:
     return bool((await fetch(runtime, sql))[0]["n"] > 0)
-
-
-@asynccontextmanager
-async def running(engine: SyncEngine) -> AsyncIterator[SyncEngine]:
-    task = asyncio.create_task(engine.run(grace_seconds=5))
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        await task
-        await engine.aclose()
 
 
 async def test_thirty_percent_faults_converge_exactly(
