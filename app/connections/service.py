@@ -13,7 +13,7 @@ import math
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -33,7 +33,7 @@ from app.connections.crypto import (
 )
 from app.connections.limits import limiter_for
 from app.connections.mapping_repository import MappingRepository
-from app.connections.notices import REASON_ENDPOINT, notice_for_provider
+from app.connections.notices import QUOTA_NOTICE, REASON_ENDPOINT, notice_for_provider
 from app.connections.oauth import OAuthFailure, OAuthNotConfigured
 from app.connections.repository import ConnectionRepository
 from app.connections.schemas import (
@@ -70,6 +70,7 @@ from app.providers.base import (
     ConnectRefused,
     ProviderClient,
     ProviderError,
+    QuotaExhausted,
     ThrottledError,
     TransientError,
 )
@@ -114,6 +115,20 @@ def oauth_failure(provider: Provider, exc: ConnectRefused) -> Exception:
     return OAuthFailure(exc.code, exc.message, status_code=exc.status_code, provider=name)
 
 
+def oauth_throttled(provider: Provider, exc: ThrottledError) -> OAuthFailure:
+    """The connect failure a throttle becomes: when to come back, never a bare 502."""
+    name = provider.spec.display_name
+    wait = _long_wait(provider, exc)
+    if wait is None:
+        detail = f"{name} is busy right now; try again in a minute."
+        return OAuthFailure("provider_busy", detail, status_code=503, provider=name)
+    failure = OAuthFailure(
+        "provider_limit", _wait_notice(provider, wait), status_code=503, provider=name
+    )
+    failure.headers["Retry-After"] = str(math.ceil(wait))
+    return failure
+
+
 def provider_failure(provider: Provider, exc: ProviderError) -> Exception:
     """The API error a provider failure during a user's request becomes."""
     name = provider.spec.display_name
@@ -124,9 +139,37 @@ def provider_failure(provider: Provider, exc: ProviderError) -> Exception:
             f"{name} did not accept these credentials.",
             extra={"errors": [{"field": field, "message": f"rejected by {name}"}]},
         )
+    if isinstance(exc, ThrottledError) and (wait := _long_wait(provider, exc)) is not None:
+        return ServiceUnavailable(
+            _wait_notice(provider, wait), headers={"Retry-After": str(math.ceil(wait))}
+        )
     if isinstance(exc, TransientError | ThrottledError):
         return ServiceUnavailable(f"{name} is not answering right now; try again in a minute.")
     return BadGateway(f"{name} refused the request: {exc.message}")
+
+
+# A throttle asking for longer than this is a closed day (a spent quota), not a passing burst:
+# "try again in a minute" would be wrong, so the answer says when.
+LONG_WAIT_SECONDS = 60.0
+
+
+def _long_wait(provider: Provider, exc: ThrottledError) -> float | None:
+    """Seconds the provider takes no requests for, when that is longer than a minute."""
+    wait = exc.retry_after
+    if wait is None and isinstance(exc, QuotaExhausted):
+        # The provider's own "quota spent" names no time: daily quotas reset at 00:00 UTC.
+        now = datetime.now(UTC)
+        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+        wait = (midnight - now).total_seconds()
+    return wait if wait is not None and wait > LONG_WAIT_SECONDS else None
+
+
+def _wait_notice(provider: Provider, wait: float) -> str:
+    """What a user's request answers while the provider's limits are closed for a while."""
+    name = provider.spec.display_name
+    if provider.spec.limits.daily_quota_per_application:
+        return QUOTA_NOTICE.format(name=name) + "; try again then."
+    return f"{name} asks us to wait {math.ceil(wait / 60)} minutes; try again then."
 
 
 def fields_refused(provider: Provider, exc: FieldsRefused) -> Unprocessable:
@@ -416,9 +459,13 @@ class ConnectionService:
             )
         except ConnectRefused as exc:
             raise oauth_failure(provider, exc) from None
+        except ThrottledError as exc:
+            raise oauth_throttled(provider, exc) from None
         client = account_client(provider, settings, transport, account)
         try:
             audiences = await client.list_audiences()
+        except ThrottledError as exc:
+            raise oauth_throttled(provider, exc) from None
         except ProviderError as exc:
             raise OAuthFailure(
                 "provider_error",
@@ -447,6 +494,8 @@ class ConnectionService:
                     f" {provider.spec.audience_noun}: {exc}",
                     status_code=422,
                 ) from None
+            except ThrottledError as exc:
+                raise oauth_throttled(provider, exc) from None
             except ProviderError as exc:
                 raise OAuthFailure(
                     "provider_error",

@@ -641,3 +641,49 @@ async def test_the_api_processs_calls_count_against_the_application_limits(
     # counted and not spent: the day's count may run ahead of the requests, never behind).
     assert len(rows) == 1 and rows[0]["quota_day"] == datetime.now(UTC).date()
     assert rows[0]["quota_used"] >= len(sent), (rows, sent)
+
+
+class TestQuotaInTheApi:
+    """A user's request when the application's day is spent: the quota notice, not 'try again'."""
+
+    async def test_our_count_spent_answers_with_the_notice_and_midnight(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)  # the application's bucket exists now
+        await fetch(
+            runtime,
+            "UPDATE limit_buckets SET quota_used = 10000,"
+            " quota_day = CAST(timezone('UTC', now()) AS date) WHERE quota_day IS NOT NULL",
+        )
+        r = await ccservice.http.get(f"/api/integrations/{PID}/audiences", headers=ccservice.auth())
+        assert_quota_problem(r)
+
+    async def test_constant_contacts_quota_exceeded_answers_with_the_notice(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        spent = (await cc.http.get("/_control/limits")).json()
+        await cc.configure(daily_quota=max([int(v) for v in _used(spent)] or [0]))
+        r = await ccservice.http.get(f"/api/integrations/{PID}/audiences", headers=ccservice.auth())
+        assert_quota_problem(r)
+
+    async def test_connecting_on_a_spent_day_says_so_and_connects_nothing(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        spent = (await cc.http.get("/_control/limits")).json()
+        await cc.configure(daily_quota=max([int(v) for v in _used(spent)] or [0]))
+        r = await ccservice.http.post(f"/api/integrations/{PID}/connect", headers=ccservice.auth())
+        page = await ccservice.http.get(await authorize(str(r.json()["authorize_url"])))
+        assert page.status_code == 503, page.text
+        assert QUOTA_NOTICE in page.text.replace("&#x27;", "'").replace("&#39;", "'")
+        assert await fetch(runtime, "SELECT id FROM connections") == []
+
+
+def assert_quota_problem(r: httpx.Response) -> None:
+    """503 problem+json naming the daily limit, Retry-After the seconds to 00:00 UTC."""
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert QUOTA_NOTICE in r.json()["detail"]
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    assert abs(int(r.headers["retry-after"]) - (midnight - now).total_seconds()) < 120

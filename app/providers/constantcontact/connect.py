@@ -31,6 +31,7 @@ from app.providers.base import (
     ProviderError,
     RequestLimiter,
     SandboxSeed,
+    ThrottledError,
     TransientError,
 )
 from app.providers.constantcontact.client import (
@@ -304,6 +305,8 @@ class ConstantContactConnect:
             )
             try:
                 return await client.account_summary()
+            except ThrottledError:
+                raise  # a burst or a closed day: the service answers with when to come back
             except ProviderError as exc:
                 raise ConnectRefused(
                     f"Constant Contact did not show the account ({exc.message}); start again.",
