@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +16,9 @@ from app.sandbox.constantcontact import constants as c
 from app.sandbox.constantcontact.errors import ApiError
 from app.sandbox.constantcontact.oauth import base_url
 from app.sandbox.constantcontact.state import Account, App, SandboxState
+from app.sandbox.kit.control import error as _error
+from app.sandbox.kit.control import json_response as _json
+from app.sandbox.kit.control import read_object as _body
 
 ACTIONS = (
     "unsubscribe",
@@ -32,27 +34,9 @@ ACTIONS = (
 )
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
-
-
-def _error(status: int, detail: str) -> Response:
-    return _json({"detail": detail}, status)
-
-
 def _state(request: Request) -> SandboxState:
     state: SandboxState = request.app.state.sandbox
     return state
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    data = orjson.loads(raw)
-    if not isinstance(data, dict):
-        raise ValueError("the body must be a JSON object")
-    return data
 
 
 def app_view(app: App, base: str) -> dict[str, Any]:

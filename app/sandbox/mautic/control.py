@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.sandbox.kit.control import error as _error
+from app.sandbox.kit.control import json_response as _json
+from app.sandbox.kit.control import read_object as _body
 from app.sandbox.mautic import errors, render
 from app.sandbox.mautic.model import BOUNCED, UNSUBSCRIBED, Contact
 from app.sandbox.mautic.state import MauticState
@@ -28,27 +30,9 @@ ACTIONS = (
 )
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
-
-
-def _error(status: int, detail: str) -> Response:
-    return _json({"detail": detail}, status)
-
-
 def _state(request: Request) -> MauticState:
     state: MauticState = request.app.state.sandbox
     return state
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    data = orjson.loads(raw)
-    if not isinstance(data, dict):
-        raise ValueError("the body must be a JSON object")
-    return data
 
 
 async def index(request: Request) -> Response:
