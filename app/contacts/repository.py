@@ -40,6 +40,10 @@ changes = cast(Table, ContactChange.__table__)
 # contact's sync line per connection for the response. A data-modifying CTE always runs to
 # completion, whether or not the final SELECT reads it; `notified` is read (so it runs) only
 # when the owner has connections, which is the only case where anything was queued.
+# The mirror row is a LATERAL subquery kept apart by OFFSET 0, so it is planned bound to its
+# full key: as a plain join, with no statistics on sync_state (autovacuum off or behind), the
+# planner could bind the connection and the key alone and walk every mirror row of the
+# connection per write (P6, 3 December; app.sync.outbox, _API_ROWS).
 _RECORD_CHANGE = text(
     f"""
     WITH change AS (
@@ -59,8 +63,11 @@ _RECORD_CHANGE = text(
     LEFT JOIN audience_mappings m ON m.connection_id = c.id
     LEFT JOIN queued ON queued.connection_id = c.id AND queued.mapping_id = m.id
         AND queued.email_key = :sync_key
-    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.mapping_id = m.id
-        AND s.email_key = :sync_key
+    LEFT JOIN LATERAL (
+        SELECT * FROM sync_state s
+        WHERE s.connection_id = c.id AND s.mapping_id = m.id AND s.email_key = :sync_key
+        OFFSET 0
+    ) s ON true
     WHERE c.owner_id = :owner_id
     ORDER BY c.provider, m.id <> c.id, m.created_at
     """

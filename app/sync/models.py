@@ -111,11 +111,15 @@ class SyncState(Base):
     __table_args__ = (
         Index("ix_sync_state_contact_id", "contact_id"),
         # Inbound events naming the provider's person id (an address changed at Mautic).
+        # remote_id before mapping_id: an index sharing the primary key's (connection_id,
+        # mapping_id) prefix ties with it in the planner's estimates when the table has no
+        # statistics (autovacuum off or behind), and the write path's key lookups then walked
+        # every mirror row of the connection (P6, 3 December).
         Index(
-            "ix_sync_state_connection_id_mapping_id_remote_id",
+            "ix_sync_state_connection_id_remote_id_mapping_id",
             "connection_id",
-            "mapping_id",
             "remote_id",
+            "mapping_id",
         ),
         Index(
             "ix_sync_state_connection_id_error_kind",

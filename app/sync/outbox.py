@@ -55,20 +55,27 @@ def queue_upsert(select: str, *, only_parked: bool = False) -> str:
 # Coalescing hold: a key sent less than `hold` seconds ago waits until that much time has
 # passed, so a contact edited over and over is sent once per hold with its latest state
 # (DESIGN §1.4), while a change to a quiet contact goes at once.
+#
+# The mirror row is read by a subquery bound to its full key, not a join: as a join the
+# planner, with no statistics on sync_state (autovacuum off or behind), saw no gain in binding
+# the email key too and walked every mirror row of the connection per write (P6, 3 December:
+# ~3,000 buffers a write with 2,000 contacts synced).
 _API_ROWS = """
     SELECT c.id, m.id, k.email_key, CAST(:contact_id AS uuid), :priority, :forget,
-           GREATEST(now(), s.last_synced_at + make_interval(secs => :hold))
+           GREATEST(now(), (
+               SELECT s.last_synced_at FROM sync_state s
+               WHERE s.connection_id = c.id AND s.mapping_id = m.id
+                 AND s.email_key = k.email_key
+           ) + make_interval(secs => :hold))
     FROM connections c
     JOIN audience_mappings m ON m.connection_id = c.id
     CROSS JOIN unnest(CAST(:keys AS text[])) AS k(email_key)
-    LEFT JOIN sync_state s ON s.connection_id = c.id AND s.mapping_id = m.id
-        AND s.email_key = k.email_key
     WHERE c.owner_id = :owner_id AND c.audience_id IS NOT NULL
       AND m.id IS DISTINCT FROM CAST(:skip_mapping AS uuid)
 """
 
-# The API's upsert and its NOTIFY as CTEs (`queue_before`, `queued`, `notified`) for a WITH
-# clause; parameters from `enqueue_params`. A statement using them must read `notified` (a
+# The API's upsert and its NOTIFY as CTEs (`queued`, `notified`) for a WITH clause;
+# parameters from `enqueue_params`. A statement using them must read `notified` (a
 # plain SELECT CTE runs only when read) whenever `queued` may hold rows. NOTIFY is
 # transactional: listeners hear it only if the caller commits.
 #
@@ -77,9 +84,12 @@ _API_ROWS = """
 # sent) was announced when it started waiting, and a worker that is sending it looks again
 # when the send completes: a NOTIFY for it would only cost commit time, because PostgreSQL
 # serialises the commits of transactions that NOTIFY (a global lock held through the WAL
-# flush). `queue_before` reads the rows as they were when the statement started (every CTE
-# shares one snapshot); a row deleted or changed by a worker since then shows up as created,
-# or is the worker's own to look at again.
+# flush). The probe of `sync_queue` in `notified` reads the rows as they were when the
+# statement started (every part of a statement shares one snapshot, and the upsert's own
+# writes are not visible to it); a row deleted or changed by a worker since then shows up as
+# created, or is the worker's own to look at again. It looks each written row up by its full
+# key: looking up the owner's connections' rows by email key alone walked every queue entry of
+# each connection (the key's third column), dead ones included (P6, 3 December).
 # Not done (tried 3 December, reverted): sparing the NOTIFY when the connection has *another*
 # row already due. It did cut the commits' serialisation (32 writers, four connections:
 # 390-440 commits/s with a NOTIFY each, 540-690/s without), but any probe of "the connection's
@@ -89,21 +99,19 @@ _API_ROWS = """
 # docs/benchmarks.md). Looking up only the rows this write touches (by their full key,
 # below) costs the same whatever the queue's history.
 ENQUEUE_CTES = f"""
-    queue_before AS (
-        SELECT q.connection_id, q.mapping_id, q.email_key, q.state, q.available_at
-        FROM sync_queue q JOIN connections c ON c.id = q.connection_id
-        WHERE c.owner_id = :owner_id AND q.email_key = ANY(CAST(:keys AS text[]))
-    ),
     queued AS ({queue_upsert(_API_ROWS)}),
     notified AS (
         SELECT pg_notify(:channel, '')
         WHERE EXISTS (
             SELECT FROM queued
-            LEFT JOIN queue_before b USING (connection_id, mapping_id, email_key)
-            WHERE queued.inserted
-               OR b.connection_id IS NULL
-               OR b.state <> 'ready'
-               OR queued.available_at < b.available_at
+            WHERE queued.inserted OR NOT EXISTS (
+                SELECT FROM sync_queue b
+                WHERE b.connection_id = queued.connection_id
+                  AND b.mapping_id = queued.mapping_id
+                  AND b.email_key = queued.email_key
+                  AND b.state = 'ready'
+                  AND b.available_at <= queued.available_at
+            )
         )
     )
 """
