@@ -250,6 +250,9 @@ class ActiveCampaignClient:
         self._tag_names: dict[str, str] = {}
         self._fields: dict[str, dict[str, Any]] | None = None
         self._tag_lock = asyncio.Lock()
+        self._option_locks: dict[str, asyncio.Lock] = {}
+        self._options_made: dict[str, set[str]] = {}
+        self._fields_lock = asyncio.Lock()
         self._bulk_available = True
 
     # --- plumbing -----------------------------------------------------------------------
@@ -415,6 +418,12 @@ class ActiveCampaignClient:
         """Every custom field by perstag (upper case) and by id: {id, type, perstag, options}."""
         if self._fields is not None and not refresh:
             return self._fields
+        async with self._fields_lock:  # a backlog's groups start side by side: one read
+            if self._fields is not None and not refresh:
+                return self._fields
+            return await self._read_fields()
+
+    async def _read_fields(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         offset = 0
         while True:
@@ -494,18 +503,32 @@ class ActiveCampaignClient:
         return standard, values
 
     async def _ensure_options(self, entry: dict[str, Any], wanted: list[str]) -> None:
-        missing = [w for w in wanted if w not in entry["options"]]
-        if not missing:
+        if all(w in entry["options"] for w in wanted):
             return
-        await self._request(
-            "POST",
-            "/fieldOption/bulk",
-            op="fields",
-            json={
-                "fieldOptions": [{"field": entry["id"], "label": m, "value": m} for m in missing]
-            },
-        )
-        entry["options"] = set(entry["options"]) | set(missing)
+        # One creator at a time per field, the missing ones counted again once it is ours: a
+        # backlog's groups build their imports side by side, and each saw the same option
+        # missing while the first one's create waited for a token (P1: 4–39 creates of two
+        # options a run, each adding the same option to the field again).
+        async with self._option_locks.setdefault(entry["id"], asyncio.Lock()):
+            # Two reads of the fields side by side give two entries: what was made is kept
+            # apart from either.
+            made = self._options_made.setdefault(entry["id"], set())
+            missing = [w for w in wanted if w not in entry["options"] and w not in made]
+            if not missing:
+                entry["options"] = set(entry["options"]) | made
+                return
+            await self._request(
+                "POST",
+                "/fieldOption/bulk",
+                op="fields",
+                json={
+                    "fieldOptions": [
+                        {"field": entry["id"], "label": m, "value": m} for m in missing
+                    ]
+                },
+            )
+            made.update(missing)
+            entry["options"] = set(entry["options"]) | made
 
     # --- tags -----------------------------------------------------------------------------
 

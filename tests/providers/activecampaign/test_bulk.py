@@ -137,3 +137,24 @@ class TestBulkTags:
         known = outcomes["known@example.com"].state
         assert known is not None and "tags" not in known.refs and not known.created
         assert known.status == "subscribed"
+
+
+async def test_side_by_side_batches_read_the_fields_and_add_an_option_once(
+    ac: Ac, client: ActiveCampaignClient
+) -> None:
+    import asyncio
+
+    await client.create_field(title="Dietary", perstag="DIETARY", kind="listbox")
+    await ac.http.delete("/_control/requests")
+    worker = ActiveCampaignClient(  # the worker's client: nothing cached yet
+        client._transport, api_url=ac.url, api_key=client._key, import_poll=(0.05, 0.1)
+    )
+    diet = {"DIETARY": ["vegan", "nut free"]}
+    batches = [[payload(f"o{j}-{i}@example.com", fields=diet) for i in range(10)] for j in range(4)]
+    await asyncio.gather(*(worker.batch_upsert(LIST, b) for b in batches))
+    requests = await ac.requests()
+    assert sum(1 for r in requests if r["path"].endswith("/fieldOption/bulk")) == 1
+    assert sum(1 for r in requests if r["path"].endswith("/fields")) == 1
+    (account,) = ac.state.accounts.values()
+    assert sorted(o.value for o in account.options.values()) == ["nut free", "vegan"]
+    assert len(await ac.dump()) == 40
