@@ -210,6 +210,11 @@ class ContactPayload:
     # do not map are never sent, so the provider keeps them as the person set them.
     interests: dict[str, bool] = field(default_factory=dict)
     campaigns: list[str] = field(default_factory=list)
+    # Never pushed by us: the mirror has no row for the person and no send of ours that could
+    # have created them was cut short. A hint only (someone else may have created them at the
+    # provider): a client that takes tags as its own on create must still check it created
+    # the person.
+    unseen: bool = False
 
 
 def campaign_ref(campaign_id: str) -> str:

@@ -248,6 +248,7 @@ def _plan_contact(
             tags=tags,
             interests=interests,
             campaigns=campaigns if action is Action.upsert else [],
+            unseen=mirror is None and not may_exist,
         )
         return Plan(key, action, contact, mirror, payload, digest, tags, target_email=email)
 

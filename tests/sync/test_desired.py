@@ -102,6 +102,16 @@ class TestCreate:
         p = plan(contact(email_status="bounced"), None)
         assert p.action is Action.noop
 
+    def test_only_a_person_never_pushed_is_unseen(self) -> None:
+        c = contact()
+        fresh = plan(c, None)
+        assert fresh.payload is not None and fresh.payload.unseen
+        cut_short = plan(c, None, may_exist=True)  # a create of ours may have landed
+        assert cut_short.payload is not None and not cut_short.payload.unseen
+        for m in (mirror_for(c, first_name="x"), mirror_for(c, remote_status="archived")):
+            again = plan(contact(first_name="Augusta"), m)
+            assert again.payload is not None and not again.payload.unseen
+
 
 class TestUpdate:
     def test_unchanged_means_no_call(self) -> None:

@@ -10,8 +10,11 @@ Rules (reference §9, DESIGN §14.5):
 - tags are found or created by name and added by `contactTags`; the association ids we created
   are kept in the mirror's refs and only those are ever deleted;
 - backlogs go through `import/bulk_import` (250 contacts / 400,000 bytes a request) polled by
-  `import/info`, without any list subscription in the import (consent is decided per person
-  afterwards, as above);
+  `import/info`: one import a batch carries the fields, `subscribe` for every consenting
+  person our list does not hold at 0, 2 or 3 (read just before; an import would silently make
+  a 0 or a 3 a 1, and refuses a 2), and tags only for people we never pushed (ours only where
+  the import created the contact); the others' status is read afterwards and decided as
+  above;
 - both error-body shapes, HTML pages, empty bodies, 429 and the 503 of the limit.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,6 +86,14 @@ USER_AGENT = "audience-sync/0.1"
 # reads, a 1 goes only to people on no status of our list): a passing failure is asked again
 # here, since one lost answer would otherwise send the whole batch round again.
 BATCH_RETRIES = (0.1, 0.3, 0.9, 2.0)
+# How long a backlog trusts its read of our list's unsubscribed people (2): an import refuses
+# them anyway ("may not be subscribed to lists which they have previously unsubscribed
+# from"), so a stale read costs a request (the contact goes again alone), never consent.
+HELD_SECONDS = 10.0
+HELD_MAX_UNSUBSCRIBED_PAGES = 20
+# Pages of our list's unconfirmed (0) and bounced (3) people read before each batch's import;
+# beyond, the two-import path (reading them would cost more than it saves).
+HELD_MAX_PAGES = 4
 _patient: contextvars.ContextVar[bool] = contextvars.ContextVar("ac_patient", default=False)
 
 
@@ -233,6 +245,7 @@ class ActiveCampaignClient:
         limiter: RequestLimiter | None = None,
         import_poll: tuple[float, ...] = IMPORT_POLL_SECONDS,
         import_max_wait: float = IMPORT_MAX_WAIT,
+        held_max_pages: int = HELD_MAX_PAGES,
     ) -> None:
         self._transport = transport
         self._limiter = limiter
@@ -251,8 +264,11 @@ class ActiveCampaignClient:
         self._fields: dict[str, dict[str, Any]] | None = None
         self._tag_lock = asyncio.Lock()
         self._option_locks: dict[str, asyncio.Lock] = {}
-        self._options_made: dict[str, set[str]] = {}
         self._fields_lock = asyncio.Lock()
+        self._options_made: dict[str, set[str]] = {}
+        self._held_lock = asyncio.Lock()
+        self._held_cache: dict[str, tuple[float, dict[str, int] | None]] = {}
+        self._held_max_pages = held_max_pages
         self._bulk_available = True
 
     # --- plumbing -----------------------------------------------------------------------
@@ -711,6 +727,7 @@ class ActiveCampaignClient:
         refused (`blocked`: ActiveCampaign has no confirmation path, and a 1 would silently
         re-subscribe them); an opt-out is a 2 (a bounce stays a 3).
         """
+        self._note_held(audience_id, member.email_address, current)
         if current is None:
             if wants:
                 await self._set_status(contact_id, audience_id, ACTIVE)
@@ -722,6 +739,7 @@ class ActiveCampaignClient:
             return current
         if member.consent == "unsubscribed":
             await self._set_status(contact_id, audience_id, UNSUBSCRIBED)
+            self._note_held(audience_id, member.email_address, UNSUBSCRIBED)
             return UNSUBSCRIBED
         return current
 
@@ -1070,10 +1088,13 @@ class ActiveCampaignClient:
         self, audience_id: str, members: list[ContactPayload]
     ) -> list[BatchOutcome]:
         """Backlogs through `import/bulk_import` (≤ 250 contacts, ≤ 400,000 bytes a request),
-        polled to completion; then per person the consent rules (new to our list and
-        consenting → a second import that subscribes them, or `contactLists` for a few;
-        opt-outs → 2; a 2 or 3 refuses a wish to subscribe). Tags follow through
-        `update_tags`. Without a bulk importer (an HTML 404) every person is upserted alone."""
+        polled to completion. One import a batch subscribes the consenting people our list
+        does not hold at 0, 2 or 3 (`_held`); for the others the consent rules are applied
+        per person afterwards (opt-outs → 2; a 2 or 3 refuses a wish to subscribe; a 0
+        stays). Where the held people are too many to read for every batch, a data import
+        first and a second, subscribing one (or `contactLists` for a few) for those new to
+        our list. Tags not set by the import follow through `update_tags`. Without a bulk
+        importer (an HTML 404) every person is upserted alone."""
         if not members:
             return []
         if len(members) < BULK_MIN_CONTACTS or not self._bulk_available:
@@ -1088,13 +1109,26 @@ class ActiveCampaignClient:
         keys = [email_key(m.email_address) or m.email_address for m in members]
         outcomes = {k: BatchOutcome(email_key=k) for k in keys}
         try:
-            first_new = await self._next_contact_id()
             items: list[tuple[str, ContactPayload, dict[str, Any]]] = []
             for m, key in zip(members, keys, strict=True):
                 try:
                     items.append((key, m, await self._bulk_item(m)))
                 except PermanentError as exc:
                     outcomes[key].error = exc
+            # Read last before the import: its age is the window in which a bounce or an
+            # unconfirmed signup could still be subscribed by it.
+            held = await self._held(audience_id)
+            first_new = await self._next_contact_id()
+            joining: set[str] = set()
+            tagged: set[str] = set()
+            for key, m, item in items:
+                if held is not None and key not in held and self._wants(m):
+                    # Nobody at 0, 2 or 3 on our list (the snapshot): the import may subscribe.
+                    item["subscribe"] = [{"listid": _listid(audience_id)}]
+                    joining.add(key)
+                    if m.tags and m.unseen:
+                        item["tags"] = list(m.tags)
+                        tagged.add(key)
             failed, ids = await self._import([item for _, _, item in items])
         except BulkUnavailable:
             self._bulk_available = False
@@ -1104,15 +1138,158 @@ class ActiveCampaignClient:
             finally:
                 _patient.reset(token)
         by_key: dict[str, ContactPayload] = {}
+        again: list[str] = []
         for key, m, item in items:
-            if str(item["email"]).lower() in failed:
+            if str(item["email"]).lower() not in failed:
+                by_key[key] = m
+            elif key in joining:
+                again.append(key)  # refused with its subscription: decided alone, below
+            else:
                 outcomes[key].error = PermanentError(
                     ErrorKind.invalid_email, f"ActiveCampaign's import refused {item['email']}"
                 )
-            else:
-                by_key[key] = m
-        await self._settle(audience_id, by_key, outcomes, ids, first_new)
+        if held is None:
+            await self._settle(audience_id, by_key, outcomes, ids, first_new)
+        else:
+            await self._settle_joined(
+                audience_id, by_key, outcomes, ids, first_new, joining=joining, tagged=tagged
+            )
+        for key in again:
+            # Unsubscribed since the snapshot (the import refuses the whole contact), or a
+            # value the import could not take: `contact/sync` and our list's status say which.
+            member = next(m for k, m, _ in items if k == key)
+            try:
+                outcomes[key].state = await self.upsert_member(audience_id, member)
+            except PermanentError as exc:
+                outcomes[key].error = exc
         return [outcomes[k] for k in keys]
+
+    async def _held(self, audience_id: str) -> dict[str, int] | None:
+        """Our list's people at status 0, 2 or 3, by email key: those an import must never
+        subscribe. Unconfirmed (0) and bounced (3) are read for every batch, just before its
+        import (an import would silently make them 1); unsubscribed (2) at most every
+        HELD_SECONDS (an import refuses them anyway: a stale read costs a request, never
+        consent). Filtered pages of 100, usually one each. None when they are too many to
+        read that often: the batch then subscribes by a second import, person by person."""
+        fresh = await self._held_pages(audience_id, (UNCONFIRMED, BOUNCED), self._held_max_pages)
+        async with self._held_lock:
+            cached = self._held_cache.get(audience_id)
+            now = time.monotonic()
+            if cached is None or now - cached[0] >= HELD_SECONDS:
+                # Aged from before the read: a change during it counts as after the snapshot.
+                unsubscribed = await self._held_pages(
+                    audience_id, (UNSUBSCRIBED,), HELD_MAX_UNSUBSCRIBED_PAGES
+                )
+                cached = (now, unsubscribed)
+                self._held_cache[audience_id] = cached
+        if fresh is None or cached[1] is None:
+            return None
+        return {**cached[1], **fresh}
+
+    async def _held_pages(
+        self, audience_id: str, statuses: tuple[int, ...], max_pages: int
+    ) -> dict[str, int] | None:
+        """Our list's people at `statuses`, by email key; None beyond `max_pages` pages."""
+        out: dict[str, int] = {}
+        pages = 0
+        for status in statuses:
+            offset = 0
+            while True:
+                if pages >= max_pages:
+                    return None
+                pages += 1
+                _, body = await self._request(
+                    "GET",
+                    "/contacts",
+                    op="list",
+                    params={
+                        "listid": audience_id,
+                        "status": status,
+                        "limit": PAGE_LIMIT,
+                        "offset": offset,
+                        "orders[id]": "ASC",
+                    },
+                )
+                contacts = [c for c in (body or {}).get("contacts") or [] if isinstance(c, dict)]
+                for c in contacts:
+                    if k := email_key(c.get("email")):
+                        out[k] = status
+                offset += len(contacts)
+                total = _int(((body or {}).get("meta") or {}).get("total"))
+                if not contacts or offset >= total:
+                    break
+        return out
+
+    def _note_held(self, audience_id: str, email: str, status: int | None) -> None:
+        """What this client saw of a person's status on our list, kept in the snapshot."""
+        cached = self._held_cache.get(audience_id)
+        key = email_key(email)
+        if cached is None or cached[1] is None or key is None:
+            return
+        if status in (UNCONFIRMED, UNSUBSCRIBED, BOUNCED):
+            cached[1][key] = status
+
+    async def _settle_joined(
+        self,
+        audience_id: str,
+        by_key: dict[str, ContactPayload],
+        outcomes: dict[str, BatchOutcome],
+        ids: list[str],
+        first_new: int,
+        *,
+        joining: set[str],
+        tagged: set[str],
+    ) -> None:
+        """After the one import: read the imported records (pages of 100: each person's id,
+        and whether our import created them); those it subscribed are on our list at 1, the
+        others (held at 0, 2 or 3 by the snapshot, or not consenting) have their status read
+        and the consent rules applied, as after a data import."""
+        contacts = await self._records(ids)
+        for key in [k for k in by_key if k not in contacts]:  # a lagging answer: look up
+            found = await self.find_contact(by_key[key].email_address)
+            if found is not None:
+                contacts[key] = found
+        rest = {k: m for k, m in by_key.items() if k not in joining}
+        existing = [
+            str(c["id"]) for k, c in contacts.items() if k in rest and _int(c["id"]) < first_new
+        ]
+        on_list = await self._on_list(audience_id, existing) if existing else {}
+        for key, member in by_key.items():
+            contact = contacts.get(key)
+            if contact is None:
+                outcomes[key].error = PermanentError(
+                    ErrorKind.invalid_email, "ActiveCampaign's import did not take this contact"
+                )
+                continue
+            cid = str(contact["id"])
+            created = _int(cid) >= first_new
+            refs: dict[str, Any] = {}
+            if key in joining:
+                status: int | None = ACTIVE
+                # Tags the import set are ours only on a contact it created: one that existed
+                # may have carried them already (they stay its owner's, `update_tags` finds
+                # them present).
+                if key in tagged and created:
+                    refs["tags"] = dict.fromkeys(member.tags)
+            else:
+                try:
+                    status = await self._consent(
+                        cid,
+                        audience_id,
+                        member,
+                        current=on_list.get(cid),
+                        wants=self._wants(member),
+                    )
+                except PermanentError as exc:
+                    outcomes[key].error = exc
+                    continue
+            if status is not None:
+                refs["list"] = audience_id
+            if created:
+                refs["created"] = True
+            outcomes[key].state = self._member(
+                contact, status, email=member.email_address, created=created, refs=refs
+            )
 
     async def _singles(self, audience_id: str, members: list[ContactPayload]) -> list[BatchOutcome]:
         out = []
@@ -1296,7 +1473,7 @@ class ActiveCampaignClient:
         refused: set[str] = set()
         tagged: set[str] = set()
         if len(keys) >= BULK_MIN_CONTACTS:
-            listid: Any = int(audience_id) if audience_id.isdigit() else audience_id
+            listid = _listid(audience_id)
             items = []
             for k in keys:
                 item: dict[str, Any] = {
@@ -1344,6 +1521,10 @@ def _chunks(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     if chunk:
         out.append(chunk)
     return out
+
+
+def _listid(audience_id: str) -> Any:
+    return int(audience_id) if audience_id.isdigit() else audience_id
 
 
 def _int(value: Any, *, default: int = 0) -> int:

@@ -113,6 +113,7 @@ def payload(email: str, **kw: Any) -> ContactPayload:
     """A payload with our usual defaults (a new person subscribes)."""
     kw.setdefault("fields", {})
     kw.setdefault("consent_if_new", "subscribed")
+    kw.setdefault("unseen", True)  # never pushed by us, as the planner says of a first push
     return ContactPayload(email_address=email, **kw)
 
 

@@ -3,6 +3,8 @@ refusals, consent decided per person afterwards, the fallback without a bulk imp
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.providers.activecampaign.client import ActiveCampaignClient, _chunks
@@ -15,6 +17,20 @@ def people(n: int, prefix: str = "bulk") -> list:
         payload(f"{prefix}{i}@example.com", fields={"firstName": f"N{i}", "lastName": "B"})
         for i in range(n)
     ]
+
+
+def imports_of(requests: list) -> list:
+    return [r for r in requests if r["path"].endswith("/import/bulk_import")]
+
+
+def items_sent(ac: Ac) -> dict[str, dict]:
+    """Every contact item of every import the sandbox was sent, by address (the last)."""
+    return {
+        str(item["email"]).lower(): item
+        for account in ac.state.accounts.values()
+        for batch in account.batches.values()
+        for item in batch.contacts
+    }
 
 
 class TestBulkImport:
@@ -31,6 +47,7 @@ class TestBulkImport:
         requests = await ac.requests()
         assert len(requests) < 20  # not 3 a person
         assert not [r for r in requests if r["path"].endswith("/contactLists")]
+        assert len(imports_of(requests)) == 1  # fields and subscription in one import
 
     async def test_nobody_unsubscribed_or_bounced_is_subscribed_again(
         self, ac: Ac, client: ActiveCampaignClient
@@ -110,6 +127,7 @@ class TestBulkTags:
         assert all(set(p["tags"].values()) == {"vip", "2026"} for p in dump.values())
         requests = await ac.requests()
         assert len(requests) < 20  # no request per person, tags included
+        assert len(imports_of(requests)) == 1  # fields, subscription and tags in one
         state = states[0]
         assert state is not None
         ref = RemoteRef(email=state.email_address, remote_id=state.remote_id, refs=state.refs)
@@ -137,6 +155,114 @@ class TestBulkTags:
         known = outcomes["known@example.com"].state
         assert known is not None and "tags" not in known.refs and not known.created
         assert known.status == "subscribed"
+
+
+class TestOneImport:
+    """One import a batch: fields, `subscribe` and (on people we never pushed) tags, for
+    everyone the snapshot of our list's people at 0, 2 and 3 does not hold."""
+
+    async def test_people_held_at_0_2_or_3_are_never_sent_a_subscription(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        await client.batch_upsert(LIST, people(12))
+        await ac.act("status", "bulk1@example.com", status=0)  # unconfirmed (double opt-in)
+        await ac.act("unsubscribe", "bulk2@example.com")
+        await ac.act("bounce", "bulk3@example.com")
+        fresh = ActiveCampaignClient(
+            client._transport, api_url=ac.url, api_key=client._key, import_poll=(0.05, 0.1)
+        )
+        again = [payload(p.email_address, fields={"firstName": "Z"}) for p in people(12)]
+        outcomes = {o.email_key: o for o in await fresh.batch_upsert(LIST, again)}
+        sent = items_sent(ac)
+        held = ("bulk1@example.com", "bulk2@example.com", "bulk3@example.com")
+        for key in held:
+            assert "subscribe" not in sent[key] and sent[key]["first_name"] == "Z"
+        assert "subscribe" in sent["bulk4@example.com"]
+        first = outcomes["bulk1@example.com"].state
+        assert first is not None and first.status == RemoteStatus.pending
+        for key in held[1:]:
+            error = outcomes[key].error
+            assert error is not None and error.kind is ErrorKind.compliance
+        dump = {p["email"]: p for p in await ac.dump()}
+        assert [dump[k]["lists"][LIST]["status"] for k in held] == [0, 2, 3]
+        assert all(p["lists"][LIST]["resubscribed"] == 0 for p in dump.values())
+
+    async def test_an_unsubscribe_after_the_snapshot_is_refused_by_the_import(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        await client.batch_upsert(LIST, people(12))  # the snapshot is taken, then kept
+        await ac.act("unsubscribe", "bulk5@example.com")
+        again = [payload(p.email_address, fields={"firstName": "Z"}) for p in people(12)]
+        outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, again)}
+        assert "subscribe" in items_sent(ac)["bulk5@example.com"]  # the snapshot missed it
+        error = outcomes["bulk5@example.com"].error
+        assert error is not None and error.kind is ErrorKind.compliance
+        person = await ac.person("bulk5@example.com")
+        assert person is not None and person["lists"][LIST]["status"] == 2
+        assert person["lists"][LIST]["resubscribed"] == 0
+
+    async def test_0_and_3_are_read_for_every_batch_2_once_for_a_while(
+        self, ac: Ac, client: ActiveCampaignClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        read: list[tuple[int, ...]] = []
+        pages = client._held_pages
+
+        async def spy(audience_id: str, statuses: tuple[int, ...], max_pages: int) -> Any:
+            read.append(statuses)
+            return await pages(audience_id, statuses, max_pages)
+
+        monkeypatch.setattr(client, "_held_pages", spy)
+        await client.batch_upsert(LIST, people(12))
+        await ac.act("bounce", "bulk7@example.com")
+        again = [payload(p.email_address, fields={"firstName": "Z"}) for p in people(12)]
+        outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, again)}
+        assert read == [(0, 3), (2,), (0, 3)]
+        assert "subscribe" not in items_sent(ac)["bulk7@example.com"]  # the bounce was seen
+        error = outcomes["bulk7@example.com"].error
+        assert error is not None and error.kind is ErrorKind.compliance
+        monkeypatch.setattr("app.providers.activecampaign.client.HELD_SECONDS", 0.0)
+        await client.batch_upsert(LIST, people(12, prefix="more"))
+        assert read[3:] == [(0, 3), (2,)]
+
+    async def test_too_many_held_people_subscribe_by_a_second_import(self, ac: Ac) -> None:
+        import httpx
+
+        from app.sandbox.activecampaign import DEFAULT_API_KEY
+
+        async with httpx.AsyncHTTPTransport() as transport:
+            client = ActiveCampaignClient(
+                transport,
+                api_url=ac.url,
+                api_key=DEFAULT_API_KEY,
+                import_poll=(0.05, 0.1),
+                held_max_pages=0,
+            )
+            await client.batch_upsert(LIST, people(12))
+            assert len(imports_of(await ac.requests())) == 2  # data, then the subscription
+            await ac.act("bounce", "bulk2@example.com")
+            again = [payload(p.email_address, fields={"firstName": "Z"}) for p in people(12)]
+            outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, again)}
+        error = outcomes["bulk2@example.com"].error
+        assert error is not None and error.kind is ErrorKind.compliance
+        person = await ac.person("bulk2@example.com")
+        assert person is not None and person["lists"][LIST]["status"] == 3
+
+    async def test_tags_go_in_the_import_only_for_people_never_pushed(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        batch = [
+            payload(f"seen{i}@example.com", tags=["vip"], unseen=i % 2 == 0) for i in range(12)
+        ]
+        outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, batch)}
+        sent = items_sent(ac)
+        for i in range(12):
+            key = f"seen{i}@example.com"
+            state = outcomes[key].state
+            assert state is not None and state.status == RemoteStatus.subscribed
+            if i % 2 == 0:  # created by the import with our tag: ours
+                assert sent[key]["tags"] == ["vip"] and state.tags == ["vip"]
+            else:  # the mirror knew them: their tags are the engine's to add (and to own)
+                assert "tags" not in sent[key] and state.tags == []
 
 
 async def test_side_by_side_batches_read_the_fields_and_add_an_option_once(
