@@ -159,19 +159,34 @@ _REAP = text(
 
 _LEASE_HOLDERS = text("SELECT DISTINCT leased_by FROM sync_queue WHERE leased_by LIKE :prefix")
 
+# A group's contacts and mirror rows are read one key at a time (LATERAL … OFFSET 0: each
+# lookup planned alone, bound to its unique key). As `owner_id = … AND email_key = ANY(…)`,
+# with no statistics (autovacuum off or behind), the planner bound the owner, or the
+# connection and mapping, alone and filtered the keys over every contact of the owner and
+# every mirror row of the mapping, at each group (P6, 3 December: ~1,500 rows for 15 keys).
+# A contact found both by key and by id comes twice; the caller keys them.
 _LOAD_CONTACTS = text(
     """
-    SELECT * FROM contacts
-    WHERE owner_id = :owner
-      AND (email_key = ANY(CAST(:keys AS text[])) OR id = ANY(CAST(:ids AS uuid[])))
+    SELECT c.* FROM unnest(CAST(:keys AS text[])) AS k(email_key)
+    CROSS JOIN LATERAL (
+        SELECT * FROM contacts WHERE owner_id = :owner AND email_key = k.email_key OFFSET 0
+    ) c
+    UNION ALL
+    SELECT c.* FROM unnest(CAST(:ids AS uuid[])) AS i(id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM contacts WHERE id = i.id AND owner_id = :owner OFFSET 0
+    ) c
     """
 )
 
 _LOAD_MIRROR = text(
     """
-    SELECT * FROM sync_state
-    WHERE connection_id = :conn AND mapping_id = :mapping
-      AND email_key = ANY(CAST(:keys AS text[]))
+    SELECT s.* FROM unnest(CAST(:keys AS text[])) AS k(email_key)
+    CROSS JOIN LATERAL (
+        SELECT * FROM sync_state
+        WHERE connection_id = :conn AND mapping_id = :mapping AND email_key = k.email_key
+        OFFSET 0
+    ) s
     """
 )
 
