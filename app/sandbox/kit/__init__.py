@@ -9,7 +9,7 @@ from app.sandbox.kit.control import Controlled, control_routes, error, json_resp
 from app.sandbox.kit.gate import DailyQuota, Gate, InFlight, Refusal, WindowLimiter, hold
 from app.sandbox.kit.knobs import FAULT_KINDS, Knobs, boolean, choice, integer, number
 from app.sandbox.kit.log import LogEntry, RequestLog
-from app.sandbox.kit.serve import SANDBOXES, build, on_unmount, run, unmount
+from app.sandbox.kit.serve import SANDBOXES, build, on_unmount, quiet_gc, run, unmount
 
 __all__ = [
     "FAULT_KINDS",
@@ -37,6 +37,7 @@ __all__ = [
     "local_path",
     "number",
     "on_unmount",
+    "quiet_gc",
     "read_body",
     "read_object",
     "respond",

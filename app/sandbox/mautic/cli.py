@@ -43,7 +43,7 @@ def serve_sandbox(
     log_level: str = "warning",
 ) -> None:
     """Run the sandbox under uvicorn until interrupted."""
-    from app.sandbox.kit import run
+    from app.sandbox.kit import quiet_gc, run
     from app.sandbox.mautic.app import create_app
 
     config = build_config(
@@ -69,4 +69,5 @@ def serve_sandbox(
     curl -s -d grant_type=client_credentials -d client_id={DEFAULT_CLIENT_ID} \\
          -d client_secret={DEFAULT_CLIENT_SECRET} {url}/oauth/v2/token
 """
+    quiet_gc()  # the process is the sandbox's alone
     run(app, host=host, port=port, banner=banner, log_level=log_level)
