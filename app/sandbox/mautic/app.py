@@ -92,10 +92,12 @@ class MauticSandbox(Starlette):
                     state.config.timeout_seconds,
                     receive,
                 )
-                await self._latency(state, items)
+                due = await self._latency(state, items)
+                began = time.perf_counter()
                 status, content, headers = await self._handle(
                     state, method, path, query_text, raw, scope, base, meta
                 )
+                await self._hold(state, items, began, due)
             except Refusal as refusal:
                 fault = refusal.kind
                 in_flight = max(in_flight, refusal.in_flight)
@@ -127,12 +129,30 @@ class MauticSandbox(Starlette):
             )
         )
 
-    async def _latency(self, state: MauticState, items: int) -> None:
-        """`latency_ms`, plus `latency_per_item_ms` per item of the request."""
+    async def _latency(self, state: MauticState, items: int) -> float | None:
+        """Hold the request for its latency (`latency_ms`, plus `latency_per_item_ms` per
+        item) but the time the sandbox's own work on a request of its size took lately: the
+        answer is due at the latency (returned, on the perf_counter clock; None: none), the
+        work done inside it, near its end, as PHP's would be, not added on top of it."""
         config = state.config
         ms = config.latency_ms + config.latency_per_item_ms * items
-        if ms > 0:
-            await asyncio.sleep(ms / 1000)
+        if ms <= 0:
+            return None
+        due = time.perf_counter() + ms / 1000
+        # At most half the latency: the work still lands in the request's second half.
+        reserve = min(ms / 2000, state.handling.get(items > 1, 0.0))
+        await asyncio.sleep(ms / 1000 - reserve)
+        return due
+
+    async def _hold(self, state: MauticState, items: int, began: float, due: float | None) -> None:
+        """Learn the work's time (a moving average by kind: batch or single), then hold the
+        answer until it is due."""
+        now = time.perf_counter()
+        kind = items > 1
+        took = now - began
+        state.handling[kind] = 0.8 * state.handling.get(kind, took) + 0.2 * took
+        if due is not None and due > now:
+            await asyncio.sleep(due - now)
 
     def _refused(self, refusal: Refusal, state: MauticState) -> tuple[int, bytes, dict[str, str]]:
         """The kit's refusals as a Mautic behind a web server answers them."""

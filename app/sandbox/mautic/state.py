@@ -100,6 +100,9 @@ class MauticState:
         self.bug_rng = random.Random(self.config.seed)
         self.gate.start_outage(self.config.outage_seconds)
         self.requests = RequestLog(self.config.request_log_size, scope_key="client_id")
+        # Seconds the sandbox's own work on a request took lately, batch (True) or single:
+        # held back from its latency, so the answer leaves at the latency (app._latency).
+        self.handling: dict[bool, float] = {}
         self.hub = WebhookHub(lambda: self.instance, lambda: self.config, self.now)
         self._reset_data()
 
@@ -144,6 +147,9 @@ class MauticState:
         self.gate.in_flight.clear()
         self.hub.clear()
         self.requests = RequestLog(self.config.request_log_size, scope_key="client_id")
+        # Seconds the sandbox's own work on a request took lately, batch (True) or single:
+        # held back from its latency, so the answer leaves at the latency (app._latency).
+        self.handling: dict[bool, float] = {}
         self._reset_data()
 
     def patch_config(self, changes: dict[str, Any]) -> None:
