@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -22,6 +23,20 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 GAUGE_REFRESH_SECONDS = 15.0
+# A worker's heap: what start-up built stays for good, and a drain's claimed rows, plans and
+# answers live for a second or a few. At Python's default thresholds anything alive past a
+# few thousand allocations (a batch's answer waiting for its segment add, every row in hand)
+# reaches the old generation, whose collections re-scan all of it: a 50,000-contact Mautic
+# drain (P5) spent a quarter of its time in the collector, in pauses of up to 0.75 s in
+# which no answer was read and no freed slot was used. Rarer young collections let those
+# die young; start-up's objects are frozen out of every scan.
+WORKER_GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Set the worker process's collector for a drain's heap (called once, after start-up)."""
+    gc.freeze()
+    gc.set_threshold(*WORKER_GC_THRESHOLDS)
 
 
 def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Awaitable[None]]]]:
@@ -91,4 +106,5 @@ def run_worker_process(settings: Settings) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop
         pass
+    tune_gc()
     asyncio.run(_main(settings))
