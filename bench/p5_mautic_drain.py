@@ -193,11 +193,28 @@ def _middle_occupancy(log: list[dict[str, Any]]) -> float:
     return busy / (hi - lo) if hi > lo else 0.0
 
 
+def worker_setup() -> Any:
+    """This process as `audience-sync worker` runs: its collector tuned; uvloop's factory."""
+    import uvloop
+
+    from app.sync.runner import tune_gc
+
+    tune_gc()
+    return uvloop.new_event_loop
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--contacts", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--as-worker",
+        action="store_true",
+        help="set this process up as `audience-sync worker` sets its own: the engine on"
+        " uvloop, the worker's collector thresholds (app.sync.runner.tune_gc)",
+    )
     args = parser.parse_args()
+    loop_factory = worker_setup() if args.as_worker else None
     bound = CAP * BATCH / ((L0_MS + C_MS * BATCH) / 1000.0)
     two_requests = CAP * BATCH / ((L0_MS + C_MS * BATCH + L0_MS + C_MS) / 1000.0)
     out: dict[str, Any] = {
@@ -207,12 +224,14 @@ def main() -> None:
         "batch": BATCH,
         "bound_per_s": bound,
         "two_request_bound_per_s": two_requests,
+        "as_worker": args.as_worker,
         "load_before": os.getloadavg(),
         "runs": [],
     }
     with harness.scratch_database() as db_url, mautic_process() as url:
         for _ in range(args.runs):
-            result = asyncio.run(engine_run(db_url, url, args.contacts))
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                result = runner.run(engine_run(db_url, url, args.contacts))
             result["ratio_to_bound"] = result["contacts_per_s"] / bound
             out["runs"].append(result)
             print(result, flush=True)
