@@ -1091,7 +1091,14 @@ class SyncEngine:
         for plan, result in zip(plans, results, strict=True):
             if result.error is not None:
                 out[plan.key] = self._rejected(plan, result.error)
-            elif result.state is not None:
+            elif result.state is None:
+                continue
+            elif _tag_change(plan, result.state) is None:
+                # Nothing more to send (the body carried the tags): no task for it. A batch
+                # of new people made 200 tasks that never awaited anything, on the loop that
+                # reads the other batches' answers.
+                out[plan.key] = self._written(plan, result.state, dict(result.state.refs))
+            else:
                 follow.append(self._after_write_guarded(ctx, plan, result.state, attempts))
         for outcome in await asyncio.gather(*follow):
             out[outcome.key] = outcome
@@ -1115,9 +1122,10 @@ class SyncEngine:
         self, ctx: ConnectionContext, plan: Plan, state: RemoteMember
     ) -> Outcome:
         """Tags for members that existed (the body's tags apply on create only), then done."""
-        add, remove = tag_diff(plan.tags, plan.owned_tags, state.tags, plan.kept_tags)
+        change = _tag_change(plan, state)
         refs: dict[str, Any] = dict(state.refs)
-        if (add or remove) and state.status != "archived":
+        if change is not None:
+            add, remove = change
             email = state.email_address or plan.target_email or plan.key
             known = _ref(plan)
             ref = RemoteRef(
@@ -1132,6 +1140,10 @@ class SyncEngine:
                 ),
             )
             refs.update(tag_refs or {})
+        return self._written(plan, state, refs)
+
+    def _written(self, plan: Plan, state: RemoteMember, refs: dict[str, Any]) -> Outcome:
+        """A write that needs nothing more: done, the mirror as the provider answered."""
         mirror = self._mirror(plan, state)
         mirror["remote_refs"] = refs
         return Outcome(plan.key, "done", mirror=mirror, synced=True)
@@ -1639,6 +1651,14 @@ class SyncEngine:
                 if ctx.id == connection_id:
                     ctx.halted, ctx.failure_streak = None, 0
             log.info("sync.connection_resumed", connection=str(connection_id))
+
+
+def _tag_change(plan: Plan, state: RemoteMember) -> tuple[list[str], list[str]] | None:
+    """The tags still to add and remove after a write (None: nothing to send)."""
+    add, remove = tag_diff(plan.tags, plan.owned_tags, state.tags, plan.kept_tags)
+    if (add or remove) and state.status != "archived":
+        return add, remove
+    return None
 
 
 def _keys(plan: Plan) -> list[str]:
