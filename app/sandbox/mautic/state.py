@@ -147,9 +147,6 @@ class MauticState:
         self.gate.in_flight.clear()
         self.hub.clear()
         self.requests = RequestLog(self.config.request_log_size, scope_key="client_id")
-        # Seconds the sandbox's own work on a request took lately, batch (True) or single:
-        # held back from its latency, so the answer leaves at the latency (app._latency).
-        self.handling: dict[bool, float] = {}
         self._reset_data()
 
     def patch_config(self, changes: dict[str, Any]) -> None:
