@@ -289,6 +289,29 @@ class TestSync:
         moved = await fetch(runtime, "SELECT email FROM contacts WHERE first_name = 'Bo'")
         assert moved == [{"email": "bo2@example.com"}]
 
+    async def test_another_persons_unsubscribe_under_the_contacts_old_address_is_not_its(
+        self, ccservice: Service, cc: CCSandbox, runtime: Runtime
+    ) -> None:
+        await connect(ccservice)
+        ada = await add_contact(ccservice, "ada@example.com", first_name="Ada")
+        await drain(runtime, ccservice.settings)
+        # At Constant Contact Ada's person takes a new address; someone else then signs up
+        # under her old one and unsubscribes. The pull reads the opt-outs first: that one
+        # names the old address, which the mirror holds for Ada's person, not theirs.
+        await cc.act("ada@example.com", "change_email", new_email="zed@example.com")
+        await cc.act("ada@example.com", "signup", first_name="Someone")
+        assert (await cc.act("ada@example.com", "unsubscribe")).status_code == 200
+        row = await connection(runtime)
+        await fetch(runtime, "UPDATE connections SET last_pull_at = now() - interval '1 hour'")
+        result = await pull(runtime, ccservice.settings, row["id"])
+        assert result is not None
+        (mine,) = await fetch(
+            runtime, "SELECT email, newsletter_opt_in FROM contacts WHERE id = :id", id=ada
+        )
+        # Ada moved with her person, and the other person's unsubscribe was not hers.
+        assert mine == {"email": "zed@example.com", "newsletter_opt_in": True}
+        assert result.outcomes["ignored"] == 1, result.outcomes
+
     async def test_a_backlog_goes_by_import_and_later_edits_find_the_contacts(
         self, ccservice: Service, cc: CCSandbox, runtime: Runtime
     ) -> None:

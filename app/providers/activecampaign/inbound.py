@@ -127,6 +127,7 @@ def to_event(form: dict[str, Any]) -> InboundEvent:
     elif kind_name == "update":
         kind, fields = InboundKind.profile, _fields(contact)
     listid = _text(form, "list")
+    person = (_text(contact, "id") or "").strip()
     return InboundEvent(
         kind=kind,
         type=kind_name,
@@ -136,6 +137,9 @@ def to_event(form: dict[str, Any]) -> InboundEvent:
         reason=reason,
         fields=fields,
         audience_id=listid if listid and listid != "0" else None,
+        # `contact[id]`: the person's id, which matches an event to its contact where the
+        # address alone would miss (or name another person): InboundApplier.attributed.
+        person_id=person if person and person != "0" else None,
     )
 
 

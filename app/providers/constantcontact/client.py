@@ -1151,6 +1151,7 @@ class ConstantContactClient:
     ) -> InboundEvent:
         fired = at or datetime.now(UTC)
         lists = contact.get("list_memberships")
+        person = str(contact.get("contact_id") or "")
         return InboundEvent(
             kind=kind,
             type=name,
@@ -1168,6 +1169,9 @@ class ConstantContactClient:
                 "permission_to_send": permission_of(contact),
                 "updated_at": contact.get("updated_at"),
             },
+            # The person's id matches the change to its contact where the address alone
+            # would miss (or name another person): InboundApplier.attributed.
+            person_id=person or None,
         )
 
 

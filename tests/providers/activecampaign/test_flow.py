@@ -55,6 +55,17 @@ async def polite(ac: Ac, path: str, body: dict[str, Any]) -> Any:
     raise AssertionError("still throttled")
 
 
+async def polite_put(ac: Ac, path: str, body: dict[str, Any]) -> Any:
+    """A PUT by another ActiveCampaign user, which waits out the account's 5/s like us."""
+    for _ in range(20):
+        r = await ac.api.put(path, json=body)
+        if r.status_code != 429:
+            assert r.status_code == 200, r.text
+            return r
+        await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+    raise AssertionError("still throttled")
+
+
 def line(contact: dict[str, Any]) -> dict[str, Any]:
     (sync,) = [s for s in contact["sync"] if s["provider"] == "activecampaign"]
     return dict(sync)
@@ -207,6 +218,35 @@ class TestFlow:
         await drain(runtime, service.settings)
         after = await person(ac, "renamed@example.com")
         assert after["id"] == before["id"] and await ac.person("old@example.com") is None
+
+    async def test_an_event_is_matched_by_the_persons_id_where_the_address_misses(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        await connected(service, ac, runtime)
+        ada = await service.create(email="ada@example.com", first_name="Ada")
+        await drain(runtime, service.settings)
+        p = await person(ac, "ada@example.com")
+        # Another integration renames the person at ActiveCampaign through the API (a
+        # source our webhook does not listen to): nothing tells us of the new address.
+        await polite_put(ac, f"/contacts/{p['id']}", {"contact": {"email": "zed@example.com"}})
+        # The person unsubscribes under the new address, which no contact of ours has: the
+        # delivery's contact[id] is the one the mirror holds for Ada.
+        await ac.act("unsubscribe", "zed@example.com")
+
+        async def processed() -> bool:
+            rows = await fetch(
+                runtime,
+                "SELECT outcome FROM webhook_events WHERE event_type = 'unsubscribe'"
+                " AND processed_at IS NOT NULL",
+            )
+            return bool(rows)
+
+        await wait_for(processed, within=10)
+        [event] = await fetch(
+            runtime, "SELECT outcome FROM webhook_events WHERE event_type = 'unsubscribe'"
+        )
+        assert event["outcome"] == "applied"
+        assert (await service.get(ada["id"]))["newsletter_opt_in"] is False
 
     async def test_sync_now_adopts_imports_opt_outs_and_disconnect_keeps_contacts(
         self, service: Service, ac: Ac, runtime: Runtime

@@ -36,6 +36,13 @@ class TestParse:
         assert event.kind is InboundKind.unsubscribe and event.email == "a@b.co"
         assert event.reason == "no" and event.audience_id == LIST
         assert event.fired_at.utcoffset() is not None
+        assert event.person_id == "3"  # contact[id]: matched by the person's id too
+
+    def test_a_delivery_without_the_persons_id_carries_none(self) -> None:
+        (event,) = inbound.parse(
+            body(type="unsubscribe", **{"contact[email]": "a@b.co"}), headers={}, secret=None
+        )
+        assert event.person_id is None
 
     def test_bounce_is_cleaned(self) -> None:
         (event,) = inbound.parse(
