@@ -70,7 +70,7 @@ def periodic_jobs(rt: Runtime) -> list[tuple[float, Callable[[SyncEngine], Await
 
 async def on_startup(app: FastAPI, rt: Runtime) -> None:
     """Shared HTTP transport, configured connection, in-process worker; print the banner."""
-    from app.connections.service import ensure_configured_connection
+    from app.connections.service import ensure_configured_connection, reregister_webhooks
     from app.db import session_scope
     from app.providers.transport import build_transport
     from app.sync.runner import start_in_process
@@ -85,7 +85,13 @@ async def on_startup(app: FastAPI, rt: Runtime) -> None:
     rt.extras["limits"] = limits
     client_limits.install(limits)
     async with session_scope(rt.sessionmaker) as session:
-        await ensure_configured_connection(rt.settings, session)
+        moved = await ensure_configured_connection(rt.settings, session)
+    if moved:
+        # Their webhooks still name the old address; the sandboxes answer once we listen.
+        rt.extras["sandbox_webhooks"] = asyncio.create_task(
+            reregister_webhooks(rt.sessionmaker, rt.settings, rt.extras["transport"], moved),
+            name="sandbox-webhooks",
+        )
     if rt.settings.WORKER_IN_PROCESS:
         await start_in_process(rt)
     banner = getattr(app.state, "banner", None)
@@ -95,6 +101,10 @@ async def on_startup(app: FastAPI, rt: Runtime) -> None:
 
 async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
     """Stop the worker (in-flight sends finish), then close the HTTP transport."""
+    webhooks = rt.extras.pop("sandbox_webhooks", None)
+    if webhooks is not None:
+        webhooks.cancel()
+        await asyncio.gather(webhooks, return_exceptions=True)
     engine = rt.extras.pop("engine", None)
     if engine is not None:
         engine.stop()

@@ -78,6 +78,26 @@ class ConnectionRepository:
             stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).mappings().first()
 
+    async def set_address(
+        self, connection_id: uuid.UUID, *, api_endpoint: str, account_key: str, credentials: str
+    ) -> None:
+        """Aim the connection at another address of the same account; the failures and
+        cooling learnt at the old address are forgotten."""
+        await self.session.execute(
+            update(connections)
+            .where(connections.c.id == connection_id)
+            .values(
+                api_endpoint=api_endpoint,
+                account_key=account_key,
+                credentials=credentials,
+                cooldown_until=None,
+                consecutive_failures=0,
+                probe_attempts=0,
+                next_probe_at=None,
+                updated_at=func.now(),
+            )
+        )
+
     async def by_id(self, connection_id: uuid.UUID) -> RowMapping | None:
         """A connection by id (background work that was handed the id)."""
         stmt = select(connections).where(connections.c.id == connection_id)

@@ -9,12 +9,14 @@ task with units of work of its own.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -1006,14 +1008,71 @@ def choose_audience(
     return None
 
 
-async def ensure_configured_connection(settings: Settings, session: AsyncSession) -> None:
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+SANDBOX_PATH = "/_sandbox/"  # where `serve` mounts every built-in sandbox (app.wiring.mount)
+
+
+def _builtin_sandbox_moved(stored: str, current: str) -> bool:
+    """True when `stored` is this service's built-in sandbox (loopback, the same
+    `/_sandbox/<id>` path) at another address than `current`, the one it is served at now."""
+    old, new = urlsplit(stored), urlsplit(current)
+    return (
+        stored.rstrip("/") != current.rstrip("/")
+        and new.path.startswith(SANDBOX_PATH)
+        and old.scheme == "http"
+        and (old.hostname or "") in _LOOPBACK
+        and old.path.rstrip("/") == new.path.rstrip("/")
+    )
+
+
+async def _repoint_to_sandbox(
+    session: AsyncSession, settings: Settings, row: RowMapping, account: Account
+) -> bool:
+    """Aim a seeded connection at the built-in sandbox where this process serves it now.
+
+    A `.data/` directory outlives the port: the demo connections stored by a run on another
+    port (or host) reach nothing, and no contact would go out. Only a connection that points
+    at our own built-in sandbox moves, never one to a provider; every credential holding the
+    old address (Mautic's `base_url`) moves with it, the rest (tokens, the webhook secret)
+    stays.
+    """
+    stored = str(row["api_endpoint"] or "")
+    if not _builtin_sandbox_moved(stored, account.api_base):
+        return False
+    try:
+        creds = decrypt_credentials(settings, row["credentials"])
+    except CredentialsError:
+        return False  # unreadable: the status already asks for a reconnect
+    moved = {k: account.api_base if v == stored else v for k, v in creds.items()}
+    await ConnectionRepository(session).set_address(
+        row["id"],
+        api_endpoint=account.api_base,
+        account_key=account.account_key,
+        credentials=encrypt_credentials(settings, moved),
+    )
+    log.info(
+        "connections.sandbox_repointed",
+        connection=str(row["id"]),
+        provider=row["provider"],
+        old=stored,
+        new=account.api_base,
+    )
+    return True
+
+
+async def ensure_configured_connection(
+    settings: Settings, session: AsyncSession
+) -> list[uuid.UUID]:
     """Single-tenant seeds: each provider's credentials from the environment for its owner.
 
     In development, a provider in sandbox mode with nothing configured connects the demo owner
-    to its sandbox's default account, so a newcomer's first contact syncs. No remote call is
-    made here (the sandbox may be served by this very process, not listening yet); the worker
-    finds out.
+    to its sandbox's default account, so a newcomer's first contact syncs; a demo connection
+    stored while the sandbox was served at another address is aimed at the current one. No
+    remote call is made here (the sandbox may be served by this very process, not listening
+    yet); the worker finds out. Returns the connections re-aimed, whose webhooks must follow
+    (`reregister_webhooks`, once the sandbox listens).
     """
+    moved: list[uuid.UUID] = []
     for provider in registry.all_providers():
         seed = None
         if provider.connect.sandbox(settings) and settings.ENVIRONMENT is Environment.development:
@@ -1026,7 +1085,10 @@ async def ensure_configured_connection(settings: Settings, session: AsyncSession
         if configured is None:
             continue
         owner, account, audience = configured
-        if await ConnectionRepository(session).get(owner, provider.id) is not None:
+        existing = await ConnectionRepository(session).get(owner, provider.id)
+        if existing is not None:
+            if seed is not None and await _repoint_to_sandbox(session, settings, existing, account):
+                moved.append(existing["id"])
             continue
         await connection_service.save(
             session,
@@ -1037,6 +1099,48 @@ async def ensure_configured_connection(settings: Settings, session: AsyncSession
             audience=audience,
         )
         log.info("connections.configured", provider=provider.id, owner=owner, audience=audience.id)
+    return moved
+
+
+async def reregister_webhooks(
+    maker: Reader,
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport,
+    connection_ids: list[uuid.UUID],
+    *,
+    within: float = 60.0,
+) -> None:
+    """Register the webhooks of connections re-aimed at the built-in sandbox at the current
+    address (theirs point at the old one), once the sandbox, served by this process,
+    accepts connections (a background task of start-up)."""
+    async with maker() as read:
+        rows = [r for i in connection_ids if (r := await ConnectionRepository(read).by_id(i))]
+    for row in rows:
+        where = urlsplit(str(row["api_endpoint"]))
+        if not await _listening(where.hostname or "127.0.0.1", where.port or 80, within):
+            log.warning("connections.sandbox_not_listening", endpoint=row["api_endpoint"])
+            return
+        try:
+            await connection_service.register_webhook(
+                maker=maker, settings=settings, transport=transport, connection_id=row["id"]
+            )
+        except Exception as exc:  # best effort: every reconcile run keeps it registered too
+            log.warning("connections.webhook_failed", connection=str(row["id"]), error=repr(exc))
+
+
+async def _listening(host: str, port: int, within: float) -> bool:
+    """Wait until `host:port` accepts a TCP connection (False after `within` seconds)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return True
 
 
 connection_service = ConnectionService()
