@@ -309,12 +309,14 @@ class SlotManager:
         ttl: float,
         idle_release: float = 2.0,
         cooldown_base: float = 0.5,
+        tick_every: float = 1.0,
     ) -> None:
         self.engine = engine
         self.me = me
         self.cap = cap
         self.ttl = ttl
         self.idle_release = idle_release
+        self.tick_every = tick_every  # between ticks when nothing wakes the loop
         self.cooldown_base = cooldown_base
         self.gates: dict[str, AccountGate] = {}
         self.wake = asyncio.Event()
@@ -340,15 +342,19 @@ class SlotManager:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep slot leases in step with demand until `stop` is set."""
         while not stop.is_set():
+            # Cleared before the tick, not after: a request that comes to want slots while the
+            # tick runs (its demand read before it arrived) must start the next tick, not wait
+            # out the interval. Slots go back after `idle_release`, so a contact created after
+            # a quiet spell waited up to a second for its first request.
+            self.wake.clear()
             try:
                 await self.tick()
             except Exception as exc:  # the database may be away: keep trying, leases lapse
                 log.warning("sync.slots.tick_failed", error=repr(exc))
             if stop.is_set():
                 break
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=min(1.0, self.ttl / 4))
+                await asyncio.wait_for(self.wake.wait(), timeout=min(self.tick_every, self.ttl / 4))
         await self.release_all()
 
     async def tick(self) -> None:

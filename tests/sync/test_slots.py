@@ -249,3 +249,41 @@ async def test_an_account_can_have_its_own_cap(runtime: Runtime) -> None:
     assert rows == [{"n": 2}]
     release.set()
     await asyncio.gather(*tasks)
+
+
+async def test_a_request_that_wants_a_slot_during_a_tick_starts_the_next_one(
+    runtime: Runtime,
+) -> None:
+    # The loop's own interval is an hour here: only a wake-up serves the request. It asks
+    # while a tick runs, after that tick read the demand: that tick leases nothing for it.
+    manager = SlotManager(runtime.engine, me="host:1:1", cap=2, ttl=3600, tick_every=3600)
+    gate = manager.gate("acct")
+    served = asyncio.Event()
+    ticks = 0
+    real_tick = manager.tick
+
+    async def one() -> None:
+        async with gate.slot(margin=0.0):
+            served.set()
+
+    async def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        await real_tick()
+        if ticks == 1:
+            asked.append(asyncio.create_task(one()))
+            await asyncio.sleep(0.05)  # it queues and wakes the loop, mid-tick
+            assert not served.is_set()
+
+    asked: list[asyncio.Task[None]] = []
+    manager.tick = tick  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.create_task(manager.run(stop))
+    try:
+        await asyncio.wait_for(served.wait(), timeout=30)
+        assert ticks == 2  # served by the tick its wake-up started
+        await asyncio.gather(*asked)
+    finally:
+        stop.set()
+        manager.wake.set()
+        await loop
