@@ -304,6 +304,10 @@ class SyncEngine:
         self._held: Counter[tuple[uuid.UUID, uuid.UUID, str]] = Counter()
         self._orphans: dict[tuple[uuid.UUID, uuid.UUID, str], Claimed] = {}
         self._orphaned = asyncio.Event()
+        # A claim that failed may still have been committed (the connection lost as the
+        # commit's answer was on its way): rows leased by this worker that it does not know
+        # of. The next claim gives back every lease of ours no group holds first.
+        self._claim_unheard = False
         self._probe_soon = asyncio.Event()  # this worker paused a connection: look now
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -457,26 +461,39 @@ class SyncEngine:
             a for a, n in self._outstanding_live.items() if n >= self.options.batch_threshold
         }
         limit = self.options.claim_size
-        async with self.db.begin() as conn:
-            repo = QueueRepository(conn)
-            # Live changes first, even for an account busy with bulk work (DESIGN §6.5).
-            claimed = await repo.claim(
-                me=self.me,
-                limit=limit,
-                lease_seconds=self.options.lease_seconds,
-                skip_accounts=sorted(blocked | swamped),
-                max_priority=PRIORITY_LIVE,
-            )
-            if len(claimed) < limit:
-                # A full claim of bulk rows whatever the live ones took: live rows eating into
-                # it would leave remainders of the backlog too small for a batch.
-                claimed += await repo.claim(
+        if self._claim_unheard:
+            # Only this task claims, and a claim's rows are held before it yields again:
+            # a lease of ours that no group holds now is an unheard claim's (or an orphan's).
+            async with self.db.begin() as conn:
+                n = await QueueRepository(conn).release_unheld(me=self.me, held=list(self._held))
+            self._claim_unheard = False
+            if n:
+                log.info("sync.unheard_claim_released", rows=n)
+        try:
+            async with self.db.begin() as conn:
+                repo = QueueRepository(conn)
+                # Live changes first, even for an account busy with bulk work (DESIGN §6.5).
+                claimed = await repo.claim(
                     me=self.me,
                     limit=limit,
                     lease_seconds=self.options.lease_seconds,
-                    skip_accounts=sorted(blocked | full | swamped),  # its claim takes live rows too
-                    max_priority=PRIORITY_BULK,
+                    skip_accounts=sorted(blocked | swamped),
+                    max_priority=PRIORITY_LIVE,
                 )
+                if len(claimed) < limit:
+                    # A full claim of bulk rows whatever the live ones took: live rows eating
+                    # into it would leave remainders of the backlog too small for a batch.
+                    claimed += await repo.claim(
+                        me=self.me,
+                        limit=limit,
+                        lease_seconds=self.options.lease_seconds,
+                        # its claim takes live rows too
+                        skip_accounts=sorted(blocked | full | swamped),
+                        max_priority=PRIORITY_BULK,
+                    )
+        except Exception:
+            self._claim_unheard = True
+            raise
         if not claimed:
             return False
         self._held.update((row.connection_id, row.mapping_id, row.email_key) for row in claimed)

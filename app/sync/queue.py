@@ -146,6 +146,18 @@ _REARM_PARKED = text(
     """
 )
 
+_RELEASE_UNHELD = text(
+    """
+    UPDATE sync_queue q SET lease_until = NULL, leased_by = NULL
+    WHERE q.leased_by = :me AND NOT EXISTS (
+        SELECT FROM unnest(CAST(:conns AS uuid[]), CAST(:maps AS uuid[]), CAST(:keys AS text[]))
+            AS h(connection_id, mapping_id, email_key)
+        WHERE h.connection_id = q.connection_id AND h.mapping_id = q.mapping_id
+          AND h.email_key = q.email_key
+    )
+    """
+)
+
 _RELEASE_ALL = text(
     "UPDATE sync_queue SET lease_until = NULL, leased_by = NULL WHERE leased_by = :me"
 )
@@ -435,6 +447,22 @@ class QueueRepository:
         """Make parked rows whose retry time has come ready again; NOTIFY when any moved."""
         result = await self.conn.execute(_REARM_PARKED, {"limit": limit, "channel": NOTIFY_CHANNEL})
         return int(result.mappings().one()["n"])
+
+    async def release_unheld(
+        self, *, me: str, held: Sequence[tuple[uuid.UUID, uuid.UUID, str]]
+    ) -> int:
+        """Give back every lease of this worker but those of these (connection, mapping, key)
+        rows; how many."""
+        result = await self.conn.execute(
+            _RELEASE_UNHELD,
+            {
+                "me": me,
+                "conns": [str(c) for c, _, _ in held],
+                "maps": [str(m) for _, m, _ in held],
+                "keys": [k for _, _, k in held],
+            },
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def release_all(self, *, me: str) -> None:
         """Give back every lease this worker holds (shutdown)."""

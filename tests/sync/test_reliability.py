@@ -14,6 +14,7 @@ from app.connections.notices import PARKED_NOTICE
 from app.db import create_engine
 from app.main import Runtime
 from app.sync.engine import COMPLETE_STEP, SyncEngine
+from app.sync.queue import QueueRepository
 from tests.conftest import fetch
 from tests.support.dbproxy import DatabaseProxy, database_proxy
 from tests.support.sync import Sandbox, assert_mirrors_database, queue_empty, running, wait_for
@@ -67,6 +68,38 @@ async def test_rows_of_a_failed_completion_are_given_back_when_the_database_retu
                 await wait_for(lambda: queue_empty(runtime), within=60)
         finally:
             await db.dispose()
+    await assert_mirrors_database(runtime, sandbox, OWNER)
+
+
+async def test_rows_of_a_claim_whose_commit_went_unheard_are_given_back(
+    runtime: Runtime,
+    sync_settings: Settings,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database goes away as a claim commits: the commit is applied, its answer lost, so
+    the worker leases rows it does not know of. They are given back once the database
+    answers, not kept until their lease ends (600 s here). The outage test above stops the
+    database right after a claim, while the next one may be committing (a flake under load)."""
+    await seed_contacts(runtime, connection["id"], 10)
+    real = QueueRepository.claim
+    unheard: list[Any] = []
+
+    async def claim(self: QueueRepository, **kw: Any) -> list[Any]:
+        if unheard:
+            return await real(self, **kw)
+        async with runtime.engine.begin() as conn:  # committed, as the lost claim's was
+            unheard.extend(await real(QueueRepository(conn), **kw))
+        raise ConnectionResetError("the connection was lost while committing")
+
+    monkeypatch.setattr(QueueRepository, "claim", claim)
+    engine = SyncEngine(
+        runtime.engine, sync_settings.model_copy(update={"SYNC_LEASE_SECONDS": 600})
+    )
+    async with running(engine):
+        await wait_for(lambda: queue_empty(runtime), within=30)
+    assert len(unheard) == 10
     await assert_mirrors_database(runtime, sandbox, OWNER)
 
 
