@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -66,6 +67,7 @@ _RELEASE = text(
 _HOLDERS = text("SELECT DISTINCT holder FROM provider_slots WHERE holder IS NOT NULL")
 
 
+SLOT_RETRY = 1.0  # seconds between tries for slots another worker holds (and failed ticks)
 RESTORE_AFTER = 3  # successes that give one request of concurrency back after a throttle
 BURST_WINDOW = 1.0  # seconds of answers a throttle is judged against
 BURST_MIN = 3  # throttles in the window, and at least as many as successes, make a burst
@@ -174,6 +176,10 @@ class AccountGate:
             self.in_flight -= 1
             self.last_used = time.monotonic()
             self.refill()
+            if not self.in_flight and self.held and self.wants_slots is not None:
+                # Idle now: the slot loop, which sleeps until something is due, schedules
+                # the release of these slots (another worker may want them).
+                self.wants_slots.set()
 
     async def _acquire(self, *, margin: float, starve_after: float | None, live: bool) -> None:
         now = time.monotonic()
@@ -309,14 +315,14 @@ class SlotManager:
         ttl: float,
         idle_release: float = 2.0,
         cooldown_base: float = 0.5,
-        tick_every: float = 1.0,
+        tick_every: float = SLOT_RETRY,
     ) -> None:
         self.engine = engine
         self.me = me
         self.cap = cap
         self.ttl = ttl
         self.idle_release = idle_release
-        self.tick_every = tick_every  # between ticks when nothing wakes the loop
+        self.tick_every = tick_every  # between tries for slots a gate lacks (and failed ticks)
         self.cooldown_base = cooldown_base
         self.gates: dict[str, AccountGate] = {}
         self.wake = asyncio.Event()
@@ -340,22 +346,52 @@ class SlotManager:
         return gate
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep slot leases in step with demand until `stop` is set."""
+        """Keep slot leases in step with demand until `stop` is set.
+
+        A tick (one transaction) runs only when something is due (`next_tick`): not every
+        second whatever the gates do, which cost an idle or steadily busy worker a
+        transaction and a wake-up a second for nothing (B1 at 100 ms).
+        """
+        due = 0.0
         while not stop.is_set():
             # Cleared before the tick, not after: a request that comes to want slots while the
             # tick runs (its demand read before it arrived) must start the next tick, not wait
             # out the interval. Slots go back after `idle_release`, so a contact created after
             # a quiet spell waited up to a second for its first request.
             self.wake.clear()
-            try:
-                await self.tick()
-            except Exception as exc:  # the database may be away: keep trying, leases lapse
-                log.warning("sync.slots.tick_failed", error=repr(exc))
+            now = time.monotonic()
+            if now >= due or self._wanting():
+                try:
+                    await self.tick()
+                    due = self.next_tick(time.monotonic())
+                except Exception as exc:  # the database may be away: keep trying, leases lapse
+                    log.warning("sync.slots.tick_failed", error=repr(exc))
+                    due = time.monotonic() + self.tick_every
+            else:
+                due = min(due, self.next_tick(now))  # a gate went idle: its release is due
             if stop.is_set():
                 break
+            timeout = None if due == math.inf else max(0.0, due - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=min(self.tick_every, self.ttl / 4))
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
         await self.release_all()
+
+    def _wanting(self) -> bool:
+        return any(g.held < g.demand for g in self.gates.values())
+
+    def next_tick(self, now: float) -> float:
+        """When the next tick is due: every `tick_every` while a gate has fewer slots than its
+        requests need (another worker may free some), an idle gate's release, the renewal
+        of held leases every quarter of their ttl; None of these: nothing to do until a
+        gate wakes the loop (`wants_slots`)."""
+        # A gate's deadline is its last lease or renewal plus the ttl: renewed a quarter in.
+        due = [g.deadline - 0.75 * self.ttl for g in self.gates.values() if g.held]
+        for g in self.gates.values():
+            if g.held < g.demand:
+                due.append(now + self.tick_every)
+            elif g.held and not g.waiters and not g.in_flight:
+                due.append(g.last_used + self.idle_release)
+        return min(due, default=math.inf)
 
     async def tick(self) -> None:
         """Acquire for accounts with demand, renew held ones, release idle ones."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
+import time
 
 import pytest
 
@@ -11,6 +13,7 @@ from app.main import Runtime
 from app.sync.slots import (
     BURST_MIN,
     RESTORE_AFTER,
+    SLOT_RETRY,
     SlotManager,
     SlotsUnavailable,
     is_dead_local,
@@ -287,3 +290,65 @@ async def test_a_request_that_wants_a_slot_during_a_tick_starts_the_next_one(
         stop.set()
         manager.wake.set()
         await loop
+
+
+async def test_the_slot_loop_ticks_only_when_something_is_due(runtime: Runtime) -> None:
+    # The loop used to run a transaction every second whatever the gates did (B1 at 100 ms:
+    # one a second through the whole drain). Now: a lease for a waiting request at once, the
+    # renewal every quarter of the ttl, an idle gate's release after idle_release, and
+    # nothing at all while no slot is held.
+    m = SlotManager(runtime.engine, me="host:7:7", cap=4, ttl=40, idle_release=0.3)
+    ticks = []
+    tick = m.tick
+
+    async def counted() -> None:
+        ticks.append(m.gate("acct").held)
+        await tick()
+
+    m.tick = counted  # type: ignore[method-assign]
+    stop, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.create_task(m.run(stop))
+    await asyncio.sleep(0.05)
+    assert ticks == [0]  # the first pass; no gate, so nothing due after it
+    assert m.next_tick(time.monotonic()) == math.inf
+    tasks = await hold(m, 2, release)
+    assert m.gate("acct").in_flight == 2
+    start = len(ticks)
+    await asyncio.sleep(1.5)  # busy, leases fresh: no tick (the old loop: one a second)
+    assert len(ticks) == start
+    assert m.next_tick(time.monotonic()) == pytest.approx(m.gate("acct").deadline - 30.0)
+    release.set()
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(0.6)  # idle: released after idle_release, then nothing more to do
+    assert m.gate("acct").held == 0
+    rows = await fetch(runtime, "SELECT count(*) AS n FROM provider_slots WHERE holder IS NOT NULL")
+    assert rows == [{"n": 0}]
+    assert m.next_tick(time.monotonic()) == math.inf
+    stop.set()
+    m.wake.set()
+    await loop
+
+
+async def test_a_gate_short_of_slots_retries_every_second(runtime: Runtime) -> None:
+    # Another worker holds the account's slots: the loop tries again every SLOT_RETRY, as
+    # the one-second loop did, so slots the other one frees are taken soon.
+    other = SlotManager(runtime.engine, me="host:5:5", cap=2, ttl=30, idle_release=60.0)
+    release = asyncio.Event()
+    held = await hold(other, 2, release)
+    await other.tick()
+    m = SlotManager(runtime.engine, me="host:6:6", cap=2, ttl=30, idle_release=60.0)
+    waiting = await hold(m, 1, release)
+    await m.tick()
+    gate = m.gate("acct")
+    assert (gate.held, gate.demand) == (0, 1)
+    now = time.monotonic()
+    assert m.next_tick(now) == pytest.approx(now + SLOT_RETRY)
+    release.set()
+    await asyncio.gather(*held)
+    await other.release_all()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(m.run(stop))
+    await asyncio.gather(*waiting)
+    stop.set()
+    m.wake.set()
+    await loop
