@@ -73,7 +73,17 @@ def main() -> None:
         help="the engine's event loop (the peers always run on asyncio's); `audience-sync"
         " worker` and `serve` run on uvloop",
     )
+    parser.add_argument(
+        "--worker-gc",
+        action="store_true",
+        help="the collector as `audience-sync worker` sets it (app.sync.runner.tune_gc: start-up"
+        " frozen, young collections at 50,000); it holds for this whole process, peers included",
+    )
     args = parser.parse_args()
+    if args.worker_gc:
+        from app.sync.runner import tune_gc
+
+        tune_gc()
     loop_factory = None
     if args.engine_loop == "uvloop":
         import uvloop
@@ -83,6 +93,7 @@ def main() -> None:
         "contacts": args.contacts,
         "cap": CAP,
         "engine_loop": args.engine_loop,
+        "worker_gc": args.worker_gc,
         "by_latency": {},
     }
     with (
