@@ -299,9 +299,13 @@ class ActiveCampaignClient:
                 # long as ActiveCampaign asks; with it, the engine cools the account down.
                 # A read inside a backlog waits too: failing it would fail an import already
                 # made, and the batch's retry could no longer tell the people that import
-                # created (P1: a 429 on the record read sent 1,000 contacts one by one).
+                # created (P1: a 429 on the record read sent 1,000 contacts one by one). So
+                # does an import (a refused one was not queued): failing it failed its
+                # batch's other import, already made (P1 with P2, 3 Dec afternoon: one 429
+                # on an import sent 500 contacts' tags one by one).
                 wait = exc.retry_after if exc.retry_after is not None else 1.0
-                in_place = self._limiter is None or (_patient.get() and method == "GET")
+                bulk = op in (OP_BULK_MULTI, OP_BULK_SINGLE)
+                in_place = self._limiter is None or (_patient.get() and (method == "GET" or bulk))
                 if not in_place or throttles >= THROTTLE_WAITS or wait > 10:
                     raise
                 throttles += 1

@@ -284,3 +284,31 @@ async def test_side_by_side_batches_read_the_fields_and_add_an_option_once(
     (account,) = ac.state.accounts.values()
     assert sorted(o.value for o in account.options.values()) == ["nut free", "vegan"]
     assert len(await ac.dump()) == 40
+
+
+async def test_in_a_backlog_an_import_refused_for_the_rate_is_asked_again(
+    ac: Ac, limited: ActiveCampaignClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One import of a batch refused for the rate while the other was made: failing the batch
+    # would send it again with half its people existing, whose tags then go one by one.
+    from app.sandbox.kit.gate import Refusal
+
+    limiter = ac.state.bulk_multi
+    hit = limiter.hit
+    calls: list[int] = []
+    refused: list[int] = []
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the batch's second import, the first one made
+            refused.append(1)
+            raise Refusal("rate", limit=100)
+        return hit(*args, **kwargs)
+
+    monkeypatch.setattr(limiter, "hit", once)
+    batch = [payload(f"r{i}@example.com", tags=["vip"]) for i in range(300)]
+    outcomes = await limited.batch_upsert(LIST, batch)
+    assert refused == [1]
+    assert all(o.error is None and o.state is not None for o in outcomes)
+    assert all(o.state.refs.get("tags") == {"vip": None} for o in outcomes if o.state)
+    assert len(await ac.dump()) == 300
