@@ -480,10 +480,13 @@ class SyncEngine:
                     skip_accounts=sorted(blocked | swamped),
                     max_priority=PRIORITY_LIVE,
                 )
-                if len(claimed) < limit:
-                    # A full claim of bulk rows whatever the live ones took: live rows eating
-                    # into it would leave remainders of the backlog too small for a batch.
-                    claimed += await repo.claim(
+                if not claimed:
+                    # Live rows claimed go first, on their own: claiming the backlog's rows
+                    # too would hold their groups back by that claim, and the next fill
+                    # claims it anyway. A full claim of bulk rows whatever the live ones
+                    # took: live rows eating into it would leave remainders of the backlog
+                    # too small for a batch.
+                    claimed = await repo.claim(
                         me=self.me,
                         limit=limit,
                         lease_seconds=self.options.lease_seconds,

@@ -443,6 +443,41 @@ class TestBacklogStaysBulk:
         assert all(members[k]["status"] == "subscribed" for k in keys)
         assert all(f"live{i}@example.com" in members for i in range(8))
 
+    async def test_live_rows_claimed_do_not_wait_for_the_backlogs_claim(
+        self,
+        crm: Api,
+        sandbox: Sandbox,
+        make_engine: Engine,
+        runtime: Runtime,
+        connection: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Claimed in one transaction with the backlog's rows, a live change's group started
+        # only once that claim (and its planning's turn on the loop) was done: P4's late
+        # rounds. The backlog's claim here waits until the live change reached the sandbox.
+        from app.sync.models import PRIORITY_BULK
+        from app.sync.queue import QueueRepository
+
+        await backlog(runtime, connection, 60, prefix="bc")
+        await crm.create(email="live-first@example.com")
+        await sandbox.clear_requests()
+        claim = QueueRepository.claim
+        seen: list[bool] = []
+
+        async def slow_bulk_claim(self: QueueRepository, **kw: Any) -> Any:
+            if kw.get("max_priority") == PRIORITY_BULK and not seen:
+                for _ in range(50):  # at most 5 s
+                    if singles(await sandbox.requests(), ["live-first@example.com"]):
+                        break
+                    await asyncio.sleep(0.1)
+                seen.append(bool(singles(await sandbox.requests(), ["live-first@example.com"])))
+            return await claim(self, **kw)
+
+        monkeypatch.setattr(QueueRepository, "claim", slow_bulk_claim)
+        await drain(make_engine)
+        assert seen == [True]  # sent while the backlog's claim waited
+        assert await queue_empty(runtime)
+
     async def test_live_changes_faster_than_singles_go_wait_for_a_batch(
         self, sandbox: Sandbox, make_engine: Engine, runtime: Runtime, connection: dict[str, Any]
     ) -> None:
