@@ -51,6 +51,14 @@ class SyncQueue(Base):
             "available_at",
             postgresql_where=text("state = 'ready'"),
         ),
+        # The claim reads each eligible connection's ready rows in that order, bound to it.
+        Index(
+            "ix_sync_queue_ready_connection",
+            "connection_id",
+            "priority",
+            "available_at",
+            postgresql_where=text("state = 'ready'"),
+        ),
         # The re-arm of parked rows finds the due ones without scanning the queue.
         Index("ix_sync_queue_parked", "available_at", postgresql_where=text("state = 'parked'")),
         CheckConstraint("state IN ('ready', 'parked')", name="state"),

@@ -134,3 +134,117 @@ async def test_a_groups_load_reads_its_own_rows_only(
     assert len(captured) == 2
     # Walking the owner's contacts and the mapping's mirror rows: ~750 buffers (100 now).
     assert total < 300, total
+
+
+async def other_connection(runtime: Runtime, connection: dict[str, Any]) -> Any:
+    """A copy of `connection` under another owner and account."""
+    (other,) = await fetch(
+        runtime,
+        """
+        INSERT INTO connections
+        SELECT (jsonb_populate_record(NULL::connections, to_jsonb(c) || jsonb_build_object(
+            'id', gen_random_uuid(), 'owner_id', gen_random_uuid(),
+            'account_key', 'other-account', 'webhook_token', gen_random_uuid()::text))).*
+        FROM connections c WHERE c.id = :c
+        RETURNING id, account_key
+        """,
+        c=connection["id"],
+    )
+    return other
+
+
+async def test_the_claim_reads_the_rows_it_claims_not_a_skipped_accounts(
+    runtime: Runtime, connection: dict[str, Any]
+) -> None:
+    # 3,000 due rows of a blocked account ahead in (priority, due) order, three of another
+    # account behind them, and no statistics: the claim must not walk the skipped account's
+    # rows to reach the others (P6, 3 December: 1,222 rows read to claim 13).
+    conn_id = connection["id"]
+    other = await other_connection(runtime, connection)
+    await fetch(
+        runtime,
+        """
+        INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority, available_at)
+        SELECT CAST(:c AS uuid), CAST(:c AS uuid), 'p' || g || '@example.com', 0,
+               now() - interval '1 hour' + g * interval '1 ms'
+        FROM generate_series(1, 3000) g
+        UNION ALL
+        SELECT CAST(:o AS uuid), CAST(:o AS uuid), 'o' || g || '@example.com', 0,
+               now() - interval '1 minute'
+        FROM generate_series(1, 3) g
+        """,
+        c=conn_id,
+        o=other["id"],
+    )
+    await fetch(runtime, "DELETE FROM pg_statistic WHERE starelid = 'sync_queue'::regclass")
+    skipped = [connection["account_key"]]
+    captured: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "sync_queue" in statement:
+            captured.append((statement, parameters))
+
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with runtime.engine.begin() as conn:
+            claimed = await QueueRepository(conn).claim(
+                me="worker-1", limit=10, lease_seconds=60, skip_accounts=skipped
+            )
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", capture)
+    assert sorted(r.email_key for r in claimed) == [f"o{n}@example.com" for n in (1, 2, 3)]
+    await fetch(runtime, "UPDATE sync_queue SET lease_until = NULL, leased_by = NULL")
+
+    assert len(captured) == 1
+    async with runtime.engine.begin() as conn:
+        statement, parameters = captured[0]
+        result = await conn.exec_driver_sql(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
+        )
+        raw = result.scalar_one()
+        plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+        total = int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
+        await conn.rollback()
+    # Walking the skipped account's 3,000 rows in ix_sync_queue_ready order: thousands.
+    assert total < 100, total
+
+
+async def test_the_claim_takes_the_first_rows_across_connections_live_first(
+    runtime: Runtime, connection: dict[str, Any]
+) -> None:
+    # Per-connection reads, one global order: live before bulk, then due time, :limit in all.
+    conn_id = connection["id"]
+    other = await other_connection(runtime, connection)
+    await fetch(
+        runtime,
+        """
+        INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority, available_at)
+        VALUES (:c, :c, 'a-bulk-old', 1, now() - interval '9 minutes'),
+               (:o, :o, 'b-live-new', 0, now() - interval '1 minute'),
+               (:c, :c, 'c-live-old', 0, now() - interval '5 minutes'),
+               (:o, :o, 'd-live-mid', 0, now() - interval '3 minutes'),
+               (:o, :o, 'e-bulk-new', 1, now() - interval '2 minutes'),
+               (:c, :c, 'f-later', 0, now() + interval '1 minute')
+        """,
+        c=conn_id,
+        o=other["id"],
+    )
+    async with runtime.engine.begin() as conn:
+        first = await QueueRepository(conn).claim(
+            me="worker-1", limit=4, lease_seconds=60, skip_accounts=[]
+        )
+    assert sorted(r.email_key for r in first) == [
+        "a-bulk-old",
+        "b-live-new",
+        "c-live-old",
+        "d-live-mid",
+    ]
+    async with runtime.engine.begin() as conn:
+        rest = await QueueRepository(conn).claim(
+            me="worker-2", limit=4, lease_seconds=60, skip_accounts=[]
+        )
+        live_only = await QueueRepository(conn).claim(
+            me="worker-3", limit=4, lease_seconds=60, skip_accounts=[], max_priority=0
+        )
+    assert [r.email_key for r in rest] == ["e-bulk-new"]
+    assert live_only == []
