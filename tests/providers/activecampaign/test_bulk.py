@@ -312,3 +312,41 @@ async def test_in_a_backlog_an_import_refused_for_the_rate_is_asked_again(
     assert all(o.error is None and o.state is not None for o in outcomes)
     assert all(o.state.refs.get("tags") == {"vip": None} for o in outcomes if o.state)
     assert len(await ac.dump()) == 300
+
+
+async def test_side_by_side_imports_hold_at_most_two_of_the_accounts_slots(
+    ac: Ac, client: ActiveCampaignClient
+) -> None:
+    # An import waits for the import rate (100 a minute) inside its account slot: a dozen
+    # of them queued together would hold every slot, and the other groups' reads with them.
+    import asyncio
+    import contextlib
+
+    holding: dict[str | None, int] = {}
+    most: dict[str | None, int] = {}
+
+    class Slow:
+        @contextlib.asynccontextmanager
+        async def slot(self, op: str | None = None) -> Any:
+            holding[op] = holding.get(op, 0) + 1
+            most[op] = max(most.get(op, 0), holding[op])
+            try:
+                if op == "bulk_import":
+                    await asyncio.sleep(0.05)  # its turn of the import rate
+                yield
+            finally:
+                holding[op] -= 1
+
+    worker = ActiveCampaignClient(
+        client._transport,
+        api_url=ac.url,
+        api_key=client._key,
+        import_poll=(0.05, 0.1),
+        limiter=Slow(),
+    )
+    batches = [people(260, prefix=f"s{j}-") for j in range(3)]  # two imports each
+    results = await asyncio.gather(*(worker.batch_upsert(LIST, b) for b in batches))
+    assert all(o.error is None and o.state is not None for r in results for o in r)
+    assert len(imports_of(await ac.requests())) == 6
+    assert most["bulk_import"] == 2  # six imports side by side, two in the slots at a time
+    assert len(await ac.dump()) == 780
