@@ -9,16 +9,14 @@ of a server with autovacuum off or behind (this CI's, P6's), which the tests rec
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 import httpx
-from sqlalchemy import event
 
 from app.main import Runtime
 from tests.conftest import fetch
 from tests.contacts.test_atomicity import add_connection
+from tests.support.plans import buffers, capturing, explained
 
 Auth = Callable[..., dict[str, str]]
 PROVIDERS = ("mailchimp", "constantcontact", "activecampaign", "mautic")
@@ -60,46 +58,19 @@ async def fill(runtime: Runtime) -> None:
     )
 
 
-async def explained(runtime: Runtime, statement: str, parameters: Any) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of a captured statement, run again and rolled back."""
-    async with runtime.engine.connect() as conn:
-        transaction = await conn.begin()
-        try:
-            result = await conn.exec_driver_sql(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
-            )
-            raw = result.scalar_one()
-        finally:
-            await transaction.rollback()
-    plan = raw if isinstance(raw, list) else json.loads(raw)
-    return dict(plan[0])
-
-
-def buffers(node: dict[str, Any]) -> int:
-    """Shared buffers the statement touched (the top node counts its children's)."""
-    return int(node["Shared Hit Blocks"]) + int(node["Shared Read Blocks"])
-
-
 class TestWriteCost:
     async def test_a_create_reads_few_pages_with_four_full_connections(
         self, client: httpx.AsyncClient, auth: Auth, runtime: Runtime
     ) -> None:
         await fill(runtime)
-        captured: list[tuple[str, Any]] = []
-
-        def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-            if "contact_changes" in statement and "sync_queue" in statement:
-                captured.append((statement, parameters))
-
-        event.listen(runtime.engine.sync_engine, "before_cursor_execute", capture)
-        try:
+        with capturing(
+            runtime, lambda sql: "contact_changes" in sql and "sync_queue" in sql
+        ) as captured:
             response = await client.post(
                 "/api/contacts",
                 json={"email": "m7@example.com", "newsletter_opt_in": True},
                 headers=auth(),
             )
-        finally:
-            event.remove(runtime.engine.sync_engine, "before_cursor_execute", capture)
         assert response.status_code == 201, response.text
         # The contact's key has a mirror row at every connection (synced before), as a
         # re-created contact would: the lookups find rows, not only miss.

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from app.main import Runtime
 from app.sync.queue import Outcome, QueueRepository
 from tests.conftest import fetch
+from tests.support.plans import buffers_read, capturing
 
 KEY = "hot@example.com"
 
@@ -98,14 +98,7 @@ async def test_a_groups_load_reads_its_own_rows_only(
     (moved,) = await fetch(
         runtime, "SELECT id, email_key FROM contacts WHERE email_key = 'p900@example.com'"
     )
-    captured: list[tuple[str, Any]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if "contacts" in statement or "sync_state" in statement:
-            captured.append((statement, parameters))
-
-    event.listen(runtime.engine.sync_engine, "before_cursor_execute", capture)
-    try:
+    with capturing(runtime, lambda sql: "contacts" in sql or "sync_state" in sql) as captured:
         async with runtime.engine.begin() as conn:
             data = await QueueRepository(conn).load(
                 connection_id=conn_id,
@@ -115,22 +108,12 @@ async def test_a_groups_load_reads_its_own_rows_only(
                 contact_ids=[moved["id"]],
                 hashes=[],
             )
-    finally:
-        event.remove(runtime.engine.sync_engine, "before_cursor_execute", capture)
     # What it loads: the keys' contacts, the hinted id's contact, and their mirror rows.
     assert sorted(data.contacts_by_key) == sorted(keys[:-1] + ["p900@example.com"])
     assert data.contacts_by_id[moved["id"]]["email_key"] == "p900@example.com"
     assert sorted(data.mirrors) == sorted(keys[:-1] + ["p900@example.com"])
 
-    total = 0
-    async with runtime.engine.connect() as conn:
-        for statement, parameters in captured:
-            result = await conn.exec_driver_sql(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
-            )
-            raw = result.scalar_one()
-            plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
-            total += int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
+    total = sum([await buffers_read(runtime, sql, params) for sql, params in captured])
     assert len(captured) == 2
     # Walking the owner's contacts and the mapping's mirror rows: ~750 buffers (100 now).
     assert total < 300, total
@@ -178,33 +161,16 @@ async def test_the_claim_reads_the_rows_it_claims_not_a_skipped_accounts(
     )
     await fetch(runtime, "DELETE FROM pg_statistic WHERE starelid = 'sync_queue'::regclass")
     skipped = [connection["account_key"]]
-    captured: list[tuple[str, Any]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if "sync_queue" in statement:
-            captured.append((statement, parameters))
-
-    event.listen(runtime.engine.sync_engine, "before_cursor_execute", capture)
-    try:
+    with capturing(runtime, lambda sql: "sync_queue" in sql) as captured:
         async with runtime.engine.begin() as conn:
             claimed = await QueueRepository(conn).claim(
                 me="worker-1", limit=10, lease_seconds=60, skip_accounts=skipped
             )
-    finally:
-        event.remove(runtime.engine.sync_engine, "before_cursor_execute", capture)
     assert sorted(r.email_key for r in claimed) == [f"o{n}@example.com" for n in (1, 2, 3)]
     await fetch(runtime, "UPDATE sync_queue SET lease_until = NULL, leased_by = NULL")
 
     assert len(captured) == 1
-    async with runtime.engine.begin() as conn:
-        statement, parameters = captured[0]
-        result = await conn.exec_driver_sql(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
-        )
-        raw = result.scalar_one()
-        plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
-        total = int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
-        await conn.rollback()
+    total = await buffers_read(runtime, *captured[0])
     # Walking the skipped account's 3,000 rows in ix_sync_queue_ready order: thousands.
     assert total < 100, total
 

@@ -14,22 +14,10 @@ from app.main import Runtime
 from app.sync.engine import SyncEngine
 from app.sync.pull import pull_connection, pull_due
 from tests.conftest import fetch
-from tests.support.sync import Sandbox, queue_empty, wait_for
+from tests.support.sync import Sandbox, queue_empty, running, wait_for
 from tests.webhooks.conftest import Crm, Engine, contact_row, count, drain, mirror_row, one
 
 pytestmark = pytest.mark.usefixtures("connection")
-
-
-@contextlib.asynccontextmanager
-async def running(engine: SyncEngine) -> AsyncIterator[SyncEngine]:
-    """The worker running in the background, as `audience-sync worker` runs it."""
-    task = asyncio.create_task(engine.run(grace_seconds=5))
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        await task
-        await engine.aclose()
 
 
 @contextlib.asynccontextmanager
