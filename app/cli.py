@@ -60,6 +60,12 @@ def serve(
     get_settings.cache_clear()
     settings = get_settings()
     app = create_app(settings)
+    if settings.WORKER_IN_PROCESS:
+        from app.sync.runner import tune_gc
+
+        # The worker drains in this process: the collector as `audience-sync worker` sets it,
+        # or full collections over a drain's heap stop the loop with every slot idle.
+        tune_gc()
     owner = settings.MAILCHIMP_OWNER or DEMO_OWNER
     # Only development prints a ready-made token: elsewhere it would sit in the logs.
     if (
