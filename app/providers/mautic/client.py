@@ -10,8 +10,10 @@ reason 3 (manual) with our comment, and only ours is ever lifted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +61,11 @@ RENEWALS_PER_REQUEST = 2
 # two batches an add (the bound before) they fell behind a drain at four requests in flight,
 # and the last batches' rows waited for a tail of adds sent one by one.
 SEGMENT_ADD_MAX_IDS = 5 * BATCH_SIZE
+# An add waits while batches of its segment are under way (waiting for a slot or on the wire:
+# their ids would join it) until it is full, at most this many times as long as its own batch
+# took on the wire: every add costs a slot a request's fixed time (L0) whatever its ids, so an
+# add carrying five batches instead of two or three leaves the slots to the batches (P5).
+SEGMENT_ADD_WAIT_BATCHES = 2.0
 REASON_VERBS = {1: "unsubscribed", 2: "bounced", 3: "manual"}
 # A batch's contact ids waiting for a segment add, and where its answer goes.
 Pending = tuple[list[int], "asyncio.Future[dict[str, Any]]"]
@@ -303,6 +310,10 @@ class MauticClient:
         # them all (one request for several batches, not one each).
         self._adds: dict[str, list[Pending]] = {}
         self._add_locks: dict[str, asyncio.Lock] = {}
+        # Batches of a segment under way (waiting for a slot or on the wire), and a wake-up
+        # for the adds waiting for them: set when a batch is answered or a batch's ids queue.
+        self._batches_out: dict[str, int] = {}
+        self._add_news: dict[str, asyncio.Event] = {}
         self._timeout = timeout
         self._extensions = {
             "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
@@ -311,11 +322,21 @@ class MauticClient:
     # --- plumbing -----------------------------------------------------------------------
 
     async def _send(
-        self, request: httpx.Request, *, op: str, authorize: bool = False
+        self,
+        request: httpx.Request,
+        *,
+        op: str,
+        authorize: bool = False,
+        on_slot: Callable[[], None] | None = None,
     ) -> httpx.Response:
         """One request within the limiter's slot. `authorize`: the token is taken once the slot
         is ours, so time spent waiting for a slot never sends a token that expired meanwhile
-        (`request.extensions["token"]` says which one went)."""
+        (`request.extensions["token"]` says which one went); `on_slot` is told then too."""
+        granted: Callable[[httpx.Request], Awaitable[None]] | None = None
+        if on_slot is not None:
+            granted = functools.partial(self._slot_taken, on_slot, authorize)
+        elif authorize:
+            granted = self._authorize
         return await send(
             self._transport,
             request,
@@ -323,8 +344,15 @@ class MauticClient:
             op=op,
             limiter=self._limiter,
             timeout_seconds=self._timeout,
-            authorize=self._authorize if authorize else None,
+            authorize=granted,
         )
+
+    async def _slot_taken(
+        self, on_slot: Callable[[], None], authorize: bool, request: httpx.Request
+    ) -> None:
+        on_slot()
+        if authorize:
+            await self._authorize(request)
 
     async def _authorize(self, request: httpx.Request) -> None:
         token = await self.fetch_token()
@@ -396,10 +424,12 @@ class MauticClient:
         params: Any = None,
         ok: tuple[int, ...] = (),
         decode: Callable[[bytes], Any] = _loads,
+        on_slot: Callable[[], None] | None = None,
     ) -> tuple[int, Any]:
         """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
         renews the token it refused (expired or revoked early) and retries; a 401 of a token
-        already refused, or beyond RENEWALS_PER_REQUEST renewals, is an AuthError."""
+        already refused, or beyond RENEWALS_PER_REQUEST renewals, is an AuthError. `on_slot`
+        is called each time the request has its slot (before it goes on the wire)."""
         refused_tokens: set[str] = set()
         while True:
             headers = {"Accept": "application/json", "User-Agent": "audience-sync/0.1"}
@@ -415,7 +445,7 @@ class MauticClient:
                 content=content,
                 extensions=dict(self._extensions),
             )
-            response = await self._send(request, op=op, authorize=True)
+            response = await self._send(request, op=op, authorize=True, on_slot=on_slot)
             token = str(request.extensions.get("token") or "")
             if (
                 response.status_code == 401
@@ -795,13 +825,28 @@ class MauticClient:
             return outcomes
         if not members:
             return []
-        _, body = await self._request(
-            "POST",
-            "/contacts/batch/new",
-            op="batch",
-            json=[contact_body(m) for m in members],
-            decode=_batch_loads,
-        )
+        # Counted from before its slot: one granted but not yet run by the loop is not on the
+        # wire yet, and the add of a batch answered meanwhile would leave without it.
+        self._batches_out[audience_id] = self._batches_out.get(audience_id, 0) + 1
+        on_wire: list[float] = []  # when the batch took its slot (its first, if retried)
+
+        def sent() -> None:
+            if not on_wire:
+                on_wire.append(time.monotonic())
+
+        try:
+            _, body = await self._request(
+                "POST",
+                "/contacts/batch/new",
+                op="batch",
+                json=[contact_body(m) for m in members],
+                decode=_batch_loads,
+                on_slot=sent,
+            )
+        finally:
+            self._batches_out[audience_id] -= 1
+            self._add_news.setdefault(audience_id, asyncio.Event()).set()
+        took = time.monotonic() - on_wire[0] if on_wire else 0.0
         body = body or {}
         codes = body.get("statusCodes") or []
         contacts = body.get("contacts") or {}
@@ -830,7 +875,8 @@ class MauticClient:
                 raise failure
             outcomes.append(BatchOutcome(email_key=key, error=failure))
         ids = [int(c["id"]) for _, c, _ in done]
-        details = await self._add_ids(audience_id, ids) if ids else {}
+        wait = SEGMENT_ADD_WAIT_BATCHES * took
+        details = await self._add_ids(audience_id, ids, wait=wait) if ids else {}
         for i, contact, created in done:
             member = members[i]
             cid = str(contact["id"])
@@ -856,17 +902,27 @@ class MauticClient:
             outcomes[i].state = state
         return outcomes
 
-    async def _add_ids(self, audience_id: str, ids: list[int]) -> dict[str, Any]:
+    async def _add_ids(
+        self, audience_id: str, ids: list[int], *, wait: float = 0.0
+    ) -> dict[str, Any]:
         """Add contacts to the segment by one batch add; the `details` by contact id. Batches
-        finishing while an add is in flight join the next one (up to SEGMENT_ADD_MAX_IDS):
-        whoever holds the segment's lock sends everything queued, the others wait for it."""
+        finishing while an add is in flight or waiting join the next one (up to
+        SEGMENT_ADD_MAX_IDS): whoever holds the segment's lock sends everything queued, the
+        others wait for it. An add waits up to `wait` seconds for the segment's batches under
+        way, until it is full (`_add_ready`)."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         entry = (ids, future)
         queue = self._adds.setdefault(audience_id, [])
         queue.append(entry)
+        news = self._add_news.setdefault(audience_id, asyncio.Event())
+        news.set()
+        until = time.monotonic() + wait
         lock = self._add_locks.setdefault(audience_id, asyncio.Lock())
         try:
             while not future.done():
+                await self._add_ready(audience_id, until)
+                if future.done():
+                    break
                 async with lock:
                     if future.done():
                         break
@@ -886,6 +942,19 @@ class MauticClient:
                 queue.remove(entry)
             raise
         return future.result()
+
+    async def _add_ready(self, audience_id: str, until: float) -> None:
+        """Return once the segment's queued ids fill an add, no batch of it is under way (none
+        would join), or `until` has passed."""
+        news = self._add_news[audience_id]
+        while True:
+            queued = sum(len(ids) for ids, _ in self._adds.get(audience_id, ()))
+            left = until - time.monotonic()
+            if queued >= SEGMENT_ADD_MAX_IDS or not self._batches_out.get(audience_id) or left <= 0:
+                return
+            news.clear()  # no await since the test: a change from now on sets it again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.wait(), left)
 
     async def _send_adds(self, audience_id: str, taken: list[Pending]) -> None:
         """One batch add for the queued batches; each one's future gets the answer or the

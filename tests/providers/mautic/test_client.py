@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import orjson
@@ -15,6 +16,7 @@ import respx
 from app.providers.base import (
     AudienceMissing,
     AuthError,
+    BatchOutcome,
     ErrorKind,
     PermanentError,
     RemoteRef,
@@ -270,23 +272,9 @@ class TestBatch:
         assert sizes == [200, 1]
 
     async def test_batches_finishing_together_share_one_segment_add(self, mautic: Mautic) -> None:
-        # Four batches at once: the first to finish sends its add; the three finishing while
-        # it is on the wire go in the next one (one add of their ids, not three).
-        await mautic.configure(latency_ms=200, record_bodies=True)
-        async with httpx.AsyncHTTPTransport() as transport:
-            c = MauticClient(
-                transport,
-                base_url=mautic.url,
-                client_id=DEFAULT_CLIENT_ID,
-                client_secret=DEFAULT_CLIENT_SECRET,
-                limiter=Slots(4),
-            )
-            await c.fetch_token()
-            groups = [[payload(f"g{g}p{i}@x.com") for i in range(50)] for g in range(4)]
-            results = await asyncio.gather(*(c.batch_upsert(mautic.segment, m) for m in groups))
-        assert all(o.state is not None and o.error is None for r in results for o in r)
-        log = await mautic.requests()
-        adds = [orjson.loads(r["body"])["ids"] for r in log if "contacts/add" in str(r["path"])]
+        # Four batches at once: the first to finish sends its add once the others are
+        # answered (or while it is on the wire, in the next one): one add of their ids.
+        results, log, adds = await _batches_at_once(mautic, batches=4, latency_ms=200)
         # Four batches finishing together share segment adds: four adds would mean none was
         # shared (the old one-add-a-batch protocol); how many share depends on timing.
         assert 1 <= len(adds) < 4, adds
@@ -295,6 +283,15 @@ class TestBatch:
         assert len(set(ids)) == 200  # each person added once
         members = (await mautic.http.get("/_control/contacts")).json()["contacts"]
         assert sum(int(mautic.segment) in m["segments"] for m in members) == 200
+
+    async def test_an_add_waits_for_the_segments_batches_under_way(self, mautic: Mautic) -> None:
+        # Five batches through four slots: the first answered waits for the three beside it
+        # and for the fifth, which waited for a freed slot: one add carries all five (each
+        # add costs a slot a request's fixed time, whatever its ids).
+        _, log, adds = await _batches_at_once(mautic, batches=5, latency_ms=300)
+        assert len(adds) == 1 and len(set(adds[0])) == 250, [len(a) for a in adds]
+        last_batch = max(r["end"] for r in log if "batch/new" in str(r["path"]))
+        assert min(r["start"] for r in log if "contacts/add" in str(r["path"])) >= last_batch
 
     async def test_consent_in_a_batch(self, mautic: Mautic, client: MauticClient) -> None:
         await mautic.new_contact(email="gone@x.com")
@@ -482,6 +479,29 @@ class Slots:
     async def slot(self, op: str | None = None) -> AsyncIterator[None]:
         async with self._sem:
             yield
+
+
+async def _batches_at_once(
+    mautic: Mautic, *, batches: int, latency_ms: int
+) -> tuple[list[list[BatchOutcome]], list[dict[str, Any]], list[list[int]]]:
+    """`batches` batches of 50 new people at once through four slots: their outcomes (all
+    written), the sandbox's log and each segment add's ids."""
+    await mautic.configure(latency_ms=latency_ms, record_bodies=True)
+    async with httpx.AsyncHTTPTransport() as transport:
+        c = MauticClient(
+            transport,
+            base_url=mautic.url,
+            client_id=DEFAULT_CLIENT_ID,
+            client_secret=DEFAULT_CLIENT_SECRET,
+            limiter=Slots(4),
+        )
+        await c.fetch_token()
+        groups = [[payload(f"g{g}p{i}@x.com") for i in range(50)] for g in range(batches)]
+        results = await asyncio.gather(*(c.batch_upsert(mautic.segment, m) for m in groups))
+    assert all(o.state is not None and o.error is None for r in results for o in r)
+    log = await mautic.requests()
+    adds = [orjson.loads(r["body"])["ids"] for r in log if "contacts/add" in str(r["path"])]
+    return results, log, adds
 
 
 class TestLimitsAndToken:
