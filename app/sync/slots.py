@@ -204,7 +204,11 @@ class AccountGate:
                 if starve_after is not None and self.held == 0:
                     deadlines.append(began + starve_after - now)
                 if not deadlines:
-                    await asyncio.shield(waiter.future)
+                    # Awaited bare: a shield would cost the hand-off a second loop iteration
+                    # (its outer future's callback, then the task's), every slot of a busy
+                    # gate. A cancel cancels the future itself, which refill() skips; a
+                    # cancel after the hand-off finds it done and gives the slot back below.
+                    await waiter.future
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(waiter.future), max(0.01, min(deadlines)))

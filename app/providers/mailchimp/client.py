@@ -44,6 +44,15 @@ BATCH_FIELDS = ",".join(
     [f"{part}.{f}" for part in ("new_members", "updated_members") for f in WRITE_FIELDS.split(",")]
     + ["errors", "total_created", "total_updated", "error_count"]
 )
+# A write's query string, encoded once: quoting it cost ~2 % of a single-PUT drain's CPU (B1).
+_WRITE_PARAMS = {"fields": WRITE_FIELDS}
+_WRITE_QUERY = urlencode(_WRITE_PARAMS)
+
+
+def _query(params: dict[str, Any]) -> str:
+    return _WRITE_QUERY if params == _WRITE_PARAMS else urlencode(params)
+
+
 AUDIENCE_OPS = frozenset({"ping", "audience", "batch", "upsert", "list", "webhook", "merge_fields"})
 MEMBER_FIELDS = (
     "members.id,members.email_address,members.status,members.tags,members.last_changed,"
@@ -238,7 +247,7 @@ class MailchimpClient:
             headers = self._json_headers
         url = self._base + path
         if params:
-            url += "?" + urlencode(params)
+            url += "?" + _query(params)
         response = await exchange(
             self._transport,
             method,
