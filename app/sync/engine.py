@@ -1686,13 +1686,15 @@ def _keys(plan: Plan) -> list[str]:
 
 
 def _ref(plan: Plan) -> RemoteRef | None:
-    """What the mirror knows of the person a plan addresses (None: never pushed)."""
+    """What the mirror knows of the person a plan addresses (None: never pushed). A row with
+    refs but no provider id (a bulk import that did not read the ids back) keeps its refs:
+    the client finds the person by address and the refs say what is ours."""
     mirror = plan.mirror
-    if mirror is None or not mirror.get("remote_id"):
+    if mirror is None or not (mirror.get("remote_id") or mirror.get("remote_refs")):
         return None
     return RemoteRef(
         email=mirror.get("pushed_email") or plan.target_email or plan.key,
-        remote_id=mirror.get("remote_id"),
+        remote_id=mirror.get("remote_id") or None,
         refs=mirror.get("remote_refs") or {},
         keep_person=plan.keep_person,
         keep_tags=frozenset(plan.kept_tags),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -100,6 +101,9 @@ HELD_MAX_PAGES = 4
 # reads of the other groups could not use the account's rate meanwhile (P1: a fifth of
 # the drain at 1.5 requests a second). Two keep the import rate busy.
 IMPORTS_AT_ONCE = 2
+# What the mirror's refs claim of a contact on the strength of having made it: created by
+# us, our tags' associations, the span of its id (a bulk import's contacts).
+CLAIMS = ("created", "tags", "ids")
 _patient: contextvars.ContextVar[bool] = contextvars.ContextVar("ac_patient", default=False)
 
 
@@ -275,6 +279,8 @@ class ActiveCampaignClient:
         self._held_lock = asyncio.Lock()
         self._held_cache: dict[str, tuple[float, dict[str, int] | None]] = {}
         self._held_max_pages = held_max_pages
+        self._snapshot_locks: dict[str, asyncio.Lock] = {}
+        self._snapshots: dict[str, tuple[float, dict[str, int] | None, int]] = {}
         self._bulk_available = True
         self._import_turns = asyncio.Semaphore(IMPORTS_AT_ONCE)
 
@@ -794,9 +800,8 @@ class ActiveCampaignClient:
         status = await self._consent(
             cid, audience_id, member, current=current, wants=self._wants(member)
         )
-        refs: dict[str, Any] = dict(remote.refs) if remote is not None else {}
-        if remote is not None and remote.remote_id and remote.remote_id != cid:
-            refs.pop("tags", None)  # ids of another (deleted) contact's associations
+        known = _as_for(remote, cid)  # another contact than the refs': their claims go
+        refs: dict[str, Any] = dict(known.refs) if known is not None else {}
         if status is not None:
             refs["list"] = audience_id
         if created:
@@ -810,11 +815,20 @@ class ActiveCampaignClient:
                 refs["tags"] = made
         return self._member(contact, status, email=member.email_address, created=created, refs=refs)
 
-    async def _contact_id(self, email: str, remote: RemoteRef | None) -> str | None:
+    async def _resolve(
+        self, email: str, remote: RemoteRef | None
+    ) -> tuple[str | None, RemoteRef | None]:
+        """The contact's id, and `remote` as it applies to that contact: by the id the mirror
+        holds, else by address (a bulk import's contacts: their ids are never read). A
+        contact found by address that is not the one the refs were made on has their claims
+        (created by us, our tags) dropped."""
         if remote is not None and remote.remote_id:
-            return remote.remote_id
+            return remote.remote_id, remote
         contact = await self.find_contact(email)
-        return str(contact["id"]) if contact else None
+        if contact is None:
+            return None, remote
+        cid = str(contact["id"])
+        return cid, _as_for(remote, cid)
 
     async def _put(self, contact_id: str, member: ContactPayload, *, op: str) -> dict[str, Any]:
         standard, values = await self._field_values(member.fields)
@@ -833,7 +847,7 @@ class ActiveCampaignClient:
         self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
     ) -> RemoteMember:
         """`PUT /contacts/{id}` of an existing contact (never creates), then consent."""
-        cid = await self._contact_id(member.email_address, remote)
+        cid, remote = await self._resolve(member.email_address, remote)
         if cid is None:
             raise PermanentError(ErrorKind.not_found, "no ActiveCampaign contact has this address")
         contact = await self._put(cid, member, op="update")
@@ -859,7 +873,7 @@ class ActiveCampaignClient:
         contactTags of `remove` that we created — by their ids, never by name."""
         if not add and not remove:
             return None
-        cid = await self._contact_id(email, remote)
+        cid, remote = await self._resolve(email, remote)
         if cid is None:
             raise PermanentError(ErrorKind.not_found, "no ActiveCampaign contact has this address")
         ours: dict[str, str | None] = dict((remote.refs.get("tags") if remote else None) or {})
@@ -876,7 +890,7 @@ class ActiveCampaignClient:
         if add:
             present = await self._contact_tags(cid)
             ours.update(await self._tag_contact(cid, add, present=present))
-        return {"tags": ours}
+        return {**_dropped(remote), "tags": ours}
 
     async def move_member(
         self,
@@ -888,7 +902,7 @@ class ActiveCampaignClient:
     ) -> RemoteMember:
         """Change the address of the contact (PUT keeps its history, lists and tags);
         member_exists when another contact holds the new address."""
-        cid = await self._contact_id(old_email, remote)
+        cid, remote = await self._resolve(old_email, remote)
         if cid is None:
             raise PermanentError(
                 ErrorKind.not_found, "no ActiveCampaign contact has the old address"
@@ -928,7 +942,7 @@ class ActiveCampaignClient:
         `remote.keep_tags`, which another mapping still pushes). False when
         the contact was gone or not on our list.
         """
-        cid = await self._contact_id(email, remote)
+        cid, remote = await self._resolve(email, remote)
         if cid is None:
             return False
         try:
@@ -1128,8 +1142,7 @@ class ActiveCampaignClient:
                     outcomes[key].error = exc
             # Read last before the import: its age is the window in which a bounce or an
             # unconfirmed signup could still be subscribed by it.
-            held = await self._held(audience_id)
-            first_new = await self._next_contact_id()
+            held, first_new = await self._snapshot(audience_id)
             joining: set[str] = set()
             tagged: set[str] = set()
             for key, m, item in items:
@@ -1174,6 +1187,20 @@ class ActiveCampaignClient:
             except PermanentError as exc:
                 outcomes[key].error = exc
         return [outcomes[k] for k in keys]
+
+    async def _snapshot(self, audience_id: str) -> tuple[dict[str, int] | None, int]:
+        """(`_held`, `_next_contact_id`) as read after this call began. A read another batch
+        started after we asked is as fresh as our own and serves us too: a backlog's groups
+        reach their imports together, and each read its own (P1: 120 of 490 requests)."""
+        asked = time.monotonic()
+        async with self._snapshot_locks.setdefault(audience_id, asyncio.Lock()):
+            last = self._snapshots.get(audience_id)
+            if last is not None and last[0] >= asked:
+                return last[1], last[2]
+            started = time.monotonic()
+            held, first_new = await asyncio.gather(self._held(audience_id), self._next_contact_id())
+            self._snapshots[audience_id] = (started, held, first_new)
+            return held, first_new
 
     async def _held(self, audience_id: str) -> dict[str, int] | None:
         """Our list's people at status 0, 2 or 3, by email key: those an import must never
@@ -1251,29 +1278,24 @@ class ActiveCampaignClient:
         joining: set[str],
         tagged: set[str],
     ) -> None:
-        """After the one import: read the imported records (pages of 100: each person's id,
-        and whether our import created them); those it subscribed are on our list at 1, the
-        others (held at 0, 2 or 3 by the snapshot, or not consenting) have their status read
-        and the consent rules applied, as after a data import."""
-        contacts = await self._records(ids)
-        for key in [k for k in by_key if k not in contacts]:  # a lagging answer: look up
-            found = await self.find_contact(by_key[key].email_address)
-            if found is not None:
-                contacts[key] = found
+        """After the one import: those it subscribed are on our list at 1, the others (held at
+        0, 2 or 3 by the snapshot, or not consenting) have their status read and the consent
+        rules applied, as after a data import. The records of the people the import created
+        are not read (`_created`): their ids stay unknown until needed (`_resolve`)."""
+        contacts, created_keys, span = await self._created(by_key, ids, first_new)
         rest = {k: m for k, m in by_key.items() if k not in joining}
         existing = [
             str(c["id"]) for k, c in contacts.items() if k in rest and _int(c["id"]) < first_new
         ]
         on_list = await self._on_list(audience_id, existing) if existing else {}
         for key, member in by_key.items():
+            created = key in created_keys
             contact = contacts.get(key)
-            if contact is None:
+            if contact is None and not created:
                 outcomes[key].error = PermanentError(
                     ErrorKind.invalid_email, "ActiveCampaign's import did not take this contact"
                 )
                 continue
-            cid = str(contact["id"])
-            created = _int(cid) >= first_new
             refs: dict[str, Any] = {}
             if key in joining:
                 status: int | None = ACTIVE
@@ -1283,12 +1305,21 @@ class ActiveCampaignClient:
                 if key in tagged and created:
                     refs["tags"] = dict.fromkeys(member.tags)
             else:
+                if contact is None and self._wants(member):
+                    # Held by the snapshot, yet created by the import (deleted meanwhile):
+                    # its status is set by id.
+                    contact = await self.find_contact(member.email_address)
+                    if contact is None:
+                        outcomes[key].error = PermanentError(
+                            ErrorKind.not_found, "the imported contact is gone"
+                        )
+                        continue
                 try:
                     status = await self._consent(
-                        cid,
+                        str(contact["id"]) if contact else "",
                         audience_id,
                         member,
-                        current=on_list.get(cid),
+                        current=on_list.get(str(contact["id"])) if contact else None,
                         wants=self._wants(member),
                     )
                 except PermanentError as exc:
@@ -1298,9 +1329,45 @@ class ActiveCampaignClient:
                 refs["list"] = audience_id
             if created:
                 refs["created"] = True
+                if contact is None:
+                    refs["ids"] = span  # where its id is: a contact found outside is not it
             outcomes[key].state = self._member(
-                contact, status, email=member.email_address, created=created, refs=refs
+                contact or {"id": "", "email": member.email_address},
+                status,
+                email=member.email_address,
+                created=created,
+                refs=refs,
             )
+
+    async def _created(
+        self, by_key: dict[str, ContactPayload], ids: list[str], first_new: int
+    ) -> tuple[dict[str, dict[str, Any]], set[str], list[int]]:
+        """(records by email key, the keys of the people the import created, the span of
+        their ids). Ids only grow, so the import's ids from `first_new` on are the contacts it
+        created; when each person has one id, only the others' records are read (pages of
+        100) and the rest were created, their ids left unread: 2 reads a batch of 500 where
+        every record was 5. Otherwise (a lagging answer) every record is read."""
+        new = [_int(i) for i in ids if _int(i) >= first_new]
+        span = [first_new, max(new, default=first_new)]
+        old = [i for i in ids if _int(i) < first_new]
+        if len(set(ids)) == len(ids) == len(by_key):
+            contacts = await self._records(old)
+            if len(contacts) == len(old) and contacts.keys() <= by_key.keys():
+                return contacts, set(by_key) - contacts.keys(), span
+        contacts = await self._records_of(by_key, ids)
+        return contacts, {k for k, c in contacts.items() if _int(c["id"]) >= first_new}, span
+
+    async def _records_of(
+        self, by_key: dict[str, ContactPayload], ids: list[str]
+    ) -> dict[str, dict[str, Any]]:
+        """The imported people's records by email key (pages of 100 by id); one missing from
+        the import's ids (a lagging answer) is looked up by address."""
+        contacts = await self._records(ids)
+        for key in [k for k in by_key if k not in contacts]:
+            found = await self.find_contact(by_key[key].email_address)
+            if found is not None:
+                contacts[key] = found
+        return contacts
 
     async def _singles(self, audience_id: str, members: list[ContactPayload]) -> list[BatchOutcome]:
         out = []
@@ -1430,12 +1497,7 @@ class ActiveCampaignClient:
     ) -> None:
         """After the data import: read the imported records and our list's statuses (pages of
         100), then apply the consent rules person by person."""
-        contacts = await self._records(ids)
-        missing = [k for k in by_key if k not in contacts]
-        for key in missing:  # not in the import's list of ids (a lagging answer): look up
-            found = await self.find_contact(by_key[key].email_address)
-            if found is not None:
-                contacts[key] = found
+        contacts = await self._records_of(by_key, ids)
         # A contact our import created is on no list: only the others' statuses are read.
         existing = [str(c["id"]) for k, c in contacts.items() if _int(c["id"]) < first_new]
         on_list = await self._on_list(audience_id, existing)
@@ -1516,6 +1578,33 @@ class ActiveCampaignClient:
             outcomes[k].state = self._member(
                 contact, ACTIVE, email=member.email_address, created=created, refs=refs
             )
+
+
+def _is_ours(remote: RemoteRef, contact_id: str) -> bool:
+    """Whether the contact is the one the mirror's refs were made on: the id it holds, or,
+    where the id was never read (a bulk import created the contact), the span of the ids
+    that import created. Ids only grow, so a contact deleted and made again by someone else
+    under the address is above it."""
+    if remote.remote_id:
+        return remote.remote_id == contact_id
+    span = remote.refs.get("ids")
+    if not isinstance(span, list) or len(span) != 2:
+        return True
+    return _int(span[0]) <= _int(contact_id, default=-1) <= _int(span[1])
+
+
+def _as_for(remote: RemoteRef | None, contact_id: str) -> RemoteRef | None:
+    """`remote` as it applies to the contact: its claims dropped (null: the mirror merges refs
+    key by key) when the contact is another one (`_is_ours`)."""
+    if remote is None or _is_ours(remote, contact_id):
+        return remote
+    return dataclasses.replace(remote, refs={**remote.refs, **dict.fromkeys(CLAIMS)})
+
+
+def _dropped(remote: RemoteRef | None) -> dict[str, Any]:
+    """The claims `_as_for` dropped, to be reported back (null) with a call's refs."""
+    refs = remote.refs if remote is not None else {}
+    return {k: None for k in CLAIMS if k in refs and refs[k] is None}
 
 
 def _chunks(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -350,3 +350,145 @@ async def test_side_by_side_imports_hold_at_most_two_of_the_accounts_slots(
     assert len(imports_of(await ac.requests())) == 6
     assert most["bulk_import"] == 2  # six imports side by side, two in the slots at a time
     assert len(await ac.dump()) == 780
+
+
+class TestLazyIds:
+    """The import's ids say who it created (ids only grow); their records are not read back,
+    and every later call finds such a contact by address, its refs checked against the span
+    of the ids that import created."""
+
+    async def lazy(self, client: ActiveCampaignClient, n: int = 12) -> list:
+        batch = [payload(f"lz{i}@example.com", tags=["vip"], unseen=True) for i in range(n)]
+        states = [o.state for o in await client.batch_upsert(LIST, batch)]
+        assert all(s is not None for s in states)
+        return states
+
+    @staticmethod
+    def ref(state: Any) -> Any:
+        from app.providers.base import RemoteRef
+
+        # As the engine hands it back from the mirror: no id, the refs.
+        return RemoteRef(email=state.email_address, remote_id=None, refs=state.refs)
+
+    async def test_the_people_an_import_created_are_not_read_back(
+        self, ac: Ac, client: ActiveCampaignClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        other = await ac.new_list("Other")
+        await ac.act("signup", "known@example.com", list_id=other)
+        read: list[list[str]] = []
+        records = client._records
+
+        async def spy(ids: list[str]) -> Any:
+            read.append(list(ids))
+            return await records(ids)
+
+        monkeypatch.setattr(client, "_records", spy)
+        batch = [payload(f"lz{i}@example.com", tags=["vip"], unseen=True) for i in range(30)]
+        batch.append(payload("known@example.com", tags=["vip"], unseen=True))
+        outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, batch)}
+        known = await ac.person("known@example.com")
+        state = outcomes["known@example.com"].state
+        assert known is not None and state is not None
+        assert read == [[str(known["id"])]]  # only the record of the one that existed
+        assert state.remote_id == str(known["id"]) and not state.created
+        ids = sorted(int(p["id"]) for p in await ac.dump() if p["email"] != "known@example.com")
+        for i in range(30):
+            made = outcomes[f"lz{i}@example.com"].state
+            assert made is not None and made.remote_id == "" and made.created
+            assert made.status == RemoteStatus.subscribed and made.tags == ["vip"]
+            lo, hi = made.refs["ids"]
+            assert lo <= ids[0] and hi == ids[-1]
+
+    async def test_a_later_update_finds_the_contact_and_learns_its_id(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        state = (await self.lazy(client))[0]
+        person = await ac.person(state.email_address)
+        assert person is not None
+        again = payload(state.email_address, fields={"firstName": "Later"})
+        upserted = await client.upsert_member(LIST, again, remote=self.ref(state))
+        assert upserted.remote_id == str(person["id"])
+        assert upserted.refs["created"] is True and upserted.refs["tags"] == {"vip": None}
+        updated = await client.update_member(LIST, again, remote=self.ref(state))
+        assert updated.remote_id == str(person["id"]) and updated.refs["created"] is True
+        assert len(await ac.dump()) == 12
+
+    async def test_delete_forget_and_tag_removal_find_it_by_address(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        first, second, third = (await self.lazy(client))[:3]
+        refs = await client.update_tags(
+            LIST, first.email_address, add=[], remove=["vip"], remote=self.ref(first)
+        )
+        assert refs == {"tags": {}}
+        person = await ac.person(first.email_address)
+        assert person is not None and person["tags"] == {}
+        # Created by our import and on no other list: a delete takes the contact.
+        assert await client.archive_member(LIST, second.email_address, remote=self.ref(second))
+        assert await ac.person(second.email_address) is None
+        await client.forget_member(LIST, third.email_address, remote=self.ref(third))
+        assert await ac.person(third.email_address) is None
+
+    async def test_an_email_change_moves_the_contact_it_finds_by_the_old_address(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        state = (await self.lazy(client))[0]
+        before = await ac.person(state.email_address)
+        moved = await client.move_member(
+            LIST, state.email_address, payload("renamed@example.com"), remote=self.ref(state)
+        )
+        after = await ac.person("renamed@example.com")
+        assert before is not None and after is not None and after["id"] == before["id"]
+        assert moved.remote_id == str(before["id"]) and moved.refs["created"] is True
+        assert await ac.person(state.email_address) is None
+
+    async def test_a_contact_made_again_by_someone_else_is_not_taken_for_ours(
+        self, ac: Ac, client: ActiveCampaignClient
+    ) -> None:
+        first, second = (await self.lazy(client))[:2]
+        for state in (first, second):  # deleted at ActiveCampaign, signed up again there
+            person = await ac.person(state.email_address)
+            assert person is not None
+            await ac.api.delete(f"/contacts/{person['id']}")
+            await ac.act("signup", state.email_address)
+            person = await ac.person(state.email_address)
+            assert person is not None
+            tag = (await ac.api.get("/tags")).json()["tags"][0]
+            await ac.api.post(
+                "/contactTags", json={"contactTag": {"contact": person["id"], "tag": tag["id"]}}
+            )
+        # Not created by us: a delete keeps it and its own tag.
+        assert await client.archive_member(LIST, first.email_address, remote=self.ref(first))
+        person = await ac.person(first.email_address)
+        assert person is not None and set(person["tags"].values()) == {"vip"}
+        refs = await client.update_tags(
+            LIST, second.email_address, add=[], remove=["vip"], remote=self.ref(second)
+        )
+        assert refs == {"created": None, "tags": {}, "ids": None}
+        person = await ac.person(second.email_address)
+        assert person is not None and set(person["tags"].values()) == {"vip"}
+        state = await client.upsert_member(
+            LIST, payload(first.email_address), remote=self.ref(first)
+        )
+        assert state.refs["created"] is None and state.refs["tags"] is None
+
+    async def test_batches_side_by_side_share_one_read_of_the_held_people(
+        self, ac: Ac, client: ActiveCampaignClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import asyncio
+
+        read: list[tuple[int, ...]] = []
+        pages = client._held_pages
+
+        async def spy(audience_id: str, statuses: tuple[int, ...], max_pages: int) -> Any:
+            read.append(statuses)
+            await asyncio.sleep(0.05)  # the account's rate: the other batches ask meanwhile
+            return await pages(audience_id, statuses, max_pages)
+
+        monkeypatch.setattr(client, "_held_pages", spy)
+        batches = [people(12, prefix=f"side{j}-") for j in range(6)]
+        results = await asyncio.gather(*(client.batch_upsert(LIST, b) for b in batches))
+        assert all(o.state is not None and o.error is None for r in results for o in r)
+        # The first batch's read, then one for every batch that asked while it ran.
+        assert 1 < read.count((0, 3)) < 6
+        assert len(await ac.dump()) == 72

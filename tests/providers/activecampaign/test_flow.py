@@ -282,6 +282,47 @@ class TestFlow:
         again = await service.connect(ac)
         assert again.status_code == 200
 
+    async def test_people_a_backlog_imported_are_found_by_address_later(
+        self, service: Service, ac: Ac, runtime: Runtime
+    ) -> None:
+        # A backlog's import does not read back the records it created: their mirror rows
+        # hold no id, and every later change, delete and event finds them by address.
+        from app.sync.models import PRIORITY_BULK
+
+        await connected(service, ac, runtime)
+        made = [
+            await service.create(email=f"bk{i}@example.com", first_name="B", tags=["vip"])
+            for i in range(60)
+        ]
+        await fetch(runtime, "UPDATE sync_queue SET priority = :p", p=PRIORITY_BULK)
+        await drain(runtime, service.settings)
+        rows = await fetch(runtime, "SELECT remote_id, remote_refs FROM sync_state")
+        assert len(rows) == 60 and {r["remote_id"] for r in rows} == {""}
+        assert all(r["remote_refs"]["created"] for r in rows)
+        assert len(await ac.dump()) == 60
+
+        await service.patch(made[0]["id"], first_name="Later")
+        await service.patch(made[1]["id"], tags=[])
+        r = await service.http.delete(f"/api/contacts/{made[2]['id']}", headers=service.auth())
+        assert r.status_code == 204
+        await drain(runtime, service.settings)
+        p = await person(ac, "bk0@example.com")
+        assert p["first_name"] == "Later" and p["lists"][LIST]["status"] == 1
+        [row] = await fetch(
+            runtime, "SELECT remote_id FROM sync_state WHERE email_key = 'bk0@example.com'"
+        )
+        assert row["remote_id"] == str(p["id"])  # learnt from the update
+        assert (await person(ac, "bk1@example.com"))["tags"] == {}  # our tag, removed
+        assert await ac.person("bk2@example.com") is None  # ours, on no other list: deleted
+
+        await ac.act("unsubscribe", "bk3@example.com")  # the mirror holds no id for them
+
+        async def opted_out() -> bool:
+            return (await service.get(made[3]["id"]))["newsletter_opt_in"] is False
+
+        await wait_for(opted_out, within=10)
+        assert len(await ac.dump()) == 59
+
 
 class TestPullAndTenants:
     async def test_the_pull_brings_what_a_lost_delivery_missed(
