@@ -343,6 +343,7 @@ async def _apply(
     if not keys:
         return
     known = await _known(session, inbound, keys)
+    await _fill_ids(session, inbound, members, known)
     applier = InboundApplier(session, inbound)
     mirrored = await _mirrored_ids(session, inbound, members)
     todo: list[tuple[RemoteMember, str]] = []
@@ -395,6 +396,35 @@ async def _known(session: AsyncSession, inbound: Inbound, keys: list[str]) -> di
     return {r["email_key"]: r for r in (await session.execute(_KNOWN, params)).mappings()}
 
 
+async def _fill_ids(
+    session: AsyncSession,
+    inbound: Inbound,
+    members: list[RemoteMember],
+    known: dict[str, Any],
+) -> None:
+    """Give mirror rows stored without the provider's id (a bulk import that did not read
+    its records back) the id the pull lists for their address.
+
+    Until a row has its id, an event that names the person by id alone (an email change at
+    the provider) finds nobody; the pull lists every person the import touched, so this
+    closes that window at no request's cost.
+    """
+    fills: dict[str, str] = {}
+    for m in members:
+        key = email_key(m.email_address)
+        info = known.get(key or "")
+        if key and m.remote_id and info is not None and not info["remote_id"]:
+            fills[key] = m.remote_id
+    if fills:
+        params = {
+            "conn": inbound.connection_id,
+            "mapping": inbound.mirror_mapping,
+            "keys": list(fills),
+            "rids": list(fills.values()),
+        }
+        await session.execute(_FILL_IDS, params)
+
+
 async def _mirrored_ids(
     session: AsyncSession, inbound: Inbound, members: list[RemoteMember]
 ) -> set[str]:
@@ -406,6 +436,15 @@ async def _mirrored_ids(
     return {str(r["remote_id"]) for r in (await session.execute(_BY_REMOTE_IDS, params)).mappings()}
 
 
+# Each row by its full key (no table statistics here: a partial key walks the mapping).
+_FILL_IDS = text(
+    """
+    UPDATE sync_state s SET remote_id = f.rid
+    FROM unnest(CAST(:keys AS text[]), CAST(:rids AS text[])) AS f(email_key, rid)
+    WHERE s.connection_id = :conn AND s.mapping_id = :mapping AND s.email_key = f.email_key
+      AND COALESCE(s.remote_id, '') = ''
+    """
+)
 _BY_REMOTE_IDS = text(
     """
     SELECT remote_id, email_key, pushed_email FROM sync_state
