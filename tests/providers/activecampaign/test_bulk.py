@@ -489,6 +489,7 @@ class TestLazyIds:
         batches = [people(12, prefix=f"side{j}-") for j in range(6)]
         results = await asyncio.gather(*(client.batch_upsert(LIST, b) for b in batches))
         assert all(o.state is not None and o.error is None for r in results for o in r)
-        # The first batch's read, then one for every batch that asked while it ran.
+        # The first batch's read, then one shared by the batches that asked while it ran: at
+        # least two (the first starts its read before the others ask), fewer than one a batch.
         assert 1 < read.count((0, 3)) < 6
         assert len(await ac.dump()) == 72
