@@ -21,6 +21,7 @@ from app.providers.base import (
     PermanentError,
     RemoteRef,
     RemoteStatus,
+    RequestLimiter,
     ThrottledError,
     TransientError,
 )
@@ -28,6 +29,19 @@ from app.providers.mautic.client import MauticClient, _batch_loads, email_dnc, m
 from app.providers.mautic.spec import OUR_DNC_COMMENT, SPEC
 from app.sandbox.mautic import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from tests.providers.mautic.conftest import Mautic, payload
+
+
+def sandbox_client(
+    transport: httpx.AsyncBaseTransport, mautic: Mautic, limiter: RequestLimiter | None = None
+) -> MauticClient:
+    """A client of the sandbox's default OAuth2 application."""
+    return MauticClient(
+        transport,
+        base_url=mautic.url,
+        client_id=DEFAULT_CLIENT_ID,
+        client_secret=DEFAULT_CLIENT_SECRET,
+        limiter=limiter,
+    )
 
 
 class Recording(httpx.AsyncHTTPTransport):
@@ -180,12 +194,7 @@ class TestLookup:
 
     async def test_no_request_uses_search_for_an_address_nor_blanks(self, mautic: Mautic) -> None:
         async with Recording() as transport:
-            c = MauticClient(
-                transport,
-                base_url=mautic.url,
-                client_id=DEFAULT_CLIENT_ID,
-                client_secret=DEFAULT_CLIENT_SECRET,
-            )
+            c = sandbox_client(transport, mautic)
             await c.upsert_member(mautic.segment, payload("s+1@x.com", fields={"lastname": ""}))
             await c.update_tags(mautic.segment, "s+1@x.com", add=["a"], remove=["b"])
             await c.update_member(mautic.segment, payload("s+1@x.com", fields={"city": " "}))
@@ -488,13 +497,7 @@ async def _batches_at_once(
     written), the sandbox's log and each segment add's ids."""
     await mautic.configure(latency_ms=latency_ms, record_bodies=True)
     async with httpx.AsyncHTTPTransport() as transport:
-        c = MauticClient(
-            transport,
-            base_url=mautic.url,
-            client_id=DEFAULT_CLIENT_ID,
-            client_secret=DEFAULT_CLIENT_SECRET,
-            limiter=Slots(4),
-        )
+        c = sandbox_client(transport, mautic, limiter=Slots(4))
         await c.fetch_token()
         groups = [[payload(f"g{g}p{i}@x.com") for i in range(50)] for g in range(batches)]
         results = await asyncio.gather(*(c.batch_upsert(mautic.segment, m) for m in groups))
@@ -509,13 +512,7 @@ class TestLimitsAndToken:
         assert SPEC.limits.concurrency_per_account == 4 and SPEC.capabilities.batch_size == 200
         await mautic.configure(latency_ms=20)
         async with httpx.AsyncHTTPTransport() as transport:
-            c = MauticClient(
-                transport,
-                base_url=mautic.url,
-                client_id=DEFAULT_CLIENT_ID,
-                client_secret=DEFAULT_CLIENT_SECRET,
-                limiter=Slots(SPEC.limits.concurrency_per_account),
-            )
+            c = sandbox_client(transport, mautic, Slots(SPEC.limits.concurrency_per_account))
             await c.ping()
             await asyncio.gather(
                 *(c.upsert_member(mautic.segment, payload(f"c{i}@x.com")) for i in range(16))
@@ -525,12 +522,7 @@ class TestLimitsAndToken:
 
     async def test_one_token_serves_many_calls(self, mautic: Mautic) -> None:
         async with Recording() as transport:
-            c = MauticClient(
-                transport,
-                base_url=mautic.url,
-                client_id=DEFAULT_CLIENT_ID,
-                client_secret=DEFAULT_CLIENT_SECRET,
-            )
+            c = sandbox_client(transport, mautic)
             for i in range(3):
                 await c.upsert_member(mautic.segment, payload(f"t{i}@x.com"))
         tokens = [r for r in transport.sent if r.url.path == "/oauth/v2/token"]
@@ -541,12 +533,7 @@ class TestLimitsAndToken:
     async def test_a_short_token_is_renewed_before_it_expires(self, mautic: Mautic) -> None:
         await mautic.configure(access_token_lifetime_seconds=30)
         async with Recording() as transport:
-            c = MauticClient(
-                transport,
-                base_url=mautic.url,
-                client_id=DEFAULT_CLIENT_ID,
-                client_secret=DEFAULT_CLIENT_SECRET,
-            )
+            c = sandbox_client(transport, mautic)
             await c.ping()
             await c.ping()
         tokens = [r for r in transport.sent if r.url.path == "/oauth/v2/token"]
@@ -652,12 +639,7 @@ class TestErrorMapping:
 
 async def test_concurrent_callers_share_one_token_fetch(mautic: Mautic) -> None:
     async with Recording() as transport:
-        c = MauticClient(
-            transport,
-            base_url=mautic.url,
-            client_id=DEFAULT_CLIENT_ID,
-            client_secret=DEFAULT_CLIENT_SECRET,
-        )
+        c = sandbox_client(transport, mautic)
         await asyncio.gather(*(c.ping() for _ in range(5)))
     assert len([r for r in transport.sent if r.url.path == "/oauth/v2/token"]) == 1
 
