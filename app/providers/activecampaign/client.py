@@ -104,6 +104,9 @@ IMPORTS_AT_ONCE = 2
 # What the mirror's refs claim of a contact on the strength of having made it: created by
 # us, our tags' associations, the span of its id (a bulk import's contacts).
 CLAIMS = ("created", "tags", "ids")
+# How long this client keeps what it learnt of the next contact id (`_bounds`): a batch uses
+# only what was learnt after it asked, so older entries serve nobody.
+BOUNDS_SECONDS = 300.0
 _patient: contextvars.ContextVar[bool] = contextvars.ContextVar("ac_patient", default=False)
 
 
@@ -280,7 +283,10 @@ class ActiveCampaignClient:
         self._held_cache: dict[str, tuple[float, dict[str, int] | None]] = {}
         self._held_max_pages = held_max_pages
         self._snapshot_locks: dict[str, asyncio.Lock] = {}
-        self._snapshots: dict[str, tuple[float, dict[str, int] | None, int]] = {}
+        self._snapshots: dict[str, tuple[float, dict[str, int] | None]] = {}
+        # (when, the next contact id at least from then on): from a read of the highest id or
+        # from an import's answer (`_first_new`).
+        self._bounds: list[tuple[float, int]] = []
         self._bulk_available = True
         self._import_turns = asyncio.Semaphore(IMPORTS_AT_ONCE)
 
@@ -1142,7 +1148,8 @@ class ActiveCampaignClient:
                     outcomes[key].error = exc
             # Read last before the import: its age is the window in which a bounce or an
             # unconfirmed signup could still be subscribed by it.
-            held, first_new = await self._snapshot(audience_id)
+            asked = time.monotonic()
+            held = await self._snapshot(audience_id)
             joining: set[str] = set()
             tagged: set[str] = set()
             for key, m, item in items:
@@ -1153,7 +1160,7 @@ class ActiveCampaignClient:
                     if m.tags and m.unseen:
                         item["tags"] = list(m.tags)
                         tagged.add(key)
-            failed, ids = await self._import([item for _, _, item in items])
+            failed, ids, made = await self._import([item for _, _, item in items], asked=asked)
         except BulkUnavailable:
             self._bulk_available = False
             token = _patient.set(False)
@@ -1173,10 +1180,10 @@ class ActiveCampaignClient:
                     ErrorKind.invalid_email, f"ActiveCampaign's import refused {item['email']}"
                 )
         if held is None:
-            await self._settle(audience_id, by_key, outcomes, ids, first_new)
+            await self._settle(audience_id, by_key, outcomes, ids, made)
         else:
             await self._settle_joined(
-                audience_id, by_key, outcomes, ids, first_new, joining=joining, tagged=tagged
+                audience_id, by_key, outcomes, ids, made, joining=joining, tagged=tagged
             )
         for key in again:
             # Unsubscribed since the snapshot (the import refuses the whole contact), or a
@@ -1188,19 +1195,37 @@ class ActiveCampaignClient:
                 outcomes[key].error = exc
         return [outcomes[k] for k in keys]
 
-    async def _snapshot(self, audience_id: str) -> tuple[dict[str, int] | None, int]:
-        """(`_held`, `_next_contact_id`) as read after this call began. A read another batch
-        started after we asked is as fresh as our own and serves us too: a backlog's groups
-        reach their imports together, and each read its own (P1: 120 of 490 requests)."""
+    async def _snapshot(self, audience_id: str) -> dict[str, int] | None:
+        """`_held` as read after this call began. A read another batch started after we asked
+        is as fresh as our own and serves us too: a backlog's groups reach their imports
+        together, and each read its own (P1: 120 of 490 requests)."""
         asked = time.monotonic()
         async with self._snapshot_locks.setdefault(audience_id, asyncio.Lock()):
             last = self._snapshots.get(audience_id)
             if last is not None and last[0] >= asked:
-                return last[1], last[2]
+                return last[1]
             started = time.monotonic()
-            held, first_new = await asyncio.gather(self._held(audience_id), self._next_contact_id())
-            self._snapshots[audience_id] = (started, held, first_new)
-            return held, first_new
+            held = await self._held(audience_id)
+            self._snapshots[audience_id] = (started, held)
+            return held
+
+    async def _first_new(self, asked: float) -> int:
+        """The id the next contact will be given at least, as known since `asked` (ids only
+        grow): contacts of our import's answer from it on were created by it.
+
+        Learnt from the answer of an import of ours sent after `asked` and completed before
+        ours is sent (its highest id: every contact it made is above every contact that
+        existed then, and ours come after it), else read (`_next_contact_id`). A backlog's
+        imports follow each other at the import rate, so the answer of one serves the next
+        ones: one read a batch was a tenth of P1's requests."""
+        now = time.monotonic()
+        self._bounds = [b for b in self._bounds if b[0] >= now - BOUNDS_SECONDS]
+        known = [bound for at, bound in self._bounds if at >= asked]
+        if known:
+            return max(known)
+        bound = await self._next_contact_id()
+        self._bounds.append((now, bound))
+        return bound
 
     async def _held(self, audience_id: str) -> dict[str, int] | None:
         """Our list's people at status 0, 2 or 3, by email key: those an import must never
@@ -1273,7 +1298,7 @@ class ActiveCampaignClient:
         by_key: dict[str, ContactPayload],
         outcomes: dict[str, BatchOutcome],
         ids: list[str],
-        first_new: int,
+        made: _Made,
         *,
         joining: set[str],
         tagged: set[str],
@@ -1282,11 +1307,9 @@ class ActiveCampaignClient:
         0, 2 or 3 by the snapshot, or not consenting) have their status read and the consent
         rules applied, as after a data import. The records of the people the import created
         are not read (`_created`): their ids stay unknown until needed (`_resolve`)."""
-        contacts, created_keys, span = await self._created(by_key, ids, first_new)
+        contacts, created_keys = await self._created(by_key, ids, made)
         rest = {k: m for k, m in by_key.items() if k not in joining}
-        existing = [
-            str(c["id"]) for k, c in contacts.items() if k in rest and _int(c["id"]) < first_new
-        ]
+        existing = [str(c["id"]) for k, c in contacts.items() if k in rest and c["id"] not in made]
         on_list = await self._on_list(audience_id, existing) if existing else {}
         for key, member in by_key.items():
             created = key in created_keys
@@ -1330,7 +1353,7 @@ class ActiveCampaignClient:
             if created:
                 refs["created"] = True
                 if contact is None:
-                    refs["ids"] = span  # where its id is: a contact found outside is not it
+                    refs["ids"] = made.span  # where its id is: one found outside is not it
             outcomes[key].state = self._member(
                 contact or {"id": "", "email": member.email_address},
                 status,
@@ -1340,22 +1363,20 @@ class ActiveCampaignClient:
             )
 
     async def _created(
-        self, by_key: dict[str, ContactPayload], ids: list[str], first_new: int
-    ) -> tuple[dict[str, dict[str, Any]], set[str], list[int]]:
-        """(records by email key, the keys of the people the import created, the span of
-        their ids). Ids only grow, so the import's ids from `first_new` on are the contacts it
-        created; when each person has one id, only the others' records are read (pages of
-        100) and the rest were created, their ids left unread: 2 reads a batch of 500 where
-        every record was 5. Otherwise (a lagging answer) every record is read."""
-        new = [_int(i) for i in ids if _int(i) >= first_new]
-        span = [first_new, max(new, default=first_new)]
-        old = [i for i in ids if _int(i) < first_new]
+        self, by_key: dict[str, ContactPayload], ids: list[str], made: _Made
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """(records by email key, the keys of the people the import created). Ids only grow,
+        so the import's ids from its `_first_new` on are the contacts it created (`made`);
+        when each person has one id, only the others' records are read (pages of 100) and the
+        rest were created, their ids left unread: 2 reads a batch of 500 where every record
+        was 5. Otherwise (a lagging answer) every record is read."""
+        old = [i for i in ids if i not in made]
         if len(set(ids)) == len(ids) == len(by_key):
             contacts = await self._records(old)
             if len(contacts) == len(old) and contacts.keys() <= by_key.keys():
-                return contacts, set(by_key) - contacts.keys(), span
+                return contacts, set(by_key) - contacts.keys()
         contacts = await self._records_of(by_key, ids)
-        return contacts, {k for k, c in contacts.items() if _int(c["id"]) >= first_new}, span
+        return contacts, {k for k, c in contacts.items() if c["id"] in made}
 
     async def _records_of(
         self, by_key: dict[str, ContactPayload], ids: list[str]
@@ -1396,29 +1417,46 @@ class ActiveCampaignClient:
             item["fields"] = [{"id": int(v["field"]), "value": v["value"]} for v in values]
         return item
 
-    async def _import(self, items: list[dict[str, Any]]) -> tuple[set[str], list[str]]:
+    async def _import(
+        self, items: list[dict[str, Any]], *, asked: float | None = None
+    ) -> tuple[set[str], list[str], _Made]:
         """Import `items` in requests of ≤ 250 contacts and ≤ 400,000 bytes, each polled to
-        completion; (the addresses refused, lower case; the ids of the contacts imported)."""
+        completion; (the addresses refused, lower case; the ids of the contacts imported;
+        which of them the imports created, as known since `asked`: none without it)."""
         failed: set[str] = set()
         done: list[str] = []
+        new: set[str] = set()
+        bounds: list[int] = []
         # Side by side: one import's polling waits are another's requests.
         results = await asyncio.gather(
-            *map(self._import_chunk, _chunks(items)), return_exceptions=True
+            *(self._import_chunk(c, asked) for c in _chunks(items)), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # each chunk ran to its end: none is left half-watched
             failed |= result[0]
             done += result[1]
-        return failed, done
+            if result[2] is not None:
+                new.update(i for i in result[1] if _int(i) >= result[2])
+                bounds.append(result[2])
+        if not bounds:
+            return failed, done, _Made(frozenset(), above=_NEVER, low=_NEVER)
+        return failed, done, _Made(frozenset(new), above=max(bounds), low=min(bounds))
 
-    async def _import_chunk(self, chunk: list[dict[str, Any]]) -> tuple[set[str], list[str]]:
+    async def _import_chunk(
+        self, chunk: list[dict[str, Any]], asked: float | None
+    ) -> tuple[set[str], list[str], int | None]:
+        """(refused, ids, the chunk's `_first_new`: None without `asked`)."""
         refused: set[str] = set()
         while chunk:
             op = OP_BULK_SINGLE if len(chunk) == 1 else OP_BULK_MULTI
             body = {"contacts": chunk, "exclude_automations": False}
             try:
                 async with self._import_turns:
+                    # In its turn, just before it is sent: the answers of the imports before
+                    # it are in by then.
+                    first_new = await self._first_new(asked) if asked is not None else None
+                    sent = time.monotonic()
                     _, answer = await self._request("POST", "/import/bulk_import", op=op, json=body)
             except BulkRefused as exc:
                 # Refused as a whole for some contacts (by index): the rest go again.
@@ -1435,8 +1473,12 @@ class ActiveCampaignClient:
             if not batch:
                 raise TransientError("ActiveCampaign queued an import without a batchId")
             failed, ids = await self._wait(batch)
-            return refused | failed, ids
-        return refused, []
+            if first_new is not None and any(_int(i) >= first_new for i in ids):
+                # It made contacts: every contact that existed when it made its last one is
+                # below its highest id, and an import sent from now on comes after it.
+                self._bounds.append((sent, max(_int(i) for i in ids) + 1))
+            return refused | failed, ids, first_new
+        return refused, [], None
 
     async def _wait(self, batch: str) -> tuple[set[str], list[str]]:
         waited = 0.0
@@ -1493,13 +1535,13 @@ class ActiveCampaignClient:
         by_key: dict[str, ContactPayload],
         outcomes: dict[str, BatchOutcome],
         ids: list[str],
-        first_new: int,
+        made: _Made,
     ) -> None:
         """After the data import: read the imported records and our list's statuses (pages of
         100), then apply the consent rules person by person."""
         contacts = await self._records_of(by_key, ids)
         # A contact our import created is on no list: only the others' statuses are read.
-        existing = [str(c["id"]) for k, c in contacts.items() if _int(c["id"]) < first_new]
+        existing = [str(c["id"]) for c in contacts.values() if c["id"] not in made]
         on_list = await self._on_list(audience_id, existing)
         subscribe: list[str] = []
         for key, member in by_key.items():
@@ -1510,7 +1552,7 @@ class ActiveCampaignClient:
                 )
                 continue
             cid = str(contact["id"])
-            created = _int(cid) >= first_new
+            created = cid in made
             current = on_list.get(cid)
             if current is None and self._wants(member):
                 subscribe.append(key)
@@ -1529,7 +1571,7 @@ class ActiveCampaignClient:
                 contact, status, email=member.email_address, created=created, refs=refs
             )
         if subscribe:
-            await self._subscribe(audience_id, subscribe, by_key, contacts, outcomes, first_new)
+            await self._subscribe(audience_id, subscribe, by_key, contacts, outcomes, made)
 
     async def _subscribe(
         self,
@@ -1538,7 +1580,7 @@ class ActiveCampaignClient:
         by_key: dict[str, ContactPayload],
         contacts: dict[str, dict[str, Any]],
         outcomes: dict[str, BatchOutcome],
-        first_new: int,
+        made: _Made,
     ) -> None:
         """Put consenting people who are on no status of our list on it. Nobody here can be
         re-subscribed, so an import may do it (fewer than the docs' minimum go one by one);
@@ -1554,11 +1596,11 @@ class ActiveCampaignClient:
                     "email": by_key[k].email_address,
                     "subscribe": [{"listid": listid}],
                 }
-                if by_key[k].tags and _int(contacts[k]["id"]) >= first_new:
+                if by_key[k].tags and contacts[k]["id"] in made:
                     item["tags"] = list(by_key[k].tags)
                     tagged.add(k)
                 items.append(item)
-            refused, _ = await self._import(items)
+            refused, _, _ = await self._import(items)
         else:
             for k in keys:
                 await self._set_status(str(contacts[k]["id"]), audience_id, ACTIVE)
@@ -1569,7 +1611,7 @@ class ActiveCampaignClient:
                     ErrorKind.compliance, "ActiveCampaign's import refused the subscription"
                 )
                 continue
-            created = _int(contact["id"]) >= first_new
+            created = contact["id"] in made
             refs: dict[str, Any] = {"list": audience_id}
             if created:
                 refs["created"] = True
@@ -1578,6 +1620,28 @@ class ActiveCampaignClient:
             outcomes[k].state = self._member(
                 contact, ACTIVE, email=member.email_address, created=created, refs=refs
             )
+
+
+_NEVER = 1 << 62  # above any contact id: nothing counts as made
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Made:
+    """Which contact ids a backlog's imports created: those of their answers from each
+    import's `_first_new` on (`new`), and any id from the highest of those on (`above`: a
+    contact missing from a lagging answer)."""
+
+    new: frozenset[str]
+    above: int
+    low: int
+
+    def __contains__(self, contact_id: object) -> bool:
+        return str(contact_id) in self.new or _int(contact_id) >= self.above
+
+    @property
+    def span(self) -> list[int]:
+        """Where the ids of the contacts they created are (`_is_ours`)."""
+        return [self.low, max((_int(i) for i in self.new), default=self.low)]
 
 
 def _is_ours(remote: RemoteRef, contact_id: str) -> bool:

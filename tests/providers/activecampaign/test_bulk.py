@@ -493,3 +493,112 @@ class TestLazyIds:
         # least two (the first starts its read before the others ask), fewer than one a batch.
         assert 1 < read.count((0, 3)) < 6
         assert len(await ac.dump()) == 72
+
+
+def count_highest_id_reads(client: ActiveCampaignClient, monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every read of the account's highest contact id (`_next_contact_id`), as it is made."""
+    reads: list[int] = []
+    read = client._next_contact_id
+
+    async def spy() -> int:
+        reads.append(1)
+        return await read()
+
+    monkeypatch.setattr(client, "_next_contact_id", spy)
+    return reads
+
+
+# The import's answer is polled: under every setting of the `false` answer it gives early.
+ANSWER_KNOBS = [
+    {},
+    {"import_info_false_seconds": 0.2, "import_info_false_form": "false"},
+    {"import_info_false_seconds": 0.2, "import_info_false_form": "status_false"},
+]
+
+
+@pytest.mark.parametrize(
+    "knobs", ANSWER_KNOBS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults"
+)
+class TestNextIdFromAnswers:
+    """Which contacts an import created is told by the next contact id before it; an import
+    of ours sent after a batch asked, and answered before the batch's import is sent, tells
+    it (its highest id), so that batch reads no highest id of its own."""
+
+    @staticmethod
+    def parked(client: ActiveCampaignClient, monkeypatch: pytest.MonkeyPatch) -> tuple:
+        """The first batch to take its snapshot waits there until `go` is set."""
+        import asyncio
+
+        asked, go = asyncio.Event(), asyncio.Event()
+        snapshot = client._snapshot
+
+        async def spy(audience_id: str) -> Any:
+            held = await snapshot(audience_id)
+            if not asked.is_set():
+                asked.set()
+                await go.wait()
+            return held
+
+        monkeypatch.setattr(client, "_snapshot", spy)
+        return asked, go
+
+    async def test_an_answer_sent_after_a_batch_asked_tells_it_the_next_id(
+        self,
+        ac: Ac,
+        client: ActiveCampaignClient,
+        monkeypatch: pytest.MonkeyPatch,
+        knobs: dict[str, Any],
+    ) -> None:
+        import asyncio
+
+        await ac.configure(**knobs)
+        await ac.act("signup", "known@example.com")  # existed before either batch
+        reads = count_highest_id_reads(client, monkeypatch)
+        asked, go = self.parked(client, monkeypatch)
+        later = [payload(f"b{i}@example.com", tags=["vip"]) for i in range(260)]  # two imports
+        later += [payload(e, tags=["vip"]) for e in ("known@example.com", "late@example.com")]
+        waiting = asyncio.create_task(client.batch_upsert(LIST, later))
+        await asked.wait()
+        # Made by someone else after the batch asked, before the other batch's import: below
+        # that import's ids, so not taken for ours.
+        await ac.act("signup", "late@example.com")
+        first = await client.batch_upsert(LIST, people(12, prefix="a"))
+        assert all(o.state is not None and o.state.created for o in first)
+        go.set()
+        outcomes = {o.email_key: o for o in await waiting}
+        assert len(reads) == 1  # the first batch's only
+        for key in ("known@example.com", "late@example.com"):
+            state = outcomes[key].state
+            person = await ac.person(key)
+            assert state is not None and person is not None
+            assert not state.created and state.remote_id == str(person["id"])
+            assert not state.refs.get("tags")  # the tag went in the import: not claimed
+        ids = sorted(int(p["id"]) for p in await ac.dump() if p["email"].startswith("b"))
+        for i in range(260):
+            state = outcomes[f"b{i}@example.com"].state
+            assert state is not None and state.created and state.remote_id == ""
+            assert state.refs["tags"] == {"vip": None}
+            lo, hi = state.refs["ids"]
+            assert lo <= ids[0] and hi == ids[-1]
+        assert len(ids) == 260
+
+    async def test_an_answer_from_before_a_batch_asked_is_not_trusted(
+        self,
+        ac: Ac,
+        client: ActiveCampaignClient,
+        monkeypatch: pytest.MonkeyPatch,
+        knobs: dict[str, Any],
+    ) -> None:
+        await ac.configure(**knobs)
+        reads = count_highest_id_reads(client, monkeypatch)
+        await client.batch_upsert(LIST, people(12, prefix="a"))
+        # Made by someone else after that import was answered, before the next batch asked:
+        # above that import's ids, so its answer would take this contact for ours.
+        await ac.act("signup", "late@example.com")
+        batch = [payload(f"b{i}@example.com", tags=["vip"]) for i in range(11)]
+        batch.append(payload("late@example.com", tags=["vip"]))
+        outcomes = {o.email_key: o for o in await client.batch_upsert(LIST, batch)}
+        late = outcomes["late@example.com"].state
+        assert late is not None and not late.created and not late.refs.get("tags")
+        assert len(reads) == 2  # each batch read its own
+        assert all(outcomes[f"b{i}@example.com"].state.created for i in range(11))  # type: ignore[union-attr]
