@@ -73,6 +73,7 @@ async def on_startup(app: FastAPI, rt: Runtime) -> None:
     from app.connections.service import ensure_configured_connection, reregister_webhooks
     from app.db import session_scope
     from app.providers.transport import build_transport
+    from app.sync.outbox import CommitNotifier
     from app.sync.runner import start_in_process
 
     rt.extras.setdefault("transport", build_transport())
@@ -92,6 +93,10 @@ async def on_startup(app: FastAPI, rt: Runtime) -> None:
             reregister_webhooks(rt.sessionmaker, rt.settings, rt.extras["transport"], moved),
             name="sandbox-webhooks",
         )
+    # The NOTIFY of the service's writes, sent after their commits (app.sync.outbox).
+    notifier = CommitNotifier(rt.engine.url.render_as_string(hide_password=False))
+    notifier.start()
+    rt.extras["notifier"] = notifier
     if rt.settings.WORKER_IN_PROCESS:
         await start_in_process(rt)
     banner = getattr(app.state, "banner", None)
@@ -113,6 +118,9 @@ async def on_shutdown(app: FastAPI, rt: Runtime) -> None:
     for result in results:
         if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
             log.warning("service.task_failed_on_shutdown", error=repr(result))
+    notifier = rt.extras.pop("notifier", None)
+    if notifier is not None:
+        await notifier.aclose()
     limits = rt.extras.pop("limits", None)
     if limits is not None:
         from app.connections import limits as client_limits

@@ -30,7 +30,7 @@ from app.contacts.models import Contact, ContactChange
 from app.emailkey import email_key
 from app.providers.mapping import AudienceRule, rule_sql
 from app.sync.models import SyncQueue, SyncState
-from app.sync.outbox import ENQUEUE_CTES, enqueue_params
+from app.sync.outbox import ENQUEUE_CTES, announce, enqueue_params
 
 contacts = cast(Table, Contact.__table__)
 changes = cast(Table, ContactChange.__table__)
@@ -275,7 +275,10 @@ class ContactRepository:
             sync_key=sync_key,
         )
         lines = list((await self.session.execute(_RECORD_CHANGE, params)).mappings())
-        return lines, int(lines[0]["queued_rows"]) if lines else 0
+        if not lines:
+            return lines, 0
+        announce(self.session, params, int(lines[0]["notified"]))
+        return lines, int(lines[0]["queued_rows"])
 
     async def erase_history(self, owner_id: str, contact_id: uuid.UUID) -> None:
         """GDPR: the audit keeps that changes happened, never what the person's data was."""

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import text
+import asyncpg
+import structlog
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
 
+from app.db import to_libpq_url
 from app.emailkey import email_key as email_key  # the queue and mirror key (re-exported)
 from app.sync.models import PRIORITY_LIVE
+
+log = structlog.get_logger(__name__)
 
 NOTIFY_CHANNEL = "sync_queue"
 
@@ -101,10 +109,15 @@ _API_ROWS = """
 # 909 buffers), a cost without bound (P6 itself did not separate it from other costs; see
 # docs/benchmarks.md). Looking up only the rows this write touches (by their full key,
 # below) costs the same whatever the queue's history.
+#
+# `notified` holds a row whenever a worker must hear of the write; the NOTIFY itself is sent
+# in the transaction only when `defer_notify` is false. In the service it is true: the
+# process's CommitNotifier sends it after the commit (see there), and `announce` marks the
+# session so that its commit signals the notifier.
 ENQUEUE_CTES = f"""
     queued AS ({queue_upsert(_API_ROWS)}),
     notified AS (
-        SELECT pg_notify(:channel, '')
+        SELECT CASE WHEN :defer_notify THEN NULL ELSE pg_notify(:channel, '') END
         WHERE EXISTS (
             SELECT FROM queued
             WHERE queued.inserted OR NOT EXISTS (
@@ -175,8 +188,9 @@ async def enqueue(
     params["skip_mapping"] = str(skip_mapping) if skip_mapping else None
     if not params["keys"]:
         return 0
-    result = await session.execute(_ENQUEUE, params)
-    return int(result.scalar_one())
+    row = (await session.execute(_ENQUEUE, params)).one()
+    announce(session, params, int(row.notified))
+    return int(row.n)
 
 
 def enqueue_params(
@@ -196,5 +210,130 @@ def enqueue_params(
         "forget": forget,
         "hold": _coalesce["seconds"],
         "channel": NOTIFY_CHANNEL,
+        "defer_notify": _notifier["current"] is not None,
         "skip_mapping": None,
     }
+
+
+# --- the NOTIFY after commit -------------------------------------------------------------------
+#
+# PostgreSQL serialises the commits of every transaction that NOTIFYs: it takes a lock of the
+# whole database at commit and holds it through the WAL flush. With every POST of an owner
+# with connections notifying, the service's commits queued behind one another on it (P6,
+# 3 December: 0.2-0.7 backends waiting on `Lock: object` at COMMIT; 32 writers on asyncpg,
+# 390-440 commits/s with the NOTIFY, 540-690 without). So the service's writes leave the
+# NOTIFY to one task per process: a commit that queued something new signals it, and it sends
+# one NOTIFY, in a transaction of its own, for every signal since its last. No wake-up is
+# lost: the signal is cleared before the NOTIFY is sent, so a commit that signalled before the
+# clear is visible by the time a worker hears that NOTIFY, and one that signals after it
+# leaves the signal set for another. What a lost NOTIFY would cost (the notifier's
+# connection down, the process killed between a commit and its NOTIFY) is a wait for the
+# worker's poll (SYNC_POLL_INTERVAL_SECONDS), never a change: the rows are committed.
+
+_WAKE_AT_COMMIT = "sync_queue.wake_at_commit"
+_notifier: dict[str, CommitNotifier | None] = {"current": None}
+
+
+def announce(session: AsyncSession, params: dict[str, Any], notified: int) -> None:
+    """Mark the session's commit to wake the workers when its statement left the NOTIFY to
+    the notifier (`notified`: the rows of the statement's `notified` CTE)."""
+    if notified and params.get("defer_notify"):
+        session.info[_WAKE_AT_COMMIT] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_WAKE_AT_COMMIT, False):
+        notifier = _notifier["current"]
+        if notifier is not None:
+            notifier.wake()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_WAKE_AT_COMMIT, None)
+
+
+class CommitNotifier:
+    """One task and one connection sending the NOTIFY of this process's committed writes."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = to_libpq_url(database_url)
+        self._due = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._signals = 0  # wake() calls so far
+        self._covered = 0  # of those, the ones a sent NOTIFY followed
+        self._progress = asyncio.Event()  # set after every NOTIFY sent
+        self.sent = 0  # NOTIFYs sent (one may stand for many commits)
+
+    def wake(self) -> None:
+        """Ask for a NOTIFY (after a commit that queued something new)."""
+        self._signals += 1
+        self._due.set()
+
+    def start(self) -> None:
+        """Run the sending task and let this process's writes leave their NOTIFY to it."""
+        self._task = asyncio.create_task(self._run(), name="sync-notifier")
+        _notifier["current"] = self
+
+    async def aclose(self) -> None:
+        """Stop taking signals, send the one still due, then close."""
+        if _notifier["current"] is self:
+            _notifier["current"] = None
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout=2.0)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def flush(self) -> None:
+        """Return once every signal given before the call was followed by a sent NOTIFY."""
+        target = self._signals
+        while self._covered < target:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            conn: asyncpg.Connection | None = None
+            connected = False
+            try:
+                # The NOTIFY's own commit need not wait for the WAL flush: it writes nothing
+                # a crash could lose but the wake-up itself, which the poll stands in for.
+                conn = await asyncpg.connect(
+                    self._url,
+                    server_settings={
+                        "application_name": "audience-sync-notifier",
+                        "synchronous_commit": "off",
+                    },
+                )
+                connected = True
+                delay = 0.5
+                while True:
+                    await self._due.wait()
+                    self._due.clear()
+                    covers = self._signals  # read with the clear: no wake() in between
+                    try:
+                        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+                    except BaseException:
+                        self._due.set()  # not sent: the next connection sends it
+                        raise
+                    self.sent += 1
+                    self._covered = covers
+                    self._progress.set()
+            except Exception as exc:
+                # Whatever failed, the task goes on: a dead notifier would leave every
+                # write of the process to the poll. A connection that dropped while idle is
+                # replaced at once; one that cannot be opened is retried with a back-off.
+                log.warning("sync.notifier_failed", error=repr(exc))
+                if not connected:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)

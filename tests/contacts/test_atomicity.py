@@ -229,6 +229,11 @@ class TestFailureInPythonAfterTheInsert:
         assert await snapshot(runtime) == {"contacts": [], "contact_changes": [], "sync_queue": []}
 
 
+async def settled(runtime: Runtime) -> None:
+    """Every NOTIFY the service's writes asked for so far has been sent."""
+    await runtime.extras["notifier"].flush()
+
+
 class TestNotify:
     async def test_a_rolled_back_write_wakes_no_worker(
         self,
@@ -253,6 +258,7 @@ class TestNotify:
                     "/api/contacts", json={"email": "a@example.com"}, headers=auth()
                 )
             assert failed.status_code == 500
+            await settled(runtime)  # a NOTIFY it asked for is sent, not merged with the next
             await create(client500, auth, "b@example.com")
             # Notifications arrive in commit order: once the successful write's is here,
             # one from the failed write would have arrived before it.
@@ -281,11 +287,15 @@ class TestNotify:
         try:
             await listener.add_listener("sync_queue", on_notify)
             contact = await create(client500, auth, "hot@example.com")  # new row: wake
+            await settled(runtime)
             url = f"/api/contacts/{contact['id']}"
 
             async def touch(n: int) -> None:
                 response = await client500.patch(url, json={"city": f"c{n}"}, headers=auth())
                 assert response.status_code == 200
+                # The NOTIFY goes after the commit, from the service's notifier: each write's
+                # is sent before the next, so none stands for two.
+                await settled(runtime)
 
             await touch(1)  # the row is already waiting: no NOTIFY
             await fetch(runtime, "UPDATE sync_queue SET state = 'parked' RETURNING 1")
