@@ -105,13 +105,19 @@ def resolve_database_url(settings: Settings) -> str:
     return url
 
 
-def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
-    """An asyncpg engine with the pool and settings the service expects."""
+def create_engine(
+    url: str, *, pool_size: int = 10, pre_ping: bool = True, **kwargs: Any
+) -> AsyncEngine:
+    """An asyncpg engine with the pool and settings the service expects.
+
+    `pre_ping`: test each pooled connection with a round trip before lending it (a request
+    must not fail on a connection the database dropped while it sat in the pool).
+    """
     return create_async_engine(
         to_async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args={"server_settings": {"application_name": "audience-sync"}},
         **kwargs,
     )

@@ -26,12 +26,15 @@ class Runtime:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-async def start_runtime(settings: Settings, *, migrate: bool | None = None) -> Runtime:
-    """Open the database (embedded when DATABASE_URL is unset) and migrate when asked."""
+async def start_runtime(
+    settings: Settings, *, migrate: bool | None = None, pre_ping: bool = True
+) -> Runtime:
+    """Open the database (embedded when DATABASE_URL is unset) and migrate when asked
+    (`pre_ping`: see app.db.create_engine)."""
     url = await asyncio.to_thread(resolve_database_url, settings)
     if settings.AUTO_MIGRATE if migrate is None else migrate:
         await asyncio.to_thread(upgrade_head, url)
-    engine = create_engine(url, pool_size=settings.DB_POOL_SIZE)
+    engine = create_engine(url, pool_size=settings.DB_POOL_SIZE, pre_ping=pre_ping)
     return Runtime(
         settings=settings,
         engine=engine,

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from app.config import Settings
 from app.connections.notices import PARKED_NOTICE
@@ -435,3 +436,36 @@ async def test_a_crash_mid_group_resends_only_its_unfinished_step(
         finally:
             await db.dispose()
     await assert_mirrors_database(runtime, sandbox, OWNER, exact_tags=True)
+
+
+async def test_a_worker_without_pre_ping_resumes_after_the_database_cut_its_connections(
+    runtime: Runtime,
+    settings: Settings,
+    sync_settings: Settings,
+    sandbox: Sandbox,
+    connection: dict[str, Any],
+) -> None:
+    """The worker's pool lends connections without a ping (app.sync.runner): after the
+    database cut them all, a step fails on a dead one and the loop goes on, the changes of
+    after the cut are sent."""
+    assert settings.DATABASE_URL
+    disconnects: list[bool] = []
+    async with database_proxy(settings.DATABASE_URL) as proxy:
+        db = create_engine(
+            proxy.url_for(settings.DATABASE_URL), pool_size=2, pool_timeout=2, pre_ping=False
+        )
+        event.listen(
+            db.sync_engine, "handle_error", lambda ctx: disconnects.append(ctx.is_disconnect)
+        )
+        try:
+            async with running(SyncEngine(db, sync_settings)):
+                await seed_contacts(runtime, connection["id"], 3, prefix="before")
+                await wait_for(lambda: queue_empty(runtime), within=30)
+                await proxy.stop()  # every pooled connection of the worker is cut
+                await proxy.start()
+                await seed_contacts(runtime, connection["id"], 3, prefix="after")
+                await wait_for(lambda: queue_empty(runtime), within=60)
+        finally:
+            await db.dispose()
+    assert True in disconnects  # the cut reached the worker's pool: a step met a dead connection
+    await assert_mirrors_database(runtime, sandbox, OWNER)
