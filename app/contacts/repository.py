@@ -36,8 +36,9 @@ contacts = cast(Table, Contact.__table__)
 changes = cast(Table, ContactChange.__table__)
 
 # The tail of every write (DESIGN §4 steps 2-4) as one statement: the audit row, the queue
-# upsert for each connection with an audience, its NOTIFY (see app.sync.outbox), and the
-# contact's sync line per connection for the response. A data-modifying CTE always runs to
+# upsert for each connection with an audience, its NOTIFY (or, in the service, the cue for
+# its notifier to send one after the commit: see app.sync.outbox), and the contact's sync
+# line per connection for the response. A data-modifying CTE always runs to
 # completion, whether or not the final SELECT reads it; `notified` is read (so it runs) only
 # when the owner has connections, which is the only case where anything was queued.
 # The mirror row is a LATERAL subquery kept apart by OFFSET 0, so it is planned bound to its
@@ -258,7 +259,7 @@ class ContactRepository:
         forget: bool = False,
         sync_key: str | None = None,
     ) -> tuple[list[Row], int]:
-        """The audit row, the outbox rows (then NOTIFY) and the sync lines, in one round trip.
+        """The audit row, the outbox rows (and their NOTIFY) and the sync lines, in one round trip.
 
         Returns one row per connection of the owner with its queue and mirror state for
         `sync_key` (the contact's current email key), and the number of queue rows written.
