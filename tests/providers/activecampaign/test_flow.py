@@ -182,7 +182,7 @@ class TestFlow:
         async def opted_out() -> bool:
             return (await service.get(ada["id"]))["newsletter_opt_in"] is False
 
-        await wait_for(opted_out, within=10)
+        await wait_for(opted_out, within=30)
         await service.patch(ada["id"], first_name="Ada C.")
         await drain(runtime, service.settings)
         await service.patch(ada["id"], newsletter_opt_in=True)
@@ -199,7 +199,7 @@ class TestFlow:
         async def bounced() -> bool:
             return (await service.get(bob["id"]))["email_status"] == "bounced"
 
-        await wait_for(bounced, within=10)
+        await wait_for(bounced, within=30)
         await service.patch(bob["id"], first_name="Robert")
         await drain(runtime, service.settings)
         p = await person(ac, "bob@example.com")
@@ -225,7 +225,7 @@ class TestFlow:
             rows = await fetch(runtime, "SELECT kind, referral FROM contacts")
             return bool(rows) and rows[0]["kind"] == "lead"
 
-        await wait_for(lead, within=10)
+        await wait_for(lead, within=30)
         rows = await fetch(runtime, "SELECT referral, first_name FROM contacts")
         assert rows[0]["referral"] == "activecampaign" and rows[0]["first_name"] == "Nia"
 
@@ -259,7 +259,7 @@ class TestFlow:
             )
             return bool(rows)
 
-        await wait_for(processed, within=10)
+        await wait_for(processed, within=30)
         [event] = await fetch(
             runtime, "SELECT outcome FROM webhook_events WHERE event_type = 'unsubscribe'"
         )
@@ -338,7 +338,7 @@ class TestFlow:
         async def opted_out() -> bool:
             return (await service.get(made[3]["id"]))["newsletter_opt_in"] is False
 
-        await wait_for(opted_out, within=10)
+        await wait_for(opted_out, within=30)
         assert len(await ac.dump()) == 59
 
     async def test_the_pull_gives_imported_rows_their_ids_so_an_email_change_there_follows(
@@ -369,7 +369,7 @@ class TestFlow:
         async def moved() -> bool:
             return (await service.get(made[0]["id"]))["email"] == "moved@example.com"
 
-        await wait_for(moved, within=10)
+        await wait_for(moved, within=30)
         await drain(runtime, service.settings)
         assert await ac.person("im0@example.com") is None  # no second contact for the old address
         assert len(await ac.dump()) == 60
@@ -454,7 +454,7 @@ async def test_an_unsubscribe_at_activecampaign_reaches_mailchimp_too(
         async def opted_out() -> bool:
             return (await service.get(ada["id"]))["newsletter_opt_in"] is False
 
-        await wait_for(opted_out, within=10)
+        await wait_for(opted_out, within=30)
         await drain(runtime, service.settings)
         assert await mc_status() == "unsubscribed"
         p = await person(ac, "ada@example.com")
