@@ -372,6 +372,11 @@ class Limits:
     # batch: at the account's gate they go ahead of new bulk requests, since the rows they
     # complete are held until they land (Mautic's segment add after a batch).
     first_ops: frozenset[str] = frozenset()
+    # Ops that only learn the outcome of work the provider already holds (Constant Contact's
+    # activity status reads): every tenant's go as one shared tenant of a shared rate, never
+    # in the turn of a tenant whose new work waits (nothing reaches the provider sooner
+    # for them).
+    background_ops: frozenset[str] = frozenset()
 
 
 Reoptin = Literal["double_opt_in", "resubscribe_email", "none"]
@@ -394,7 +399,10 @@ class Capabilities:
       per audience member;
     - `inbound`: `webhook` (events arrive; the pull catches what they miss), `pull` (no
       webhooks exist: only the scheduled pull brings changes back);
-    - `webhook_signature`: deliveries carry a signature the adapter verifies.
+    - `webhook_signature`: deliveries carry a signature the adapter verifies;
+    - `joins_creates`: the client joins a connection's live creates waiting at once into one
+      request (Constant Contact: one import per turn of a shared application rate), so the
+      engine keeps each such connection's live rows on one worker.
     """
 
     batch_size: int = 0
@@ -404,6 +412,7 @@ class Capabilities:
     shared_tags: bool = False
     inbound: Literal["webhook", "pull"] = "pull"
     webhook_signature: bool = False
+    joins_creates: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +448,7 @@ class RequestLimiter(Protocol):
 
 async def send(
     transport: httpx.AsyncBaseTransport,
-    request: httpx.Request,
+    request: httpx.Request | Callable[[], httpx.Request],
     *,
     provider: str,
     op: str,
@@ -454,11 +463,15 @@ async def send(
     outcomes are counted per provider and `op`. The caller counts the answer: `answered_ok`,
     or `refused` with the error its status means. `authorize` sets the request's credentials
     once the slot is ours: a token taken before a wait for the shared rate could expire in it.
+    `request` may be a builder, called once the slot (and the rate's token) is held: a body that
+    joins whatever waits by then (Constant Contact's waiting creates as one import).
     """
     slot = limiter.slot(op) if limiter is not None else contextlib.nullcontext()
     start = time.perf_counter()
     try:
         async with slot:
+            if callable(request):
+                request = request()
             if authorize is not None:
                 await authorize(request)
             response = await transport.handle_async_request(request)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import random
 import time
 import uuid
@@ -109,6 +110,9 @@ MAINTENANCE_TICK = 0.5  # the maintenance loop's finest step
 # paused them, or a worker that died): its own pauses and the probes it has scheduled wake it
 # at their time. Looking twice a second cost a transaction each time for nothing, mostly.
 PROBE_SWEEP_SECONDS = 5.0
+# How long a worker keeps its view of which worker takes which joining connection's live rows
+# (one small query per refresh).
+AFFINITY_SECONDS = 1.0
 # The priority of the group a request belongs to: the gate and the rate limits read it.
 _priority = request_priority
 
@@ -309,6 +313,10 @@ class SyncEngine:
         # of. The next claim gives back every lease of ours no group holds first.
         self._claim_unheard = False
         self._probe_soon = asyncio.Event()  # this worker paused a connection: look now
+        # Live rows of joining connections assigned to other workers (see _live_elsewhere),
+        # and when that view was read.
+        self._elsewhere: list[uuid.UUID] = []
+        self._elsewhere_at = -math.inf
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -470,6 +478,7 @@ class SyncEngine:
             if n:
                 log.info("sync.unheard_claim_released", rows=n)
         try:
+            skip_live = await self._live_elsewhere()
             async with self.db.begin() as conn:
                 repo = QueueRepository(conn)
                 # Live changes first, even for an account busy with bulk work (DESIGN §6.5).
@@ -479,6 +488,7 @@ class SyncEngine:
                     lease_seconds=self.options.lease_seconds,
                     skip_accounts=sorted(blocked | swamped),
                     max_priority=PRIORITY_LIVE,
+                    skip_live=skip_live,
                 )
                 if not claimed:
                     # Live rows claimed go first, on their own: claiming the backlog's rows
@@ -493,6 +503,7 @@ class SyncEngine:
                         # its claim takes live rows too
                         skip_accounts=sorted(blocked | full | swamped),
                         max_priority=PRIORITY_BULK,
+                        skip_live=skip_live,
                     )
         except Exception:
             self._claim_unheard = True
@@ -536,6 +547,28 @@ class SyncEngine:
                 self._groups.add(task)
                 task.add_done_callback(self._group_done)
         return True
+
+    async def _live_elsewhere(self) -> list[uuid.UUID]:
+        """The connections whose live rows this worker leaves to another: those of providers
+        that join waiting creates into one request (`joins_creates`), dealt out in turn over
+        the workers holding leases (dead local ones left out) and this one. Creates of one
+        tenant split over workers would wait for one turn each; all of them on one worker
+        (the first to claim) put every tenant behind that worker's stalls. Every worker that
+        holds leases sees the same deal, so each connection's live rows have a taker."""
+        joining = [p.id for p in registry.all_providers() if p.spec.capabilities.joins_creates]
+        if not joining:
+            return []
+        now = time.monotonic()
+        if now - self._elsewhere_at < AFFINITY_SECONDS:
+            return self._elsewhere
+        async with self.db.connect() as conn:
+            holders, connections = await QueueRepository(conn).join_affinity(joining)
+        workers = sorted({h for h in holders if not is_dead_local(h)} | {self.me})
+        self._elsewhere = [
+            c for i, c in enumerate(sorted(connections)) if workers[i % len(workers)] != self.me
+        ]
+        self._elsewhere_at = now
+        return self._elsewhere
 
     async def _chain(self, chain: list[tuple[ConnectionContext, list[Claimed], int]]) -> None:
         for ctx, rows, priority in chain:
@@ -667,7 +700,10 @@ class SyncEngine:
                 sandbox=provider.connect.sandbox(self.settings),
                 dc=row["dc"],
                 limiter=ConnectionLimits(
-                    self.limits if binding is not None else None, binding, gate=gate.slot
+                    self.limits if binding is not None else None,
+                    binding,
+                    gate=gate.slot,
+                    background=provider.spec.limits.background_ops,
                 ),
                 # Expiring tokens are renewed by one process per connection (DESIGN §14.4).
                 tokens=token_source(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import math
 import time
 import uuid
@@ -58,6 +59,8 @@ log = structlog.get_logger(__name__)
 # One deployment is one application at a provider (one OAuth client): every connection of a
 # provider shares its application scope, in the workers and the API alike.
 APPLICATION = "app"
+# The tenant every connection's background requests (a provider's `background_ops`) share.
+BACKGROUND_TENANT = "background"
 
 # The priority of the work a request belongs to; the engine sets it per group of rows.
 request_priority: contextvars.ContextVar[int] = contextvars.ContextVar(
@@ -1026,15 +1029,24 @@ class ConnectionLimits:
     limiter: Limiter | None
     binding: Binding | None
     gate: Callable[[str | None], contextlib.AbstractAsyncContextManager[None]] | None = None
+    # The provider's `background_ops`: requests that only read the outcome of work the
+    # provider already holds. They go as one shared tenant of their own (BACKGROUND_TENANT),
+    # so every tenant's such reads together take one tenant's turns of a shared rate, never
+    # the turn of a tenant whose new work waits; and, unlike bulk work, are not starved by
+    # live work (their rows stay held until they are read).
+    background: frozenset[str] = frozenset()
 
     @contextlib.asynccontextmanager
     async def slot(self, op: str | None = None) -> AsyncIterator[None]:
         """Held for one request on the wire (`op`: its endpoint rate, if any); the token is
         taken with the slot already held, so it is spent the moment it is due, and handed
         back when the answer is read."""
+        binding = self.binding
+        if binding is not None and op is not None and op in self.background:
+            binding = dataclasses.replace(binding, tenant=BACKGROUND_TENANT)
         async with self.gate(op) if self.gate is not None else contextlib.nullcontext():
-            if self.limiter is not None and self.binding is not None:
-                async with self.limiter.request(self.binding, endpoint=op):
+            if self.limiter is not None and binding is not None:
+                async with self.limiter.request(binding, endpoint=op):
                     yield
             else:
                 yield

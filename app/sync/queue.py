@@ -71,6 +71,8 @@ _CLAIM = text(
               AND q2.priority <= :max_priority
               AND q2.available_at <= now()
               AND (q2.lease_until IS NULL OR q2.lease_until < now())
+              AND NOT (q2.priority <= 0
+                       AND q2.connection_id = ANY(CAST(:skip_live AS uuid[])))
             ORDER BY q2.priority, q2.available_at
             LIMIT :limit
             FOR UPDATE OF q2 SKIP LOCKED
@@ -183,6 +185,17 @@ _REAP = text(
 )
 
 _LEASE_HOLDERS = text("SELECT DISTINCT leased_by FROM sync_queue WHERE leased_by LIKE :prefix")
+# The workers holding leases now, and the active connections of the given providers.
+_JOIN_AFFINITY = text(
+    """
+    SELECT 'worker' AS kind, h.leased_by AS value
+    FROM (SELECT DISTINCT leased_by FROM sync_queue
+          WHERE leased_by IS NOT NULL AND lease_until > now()) h
+    UNION ALL
+    SELECT 'connection', CAST(id AS text) FROM connections
+    WHERE provider = ANY(CAST(:providers AS text[])) AND status = 'active'
+    """
+)
 
 # A group's contacts and mirror rows are read one key at a time (LATERAL … OFFSET 0: each
 # lookup planned alone, bound to its unique key). As `owner_id = … AND email_key = ANY(…)`,
@@ -376,8 +389,10 @@ class QueueRepository:
         lease_seconds: float,
         skip_accounts: Sequence[str],
         max_priority: int = 32767,
+        skip_live: Sequence[uuid.UUID] = (),
     ) -> list[Claimed]:
-        """Lease up to `limit` due rows of active connections, live work first."""
+        """Lease up to `limit` due rows of active connections, live work first; the live
+        rows of the connections in `skip_live` are left to the worker they are assigned to."""
         result = await self.conn.execute(
             _CLAIM,
             {
@@ -386,6 +401,7 @@ class QueueRepository:
                 "lease": lease_seconds,
                 "skip_accounts": list(skip_accounts),
                 "max_priority": max_priority,
+                "skip_live": [str(c) for c in skip_live],
             },
         )
         return [
@@ -480,6 +496,17 @@ class QueueRepository:
     async def release_all(self, *, me: str) -> None:
         """Give back every lease this worker holds (shutdown)."""
         await self.conn.execute(_RELEASE_ALL, {"me": me})
+
+    async def join_affinity(self, providers: Sequence[str]) -> tuple[list[str], list[uuid.UUID]]:
+        """(workers holding leases now, active connections of `providers`)."""
+        workers: list[str] = []
+        connections: list[uuid.UUID] = []
+        for kind, value in await self.conn.execute(_JOIN_AFFINITY, {"providers": list(providers)}):
+            if kind == "worker":
+                workers.append(value)
+            else:
+                connections.append(uuid.UUID(value))
+        return workers, connections
 
     async def lease_holders(self, prefix: str) -> list[str]:
         """Workers (by id prefix, e.g. this host's) that hold queue leases."""

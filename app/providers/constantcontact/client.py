@@ -14,8 +14,10 @@ Rules (reference §1, §4, §7; DESIGN §14.5):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -70,6 +72,27 @@ EMAIL_READ_ONLY = frozenset(
 FINAL_STATES = frozenset({"completed", "cancelled", "failed", "timed_out"})
 ACTIVITY_POLL_SECONDS = (0.5, 1.0, 2.0, 5.0)
 ACTIVITY_TIMEOUT_SECONDS = 600.0
+# The shared status read: one `GET /activities` page (newest first) answers for every watched
+# activity of the account on it; one older than the page is read by its id.
+ACTIVITY_PAGE = 50
+WATCH_PAUSE_SECONDS = 0.5
+# Creates one request of a tenant's turn joins (an import takes 40,000; this keeps the
+# request small and its activity short).
+JOIN_MAX = 500
+
+
+@dataclass(eq=False)
+class _WaitingCreate:
+    """A live create of someone never pushed, waiting for its connection's next request: it
+    goes alone as `POST /contacts`, or with the others waiting by then as one import."""
+
+    member: ContactPayload
+    body: dict[str, Any]  # its POST body
+    row: dict[str, Any]  # its import row
+    done: asyncio.Future[Any]
+    # Its caller's context: the request carrying it goes with the oldest waiting create's
+    # (the engine's priority of the group it belongs to).
+    context: contextvars.Context
 
 
 class TokenSource(Protocol):
@@ -231,6 +254,16 @@ class ConstantContactClient:
         self._lock = asyncio.Lock()
         self._cursors: dict[tuple[Any, ...], str] = {}
         self.requests = 0  # requests sent (the quota they spend), for metrics and tests
+        # Live creates waiting for a request, by list; the task sending them one request at a
+        # time, each built once its turn (the account's slot and the application's token)
+        # has come, so it carries every create waiting by then.
+        self._waiting: dict[str, list[_WaitingCreate]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Activities awaited by the shared status read: id → its end.
+        self._watched: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self.joined_imports = 0  # imports of joined live creates sent (tests)
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -242,15 +275,17 @@ class ConstantContactClient:
         return self._token
 
     async def _send(
-        self, request: httpx.Request, *, op: str, stale: str | None
+        self, request: Callable[[], httpx.Request], *, op: str, stale: str | None
     ) -> tuple[str, httpx.Response]:
         """One request: the slot first, then the token — a token taken before a wait for the
-        shared rate could expire in the queue. Returns the token that went with it."""
+        shared rate could expire in the queue — then the request is built. Returns the token
+        that went with it."""
+        sent: list[str] = []
 
         async def authorize(request: httpx.Request) -> None:
             token = await self._access_token(stale)
             request.headers["Authorization"] = f"Bearer {token}"
-            request.extensions["token"] = token
+            sent.append(token)
             self.requests += 1
 
         response = await send(
@@ -262,7 +297,7 @@ class ConstantContactClient:
             timeout_seconds=self._timeout,
             authorize=authorize,
         )
-        return str(request.extensions["token"]), response
+        return sent[-1], response
 
     def _fail(self, response: httpx.Response, *, op: str) -> ProviderError:
         return refused(PROVIDER, op, error_from(response, op=op))
@@ -276,25 +311,38 @@ class ConstantContactClient:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         ok: tuple[int, ...] = (),
+        build: Callable[[], tuple[str, Any]] | None = None,
     ) -> tuple[int, Any]:
         """(status, parsed body) of a 2xx (or `ok`) answer; the error tree otherwise. A 401
-        renews the token once (it expired early or was revoked), then is an AuthError."""
-        url = path if path.startswith("http") else self._base + path
-        content = orjson.dumps(json) if json is not None else None
+        renews the token once (it expired early or was revoked), then is an AuthError.
+        `build` gives (path, body) once the request's turn has come (called once; a renewed
+        token's retry sends the same)."""
+        built: list[tuple[str, bytes | None]] = []
+
+        def target() -> tuple[str, bytes | None]:
+            if not built:
+                where, body = build() if build is not None else (path, json)
+                url = where if where.startswith("http") else self._base + where
+                built.append((url, orjson.dumps(body) if body is not None else None))
+            return built[0]
 
         headers = {"Accept": "application/json", "User-Agent": "audience-sync/0.1"}
-        if content is not None:
+        if build is not None or json is not None:
             headers["Content-Type"] = "application/json"
         stale: str | None = None
         for attempt in (1, 2):
-            request = httpx.Request(
-                method,
-                url,
-                params=dict(params) if params else None,
-                headers=headers,
-                content=content,
-                extensions=dict(self._extensions),
-            )
+
+            def request() -> httpx.Request:
+                url, content = target()
+                return httpx.Request(
+                    method,
+                    url,
+                    params=dict(params) if params else None,
+                    headers=headers,
+                    content=content,
+                    extensions=dict(self._extensions),
+                )
+
             token, response = await self._send(request, op=op, stale=stale)
             if response.status_code == 401 and attempt == 1 and self._tokens is not None:
                 stale = token
@@ -646,6 +694,14 @@ class ConstantContactClient:
         tag_ids = await self.tag_ids(list(member.tags), create=True)
         body = await self._new_body(audience_id, member, tag_ids)
         status, answer = await self._request("POST", "/contacts", op="create", json=body, ok=(409,))
+        return self._created(status, answer, body, tag_ids)
+
+    @staticmethod
+    def _created(
+        status: int, answer: Any, body: dict[str, Any], tag_ids: dict[str, str]
+    ) -> tuple[dict[str, Any] | None, dict[str, str], str | None]:
+        """What a `POST /contacts` answered: (contact, tag ids, None), or (None, …, the
+        existing contact's id) on a 409."""
         if status == 409:
             _, text = first_error(answer)
             match = DUPLICATE.search(text)
@@ -656,6 +712,123 @@ class ConstantContactClient:
         contact.setdefault("taggings", body.get("taggings") or [])
         contact.setdefault("custom_fields", body.get("custom_fields") or [])
         return contact, tag_ids, None
+
+    # --- live creates joined into one request per turn ----------------------------------
+
+    async def _create_joined(
+        self, audience_id: str, member: ContactPayload
+    ) -> RemoteMember | tuple[dict[str, Any] | None, dict[str, str], str | None]:
+        """A create that waits for the connection's next request: alone it is the `POST
+        /contacts` of `_create` (its answer returned the same way); with others waiting by
+        the time the request may go, one `contacts_json_import` of all of them, whose outcome
+        (after the shared status read) is returned as the person's state or raised as the
+        refusal (an unsubscribed person is never re-added: compliance)."""
+        body = await self._new_body(audience_id, member, {})
+        row = await self._import_row(member)
+        entry = _WaitingCreate(
+            member,
+            body,
+            row,
+            asyncio.get_running_loop().create_future(),
+            contextvars.copy_context(),
+        )
+        line = self._waiting.setdefault(audience_id, [])
+        line.append(entry)
+        sender = self._senders.get(audience_id)
+        if sender is None or sender.done():
+            self._senders[audience_id] = self._spawn(self._send_waiting(audience_id))
+        try:
+            return await asyncio.shield(entry.done)
+        except asyncio.CancelledError:
+            if entry in line:
+                line.remove(entry)  # not sent: nothing to learn
+            raise
+
+    def _spawn(self, coro: Any, context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.create_task(coro, context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _send_waiting(self, audience_id: str) -> None:
+        """Send the list's waiting creates, one request at a time, each built at its turn."""
+        line = self._waiting.setdefault(audience_id, [])
+        while line:
+            taken: list[_WaitingCreate] = []
+
+            def build(taken: list[_WaitingCreate] = taken) -> tuple[str, Any]:
+                taken.extend(line[:JOIN_MAX])
+                del line[:JOIN_MAX]
+                if len(taken) == 1:
+                    return "/contacts", taken[0].body
+                rows = [e.row for e in taken]
+                return "/activities/contacts_json_import", {
+                    "import_data": rows,
+                    "list_ids": [audience_id],
+                }
+
+            started = datetime.now(UTC)
+            context = line[0].context.copy()
+            try:
+                status, answer = await asyncio.create_task(
+                    self._request("POST", "", op="create", build=build, ok=(409,)),
+                    context=context,
+                )
+            except BaseException as exc:
+                # Failed before its turn came (a pause, a starved slot): every create waiting
+                # learns it, as its own request would have; after it, the ones it carried.
+                victims = taken or line[:]
+                if not taken:
+                    line.clear()
+                for e in victims:
+                    if not e.done.done():
+                        e.done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    for e in line:
+                        if not e.done.done():
+                            e.done.set_exception(exc)
+                    line.clear()
+                    raise
+                continue
+            if len(taken) == 1:
+                taken[0].done.set_result(self._created(status, answer, taken[0].body, {}))
+                continue
+            self.joined_imports += 1
+            self._spawn(self._finish_joined(audience_id, taken, answer, started), context.copy())
+
+    async def _finish_joined(
+        self,
+        audience_id: str,
+        taken: list[_WaitingCreate],
+        activity: Any,
+        started: datetime,
+    ) -> None:
+        """The joined import's outcome for each of its creates, once the activity ended."""
+        try:
+            done = await self.wait_activity(activity)
+            if done.get("state") != "completed":
+                raise TransientError(f"the import activity ended {done.get('state')}")
+            outcomes = await self._import_outcomes(
+                audience_id, [e.member for e in taken], done, started
+            )
+        except BaseException as exc:
+            for e in taken:
+                if not e.done.done():
+                    e.done.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for e in taken:
+            key = email_key(e.member.email_address) or e.member.email_address
+            outcome = outcomes.get(key)
+            if e.done.done():
+                continue
+            if outcome is None or (outcome.error is None and outcome.state is None):
+                e.done.set_exception(TransientError("the import did not report this contact"))
+            elif outcome.error is not None:
+                e.done.set_exception(outcome.error)
+            else:
+                e.done.set_result(outcome.state)
 
     async def upsert_member(
         self, audience_id: str, member: ContactPayload, *, remote: RemoteRef | None = None
@@ -668,7 +841,13 @@ class ConstantContactClient:
         known = remote is not None and bool(remote.remote_id)
         contact = await self._resolve(member.email_address, remote) if known else None
         if contact is None:
-            created, tag_ids, existing = await self._create(audience_id, member)
+            if remote is None and joinable(member):
+                joined = await self._create_joined(audience_id, member)
+                if isinstance(joined, RemoteMember):
+                    return joined  # it went in an import with other creates
+                created, tag_ids, existing = joined
+            else:
+                created, tag_ids, existing = await self._create(audience_id, member)
             if created is not None:
                 return await self._member(created, audience_id, created=True, tags=tag_ids)
             if existing:
@@ -803,16 +982,7 @@ class ConstantContactClient:
         """One `contacts_json_import` activity polled to completion, then our list read back
         for the ids; what it could not add (unsubscribed people) is reported per contact."""
         await self._field_index()
-        rows = []
-        for m in members:
-            row: dict[str, Any] = {"email": m.email_address}
-            for key, value in m.fields.items():
-                if key in CORE_FIELDS:
-                    row["phone" if key == "phone_number" else key] = render_value(value)
-                else:
-                    fid = await self._custom_id(key)
-                    row[f"cf:{self._field_names.get(fid, key)}"] = render_value(value)
-            rows.append(row)
+        rows = [await self._import_row(m) for m in members]
         started = datetime.now(UTC)
         _, activity = await self._request(
             "POST",
@@ -823,6 +993,30 @@ class ConstantContactClient:
         done = await self.wait_activity(activity)
         if done.get("state") != "completed":
             raise TransientError(f"the import activity ended {done.get('state')}")
+        return await self._import_outcomes(audience_id, members, done, started)
+
+    async def _import_row(self, m: ContactPayload) -> dict[str, Any]:
+        """One person as a `contacts_json_import` row (custom fields by name: the account's
+        fields are read only when the person has some)."""
+        row: dict[str, Any] = {"email": m.email_address}
+        for key, value in m.fields.items():
+            if key in CORE_FIELDS:
+                row["phone" if key == "phone_number" else key] = render_value(value)
+            else:
+                fid = await self._custom_id(key)
+                row[f"cf:{self._field_names.get(fid, key)}"] = render_value(value)
+        return row
+
+    async def _import_outcomes(
+        self,
+        audience_id: str,
+        members: list[ContactPayload],
+        done: dict[str, Any],
+        started: datetime,
+    ) -> dict[str, BatchOutcome]:
+        """Each person's outcome of a completed import: all on our list (nothing read back),
+        or our list read back, and whoever is missing looked up (an unsubscribed person is
+        refused as compliance, never re-added)."""
         wanted = {email_key(m.email_address) or m.email_address: m for m in members}
         raw = done.get("status")
         counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -928,24 +1122,66 @@ class ConstantContactClient:
                     state.refs = {**state.refs, "tags": {**state.refs.get("tags", {}), **tag_ids}}
 
     async def wait_activity(self, activity: Any) -> dict[str, Any]:
-        """Poll an activity until it ends (reference §3)."""
+        """Wait until an activity ends (reference §3): one status read of the account's
+        newest activities answers for every activity this client waits for."""
         if not isinstance(activity, dict) or not activity.get("activity_id"):
             raise TransientError("the activity answer carries no activity_id")
-        current = activity
-        waited = 0.0
+        if activity.get("state") in FINAL_STATES:
+            return activity
+        activity_id = str(activity["activity_id"])
+        end = self._watched.get(activity_id)
+        if end is None:
+            end = self._watched[activity_id] = asyncio.get_running_loop().create_future()
+        if self._watcher is None or self._watcher.done():
+            self._watcher = self._spawn(self._watch())
+        try:
+            return await asyncio.wait_for(asyncio.shield(end), ACTIVITY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise TransientError("the activity did not finish in time") from None
+        finally:
+            if not end.done():
+                end.cancel()
+            self._watched.pop(activity_id, None)
+
+    async def _watch(self) -> None:
+        """Read the status of the watched activities until none is left: a page of the
+        newest (op `activity`: the limits give it a shared turn of its own, not the tenant's
+        — nothing reaches Constant Contact sooner for it), then one by one those older than
+        the page."""
         step = 0
-        while current.get("state") not in FINAL_STATES:
-            pause = ACTIVITY_POLL_SECONDS[min(step, len(ACTIVITY_POLL_SECONDS) - 1)]
-            await asyncio.sleep(pause)
-            waited += pause
+        while True:
+            self._watched = {k: f for k, f in self._watched.items() if not f.done()}
+            if not self._watched:
+                return
+            await asyncio.sleep(ACTIVITY_POLL_SECONDS[min(step, len(ACTIVITY_POLL_SECONDS) - 1)])
             step += 1
-            if waited > ACTIVITY_TIMEOUT_SECONDS:
-                raise TransientError("the activity did not finish in time")
-            _, body = await self._request(
-                "GET", f"/activities/{activity['activity_id']}", op="activity"
-            )
-            current = body if isinstance(body, dict) else {}
-        return current
+            try:
+                seen: dict[str, dict[str, Any]] = {}
+                if len(self._watched) > 1:
+                    _, body = await self._request(
+                        "GET", "/activities", op="activity", params={"limit": ACTIVITY_PAGE}
+                    )
+                    for item in (body or {}).get("activities") or []:
+                        if isinstance(item, dict) and item.get("activity_id"):
+                            seen[str(item["activity_id"])] = item
+                for activity_id in [k for k in self._watched if k not in seen]:
+                    _, body = await self._request(
+                        "GET", f"/activities/{activity_id}", op="activity"
+                    )
+                    seen[activity_id] = body if isinstance(body, dict) else {}
+            except ProviderError as exc:
+                if isinstance(exc, TransientError | ThrottledError):
+                    continue  # read again after the next pause
+                for end in self._watched.values():
+                    if not end.done():
+                        end.set_exception(exc)
+                continue
+            for activity_id, end in list(self._watched.items()):
+                item = seen.get(activity_id)
+                if item is not None and item.get("state") in FINAL_STATES and not end.done():
+                    end.set_result(item)
+            if any(f.done() for f in self._watched.values()):
+                step = min(step, 1)  # more may end soon: keep reading at a short pause
 
     async def update_tags(
         self,
@@ -1173,6 +1409,21 @@ class ConstantContactClient:
             # would miss (or name another person): InboundApplier.attributed.
             person_id=person or None,
         )
+
+
+def joinable(member: ContactPayload) -> bool:
+    """A create an import carries as its own `POST` would: a consenting new person with no
+    consent change, tags, preferences or campaigns, whose address an import takes. (An import
+    makes them `implicit`, where the POST says `explicit`; it never re-adds anyone
+    unsubscribed.)"""
+    return (
+        member.consent is None
+        and member.consent_if_new == "subscribed"
+        and not member.tags
+        and not member.interests
+        and not member.campaigns
+        and len(member.email_address) <= 50
+    )
 
 
 def with_preferences(lists: list[str], preferences: Mapping[str, bool]) -> list[str]:

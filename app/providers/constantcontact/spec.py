@@ -52,6 +52,8 @@ def spec(bulk_quota_share: float = BULK_QUOTA_SHARE) -> ProviderSpec:
             rate_per_application=RATE_PER_APPLICATION,
             daily_quota_per_application=DAILY_QUOTA,
             bulk_quota_share=bulk_quota_share,
+            # A status read only learns what an activity already did: not in a tenant's turn.
+            background_ops=frozenset({"activity"}),
         ),
         capabilities=Capabilities(
             batch_size=BATCH_SIZE,
@@ -60,6 +62,7 @@ def spec(bulk_quota_share: float = BULK_QUOTA_SHARE) -> ProviderSpec:
             tag_model="ids",
             shared_tags=True,
             inbound="pull",
+            joins_creates=True,
         ),
         status_map=STATUS_MAP,
         audience_noun="contact list",
