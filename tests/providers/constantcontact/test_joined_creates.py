@@ -63,6 +63,7 @@ async def test_creates_waiting_for_a_turn_go_as_one_import(
     cc: Sandbox, turns: tuple[ConstantContactClient, TurnLimiter]
 ) -> None:
     client, limiter = turns
+    client.contended_seconds = 0.0  # the turn came late: contended
     first = asyncio.create_task(client.upsert_member(LIST, payload("a0@example.com")))
     await _until(lambda: limiter.waiting == 1)
     # While the first create waits for its turn, three more arrive: the request is built when
@@ -108,6 +109,29 @@ async def test_a_create_alone_at_its_turn_is_one_post(
     assert client.joined_imports == 0
 
 
+async def test_a_turn_that_comes_soon_sends_the_oldest_create_alone(
+    cc: Sandbox, turns: tuple[ConstantContactClient, TurnLimiter]
+) -> None:
+    client, limiter = turns
+    client.contended_seconds = 3600.0  # every turn comes "soon": nothing is contended
+    tasks = [
+        asyncio.create_task(client.upsert_member(LIST, payload(f"s{i}@example.com")))
+        for i in range(3)
+    ]
+    await _until(lambda: limiter.waiting == 1)
+    limiter.turn(3)
+    members = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert all(m.created for m in members)
+    stored = await cc.dump()
+    permissions = {
+        stored[f"s{i}@example.com"]["email_address"]["permission_to_send"] for i in range(3)
+    }
+    assert permissions == {"explicit"}
+    log = await paths(cc)
+    assert log.count("POST /v3/contacts") == 3
+    assert client.joined_imports == 0
+
+
 async def test_an_unsubscribed_person_in_a_joined_import_is_refused_not_readded(
     cc: Sandbox, turns: tuple[ConstantContactClient, TurnLimiter]
 ) -> None:
@@ -125,6 +149,7 @@ async def test_an_unsubscribed_person_in_a_joined_import_is_refused_not_readded(
         )
         assert made.status_code == 201, made.text
     await cc.act("out@example.com", "unsubscribe")
+    client.contended_seconds = 0.0
     blocker = asyncio.create_task(client.upsert_member(LIST, payload("b0@example.com")))
     await _until(lambda: limiter.waiting == 1)
     others = [

@@ -1,0 +1,111 @@
+"""Live rows of a provider that joins waiting creates (`joins_creates`) are dealt over the
+workers holding leases: each connection's live rows go to one worker, the connections spread
+over all of them, and none is left without a taker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from app.main import Runtime
+from app.sync.engine import SyncEngine
+from app.sync.queue import QueueRepository
+from tests.conftest import fetch
+
+
+async def joining_connections(runtime: Runtime, connection: dict[str, Any], n: int) -> list[Any]:
+    """`n` Constant Contact connections (copies of `connection` under other owners)."""
+    out = []
+    for i in range(n):
+        (row,) = await fetch(
+            runtime,
+            """
+            INSERT INTO connections
+            SELECT (jsonb_populate_record(NULL::connections, to_jsonb(c) || jsonb_build_object(
+                'id', gen_random_uuid(), 'owner_id', gen_random_uuid(),
+                'provider', 'constantcontact', 'account_key', CAST(:account AS text),
+                'webhook_token', gen_random_uuid()::text))).*
+            FROM connections c WHERE c.id = :c
+            RETURNING id
+            """,
+            c=connection["id"],
+            account=f"cc-account-{i}",
+        )
+        out.append(row["id"])
+    return out
+
+
+async def hold_a_lease(runtime: Runtime, connection_id: Any, worker: str) -> None:
+    """A bulk row leased by `worker` (it is busy: it holds leases)."""
+    await fetch(
+        runtime,
+        "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority, leased_by,"
+        " lease_until) VALUES (:c, :c, :k, 1, :w, now() + interval '1 minute')",
+        c=connection_id,
+        k=f"busy-{worker}@example.com",
+        w=worker,
+    )
+
+
+async def claim_live(runtime: Runtime, worker: str, skip: list[uuid.UUID]) -> list[Any]:
+    async with runtime.engine.begin() as conn:
+        return await QueueRepository(conn).claim(
+            me=worker, limit=100, lease_seconds=60, skip_accounts=[], max_priority=0, skip_live=skip
+        )
+
+
+async def test_each_joining_connections_live_rows_go_to_one_worker_and_all_are_taken(
+    runtime: Runtime,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    ids = await joining_connections(runtime, connection, 4)
+    a, b = make_engine(), make_engine()
+    a.me, b.me = "worker-a", "worker-b"
+    await hold_a_lease(runtime, connection["id"], "worker-a")
+    await hold_a_lease(runtime, connection["id"], "worker-b")
+    for c in ids:
+        for i in range(3):
+            await fetch(
+                runtime,
+                "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
+                " VALUES (:c, :c, :k, 0)",
+                c=c,
+                k=f"live-{i}-{c}@example.com",
+            )
+    # Mailchimp's own live row (a provider that does not join) is anyone's.
+    await fetch(
+        runtime,
+        "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
+        " VALUES (:c, :c, 'mc@example.com', 0)",
+        c=connection["id"],
+    )
+    skip_a, skip_b = await a._live_elsewhere(), await b._live_elsewhere()
+    assert set(skip_a).isdisjoint(skip_b)
+    assert set(skip_a) | set(skip_b) == set(ids)
+    assert len(skip_a) == len(skip_b) == 2  # dealt out in turn: two each
+    got_b = await claim_live(runtime, "worker-b", skip_b)
+    got_a = await claim_live(runtime, "worker-a", skip_a)
+    by_a = {r.connection_id for r in got_a if r.connection_id in ids}
+    by_b = {r.connection_id for r in got_b if r.connection_id in ids}
+    assert by_a == set(ids) - set(skip_a) and by_b == set(ids) - set(skip_b)
+    assert len(got_a) + len(got_b) == 4 * 3 + 1  # every live row has a taker
+    assert "mc@example.com" in {r.email_key for r in got_b}  # b claimed first: it took it
+
+
+async def test_a_worker_holding_no_lease_takes_its_own_share_and_nothing_stays_unclaimed(
+    runtime: Runtime,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    ids = await joining_connections(runtime, connection, 3)
+    idle = make_engine()
+    idle.me = "worker-idle"
+    # Nobody holds leases: the one worker asking deals every connection to itself.
+    assert await idle._live_elsewhere() == []
+    await hold_a_lease(runtime, connection["id"], "worker-busy")
+    idle._elsewhere_at = float("-inf")  # its view is re-read (cached for a second)
+    skip = await idle._live_elsewhere()
+    # Dealt over the busy worker and itself: some for each, so none waits for nobody.
+    assert 0 < len(skip) < len(ids)
