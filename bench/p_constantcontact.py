@@ -431,7 +431,12 @@ def p4(args: argparse.Namespace) -> dict[str, Any]:
 
         with open(args.dump, "w") as fh:
             accs = {f"t{i}": a["encoded_account_id"] for i, a in enumerate(accounts, start=1)}
-            dump = {"log": log, "rows": [[str(v) for v in r] for r in rows], "accounts": accs}
+            dump = {
+                "log": log,
+                "rows": [[str(v) for v in r] for r in rows],
+                "accounts": accs,
+                "arrived": arrived,
+            }
             json.dump(dump | trace, fh)
     done = sorted(float(r[1]) for r in rows if r[1] is not None)
     # Change → Constant Contact: the sandbox's creation time of the contact (a POST's answer,

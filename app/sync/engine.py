@@ -317,6 +317,7 @@ class SyncEngine:
         # and when that view was read.
         self._elsewhere: list[uuid.UUID] = []
         self._elsewhere_at = -math.inf
+        self._joining_accounts: set[str] = set()  # accounts of providers with joins_creates
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -465,8 +466,13 @@ class SyncEngine:
         # Live changes arriving faster than the account takes them one by one wait in the
         # queue once a batch's worth is in hand: claimed a few at a time they would all go
         # alone (a fan-out burst at a 5/s provider, 4 requests a contact); together, by batch.
+        # Not for a provider that joins waiting creates itself: its live rows stay held until
+        # their import's outcome is read, which under a contended rate comes well after the
+        # import, and holding the next ones back would only make them wait for that read.
         swamped = {
-            a for a, n in self._outstanding_live.items() if n >= self.options.batch_threshold
+            a
+            for a, n in self._outstanding_live.items()
+            if n >= self.options.batch_threshold and a not in self._joining_accounts
         }
         limit = self.options.claim_size
         if self._claim_unheard:
@@ -536,6 +542,8 @@ class SyncEngine:
             self._outstanding[ctx.account_key] += len(rows)
             if priority == PRIORITY_LIVE:
                 self._outstanding_live[ctx.account_key] += len(rows)
+                if ctx.provider.spec.capabilities.joins_creates:
+                    self._joining_accounts.add(ctx.account_key)
             chains.setdefault(ctx.id, []).append((ctx, rows, priority))
         for chain in chains.values():
             # A connection with one mapping keeps its groups (live, bulk) side by side.

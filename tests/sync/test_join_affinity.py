@@ -4,6 +4,7 @@ over all of them, and none is left without a taker."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -109,3 +110,39 @@ async def test_a_worker_holding_no_lease_takes_its_own_share_and_nothing_stays_u
     skip = await idle._live_elsewhere()
     # Dealt over the busy worker and itself: some for each, so none waits for nobody.
     assert 0 < len(skip) < len(ids)
+
+
+async def test_a_joining_accounts_held_live_rows_do_not_hold_its_next_ones_back(
+    runtime: Runtime,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    # Live rows of a joining provider stay held until their import's outcome is read; the
+    # "swamped" rule (a batch's worth in hand: leave the rest queued) must not stop its next
+    # live rows, which the client joins itself. Another provider's account keeps the rule.
+    (cc_id,) = await joining_connections(runtime, connection, 1)
+    engine = make_engine()
+    threshold = engine.options.batch_threshold
+    for conn_id in (cc_id, connection["id"]):
+        await fetch(
+            runtime,
+            "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
+            " VALUES (:c, :c, :k, 0)",
+            c=conn_id,
+            k=f"next-{conn_id}@example.com",
+        )
+    engine._outstanding_live[connection["account_key"]] = threshold
+    engine._outstanding_live["cc-account-0"] = threshold
+    engine._joining_accounts.add("cc-account-0")
+    try:
+        assert await engine._fill()
+        leased = await fetch(
+            runtime, "SELECT connection_id FROM sync_queue WHERE leased_by = :me", me=engine.me
+        )
+        assert [r["connection_id"] for r in leased] == [cc_id]
+    finally:
+        for task in list(engine._groups):
+            task.cancel()
+        for task in list(engine._groups):
+            with contextlib.suppress(BaseException):
+                await task
