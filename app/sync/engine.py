@@ -559,7 +559,7 @@ class SyncEngine:
     async def _live_elsewhere(self) -> list[uuid.UUID]:
         """The connections whose live rows this worker leaves to another: those of providers
         that join waiting creates into one request (`joins_creates`), dealt out in turn over
-        the workers holding leases (dead local ones left out) and this one. Creates of one
+        the workers holding request slots (dead local ones left out) and this one. Creates of one
         tenant split over workers would wait for one turn each; all of them on one worker
         (the first to claim) put every tenant behind that worker's stalls. Every worker that
         holds leases sees the same deal, so each connection's live rows have a taker."""

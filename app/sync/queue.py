@@ -185,12 +185,14 @@ _REAP = text(
 )
 
 _LEASE_HOLDERS = text("SELECT DISTINCT leased_by FROM sync_queue WHERE leased_by LIKE :prefix")
-# The workers holding leases now, and the active connections of the given providers.
+# The workers holding request slots now (a small table: a worker with requests waiting or in
+# flight holds some; reading the queue's leases walked every row of a backlog each time), and
+# the active connections of the given providers.
 _JOIN_AFFINITY = text(
     """
-    SELECT 'worker' AS kind, h.leased_by AS value
-    FROM (SELECT DISTINCT leased_by FROM sync_queue
-          WHERE leased_by IS NOT NULL AND lease_until > now()) h
+    SELECT 'worker' AS kind, h.holder AS value
+    FROM (SELECT DISTINCT holder FROM provider_slots
+          WHERE holder IS NOT NULL AND lease_until > now()) h
     UNION ALL
     SELECT 'connection', CAST(id AS text) FROM connections
     WHERE provider = ANY(CAST(:providers AS text[])) AND status = 'active'
@@ -498,7 +500,7 @@ class QueueRepository:
         await self.conn.execute(_RELEASE_ALL, {"me": me})
 
     async def join_affinity(self, providers: Sequence[str]) -> tuple[list[str], list[uuid.UUID]]:
-        """(workers holding leases now, active connections of `providers`)."""
+        """(workers holding request slots now, active connections of `providers`)."""
         workers: list[str] = []
         connections: list[uuid.UUID] = []
         for kind, value in await self.conn.execute(_JOIN_AFFINITY, {"providers": list(providers)}):

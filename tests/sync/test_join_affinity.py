@@ -1,5 +1,5 @@
 """Live rows of a provider that joins waiting creates (`joins_creates`) are dealt over the
-workers holding leases: each connection's live rows go to one worker, the connections spread
+workers holding request slots: each connection's live rows go to one worker, the connections spread
 over all of them, and none is left without a taker."""
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ async def joining_connections(runtime: Runtime, connection: dict[str, Any], n: i
 
 
 async def hold_a_lease(runtime: Runtime, connection_id: Any, worker: str) -> None:
-    """A bulk row leased by `worker` (it is busy: it holds leases)."""
+    """A request slot leased by `worker` (it is busy: it has requests waiting or in flight)."""
     await fetch(
         runtime,
-        "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority, leased_by,"
-        " lease_until) VALUES (:c, :c, :k, 1, :w, now() + interval '1 minute')",
-        c=connection_id,
-        k=f"busy-{worker}@example.com",
+        "INSERT INTO provider_slots (account_key, slot, holder, lease_until)"
+        " VALUES (:a, 0, :w, now() + interval '1 minute')",
+        a=f"busy-account-{worker}",
         w=worker,
     )
 
