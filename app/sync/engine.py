@@ -317,7 +317,8 @@ class SyncEngine:
         # and when that view was read.
         self._elsewhere: list[uuid.UUID] = []
         self._elsewhere_at = -math.inf
-        self._joining_accounts: set[str] = set()  # accounts of providers with joins_creates
+        # Accounts of providers with joins_creates, and the connections of each seen here.
+        self._joining_accounts: dict[str, set[uuid.UUID]] = defaultdict(set)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -485,6 +486,13 @@ class SyncEngine:
                 log.info("sync.unheard_claim_released", rows=n)
         try:
             skip_live = await self._live_elsewhere()
+            # A joining account whose live rows are dealt to this worker has no other taker
+            # for them: a starved wait for its slot gives them back, but skipping the account
+            # for STARVE_SECONDS would leave them untaken all that time (P4: 10-17 s stalls).
+            # Its live rows are claimed again at once; its bulk rows stay skipped.
+            elsewhere = set(skip_live)
+            dealt_here = {a for a, conns in self._joining_accounts.items() if conns - elsewhere}
+            live_blocked = cooling | (starved - dealt_here)
             async with self.db.begin() as conn:
                 repo = QueueRepository(conn)
                 # Live changes first, even for an account busy with bulk work (DESIGN §6.5).
@@ -492,7 +500,7 @@ class SyncEngine:
                     me=self.me,
                     limit=limit,
                     lease_seconds=self.options.lease_seconds,
-                    skip_accounts=sorted(blocked | swamped),
+                    skip_accounts=sorted(live_blocked | swamped),
                     max_priority=PRIORITY_LIVE,
                     skip_live=skip_live,
                 )
@@ -543,7 +551,7 @@ class SyncEngine:
             if priority == PRIORITY_LIVE:
                 self._outstanding_live[ctx.account_key] += len(rows)
                 if ctx.provider.spec.capabilities.joins_creates:
-                    self._joining_accounts.add(ctx.account_key)
+                    self._joining_accounts[ctx.account_key].add(ctx.id)
             chains.setdefault(ctx.id, []).append((ctx, rows, priority))
         for chain in chains.values():
             # A connection with one mapping keeps its groups (live, bulk) side by side.

@@ -5,13 +5,18 @@ over all of them, and none is left without a taker."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from app.main import Runtime
-from app.sync.engine import SyncEngine
+from app.sync.engine import Halt, SyncEngine
+from app.sync.limits import PRIORITY_LIVE, request_priority
 from app.sync.queue import QueueRepository
+from app.sync.slots import SlotsUnavailable
 from tests.conftest import fetch
 
 
@@ -132,7 +137,55 @@ async def test_a_joining_accounts_held_live_rows_do_not_hold_its_next_ones_back(
         )
     engine._outstanding_live[connection["account_key"]] = threshold
     engine._outstanding_live["cc-account-0"] = threshold
-    engine._joining_accounts.add("cc-account-0")
+    engine._joining_accounts["cc-account-0"].add(cc_id)
+    try:
+        assert await engine._fill()
+        leased = await fetch(
+            runtime, "SELECT connection_id FROM sync_queue WHERE leased_by = :me", me=engine.me
+        )
+        assert [r["connection_id"] for r in leased] == [cc_id]
+    finally:
+        for task in list(engine._groups):
+            task.cancel()
+        for task in list(engine._groups):
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def test_a_dealt_joining_accounts_live_rows_are_claimed_again_at_once_after_a_starved_wait(
+    runtime: Runtime,
+    connection: dict[str, Any],
+    make_engine: Callable[..., SyncEngine],
+) -> None:
+    # A live request that waited too long for its account's slot gives its rows back and the
+    # worker skips the account for a while, so that another worker takes them. A joining
+    # account's live rows dealt to this worker have no other taker: it must claim them again
+    # at once. Another provider's starved account stays skipped.
+    (cc_id,) = await joining_connections(runtime, connection, 1)
+    engine = make_engine()
+    assert await engine._live_elsewhere() == []  # the only worker: everything is dealt to it
+    contexts = await engine._contexts([cc_id, connection["id"]])
+    engine._joining_accounts["cc-account-0"].add(cc_id)
+    engine._row_lease_deadline = time.monotonic() + 600
+
+    async def starved() -> None:
+        raise SlotsUnavailable("another worker holds every slot")
+
+    token = request_priority.set(PRIORITY_LIVE)
+    try:
+        for ctx in contexts.values():
+            with pytest.raises(Halt):
+                await engine._call(ctx, starved)
+    finally:
+        request_priority.reset(token)
+    for conn_id in (cc_id, connection["id"]):
+        await fetch(
+            runtime,
+            "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
+            " VALUES (:c, :c, :k, 0)",
+            c=conn_id,
+            k=f"again-{conn_id}@example.com",
+        )
     try:
         assert await engine._fill()
         leased = await fetch(
