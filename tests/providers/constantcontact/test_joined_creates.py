@@ -74,7 +74,8 @@ async def test_creates_waiting_for_a_turn_go_as_one_import(
         )
         for i in (1, 2, 3)
     ]
-    await asyncio.sleep(0.05)
+    # All four in line before the turn (a fixed sleep raced a loaded machine).
+    await _until(lambda: len(client._waiting.get(LIST, [])) == 4)
     await cc.http.delete("/_control/requests")
     limiter.turn(3)  # the import, then its status read(s)
     states = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
@@ -156,7 +157,7 @@ async def test_an_unsubscribed_person_in_a_joined_import_is_refused_not_readded(
         asyncio.create_task(client.upsert_member(LIST, payload(e)))
         for e in ("b1@example.com", "out@example.com")
     ]
-    await asyncio.sleep(0.05)
+    await _until(lambda: len(client._waiting.get(LIST, [])) == 3)
     await cc.http.delete("/_control/requests")
     limiter.turn(20)  # the import, its read, the page back and the look at the refused one
     results = await asyncio.wait_for(asyncio.gather(blocker, *others, return_exceptions=True), 10)
