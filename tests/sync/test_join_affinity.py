@@ -60,6 +60,18 @@ async def claim_live(runtime: Runtime, worker: str, skip: list[uuid.UUID]) -> li
         )
 
 
+async def queue_live_rows(runtime: Runtime, connection_ids: list[Any], prefix: str) -> None:
+    """One due live row for each connection (its mapping id is its own, as the fixtures')."""
+    for conn_id in connection_ids:
+        await fetch(
+            runtime,
+            "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
+            " VALUES (:c, :c, :k, 0)",
+            c=conn_id,
+            k=f"{prefix}-{conn_id}@example.com",
+        )
+
+
 async def claimed_by_fill(engine: SyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
     """The connections of the groups one claim (`_fill`) took, their groups not run: run, a
     group could send or give back its row before its lease was read (a CI run saw it gone)."""
@@ -144,14 +156,7 @@ async def test_a_joining_accounts_held_live_rows_do_not_hold_its_next_ones_back(
     (cc_id,) = await joining_connections(runtime, connection, 1)
     engine = make_engine()
     threshold = engine.options.batch_threshold
-    for conn_id in (cc_id, connection["id"]):
-        await fetch(
-            runtime,
-            "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
-            " VALUES (:c, :c, :k, 0)",
-            c=conn_id,
-            k=f"next-{conn_id}@example.com",
-        )
+    await queue_live_rows(runtime, [cc_id, connection["id"]], "next")
     engine._outstanding_live[connection["account_key"]] = threshold
     engine._outstanding_live["cc-account-0"] = threshold
     engine._joining_accounts["cc-account-0"].add(cc_id)
@@ -185,12 +190,5 @@ async def test_a_dealt_joining_accounts_live_rows_are_claimed_again_at_once_afte
                 await engine._call(ctx, starved)
     finally:
         request_priority.reset(token)
-    for conn_id in (cc_id, connection["id"]):
-        await fetch(
-            runtime,
-            "INSERT INTO sync_queue (connection_id, mapping_id, email_key, priority)"
-            " VALUES (:c, :c, :k, 0)",
-            c=conn_id,
-            k=f"again-{conn_id}@example.com",
-        )
+    await queue_live_rows(runtime, [cc_id, connection["id"]], "again")
     assert await claimed_by_fill(engine, monkeypatch) == [cc_id]
